@@ -1,0 +1,64 @@
+# Glimpse developer commands. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.glimpse-installed
+PYTEST_ARGS ?=
+
+.PHONY: install lint test test-fast dev demo smoke bench-index bench-encoder bench-search bench-ingest bench-faiss openapi clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The whole suite, slow and browser tests included. Installs what it needs (the venv, and
+# Debian's chromium for the browser tests when it is missing and we may install it).
+test: install
+	bash scripts/ensure_test_deps.sh
+	$(MAKE) lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the slow and browser tests, for a quick loop while editing.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not browser and not docker" $(PYTEST_ARGS)
+
+# The three services locally, without Docker (Ctrl-C stops them).
+dev: install
+	$(BIN)/python scripts/dev.py
+
+# Ingest the sample photos that scikit-image and scikit-learn ship into a running `make dev`.
+demo: install
+	$(BIN)/python scripts/demo.py
+
+smoke:
+	bash scripts/compose_smoke.sh
+
+bench-index: install
+	$(BIN)/python scripts/bench_index.py
+
+bench-encoder: install
+	$(BIN)/python scripts/bench_encoder.py
+
+bench-search: install
+	$(BIN)/python scripts/bench_search.py
+
+bench-ingest: install
+	$(BIN)/python scripts/bench_ingest.py
+
+bench-faiss: install
+	$(BIN)/python scripts/bench_faiss.py compare --quick
+
+# Rewrite the committed OpenAPI documents after an intended API change.
+openapi: install
+	$(BIN)/python scripts/export_openapi.py
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

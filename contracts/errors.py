@@ -1,0 +1,214 @@
+"""The one error body, the one table from error type to status, and the handlers that produce it.
+
+Every non-2xx answer of every Glimpse service has the body
+``{"error": "<human sentence>", "error_type": "<snake_case>", "details": ...}``.
+A service raises :class:`GlimpseError` (or lets FastAPI raise its own validation and HTTP
+errors); :func:`install_error_handlers` turns all of them into that body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("glimpse.errors")
+
+
+class ErrorType(str, Enum):
+    """Every error type a Glimpse service answers with. The status of each is in STATUS_OF."""
+
+    bad_request = "bad_request"
+    validation_error = "validation_error"
+    invalid_vector = "invalid_vector"
+    invalid_image = "invalid_image"
+    unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
+    conflict = "conflict"
+    payload_too_large = "payload_too_large"
+    image_too_large = "image_too_large"
+    unsupported_media_type = "unsupported_media_type"
+    overloaded = "overloaded"
+    internal_error = "internal_error"
+    not_ready = "not_ready"
+    upstream_unavailable = "upstream_unavailable"
+    upstream_timeout = "upstream_timeout"
+    upstream_error = "upstream_error"
+    insufficient_storage = "insufficient_storage"
+
+
+STATUS_OF: dict[ErrorType, int] = {
+    ErrorType.bad_request: 400,
+    ErrorType.validation_error: 422,
+    ErrorType.invalid_vector: 422,
+    ErrorType.invalid_image: 422,
+    ErrorType.unauthorized: 401,
+    ErrorType.forbidden: 403,
+    ErrorType.not_found: 404,
+    ErrorType.method_not_allowed: 405,
+    ErrorType.conflict: 409,
+    ErrorType.payload_too_large: 413,
+    ErrorType.image_too_large: 413,
+    ErrorType.unsupported_media_type: 415,
+    ErrorType.overloaded: 429,
+    ErrorType.internal_error: 500,
+    ErrorType.upstream_error: 502,
+    ErrorType.not_ready: 503,
+    ErrorType.upstream_unavailable: 503,
+    ErrorType.upstream_timeout: 504,
+    ErrorType.insufficient_storage: 507,
+}
+
+# Starlette raises HTTPException with a bare status; this names the type we answer with.
+_TYPE_OF_STATUS: dict[int, ErrorType] = {
+    400: ErrorType.bad_request,
+    401: ErrorType.unauthorized,
+    403: ErrorType.forbidden,
+    404: ErrorType.not_found,
+    405: ErrorType.method_not_allowed,
+    409: ErrorType.conflict,
+    413: ErrorType.payload_too_large,
+    415: ErrorType.unsupported_media_type,
+    422: ErrorType.validation_error,
+    429: ErrorType.overloaded,
+    502: ErrorType.upstream_error,
+    503: ErrorType.upstream_unavailable,
+    504: ErrorType.upstream_timeout,
+    507: ErrorType.insufficient_storage,
+}
+
+
+class ErrorBody(BaseModel):
+    """The body of every non-2xx answer."""
+
+    error: str = Field(description="A sentence for a human that names the problem.")
+    error_type: str = Field(description="A snake_case name a program can switch on.")
+    details: Any = Field(default=None, description="Optional structured detail.")
+
+
+class GlimpseError(Exception):
+    """An error with a type from :class:`ErrorType`; its status comes from ``STATUS_OF``.
+
+    ``status`` may be given to pass through an upstream's status unchanged (the gateway does
+    this for an upstream's 4xx), otherwise the table decides.
+    """
+
+    def __init__(
+        self,
+        error_type: ErrorType | str,
+        message: str,
+        details: Any = None,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = str(error_type.value if isinstance(error_type, ErrorType) else error_type)
+        self.message = message
+        self.details = details
+        self.headers = dict(headers) if headers else None
+        if status is None:
+            try:
+                status = STATUS_OF[ErrorType(self.error_type)]
+            except ValueError:
+                status = 500
+        self.status = status
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "error_type": self.error_type}
+        if self.details is not None:
+            body["details"] = jsonable_encoder(self.details)
+        return body
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_response(
+    error_type: ErrorType, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A JSONResponse with the error body, for code that answers without raising."""
+    return GlimpseError(error_type, message, details, headers=headers).response()
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or "request"
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """A sentence naming each invalid field and why, plus a JSON-safe list of the errors."""
+    details = []
+    sentences = []
+    for err in errors:
+        where = _location(err.get("loc", ()))
+        msg = str(err.get("msg", "is invalid"))
+        # pydantic prefixes messages raised from our validators with "Value error, ".
+        msg = msg.removeprefix("Value error, ")
+        sentences.append(f"{where}: {msg}")
+        loc = [str(p) for p in err.get("loc", ())]
+        details.append({"loc": loc, "msg": msg, "type": err.get("type")})
+    text = "; ".join(sentences[:5])
+    if len(sentences) > 5:
+        text += f"; and {len(sentences) - 5} more"
+    return f"Invalid request: {text}.", details
+
+
+async def _glimpse_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GlimpseError)
+    return exc.response()
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message, details = describe_validation_errors(list(exc.errors()))
+    return error_response(ErrorType.validation_error, message, details)
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type = _TYPE_OF_STATUS.get(exc.status_code, ErrorType.bad_request)
+    if exc.status_code >= 500 and exc.status_code not in _TYPE_OF_STATUS:
+        error_type = ErrorType.internal_error
+    detail = exc.detail
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"No route matches {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        detail = f"Method {request.method} is not allowed on {request.url.path}."
+    message = detail if isinstance(detail, str) else "The request failed."
+    body = GlimpseError(error_type, message, status=exc.status_code, headers=exc.headers)
+    return body.response()
+
+
+async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        ErrorType.internal_error,
+        f"Internal error while handling {request.method} {request.url.path}; see the service log.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error the app answers with use the one error body."""
+    app.add_exception_handler(GlimpseError, _glimpse_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unhandled_error_handler)
+
+
+# OpenAPI: the error answers every route may give, so clients see the error body documented.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "Invalid input; the sentence names the problem."},
+    "4XX": {"model": ErrorBody, "description": "Client error."},
+    "5XX": {"model": ErrorBody, "description": "Server or upstream error."},
+}

@@ -1,0 +1,107 @@
+"""Bodies of the public API (the gateway, port 8000)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 1000
+
+
+class TextSearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(default=20, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0)
+
+
+class SearchResult(BaseModel):
+    id: int
+    score: float = Field(description="Cosine similarity with the query.")
+    path: str
+    image_url: str
+    thumbnail_url: str
+    width: int
+    height: int
+
+
+class Timings(BaseModel):
+    encode_ms: float
+    search_ms: float
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    total_ms: float
+    timings: Timings
+    model: str
+
+
+class SearchTerm(BaseModel):
+    """A text or a stored image, weighted; a negative weight steers away from it."""
+
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_QUERY_CHARS)
+    image_id: int | None = Field(default=None, ge=0)
+    weight: float = Field(default=1.0, ge=-10.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchTerm:
+        if (self.text is None) == (self.image_id is None):
+            raise ValueError("each term needs exactly one of 'text' or 'image_id'")
+        return self
+
+
+class CompositeSearchRequest(BaseModel):
+    terms: list[SearchTerm] = Field(min_length=1, max_length=16)
+    k: int = Field(default=20, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0)
+
+
+IngestStatus = Literal["added", "exists", "rejected"]
+
+
+class IngestItem(BaseModel):
+    path: str
+    id: int | None = None
+    status: IngestStatus
+    sha256: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class IngestResponse(BaseModel):
+    items: list[IngestItem]
+
+
+class IngestCheckRequest(BaseModel):
+    sha256: list[str] = Field(max_length=100_000)
+
+
+class IngestCheckResponse(BaseModel):
+    missing: list[str]
+
+
+class ImageMeta(BaseModel):
+    """The stored record of an image, as /images/{id}/meta gives it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    path: str
+    sha256: str
+    width: int
+    height: int
+    bytes: int
+    content_type: str
+    image_url: str
+    thumbnail_url: str
+
+
+class GatewayStats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    images: int
+    index: dict[str, Any]
+    model: dict[str, Any]
+    media_bytes: int
