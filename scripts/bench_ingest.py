@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Bulk ingestion end to end vs the encoder's own rate, side by side in one run.
+
+    python scripts/bench_ingest.py [--n 2000] [--model ViT-B-32] [--pretrained none]
+
+1. Generates N realistic JPEGs (default 2,000 at 640x480): random crops of the colour sample
+   photos that scikit-image and scikit-learn ship, resized, colour-jittered, sometimes flipped,
+   saved at JPEG quality 80-95. Every file is different.
+2. Starts the encoder, index and gateway as processes on free ports (or uses the running ones
+   given by --gateway-url and --encoder-url; the gateway's index must then be empty of them).
+3. Measures, on the same files:
+   - the encoder's own rate: the files posted straight to its /v1/embed/image, in batches of
+     --batch-size with --concurrency requests in flight; half of the files before the
+     end-to-end run and half after, so drift in a shared machine's load shows;
+   - end to end: scripts/ingest.py's ingest() through the gateway (hash, /ingest/check,
+     upload, decode, thumbnail, media store, encode, index add), with the same batching.
+4. Prints both rates and their ratio (target: >= 0.80 on CPU).
+
+The model's speed does not depend on its weights, so ENCODER_PRETRAINED=none (random weights,
+no download) measures the same forward pass as the real checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image, ImageEnhance
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.ingest import ingest  # noqa: E402
+from tests.support.procs import ServiceProcess  # noqa: E402
+
+SOURCES = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+           "immunohistochemistry", "retina", "colorwheel"]
+
+
+def sample_photos() -> list[Image.Image]:
+    """The colour photos that scikit-image and scikit-learn ship (no download)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(np.asarray(getattr(skimage.data, name)())) for name in SOURCES]
+    photos += [Image.fromarray(a) for a in skimage.data.stereo_motorcycle()[:2]]
+    photos += [Image.fromarray(a) for a in load_sample_images().images]
+    return [p.convert("RGB") for p in photos]
+
+
+def realistic_jpeg(photo: Image.Image, rng: random.Random, size: tuple[int, int]) -> bytes:
+    """A random crop of ``photo`` at ``size``, colour-jittered, as a camera-like JPEG."""
+    w, h = photo.size
+    aspect = size[0] / size[1] * rng.uniform(0.85, 1.15)
+    area = w * h * rng.uniform(0.3, 1.0)
+    cw = min(w, int((area * aspect) ** 0.5))
+    ch = min(h, int(cw / aspect))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    img = photo.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 1.3))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(0.6, 1.4))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=rng.randint(80, 95))
+    return buf.getvalue()
+
+
+def generate(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """``n`` different JPEGs under ``folder`` (100 per sub-folder); their paths."""
+    photos = sample_photos()
+    paths = []
+    for i in range(n):
+        rng = random.Random(seed * 1_000_003 + i)
+        path = folder / f"batch{i // 100:03d}" / f"img{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(realistic_jpeg(photos[i % len(photos)], rng, size))
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Rate:
+    images: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def encoder_rate(
+    encoder_url: str, paths: Sequence[Path], batch_size: int, concurrency: int
+) -> Rate:
+    """Images/s of the encoder alone: the files posted to /v1/embed/image, batches in flight."""
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    done = 0
+    lock = threading.Lock()
+
+    def post(batch: Sequence[Path]) -> None:
+        nonlocal done
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in batch]
+        resp = client.post("/v1/embed/image", files=files)
+        resp.raise_for_status()
+        if any(e is not None for e in resp.json()["errors"]):
+            raise RuntimeError(f"the encoder refused some files: {resp.json()['errors']}")
+        with lock:
+            done += len(batch)
+
+    with httpx.Client(base_url=encoder_url, timeout=600) as client:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(post, batches))
+        return Rate(done, time.perf_counter() - started)
+
+
+@contextmanager
+def services(
+    workdir: Path, model: str, pretrained: str, extra_env: dict[str, str]
+) -> Iterator[tuple[str, str]]:
+    """Encoder, index and gateway as processes; yields (gateway_url, encoder_url)."""
+    with ExitStack() as stack:
+        encoder = ServiceProcess(
+            "encoder_service.main",
+            {"ENCODER_MODEL": model, "ENCODER_PRETRAINED": pretrained, **extra_env},
+            workdir / "encoder.log",
+        )
+        stack.callback(encoder.stop)
+        encoder.start(timeout=600)
+        dim = int(httpx.get(encoder.url + "/v1/info", timeout=10).json()["dim"])
+        index = ServiceProcess(
+            "index_service.main",
+            {"INDEX_DATA_DIR": str(workdir / "index"), "INDEX_DIM": str(dim)},
+            workdir / "index.log",
+        )
+        stack.callback(index.stop)
+        index.start(timeout=120)
+        gateway = ServiceProcess(
+            "gateway.main",
+            {
+                "GATEWAY_ENCODER_URL": encoder.url,
+                "GATEWAY_INDEX_URL": index.url,
+                "GATEWAY_MEDIA_DIR": str(workdir / "media"),
+            },
+            workdir / "gateway.log",
+        )
+        stack.callback(gateway.stop)
+        gateway.start(timeout=120)
+        yield gateway.url, encoder.url
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=2000, help="images to generate (%(default)s)")
+    p.add_argument("--size", type=parse_size, default=(640, 480), help="WxH (640x480)")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model (%(default)s)")
+    p.add_argument("--pretrained", default="none",
+                   help="weights; 'none' = random, same speed (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="files per request (%(default)s)")
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="requests in flight (%(default)s)")
+    p.add_argument("--gateway-url", default=None, help="use a running gateway")
+    p.add_argument("--encoder-url", default=None, help="its encoder (with --gateway-url)")
+    p.add_argument("--workdir", type=Path, default=None, help="keep files and logs here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if (args.gateway_url is None) != (args.encoder_url is None):
+        p.error("--gateway-url and --encoder-url go together")
+
+    with ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        paths = generate(workdir / "images", args.n, args.size)
+        total_mb = sum(p.stat().st_size for p in paths) / 1e6
+        print(f"generated {len(paths)} JPEGs {args.size[0]}x{args.size[1]} ({total_mb:.0f} MB) "
+              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+        if args.gateway_url:
+            gateway_url, encoder_url = args.gateway_url, args.encoder_url
+        else:
+            t0 = time.perf_counter()
+            env = {"ENCODER_WARMUP": "true"}
+            gateway_url, encoder_url = stack.enter_context(
+                services(workdir, args.model, args.pretrained, env)
+            )
+            print(f"services ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        info = httpx.get(encoder_url + "/v1/info", timeout=10).json()
+
+        # Warm-up outside the timings: the first forwards of a fresh process are slower.
+        encoder_rate(encoder_url, paths[: 2 * args.batch_size], args.batch_size, 2)
+        half = len(paths) // 2
+        before = encoder_rate(encoder_url, paths[:half], args.batch_size, args.concurrency)
+        print(f"encoder alone (first half): {before.per_s:.1f} images/s", file=sys.stderr)
+        summary = ingest(
+            [workdir / "images"], gateway_url,
+            batch_size=args.batch_size, concurrency=args.concurrency,
+            progress=not args.quiet,
+        )
+        if summary.added != len(paths) or summary.failures:
+            print(f"end-to-end run did not add every file:\n{summary.describe()}", file=sys.stderr)
+            for f in summary.failures[:5]:
+                print(f"  {f.relative}: {f.reason}", file=sys.stderr)
+            return 1
+        e2e = Rate(summary.added, summary.elapsed_s)
+        print(f"end to end: {e2e.per_s:.1f} images/s", file=sys.stderr)
+        after = encoder_rate(encoder_url, paths[half:], args.batch_size, args.concurrency)
+        print(f"encoder alone (second half): {after.per_s:.1f} images/s", file=sys.stderr)
+
+    alone = Rate(before.images + after.images, before.seconds + after.seconds)
+    ratio = e2e.per_s / alone.per_s if alone.per_s else 0.0
+    print()
+    print(f"model {info['model']} pretrained={info['pretrained']} device={info['device']} "
+          f"precision={info['precision']} max_batch={info['max_batch']}; cpus={os.cpu_count()}")
+    print(f"{len(paths)} JPEGs {args.size[0]}x{args.size[1]}, {total_mb:.0f} MB; "
+          f"batches of {args.batch_size}, {args.concurrency} in flight")
+    print(f"{'':32}{'images':>8}{'seconds':>10}{'images/s':>10}")
+    rows = [("encoder alone, before e2e", before), ("end to end (ingest.py)", e2e),
+            ("encoder alone, after e2e", after), ("encoder alone, both", alone)]
+    for name, rate in rows:
+        print(f"{name:32}{rate.images:>8}{rate.seconds:>10.1f}{rate.per_s:>10.1f}")
+    verdict = "meets" if ratio >= 0.8 else "BELOW"
+    print(f"ratio end to end / encoder alone: {ratio:.2f} ({verdict} the 0.80 target)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
