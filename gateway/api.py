@@ -1,0 +1,394 @@
+"""The public routes: search, ingest, images, stats and the ops endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from contracts.common import HealthResponse, ReadyResponse
+from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
+from contracts.gateway import (
+    MAX_K,
+    CompositeSearchRequest,
+    GatewayStats,
+    ImageMeta,
+    IngestCheckRequest,
+    IngestCheckResponse,
+    IngestResponse,
+    SearchResponse,
+    TextSearchRequest,
+)
+from contracts.index import RebuildRequest, RebuildResponse, SnapshotResponse
+from gateway.images import prepare_image
+from gateway.ingest import ingest_files
+from gateway.media import SHA256_RE
+from gateway.search import check_window, combine_terms, search_answer
+from gateway.state import GatewayState, ReadAccess, State, WriteAccess
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+ImageId = Annotated[int, Path(ge=0, le=2**62, description="The image's id.")]
+_IMMUTABLE = "max-age=31536000, immutable"
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+async def _run_search(
+    state: GatewayState,
+    started: float,
+    vector_ms: float,
+    vector: Any,
+    k: int,
+    offset: int,
+    exclude_ids: list[int] | None = None,
+) -> JSONResponse:
+    t = time.perf_counter()
+    hits = await state.index.search(
+        vector, k + offset, exclude_ids=exclude_ids or (), nprobe=state.settings.search_nprobe
+    )
+    search_ms = _ms(t)
+    body = search_answer(
+        hits,
+        k=k,
+        offset=offset,
+        encode_ms=vector_ms,
+        search_ms=search_ms,
+        total_ms=_ms(started),
+        model=await _model_name(state),
+    )
+    # Already the SearchResponse shape; skipping re-validation keeps the gateway's overhead low.
+    return JSONResponse(body)
+
+
+async def _model_name(state: GatewayState) -> str:
+    if state.encoder.model is None:
+        try:
+            await state.encoder.info()
+        except GlimpseError:
+            return "unknown"
+    return state.encoder.model or "unknown"
+
+
+# Search -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/search/text", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess]
+)
+async def search_text(body: TextSearchRequest, state: State) -> JSONResponse:
+    """Images that match a text, best first."""
+    started = time.perf_counter()
+    check_window(body.k, body.offset, state.settings.max_result_window)
+    vector = (await state.encoder.embed_text([body.query]))[0]
+    return await _run_search(state, started, _ms(started), vector, body.k, body.offset)
+
+
+@router.post(
+    "/search/image", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess]
+)
+async def search_image(
+    state: State,
+    file: Annotated[UploadFile, File(description="The query image.")],
+    k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
+    offset: Annotated[int, Form(ge=0)] = 0,
+) -> JSONResponse:
+    """Images that look like the uploaded one, best first."""
+    started = time.perf_counter()
+    check_window(k, offset, state.settings.max_result_window)
+    data = await file.read()
+    vectors, errors = await state.encoder.embed_images(
+        [(file.filename or "query", data, file.content_type or "application/octet-stream")]
+    )
+    if vectors[0] is None:
+        error = errors[0] or {}
+        raise GlimpseError(
+            str(error.get("error_type") or ErrorType.invalid_image.value),
+            str(error.get("error") or "The query image could not be read."),
+        )
+    return await _run_search(state, started, _ms(started), vectors[0], k, offset)
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess])
+async def search_terms(body: CompositeSearchRequest, state: State) -> JSONResponse:
+    """Weighted texts and stored images combined into one query; negative weights steer away.
+
+    Images used as terms are left out of the results.
+    """
+    started = time.perf_counter()
+    check_window(body.k, body.offset, state.settings.max_result_window)
+    texts = [t.text for t in body.terms if t.text is not None]
+    image_ids = [t.image_id for t in body.terms if t.image_id is not None]
+
+    async def text_vectors() -> list[Any]:
+        return list(await state.encoder.embed_text(texts)) if texts else []
+
+    got_texts, *got_images = await asyncio.gather(
+        text_vectors(), *(state.index.vector(i) for i in image_ids)
+    )
+    text_iter, image_iter = iter(got_texts), iter(got_images)
+    vectors = [next(text_iter) if t.text is not None else next(image_iter) for t in body.terms]
+    query = combine_terms(vectors, [t.weight for t in body.terms])
+    return await _run_search(
+        state, started, _ms(started), query, body.k, body.offset, sorted(set(image_ids))
+    )
+
+
+@router.get(
+    "/images/{image_id}/similar",
+    response_model=SearchResponse,
+    tags=["search"],
+    dependencies=[ReadAccess],
+)
+async def similar(
+    image_id: ImageId,
+    state: State,
+    k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JSONResponse:
+    """More like this: neighbours of a stored image (the image itself left out)."""
+    started = time.perf_counter()
+    check_window(k, offset, state.settings.max_result_window)
+    vector = await state.index.vector(image_id)
+    return await _run_search(state, started, _ms(started), vector, k, offset, [image_id])
+
+
+# Ingest -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/ingest", response_model=IngestResponse, tags=["ingest"], dependencies=[WriteAccess]
+)
+async def ingest(
+    state: State,
+    files: Annotated[
+        list[UploadFile], File(description="Images; each part's filename is its relative path.")
+    ],
+) -> dict[str, Any]:
+    """Store, embed and index images; one answer per file (added, exists or rejected)."""
+    return {"items": await ingest_files(state, files)}
+
+
+@router.post(
+    "/ingest/check",
+    response_model=IngestCheckResponse,
+    tags=["ingest"],
+    dependencies=[WriteAccess],
+)
+async def ingest_check(body: IngestCheckRequest, state: State) -> dict[str, Any]:
+    """Which of these sha256 digests are not in the collection yet (upload only those)."""
+    digests = [d.lower() for d in body.sha256]
+    bad = [d for d in digests if not SHA256_RE.match(d)]
+    if bad:
+        raise GlimpseError(
+            ErrorType.validation_error,
+            f"{len(bad)} value(s) are not sha256 hex digests, e.g. {bad[0][:80]!r}.",
+        )
+    if not digests:
+        return {"missing": []}
+    missing = await state.index.keys_missing(digests)
+    return {"missing": [d for d in digests if d in missing]}
+
+
+# Images -----------------------------------------------------------------------------------
+
+
+async def _record(state: GatewayState, image_id: int) -> dict[str, Any]:
+    record = state.records.get(image_id)
+    if record is None:
+        record = await state.index.item(image_id)
+        state.records.put(image_id, record)
+    return record
+
+
+def _not_found(image_id: int, what: str = "image") -> GlimpseError:
+    return GlimpseError(ErrorType.not_found, f"No {what} is stored for image {image_id}.")
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    candidates = {c.strip().removeprefix("W/") for c in header.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+def _serve_file(
+    request: Request, state: GatewayState, path: FsPath, content_type: str, etag: str
+) -> Response:
+    cache = ("public, " if state.settings.public_read else "private, ") + _IMMUTABLE
+    headers = {"ETag": etag, "Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
+    if _etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=content_type, headers=headers)
+
+
+@router.get(
+    "/images/{image_id}",
+    tags=["images"],
+    response_class=FileResponse,
+    dependencies=[ReadAccess],
+)
+async def image_original(image_id: ImageId, request: Request, state: State) -> Response:
+    """The original bytes of an image (by id only)."""
+    record = await _record(state, image_id)
+    meta = record.get("meta") or {}
+    sha = str(record["key"])
+    path = await anyio.to_thread.run_sync(state.media.find_original, sha, record["path"])
+    if path is None:
+        raise _not_found(image_id, "original")
+    content_type = str(meta.get("content_type") or "application/octet-stream")
+    return _serve_file(request, state, path, content_type, f'"{sha}"')
+
+
+def _make_thumbnail(state: GatewayState, sha: str, relative: str, content_type: str) -> bool:
+    """Rebuild a missing thumbnail from the original (items indexed by another route)."""
+    original = state.media.find_original(sha, relative)
+    if original is None:
+        return False
+    try:
+        prepared = prepare_image(
+            original.read_bytes(),
+            max_pixels=state.settings.max_pixels,
+            thumbnail_size=state.settings.thumbnail_size,
+            thumbnail_type=content_type,
+            quality=state.settings.thumbnail_quality,
+        )
+    except GlimpseError:
+        return False
+    state.media.put_thumbnail(sha, content_type, prepared.thumbnail)
+    return True
+
+
+@router.get(
+    "/images/{image_id}/thumbnail",
+    tags=["images"],
+    response_class=FileResponse,
+    dependencies=[ReadAccess],
+)
+async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> Response:
+    """A small WebP or JPEG of the image (longest side at most GATEWAY_THUMBNAIL_SIZE)."""
+    record = await _record(state, image_id)
+    meta = record.get("meta") or {}
+    sha = str(record["key"])
+    content_type = str(meta.get("thumbnail_type") or f"image/{state.settings.thumbnail_format}")
+    if content_type not in ("image/webp", "image/jpeg"):
+        raise _not_found(image_id, "thumbnail")
+    path = await anyio.to_thread.run_sync(state.media.find_thumbnail, sha, content_type)
+    if path is None:
+        made = await anyio.to_thread.run_sync(
+            _make_thumbnail, state, sha, str(record["path"]), content_type
+        )
+        path = state.media.find_thumbnail(sha, content_type) if made else None
+        if path is None:
+            raise _not_found(image_id, "thumbnail")
+    return _serve_file(request, state, path, content_type, f'"{sha}-thumb"')
+
+
+@router.get(
+    "/images/{image_id}/meta", response_model=ImageMeta, tags=["images"], dependencies=[ReadAccess]
+)
+async def image_meta(image_id: ImageId, state: State) -> dict[str, Any]:
+    """The stored record of an image."""
+    record = await _record(state, image_id)
+    meta = dict(record.get("meta") or {})
+    return {
+        **meta,
+        "id": image_id,
+        "path": record["path"],
+        "sha256": record["key"],
+        "width": int(meta.get("width", 0)),
+        "height": int(meta.get("height", 0)),
+        "bytes": int(meta.get("bytes", 0)),
+        "content_type": str(meta.get("content_type", "application/octet-stream")),
+        "image_url": f"/images/{image_id}",
+        "thumbnail_url": f"/images/{image_id}/thumbnail",
+        "created_at": record.get("created_at"),
+    }
+
+
+@router.delete(
+    "/images/{image_id}", status_code=204, tags=["images"], dependencies=[WriteAccess]
+)
+async def delete_image(image_id: ImageId, state: State) -> Response:
+    """Delete an image: it never comes back from a search, and its media is removed."""
+    record = await _record(state, image_id)
+    sha = str(record["key"])
+    async with state.key_locks.hold([sha]):
+        await state.index.delete(image_id)
+        state.records.drop(image_id)
+        await anyio.to_thread.run_sync(state.media.remove, sha)
+        state.media.invalidate_bytes()
+    return Response(status_code=204)
+
+
+# Stats, admin and ops ------------------------------------------------------------------------
+
+
+@router.get("/stats", response_model=GatewayStats, tags=["ops"], dependencies=[ReadAccess])
+async def stats(state: State) -> dict[str, Any]:
+    """Counts, the index's kind and parameters, the model, bytes of stored media."""
+
+    async def model_info() -> dict[str, Any]:
+        try:
+            return await state.encoder.info()
+        except GlimpseError as exc:
+            return {"model": state.encoder.model, "error": exc.message}
+
+    index_stats, model, media_bytes = await asyncio.gather(
+        state.index.stats(),
+        model_info(),
+        anyio.to_thread.run_sync(state.media.total_bytes),
+    )
+    return {
+        "images": int(index_stats.get("count", 0)),
+        "index": index_stats,
+        "model": model,
+        "media_bytes": media_bytes,
+    }
+
+
+@router.post(
+    "/admin/index/snapshot",
+    response_model=SnapshotResponse,
+    tags=["admin"],
+    dependencies=[WriteAccess],
+)
+async def admin_snapshot(state: State) -> Any:
+    """Ask the index to write a snapshot now."""
+    return await state.index.json("POST", "/v1/index/snapshot")
+
+
+@router.post(
+    "/admin/index/rebuild",
+    response_model=RebuildResponse,
+    tags=["admin"],
+    dependencies=[WriteAccess],
+)
+async def admin_rebuild(body: RebuildRequest, state: State) -> Any:
+    """Ask the index to retrain now (optionally with a forced Faiss factory string)."""
+    return await state.index.json("POST", "/v1/index/rebuild", json=body.model_dump())
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["ops"])
+async def healthz() -> HealthResponse:
+    """Liveness: the process answers."""
+    return HealthResponse()
+
+
+@router.get("/readyz", response_model=ReadyResponse, tags=["ops"])
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: the encoder (model loaded) and the index answer their /readyz."""
+    encoder, index = await asyncio.gather(state.encoder.ready(), state.index.ready())
+    checks = {"encoder": encoder, "index": index}
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        ReadyResponse(ready=ready, checks=checks).model_dump(), status_code=200 if ready else 503
+    )

@@ -1,0 +1,224 @@
+"""Pooled HTTP clients for the encoder and the index, and the mapping of their failures.
+
+One ``httpx.AsyncClient`` per upstream, built in the lifespan, reuses keep-alive connections
+(a search is two upstream calls; a new TCP connection each time would cost more than the
+gateway's whole budget). Failures become the public error body:
+
+- connection refused / reset, DNS, connect timeout -> 503 ``upstream_unavailable``
+- read/write/pool timeout                          -> 504 ``upstream_timeout``
+- upstream 4xx                                     -> the same status and body, passed through
+- upstream 503 / 504                               -> 503 ``upstream_unavailable`` / 504
+- any other upstream 5xx                           -> 502 ``upstream_error``
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+
+from contracts.errors import ErrorType, GlimpseError
+from contracts.vectors import decode_vectors, encode_vector
+
+# A keep-alive connection the upstream closed (it restarted) fails on first use with one of
+# these; every upstream call we make is idempotent, so one retry on a fresh connection is safe.
+_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def build_client(
+    base_url: str, *, connect_timeout: float, read_timeout: float, max_connections: int
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        # Upstreams are on a private network; never route them through an environment proxy.
+        trust_env=False,
+    )
+
+
+class Upstream:
+    """One upstream service: requests with failures mapped to the public error body."""
+
+    def __init__(self, name: str, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.client = client
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in (1, 2):
+            try:
+                response = await self.client.request(method, path, **kwargs)
+                break
+            except _STALE_CONNECTION as exc:
+                if attempt == 2:
+                    raise self._unavailable(exc) from exc
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise self._unavailable(exc) from exc
+            except httpx.TimeoutException as exc:
+                raise GlimpseError(
+                    ErrorType.upstream_timeout,
+                    f"The {self.name} service did not answer in time ({type(exc).__name__}).",
+                ) from exc
+            except httpx.TransportError as exc:
+                raise self._unavailable(exc) from exc
+        if response.status_code >= 400:
+            raise self._error_from(response)
+        return response
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self.request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise GlimpseError(
+                ErrorType.upstream_error, f"The {self.name} service answered with invalid JSON."
+            ) from exc
+
+    async def ready(self) -> str:
+        """'ok', or why the upstream is not ready (never raises)."""
+        try:
+            response = await self.client.get("/readyz", timeout=2.0)
+        except httpx.HTTPError as exc:
+            return f"unreachable ({type(exc).__name__})"
+        if response.status_code == 200:
+            return "ok"
+        return f"not ready (HTTP {response.status_code})"
+
+    def _unavailable(self, exc: Exception) -> GlimpseError:
+        return GlimpseError(
+            ErrorType.upstream_unavailable,
+            f"The {self.name} service is unavailable ({type(exc).__name__}); try again shortly.",
+        )
+
+    def _error_from(self, response: httpx.Response) -> GlimpseError:
+        status = response.status_code
+        try:
+            body = response.json()
+        except (ValueError, json.JSONDecodeError):
+            body = None
+        if isinstance(body, dict) and "error" in body and "error_type" in body:
+            message, error_type, details = body["error"], body["error_type"], body.get("details")
+        else:
+            message = f"The {self.name} service answered HTTP {status}."
+            error_type, details = None, None
+        if 400 <= status < 500:
+            return GlimpseError(
+                error_type or ErrorType.bad_request, message, details, status=status
+            )
+        if status == 503:
+            return GlimpseError(
+                ErrorType.upstream_unavailable, f"The {self.name} service is not ready: {message}"
+            )
+        if status == 504:
+            return GlimpseError(
+                ErrorType.upstream_timeout, f"The {self.name} service timed out: {message}"
+            )
+        return GlimpseError(
+            ErrorType.upstream_error, f"The {self.name} service failed: {message}"
+        )
+
+
+def _vector(value: Any, dim: int | None = None) -> np.ndarray:
+    return decode_vectors([value], dim, what="upstream vector", allow_zero=True)[0]
+
+
+class EncoderClient(Upstream):
+    """encoder_service: text and image bytes to unit vectors."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        super().__init__("encoder", client)
+        self.model: str | None = None
+
+    async def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        body = await self.json(
+            "POST", "/v1/embed/text", json={"texts": list(texts), "encoding": "base64"}
+        )
+        self.model = body["model"]
+        return decode_vectors(body["embeddings"], body["dim"], what="embeddings", allow_zero=True)
+
+    async def embed_images(
+        self, files: Sequence[tuple[str, bytes, str]]
+    ) -> tuple[list[np.ndarray | None], list[dict[str, Any] | None]]:
+        """One vector or one error per (filename, bytes, content type), in order."""
+        body = await self.json(
+            "POST",
+            "/v1/embed/image",
+            files=[("files", f) for f in files],
+            data={"encoding": "base64"},
+        )
+        self.model = body["model"]
+        vectors = [None if e is None else _vector(e, body["dim"]) for e in body["embeddings"]]
+        errors = list(body.get("errors") or [None] * len(vectors))
+        if len(vectors) != len(files) or len(errors) != len(files):
+            raise GlimpseError(
+                ErrorType.upstream_error,
+                f"The encoder answered {len(vectors)} slots for {len(files)} files.",
+            )
+        return vectors, errors
+
+    async def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await self.json("GET", "/v1/info")
+        self.model = info.get("model", self.model)
+        return info
+
+
+class IndexClient(Upstream):
+    """index_service: vectors to ids, and the stored record of every item."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        super().__init__("index", client)
+
+    async def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        exclude_ids: Sequence[int] = (),
+        nprobe: int | None = None,
+    ) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"vectors": [encode_vector(vector)], "k": k}
+        if exclude_ids:
+            body["exclude_ids"] = list(exclude_ids)
+        if nprobe is not None:
+            body["nprobe"] = nprobe
+        answer = await self.json("POST", "/v1/search", json=body)
+        hits: list[dict[str, Any]] = answer["results"][0]
+        return hits
+
+    async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        answer = await self.json("POST", "/v1/items", json={"items": items})
+        added: list[dict[str, Any]] = answer["items"]
+        return added
+
+    async def keys_missing(self, keys: Sequence[str]) -> set[str]:
+        answer = await self.json("POST", "/v1/keys/missing", json={"keys": list(keys)})
+        return set(answer["missing"])
+
+    async def ids_of_keys(self, keys: Sequence[str]) -> dict[str, int]:
+        """The ids of live items with these keys (those it can resolve)."""
+        return {}
+
+    async def item(self, item_id: int) -> dict[str, Any]:
+        record: dict[str, Any] = await self.json("GET", f"/v1/items/{item_id}")
+        return record
+
+    async def vector(self, item_id: int) -> np.ndarray:
+        answer = await self.json(
+            "GET", f"/v1/items/{item_id}/vector", params={"encoding": "base64"}
+        )
+        return _vector(answer["vector"], answer.get("dim"))
+
+    async def delete(self, item_id: int) -> None:
+        await self.request("DELETE", f"/v1/items/{item_id}")
+
+    async def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = await self.json("GET", "/v1/stats")
+        return stats

@@ -1,0 +1,193 @@
+"""Ingest: uploaded files to stored media and indexed vectors, one answer per file.
+
+The order of the steps is the crash-safety argument: media is written (atomically, fsynced)
+before the index add, and the index acknowledges an add only once it is committed. A crash at
+any point therefore leaves at worst media without an index row (harmless; a re-ingest reuses
+it), never an indexed item without its media.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.datastructures import UploadFile
+
+from contracts.errors import ErrorType, GlimpseError
+from contracts.vectors import encode_vector
+from gateway.images import Prepared, prepare_image
+from gateway.media import safe_relative_path
+from gateway.state import GatewayState
+
+
+@dataclass
+class Part:
+    """One uploaded file on its way through the ingest."""
+
+    path: str
+    data: bytes = b""
+    sha256: str | None = None
+    status: str | None = None  # set once the part's outcome is known
+    id: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    prepared: Prepared | None = None
+    duplicates: list[Part] = field(default_factory=list)
+
+    def reject(self, error: GlimpseError | dict[str, Any]) -> None:
+        self.status = "rejected"
+        if isinstance(error, GlimpseError):
+            self.error, self.error_type = error.message, error.error_type
+        else:
+            self.error, self.error_type = str(error.get("error")), str(error.get("error_type"))
+
+    def answer(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "id": self.id,
+            "status": self.status,
+            "sha256": self.sha256,
+            "error": self.error,
+            "error_type": self.error_type,
+        }
+
+
+async def _read_part(upload: UploadFile, max_bytes: int) -> Part:
+    name = upload.filename or ""
+    path = safe_relative_path(name)
+    part = Part(path=path or name)
+    if path is None:
+        part.reject(
+            GlimpseError(
+                ErrorType.validation_error,
+                "The file name must be a relative path without '..' parts "
+                f"(got {name[:200]!r}).",
+            )
+        )
+        return part
+    if upload.size is not None and upload.size > max_bytes:
+        part.reject(
+            GlimpseError(
+                ErrorType.payload_too_large,
+                f"The file has {upload.size} bytes, more than the limit of {max_bytes}.",
+            )
+        )
+        return part
+    part.data = await upload.read(max_bytes + 1)
+    if len(part.data) > max_bytes:
+        part.data = b""
+        part.reject(
+            GlimpseError(
+                ErrorType.payload_too_large, f"The file is larger than the limit of {max_bytes}."
+            )
+        )
+    return part
+
+
+def _hash_all(parts: list[Part]) -> None:
+    for part in parts:
+        part.sha256 = hashlib.sha256(part.data).hexdigest()
+
+
+def _prepare(state: GatewayState, part: Part) -> None:
+    settings = state.settings
+    try:
+        part.prepared = prepare_image(
+            part.data,
+            max_pixels=settings.max_pixels,
+            thumbnail_size=settings.thumbnail_size,
+            thumbnail_type=f"image/{settings.thumbnail_format}",
+            quality=settings.thumbnail_quality,
+        )
+    except GlimpseError as exc:
+        part.reject(exc)
+
+
+def _store_media(state: GatewayState, parts: list[Part]) -> None:
+    for part in parts:
+        assert part.sha256 is not None and part.prepared is not None
+        state.media.put_original(part.sha256, part.data)
+        state.media.put_thumbnail(
+            part.sha256, part.prepared.thumbnail_type, part.prepared.thumbnail
+        )
+    state.media.invalidate_bytes()
+
+
+async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> list[dict[str, Any]]:
+    settings = state.settings
+    if len(uploads) > settings.max_files_per_request:
+        raise GlimpseError(
+            ErrorType.payload_too_large,
+            f"{len(uploads)} files in one request, more than the limit of "
+            f"{settings.max_files_per_request}; send them in several requests.",
+        )
+    parts = [await _read_part(u, settings.max_file_bytes) for u in uploads]
+    readable = [p for p in parts if p.status is None]
+    # Hashing hundreds of MB takes a while; hashlib releases the GIL, so a thread helps.
+    await anyio.to_thread.run_sync(_hash_all, readable)
+
+    # The same bytes twice in one request are one item: later copies share the first's outcome.
+    unique: dict[str, Part] = {}
+    for part in readable:
+        assert part.sha256 is not None
+        first = unique.setdefault(part.sha256, part)
+        if first is not part:
+            first.duplicates.append(part)
+
+    if unique:
+        missing = await state.index.keys_missing(list(unique))
+        known = [sha for sha in unique if sha not in missing]
+        for sha, item_id in (await state.index.ids_of_keys(known)).items():
+            unique[sha].status, unique[sha].id = "exists", item_id
+        # Known keys whose id could not be looked up go the whole way: the index's add is
+        # idempotent by key, so it answers "exists" with the id and stores nothing new.
+        new = [p for p in unique.values() if p.status is None]
+
+        # Pillow decodes in C and releases the GIL for much of it; keep it off the event loop.
+        async with anyio.create_task_group() as tg:
+            for part in new:
+                tg.start_soon(anyio.to_thread.run_sync, _prepare, state, part)
+        valid = [p for p in new if p.status is None]
+        if valid:
+            await _embed_and_add(state, valid)
+
+    for part in unique.values():
+        for dup in part.duplicates:
+            dup.status = "exists" if part.status in ("added", "exists") else part.status
+            dup.id, dup.error, dup.error_type = part.id, part.error, part.error_type
+        part.data = b""
+    return [p.answer() for p in parts]
+
+
+async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
+    keys = [p.sha256 for p in parts if p.sha256 is not None]
+    async with state.key_locks.hold(keys):
+        await anyio.to_thread.run_sync(_store_media, state, parts)
+        vectors, errors = await state.encoder.embed_images(
+            [(p.path, p.data, p.prepared.content_type if p.prepared else "") for p in parts]
+        )
+        to_add: list[tuple[Part, dict[str, Any]]] = []
+        for part, vector, error in zip(parts, vectors, errors, strict=True):
+            if vector is None:
+                missing = {"error": "The encoder gave no vector.", "error_type": "upstream_error"}
+                part.reject(error or missing)
+                continue
+            prepared = part.prepared
+            assert prepared is not None and part.sha256 is not None
+            meta = {
+                "width": prepared.width,
+                "height": prepared.height,
+                "bytes": len(part.data),
+                "content_type": prepared.content_type,
+                "thumbnail_type": prepared.thumbnail_type,
+            }
+            item = {"vector": encode_vector(vector), "path": part.path, "key": part.sha256}
+            to_add.append((part, {**item, "meta": meta}))
+        if not to_add:
+            return
+        added = await state.index.add([item for _, item in to_add])
+        for (part, _), outcome in zip(to_add, added, strict=True):
+            part.status, part.id = outcome["status"], int(outcome["id"])

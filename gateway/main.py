@@ -1,0 +1,107 @@
+"""The gateway app: ``uvicorn gateway.main:app`` (port 8000), or ``create_app(settings)``.
+
+Building the app is cheap (no connections, no disk writes); the lifespan builds the pooled
+upstream clients and the media store and keeps them on ``app.state.gateway``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from contracts.errors import install_error_handlers
+from contracts.observability import ServiceMetrics, install_metrics
+from gateway.api import router
+from gateway.clients import EncoderClient, IndexClient, build_client
+from gateway.config import Settings
+from gateway.media import MediaStore
+from gateway.security import BodySizeLimitMiddleware
+from gateway.state import GatewayState, RecordCache
+
+logger = logging.getLogger("glimpse.gateway")
+
+# Room for the multipart framing and the form fields around one query image.
+_FORM_OVERHEAD = 64 * 1024
+
+
+def body_limit_for(settings: Settings) -> Callable[[str], int]:
+    """The largest body each path accepts: ingest batches, one query image, or JSON."""
+
+    def limit_for(path: str) -> int:
+        if path == "/ingest":
+            return settings.max_body_bytes
+        if path == "/search/image":
+            return settings.max_file_bytes + _FORM_OVERHEAD
+        return settings.max_json_bytes
+
+    return limit_for
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        media = MediaStore(
+            settings.media_dir,
+            store_originals=settings.store_originals,
+            library_dir=settings.library_dir,
+            fsync=settings.fsync,
+        )
+        media.setup()
+        encoder = EncoderClient(
+            build_client(
+                settings.encoder_url,
+                connect_timeout=settings.connect_timeout_s,
+                read_timeout=settings.encoder_timeout_s,
+                max_connections=settings.max_connections,
+            )
+        )
+        index = IndexClient(
+            build_client(
+                settings.index_url,
+                connect_timeout=settings.connect_timeout_s,
+                read_timeout=settings.index_timeout_s,
+                max_connections=settings.max_connections,
+            )
+        )
+        app.state.gateway = GatewayState(
+            settings=settings,
+            encoder=encoder,
+            index=index,
+            media=media,
+            records=RecordCache(settings.record_cache_size),
+        )
+        try:
+            yield
+        finally:
+            await encoder.aclose()
+            await index.aclose()
+
+    app = FastAPI(
+        title="Glimpse",
+        summary="Text-to-image and image-to-image search over your own image collection.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    # Added before the metrics middleware, so it sits inside it: the metrics count the 413s,
+    # and the limit's exception is raised straight into the route's body read (the metrics'
+    # BaseHTTPMiddleware would wrap it in an ExceptionGroup that FastAPI turns into a 400).
+    app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit_for(settings))
+    install_metrics(app, ServiceMetrics("gateway"))
+    app.include_router(router)
+    # Last: the web page answers every path no API route claimed.
+    app.mount(
+        "/",
+        StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False),
+        name="frontend",
+    )
+    return app
+
+
+app = create_app()

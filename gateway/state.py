@@ -1,0 +1,106 @@
+"""What the gateway holds while it runs (built in the lifespan), and how routes get it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from gateway.clients import EncoderClient, IndexClient
+from gateway.config import Settings
+from gateway.media import MediaStore
+from gateway.security import check_api_key
+
+
+class RecordCache:
+    """Index records by id (LRU): serving a thumbnail should not cost an index round trip."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def get(self, item_id: int) -> dict[str, Any] | None:
+        record = self._items.get(item_id)
+        if record is not None:
+            self._items.move_to_end(item_id)
+        return record
+
+    def put(self, item_id: int, record: dict[str, Any]) -> None:
+        if self.size <= 0:
+            return
+        self._items[item_id] = record
+        self._items.move_to_end(item_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def drop(self, item_id: int) -> None:
+        self._items.pop(item_id, None)
+
+
+class KeyLocks:
+    """One asyncio lock per sha256, so an ingest and a delete of the same bytes never interleave
+    (a delete removing media that a concurrent ingest is about to index)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        ordered = sorted(set(keys))  # one global order: two holders can never deadlock
+        taken: list[str] = []
+        acquired: set[str] = set()
+        try:
+            for key in ordered:
+                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+                self._locks[key] = (lock, users + 1)
+                taken.append(key)
+                await lock.acquire()
+                acquired.add(key)
+            yield
+        finally:
+            for key in taken:
+                lock, users = self._locks[key]
+                if key in acquired:
+                    lock.release()
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    encoder: EncoderClient
+    index: IndexClient
+    media: MediaStore
+    records: RecordCache
+    key_locks: KeyLocks = field(default_factory=KeyLocks)
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+State = Annotated[GatewayState, Depends(get_state)]
+
+
+def require_write(request: Request, state: State) -> None:
+    """Write routes (ingest, delete, admin) need the API key when one is set."""
+    check_api_key(request, state.settings.api_key)
+
+
+def require_read(request: Request, state: State) -> None:
+    """Read routes are open unless GATEWAY_PUBLIC_READ=false, then they need the key too."""
+    if not state.settings.public_read:
+        check_api_key(request, state.settings.api_key)
+
+
+WriteAccess = Depends(require_write)
+ReadAccess = Depends(require_read)

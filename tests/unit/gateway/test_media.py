@@ -1,0 +1,127 @@
+"""MediaStore: content-addressed layout, atomic writes, strict library path resolution."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.media import MediaStore, safe_relative_path, write_atomic
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_original_is_content_addressed_and_sharded(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    store.setup()
+    data = b"some image bytes"
+    digest = sha(data)
+    store.put_original(digest, data)
+    path = tmp_path / "originals" / digest[:2] / digest[2:4] / digest
+    assert path.read_bytes() == data
+    assert store.find_original(digest, "ignored.jpg") == path
+
+
+def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    digest = sha(b"x")
+    store.put_original(digest, b"x")
+    store.put_thumbnail(digest, "image/webp", b"thumb")
+    names = [n for _, _, files in os.walk(tmp_path) for n in files]
+    assert sorted(names) == sorted([digest, f"{digest}.webp"])
+
+
+def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b"
+    write_atomic(target, b"old")
+    write_atomic(target, b"new", fsync=False)
+    assert target.read_bytes() == b"new"
+    assert os.listdir(target.parent) == ["b"]
+
+
+def test_remove_forgets_original_and_thumbnails(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    digest = sha(b"y")
+    store.put_original(digest, b"y")
+    store.put_thumbnail(digest, "image/jpeg", b"t")
+    store.remove(digest)
+    assert store.find_original(digest, "y.jpg") is None
+    assert store.find_thumbnail(digest, "image/jpeg") is None
+
+
+def test_not_a_digest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        MediaStore(tmp_path).original_path("../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    ("name", "clean"),
+    [
+        ("a.jpg", "a.jpg"),
+        ("holiday/2019/a.jpg", "holiday/2019/a.jpg"),
+        ("./x//y/./z.png", "x/y/z.png"),
+        ("win\\dir\\b.jpg", "win/dir/b.jpg"),
+        ("../a.jpg", None),
+        ("a/../../b.jpg", None),
+        ("..\\..\\b.jpg", None),
+        ("/etc/passwd", None),
+        ("C:\\Windows\\x.jpg", None),
+        ("", None),
+        (".", None),
+        ("a\x00b.jpg", None),
+        ("new\nline.jpg", None),
+    ],
+)
+def test_safe_relative_path(name: str, clean: str | None) -> None:
+    assert safe_relative_path(name) == clean
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    lib = tmp_path / "library"
+    (lib / "trip").mkdir(parents=True)
+    (lib / "trip" / "a.jpg").write_bytes(b"inside")
+    (tmp_path / "secret.txt").write_bytes(b"outside")
+    (lib / "escape.jpg").symlink_to(tmp_path / "secret.txt")
+    (lib / "inner-link.jpg").symlink_to(lib / "trip" / "a.jpg")
+    (lib / "dirlink").symlink_to(tmp_path)
+    return lib
+
+
+def test_library_resolves_only_inside(library: Path, tmp_path: Path) -> None:
+    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
+    assert store.library_path("trip/a.jpg") == (library / "trip" / "a.jpg").resolve()
+    assert store.library_path("inner-link.jpg") == (library / "trip" / "a.jpg").resolve()
+    for bad in (
+        "../secret.txt",
+        "trip/../../secret.txt",
+        str(tmp_path / "secret.txt"),
+        "escape.jpg",
+        "dirlink/secret.txt",
+        "trip",
+        "missing.jpg",
+        "%2e%2e/secret.txt",
+    ):
+        assert store.library_path(bad) is None, bad
+
+
+def test_without_stored_originals_the_library_serves(library: Path, tmp_path: Path) -> None:
+    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
+    digest = sha(b"inside")
+    store.put_original(digest, b"inside")
+    assert not store.original_path(digest).exists()
+    assert store.find_original(digest, "trip/a.jpg") == (library / "trip" / "a.jpg").resolve()
+
+
+def test_total_bytes_is_cached_until_invalidated(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    store.put_original(sha(b"abc"), b"abc")
+    assert store.total_bytes() == 3
+    store.put_original(sha(b"defg"), b"defg")
+    assert store.total_bytes() == 3
+    store.invalidate_bytes()
+    assert store.total_bytes() == 7
