@@ -112,6 +112,7 @@ class Failure:
     status: str  # "rejected": the file itself is bad; "failed": it could not be sent
     error_type: str
     reason: str
+    sha256: str | None = None
 
 
 @dataclass
@@ -369,11 +370,19 @@ class _Run:
                 )
                 self.bar.update(n)
 
-    def fail(self, candidate: Candidate, status: str, error_type: str, reason: str) -> None:
+    def fail(
+        self,
+        candidate: Candidate,
+        status: str,
+        error_type: str,
+        reason: str,
+        sha256: str | None = None,
+    ) -> None:
+        failure = Failure(
+            str(candidate.path), candidate.relative, status, error_type, reason, sha256
+        )
         with self.lock:
-            self.summary.failures.append(
-                Failure(str(candidate.path), candidate.relative, status, error_type, reason)
-            )
+            self.summary.failures.append(failure)
         self.count(**{status: 1})
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -417,12 +426,14 @@ class _Run:
             self.fail(
                 candidate, "rejected", "not_an_image",
                 "the content is not an image (its first bytes match no supported format)",
+                digest.hexdigest(),
             )
             return None
         if kind not in kinds:
             self.fail(
                 candidate, "rejected", "unsupported_media_type",
                 f"{kind} images need a decoder that is not installed",
+                digest.hexdigest(),
             )
             return None
         return _Hashed(candidate, digest.hexdigest(), kind)
@@ -457,7 +468,7 @@ class _Run:
             resp = self.request("POST", "/ingest", files=parts)
         except GaveUp as exc:
             for item in sent:
-                self.fail(item.candidate, "failed", "unavailable", str(exc))
+                self.fail(item.candidate, "failed", "unavailable", str(exc), item.sha256)
             return
         except httpx.HTTPError as exc:  # e.g. the client was closed by a second Ctrl-C
             for item in sent:
@@ -481,7 +492,7 @@ class _Run:
                 self.upload(sent[:half])
                 self.upload(sent[half:])
                 return
-            self.fail(sent[0].candidate, "rejected", error_type, sentence)
+            self.fail(sent[0].candidate, "rejected", error_type, sentence, sent[0].sha256)
             return
         for item in sent:
             self.fail(item.candidate, "failed", error_type, sentence)
@@ -502,6 +513,7 @@ class _Run:
                 self.fail(
                     hashed.candidate, "rejected", str(item.get("error_type") or "rejected"),
                     str(item.get("error") or "the gateway rejected the file"),
+                    hashed.sha256,
                 )
             else:
                 self.fail(
@@ -549,6 +561,7 @@ def ingest(
     dry_run: bool = False,
     dry_run_out: IO[str] | None = None,
     report_path: str | os.PathLike[str] | None = None,
+    retry_rejected: bool = False,
     progress: bool = False,
     max_batches: int | None = None,
     stop: threading.Event | None = None,
@@ -560,7 +573,9 @@ def ingest(
     ``max_batches`` stops after that many upload batches were sent (a partial run, resumable),
     ``stop`` stops the run like a Ctrl-C when set, ``on_batch`` is called after each batch is
     answered, and ``transport`` replaces the network (tests). The report (JSON lines, one per
-    file not ingested) is written to ``report_path`` when given.
+    file not ingested) is written to ``report_path`` when given; files the gateway rejected in
+    an earlier run with that report are not sent again (the same bytes would be rejected
+    again) unless ``retry_rejected``.
     """
     summary = IngestSummary()
     stop = stop or threading.Event()
@@ -573,6 +588,10 @@ def ingest(
             summary.error = f"{directory} is not a folder"
             return summary
         candidates.extend(walk_images(root, IMAGE_EXTENSIONS, summary))
+
+    earlier = {}
+    if report_path is not None and not retry_rejected:
+        earlier = read_rejections(Path(report_path))
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     client = httpx.Client(
@@ -616,6 +635,10 @@ def ingest(
             for h in hashed:
                 if h.sha256 in seen:
                     run.count(duplicates=1)
+                elif h.sha256 in earlier:
+                    seen.add(h.sha256)
+                    error_type, reason = earlier[h.sha256]
+                    run.fail(h.candidate, "rejected", error_type, reason, h.sha256)
                 else:
                     seen.add(h.sha256)
                     fresh.append(h)
@@ -677,6 +700,29 @@ def _unaccounted(s: IngestSummary) -> int:
     return max(0, s.images - done)
 
 
+def read_rejections(path: Path) -> dict[str, tuple[str, str]]:
+    """sha256 -> (error_type, reason) of the files an earlier report says the gateway refused."""
+    rejections: dict[str, tuple[str, str]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return rejections
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("status") == "rejected" and entry.get("sha256"):
+            reason = str(entry.get("reason", ""))
+            if not reason.startswith(_EARLIER):
+                reason = _EARLIER + reason
+            rejections[str(entry["sha256"])] = (str(entry.get("error_type")), reason)
+    return rejections
+
+
+_EARLIER = "rejected by an earlier run (--retry-rejected sends it again): "
+
+
 def write_report(summary: IngestSummary, path: Path) -> None:
     """One JSON object per line for each file not ingested; an empty file when none."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -716,6 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for one answer (%(default)s)")
     p.add_argument("--report", default=DEFAULT_REPORT,
                    help="where to list the files not ingested, as JSON lines (%(default)s)")
+    p.add_argument("--retry-rejected", action="store_true",
+                   help="send again the files the report says the gateway rejected before")
     p.add_argument("--max-batches", type=int, default=None,
                    help="stop after sending this many batches (a trial run; re-run to resume)")
     p.add_argument("--dry-run", action="store_true",
@@ -754,7 +802,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout,
             dry_run=args.dry_run,
             dry_run_out=sys.stdout,
-            report_path=None if args.dry_run else args.report,
+            report_path=args.report,
+            retry_rejected=args.retry_rejected,
             progress=not args.quiet,
             max_batches=args.max_batches,
             stop=stop,

@@ -432,3 +432,24 @@ def test_every_file_is_counted_exactly_once_under_random_faults(tmp_path: Path, 
     assert summary.failed == len([f for f in summary.failures if f.status == "failed"])
     again = run(tmp_path, gw)  # a re-run gets everything in
     assert summary.added + again.added == 20 and again.failed == 0
+
+
+def test_a_rerun_does_not_send_again_what_the_report_says_was_rejected(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    make_tree(images, 2)
+    (images / "broken.jpg").write_bytes(BROKEN + b"x" * 100)
+    report = tmp_path / "report.jsonl"
+    gw = FakeGateway()
+    first = run(images, gw, report_path=report)
+    assert (first.added, first.rejected, len(gw.ingest_calls)) == (2, 1, 1)
+
+    second = run(images, gw, report_path=report)
+    assert (second.already, second.rejected, second.batches) == (2, 1, 0)
+    assert len(gw.ingest_calls) == 1
+    [line] = [json.loads(x) for x in report.read_text().splitlines()]
+    assert line["relative"] == "broken.jpg" and line["error_type"] == "invalid_image"
+    assert line["reason"].startswith("rejected by an earlier run")
+    assert line["reason"].endswith("The file is not a readable image.")
+
+    third = run(images, gw, report_path=report, retry_rejected=True)
+    assert (third.rejected, third.batches, len(gw.ingest_calls)) == (1, 1, 2)
