@@ -24,7 +24,11 @@ class EmbedError(BaseModel):
 
 
 class EmbedImageResponse(BaseModel):
-    """One slot per uploaded file: an embedding, or null and an error in the same slot."""
+    """One slot per uploaded file: an embedding, or null and an error in the same slot.
+
+    When no file at all could be embedded the answer is not 200 but the error of the first
+    file (4xx, the error body), with every slot's error in ``details.errors``.
+    """
 
     model: str
     dim: int
@@ -34,10 +38,15 @@ class EmbedImageResponse(BaseModel):
 
 class EncoderInfo(BaseModel):
     model: str
-    pretrained: str
+    pretrained: str = Field(description="Tag, checkpoint path, or 'none' (seeded random).")
     dim: int
     device: str
     precision: str
     image_size: int
     max_batch: int
     max_wait_ms: float
+    max_files: int | None = Field(default=None, description="Most files per image request.")
+    max_texts: int | None = Field(default=None, description="Most texts per text request.")
+    max_text_chars: int | None = Field(default=None, description="Longest accepted text.")
+    max_file_bytes: int | None = Field(default=None, description="Largest accepted file.")
+    gpu_decode: bool = Field(default=False, description="JPEGs are decoded on the GPU.")

@@ -1,0 +1,249 @@
+"""HTTP routes of the encoder: embed texts, embed image files, info, health and readiness."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contracts.common import HealthResponse, ReadyResponse
+from contracts.encoder import (
+    EmbedImageResponse,
+    EmbedTextRequest,
+    EmbedTextResponse,
+    EncoderInfo,
+)
+from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
+from contracts.vectors import VectorEncoding, encode_vector
+from encoder_service.service import EncoderRuntime, not_ready
+
+router = APIRouter()
+
+
+def get_runtime(request: Request) -> EncoderRuntime:
+    runtime: EncoderRuntime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or not runtime.warmed_up:
+        raise not_ready()
+    return runtime
+
+
+Runtime = Annotated[EncoderRuntime, Depends(get_runtime)]
+
+
+def _vector_json(vector: np.ndarray, encoding: str) -> Any:
+    return encode_vector(vector) if encoding == "base64" else vector.tolist()
+
+
+@router.post(
+    "/v1/embed/text",
+    response_model=EmbedTextResponse,
+    responses=ERROR_RESPONSES,
+    tags=["embed"],
+)
+async def embed_text(body: EmbedTextRequest, runtime: Runtime) -> JSONResponse:
+    """Unit-norm float32 CLIP vectors of the texts, in order."""
+    settings = runtime.settings
+    if len(body.texts) > settings.max_texts:
+        raise GlimpseError(
+            ErrorType.payload_too_large,
+            f"The request holds {len(body.texts)} texts; the limit is {settings.max_texts}.",
+        )
+    for i, text in enumerate(body.texts):
+        if not text.strip():
+            raise GlimpseError(ErrorType.validation_error, f"texts[{i}] is empty.")
+        if len(text) > settings.max_text_chars:
+            raise GlimpseError(
+                ErrorType.validation_error,
+                f"texts[{i}] has {len(text)} characters; the limit is "
+                f"{settings.max_text_chars}.",
+            )
+    vectors = await runtime.embed_texts(body.texts)
+    # Built by hand, not through the response model: re-validating thousands of floats per
+    # request would cost more than the small model's forward pass.
+    return JSONResponse(
+        {
+            "model": runtime.encoder.name,
+            "dim": runtime.encoder.dim,
+            "embeddings": [_vector_json(v, body.encoding) for v in vectors],
+        }
+    )
+
+
+_MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more image files (JPEG, PNG, WebP, GIF, "
+                            "BMP, TIFF).",
+                        },
+                        "encoding": {"type": "string", "enum": ["float", "base64"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[Any], str | None]:
+    """The uploaded files (bytes, or the error of a file over the byte limit) and the optional
+    'encoding' form field."""
+    settings = runtime.settings
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+        raise GlimpseError(
+            ErrorType.payload_too_large,
+            f"The request body has {length} bytes; the limit is {settings.max_request_bytes}.",
+        )
+    try:
+        form = await request.form(
+            max_files=settings.max_files, max_fields=16, max_part_size=64 * 1024
+        )
+    except StarletteHTTPException as exc:
+        detail = str(exc.detail)
+        if "Too many files" in detail:
+            raise GlimpseError(
+                ErrorType.payload_too_large,
+                f"Too many files in one request; the limit is {settings.max_files}.",
+            ) from exc
+        raise GlimpseError(
+            ErrorType.bad_request, f"The multipart body could not be parsed: {detail}"
+        ) from exc
+    uploads = [v for key, v in form.multi_items() if key in ("files", "file")]
+    if not uploads:
+        raise GlimpseError(
+            ErrorType.validation_error,
+            "Send at least one image as a multipart/form-data part named 'files'.",
+        )
+    encoding = form.get("encoding")
+    contents: list[Any] = []
+    for i, upload in enumerate(uploads):
+        if not isinstance(upload, UploadFile):
+            contents.append(
+                GlimpseError(
+                    ErrorType.invalid_image,
+                    f"files[{i}] is a plain form field, not an uploaded file.",
+                )
+            )
+        elif upload.size is not None and upload.size > settings.max_file_bytes:
+            contents.append(
+                GlimpseError(
+                    ErrorType.payload_too_large,
+                    f"files[{i}] has {upload.size} bytes; the limit is "
+                    f"{settings.max_file_bytes} bytes per image.",
+                )
+            )
+        else:
+            contents.append(await upload.read())
+    await form.close()
+    return contents, encoding if isinstance(encoding, str) else None
+
+
+@router.post(
+    "/v1/embed/image",
+    response_model=EmbedImageResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_MULTIPART_BODY,
+    tags=["embed"],
+)
+async def embed_image(
+    request: Request,
+    runtime: Runtime,
+    encoding: Annotated[
+        VectorEncoding | None, Query(description="'float' lists or 'base64' float32.")
+    ] = None,
+) -> JSONResponse:
+    """Unit-norm float32 CLIP vectors of the uploaded images, one slot per file.
+
+    A file that cannot be used leaves null in its slot and its error beside it; the other
+    files are embedded. When none can be, the answer is the first file's error (4xx).
+    """
+    contents, form_encoding = await _read_files(request, runtime)
+    chosen = encoding or form_encoding or "float"
+    if chosen not in ("float", "base64"):
+        raise GlimpseError(
+            ErrorType.validation_error, f"encoding must be 'float' or 'base64', not {chosen!r}."
+        )
+    slots = [i for i, c in enumerate(contents) if isinstance(c, bytes)]
+    results: list[Any] = list(contents)
+    embedded = await runtime.embed_images([contents[i] for i in slots])
+    for slot, result in zip(slots, embedded, strict=True):
+        results[slot] = result
+    errors = [
+        {"error": r.message, "error_type": r.error_type} if isinstance(r, GlimpseError) else None
+        for r in results
+    ]
+    if all(e is not None for e in errors):
+        first = results[0]
+        assert isinstance(first, GlimpseError)
+        prefix = "" if len(results) == 1 else f"None of the {len(results)} files could be used; "
+        prefix += "files[0]: " if len(results) > 1 else ""
+        raise GlimpseError(first.error_type, prefix + first.message, {"errors": errors})
+    return JSONResponse(
+        {
+            "model": runtime.encoder.name,
+            "dim": runtime.encoder.dim,
+            "embeddings": [
+                None if isinstance(r, GlimpseError) else _vector_json(r, chosen) for r in results
+            ],
+            "errors": errors,
+        }
+    )
+
+
+@router.get("/v1/info", response_model=EncoderInfo, responses=ERROR_RESPONSES, tags=["ops"])
+async def info(runtime: Runtime) -> EncoderInfo:
+    """The model and the limits this encoder runs with."""
+    s = runtime.settings
+    return EncoderInfo(
+        **runtime.info(),
+        max_files=s.max_files,
+        max_texts=s.max_texts,
+        max_text_chars=s.max_text_chars,
+        max_file_bytes=s.max_file_bytes,
+        gpu_decode=runtime.gpu_decode,
+    )
+
+
+@router.get("/healthz", response_model=HealthResponse, tags=["ops"])
+async def healthz() -> HealthResponse:
+    """Liveness: the process answers (the model may still be loading)."""
+    return HealthResponse()
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Not ready yet."}},
+    tags=["ops"],
+)
+async def readyz(request: Request) -> JSONResponse:
+    """Ready once the model is loaded AND a warm-up text and image went through it."""
+    runtime: EncoderRuntime | None = getattr(request.app.state, "runtime", None)
+    warmup_error: str | None = getattr(request.app.state, "warmup_error", None)
+    checks = {
+        "model": "ok" if runtime is not None else "loading",
+        "warmup": "ok"
+        if runtime is not None and runtime.warmed_up
+        else (f"failed: {warmup_error}" if warmup_error else "pending"),
+    }
+    ready = all(v == "ok" for v in checks.values())
+    body: dict[str, Any] = ReadyResponse(ready=ready, checks=checks).model_dump()
+    if not ready:
+        # Both shapes at once: the readiness body, and the error body every non-2xx carries.
+        body.update(error="The encoder is not ready: " + ", ".join(
+            f"{k} {v}" for k, v in checks.items() if v != "ok"
+        ) + ".", error_type=ErrorType.not_ready.value)
+    return JSONResponse(body, status_code=200 if ready else 503)

@@ -1,0 +1,79 @@
+"""Settings of the encoder service, read from ``ENCODER_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+GpuDecode = Literal["auto", "on", "off"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the encoder; each default works for a local run."""
+
+    model_config = SettingsConfigDict(env_prefix="ENCODER_", env_nested_delimiter="__")
+
+    model: str = Field(
+        default="ViT-B-32",
+        description="open_clip model name; 'glimpse-tiny' is the tiny test model shipped here.",
+    )
+    pretrained: str = Field(
+        default="laion2b_s34b_b79k",
+        description="Weights: an open_clip tag (fetched from the hub once, then cached), "
+        "a local checkpoint path, or 'none' for seeded random weights.",
+    )
+    cache_dir: str | None = Field(
+        default=None, description="Where hub weights are cached (open_clip's default if unset)."
+    )
+    seed: int = Field(default=0, description="Seed of the random weights when pretrained=none.")
+    device: Device = Field(default="auto", description="auto (cuda when present), cpu or cuda.")
+    precision: Precision = Field(
+        default="auto", description="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."
+    )
+    max_batch: int = Field(default=64, ge=1, description="Most inputs in one forward pass.")
+    max_wait_ms: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="Most time the first input of a batch waits for company while other "
+        "requests are still being decoded.",
+    )
+    max_queue: int = Field(
+        default=4096, ge=1, description="Inputs waiting for the model before answering 429."
+    )
+    decode_workers: int = Field(
+        default=0, ge=0, description="Image decoding threads; 0 picks from the CPU count."
+    )
+    torch_threads: int = Field(
+        default=0, ge=0, description="torch intra-op threads on CPU; 0 picks from the CPU count."
+    )
+    gpu_decode: GpuDecode = Field(
+        default="auto",
+        description="Batched JPEG decoding on the GPU (torchvision.io.decode_jpeg): auto = on "
+        "when the device is CUDA.",
+    )
+    text_cache_size: int = Field(
+        default=4096, ge=0, description="Text embeddings kept in the LRU cache (0 disables)."
+    )
+    max_file_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="Largest accepted image file in bytes."
+    )
+    max_pixels: int = Field(
+        default=60_000_000,
+        ge=1,
+        description="Largest accepted image in pixels (width x height), read from the header.",
+    )
+    max_request_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="Largest image request body (Content-Length), refused before it is read.",
+    )
+    max_files: int = Field(default=256, ge=1, description="Most image files in one request.")
+    max_texts: int = Field(default=256, ge=1, description="Most texts in one request.")
+    max_text_chars: int = Field(default=1000, ge=1, description="Longest accepted text.")
+    warmup: bool = Field(
+        default=True, description="Run one text and one image forward before /readyz says ready."
+    )

@@ -1,0 +1,196 @@
+"""Image bytes to model input: format allowlist, size caps read from the header before any
+decoding, EXIF orientation, any mode to RGB, reduced-size JPEG decoding.
+
+These functions block (PIL decoding); the service runs them in its decode thread pool, beside
+the model thread, never on the event loop. PIL releases the GIL while it decodes and resizes,
+so the pool really runs in parallel with the model.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from contracts.errors import ErrorType, GlimpseError
+
+# Formats a photo collection holds. Everything else (EPS, PSD, ICO, PPM, ...) is refused: a
+# smaller parser surface, and EPS would even hand the bytes to Ghostscript.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+_EXIF_ORIENTATION = 0x0112
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the GPU decoder needs to know of a JPEG it may decode without the CPU."""
+
+    width: int
+    height: int
+
+
+def _reject(error_type: ErrorType, message: str) -> GlimpseError:
+    return GlimpseError(error_type, message)
+
+
+def _identify_other_format(data: bytes) -> str | None:
+    """The name of a format PIL knows but we do not accept, from the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return str(img.format)
+    except Exception:  # noqa: BLE001 - any failure means "not an image we can name"
+        return None
+
+
+def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open ``data`` lazily (header only) and enforce the allowlist and both size caps."""
+    if not data:
+        raise _reject(ErrorType.invalid_image, "The file is empty (0 bytes).")
+    if len(data) > limits.max_bytes:
+        raise _reject(
+            ErrorType.payload_too_large,
+            f"The file has {len(data)} bytes; the limit is {limits.max_bytes} bytes per image.",
+        )
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL's own bomb guard fires from the header; our cap is lower, so this is ours too.
+        raise _reject(
+            ErrorType.image_too_large,
+            f"The image declares more pixels than allowed ({limits.max_pixels}): {exc}",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        other = _identify_other_format(data)
+        if other is not None:
+            raise _reject(
+                ErrorType.unsupported_media_type,
+                f"Images in {other} format are not accepted; send one of "
+                f"{', '.join(ALLOWED_FORMATS)}.",
+            ) from exc
+        raise _reject(
+            ErrorType.invalid_image,
+            f"The file is not a recognisable image (accepted: {', '.join(ALLOWED_FORMATS)}).",
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _reject(ErrorType.invalid_image, f"The image header is corrupt: {exc}") from exc
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise _reject(ErrorType.invalid_image, f"The image declares a size of {width}x{height}.")
+    if width * height > limits.max_pixels:
+        raise _reject(
+            ErrorType.image_too_large,
+            f"The image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{limits.max_pixels} pixels.",
+        )
+    return img
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    # Transparent pixels often hold black or garbage colour; CLIP should see what a viewer sees
+    # on a white page, not what hides under the alpha channel.
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit or 32-bit integer and float greyscale to 8-bit greyscale."""
+    arr = np.asarray(img, dtype=np.float64)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(arr.max()) if arr.size else 0.0
+    if img.mode == "F" and top <= 1.0:
+        scale = 255.0
+    elif top > 255.0:
+        scale = 255.0 / (65535.0 if top <= 65535.0 else top)
+    else:
+        scale = 1.0
+    return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: palette, alpha, CMYK, 16-bit, greyscale, bilevel."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P":
+        return _flatten_alpha(img) if "transparency" in img.info else img.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        return _flatten_alpha(img)
+    if mode == "F" or mode.startswith("I"):
+        return _high_bit_depth_to_l(img).convert("RGB")
+    return img.convert("RGB")
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - malformed EXIF is treated as "no orientation"
+        return 1
+
+
+def decode_image(data: bytes, limits: ImageLimits, min_side: int) -> Image.Image:
+    """Checked, oriented, RGB image. JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8)
+    that keeps both sides at least ``min_side``, which is all the model's resize needs."""
+    img = open_checked(data, limits)
+    try:
+        if img.format == "JPEG":
+            img.draft(None, (min_side, min_side))
+        img.load()
+        if _orientation(img) != 1:
+            img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except GlimpseError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _reject(
+            ErrorType.image_too_large, f"The image is too large to decode: {exc}"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        raise _reject(
+            ErrorType.invalid_image,
+            f"The image could not be decoded (truncated or corrupt {img.format}): {exc}",
+        ) from exc
+    except MemoryError as exc:
+        raise _reject(ErrorType.image_too_large, "The image is too large to decode.") from exc
+
+
+def prepare_pixels(
+    data: bytes,
+    limits: ImageLimits,
+    min_side: int,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+) -> torch.Tensor:
+    """Bytes to the model's input tensor (3, S, S) with the model's own preprocessing."""
+    img = decode_image(data, limits, min_side)
+    return preprocess(img)
+
+
+def gpu_decodable_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
+    """Header of a JPEG that nvJPEG can decode as is (baseline, RGB or grey, upright), else None.
+
+    Raises the same errors as :func:`open_checked` for bytes that are no acceptable image, so
+    a bad file is rejected before it reaches the GPU batch.
+    """
+    img = open_checked(data, limits)
+    try:
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return None
+        if img.info.get("progressive") or img.info.get("progression"):
+            return None
+        if _orientation(img) != 1:
+            return None
+        width, height = img.size
+        return JpegHeader(width=width, height=height)
+    finally:
+        img.close()

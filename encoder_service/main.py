@@ -1,0 +1,74 @@
+"""The encoder app: ``create_app(settings)`` and ``app`` for ``uvicorn encoder_service.main:app``.
+
+Building ``app`` at import is cheap; the model is loaded in the lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from contracts.errors import install_error_handlers
+from contracts.observability import ServiceMetrics, install_metrics
+from encoder_service.api import router
+from encoder_service.config import Settings
+from encoder_service.model import ModelLoadError
+from encoder_service.service import EncoderRuntime
+
+logger = logging.getLogger("glimpse.encoder")
+
+
+async def _warm_up(app: FastAPI, runtime: EncoderRuntime) -> None:
+    try:
+        await runtime.warm_up()
+    except Exception as exc:  # noqa: BLE001 - /readyz reports it; the service stays not ready
+        logger.exception("warm-up failed")
+        app.state.warmup_error = str(exc)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    try:
+        # Loading takes seconds of blocking torch and disk work: off the event loop.
+        runtime = await asyncio.to_thread(
+            EncoderRuntime.load, settings, app.state.metrics.registry
+        )
+    except ModelLoadError as exc:
+        logger.error("encoder cannot start: %s", exc)
+        raise
+    app.state.runtime = runtime
+    warm_task: asyncio.Task[None] | None = None
+    if settings.warmup:
+        warm_task = asyncio.create_task(_warm_up(app, runtime))
+    else:
+        runtime.warmed_up = True
+    try:
+        yield
+    finally:
+        if warm_task is not None:
+            warm_task.cancel()
+        await asyncio.to_thread(runtime.close)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Glimpse encoder",
+        version="0.1.0",
+        summary="Text and image bytes to L2-normalised CLIP vectors, batched.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or Settings()
+    app.state.runtime = None
+    app.state.warmup_error = None
+    install_error_handlers(app)
+    install_metrics(app, ServiceMetrics("encoder"))
+    app.include_router(router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,247 @@
+"""The encoder at run time: model, model thread (batcher), decode pool and text cache, and the
+two async operations the API offers (embed texts, embed image files).
+
+Built in the app's lifespan and kept on ``app.state.runtime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from contracts.errors import ErrorType, GlimpseError
+from encoder_service.batching import Batcher, BatchMetrics, BatchResult, Kind
+from encoder_service.config import Settings
+from encoder_service.images import ImageLimits, gpu_decodable_jpeg, prepare_pixels
+from encoder_service.model import ClipEncoder, load_encoder
+
+logger = logging.getLogger("glimpse.encoder")
+
+
+@dataclass(frozen=True)
+class GpuJpeg:
+    """An image payload left as JPEG bytes for the GPU decoder (see gpu_decode.py)."""
+
+    data: bytes
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def choose_threads(settings: Settings, device: str) -> tuple[int, int]:
+    """(torch intra-op threads, decode workers).
+
+    On a CPU the forward pass and decoding share the cores. Measured with
+    scripts/bench_encoder.py on 2 cores (docs/encoder.md): torch on every core plus ONE decode
+    thread beats splitting the cores; PIL's decoding mostly fits in the gaps between and
+    inside the model's parallel regions. On a GPU the cores only decode.
+    """
+    cores = cpu_count()
+    torch_threads = settings.torch_threads or cores
+    if settings.decode_workers:
+        workers = settings.decode_workers
+    elif device == "cuda":
+        workers = max(2, min(16, cores))
+    else:
+        workers = max(1, cores // 2)
+    return torch_threads, workers
+
+
+class EncoderRuntime:
+    """Owns the model, its thread, the decode pool and the text cache."""
+
+    def __init__(self, settings: Settings, encoder: ClipEncoder, registry: CollectorRegistry):
+        self.settings = settings
+        self.encoder = encoder
+        self.limits = ImageLimits(settings.max_file_bytes, settings.max_pixels)
+        torch_threads, workers = choose_threads(settings, encoder.device)
+        if encoder.device == "cpu":
+            torch.set_num_threads(torch_threads)
+        self.torch_threads = torch_threads
+        self.decode_workers = workers
+        # PIL decoding blocks; it runs in this pool so the event loop stays free and decoding
+        # overlaps the model's forward pass.
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="glimpse-decode")
+        self.gpu_decode = self._want_gpu_decode(settings, encoder)
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+            metrics=BatchMetrics(registry),
+        )
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_hits = Counter(
+            "glimpse_encoder_text_cache_hits_total", "Texts answered from the cache.",
+            registry=registry,
+        )
+        self.cache_misses = Counter(
+            "glimpse_encoder_text_cache_misses_total", "Texts that needed a forward pass.",
+            registry=registry,
+        )
+        self.image_errors = Counter(
+            "glimpse_encoder_image_errors_total", "Image files refused, by error type.",
+            ["error_type"], registry=registry,
+        )
+        self.decode_seconds = Histogram(
+            "glimpse_encoder_decode_seconds", "Decode and preprocess time of one image file.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+            registry=registry,
+        )
+        self.warmed_up = False
+
+    @classmethod
+    def load(cls, settings: Settings, registry: CollectorRegistry) -> EncoderRuntime:
+        """Load the model (blocking: call it off the event loop) and start the model thread."""
+        runtime = cls(settings, load_encoder(settings), registry)
+        runtime.batcher.start()
+        return runtime
+
+    @staticmethod
+    def _want_gpu_decode(settings: Settings, encoder: ClipEncoder) -> bool:
+        if settings.gpu_decode == "off" or encoder.device != "cuda":
+            return False
+        from encoder_service.gpu_decode import supports_gpu_preprocessing
+
+        return supports_gpu_preprocessing(encoder)
+
+    def close(self) -> None:
+        self.batcher.stop()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- the model thread ---------------------------------------------------------------------
+
+    def _run_batch(self, kind: Kind, payloads: list[Any]) -> BatchResult:
+        if kind == "text":
+            return list(self.encoder.encode_texts(payloads))
+        inputs: list[torch.Tensor | BaseException] = list(payloads)
+        jpeg_slots = [i for i, p in enumerate(payloads) if isinstance(p, GpuJpeg)]
+        if jpeg_slots:
+            from encoder_service.gpu_decode import gpu_prepare
+
+            prepared = gpu_prepare(
+                [payloads[i].data for i in jpeg_slots], self.encoder, self.limits
+            )
+            for slot, tensor in zip(jpeg_slots, prepared, strict=True):
+                inputs[slot] = tensor
+        ok = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
+        results: list[np.ndarray | BaseException] = [
+            t if isinstance(t, BaseException) else np.empty(0, np.float32) for t in inputs
+        ]
+        if ok:
+            device = self.encoder.device
+            pixels = torch.stack([inputs[i].to(device) for i in ok])  # type: ignore[union-attr]
+            vectors = self.encoder.encode_pixels(pixels)
+            for slot, vector in zip(ok, vectors, strict=True):
+                results[slot] = vector
+        return results
+
+    # -- async operations ---------------------------------------------------------------------
+
+    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors (len(texts), dim); repeated and cached texts skip the model."""
+        cache_size = self.settings.text_cache_size
+        found: dict[str, np.ndarray] = {}
+        for text in texts:
+            if text in found:
+                continue
+            cached = self._text_cache.get(text)
+            if cached is not None:
+                self._text_cache.move_to_end(text)
+                found[text] = cached
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        self.cache_hits.inc(len(texts) - len(missing))
+        self.cache_misses.inc(len(missing))
+        if missing:
+            futures = self.batcher.submit("text", missing)
+            vectors = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            for text, vector in zip(missing, vectors, strict=True):
+                vector.setflags(write=False)
+                found[text] = vector
+                if cache_size:
+                    self._text_cache[text] = vector
+                    self._text_cache.move_to_end(text)
+            while len(self._text_cache) > cache_size:
+                self._text_cache.popitem(last=False)
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
+
+    def _prepare_image(self, data: bytes) -> torch.Tensor | GpuJpeg:
+        """Runs in the decode pool."""
+        with self.decode_seconds.time():
+            if self.gpu_decode and gpu_decodable_jpeg(data, self.limits) is not None:
+                return GpuJpeg(data)
+            return prepare_pixels(
+                data, self.limits, self.encoder.image_size, self.encoder.preprocess
+            )
+
+    async def _embed_one_image(self, data: bytes) -> np.ndarray | GlimpseError:
+        loop = asyncio.get_running_loop()
+        queued = False
+        try:
+            try:
+                payload = await loop.run_in_executor(self.pool, self._prepare_image, data)
+            except GlimpseError as exc:
+                self.image_errors.labels(exc.error_type).inc()
+                return exc
+            (future,) = self.batcher.submit("image", [payload], announced=True)
+            queued = True
+            try:
+                return await asyncio.wrap_future(future)
+            except GlimpseError as exc:  # a file only the GPU decoder looked at closely
+                self.image_errors.labels(exc.error_type).inc()
+                return exc
+        finally:
+            if not queued:
+                self.batcher.announce(-1)
+
+    async def embed_images(self, files: Sequence[bytes]) -> list[np.ndarray | GlimpseError]:
+        """One unit vector or one error per file, in order; decoding overlaps the model."""
+        self.batcher.announce(len(files))
+        return list(await asyncio.gather(*(self._embed_one_image(data) for data in files)))
+
+    async def warm_up(self) -> None:
+        """One text and one image through the whole path, so the first request is not slow."""
+        await self.embed_texts(["a photo of a warm-up"])
+        self._text_cache.clear()
+        buf = io.BytesIO()
+        size = self.encoder.image_size
+        Image.new("RGB", (2 * size, size), (128, 96, 64)).save(buf, format="JPEG")
+        (result,) = await self.embed_images([buf.getvalue()])
+        if isinstance(result, GlimpseError):
+            raise RuntimeError(f"warm-up image failed: {result.message}")
+        self.warmed_up = True
+
+    def info(self) -> dict[str, Any]:
+        enc = self.encoder
+        return {
+            "model": enc.name,
+            "pretrained": enc.pretrained,
+            "dim": enc.dim,
+            "device": enc.device,
+            "precision": enc.precision,
+            "image_size": enc.image_size,
+            "max_batch": self.settings.max_batch,
+            "max_wait_ms": self.settings.max_wait_ms,
+        }
+
+
+def not_ready() -> GlimpseError:
+    return GlimpseError(
+        ErrorType.not_ready, "The encoder is still loading or warming up its model."
+    )
