@@ -1,9 +1,9 @@
 // Glimpse web page: text and image search over the gateway's public API (see docs/frontend.md).
 // Plain ES module, no build step, nothing loaded from elsewhere.
 
-const PAGE_SIZE = 30;
+const PAGE_SIZE = 40;
 // Start loading the next page this far before the end of the grid comes into view.
-const PREFETCH_MARGIN = "1200px";
+const PREFETCH_MARGIN = "600px";
 
 const $ = (id) => document.getElementById(id);
 const els = {
