@@ -32,7 +32,7 @@ test-fast: install
 
 # The three services locally, without Docker (Ctrl-C stops them).
 dev: install
-	$(BIN)/python scripts/dev.py
+	$(BIN)/python scripts/dev.py $(DEV_ARGS)
 
 # Ingest the sample photos that scikit-image and scikit-learn ship into a running `make dev`.
 demo: install
