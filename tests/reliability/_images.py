@@ -1,0 +1,190 @@
+"""Hostile and odd images, generated in the test (nothing binary is committed).
+
+Bombs are written by hand, chunk by chunk, so building a 20,000 x 20,000 PNG never holds its
+pixels in memory: the file is a few tens of kilobytes, the decoded image would be gigabytes.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from functools import cache
+
+import numpy as np
+from PIL import Image
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@cache
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A valid one-colour (black, 1-bit greyscale) PNG of width x height pixels."""
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)  # filter byte 0, then packed bits
+    comp = zlib.compressobj(9)
+    parts = []
+    block = row * 256
+    full, rest = divmod(height, 256)
+    for _ in range(full):
+        parts.append(comp.compress(block))
+    parts.append(comp.compress(row * rest))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@cache
+def gif_bomb(width: int = 65_535, height: int = 65_535) -> bytes:
+    """A GIF whose screen and one frame declare width x height, with a tiny LZW stream."""
+    header = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0)  # 2-colour table
+    palette = b"\x00\x00\x00\xff\xff\xff"
+    descriptor = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0)
+    # LZW minimum code size 2: clear (4), a few zero pixels, end (5), packed LSB-first.
+    lzw = bytes([0x02, 0x04, 0x84, 0x8C, 0x2D, 0x00])
+    return header + palette + descriptor + lzw + b"\x00" + b"\x3b"
+
+
+def jpeg_bytes(img: Image.Image, **save: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image, **save: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **save)
+    return buf.getvalue()
+
+
+def save_bytes(img: Image.Image, fmt: str, **save: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+@cache
+def jpeg_header_bomb(width: int = 10_000, height: int = 10_000) -> bytes:
+    """A small real JPEG whose frame header (SOF0) is patched to claim width x height."""
+    data = bytearray(jpeg_bytes(Image.new("RGB", (16, 16), (200, 30, 30)), quality=90))
+    sof = data.find(b"\xff\xc0")
+    assert sof > 0, "PIL wrote no baseline SOF0 marker"
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def gradient(size: tuple[int, int] = (96, 64), seed: int = 0) -> Image.Image:
+    """An asymmetric RGB picture (so a rotation changes what a model sees)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None].repeat(w, 1)
+    arr = np.stack([x, y, 255 - x], axis=2)
+    arr[: h // 3, : w // 4] = (250, 250, 20)  # a yellow block in the top-left corner
+    arr += rng.normal(0, 4, arr.shape).astype(np.float32)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def exif_rotated_jpeg(orientation: int = 6, size: tuple[int, int] = (96, 64)) -> bytes:
+    """A JPEG whose stored pixels are ``size`` but whose EXIF says to rotate them."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return jpeg_bytes(gradient(size), quality=95, exif=exif.tobytes())
+
+
+def upright_of_exif_rotated(orientation: int = 6, size: tuple[int, int] = (96, 64)) -> bytes:
+    """What a viewer shows for :func:`exif_rotated_jpeg`, stored upright (no EXIF)."""
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img = gradient(size)
+    img.info["exif"] = exif.tobytes()
+    img.getexif()[0x0112] = orientation
+    upright = ImageOps.exif_transpose(img)
+    return jpeg_bytes(upright, quality=95)
+
+
+def odd_valid_images() -> dict[str, tuple[bytes, str]]:
+    """Valid images in modes a collection really holds: name -> (bytes, content type)."""
+    base = gradient()
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+    palette_t = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette_t.info["transparency"] = 0
+    grey16 = Image.fromarray(
+        (np.linspace(0, 65535, 96 * 64).reshape(64, 96)).astype(np.uint16)
+    )  # PIL mode I;16
+    return {
+        "cmyk.jpg": (jpeg_bytes(base.convert("CMYK"), quality=90), "image/jpeg"),
+        "grey.jpg": (jpeg_bytes(base.convert("L")), "image/jpeg"),
+        "progressive.jpg": (jpeg_bytes(base, progressive=True), "image/jpeg"),
+        "exif6.jpg": (exif_rotated_jpeg(6), "image/jpeg"),
+        "exif3.jpg": (exif_rotated_jpeg(3), "image/jpeg"),
+        "exif8.jpg": (exif_rotated_jpeg(8), "image/jpeg"),
+        "grey16.png": (png_bytes(grey16), "image/png"),
+        "palette.png": (png_bytes(base.convert("P", palette=Image.Palette.ADAPTIVE)), "image/png"),
+        "palette_transparent.png": (png_bytes(palette_t), "image/png"),
+        "rgba.png": (png_bytes(rgba), "image/png"),
+        "la.png": (png_bytes(base.convert("LA")), "image/png"),
+        "bilevel.png": (png_bytes(base.convert("1")), "image/png"),
+        "rgba.webp": (save_bytes(rgba, "WEBP"), "image/webp"),
+        "animated.gif": (
+            save_bytes(base.convert("P"), "GIF", save_all=True,
+                       append_images=[base.rotate(90).convert("P")]),
+            "image/gif",
+        ),
+        "rgb.bmp": (save_bytes(base, "BMP"), "image/bmp"),
+        "cmyk.tiff": (save_bytes(base.convert("CMYK"), "TIFF"), "image/tiff"),
+        "one_pixel.png": (png_bytes(Image.new("RGB", (1, 1), (1, 2, 3))), "image/png"),
+        "tall_strip.png": (png_bytes(Image.new("RGB", (1, 3000), (9, 9, 9))), "image/png"),
+    }
+
+
+def malformed_images(seed: int = 0) -> dict[str, tuple[bytes, str]]:
+    """Bytes that are no usable image: name -> (bytes, claimed content type)."""
+    rng = np.random.default_rng(seed)
+    jpg = jpeg_bytes(gradient(), quality=90)
+    png = png_bytes(gradient())
+    bad_crc = bytearray(png)
+    bad_crc[40] ^= 0xFF
+    return {
+        "zero.jpg": (b"", "image/jpeg"),
+        "random.jpg": (rng.bytes(4096), "image/jpeg"),
+        "random.png": (rng.bytes(100), "image/png"),
+        "truncated_half.jpg": (jpg[: len(jpg) // 2], "image/jpeg"),
+        "truncated_header.jpg": (jpg[:20], "image/jpeg"),
+        "truncated_half.png": (png[: len(png) // 2], "image/png"),
+        "truncated_sig.png": (png[:8], "image/png"),
+        "bad_crc.png": (bytes(bad_crc), "image/png"),
+        "text.png": (b"this is not an image\n" * 10, "image/png"),
+        "html.jpg": (b"<html><body>hello</body></html>", "image/jpeg"),
+        "svg.svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+                    "image/svg+xml"),
+        "eps.eps": (
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "application/postscript"
+        ),
+        "ico.ico": (save_bytes(gradient((32, 32)), "ICO"), "image/x-icon"),
+        "zero_size_png_header.png": (
+            b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0))
+            + _png_chunk(b"IEND", b""),
+            "image/png",
+        ),
+    }
+
+
+def bombs() -> dict[str, bytes]:
+    """Files that declare (or decode to) more pixels than any sane limit."""
+    return {
+        "png_20000x20000.png": png_bomb(),
+        "png_100mp.png": png_bomb(10_000, 10_000),
+        "gif_65535x65535.gif": gif_bomb(),
+        "jpeg_100mp_header.jpg": jpeg_header_bomb(10_000, 10_000),
+        "jpeg_65500x65500_header.jpg": jpeg_header_bomb(65_500, 65_500),
+    }

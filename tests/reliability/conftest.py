@@ -1,0 +1,98 @@
+"""Fixtures of the reliability suite: service processes, a small tmpfs, the figure recorder.
+
+Each test records the figure RELIABILITY.md asks for with ``figure(...)``; the values land in
+``artifacts/reliability/<test>.json`` (git-ignored) and in the JUnit properties, which is
+where docs/reliability.md takes its numbers from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reliability._services import ci, index_process
+from tests.support.procs import REPO, ServiceProcess
+
+FIGURES_DIR = REPO / "artifacts" / "reliability"
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest, record_property: Callable[[str, Any], None]
+           ) -> Callable[..., None]:
+    """Record a test's measured figures (JSON under artifacts/reliability/)."""
+
+    def record(**values: Any) -> None:
+        FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+        name = request.node.name.replace("/", "_")
+        path = FIGURES_DIR / f"{name}.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        old.update(values)
+        path.write_text(json.dumps(old, indent=1, default=str))
+        for key, value in values.items():
+            record_property(key, value)
+
+    return record
+
+
+@contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. '4m') at ``path``, unmounted on exit.
+
+    Skips with the reason when this machine may not mount (not root, no CAP_SYS_ADMIN), except
+    under CI, where the disk-full tests must run, so it fails instead.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "glimpse-test", str(path)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})"
+        if ci():
+            pytest.fail(reason + "; CI must run the disk-full tests")
+        pytest.skip(reason)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def resize_tmpfs(path: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """``tmpfs(name, size)`` mounts a small tmpfs under tmp_path; all are unmounted after."""
+    stack: list[Any] = []
+
+    def make(name: str, size: str) -> Path:
+        cm = mounted_tmpfs(tmp_path / name, size)
+        path = cm.__enter__()
+        stack.append(cm)
+        return path
+
+    yield make
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def start_index(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """``start_index(data_dir, **INDEX_env)`` starts an index service; all stop at teardown."""
+    procs: list[ServiceProcess] = []
+
+    def start(data_dir: Path | None = None, name: str = "index", **env: str) -> ServiceProcess:
+        proc = index_process(tmp_path, data_dir or tmp_path / "index-data", name, **env)
+        procs.append(proc)
+        return proc.start(90)
+
+    yield start
+    for proc in procs:
+        proc.kill()
