@@ -25,7 +25,6 @@ are needed (no Glimpse package), so the script runs on any machine that can reac
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email.utils
 import hashlib
 import json
@@ -788,7 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\nstopping: finishing the batches in flight (Ctrl-C again to abort)",
                   file=sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # Signal handlers can only be set from the main thread (tests may call main elsewhere).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     try:
         summary = ingest(
             args.dirs,
@@ -809,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop=stop,
         )
     finally:
-        with contextlib.suppress(ValueError):
+        if in_main:
             signal.signal(signal.SIGINT, previous)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from scripts.ingest import (
     IngestSummary,
     RetryPolicy,
     ingest,
+    main,
     parse_retry_after,
     sniff_image,
     walk_images,
@@ -453,3 +455,30 @@ def test_a_rerun_does_not_send_again_what_the_report_says_was_rejected(tmp_path:
 
     third = run(images, gw, report_path=report, retry_rejected=True)
     assert (third.rejected, third.batches, len(gw.ingest_calls)) == (1, 1, 2)
+
+
+def test_command_line_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["somewhere", "--batch-size", "0"])
+    assert exc.value.code == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_command_line_json_summary_when_the_gateway_is_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_tree(tmp_path / "p", 2)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    code = main([str(tmp_path / "p"), "--url", url, "--retries", "1", "--json", "--quiet",
+                 "--report", str(tmp_path / "report.jsonl")])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == EXIT_FATAL
+    assert "unreachable" in summary["error"] and summary["failed"] == 2
+    assert len((tmp_path / "report.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_missing_folder_is_an_error(tmp_path: Path) -> None:
+    summary = run(tmp_path / "nope", FakeGateway())
+    assert summary.exit_code == EXIT_FATAL and "not a folder" in (summary.error or "")
