@@ -1,0 +1,165 @@
+"""Static checks of the Docker deployment files: no engine needed, so they run everywhere.
+
+The compose smoke test (scripts/compose_smoke.sh, `make smoke`) proves the files on a real
+engine; these tests keep them consistent with the services' Settings between smoke runs: every
+setting is passed through by compose and listed in .env.example, only the gateway publishes a
+port, every service has a healthcheck, a restart policy, a memory limit and its volumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = {
+    # compose service -> (package, port, volume mounted, mount point)
+    "encoder": ("encoder_service", 8001, "model-cache", "/cache"),
+    "index": ("index_service", 8002, "index-data", "/data"),
+    "gateway": ("gateway", 8000, "media", "/media"),
+}
+# Settings that only make sense inside the image (a path baked into it).
+IMAGE_ONLY = {"GATEWAY_FRONTEND_DIR"}
+# Settings compose fixes to the volumes and the service names.
+FIXED = {
+    "ENCODER_CACHE_DIR": "/cache/open_clip",
+    "INDEX_DATA_DIR": "/data",
+    "GATEWAY_MEDIA_DIR": "/media",
+    "GATEWAY_ENCODER_URL": "http://encoder:8001",
+    "GATEWAY_INDEX_URL": "http://index:8002",
+}
+
+
+def _load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _env_names(package: str) -> list[str]:
+    settings = importlib.import_module(f"{package}.config").Settings
+    prefix = settings.model_config["env_prefix"]
+    return [f"{prefix}{name.upper()}" for name in settings.model_fields]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _load("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def gpu() -> dict[str, Any]:
+    return _load("docker-compose.gpu.yml")
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_setting_reaches_its_container(compose: dict[str, Any], service: str) -> None:
+    package = SERVICES[service][0]
+    environment = compose["services"][service]["environment"]
+    assert isinstance(environment, dict)
+    for var in _env_names(package):
+        if var in IMAGE_ONLY:
+            continue
+        assert var in environment, f"{var} is not passed to the {service} container"
+        if var in FIXED:
+            assert environment[var] == FIXED[var]
+        else:
+            # A bare name: the value comes from .env or the shell; unset keeps the default.
+            assert environment[var] is None, f"{var} should be passed through, not fixed"
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_env_example_lists_every_setting(service: str) -> None:
+    text = (ROOT / ".env.example").read_text()
+    for var in _env_names(SERVICES[service][0]):
+        assert re.search(rf"^#\s*{var}[=:]", text, re.MULTILINE), f"{var} missing in .env.example"
+    # Nothing is set by default but the project name: a copied .env changes nothing else.
+    active = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert active == ["COMPOSE_PROJECT_NAME=glimpse"]
+
+
+def test_only_the_gateway_publishes_a_port_on_localhost(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "ports" not in services["encoder"] and "ports" not in services["index"]
+    assert services["gateway"]["ports"] == ["${GLIMPSE_BIND:-127.0.0.1}:${GLIMPSE_PORT:-8000}:8000"]
+    assert compose["networks"]["backend"]["internal"] is True
+    assert services["index"]["networks"] == ["backend"]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_service_runtime_policy(compose: dict[str, Any], service: str) -> None:
+    package, port, volume, mount = SERVICES[service]
+    spec = compose["services"][service]
+    assert spec["restart"] == "unless-stopped"
+    assert re.fullmatch(r"\$\{[A-Z_]+:-\d+g\}", spec["mem_limit"])
+    assert spec["healthcheck"]["test"][:3] == ["CMD", "python", "-c"]
+    assert f"http://127.0.0.1:{port}/readyz" in spec["healthcheck"]["test"][3]
+    assert f"{volume}:{mount}" in spec["volumes"]
+    assert volume in compose["volumes"]
+    assert spec["build"] == {"context": ".", "dockerfile": f"{package}/Dockerfile",
+                             "args": spec["build"]["args"]}
+    assert spec["image"].startswith(f"glimpse-{service}:")
+
+
+def test_gateway_waits_for_healthy_upstreams(compose: dict[str, Any]) -> None:
+    assert compose["services"]["gateway"]["depends_on"] == {
+        "encoder": {"condition": "service_healthy"},
+        "index": {"condition": "service_healthy"},
+    }
+
+
+def test_gpu_override(gpu: dict[str, Any]) -> None:
+    encoder, index = gpu["services"]["encoder"], gpu["services"]["index"]
+    for spec in (encoder, index):
+        (device,) = spec["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert spec["image"].endswith("-cuda")
+    assert encoder["environment"] == {"ENCODER_DEVICE": "cuda", "ENCODER_PRECISION": "fp16"}
+    assert "whl/cu" in encoder["build"]["args"]["TORCH_INDEX_URL"]
+    assert index["environment"] == {"INDEX_DEVICE": "cuda"}
+    assert "faiss-gpu" in index["build"]["args"]["FAISS_PACKAGE"]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_dockerfile_installs_only_its_extra_as_non_root(service: str) -> None:
+    package = SERVICES[service][0]
+    text = (ROOT / package / "Dockerfile").read_text()
+    extras = set(re.findall(r"pip install '\.\[([a-z,]+)\]'", text))
+    wanted = {"encoder": {"encoder"}, "index": {"index"}, "gateway": {"gateway,scripts"}}
+    assert extras == wanted[service]
+    final = text.rsplit("\nFROM ", 1)[1]
+    assert final.startswith("${PYTHON_IMAGE}")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in text
+    assert re.search(r"^USER glimpse:glimpse$", final, re.MULTILINE)
+    # The final stage gets the venv and the code; pip never runs there.
+    assert "pip install" not in final
+    assert f'"{package}.main:app"' in final
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert lines[lines.index("*")] == "*"  # allow-list: everything else stays out
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "contracts", "encoder_service",
+                       "index_service", "gateway", "frontend", "scripts"}
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Compose v1 not installed")
+def test_compose_v1_accepts_both_files(tmp_path: Path) -> None:
+    env = tmp_path / "empty.env"
+    env.write_text("")
+    out = subprocess.run(
+        ["docker-compose", "--env-file", str(env), "-p", "glimpse", "-f", "docker-compose.yml",
+         "-f", "docker-compose.gpu.yml", "config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    merged = yaml.safe_load(out)
+    assert merged["services"]["encoder"]["environment"]["ENCODER_PRECISION"] == "fp16"
+    assert str(merged["services"]["gateway"]["ports"][0]).startswith("127.0.0.1:8000:8000")
