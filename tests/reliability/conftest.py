@@ -96,3 +96,42 @@ def start_index(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for proc in procs:
         proc.kill()
+
+
+API_KEY = "reliability-suite-key"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One shared stack (index, tiny encoder, gateway with an API key) for the tests that do
+    not kill or reconfigure it; starting the encoder costs tens of seconds on a busy machine.
+    Tests that need other settings start their own gateway or index beside it."""
+    from tests.support.stack import start_stack
+
+    root = tmp_path_factory.mktemp("shared-stack")
+    with start_stack(
+        root,
+        timeout=180.0,
+        GATEWAY_API_KEY=API_KEY,
+        GATEWAY_MAX_FILE_BYTES=str(4 * 1024 * 1024),
+        GATEWAY_MAX_BODY_BYTES=str(16 * 1024 * 1024),
+        GATEWAY_MAX_FILES_PER_REQUEST="16",
+        GATEWAY_FSYNC="false",
+        # Batch-vs-single consistency (#9) must compare two forward passes, not a cache hit.
+        ENCODER_TEXT_CACHE_SIZE="0",
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+def writer(stack: Any) -> Iterator[Any]:
+    """An httpx client on the shared gateway with the write key."""
+    with stack.client(API_KEY) as client:
+        yield client
+
+
+@pytest.fixture
+def reader(stack: Any) -> Iterator[Any]:
+    """An httpx client on the shared gateway without a key."""
+    with stack.client() as client:
+        yield client
