@@ -183,6 +183,7 @@ function run(query) {
   });
   if (els.lightbox.open) els.lightbox.close();
   els.grid.replaceChildren();
+  window.scrollTo({ top: 0 });
   els.more.hidden = true;
   showQuery(query);
   if (query === null) {
@@ -295,17 +296,19 @@ function tileFor(result, index) {
   a.dataset.index = String(index);
   a.dataset.id = String(result.id);
   a.title = result.path;
+  a.setAttribute("aria-label", `${result.path}, score ${formatScore(result.score)}`);
   const img = document.createElement("img");
-  img.src = result.thumbnail_url;
-  img.alt = result.path;
+  // Set before src, or the browser may start loading every thumbnail at once.
   img.loading = "lazy";
   img.decoding = "async";
+  img.alt = result.path;
+  img.src = result.thumbnail_url;
   img.addEventListener("load", () => a.classList.add("loaded"), { once: true });
   img.addEventListener("error", () => a.classList.add("broken"), { once: true });
   const score = document.createElement("span");
   score.className = "score";
   score.textContent = formatScore(result.score);
-  score.setAttribute("aria-label", `score ${formatScore(result.score)}`);
+  score.setAttribute("aria-hidden", "true");
   a.append(img, score);
   li.append(a);
   return li;
@@ -467,7 +470,6 @@ els.lbSimilar.addEventListener("click", () => {
   if (!result) return;
   els.lightbox.close();
   navigate({ kind: "similar", id: result.id });
-  window.scrollTo({ top: 0 });
   els.grid.focus({ preventScroll: true });
 });
 
@@ -593,6 +595,9 @@ function modelName(model) {
 
 // ---------------------------------------------------------------------------------------------
 
+// Results are fetched again on back/forward, so the browser's scroll restoration would scroll an
+// empty page; each search starts at the top instead.
+history.scrollRestoration = "manual";
 history.replaceState(history.state ?? {}, "", location.href);
 run(queryFromLocation());
 loadStats();
