@@ -68,14 +68,14 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1024, description="Largest request body of an /ingest call."
     )
     max_file_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="Largest single image (ingest part or query)."
+        20 * 1024 * 1024, ge=1024, description="Largest single image (ingest part or query)."
     )
     max_json_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest body of any other route (JSON)."
     )
     max_files_per_request: int = Field(64, ge=1, description="Files per /ingest request.")
     max_pixels: int = Field(
-        80_000_000, ge=1, description="Largest image (width x height), checked before decoding."
+        60_000_000, ge=1, description="Largest image (width x height), checked before decoding."
     )
     max_result_window: int = Field(
         1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
