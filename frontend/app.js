@@ -481,6 +481,21 @@ els.grid.addEventListener("click", (event) => {
   openLightbox(Number(tile.dataset.index));
 });
 
+// Arrow keys move between thumbnails (Up/Down by a row), so the grid needs no Tab per image.
+els.grid.addEventListener("keydown", (event) => {
+  const tile = event.target.closest?.(".tile");
+  if (!tile || event.altKey || event.ctrlKey || event.metaKey) return;
+  const columns = getComputedStyle(els.grid).gridTemplateColumns.split(" ").length;
+  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns, ArrowDown: columns }[event.key];
+  if (step === undefined) return;
+  const target = els.grid.querySelector(`.tile[data-index="${Number(tile.dataset.index) + step}"]`);
+  event.preventDefault();
+  if (target) {
+    target.focus();
+    target.scrollIntoView({ block: "nearest" });
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Input: the search box, the image picker, drag and drop, paste, and shortcuts
 
