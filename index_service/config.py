@@ -1,0 +1,68 @@
+"""Settings of the index service (environment variables with the ``INDEX_`` prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the index service; each has a default that works for a local run."""
+
+    model_config = SettingsConfigDict(env_prefix="INDEX_", env_nested_delimiter="__")
+
+    data_dir: Path = Field(
+        default=Path("data/index"), description="Where the SQLite store and snapshots live."
+    )
+    dim: int = Field(default=512, ge=1, le=65_536, description="Vector dimension.")
+    factory: str | None = Field(
+        default=None,
+        description="Faiss factory string to train instead of the automatic IVF-PQ rule, "
+        "e.g. 'IVF4096,PQ32x8'.",
+    )
+    nprobe: int | None = Field(
+        default=None, ge=1, description="IVF lists visited per query; None = the documented rule."
+    )
+    rerank: int = Field(
+        default=10,
+        ge=0,
+        description="Re-rank depth: IVF-PQ candidates fetched per wanted hit and re-scored with "
+        "the stored vectors; 0 = PQ scores only.",
+    )
+    train_threshold: int = Field(
+        default=50_000, ge=1, description="Live items at which IVF-PQ is first trained."
+    )
+    retrain_growth: float = Field(
+        default=4.0,
+        gt=1.0,
+        description="Retrain when the collection has grown this many times since the last "
+        "training (nlist then doubles under the sqrt rule).",
+    )
+    snapshot_interval_s: float = Field(
+        default=300.0, ge=0, description="Seconds between snapshots if there were writes; 0 = off."
+    )
+    snapshot_every_writes: int = Field(
+        default=100_000, ge=0, description="Snapshot after this many writes; 0 = off."
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="Where IVF-PQ searches run; cuda needs faiss with GPU support."
+    )
+    vectors_in_memory: bool = Field(
+        default=True,
+        description="Keep the float16 vectors in RAM for re-ranking; false is the low-memory "
+        "setting (re-rank reads them from SQLite, < 100 B resident per vector).",
+    )
+    gather_searches: bool = Field(
+        default=True,
+        description="Gather concurrent searches into one Faiss call.",
+    )
+    max_k: int = Field(default=1000, ge=1, description="Largest k a search may ask for.")
+    max_batch: int = Field(default=4096, ge=1, description="Most items per add request.")
+    max_search_vectors: int = Field(default=1024, ge=1, description="Most vectors per search.")
+    max_nprobe: int = Field(default=4096, ge=1, description="Largest nprobe a search may ask for.")
+    omp_threads: int = Field(
+        default=0, ge=0, description="OpenMP threads for Faiss; 0 = Faiss's default."
+    )

@@ -1,0 +1,536 @@
+"""The Faiss side of the index service: the live index, its search with re-ranking, and its
+background (re)training with catch-up and an atomic swap.
+
+The live index is exact (``IndexIDMap(IndexFlatIP)``) while the collection is small. Past
+``INDEX_TRAIN_THRESHOLD`` live items an IVF-PQ index is trained in a background thread on the
+stored vectors, filled with every row up to a sequence number, caught up with the rows written
+meanwhile (read back from the store), and swapped in under the write lock; searches go on
+against the old index the whole time. IVF-PQ candidates are re-scored with the stored float16
+vectors (``rerank`` candidates per wanted hit), because PQ scores alone lose a good part of the
+true top 10 on real embeddings.
+
+Locking: ``rw`` is shared by searches and taken alone by add, remove and swap. ``writer`` (owned
+by the service) serialises writes to the store and the index, so the index always holds exactly
+the committed rows up to ``applied_seq``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index_service.locks import RWLock
+from index_service.store import Changes, Store
+from index_service.vectors import VectorTable
+
+log = logging.getLogger("glimpse.index")
+
+_F32 = np.float32
+# Below this many items an IVF-PQ index is not worth training (the automatic rule stays flat).
+MIN_TRAIN = 1000
+# Candidates scored per re-rank block: bounds the float32 scratch to about 4 MB per 512-d query.
+_RERANK_BLOCK = 1 << 21
+_SCAN_CHUNK = 65_536
+
+
+# -- parameter rules (see docs/index.md for the measurements behind them) -----------------------
+
+
+def auto_nlist(n: int) -> int:
+    """IVF lists: the largest power of two ≤ min(8·√n, n/39).
+
+    8·√n sits inside the usual 4·√n..16·√n range; n/39 keeps k-means at ≥ 39 points per
+    centroid, below which Faiss warns that the centroids are poorly trained.
+    """
+    cap = min(8.0 * math.sqrt(max(n, 1)), n / 39.0)
+    return 1 << max(0, int(math.floor(math.log2(max(cap, 1.0)))))
+
+
+def auto_pq(dim: int, n: int) -> tuple[int, int]:
+    """PQ sub-quantizers M and bits per code: about 16 dimensions per byte (32 bytes at 512-d,
+    the tutorial's PQ32), at least min(16, dim/4) sub-quantizers for small dimensions, M must
+    divide dim; 8 bits when there are enough points to train 256 centroids per sub-space."""
+    target = max(dim // 16, min(dim // 4, 16), 1)
+    m = max(d for d in range(1, target + 1) if dim % d == 0)
+    nbits = 8 if n >= 256 * 39 else 4
+    return m, nbits
+
+
+def auto_factory(n: int, dim: int) -> str:
+    if n < MIN_TRAIN:
+        return "Flat"
+    m, nbits = auto_pq(dim, n)
+    return f"IVF{auto_nlist(n)},PQ{m}x{nbits}"
+
+
+def auto_nprobe(nlist: int) -> int:
+    """Lists visited by default: nlist/64, at least 16 (measured in docs/index.md)."""
+    return max(1, min(nlist, max(16, nlist // 64)))
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def build_empty(factory: str, dim: int) -> faiss.Index:
+    """An untrained inner-product index from a factory string, able to take our ids.
+
+    Raises ValueError with Faiss's reason when the string is not a valid factory.
+    """
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown"
+        message = f"{factory!r} is not a Faiss factory string Faiss accepts: {reason}"
+        raise ValueError(message) from None
+    if faiss.try_extract_index_ivf(index) is None and not isinstance(
+        index, (faiss.IndexIDMap, faiss.IndexIDMap2)
+    ):
+        index = faiss.IndexIDMap(index)
+    return index
+
+
+@dataclass
+class LiveIndex:
+    """A Faiss index and what the service knows about it."""
+
+    index: faiss.Index
+    factory: str
+    trained_on: int = 0
+    ivf: Any = None  # faiss.IndexIVF inside ``index`` when it has one
+    gpu_index: Any = None
+    gpu_removed: int = 0  # deletes not applied on the GPU copy (filtered by the live mask)
+
+    def __post_init__(self) -> None:
+        self.ivf = faiss.try_extract_index_ivf(self.index)
+
+    @property
+    def kind(self) -> str:
+        if self.ivf is None:
+            inner = self.index
+            if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+                inner = faiss.downcast_index(inner.index)
+            return "flat" if isinstance(inner, faiss.IndexFlat) else type(inner).__name__.lower()
+        inner = faiss.downcast_index(self.ivf)
+        return {"IndexIVFPQ": "ivfpq", "IndexIVFFlat": "ivfflat"}.get(
+            type(inner).__name__, type(inner).__name__.lower()
+        )
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "flat"
+
+    @property
+    def nlist(self) -> int | None:
+        return int(self.ivf.nlist) if self.ivf is not None else None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+
+@dataclass
+class SearchDefaults:
+    """Search parameters applied when a request gives none (rule, config or tuning)."""
+
+    nprobe: int | None = None
+    rerank: int = 10
+    source: str = "rule"
+    tuned: dict[str, Any] = field(default_factory=dict)
+
+
+class GpuRunner:
+    """One owner thread for every Faiss GPU call: Faiss GPU indexes are not thread-safe."""
+
+    def __init__(self) -> None:
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            raise RuntimeError(
+                "INDEX_DEVICE=cuda, but the installed faiss has no GPU support or sees no GPU "
+                f"(faiss {faiss.__version__}, GPUs visible: "
+                f"{faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0}). Install "
+                "faiss-gpu (the GPU image does) or set INDEX_DEVICE=cpu."
+            )
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="faiss-gpu")
+        self._resources = self._pool.submit(faiss.StandardGpuResources).result()
+
+    def upload(self, cpu_index: faiss.Index) -> Any:
+        return self._pool.submit(faiss.index_cpu_to_gpu, self._resources, 0, cpu_index).result()
+
+    def add(self, gpu_index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self._pool.submit(gpu_index.add_with_ids, vectors, ids).result()
+
+    def search(
+        self, gpu_index: Any, queries: np.ndarray, k: int, nprobe: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        def run() -> tuple[np.ndarray, np.ndarray]:
+            # Safe: only this thread ever touches the GPU index.
+            faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
+            return gpu_index.search(queries, k)
+
+        return self._pool.submit(run).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per row, highest first (ids -1 / scores -inf where fewer)."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, part, axis=1)
+        ids = np.take_along_axis(ids, part, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+class VectorIndex:
+    """The live Faiss index, the table of live vectors, search and background training."""
+
+    def __init__(
+        self,
+        dim: int,
+        store: Store,
+        writer: threading.Lock,
+        *,
+        keep_vectors: bool = True,
+        train_threshold: int = 50_000,
+        retrain_growth: float = 4.0,
+        factory: str | None = None,
+        nprobe: int | None = None,
+        rerank: int = 10,
+        gpu: GpuRunner | None = None,
+    ) -> None:
+        self.dim = dim
+        self.store = store
+        self.writer = writer
+        self.rw = RWLock()
+        self.table = VectorTable(dim, keep_vectors)
+        self.train_threshold = train_threshold
+        self.retrain_growth = retrain_growth
+        self.factory_config = factory
+        self.factory_override: str | None = None  # from a rebuild request; kept in snapshots
+        self.defaults = SearchDefaults(nprobe=nprobe, rerank=rerank, source="config" if nprobe
+                                       else "rule")
+        self.gpu = gpu
+        self.live = LiveIndex(build_empty("Flat", dim), "Flat")
+        self.applied_seq = 0
+        self.training = False
+        self.training_error: str | None = None
+        self.last_training: dict[str, Any] = {}
+        self._train_thread: threading.Thread | None = None
+        self._train_done = threading.Event()
+        self._train_done.set()
+        self.on_swap: list[Callable[[], None]] = []
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def install(self, live: LiveIndex, applied_seq: int) -> None:
+        """Make ``live`` the live index (at start, from a snapshot or a rebuild from the store)."""
+        if self.gpu is not None and live.ivf is not None:
+            live.gpu_index = self.gpu.upload(live.index)
+        with self.rw.write():
+            self.live = live
+            self.applied_seq = applied_seq
+
+    def load_table(self) -> None:
+        """Fill the live mask (and vectors) from the store: the table is never snapshotted."""
+        self.table.reserve(self.store.max_id())
+        for ids, vectors in self.store.iter_live():
+            self.table.put(ids, vectors)
+
+    def nprobe_for(self, live: LiveIndex, nprobe: int | None) -> int:
+        nlist = live.nlist or 1
+        chosen = nprobe or self.defaults.nprobe or auto_nprobe(nlist)
+        return max(1, min(int(chosen), nlist))
+
+    # -- writes (caller holds ``writer``) -------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors_f16: np.ndarray, seq: int) -> None:
+        """Index rows the store has committed (``vectors_f16`` as stored)."""
+        vectors = np.ascontiguousarray(vectors_f16, dtype=_F32)
+        with self.rw.write():
+            if len(ids):
+                self.table.put(ids, vectors_f16)
+                self.live.index.add_with_ids(vectors, ids)
+                if self.live.gpu_index is not None and self.gpu is not None:
+                    self.gpu.add(self.live.gpu_index, vectors, ids)
+            self.applied_seq = max(self.applied_seq, seq)
+
+    def remove(self, ids: np.ndarray, seq: int) -> None:
+        with self.rw.write():
+            self.table.drop(ids)
+            _remove_ids(self.live.index, ids)
+            if self.live.gpu_index is not None:
+                # GPU IVF indexes cannot remove; the live mask filters these out of results.
+                self.live.gpu_removed += len(ids)
+            self.applied_seq = max(self.applied_seq, seq)
+
+    def apply_changes(self, changes: Changes) -> None:
+        """Replay committed changes (at start, after a snapshot)."""
+        if len(changes.added_ids):
+            self.add(changes.added_ids, changes.added_vectors, changes.last_seq)
+        if len(changes.deleted_ids):
+            self.remove(changes.deleted_ids, changes.last_seq)
+        self.applied_seq = max(self.applied_seq, changes.last_seq)
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search_raw(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        exact: bool = False,
+        rerank: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores, ids) per unit query, highest first; id -1 where there are fewer
+        live hits. Deleted ids never appear."""
+        queries = np.ascontiguousarray(queries, dtype=_F32)
+        with self.rw.read():
+            live = self.live
+            if exact and not live.exact:
+                scores, ids = self._exact_scan(queries, k)
+            elif live.exact:
+                scores, ids = self._flat(live, queries, k)
+            else:
+                depth = self.defaults.rerank if rerank is None else rerank
+                scores, ids = self._approximate(live, queries, k, self.nprobe_for(live, nprobe),
+                                                depth)
+            valid = self.table.is_live(ids)
+        ids = np.where(valid, ids, -1)
+        scores = np.where(valid, scores, -np.inf).astype(_F32)
+        return _top_k(scores, ids, min(k, scores.shape[1])) if scores.shape[1] else (scores, ids)
+
+    def search_ids(self, queries: np.ndarray, k: int, nprobe: int, rerank: int) -> np.ndarray:
+        """Ids only, with explicit nprobe and re-rank depth: what a tuner calls."""
+        return self.search_raw(queries, k, nprobe=nprobe, rerank=rerank)[1]
+
+    def _flat(self, live: LiveIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        kk = min(k, live.ntotal)
+        if kk == 0:
+            return _empty(len(queries))
+        scores, ids = live.index.search(queries, kk)
+        return scores, ids
+
+    def _approximate(
+        self, live: LiveIndex, queries: np.ndarray, k: int, nprobe: int, rerank: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        fetch = k * rerank if rerank > 0 else k
+        if live.gpu_index is not None:
+            fetch += min(live.gpu_removed, 1024)
+        fetch = min(fetch, live.ntotal)
+        if fetch == 0:
+            return _empty(len(queries))
+        if live.gpu_index is not None and self.gpu is not None:
+            scores, ids = self.gpu.search(live.gpu_index, queries, min(fetch, 2048), nprobe)
+        else:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = nprobe
+            scores, ids = live.index.search(queries, fetch, params=params)
+        if rerank <= 0:
+            return scores, ids
+        return self._rerank(queries, ids)
+
+    def _rerank(self, queries: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of the candidates from the stored float16 vectors (-inf for none)."""
+        valid = self.table.is_live(ids)
+        safe = np.where(valid, ids, 0)
+        scores = np.empty(ids.shape, dtype=_F32)
+        block = max(1, _RERANK_BLOCK // max(1, ids.shape[1] * self.dim))
+        table = self.table.vectors
+        lookup: dict[int, np.ndarray] | None = None
+        if table is None:  # low-memory setting: one read of the candidates from the store
+            lookup = self.store.vectors_of(safe[valid].ravel().tolist())
+        zero = np.zeros(self.dim, dtype=np.float16)
+        for start in range(0, len(ids), block):
+            part = safe[start : start + block]
+            if table is not None:
+                cand = table[part]
+            else:
+                assert lookup is not None
+                cand = np.stack([lookup.get(int(i), zero) for i in part.ravel()]).reshape(
+                    *part.shape, self.dim
+                )
+            scores[start : start + block] = np.einsum(
+                "qkd,qd->qk", cand.astype(_F32), queries[start : start + block]
+            )
+        scores[~valid] = -np.inf
+        return scores, np.where(valid, ids, -1)
+
+    def _exact_scan(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner products with every live stored vector, in chunks."""
+        best_s = np.full((len(queries), 0), -np.inf, dtype=_F32)
+        best_i = np.full((len(queries), 0), -1, dtype=np.int64)
+        for ids, vectors in self._live_chunks():
+            scores = queries @ vectors.astype(_F32).T
+            best_s, best_i = _top_k(
+                np.hstack([best_s, scores]),
+                np.hstack([best_i, np.broadcast_to(ids, scores.shape)]),
+                k,
+            )
+        return best_s, best_i
+
+    def _live_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.table.vectors is None:
+            yield from self.store.iter_live()
+            return
+        live_ids = self.table.live_ids()
+        for start in range(0, len(live_ids), _SCAN_CHUNK):
+            ids = live_ids[start : start + _SCAN_CHUNK]
+            yield ids, self.table.vectors[ids]
+
+    # -- training ------------------------------------------------------------------------------
+
+    def wanted_factory(self, n: int) -> str:
+        return self.factory_override or self.factory_config or auto_factory(n, self.dim)
+
+    def needs_training(self) -> bool:
+        """Past the threshold while exact, or grown ``retrain_growth`` times since training."""
+        if self.training:
+            return False
+        n = self.table.count
+        if self.live.exact:
+            if n < max(self.train_threshold, MIN_TRAIN):
+                return False
+            return self.wanted_factory(n) != "Flat"
+        return n >= self.retrain_growth * max(self.live.trained_on, 1)
+
+    def start_training(self, factory: str | None = None, *, reason: str) -> bool:
+        """Train in the background; False when a training is running already."""
+        with self.rw.read():
+            if self.training:
+                return False
+            self.training = True
+        self._train_done.clear()
+        self._train_thread = threading.Thread(
+            target=self._train_job, args=(factory, reason), name="index-train", daemon=True
+        )
+        self._train_thread.start()
+        return True
+
+    def wait_training(self, timeout: float | None = None) -> bool:
+        return self._train_done.wait(timeout)
+
+    def _train_job(self, factory: str | None, reason: str) -> None:
+        try:
+            self._train(factory, reason)
+            self.training_error = None
+        except Exception as exc:  # a bad forced factory or too few points: keep the old index
+            log.exception("index training failed (%s)", reason)
+            self.training_error = str(exc)
+        finally:
+            self.training = False
+            self._train_done.set()
+
+    def _train(self, factory: str | None, reason: str) -> None:
+        started = time.perf_counter()
+        seq = self.applied_seq
+        n = self.table.count
+        chosen = factory or self.wanted_factory(n)
+        log.info("training %s on %d vectors (%s)", chosen, n, reason)
+        index = build_empty(chosen, self.dim)
+        if not index.is_trained:
+            sample = self._training_sample(index, n)
+            index.train(sample)
+        trained_s = time.perf_counter() - started
+        for ids, vectors in self.store.iter_live(max_seq=seq):
+            index.add_with_ids(np.ascontiguousarray(vectors, dtype=_F32), ids)
+        new = LiveIndex(index, chosen, trained_on=n)
+        # Catch up with what was written meanwhile, outside the writer lock while there is a lot.
+        for _ in range(5):
+            changes = self.store.changes_since(seq)
+            if len(changes.added_ids) + len(changes.deleted_ids) < 2048:
+                break
+            _apply(new.index, changes)
+            seq = changes.last_seq
+        with self.writer:
+            changes = self.store.changes_since(seq)
+            _apply(new.index, changes)
+            if self.gpu is not None and new.ivf is not None:
+                new.gpu_index = self.gpu.upload(new.index)
+            with self.rw.write():
+                self.live = new
+        if factory is not None:
+            self.factory_override = factory
+        took = time.perf_counter() - started
+        self.last_training = {
+            "factory": chosen, "vectors": n, "train_s": round(trained_s, 3),
+            "total_s": round(took, 3), "reason": reason, "at": time.time(),
+        }
+        log.info("swapped in %s (%d vectors) after %.1fs", chosen, new.ntotal, took)
+        for callback in self.on_swap:
+            try:
+                callback()
+            except Exception:
+                log.exception("after-swap hook failed")
+
+    def _training_sample(self, index: faiss.Index, n: int) -> np.ndarray:
+        """A random sample of stored vectors, enough for k-means on the lists and PQ codebooks."""
+        ivf = faiss.try_extract_index_ivf(index)
+        want = 256 * 39
+        if ivf is not None:
+            want = max(want, 50 * int(ivf.nlist))
+            ivf.cp.niter = 10
+        want = min(want, n)
+        rng = np.random.default_rng(12345)
+        if self.table.vectors is not None:
+            ids = self.table.live_ids()
+            pick = np.sort(rng.choice(ids, size=min(want, len(ids)), replace=False))
+            return np.ascontiguousarray(self.table.vectors[pick], dtype=_F32)
+        keep = want / max(n, 1)
+        parts = [v[rng.random(len(v)) < keep] for _, v in self.store.iter_live()]
+        return np.ascontiguousarray(np.vstack(parts), dtype=_F32)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        live = self.live
+        info: dict[str, Any] = {
+            "kind": live.kind,
+            "factory": live.factory,
+            "nlist": live.nlist,
+            "ntotal": live.ntotal,
+            "trained_on": live.trained_on,
+            "nprobe": None if live.ivf is None else self.nprobe_for(live, None),
+            "rerank": None if live.exact else self.defaults.rerank,
+            "search_defaults_source": self.defaults.source,
+            "training": self.training,
+            "training_error": self.training_error,
+            "last_training": self.last_training or None,
+            "vectors_in_memory": self.table.vectors is not None,
+            "table_bytes": self.table.nbytes(),
+            "device": "cuda" if live.gpu_index is not None else "cpu",
+        }
+        if self.defaults.tuned:
+            info["tuned"] = self.defaults.tuned
+        return info
+
+
+def _empty(nq: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((nq, 0), dtype=_F32), np.zeros((nq, 0), dtype=np.int64)
+
+
+def _remove_ids(index: faiss.Index, ids: np.ndarray) -> None:
+    if len(ids) == 0:
+        return
+    try:
+        index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+    except RuntimeError:
+        # Some index types (HNSW) cannot remove: the live mask keeps deleted ids out of results.
+        log.debug("index type %s cannot remove ids; filtering them instead", type(index))
+
+
+def _apply(index: faiss.Index, changes: Changes) -> None:
+    if len(changes.added_ids):
+        vectors = np.ascontiguousarray(changes.added_vectors, dtype=_F32)
+        index.add_with_ids(vectors, changes.added_ids)
+    _remove_ids(index, changes.deleted_ids)

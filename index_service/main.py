@@ -1,0 +1,64 @@
+"""The index app: ``create_app(settings)`` and ``app`` for ``uvicorn index_service.main:app``.
+
+Building ``app`` at import is cheap; the store and the snapshot are opened in the lifespan,
+in a thread, while /healthz already answers and /readyz says "loading".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from contracts.errors import install_error_handlers
+from contracts.observability import ServiceMetrics, install_metrics
+from index_service.api import router
+from index_service.config import Settings
+from index_service.service import IndexService
+
+log = logging.getLogger("glimpse.index")
+
+
+async def _open(app: FastAPI, service: IndexService) -> None:
+    try:
+        # SQLite reads, snapshot load and replay block for seconds at a million items.
+        await asyncio.to_thread(service.open)
+    except Exception as exc:  # noqa: BLE001 - /readyz reports it; the service stays not ready
+        log.exception("index failed to load")
+        app.state.load_error = str(exc)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    # Raises at start for INDEX_DEVICE=cuda without GPU support: a clear error, not a 500 later.
+    service = IndexService(settings)
+    app.state.service = service
+    app.state.load_error = None
+    loading = asyncio.create_task(_open(app, service))
+    try:
+        yield
+    finally:
+        await loading
+        # Stops the background threads and writes a last snapshot when there were writes.
+        await asyncio.to_thread(service.close)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Glimpse index",
+        version="0.1.0",
+        description="Vectors to top-k ids (Faiss IVF-PQ + re-rank), id to path store (SQLite).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or Settings()
+    install_error_handlers(app)
+    install_metrics(app, ServiceMetrics("index"))
+    app.include_router(router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,366 @@
+"""The index service's core: the store, the Faiss index and snapshots, wired together.
+
+Writes go store first (the acknowledgement waits for the SQLite commit), then the index, both
+under one writer lock so the index holds exactly the committed rows up to ``applied_seq``.
+Everything here blocks (SQLite, Faiss, fsync): the API calls it from worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index_service import persistence
+from index_service.config import Settings
+from index_service.index import GpuRunner, LiveIndex, VectorIndex, build_empty
+from index_service.store import AddOutcome, NewItem, Store
+
+log = logging.getLogger("glimpse.index")
+
+Hits = list[list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    seq: int
+    bytes: int
+    took_ms: float
+
+
+class SearchGatherer:
+    """One worker thread runs searches; those that queue up while one runs go into one Faiss
+    call together (per nprobe/exact group). A lone search waits for nothing."""
+
+    def __init__(self, index: VectorIndex, max_rows: int = 512) -> None:
+        self.index = index
+        self.max_rows = max_rows
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="index-search", daemon=True)
+        self.calls = 0
+        self.requests = 0
+        self._thread.start()
+
+    def submit(
+        self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool
+    ) -> Future[tuple[np.ndarray, np.ndarray]]:
+        future: Future[tuple[np.ndarray, np.ndarray]] = Future()
+        self._queue.put((queries, k, nprobe, exact, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            rows = len(first[0])
+            while rows < self.max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+                rows += len(item[0])
+            groups: dict[tuple[Any, bool], list[Any]] = {}
+            for item in batch:
+                groups.setdefault((item[2], item[3]), []).append(item)
+            for (nprobe, exact), items in groups.items():
+                self._run_group(items, nprobe, exact)
+
+    def _run_group(self, items: list[Any], nprobe: int | None, exact: bool) -> None:
+        self.calls += 1
+        self.requests += len(items)
+        try:
+            queries = np.vstack([item[0] for item in items])
+            k = max(item[1] for item in items)
+            scores, ids = self.index.search_raw(queries, k, nprobe=nprobe, exact=exact)
+        except Exception as exc:
+            for item in items:
+                item[4].set_exception(exc)
+            return
+        start = 0
+        for item in items:
+            n = len(item[0])
+            item[4].set_result((scores[start : start + n, : item[1]], ids[start : start + n,
+                                                                            : item[1]]))
+            start += n
+
+
+class IndexService:
+    """Store + index + snapshots. ``open()`` loads; every method blocks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir
+        self.writer = threading.Lock()
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.load_report: dict[str, Any] = {}
+        self.store: Store | None = None
+        self.index: VectorIndex | None = None
+        self.gatherer: SearchGatherer | None = None
+        self.snapshot_seq = 0
+        self.snapshot_info: dict[str, Any] = {}
+        self._snapshot_lock = threading.Lock()
+        self._writes_since_snapshot = 0
+        self._stop = threading.Event()
+        self._snap_wanted = threading.Event()
+        self._snapshot_thread: threading.Thread | None = None
+        self.gpu: GpuRunner | None = None
+        if settings.omp_threads:
+            faiss.omp_set_num_threads(settings.omp_threads)
+        if settings.device == "cuda":
+            # Fail at start with a clear sentence, not at the first search.
+            self.gpu = GpuRunner()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Load the snapshot, replay what came after it, and start the background threads."""
+        started = time.perf_counter()
+        s = self.settings
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(self.data_dir / "items.sqlite3", s.dim)
+        index = VectorIndex(
+            s.dim, store, self.writer,
+            keep_vectors=s.vectors_in_memory,
+            train_threshold=s.train_threshold,
+            retrain_growth=s.retrain_growth,
+            factory=s.factory,
+            nprobe=s.nprobe,
+            rerank=s.rerank,
+            gpu=self.gpu,
+        )
+        self.store, self.index = store, index
+        loaded = None
+        try:
+            loaded = persistence.load(self.data_dir, s.dim)
+            if loaded is not None and loaded[1].seq > store.last_seq:
+                raise persistence.CorruptSnapshot(
+                    f"the snapshot is at seq {loaded[1].seq} but the store ends at "
+                    f"{store.last_seq}"
+                )
+        except persistence.CorruptSnapshot as exc:
+            log.warning("snapshot unusable (%s): rebuilding the index from the store", exc)
+            self.load_report["snapshot_error"] = str(exc)
+            loaded = None
+        index.load_table()
+        replayed = 0
+        if loaded is not None:
+            faiss_index, manifest = loaded
+            live = LiveIndex(faiss_index, manifest.factory, trained_on=manifest.trained_on)
+            index.factory_override = manifest.factory_override
+            if manifest.search_defaults:
+                index.defaults.tuned = manifest.search_defaults
+                if s.nprobe is None:
+                    index.defaults.nprobe = manifest.search_defaults.get("nprobe")
+                    index.defaults.rerank = manifest.search_defaults.get("rerank", s.rerank)
+                    index.defaults.source = "tuned"
+            index.install(live, manifest.seq)
+            changes = store.changes_since(manifest.seq)
+            replayed = len(changes.added_ids) + len(changes.deleted_ids)
+            index.apply_changes(changes)
+            self.snapshot_seq = manifest.seq
+            self.load_report["snapshot"] = manifest.file
+        else:
+            # No snapshot (first start, or it was unusable): an exact index from the store.
+            flat = build_empty("Flat", s.dim)
+            for ids, vectors in store.iter_live():
+                flat.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            index.install(LiveIndex(flat, "Flat"), store.last_seq)
+        self.load_report.update(
+            replayed=replayed, items=index.table.count,
+            took_s=round(time.perf_counter() - started, 3),
+        )
+        log.info("index loaded: %s", self.load_report)
+        index.on_swap.append(self._after_swap)
+        self.gatherer = SearchGatherer(index)
+        self._snapshot_thread = threading.Thread(
+            target=self._snapshot_loop, name="index-snapshot", daemon=True
+        )
+        self._snapshot_thread.start()
+        self.ready.set()
+        if loaded is None and index.needs_training():
+            # Only when there was no usable snapshot: a normal start never retrains.
+            index.start_training(reason="no usable snapshot at start")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._snap_wanted.set()
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.join(30)
+        if self.index is not None:
+            self.index.wait_training(60)
+        if self.gatherer is not None:
+            self.gatherer.close()
+        if self.ready.is_set() and self.store is not None and self.index is not None:
+            if self.index.applied_seq > self.snapshot_seq:
+                try:
+                    self.snapshot()
+                except Exception:
+                    log.exception("snapshot at shutdown failed; the next start replays the store")
+        if self.store is not None:
+            self.store.close()
+        if self.gpu is not None:
+            self.gpu.close()
+
+    @property
+    def _parts(self) -> tuple[Store, VectorIndex]:
+        assert self.store is not None and self.index is not None, "service not opened"
+        return self.store, self.index
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]:
+        store, index = self._parts
+        with self.writer:
+            outcomes, ids, vectors = store.add(items)
+            index.add(ids, vectors, store.last_seq)
+            self._wrote(len(ids))
+        if index.needs_training():
+            index.start_training(reason=f"{index.table.count} live items")
+        return outcomes
+
+    def delete(self, item_id: int) -> bool:
+        store, index = self._parts
+        with self.writer:
+            if not store.delete(item_id):
+                return False
+            index.remove(np.asarray([item_id], dtype=np.int64), store.last_seq)
+            self._wrote(1)
+        return True
+
+    def _wrote(self, n: int) -> None:
+        if n == 0:
+            return
+        self._writes_since_snapshot += n
+        every = self.settings.snapshot_every_writes
+        if every and self._writes_since_snapshot >= every:
+            self._snap_wanted.set()
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        exact: bool = False,
+        exclude: Sequence[int] = (),
+    ) -> Hits:
+        """Top ``k`` live (id, score) per unit query, excluded ids left out."""
+        _, index = self._parts
+        fetch = k + len(exclude)
+        if self.gatherer is not None and self.settings.gather_searches:
+            scores, ids = self.gatherer.submit(queries, fetch, nprobe, exact).result()
+        else:
+            scores, ids = index.search_raw(queries, fetch, nprobe=nprobe, exact=exact)
+        skip = set(exclude)
+        out: Hits = []
+        for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
+            hits = [(i, s) for i, s in zip(row_ids, row_scores, strict=True)
+                    if i >= 0 and i not in skip]
+            out.append(hits[:k])
+        return out
+
+    # -- snapshots and training ----------------------------------------------------------------
+
+    def snapshot(self) -> SnapshotResult:
+        """Write a snapshot of the live index now (OSError when the disk refuses it)."""
+        _, index = self._parts
+        with self._snapshot_lock:
+            started = time.perf_counter()
+            with index.rw.read():
+                live = index.live
+                seq = index.applied_seq
+                payload = faiss.serialize_index(live.index)
+                manifest = persistence.Manifest(
+                    seq=seq, file="", bytes=0, sha256="", dim=index.dim, factory=live.factory,
+                    trained_on=live.trained_on, factory_override=index.factory_override,
+                    search_defaults=dict(index.defaults.tuned),
+                )
+                writes = self._writes_since_snapshot
+            manifest = persistence.save(self.data_dir, payload, manifest)
+            self._writes_since_snapshot = max(0, self._writes_since_snapshot - writes)
+            self.snapshot_seq = seq
+            took = (time.perf_counter() - started) * 1000
+            self.snapshot_info = {"file": manifest.file, "bytes": manifest.bytes,
+                                  "took_ms": round(took, 1), "at": manifest.created_at}
+            log.info("snapshot at seq %d: %d bytes in %.0f ms", seq, manifest.bytes, took)
+            return SnapshotResult(seq, manifest.bytes, took)
+
+    def _snapshot_loop(self) -> None:
+        interval = self.settings.snapshot_interval_s
+        last = time.monotonic()
+        while not self._stop.is_set():
+            self._snap_wanted.wait(timeout=min(interval, 5.0) if interval else 5.0)
+            if self._stop.is_set():
+                return
+            _, index = self._parts
+            due = bool(interval) and time.monotonic() - last >= interval
+            if not (self._snap_wanted.is_set() or due):
+                continue
+            self._snap_wanted.clear()
+            last = time.monotonic()
+            if index.applied_seq <= self.snapshot_seq or index.training:
+                continue
+            try:
+                self.snapshot()
+            except Exception:
+                log.exception("periodic snapshot failed; will retry")
+
+    def _after_swap(self) -> None:
+        """A fresh index is live: persist it so no start has to train it again."""
+        try:
+            self.snapshot()
+        except Exception:
+            log.exception("snapshot after training failed")
+
+    def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]:
+        """Start (or run) a training; (started, factory). Raises ValueError for a bad factory."""
+        _, index = self._parts
+        chosen = factory or index.wanted_factory(index.table.count)
+        build_empty(chosen, index.dim)  # a bad factory string fails here, before any work
+        if not index.start_training(factory, reason="rebuild requested"):
+            return False, chosen
+        if wait:
+            index.wait_training()
+            if index.training_error:
+                raise RuntimeError(index.training_error)
+        return True, chosen
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        store, index = self._parts
+        live, deleted = store.counts()
+        info = index.describe()
+        info.update(
+            count=live,
+            deleted=deleted,
+            dim=index.dim,
+            seq=store.last_seq,
+            snapshot_seq=self.snapshot_seq,
+            snapshot=self.snapshot_info or None,
+            load=self.load_report,
+            gathered_calls=self.gatherer.calls if self.gatherer else 0,
+            gathered_requests=self.gatherer.requests if self.gatherer else 0,
+        )
+        return info
