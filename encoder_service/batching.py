@@ -110,7 +110,8 @@ class Batcher:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in flight, fail what is still queued, and join the thread."""
+        """Refuse new inputs, let the model thread finish what is queued, and join it; inputs
+        still queued after ``timeout`` get a not_ready error."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()

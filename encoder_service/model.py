@@ -7,6 +7,7 @@ Everything here is blocking torch work; the service calls it from its single mod
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -142,6 +143,13 @@ def _unit_rows(features: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str) -> Callable[[Sequence[str]], torch.Tensor]:
+    # Building the BPE tables takes over a second and the result never changes for a model
+    # name, so apps built again in one process (tests, reloads) share it.
+    return open_clip.get_tokenizer(name)
+
+
 def load_encoder(settings: Settings) -> ClipEncoder:
     """Build the model as settings say; raise ModelLoadError with what to set instead."""
     register_model_configs()
@@ -177,7 +185,7 @@ def load_encoder(settings: Settings) -> ClipEncoder:
                 raise ModelLoadError(f"Cannot build open_clip model {name!r}: {exc}") from exc
             raise _load_error(settings, exc) from exc
     model = model.to(device).eval()
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _tokenizer(name)
     visual = model.visual
     size = visual.image_size
     image_size = int(size[0] if isinstance(size, tuple | list) else size)

@@ -1,0 +1,68 @@
+"""The encoder as a real uvicorn process: ready, embeds, a restart with pretrained=none gives
+the same vectors, and weights that cannot be had stop the start with a clear message."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from tests.support.procs import ServiceProcess
+
+TINY_ENV = {
+    "ENCODER_MODEL": "glimpse-tiny",
+    "ENCODER_PRETRAINED": "none",
+    "ENCODER_DEVICE": "cpu",
+    "ENCODER_TORCH_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(skdata.chelsea()).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _vectors(url: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    text = httpx.post(url + "/v1/embed/text", json={"texts": ["a cat"]}, timeout=30)
+    image = httpx.post(
+        url + "/v1/embed/image", files=[("files", ("c.jpg", blob, "image/jpeg"))], timeout=30
+    )
+    assert text.status_code == 200 and image.status_code == 200, (text.text, image.text)
+    return (
+        np.asarray(text.json()["embeddings"], np.float32),
+        np.asarray(image.json()["embeddings"], np.float32),
+    )
+
+
+def test_restart_with_random_weights_gives_identical_vectors(tmp_path: Path) -> None:
+    blob = _jpeg()
+    log = tmp_path / "encoder.log"
+    with ServiceProcess("encoder_service.main", TINY_ENV, log) as encoder:
+        info = httpx.get(encoder.url + "/v1/info").json()
+        assert info["dim"] == 64 and info["model"] == "glimpse-tiny"
+        first = _vectors(encoder.url, blob)
+        assert "glimpse_encoder_batch_size_bucket" in httpx.get(encoder.url + "/metrics").text
+    with ServiceProcess("encoder_service.main", TINY_ENV, log) as encoder:
+        second = _vectors(encoder.url, blob)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_missing_weights_stop_the_start_with_a_clear_message(tmp_path: Path) -> None:
+    # Every other way weights cannot be had is checked in tests/unit/encoder_service/test_model.py
+    missing = "/models/missing/open_clip_model.safetensors"
+    env = TINY_ENV | {"ENCODER_PRETRAINED": missing}
+    proc = ServiceProcess("encoder_service.main", env, tmp_path / "encoder.log")
+    with pytest.raises(RuntimeError) as info:
+        proc.start(timeout=60)
+    proc.stop()
+    message = str(info.value)
+    assert "exited with" in message
+    assert missing in message and "ENCODER_PRETRAINED" in message

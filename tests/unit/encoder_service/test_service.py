@@ -1,0 +1,124 @@
+"""The runtime behind the API: concurrent requests batched (seen in /metrics), batch equals
+one by one through HTTP, near-duplicate photos, the text cache."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+
+from encoder_service.main import create_app
+from tests.unit.encoder_service.conftest import encoded, jpeg_bytes, tiny_settings
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[FastAPI]:
+    application = create_app(tiny_settings(max_wait_ms=300.0, max_batch=32))
+    async with application.router.lifespan_context(application):
+        for _ in range(500):
+            if application.state.runtime.warmed_up:
+                break
+            await asyncio.sleep(0.01)
+        yield application
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://encoder")
+
+
+def _metric(text: str, name: str, kind: str) -> float:
+    match = re.search(rf'^{name}{{kind="{kind}"}} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _embed_image(client: httpx.AsyncClient, blob: bytes) -> np.ndarray:
+    r = await client.post("/v1/embed/image", files=[("files", ("x.jpg", blob, "image/jpeg"))])
+    assert r.status_code == 200, r.text
+    return np.asarray(r.json()["embeddings"][0], dtype=np.float32)
+
+
+async def test_concurrent_single_requests_are_batched(app: FastAPI, photos) -> None:
+    blobs = [jpeg_bytes(p, quality=q) for p in photos.values() for q in (70, 80, 90, 95)]
+    async with _client(app) as client:
+        before = (await client.get("/metrics")).text
+        vectors = await asyncio.gather(*(_embed_image(client, b) for b in blobs))
+        after = (await client.get("/metrics")).text
+    passes = _metric(after, "glimpse_encoder_batch_size_count", "image") - _metric(
+        before, "glimpse_encoder_batch_size_count", "image"
+    )
+    inputs = _metric(after, "glimpse_encoder_batch_size_sum", "image") - _metric(
+        before, "glimpse_encoder_batch_size_sum", "image"
+    )
+    assert inputs == len(blobs)
+    assert passes < len(blobs) / 2, f"{len(blobs)} requests ran in {passes} forward passes"
+    np.testing.assert_allclose(np.linalg.norm(np.vstack(vectors), axis=1), 1.0, atol=1e-5)
+
+
+async def test_one_request_equals_single_requests(app: FastAPI, photos) -> None:
+    blobs = [jpeg_bytes(p) for p in photos.values()]
+    async with _client(app) as client:
+        files = [("files", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)]
+        together = np.asarray(
+            (await client.post("/v1/embed/image", files=files)).json()["embeddings"], np.float32
+        )
+        one_by_one = np.vstack([await _embed_image(client, b) for b in blobs])
+        texts = ["a red rocket", "a cat on a sofa", "coffee", "an astronaut"]
+        text_batch = np.asarray(
+            (await client.post("/v1/embed/text", json={"texts": texts})).json()["embeddings"]
+        )
+        app.state.runtime._text_cache.clear()  # the single requests must run the model again
+        text_single = np.vstack(
+            [
+                (await client.post("/v1/embed/text", json={"texts": [t]})).json()["embeddings"]
+                for t in texts
+            ]
+        )
+    assert np.abs(together - one_by_one).max() <= 1e-4
+    assert np.abs(text_batch - text_single).max() <= 1e-4
+    for matrix in (together, one_by_one, text_batch, text_single):
+        np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+
+
+async def test_a_reencoded_copy_is_nearer_than_any_other_photo(app: FastAPI, photos) -> None:
+    names = list(photos)
+    originals = [encoded(Image.fromarray(photos[n]), "PNG") for n in names]
+    copies = [
+        jpeg_bytes(Image.fromarray(photos[n]).resize((int(photos[n].shape[1] * 0.8),
+                                                      int(photos[n].shape[0] * 0.8))), 60)
+        for n in names
+    ]
+    async with _client(app) as client:
+        a = np.vstack([await _embed_image(client, b) for b in originals])
+        b = np.vstack([await _embed_image(client, b) for b in copies])
+    similarity = a @ b.T
+    for i, name in enumerate(names):
+        others = np.delete(similarity[i], i)
+        assert similarity[i, i] > others.max(), f"{name}: {similarity[i]}"
+
+
+async def test_repeated_texts_come_from_the_cache(app: FastAPI) -> None:
+    async with _client(app) as client:
+        first = (await client.post("/v1/embed/text", json={"texts": ["cached"]})).json()
+        before = (await client.get("/metrics")).text
+        second = (await client.post("/v1/embed/text", json={"texts": ["cached"]})).json()
+        after = (await client.get("/metrics")).text
+    assert first["embeddings"] == second["embeddings"]
+    passes = [
+        _metric(t, "glimpse_encoder_batch_size_count", "text") for t in (before, after)
+    ]
+    assert passes[0] == passes[1]
+    assert "glimpse_encoder_text_cache_hits_total 1.0" in after
+
+
+async def test_text_cache_is_bounded() -> None:
+    application = create_app(tiny_settings(text_cache_size=2, warmup=False))
+    async with application.router.lifespan_context(application), _client(application) as c:
+        r = await c.post("/v1/embed/text", json={"texts": ["a", "b", "c", "d"]})
+        assert r.status_code == 200
+        assert list(application.state.runtime._text_cache) == ["c", "d"]
