@@ -1,0 +1,177 @@
+"""RELIABILITY.md #1: kill -9 the index service at random moments while ingesting.
+
+Two drivers, both against real processes and real SIGKILLs:
+
+- straight at the index (POST /v1/items in small batches, a client that retries every batch
+  until it is acknowledged, some batches re-sending earlier keys), at least 20 kills;
+- through the gateway with scripts/ingest.py doing the retrying, at least 20 kills of the
+  index behind it; every acknowledgement the script receives is recorded by its transport.
+
+Figures: acknowledged-but-missing 0, phantom 0, duplicate keys 0, Faiss count == live rows,
+failed starts 0; plus the number of kills and the restart times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.reliability._crash import Killer, Ledger, add_with_retries, audit_index, audit_summary
+from tests.reliability._services import IndexAPI, index_process, unit_vectors
+from tests.reliability.conftest import API_KEY
+from tests.support.procs import ServiceProcess
+
+KILLS = 20
+
+
+def _restart_figures(killer: Killer) -> dict[str, Any]:
+    times = killer.restart_s or [0.0]
+    return {
+        "kills": killer.kills,
+        "failed_starts": len(killer.failed_starts),
+        "restart_median_s": round(statistics.median(times), 2),
+        "restart_max_s": round(max(times), 2),
+    }
+
+
+@pytest.mark.slow
+def test_kill9_while_adding_straight_to_the_index(tmp_path: Path, figure: Any) -> None:
+    rng = np.random.default_rng(1)
+    # Snapshots every few hundred writes, so kills also land in saves and in replays.
+    proc = index_process(tmp_path, tmp_path / "data", INDEX_SNAPSHOT_EVERY_WRITES="400")
+    proc.start(90)
+    ledger = Ledger()
+    killer = Killer(proc, kills=KILLS, min_s=0.05, max_s=1.2, seed=1).start()
+    batch, n = 20, 0
+    try:
+        with httpx.Client(base_url=proc.url, timeout=10) as http:
+            while (not killer.done.is_set() or n < 2000) and n < 30_000:
+                keys = [f"k{n + i:07d}" for i in range(batch)]
+                vectors = unit_vectors(batch, rng)
+                if n and rng.random() < 0.15:  # re-send 5 earlier keys: an idempotent re-add
+                    again = [f"k{int(j):07d}" for j in rng.integers(0, n, 5)]
+                    keys += again
+                    vectors = np.vstack([vectors, [ledger.sent[k] for k in again]])
+                add_with_retries(http, ledger, keys, vectors)
+                n += batch
+    finally:
+        killer.stop()
+    assert not killer.failed_starts, killer.failed_starts[0]
+    # One more crash and recovery right after the last acknowledgement.
+    proc.kill()
+    proc.start(90)
+    try:
+        with IndexAPI(proc.url) as api:
+            audit = audit_index(api, ledger)
+    finally:
+        proc.kill()
+    figure(**audit_summary(audit), **_restart_figures(killer), client_errors=len(ledger.errors))
+    assert killer.kills >= KILLS
+    assert not ledger.errors, ledger.errors[:3]
+    assert audit.faiss_count is not None, "the index's /v1/stats names no Faiss count"
+    assert audit.ok(), (audit_summary(audit), audit.detail, proc.log_tail())
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """The ingest script's transport, noting every item an /ingest answer acknowledged."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__()
+        self.ledger = ledger
+        self.answers = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path == "/ingest" and response.status_code == 200:
+            response.read()
+            self.answers += 1
+            for item in response.json()["items"]:
+                if item["status"] in ("added", "exists"):
+                    self.ledger.record_ack(item["sha256"], int(item["id"]))
+        return response
+
+
+def _write_images(folder: Path, start: int, count: int, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + count):
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:06d}.png")
+
+
+@pytest.mark.slow
+def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
+    stack: Any, tmp_path: Path, figure: Any
+) -> None:
+    from scripts.ingest import RetryPolicy, ingest
+
+    rng = np.random.default_rng(2)
+    index = index_process(tmp_path, tmp_path / "index-data", INDEX_SNAPSHOT_EVERY_WRITES="300")
+    index.start(90)
+    gateway = ServiceProcess("gateway.main", {
+        "GATEWAY_ENCODER_URL": stack.encoder.url,
+        "GATEWAY_INDEX_URL": index.url,
+        "GATEWAY_MEDIA_DIR": str(tmp_path / "media"),
+        "GATEWAY_API_KEY": API_KEY,
+        "GATEWAY_FSYNC": "false",
+    }, tmp_path / "gateway.log").start(90, wait_ready=False)
+    ledger = Ledger()
+    transport = RecordingTransport(ledger)
+    retry = RetryPolicy(attempts=200, base_s=0.05, max_s=0.5)
+    images = tmp_path / "images"
+    killer = Killer(index, kills=KILLS, min_s=0.2, max_s=1.5, seed=2).start()
+    made, runs = 0, 0
+    summaries = []
+    stop = threading.Event()
+    try:
+        while (not killer.done.is_set() or made < 1000) and made < 6000:
+            _write_images(images / f"round{runs:02d}", made, 300, rng)
+            made += 300
+            runs += 1
+            summary = ingest([images], gateway.url, API_KEY, batch_size=16, concurrency=2,
+                             retry=retry, timeout_s=30, transport=transport, stop=stop,
+                             report_path=tmp_path / "report.jsonl", retry_rejected=True)
+            summaries.append(summary.to_dict())
+    finally:
+        killer.stop()
+    # The script, re-run with the index up, must find nothing left to do.
+    final = ingest([images], gateway.url, API_KEY, retry=retry, transport=transport,
+                   report_path=tmp_path / "report.jsonl", retry_rejected=True)
+    try:
+        assert not killer.failed_starts, killer.failed_starts[0]
+        with IndexAPI(index.url) as api:
+            # Every file's key, with the vector the index holds for it (the client never saw
+            # the vectors: the encoder made them).
+            never_acked, no_vector = [], []
+            for path in sorted(images.rglob("*.png")):
+                key = hashlib.sha256(path.read_bytes()).hexdigest()
+                item_id = ledger.acked.get(key)
+                if item_id is None:
+                    never_acked.append(path.name)
+                    continue
+                r = api.http.get(f"/v1/items/{item_id}/vector")
+                if r.status_code != 200:
+                    no_vector.append(f"{path.name}: {r.status_code}")
+                    continue
+                ledger.sent[key] = np.asarray(r.json()["vector"], dtype=np.float32)
+            audit = audit_index(api, ledger)
+    finally:
+        gateway.stop()
+        index.kill()
+    figure(**audit_summary(audit), **_restart_figures(killer), images=made,
+           ingest_runs=runs, final_run=final.to_dict(), answers_recorded=transport.answers)
+    assert killer.kills >= KILLS
+    assert final.ok and final.added == 0, final.to_dict(with_failures=True)
+    assert not never_acked, never_acked[:5]
+    assert not no_vector, no_vector[:5]
+    assert audit.acked == made, (audit.acked, made)
+    assert audit.faiss_count is not None, "the index's /v1/stats names no Faiss count"
+    assert audit.ok(), (audit_summary(audit), audit.detail, index.log_tail())
