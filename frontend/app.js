@@ -419,6 +419,11 @@ function openLightbox(index) {
     els.lbImg.src = result.image_url;
     els.lbImg.classList.remove("preview");
   };
+  original.onerror = () => {
+    if (state.lightboxIndex !== index || !els.lightbox.open) return;
+    els.lbImg.classList.remove("preview");
+    els.lbDetail.textContent += " · the original could not be loaded, showing the thumbnail";
+  };
   original.src = result.image_url;
   els.lbPrev.disabled = index === 0;
   els.lbNext.disabled = index + 1 >= state.results.length && state.done;

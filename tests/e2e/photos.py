@@ -7,6 +7,7 @@ load more as it scrolls.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,18 @@ def _crop(photo: Photo, box: tuple[float, float, float, float]) -> bytes:
     return out.getvalue()
 
 
+def _package_dir(name: str) -> Path:
+    """Where a package is installed, without importing it (importing sklearn takes seconds)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{name} is not installed; the browser tests need its sample photos")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def sample_photos() -> list[Photo]:
     """The photos in a fixed order (53 of them: 23 originals, 30 crops)."""
-    import skimage.data
-    import sklearn.datasets
-
-    skimage_dir = Path(skimage.data.data_dir)
-    sklearn_dir = Path(sklearn.datasets.__file__).parent / "images"
+    skimage_dir = _package_dir("skimage") / "data"
+    sklearn_dir = _package_dir("sklearn") / "datasets" / "images"
     photos = [
         Photo(f"skimage/{name}", (skimage_dir / name).read_bytes(), _content_type(name))
         for name in SKIMAGE_FILES

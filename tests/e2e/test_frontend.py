@@ -105,6 +105,8 @@ def test_text_search_shows_thumbnails_that_load(
     assert QUERY in page.inner_text("#status")
     footer = page.inner_text("#stats")
     assert f"{len(photos)} images" in footer
+    model = httpx.get(f"{page.url.split('?')[0]}stats").json()["model"]
+    assert model["model"] in footer
 
     # The screenshot for the README: every thumbnail on screen loaded, no focus ring, no fade.
     wait_thumbnails_loaded(page, 24)
@@ -252,7 +254,7 @@ def test_back_button_and_shared_links_restore_the_query(
         context.close()
 
 
-def test_api_errors_are_shown_with_their_sentence(page: Any, gateway_url: str) -> None:
+def test_api_errors_are_shown_with_their_sentence(page: Any, stack: Any, gateway_url: str) -> None:
     # A real error answer of the gateway: no image has this id.
     missing = httpx.get(gateway_url + "/images/987654321/similar")
     assert missing.status_code == 404
@@ -263,21 +265,21 @@ def test_api_errors_are_shown_with_their_sentence(page: Any, gateway_url: str) -
     assert page.locator("#message.error").count() == 1
     assert result_ids(page) == []
 
-    # The upstream is down: the sentence and the type, and "Try again" recovers.
-    def unavailable(route: Any) -> None:
-        route.fulfill(
-            status=503,
-            json={"error": "The encoder is not reachable.", "error_type": "upstream_unavailable"},
-        )
-
-    page.route("**/search/text", unavailable)
+    # The index service is down (killed for real): the gateway's sentence and type are shown,
+    # and "Try again" recovers once the index is back.
     page.goto(gateway_url + "/")
-    page.fill("#q", "anything")
-    page.press("#q", "Enter")
-    text = message(page)
-    assert "The encoder is not reachable." in text
+    stack.index.kill()
+    try:
+        page.fill("#q", "anything")
+        page.press("#q", "Enter")
+        text = message(page)
+        answer = httpx.post(gateway_url + "/search/text", json={"query": "anything"})
+    finally:
+        stack.index.start()
+    assert answer.status_code == 503
+    assert answer.json()["error_type"] == "upstream_unavailable"
     assert "upstream_unavailable" in text
-    page.unroute("**/search/text")
+    assert answer.json()["error"].split(":")[0] in text
     page.click("#retry")
     wait_for_results(page)
     assert page.is_hidden("#message")
