@@ -101,10 +101,13 @@ def test_malformed_images_never_5xx(writer: httpx.Client, route: str, figure: An
 def test_odd_valid_images_are_accepted_and_oriented(writer: httpx.Client, reader: httpx.Client,
                                                     figure: Any) -> None:
     images = odd_valid_images()
-    r = writer.post("/ingest", files=[("files", (f"odd/{n}", d, ct))
-                                      for n, (d, ct) in images.items()], timeout=60)
-    assert r.status_code == 200, r.text
-    items = {it["path"]: it for it in r.json()["items"]}
+    names = list(images)
+    items: dict[str, Any] = {}
+    for start in range(0, len(names), 8):  # the shared gateway takes 16 files per request
+        r = writer.post("/ingest", files=[("files", (f"odd/{n}", *images[n]))
+                                          for n in names[start : start + 8]], timeout=60)
+        assert r.status_code == 200, r.text
+        items.update({it["path"]: it for it in r.json()["items"]})
     refused = {p: it for p, it in items.items() if it["status"] not in ("added", "exists")}
     assert not refused, refused
     for name in ("exif6.jpg", "exif8.jpg", "exif3.jpg"):
