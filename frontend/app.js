@@ -23,6 +23,9 @@ const els = {
   grid: $("results"),
   sentinel: $("sentinel"),
   more: $("more"),
+  moreError: $("more-error"),
+  moreErrorText: $("more-error-text"),
+  moreRetry: $("more-retry"),
   stats: $("stats"),
   dropzone: $("dropzone"),
   lightbox: $("lightbox"),
@@ -185,6 +188,7 @@ function run(query) {
   els.grid.replaceChildren();
   window.scrollTo({ top: 0 });
   els.more.hidden = true;
+  els.moreError.hidden = true;
   showQuery(query);
   if (query === null) {
     showHome();
@@ -267,8 +271,9 @@ function showError(err, first) {
     setStatus("");
     showMessage(err.status === 0 ? "Cannot reach Glimpse" : "The search failed", text, { error: true, retry: true });
   } else {
-    setStatus(`${resultsText()} · loading more failed: ${text}`);
-    showMessage("Loading more results failed", text, { error: true, retry: "more" });
+    // Shown where the user is looking: at the end of the grid.
+    els.moreErrorText.textContent = `Loading more results failed: ${text}`;
+    els.moreError.hidden = false;
   }
 }
 
@@ -327,9 +332,7 @@ function showMessage(title, text, { error = false, retry = false } = {}) {
   els.messageTitle.textContent = title;
   els.messageText.textContent = text;
   els.message.classList.toggle("error", error);
-  els.message.dataset.kind = error ? "error" : "info";
   els.retry.hidden = !retry;
-  els.retry.dataset.mode = retry === "more" ? "more" : "all";
   els.message.hidden = false;
 }
 
@@ -525,14 +528,11 @@ els.chipClear.addEventListener("click", () => {
   els.input.focus();
 });
 
-els.retry.addEventListener("click", () => {
-  if (els.retry.dataset.mode === "more") {
-    state.failed = false;
-    hideMessage();
-    loadPage();
-  } else {
-    run(state.query);
-  }
+els.retry.addEventListener("click", () => run(state.query));
+els.moreRetry.addEventListener("click", () => {
+  state.failed = false;
+  els.moreError.hidden = true;
+  loadPage();
 });
 
 function draggingFiles(event) {

@@ -118,7 +118,23 @@ def test_scrolling_loads_the_next_page(page: Any, gallery: dict[str, int]) -> No
     search(page, "mountains at dawn")
     assert len(result_ids(page)) == PAGE_SIZE
 
+    # The next page fails once: the error shows at the end of the grid, "Try again" loads it.
+    def second_page_fails(route: Any) -> None:
+        if route.request.post_data_json["offset"] > 0:
+            route.fulfill(status=504, json={"error": "The index took too long to answer.",
+                                            "error_type": "upstream_timeout"})
+        else:
+            route.continue_()
+
+    page.route("**/search/text", second_page_fails)
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_selector("#more-error", state="visible")
+    assert "The index took too long to answer. (upstream_timeout)" in page.inner_text(
+        "#more-error"
+    )
+    assert len(result_ids(page)) == PAGE_SIZE
+    page.unroute("**/search/text")
+    page.click("#more-retry")
     wait_for_results(page, len(gallery))
 
     ids = result_ids(page)
@@ -145,7 +161,7 @@ def test_upload_through_the_file_input_finds_that_photo_first(
     assert page.eval_on_selector("#query-chip-img", "i => i.complete && i.naturalWidth") > 0
 
 
-def test_dropping_a_photo_finds_that_photo_first(
+def test_dropping_or_pasting_a_photo_finds_that_photo_first(
     page: Any, photos: list[Photo], gallery: dict[str, int]
 ) -> None:
     chosen = photo(photos, "sklearn/china.jpg")
@@ -168,6 +184,25 @@ def test_dropping_a_photo_finds_that_photo_first(
     assert result_scores(page)[0] > 0.99
     assert page.is_hidden("#dropzone")
     assert chosen.filename in page.inner_text("#query-chip")
+
+    # Pasting an image searches by it the same way.
+    pasted = photo(photos, "skimage/rocket.jpg")
+    page.evaluate(
+        """([b64, name, type]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, {type}));
+            document.body.dispatchEvent(new ClipboardEvent(
+                'paste', {bubbles: true, cancelable: true, clipboardData: dt}));
+        }""",
+        [base64.b64encode(pasted.data).decode(), pasted.filename, pasted.content_type],
+    )
+    page.wait_for_function(
+        "name => document.querySelector('#query-chip').innerText.includes(name)",
+        arg=pasted.filename,
+    )
+    wait_for_results(page)
+    assert result_ids(page)[0] == gallery[pasted.path]
 
 
 def test_lightbox_shows_the_original_and_more_like_this_searches_by_it(
