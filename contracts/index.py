@@ -115,3 +115,25 @@ class SnapshotResponse(BaseModel):
     seq: int
     bytes: int
     took_ms: float
+
+
+class TuneRequest(BaseModel):
+    """Measure recall@k of the live index on a held-out sample of its own vectors (exact
+    ground truth) and apply the cheapest nprobe / re-rank depth reaching ``target``."""
+
+    target: float = Field(default=0.95, gt=0.0, le=1.0, description="recall@k to reach.")
+    sample: int = Field(default=500, ge=10, le=10_000, description="Held-out queries.")
+    k: int = Field(default=10, ge=1, le=100, description="k of recall@k.")
+    apply: bool = Field(default=True, description="Make the chosen setting the default.")
+
+
+class TuneResponse(BaseModel):
+    nprobe: int
+    rerank: int
+    recall_at_k: float
+    ms_per_query: float
+    target: float
+    reached: bool
+    applied: bool
+    sample: int
+    trials: list[dict[str, Any]] = Field(default_factory=list)

@@ -24,10 +24,12 @@ from contracts.index import (
     RebuildRequest,
     RebuildResponse,
     SnapshotResponse,
+    TuneRequest,
+    TuneResponse,
 )
 from contracts.vectors import VectorEncoding, decode_vectors, encode_vector, l2_normalize
 from index_service.config import Settings
-from index_service.service import IndexService
+from index_service.service import IndexService, NotTunable
 from index_service.store import NewItem
 
 router = APIRouter()
@@ -231,6 +233,21 @@ async def snapshot(service: Service) -> SnapshotResponse:
             f"The snapshot could not be written ({exc}); the previous snapshot is intact.",
         ) from exc
     return SnapshotResponse(seq=result.seq, bytes=result.bytes, took_ms=result.took_ms)
+
+
+@router.post("/v1/index/tune", response_model=TuneResponse, responses=ERROR_RESPONSES,
+             tags=["ops"])
+async def tune(service: Service, body: TuneRequest | None = None) -> TuneResponse:
+    """Measure recall@k on a held-out sample of the stored vectors against exact search and
+    apply the cheapest nprobe / re-rank depth that reaches the target (shown in /v1/stats)."""
+    body = body or TuneRequest()
+    try:
+        # Exact ground truth and dozens of trial searches: seconds of blocking numpy and Faiss.
+        result = await run_in_threadpool(service.tune, body.target, body.sample, body.k,
+                                         body.apply)
+    except NotTunable as exc:
+        raise GlimpseError(ErrorType.conflict, str(exc)) from exc
+    return TuneResponse.model_validate(result)
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["ops"])

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
         default=True,
         description="Gather concurrent searches into one Faiss call.",
     )
+    autotune: bool = Field(
+        default=True,
+        description="After each training, tune nprobe and re-rank depth on a held-out sample "
+        "(skipped when INDEX_NPROBE is set).",
+    )
+    tune_target: float = Field(
+        default=0.95, gt=0, le=1, description="recall@10 the automatic tuning aims for."
+    )
+    tune_sample: int = Field(default=300, ge=10, description="Held-out queries of a tuning.")
     max_k: int = Field(default=1000, ge=1, description="Largest k a search may ask for.")
     max_batch: int = Field(default=4096, ge=1, description="Most items per add request.")
     max_search_vectors: int = Field(default=1024, ge=1, description="Most vectors per search.")

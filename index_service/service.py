@@ -23,10 +23,15 @@ from index_service import persistence
 from index_service.config import Settings
 from index_service.index import GpuRunner, LiveIndex, VectorIndex, build_empty
 from index_service.store import AddOutcome, NewItem, Store
+from index_service.tuning import excluding_self, tune_search
 
 log = logging.getLogger("glimpse.index")
 
 Hits = list[list[tuple[int, float]]]
+
+
+class NotTunable(Exception):
+    """The live index has nothing to tune (exact, or too few items)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class IndexService:
         self.snapshot_seq = 0
         self.snapshot_info: dict[str, Any] = {}
         self._snapshot_lock = threading.Lock()
+        self._tune_lock = threading.Lock()
         self._writes_since_snapshot = 0
         self._stop = threading.Event()
         self._snap_wanted = threading.Event()
@@ -327,11 +333,74 @@ class IndexService:
                 log.exception("periodic snapshot failed; will retry")
 
     def _after_swap(self) -> None:
-        """A fresh index is live: persist it so no start has to train it again."""
+        """A fresh index is live: tune its search defaults, then persist it so no start has to
+        train it again."""
+        s = self.settings
+        _, index = self._parts
+        index.defaults.nprobe = s.nprobe
+        index.defaults.rerank = s.rerank
+        index.defaults.source = "config" if s.nprobe else "rule"
+        index.defaults.tuned = {}
+        if s.autotune and s.nprobe is None and index.live.ivf is not None:
+            try:
+                self.tune(s.tune_target, s.tune_sample)
+            except Exception:
+                log.exception("tuning after training failed; the rule's defaults stay")
         try:
             self.snapshot()
         except Exception:
             log.exception("snapshot after training failed")
+
+    def tune(
+        self, target: float, sample: int, k: int = 10, apply: bool = True
+    ) -> dict[str, Any]:
+        """Measure recall@k on ``sample`` stored vectors (their exact neighbours, themselves
+        excluded) and pick the cheapest nprobe / re-rank depth reaching ``target``."""
+        store, index = self._parts
+        with self._tune_lock:
+            live = index.live
+            if live.ivf is None:
+                raise NotTunable(
+                    f"The live index is {live.kind!r}: it has no nprobe or re-rank depth to tune."
+                )
+            ids = index.table.live_ids()
+            if len(ids) < 2 * (k + 1):
+                raise NotTunable(f"The index holds {len(ids)} items, too few to tune recall@{k}.")
+            rng = np.random.default_rng(len(ids))
+            pick = np.sort(rng.choice(ids, size=min(sample, len(ids) // 2), replace=False))
+            if index.table.vectors is not None:
+                queries = index.table.vectors[pick].astype(np.float32)
+            else:
+                found = store.vectors_of(pick.tolist())
+                queries = np.stack([found[int(i)] for i in pick]).astype(np.float32)
+
+            def exact(q: np.ndarray, kk: int, nprobe: int, rerank: int) -> np.ndarray:
+                return index.search_raw(q, kk, exact=True)[1]
+
+            def approximate(q: np.ndarray, kk: int, nprobe: int, rerank: int) -> np.ndarray:
+                return index.search_ids(q, kk, nprobe, rerank)
+
+            truth = excluding_self(exact, pick)(queries, k, 1, 0)
+            nlist = live.nlist or 1
+            nprobes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= nlist]
+            result = tune_search(
+                excluding_self(approximate, pick), queries, truth, k=k, target=target,
+                nprobes=nprobes, reranks=(0, 2, 4, 8, 16),
+            )
+            applied = apply and index.live is live
+            summary = {
+                "nprobe": result.nprobe, "rerank": result.rerank,
+                "recall_at_k": round(result.recall_at_k, 4), "k": k,
+                "ms_per_query": round(result.ms_per_query, 4), "target": target,
+                "reached": result.reached, "sample": len(pick), "at": time.time(),
+            }
+            if applied:
+                index.defaults.nprobe = result.nprobe
+                index.defaults.rerank = result.rerank
+                index.defaults.source = "tuned"
+                index.defaults.tuned = summary
+            log.info("tuned search defaults: %s (applied: %s)", summary, applied)
+            return {**summary, "applied": applied, "trials": result.trials}
 
     def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]:
         """Start (or run) a training; (started, factory). Raises ValueError for a bad factory."""

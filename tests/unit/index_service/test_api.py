@@ -149,12 +149,29 @@ def test_stats_snapshot_rebuild_and_ops_routes(client: TestClient) -> None:
     done = client.post("/v1/index/rebuild", json={"factory": "IVF8,PQ8x4", "wait": True})
     assert done.status_code == 200 and done.json() == {"status": "done", "factory": "IVF8,PQ8x4"}
     stats = client.get("/v1/stats").json()
-    assert stats["kind"] == "ivfpq" and stats["nlist"] == 8 and stats["rerank"] == 10
+    assert stats["kind"] == "ivfpq" and stats["nlist"] == 8
+    # Each training is followed by a tuning of nprobe and re-rank depth on held-out vectors.
+    assert stats["search_defaults_source"] == "tuned"
+    assert (stats["nprobe"], stats["rerank"]) == (stats["tuned"]["nprobe"],
+                                                   stats["tuned"]["rerank"])
+
+    tuned = client.post("/v1/index/tune", json={"target": 0.8, "sample": 60})
+    assert tuned.status_code == 200, tuned.text
+    body = tuned.json()
+    assert body["reached"] and body["recall_at_k"] >= 0.8 and body["applied"]
+    assert body["sample"] == 60 and body["trials"]
+    assert client.get("/v1/stats").json()["rerank"] == body["rerank"]
 
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["ready"] is True
     metrics = client.get("/metrics").text
     assert 'route="/v1/items"' in metrics
+
+
+def test_tuning_an_exact_index_is_a_conflict(client: TestClient) -> None:
+    client.post("/v1/items", json=items_body(clustered(50, DIM)))
+    r = client.post("/v1/index/tune", json={})
+    assert r.status_code == 409 and "flat" in r.json()["error"]
 
 
 def test_disk_full_answers_507_and_acknowledges_nothing(client: TestClient) -> None:

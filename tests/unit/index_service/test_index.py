@@ -1,0 +1,189 @@
+"""The Faiss wrapper: parameter rules, exact and IVF-PQ search, re-rank, training with catch-up."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from index_service.config import Settings
+from index_service.index import (
+    GpuRunner,
+    auto_factory,
+    auto_nlist,
+    auto_nprobe,
+    auto_pq,
+    build_empty,
+)
+from index_service.locks import RWLock
+from index_service.service import IndexService
+from index_service.store import NewItem
+from tests.unit.index_service.helpers import as_stored, clustered, recall_at
+
+DIM = 32
+
+
+def test_parameter_rules() -> None:
+    assert auto_nlist(1_000_000) == 4096  # 8·√N = 8000, inside 4·√N..16·√N
+    assert auto_nlist(50_000) == 1024  # capped at N/39 = 1282
+    assert auto_nlist(10) == 1
+    assert auto_pq(512, 1_000_000) == (32, 8)
+    assert auto_pq(64, 5_000) == (16, 4)
+    assert auto_pq(30, 20_000) == (6, 8)  # M divides the dimension (30/4 -> 6)
+    assert auto_factory(500, 512) == "Flat"
+    assert auto_factory(1_000_000, 512) == "IVF4096,PQ32x8"
+    assert auto_nprobe(4096) == 64 and auto_nprobe(8) == 8
+    assert build_empty("IVF4096,PQ32x8", 512).nlist == 4096
+
+
+def test_a_bad_factory_string_names_the_problem() -> None:
+    with pytest.raises(ValueError, match="not a Faiss factory string"):
+        build_empty("IVF12,Nonsense", DIM)
+
+
+def test_cuda_without_gpu_support_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        pytest.skip("this faiss has a GPU")
+    with pytest.raises(RuntimeError, match="INDEX_DEVICE=cuda.*no GPU support"):
+        GpuRunner()
+    with pytest.raises(RuntimeError, match="faiss-gpu"):
+        IndexService(Settings(data_dir=tmp_path, dim=DIM, device="cuda"))
+
+
+def test_rw_lock_lets_readers_share_and_a_writer_wait() -> None:
+    lock = RWLock()
+    order: list[str] = []
+    with lock.read(), lock.read():  # two readers at once
+        writer = threading.Thread(target=lambda: _write(lock, order))
+        writer.start()
+        time.sleep(0.05)
+        order.append("readers done")
+    writer.join(5)
+    assert order == ["readers done", "writer"]
+
+
+def _write(lock: RWLock, order: list[str]) -> None:
+    with lock.write():
+        order.append("writer")
+
+
+def _open(tmp_path: Path, **overrides: object) -> IndexService:
+    values: dict[str, object] = dict(
+        data_dir=tmp_path, dim=DIM, snapshot_interval_s=0, snapshot_every_writes=0,
+        train_threshold=10**6, autotune=False,
+    )
+    values.update(overrides)
+    service = IndexService(Settings(**values))  # type: ignore[arg-type]
+    service.open()
+    return service
+
+
+def _add(service: IndexService, x: np.ndarray, start: int = 0) -> np.ndarray:
+    stored = as_stored(x).astype(np.float16)
+    outcomes = service.add(
+        [NewItem(f"k{start + i}", f"p{start + i}", {}, stored[i]) for i in range(len(x))]
+    )
+    return np.asarray([o.id for o in outcomes], dtype=np.int64)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[IndexService]:
+    s = _open(tmp_path)
+    yield s
+    s.close()
+
+
+def test_exact_search_equals_a_plain_index_flat_ip(service: IndexService) -> None:
+    x = clustered(3000, DIM)
+    ids = _add(service, x)
+    plain = faiss.IndexFlatIP(DIM)
+    plain.add(as_stored(x))
+    q = as_stored(clustered(50, DIM, seed=9))
+    want_s, want_i = plain.search(q, 10)
+    assert service.index is not None
+    got_s, got_i = service.index.search_raw(q, 10)
+    np.testing.assert_array_equal(got_i, ids[want_i])
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-6)
+
+
+def test_ivfpq_with_rerank_recall_and_exact_mode(service: IndexService) -> None:
+    x = clustered(3000, DIM, clusters=60)
+    ids = _add(service, x)
+    assert service.rebuild("IVF32,PQ16x4", wait=True)[0]
+    index = service.index
+    assert index is not None and index.live.kind == "ivfpq" and index.live.ntotal == 3000
+    q = as_stored(clustered(100, DIM, clusters=60, seed=3))
+    truth = ids[faiss.knn(q, as_stored(x), 10, metric=faiss.METRIC_INNER_PRODUCT)[1]]
+    pq_only = recall_at(index.search_ids(q, 10, 16, 0), truth)
+    reranked = recall_at(index.search_ids(q, 10, 16, 10), truth)
+    assert reranked >= 0.9 and reranked > pq_only
+    exact = index.search_raw(q, 10, exact=True)[1]
+    assert recall_at(exact, truth) == 1.0
+    assert (index.search_ids(q, 10, 1, 10) >= -1).all()
+
+
+def test_training_catches_up_with_writes_made_meanwhile(service: IndexService) -> None:
+    x = clustered(2000, DIM)
+    ids = _add(service, x)
+    index = service.index
+    assert index is not None
+    assert index.start_training("IVF16,PQ8x4", reason="test")
+    late = _add(service, clustered(300, DIM, seed=7), start=10_000)
+    for item_id in ids[:50]:
+        assert service.delete(int(item_id))
+    assert index.wait_training(120) and index.training_error is None
+    assert index.live.kind == "ivfpq"
+    assert index.live.ntotal == 2000 + 300 - 50 == index.table.count
+    found = index.search_ids(as_stored(clustered(300, DIM, seed=7)), 1, 32, 10)
+    assert (found[:, 0] == late).mean() > 0.95
+    everything = index.search_raw(as_stored(x[:50]), 50, exact=True)[1]
+    assert not set(everything.ravel().tolist()) & set(ids[:50].tolist())
+
+
+def test_background_training_starts_past_the_threshold(tmp_path: Path) -> None:
+    service = _open(tmp_path, train_threshold=1500)
+    try:
+        _add(service, clustered(1000, DIM))
+        assert service.index is not None and not service.index.training
+        _add(service, clustered(600, DIM, seed=1), start=1000)
+        assert service.index.wait_training(120)
+        assert service.index.live.kind == "ivfpq"
+        assert service.index.live.trained_on == 1600
+        assert service.snapshot_seq == 1600  # a fresh index is snapshotted at once
+    finally:
+        service.close()
+
+
+def test_low_memory_setting_reranks_from_the_store(tmp_path: Path) -> None:
+    x = clustered(1500, DIM)
+    q = as_stored(clustered(40, DIM, seed=4))
+    results = []
+    for in_memory in (True, False):
+        service = _open(tmp_path / str(in_memory), vectors_in_memory=in_memory)
+        try:
+            _add(service, x)
+            service.rebuild("IVF16,PQ8x4", wait=True)
+            assert service.index is not None
+            assert (service.index.table.vectors is None) is (not in_memory)
+            results.append(service.index.search_raw(q, 10, nprobe=8))
+            exact = service.index.search_raw(q, 10, exact=True)
+            results.append(exact)
+        finally:
+            service.close()
+    np.testing.assert_array_equal(results[0][1], results[2][1])
+    np.testing.assert_array_equal(results[1][1], results[3][1])
+
+
+def test_tune_picks_a_setting_reaching_the_target(service: IndexService) -> None:
+    _add(service, clustered(2500, DIM, clusters=60))
+    service.rebuild("IVF32,PQ16x4", wait=True)
+    result = service.tune(0.9, 100)
+    assert result["reached"] and result["recall_at_k"] >= 0.9 and result["applied"]
+    assert service.index is not None
+    assert service.index.defaults.nprobe == result["nprobe"]
+    assert service.stats()["tuned"]["rerank"] == result["rerank"]

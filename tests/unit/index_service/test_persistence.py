@@ -1,0 +1,128 @@
+"""Snapshots: atomic write with a manifest, and every way a snapshot on disk can be unusable."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from index_service import persistence
+from index_service.config import Settings
+from index_service.index import build_empty
+from index_service.service import IndexService
+from index_service.store import NewItem
+from tests.unit.index_service.helpers import clustered
+
+DIM = 16
+
+
+def _flat(n: int) -> faiss.Index:
+    index = build_empty("Flat", DIM)
+    index.add_with_ids(clustered(n, DIM), np.arange(1, n + 1, dtype=np.int64))
+    return index
+
+
+def _manifest(seq: int) -> persistence.Manifest:
+    return persistence.Manifest(seq=seq, file="", bytes=0, sha256="", dim=DIM, factory="Flat")
+
+
+def test_save_then_load_round_trips_and_keeps_one_file(tmp_path: Path) -> None:
+    persistence.save(tmp_path, faiss.serialize_index(_flat(10)), _manifest(10))
+    saved = persistence.save(tmp_path, faiss.serialize_index(_flat(20)), _manifest(20))
+    loaded = persistence.load(tmp_path, DIM)
+    assert loaded is not None
+    index, manifest = loaded
+    assert index.ntotal == 20 and manifest.seq == 20 and manifest.file == saved.file
+    assert [p.name for p in (tmp_path / "snapshots").iterdir()] == [Path(saved.file).name]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_no_snapshot_is_none(tmp_path: Path) -> None:
+    assert persistence.load(tmp_path, DIM) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "manifest", "missing", "dim"])
+def test_unusable_snapshots_raise_with_the_reason(tmp_path: Path, damage: str) -> None:
+    saved = persistence.save(tmp_path, faiss.serialize_index(_flat(10)), _manifest(10))
+    snap = tmp_path / saved.file
+    data = snap.read_bytes()
+    dim = DIM
+    if damage == "truncate":
+        snap.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        snap.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    elif damage == "manifest":
+        (tmp_path / persistence.MANIFEST).write_text('{"seq": 3, "fi')
+    elif damage == "missing":
+        snap.unlink()
+    else:
+        dim = DIM * 2
+    with pytest.raises(persistence.CorruptSnapshot):
+        persistence.load(tmp_path, dim)
+
+
+def _service(tmp_path: Path) -> IndexService:
+    service = IndexService(Settings(data_dir=tmp_path, dim=DIM, snapshot_interval_s=0,
+                                    snapshot_every_writes=0, train_threshold=10**6))
+    service.open()
+    return service
+
+
+def _add(service: IndexService, n: int, start: int = 0) -> None:
+    x = clustered(n, DIM, seed=start).astype(np.float16)
+    service.add([NewItem(f"k{start + i}", "p", {}, x[i]) for i in range(n)])
+
+
+def test_start_replays_rows_after_the_snapshot(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    _add(service, 30)
+    service.snapshot()
+    _add(service, 10, start=100)
+    assert service.delete(5)
+    # A crash: no snapshot at close.
+    service.snapshot_seq = 10**9
+    service.close()
+    again = _service(tmp_path)
+    try:
+        assert again.load_report["replayed"] == 11
+        assert again.index is not None and again.index.live.ntotal == 39
+        assert again.snapshot_seq == 30
+    finally:
+        again.close()
+
+
+def test_a_torn_snapshot_is_rebuilt_from_the_store_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = _service(tmp_path)
+    _add(service, 25)
+    service.snapshot()
+    service.close()
+    manifest = json.loads((tmp_path / persistence.MANIFEST).read_text())
+    snap = tmp_path / manifest["file"]
+    snap.write_bytes(snap.read_bytes()[:-7])
+    with caplog.at_level(logging.WARNING, logger="glimpse.index"):
+        again = _service(tmp_path)
+    try:
+        assert "truncated or torn" in again.load_report["snapshot_error"]
+        assert any("rebuilding the index from the store" in r.message for r in caplog.records)
+        assert again.index is not None and again.index.live.ntotal == 25
+    finally:
+        again.close()
+
+
+def test_a_snapshot_ahead_of_the_store_is_not_trusted(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    _add(service, 5)
+    service.close()
+    persistence.save(tmp_path, faiss.serialize_index(_flat(50)), _manifest(50))
+    again = _service(tmp_path)
+    try:
+        assert "store ends at 5" in again.load_report["snapshot_error"]
+        assert again.index is not None and again.index.live.ntotal == 5
+    finally:
+        again.close()
