@@ -588,7 +588,7 @@ def ingest(
             return summary
         candidates.extend(walk_images(root, IMAGE_EXTENSIONS, summary))
 
-    earlier = {}
+    earlier: dict[str, tuple[str, str]] = {}
     if report_path is not None and not retry_rejected:
         earlier = read_rejections(Path(report_path))
 
@@ -662,8 +662,8 @@ def ingest(
                 limit_reached = max_batches is not None and submitted >= max_batches
                 if stop.is_set() or limit_reached:
                     break
-                while not slots.acquire(timeout=0.1):
-                    pass
+                if not _take_slot(slots, stop):
+                    break
                 submitted += 1
                 uploaders.submit(run.upload, batch).add_done_callback(finished)
     except FatalError as exc:
@@ -691,6 +691,16 @@ def ingest(
     if report_path is not None and not dry_run:
         write_report(summary, Path(report_path))
     return summary
+
+
+def _take_slot(slots: threading.Semaphore, stop: threading.Event) -> bool:
+    """Wait for room for one more batch; False when the run is stopped meanwhile."""
+    while not stop.is_set():
+        if slots.acquire(timeout=0.1):
+            if not stop.is_set():
+                return True
+            slots.release()
+    return False
 
 
 def _unaccounted(s: IngestSummary) -> int:
