@@ -338,12 +338,10 @@ class _Run:
         summary: IngestSummary,
         retry: RetryPolicy,
         progress: bool,
-        stop: threading.Event,
     ) -> None:
         self.client = client
         self.summary = summary
         self.retry = retry
-        self.stop = stop
         self.lock = threading.Lock()
         self.rng = random.Random()
         self.started = time.monotonic()
@@ -600,7 +598,7 @@ def ingest(
         limits=httpx.Limits(max_connections=concurrency + 2),
         transport=transport,
     )
-    run = _Run(client, summary, retry or RetryPolicy(), progress, stop)
+    run = _Run(client, summary, retry or RetryPolicy(), progress)
     # One more batch than the requests in flight waits ready, so a finished request is
     # followed at once by the next.
     slots = threading.Semaphore(concurrency + 1)
