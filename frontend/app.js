@@ -114,6 +114,8 @@ function fetchPage(query, offset, signal) {
 
 const uploads = new Map();
 let uploadCount = 0;
+// Older uploads are forgotten (their history entries then open the start page).
+const KEPT_UPLOADS = 20;
 
 function urlFor(query) {
   const base = location.pathname;
@@ -155,6 +157,11 @@ function searchByFile(file) {
   uploadCount += 1;
   const upload = { token: `u${Date.now()}-${uploadCount}`, file, previewUrl: URL.createObjectURL(file) };
   uploads.set(upload.token, upload);
+  for (const [token, old] of uploads) {
+    if (uploads.size <= KEPT_UPLOADS) break;
+    URL.revokeObjectURL(old.previewUrl);
+    uploads.delete(token);
+  }
   navigate({ kind: "image", upload });
 }
 
