@@ -203,7 +203,19 @@ function run(query) {
   }
   hideMessage();
   setStatus(loadingText(query), { busy: true });
+  showPlaceholders();
   loadPage();
+}
+
+/** Grey tiles where the first results will be, so the page does not jump when they arrive. */
+function showPlaceholders() {
+  const placeholders = Array.from({ length: 12 }, () => {
+    const li = document.createElement("li");
+    li.className = "placeholder";
+    li.setAttribute("aria-hidden", "true");
+    return li;
+  });
+  els.grid.replaceChildren(...placeholders);
 }
 
 function loadingText(query) {
@@ -242,6 +254,7 @@ async function loadPage() {
     showError(err, first);
   } finally {
     if (generation === state.generation) {
+      els.grid.querySelectorAll(".placeholder").forEach((p) => p.remove());
       state.loading = false;
       els.grid.removeAttribute("aria-busy");
       els.more.hidden = true;
@@ -293,6 +306,7 @@ function sentinelNearView() {
 // Rendering
 
 function appendResults(results) {
+  els.grid.querySelectorAll(".placeholder").forEach((p) => p.remove());
   const start = state.results.length;
   state.results.push(...results);
   const fragment = document.createDocumentFragment();
