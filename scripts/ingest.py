@@ -135,6 +135,7 @@ class IngestSummary:
     bytes_uploaded: int = 0
     batches: int = 0  # /ingest requests answered
     retries: int = 0
+    window: int = 0  # the most upload requests that were in flight at once
     elapsed_s: float = 0.0
     interrupted: bool = False
     error: str | None = None  # why the run stopped early, when it did
@@ -299,6 +300,55 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class InFlightWindow:
+    """How many upload requests may be in flight: up to ``limit``, fewer while answers are slow.
+
+    The gateway gives up waiting for its encoder after a timeout (60 s by default) and answers
+    504, yet the encoder still finishes the abandoned work; so on a slow encoder a deep queue
+    of requests makes every answer late, and the retries pile on more work. The window starts
+    at one request, grows by one while the answers would still come back inside ``target_s``
+    with one more in flight, shrinks by one when they do not, and halves on a timeout or a 429:
+    the queue stays just deep enough to keep the encoder busy.
+    """
+
+    def __init__(self, limit: int, target_s: float) -> None:
+        self.limit = limit
+        self.target_s = target_s
+        self.size = 1
+        self.largest = 1
+        self.in_flight = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait for room for one more request; False when the run is stopped meanwhile."""
+        with self._cond:
+            while not stop.is_set() and self.in_flight >= self.size:
+                self._cond.wait(0.1)
+            if stop.is_set():
+                return False
+            self.in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    def answered(self, latency_s: float) -> None:
+        with self._cond:
+            if latency_s > self.target_s:
+                self.size = max(1, self.size - 1)
+            elif latency_s * (self.size + 1) / self.size <= self.target_s:
+                # When the encoder is the bottleneck, an answer's wait grows with the queue.
+                self.size = min(self.limit, self.size + 1)
+                self.largest = max(self.largest, self.size)
+            self._cond.notify_all()
+
+    def overloaded(self) -> None:
+        with self._cond:
+            self.size = max(1, self.size // 2)
+
+
 class GaveUp(Exception):
     """A request failed with a transient error on every try."""
 
@@ -337,6 +387,7 @@ class _Run:
         client: httpx.Client,
         summary: IngestSummary,
         retry: RetryPolicy,
+        window: InFlightWindow,
         progress: bool,
     ) -> None:
         self.client = client
@@ -345,6 +396,7 @@ class _Run:
         self.lock = threading.Lock()
         self.rng = random.Random()
         self.started = time.monotonic()
+        self.window = window
         self.bar: Any = None
         if progress:
             from tqdm import tqdm
@@ -382,17 +434,30 @@ class _Run:
             self.summary.failures.append(failure)
         self.count(**{status: 1})
 
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send with retries on transient failures; any other answer is returned as is."""
+    def request(
+        self, method: str, url: str, window: InFlightWindow | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send with retries on transient failures; any other answer is returned as is.
+
+        With ``window``, each try's outcome and wait tell it how deep the queue may be.
+        """
         attempt = 0
         while True:
             attempt += 1
             retry_after: float | None = None
+            sent_at = time.monotonic()
             try:
                 resp = self.client.request(method, url, **kwargs)
             except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
                 problem = f"{type(exc).__name__}: {exc or 'no detail'}"
+                if window is not None and isinstance(exc, httpx.TimeoutException):
+                    window.overloaded()
             else:
+                if window is not None:
+                    if resp.status_code in (429, 504):
+                        window.overloaded()
+                    elif resp.status_code == 200:
+                        window.answered(time.monotonic() - sent_at)
                 if resp.status_code not in RETRY_STATUSES:
                     return resp
                 _, sentence = error_sentence(resp)
@@ -462,7 +527,7 @@ class _Run:
         if not sent:
             return
         try:
-            resp = self.request("POST", "/ingest", files=parts)
+            resp = self.request("POST", "/ingest", window=self.window, files=parts)
         except GaveUp as exc:
             for item in sent:
                 self.fail(item.candidate, "failed", "unavailable", str(exc), item.sha256)
@@ -548,9 +613,10 @@ def ingest(
     url: str = DEFAULT_URL,
     api_key: str | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = 16,
     batch_bytes: int = 32 << 20,
-    concurrency: int = 4,
+    concurrency: int = 8,
+    latency_target_s: float = 40.0,
     hash_workers: int | None = None,
     check_chunk: int = 256,
     retry: RetryPolicy | None = None,
@@ -567,12 +633,15 @@ def ingest(
 ) -> IngestSummary:
     """Ingest every image under ``dirs`` into the gateway at ``url``; see the module doc.
 
-    ``max_batches`` stops after that many upload batches were sent (a partial run, resumable),
-    ``stop`` stops the run like a Ctrl-C when set, ``on_batch`` is called after each batch is
-    answered, and ``transport`` replaces the network (tests). The report (JSON lines, one per
-    file not ingested) is written to ``report_path`` when given; files the gateway rejected in
-    an earlier run with that report are not sent again (the same bytes would be rejected
-    again) unless ``retry_rejected``.
+    Up to ``concurrency`` upload requests are in flight, fewer while answers take longer than
+    ``latency_target_s`` (see :class:`InFlightWindow`; keep it under the gateway's encoder
+    timeout). ``max_batches`` stops after that many upload batches were sent (a partial run,
+    resumable), ``stop`` stops the run like a Ctrl-C when set, ``on_batch`` is called after
+    each batch is answered, and ``transport`` replaces the network (tests).
+
+    The report (JSON lines, one per file not ingested) is written to ``report_path`` when
+    given; files the gateway rejected in an earlier run with that report are not sent again
+    (the same bytes would be rejected again) unless ``retry_rejected``.
     """
     summary = IngestSummary()
     stop = stop or threading.Event()
@@ -598,17 +667,15 @@ def ingest(
         limits=httpx.Limits(max_connections=concurrency + 2),
         transport=transport,
     )
-    run = _Run(client, summary, retry or RetryPolicy(), progress)
-    # One more batch than the requests in flight waits ready, so a finished request is
-    # followed at once by the next.
-    slots = threading.Semaphore(concurrency + 1)
+    window = InFlightWindow(concurrency, latency_target_s)
+    run = _Run(client, summary, retry or RetryPolicy(), window, progress)
     fatal: list[str] = []
     seen: set[str] = set()
     submitted = 0
     limit_reached = False
 
     def finished(fut: Future[None]) -> None:
-        slots.release()
+        window.release()
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -660,7 +727,7 @@ def ingest(
                 limit_reached = max_batches is not None and submitted >= max_batches
                 if stop.is_set() or limit_reached:
                     break
-                if not _take_slot(slots, stop):
+                if not window.acquire(stop):
                     break
                 submitted += 1
                 uploaders.submit(run.upload, batch).add_done_callback(finished)
@@ -685,20 +752,11 @@ def ingest(
     if fatal:
         summary.error = fatal[0]
     summary.pending = _unaccounted(summary)
+    summary.window = window.largest
     summary.elapsed_s = round(time.monotonic() - run.started, 3)
     if report_path is not None and not dry_run:
         write_report(summary, Path(report_path))
     return summary
-
-
-def _take_slot(slots: threading.Semaphore, stop: threading.Event) -> bool:
-    """Wait for room for one more batch; False when the run is stopped meanwhile."""
-    while not stop.is_set():
-        if slots.acquire(timeout=0.1):
-            if not stop.is_set():
-                return True
-            slots.release()
-    return False
 
 
 def _unaccounted(s: IngestSummary) -> int:
@@ -757,11 +815,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the gateway (default: $GLIMPSE_URL or %(default)s)")
     p.add_argument("--api-key", default=os.environ.get("GLIMPSE_API_KEY"),
                    help="sent as 'Authorization: Bearer KEY' (default: $GLIMPSE_API_KEY)")
-    p.add_argument("--batch-size", type=int, default=32, help="files per request (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="files per request (%(default)s)")
     p.add_argument("--batch-mb", type=float, default=32.0,
                    help="most megabytes per request (%(default)s)")
-    p.add_argument("--concurrency", type=int, default=4,
-                   help="upload requests in flight (%(default)s)")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="most upload requests in flight (%(default)s); fewer while answers "
+                   "are slow")
+    p.add_argument("--latency-target", type=float, default=40.0,
+                   help="seconds an answer may take before fewer requests are kept in flight; "
+                   "keep it under the gateway's GATEWAY_ENCODER_TIMEOUT_S (%(default)s)")
     p.add_argument("--hash-workers", type=int, default=None, help="hashing threads")
     p.add_argument("--retries", type=int, default=10,
                    help="tries per request on connection errors, 429, 503, 504 (%(default)s)")
@@ -806,6 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             batch_bytes=int(args.batch_mb * (1 << 20)),
             concurrency=args.concurrency,
+            latency_target_s=args.latency_target,
             hash_workers=args.hash_workers,
             retry=RetryPolicy(attempts=args.retries),
             timeout_s=args.timeout,

@@ -26,6 +26,7 @@ from scripts.ingest import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     IMAGE_EXTENSIONS,
+    InFlightWindow,
     IngestSummary,
     RetryPolicy,
     ingest,
@@ -76,7 +77,7 @@ class FakeGateway:
         self.stored: dict[str, str] = {}
         self.api_key = api_key
         self.max_files = max_files
-        self.faults: list[httpx.Response | Exception] = []
+        self.faults: list[httpx.Response | Exception | None] = []  # None: answer normally
         self.check_faults: list[httpx.Response | Exception] = []
         self.ingest_calls: list[list[str]] = []
         self.check_calls = 0
@@ -396,7 +397,7 @@ def test_stop_finishes_the_batches_in_flight(tmp_path: Path) -> None:
     # Every batch that was sent was answered and counted; nothing is lost or double counted.
     sent = sum(len(c) for c in gw.ingest_calls)
     assert summary.added == sent == len(gw.stored)
-    assert 2 <= sent < 12 and summary.pending == 12 - sent
+    assert 1 <= sent < 12 and summary.pending == 12 - sent
 
 
 def test_dry_run_lists_and_sends_nothing(tmp_path: Path) -> None:
@@ -482,3 +483,62 @@ def test_command_line_json_summary_when_the_gateway_is_unreachable(
 def test_a_missing_folder_is_an_error(tmp_path: Path) -> None:
     summary = run(tmp_path / "nope", FakeGateway())
     assert summary.exit_code == EXIT_FATAL and "not a folder" in (summary.error or "")
+
+
+def test_the_window_grows_while_answers_are_quick_and_shrinks_when_slow() -> None:
+    window = InFlightWindow(limit=4, target_s=10.0)
+    assert window.size == 1
+    for _ in range(6):
+        window.answered(1.0)
+    assert window.size == window.largest == 4
+    window.answered(12.0)  # too slow: one fewer
+    assert window.size == 3
+    window.answered(3.0)  # 3 s with 3 in flight would be 4 s with 4: grow
+    assert window.size == 4
+    window.answered(9.0)  # inside the target, but not with one more in flight: stay
+    assert window.size == 4
+    window.overloaded()  # a 504, a 429 or a timeout: halve
+    assert window.size == 2
+    window.overloaded()
+    window.overloaded()
+    assert window.size == 1 and window.largest == 4
+
+
+def test_the_window_bounds_the_requests_in_flight(tmp_path: Path) -> None:
+    make_tree(tmp_path, 40)
+    gw = FakeGateway()
+    gw.delay_s = 0.02
+    seen: list[int] = []
+    lock = threading.Lock()
+    in_flight = 0
+    real = gw.__call__
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight
+        if request.url.path == "/ingest":
+            with lock:
+                in_flight += 1
+                seen.append(in_flight)
+        try:
+            return real(request)
+        finally:
+            if request.url.path == "/ingest":
+                with lock:
+                    in_flight -= 1
+
+    summary = ingest([tmp_path], "http://gateway.test", transport=httpx.MockTransport(counting),
+                     batch_size=1, concurrency=3, retry=FAST)
+    assert summary.added == 40
+    assert max(seen) == summary.window == 3  # grew from one to the limit, never past it
+    assert seen[0] == 1
+
+
+def test_gateway_timeouts_midway_are_retried(tmp_path: Path) -> None:
+    make_tree(tmp_path, 30)
+    gw = FakeGateway()
+    timeout = httpx.Response(
+        504, json={"error": "The encoder timed out.", "error_type": "upstream_timeout"}
+    )
+    gw.faults = [None] * 12 + [timeout] * 3
+    summary = run(tmp_path, gw, batch_size=1, concurrency=4)
+    assert summary.added == 30 and summary.retries == 3
