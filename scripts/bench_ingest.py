@@ -28,6 +28,7 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -193,9 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="ViT-B-32", help="open_clip model (%(default)s)")
     p.add_argument("--pretrained", default="none",
                    help="weights; 'none' = random, same speed (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="files per request (%(default)s)")
-    p.add_argument("--concurrency", type=int, default=4,
-                   help="requests in flight (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="files per request (%(default)s)")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="requests in flight: the encoder-alone run's, the most ingest.py "
+                   "keeps (%(default)s)")
     p.add_argument("--gateway-url", default=None, help="use a running gateway")
     p.add_argument("--encoder-url", default=None, help="its encoder (with --gateway-url)")
     p.add_argument("--workdir", type=Path, default=None, help="keep files and logs here")
@@ -203,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.gateway_url is None) != (args.encoder_url is None):
         p.error("--gateway-url and --encoder-url go together")
+    # A plain `kill` must still stop the services this run started (the ExitStack below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -243,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {f.relative}: {f.reason}", file=sys.stderr)
             return 1
         e2e = Rate(summary.added, summary.elapsed_s)
-        print(f"end to end: {e2e.per_s:.1f} images/s", file=sys.stderr)
+        print(f"end to end: {e2e.per_s:.1f} images/s ({summary.retries} retries, up to "
+              f"{summary.window} requests in flight)", file=sys.stderr)
         after = encoder_rate(encoder_url, paths[half:], args.batch_size, args.concurrency)
         print(f"encoder alone (second half): {after.per_s:.1f} images/s", file=sys.stderr)
 
@@ -252,8 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"model {info['model']} pretrained={info['pretrained']} device={info['device']} "
           f"precision={info['precision']} max_batch={info['max_batch']}; cpus={os.cpu_count()}")
-    print(f"{len(paths)} JPEGs {args.size[0]}x{args.size[1]}, {total_mb:.0f} MB; "
-          f"batches of {args.batch_size}, {args.concurrency} in flight")
+    print(f"{len(paths)} JPEGs {args.size[0]}x{args.size[1]}, {total_mb:.0f} MB; batches of "
+          f"{args.batch_size}; in flight: {args.concurrency} (encoder alone), up to "
+          f"{summary.window} reached (ingest.py, adaptive), {summary.retries} retries")
     print(f"{'':32}{'images':>8}{'seconds':>10}{'images/s':>10}")
     rows = [("encoder alone, before e2e", before), ("end to end (ingest.py)", e2e),
             ("encoder alone, after e2e", after), ("encoder alone, both", alone),
