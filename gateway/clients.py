@@ -13,6 +13,7 @@ gateway's whole budget). Failures become the public error body:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -43,16 +44,74 @@ def build_client(
 
 
 class Upstream:
-    """One upstream service: requests with failures mapped to the public error body."""
+    """One upstream service: requests with failures mapped to the public error body.
 
-    def __init__(self, name: str, client: httpx.AsyncClient) -> None:
+    A process that is stopped (SIGSTOP, a hung event loop) still accepts connections, so a
+    request to it would wait for the whole read timeout, which must be long enough for a big
+    ingest batch. Instead, a request that takes longer than ``patience`` seconds triggers a
+    liveness probe (``GET /healthz`` within ``probe_timeout``); if the upstream does not answer
+    even that, the request is abandoned with 503 at once. A live but busy upstream is waited
+    for, up to the read timeout.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        client: httpx.AsyncClient,
+        *,
+        patience: float = 0.5,
+        probe_timeout: float = 1.0,
+    ) -> None:
         self.name = name
         self.client = client
+        self.patience = patience
+        self.probe_timeout = probe_timeout
+        self._probe: asyncio.Task[bool] | None = None
 
     async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self.client.aclose()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        call = asyncio.ensure_future(self._request(method, path, **kwargs))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=self.patience)
+                if done:
+                    return call.result()
+                probe = self._shared_probe()
+                either: set[asyncio.Future[Any]] = {call, probe}
+                finished, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if call in finished:
+                    return call.result()
+                if not probe.result():
+                    raise GlimpseError(
+                        ErrorType.upstream_unavailable,
+                        f"The {self.name} service stopped responding (no answer to a request "
+                        f"for {self.patience:g} s, nor to its health check); try again shortly.",
+                    )
+        finally:
+            if not call.done():
+                call.cancel()
+
+    def _shared_probe(self) -> asyncio.Task[bool]:
+        # Many slow requests at once share one probe instead of each sending its own.
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._alive())
+        return self._probe
+
+    async def _alive(self) -> bool:
+        try:
+            # wait_for bounds the whole exchange; httpx's timeout bounds each socket operation.
+            response = await asyncio.wait_for(
+                self.client.get("/healthz", timeout=self.probe_timeout), self.probe_timeout
+            )
+        except (httpx.HTTPError, asyncio.TimeoutError):
+            return False
+        return response.status_code == 200
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in (1, 2):
             try:
                 response = await self.client.request(method, path, **kwargs)
@@ -133,8 +192,8 @@ def _vector(value: Any, dim: int | None = None) -> np.ndarray:
 class EncoderClient(Upstream):
     """encoder_service: text and image bytes to unit vectors."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        super().__init__("encoder", client)
+    def __init__(self, client: httpx.AsyncClient, **options: float) -> None:
+        super().__init__("encoder", client, **options)
         self.model: str | None = None
 
     async def embed_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -173,8 +232,8 @@ class EncoderClient(Upstream):
 class IndexClient(Upstream):
     """index_service: vectors to ids, and the stored record of every item."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        super().__init__("index", client)
+    def __init__(self, client: httpx.AsyncClient, **options: float) -> None:
+        super().__init__("index", client, **options)
 
     async def search(
         self,

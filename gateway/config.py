@@ -26,6 +26,15 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Read timeout for encoder calls (an ingest batch can be slow)."
     )
     index_timeout_s: float = Field(30.0, gt=0, description="Read timeout for index calls.")
+    upstream_patience_s: float = Field(
+        0.5,
+        gt=0,
+        description="After this long without an answer, probe the upstream's /healthz; a "
+        "stopped upstream then fails the request at once (503) instead of at the read timeout.",
+    )
+    probe_timeout_s: float = Field(
+        1.0, gt=0, description="How long that liveness probe waits for /healthz."
+    )
     max_connections: int = Field(
         100, ge=1, description="Pooled connections per upstream (keep-alive reuses them)."
     )

@@ -59,7 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 connect_timeout=settings.connect_timeout_s,
                 read_timeout=settings.encoder_timeout_s,
                 max_connections=settings.max_connections,
-            )
+            ),
+            patience=settings.upstream_patience_s,
+            probe_timeout=settings.probe_timeout_s,
         )
         index = IndexClient(
             build_client(
@@ -67,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 connect_timeout=settings.connect_timeout_s,
                 read_timeout=settings.index_timeout_s,
                 max_connections=settings.max_connections,
-            )
+            ),
+            patience=settings.upstream_patience_s,
+            probe_timeout=settings.probe_timeout_s,
         )
         app.state.gateway = GatewayState(
             settings=settings,

@@ -535,27 +535,29 @@ def test_index_down_then_back(stack: Stack, ingested: dict[str, int]) -> None:
         assert [r["id"] for r in search_some(client).json()["results"]] == before
 
 
-def test_hung_encoder_is_a_504(stack: Stack, ingested: dict[str, int]) -> None:
-    settings = Settings(
-        encoder_url=stack.encoder.url,
-        index_url=stack.index.url,
-        media_dir=stack.media_dir,
-        encoder_timeout_s=0.5,
-    )
+def test_a_stopped_encoder_fails_fast_and_a_slow_one_times_out(
+    stack: Stack, ingested: dict[str, int]
+) -> None:
     assert stack.encoder.proc is not None
     pid = stack.encoder.proc.pid
-    with TestClient(create_app(settings)) as gateway:
-        assert gateway.post("/search/text", json={"query": "warm"}).status_code == 200
-        os.kill(pid, signal.SIGSTOP)
+    # A short read timeout and a long patience: the read timeout decides (504).
+    slow = {"encoder_timeout_s": 0.5, "upstream_patience_s": 30.0}
+    with stack.client() as client, local_gateway(stack, **slow) as impatient:
+        assert search_some(client).status_code == 200
+        assert impatient.post("/search/text", json={"query": "warm"}).status_code == 200
+        os.kill(pid, signal.SIGSTOP)  # the process accepts connections but never answers
         try:
-            start = time.perf_counter()
-            response = gateway.post("/search/text", json={"query": "a hung encoder"})
-            took = time.perf_counter() - start
+            # The default gateway's liveness probe finds it stopped: 503 well within 2 s.
+            response, took = timed(lambda: client.post("/search/text", json={"query": "stop"}))
+            assert response.status_code == 503, response.text
+            assert response.json()["error_type"] == "upstream_unavailable" and took < 2.0
+            response, took = timed(lambda: impatient.post("/search/text", json={"query": "t"}))
+            assert response.status_code == 504, response.text
+            assert response.json()["error_type"] == "upstream_timeout" and took < 2.0
         finally:
             os.kill(pid, signal.SIGCONT)
-        assert response.status_code == 504, response.text
-        assert response.json()["error_type"] == "upstream_timeout" and took < 2.0
-        assert gateway.post("/search/text", json={"query": "after"}).status_code == 200
+        assert search_some(client).status_code == 200
+        assert impatient.post("/search/text", json={"query": "after"}).status_code == 200
 
 
 def test_upstream_4xx_passes_through(stack: Stack) -> None:
