@@ -56,7 +56,9 @@ def test_index_on_a_full_disk(tmp_path: Path, tmpfs: Any, figure: Any) -> None:
     errored_keys: list[str] = []
     try:
         with IndexAPI(proc.url) as api:
-            api.add(["warm"], unit_vectors(1, rng))
+            warm = unit_vectors(1, rng)
+            ledger.record_sent(["warm"], warm)
+            ledger.record_ack("warm", api.add(["warm"], warm)[0]["id"])
             snap = api.snapshot()
             assert snap.status_code == 200, snap.text
             filler = _fill(disk, leave=256 * 1024)
@@ -105,7 +107,7 @@ def test_index_on_a_full_disk(tmp_path: Path, tmpfs: Any, figure: Any) -> None:
             audit = audit_index(api, ledger)
     finally:
         proc.kill()
-    figure(answers=answers, acked=len(ledger.acked), acked_missing_while_full=(
+    figure(answers=answers, acked_while_filling=len(ledger.acked), acked_missing_while_full=(
         acked_missing_while_full), errored_but_stored=errored_stored,
         snapshot_on_full_disk=snap_full.status_code, **audit_summary(audit))
     assert 500 not in answers
@@ -127,6 +129,7 @@ def test_gateway_media_on_a_full_disk(stack: Any, tmp_path: Path, tmpfs: Any,
     statuses: dict[str, int] = {}
     added: dict[int, bytes] = {}
     refused = 0
+    wrong_answers: list[str] = []
     try:
         with httpx.Client(base_url=gateway.url, timeout=60,
                           headers={"Authorization": f"Bearer {API_KEY}"}) as gw:
@@ -149,11 +152,13 @@ def test_gateway_media_on_a_full_disk(stack: Any, tmp_path: Path, tmpfs: Any,
                         if item["status"] == "added":
                             added[item["id"]] = data
                         elif item["status"] == "rejected":
-                            assert item["error_type"] == "insufficient_storage", item
+                            if item["error_type"] != "insufficient_storage":
+                                wrong_answers.append(str(item))
                             refused += 1
                     continue
                 statuses[key] = statuses.get(key, 0) + 1
-                assert r.status_code in FULL, (r.status_code, r.text, gateway.log_tail())
+                if r.status_code not in FULL:
+                    wrong_answers.append(f"{r.status_code} {r.text[:300]}")
                 refused += 1
             assert refused, "the media disk never filled"
             lost = [i for i, data in added.items()
@@ -166,7 +171,7 @@ def test_gateway_media_on_a_full_disk(stack: Any, tmp_path: Path, tmpfs: Any,
         gateway.stop()
         index.kill()
     figure(answers=statuses, added=len(added), added_but_media_lost=len(lost),
-           resumed_after_space_returned=resumed)
-    assert "500" not in statuses, statuses
+           resumed_after_space_returned=resumed, wrong_answers=len(wrong_answers))
+    assert not wrong_answers, (wrong_answers[:3], gateway.log_tail(3000))
     assert not lost, lost[:5]
     assert resumed, again.text
