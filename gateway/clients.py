@@ -172,6 +172,11 @@ class Upstream:
             return GlimpseError(
                 error_type or ErrorType.bad_request, message, details, status=status
             )
+        if status == 507:
+            return GlimpseError(
+                ErrorType.insufficient_storage,
+                f"The {self.name} service is out of disk space: {message}",
+            )
         if status == 503:
             return GlimpseError(
                 ErrorType.upstream_unavailable, f"The {self.name} service is not ready: {message}"

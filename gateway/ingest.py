@@ -8,6 +8,7 @@ it), never an indexed item without its media.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,13 +108,29 @@ def _prepare(state: GatewayState, part: Part) -> None:
 
 
 def _store_media(state: GatewayState, parts: list[Part]) -> None:
+    """Write each part's original and thumbnail; a part whose write fails is rejected."""
     for part in parts:
         assert part.sha256 is not None and part.prepared is not None
-        state.media.put_original(part.sha256, part.data)
-        state.media.put_thumbnail(
-            part.sha256, part.prepared.thumbnail_type, part.prepared.thumbnail
-        )
+        try:
+            state.media.put_original(part.sha256, part.data)
+            state.media.put_thumbnail(
+                part.sha256, part.prepared.thumbnail_type, part.prepared.thumbnail
+            )
+        except OSError as exc:
+            part.reject(_storage_error(exc))
     state.media.invalidate_bytes()
+
+
+def _storage_error(exc: OSError) -> GlimpseError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return GlimpseError(
+            ErrorType.insufficient_storage,
+            "The media disk is full; the file was not stored. Free space and send it again.",
+        )
+    return GlimpseError(
+        ErrorType.internal_error,
+        f"The file could not be written to the media store ({exc.strerror or exc}).",
+    )
 
 
 async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> list[dict[str, Any]]:
@@ -166,6 +183,9 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
     keys = [p.sha256 for p in parts if p.sha256 is not None]
     async with state.key_locks.hold(keys):
         await anyio.to_thread.run_sync(_store_media, state, parts)
+        parts = [p for p in parts if p.status is None]  # media on disk: may be indexed
+        if not parts:
+            return
         vectors, errors = await state.encoder.embed_images(
             [(p.path, p.data, p.prepared.content_type if p.prepared else "") for p in parts]
         )

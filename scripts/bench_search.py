@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +146,28 @@ def row(kind: str, clients: int, path: str, lat: list[float], rps: float) -> dic
     }
 
 
-async def bench(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    times = {name: psutil.Process(pid).cpu_times() for name, pid in pids.items()}
+    return {name: t.user + t.system for name, t in times.items()}
+
+
+async def cpu_per_request(
+    call: Call, inputs: list[Any], pids: dict[str, int]
+) -> dict[str, float]:
+    """CPU milliseconds each service process spends per request (one client, sequential).
+
+    Unlike latency, CPU time hardly depends on what else the machine is doing.
+    """
+    before = cpu_seconds(pids)
+    for item in inputs:
+        await call(item)
+    after = cpu_seconds(pids)
+    return {name: (after[name] - before[name]) * 1000 / len(inputs) for name in pids}
+
+
+async def bench(
+    urls: dict[str, str], args: argparse.Namespace, pids: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
     paths = Paths(urls["gateway"], urls["encoder"], urls["index"], args.k)
     n = args.requests
     fresh = itertools.count()
@@ -169,6 +191,10 @@ async def bench(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str
             await run_interleaved(direct, gateway, inputs_of(20))  # warm-up
             lat_d, lat_g, rps_d, rps_g = await run_interleaved(direct, gateway, inputs_of(n))
             rows += [row(kind, 1, "direct", lat_d, rps_d), row(kind, 1, "gateway", lat_g, rps_g)]
+            if pids:
+                for name, call in (("direct", direct), ("gateway", gateway)):
+                    cpu = await cpu_per_request(call, inputs_of(n), pids)
+                    rows.append({"kind": kind, "clients": 1, "path": name, "cpu_ms": cpu})
             # Alternate which path runs first and keep the better of two tries of each: the
             # machine is shared, so a single run can catch someone else's burst.
             best: dict[str, tuple[list[float], float]] = {}
@@ -186,6 +212,8 @@ async def bench(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[str]:
+    cpu_rows = [r for r in rows if "cpu_ms" in r]
+    rows = [r for r in rows if "cpu_ms" not in r]
     lines = [f"{'kind':<6} {'clients':>7} {'path':<8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}"]
     for r in rows:
         lines.append(
@@ -203,6 +231,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
             f"({'ok' if added <= 2.0 else 'OVER'} <= 2 ms); throughput {ratio:.3f}x direct "
             f"({'ok' if ratio >= 0.9 else 'OVER'} >= 0.90)"
         )
+    if cpu_rows:
+        lines += ["", "CPU ms per request by process (1 client, sequential):"]
+        for r in cpu_rows:
+            parts = ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms"].items())
+            lines.append(f"  {r['kind']:<6} {r['path']:<8} {parts}")
     return lines
 
 
@@ -229,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    def run(urls: dict[str, str]) -> list[dict[str, Any]]:
+    def run(urls: dict[str, str], pids: dict[str, int] | None = None) -> list[dict[str, Any]]:
         ingest(urls["gateway"], args.images)
-        return asyncio.run(bench(urls, args))
+        return asyncio.run(bench(urls, args, pids))
 
     if args.urls:
         rows = run(dict(zip(("gateway", "encoder", "index"), args.urls, strict=True)))
@@ -242,7 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         ) as stack:
             urls = {"gateway": stack.gateway_url, "encoder": stack.encoder.url,
                     "index": stack.index.url}
-            rows = run(urls)
+            pids = {
+                name: service.proc.pid
+                for name, service in (
+                    ("gateway", stack.gateway), ("encoder", stack.encoder), ("index", stack.index)
+                )
+                if service.proc is not None
+            }
+            rows = run(urls, pids)
             model = httpx.get(stack.encoder.url + "/v1/info").json()
     print(
         f"model {model['model']} ({model['pretrained']}, dim {model['dim']}, {model['device']}); "

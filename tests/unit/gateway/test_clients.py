@@ -39,6 +39,8 @@ async def call(up: Upstream) -> httpx.Response:
         (503, {"error": "Loading.", "error_type": "not_ready"}, 503, "upstream_unavailable"),
         (504, {"error": "Slow.", "error_type": "x"}, 504, "upstream_timeout"),
         (500, {"error": "Boom.", "error_type": "internal_error"}, 502, "upstream_error"),
+        (507, {"error": "Full.", "error_type": "insufficient_storage"}, 507,
+         "insufficient_storage"),
     ],
 )
 async def test_status_mapping(
