@@ -486,7 +486,7 @@ class VectorIndex:
             if isinstance(inner, faiss.IndexIVFPQ):
                 # Polysemous training (on by default for 8-bit codes) serves Hamming-distance
                 # filtering we never use, and was 90% of the training time in measurements.
-                inner.do_polysemous_training = False
+                inner.do_polysemous_training = False  # type: ignore[attr-defined]
                 inner.pq.cp.niter = 10
                 inner.pq.cp.max_points_per_centroid = 128
         want = min(want, n)
