@@ -308,7 +308,9 @@ class InFlightWindow:
     of requests makes every answer late, and the retries pile on more work. The window starts
     at one request, grows by one while the answers would still come back inside ``target_s``
     with one more in flight, shrinks by one when they do not, and halves on a timeout or a 429:
-    the queue stays just deep enough to keep the encoder busy.
+    the queue stays just deep enough to keep the encoder busy. Only an answer to a request sent
+    at the current size moves it, so it changes about once per round trip and does not
+    overshoot on answers that saw a queue of another depth.
     """
 
     def __init__(self, limit: int, target_s: float) -> None:
@@ -334,8 +336,10 @@ class InFlightWindow:
             self.in_flight -= 1
             self._cond.notify_all()
 
-    def answered(self, latency_s: float) -> None:
+    def answered(self, latency_s: float, sent_at_size: int) -> None:
         with self._cond:
+            if sent_at_size != self.size:
+                return  # it saw a queue of another depth: no news about this one
             if latency_s > self.target_s:
                 self.size = max(1, self.size - 1)
             elif latency_s * (self.size + 1) / self.size <= self.target_s:
@@ -446,6 +450,7 @@ class _Run:
             attempt += 1
             retry_after: float | None = None
             sent_at = time.monotonic()
+            sent_at_size = window.size if window is not None else 0
             try:
                 resp = self.client.request(method, url, **kwargs)
             except (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
@@ -457,7 +462,7 @@ class _Run:
                     if resp.status_code in (429, 504):
                         window.overloaded()
                     elif resp.status_code == 200:
-                        window.answered(time.monotonic() - sent_at)
+                        window.answered(time.monotonic() - sent_at, sent_at_size)
                 if resp.status_code not in RETRY_STATUSES:
                     return resp
                 _, sentence = error_sentence(resp)

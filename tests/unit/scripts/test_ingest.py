@@ -489,13 +489,16 @@ def test_the_window_grows_while_answers_are_quick_and_shrinks_when_slow() -> Non
     window = InFlightWindow(limit=4, target_s=10.0)
     assert window.size == 1
     for _ in range(6):
-        window.answered(1.0)
+        window.answered(1.0, window.size)
     assert window.size == window.largest == 4
-    window.answered(12.0)  # too slow: one fewer
+    window.answered(12.0, 4)  # too slow: one fewer
     assert window.size == 3
-    window.answered(3.0)  # 3 s with 3 in flight would be 4 s with 4: grow
+    window.answered(12.0, 4)  # sent before the last change: no news
+    assert window.size == 3
+    window.answered(3.0, 3)  # 3 s with 3 in flight would be 4 s with 4: grow
     assert window.size == 4
-    window.answered(9.0)  # inside the target, but not with one more in flight: stay
+    window.answered(1.0, 3)  # an answer from a shorter queue does not grow it
+    window.answered(9.0, 4)  # inside the target, but not with one more in flight: stay
     assert window.size == 4
     window.overloaded()  # a 504, a 429 or a timeout: halve
     assert window.size == 2
