@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
@@ -115,33 +117,20 @@ async def search(body: IndexSearchRequest, service: Service) -> JSONResponse:
             f"exclude_ids holds {len(body.exclude_ids)} ids; the limit is {s.max_k}.",
         )
     queries = l2_normalize(decode_vectors(body.vectors, s.dim, what="vectors"))
-    # Faiss releases the GIL; the gatherer's thread and SQLite reads run off the event loop.
-    results = await run_in_threadpool(
-        _search_with_records, service, queries, body.k, body.nprobe, body.exact,
-        body.exclude_ids,
-    )
+    options: dict[str, Any] = {"nprobe": body.nprobe, "exact": body.exact,
+                               "exclude": body.exclude_ids}
+    if service.gathering:
+        # Faiss and SQLite run on the gathering thread; the event loop only awaits the result.
+        future = service.submit_search_records(queries, body.k, **options)
+        results = await asyncio.wrap_future(future)
+    else:
+        # Faiss releases the GIL; SQLite reads block: a worker thread, not the event loop.
+        results = await run_in_threadpool(
+            partial(service.search_records, queries, body.k, **options)
+        )
     # Built by hand, not through the response model: validating thousands of hits per request
     # would cost more than the search itself.
     return JSONResponse({"results": results})
-
-
-def _search_with_records(
-    service: IndexService, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,
-    exclude: list[int],
-) -> list[list[dict[str, Any]]]:
-    hits = service.search(queries, k, nprobe=nprobe, exact=exact, exclude=exclude)
-    assert service.store is not None
-    records = service.store.paths_and_meta([i for row in hits for i, _ in row])
-    out: list[list[dict[str, Any]]] = []
-    for row in hits:
-        answer = []
-        for item_id, score in row:
-            record = records.get(item_id)
-            if record is None:  # deleted between the search and this read
-                continue
-            answer.append({"id": item_id, "score": score, "path": record[0], "meta": record[1]})
-        out.append(answer)
-    return out
 
 
 @router.post("/v1/keys/missing", response_model=KeysMissingResponse,

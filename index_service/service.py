@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ from index_service.tuning import excluding_self, tune_search
 log = logging.getLogger("glimpse.index")
 
 Hits = list[list[tuple[int, float]]]
+Records = list[list[dict[str, Any]]]
 
 
 class NotTunable(Exception):
@@ -55,10 +56,17 @@ class SearchGatherer:
         self._thread.start()
 
     def submit(
-        self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool
-    ) -> Future[tuple[np.ndarray, np.ndarray]]:
-        future: Future[tuple[np.ndarray, np.ndarray]] = Future()
-        self._queue.put((queries, k, nprobe, exact, future))
+        self,
+        queries: np.ndarray,
+        k: int,
+        nprobe: int | None,
+        exact: bool,
+        finish: Callable[[np.ndarray, np.ndarray], Any],
+    ) -> Future[Any]:
+        """Queue a search; ``finish(scores, ids)`` runs on the worker thread and its value
+        resolves the future (so the event loop can await it without a thread of its own)."""
+        future: Future[Any] = Future()
+        self._queue.put((queries, k, nprobe, exact, future, finish))
         return future
 
     def close(self) -> None:
@@ -102,8 +110,11 @@ class SearchGatherer:
         start = 0
         for item in items:
             n = len(item[0])
-            item[4].set_result((scores[start : start + n, : item[1]], ids[start : start + n,
-                                                                            : item[1]]))
+            try:
+                item[4].set_result(item[5](scores[start : start + n, : item[1]],
+                                           ids[start : start + n, : item[1]]))
+            except Exception as exc:
+                item[4].set_exception(exc)
             start += n
 
 
@@ -271,20 +282,84 @@ class IndexService:
         exact: bool = False,
         exclude: Sequence[int] = (),
     ) -> Hits:
-        """Top ``k`` live (id, score) per unit query, excluded ids left out."""
+        """Top ``k`` live (id, score) per unit query, excluded ids left out (blocks)."""
+        return self._run(queries, k, nprobe, exact, exclude, self._hits_finisher(k, exclude))
+
+    def search_records(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        exact: bool = False,
+        exclude: Sequence[int] = (),
+    ) -> Records:
+        """Like :meth:`search`, with each hit's path and meta from the store (blocks)."""
+        return self._run(queries, k, nprobe, exact, exclude, self._records_finisher(k, exclude))
+
+    def submit_search_records(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        exact: bool = False,
+        exclude: Sequence[int] = (),
+    ) -> Future[Records]:
+        """:meth:`search_records` on the gathering thread, as a future (does not block)."""
+        assert self.gatherer is not None
+        return self.gatherer.submit(queries, k + len(exclude), nprobe, exact,
+                                    self._records_finisher(k, exclude))
+
+    @property
+    def gathering(self) -> bool:
+        return self.gatherer is not None and self.settings.gather_searches
+
+    def _run(
+        self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,
+        exclude: Sequence[int], finish: Callable[[np.ndarray, np.ndarray], Any],
+    ) -> Any:
         _, index = self._parts
         fetch = k + len(exclude)
-        if self.gatherer is not None and self.settings.gather_searches:
-            scores, ids = self.gatherer.submit(queries, fetch, nprobe, exact).result()
-        else:
-            scores, ids = index.search_raw(queries, fetch, nprobe=nprobe, exact=exact)
+        if self.gathering:
+            assert self.gatherer is not None
+            return self.gatherer.submit(queries, fetch, nprobe, exact, finish).result()
+        scores, ids = index.search_raw(queries, fetch, nprobe=nprobe, exact=exact)
+        return finish(scores, ids)
+
+    @staticmethod
+    def _hits_finisher(
+        k: int, exclude: Sequence[int]
+    ) -> Callable[[np.ndarray, np.ndarray], Hits]:
         skip = set(exclude)
-        out: Hits = []
-        for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
-            hits = [(i, s) for i, s in zip(row_ids, row_scores, strict=True)
-                    if i >= 0 and i not in skip]
-            out.append(hits[:k])
-        return out
+
+        def finish(scores: np.ndarray, ids: np.ndarray) -> Hits:
+            out: Hits = []
+            for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
+                hits = [(i, s) for i, s in zip(row_ids, row_scores, strict=True)
+                        if i >= 0 and i not in skip]
+                out.append(hits[:k])
+            return out
+
+        return finish
+
+    def _records_finisher(
+        self, k: int, exclude: Sequence[int]
+    ) -> Callable[[np.ndarray, np.ndarray], Records]:
+        to_hits = self._hits_finisher(k, exclude)
+
+        def finish(scores: np.ndarray, ids: np.ndarray) -> Records:
+            hits = to_hits(scores, ids)
+            store, _ = self._parts
+            records = store.paths_and_meta([i for row in hits for i, _ in row])
+            # An id deleted between the search and this read is dropped, not answered.
+            return [
+                [{"id": i, "score": s, "path": records[i][0], "meta": records[i][1]}
+                 for i, s in row if i in records]
+                for row in hits
+            ]
+
+        return finish
 
     # -- snapshots and training ----------------------------------------------------------------
 

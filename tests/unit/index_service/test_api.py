@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,16 @@ def test_disk_full_answers_507_and_acknowledges_nothing(client: TestClient) -> N
     assert _count(client) == 5
     ok = client.post("/v1/search", json={"vectors": [b64(clustered(1, DIM)[0])], "k": 50})
     assert len(ok.json()["results"][0]) == 5
+
+
+def test_searches_answer_the_same_with_gathering_off(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    x = clustered(300, DIM)
+    q = {"vectors": [b64(v) for v in clustered(5, DIM, seed=8)], "k": 7, "exclude_ids": [3]}
+    answers = []
+    for gather in (True, False):
+        client = make_client(gather_searches=gather, data_dir=tmp_path / str(gather))
+        client.post("/v1/items", json=items_body(x))
+        answers.append(client.post("/v1/search", json=q).json())
+    assert answers[0] == answers[1] and len(answers[0]["results"][0]) == 7
