@@ -165,13 +165,80 @@ def decode_image(data: bytes, limits: ImageLimits, min_side: int) -> Image.Image
         raise _reject(ErrorType.image_too_large, "The image is too large to decode.") from exc
 
 
+@dataclass(frozen=True)
+class PixelRecipe:
+    """open_clip's usual inference preprocessing (Resize of the shortest side, bicubic;
+    CenterCrop; ToTensor; Normalize), redone with PIL and numpy.
+
+    The decode threads then never call torch: torch's element-wise ops on a 3x224x224 image
+    would start an OpenMP thread team per decode thread, competing with the model's own
+    intra-op threads for the same cores.
+    """
+
+    size: int
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, preprocess: Callable[[Image.Image], torch.Tensor]) -> PixelRecipe | None:
+        """The recipe when ``preprocess`` is exactly that pipeline, else None."""
+        from open_clip.transform import MaybeConvertMode
+        from torchvision import transforms as T
+
+        steps = list(getattr(preprocess, "transforms", []))
+        steps = [s for s in steps if not isinstance(s, MaybeConvertMode)]
+        if len(steps) != 4:
+            return None
+        resize, crop, to_tensor, normalize = steps
+        if not (
+            type(resize) is T.Resize
+            and type(crop) is T.CenterCrop
+            and isinstance(to_tensor, T.ToTensor)
+            and type(normalize) is T.Normalize
+        ):
+            return None
+        size = resize.size if isinstance(resize.size, int) else None
+        if isinstance(resize.size, list | tuple) and len(resize.size) == 1:
+            size = int(resize.size[0])
+        if (
+            size is None
+            or resize.max_size is not None
+            or resize.interpolation != T.InterpolationMode.BICUBIC
+            or tuple(crop.size) != (size, size)
+        ):
+            return None
+        return cls(
+            size=size,
+            mean=np.asarray(normalize.mean, dtype=np.float32),
+            std=np.asarray(normalize.std, dtype=np.float32),
+        )
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        size = self.size
+        width, height = img.size
+        # Same arithmetic as torchvision's Resize(int) and CenterCrop on a PIL image.
+        if width <= height:
+            new_w, new_h = size, int(size * height / width)
+        else:
+            new_w, new_h = int(size * width / height), size
+        if (new_w, new_h) != (width, height):
+            img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        top = int(round((new_h - size) / 2.0))
+        left = int(round((new_w - size) / 2.0))
+        img = img.crop((left, top, left + size, top + size))
+        pixels = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+        pixels = (pixels - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
 def prepare_pixels(
     data: bytes,
     limits: ImageLimits,
     min_side: int,
     preprocess: Callable[[Image.Image], torch.Tensor],
 ) -> torch.Tensor:
-    """Bytes to the model's input tensor (3, S, S) with the model's own preprocessing."""
+    """Bytes to the model's input tensor (3, S, S) with the model's preprocessing (or the
+    equivalent PixelRecipe)."""
     img = decode_image(data, limits, min_side)
     return preprocess(img)
 

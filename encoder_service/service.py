@@ -24,7 +24,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from contracts.errors import ErrorType, GlimpseError
 from encoder_service.batching import Batcher, BatchMetrics, BatchResult, Kind
 from encoder_service.config import Settings
-from encoder_service.images import ImageLimits, gpu_decodable_jpeg, prepare_pixels
+from encoder_service.images import (
+    ImageLimits,
+    PixelRecipe,
+    gpu_decodable_jpeg,
+    prepare_pixels,
+)
 from encoder_service.model import ClipEncoder, load_encoder
 
 logger = logging.getLogger("glimpse.encoder")
@@ -78,6 +83,7 @@ class EncoderRuntime:
         # PIL decoding blocks; it runs in this pool so the event loop stays free and decoding
         # overlaps the model's forward pass.
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="glimpse-decode")
+        self.preprocess = PixelRecipe.of(encoder.preprocess) or encoder.preprocess
         self.gpu_decode = self._want_gpu_decode(settings, encoder)
         self.batcher = Batcher(
             self._run_batch,
@@ -140,15 +146,24 @@ class EncoderRuntime:
             )
             for slot, tensor in zip(jpeg_slots, prepared, strict=True):
                 inputs[slot] = tensor
-        ok = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
         results: list[np.ndarray | BaseException] = [
             t if isinstance(t, BaseException) else np.empty(0, np.float32) for t in inputs
         ]
-        if ok:
-            device = self.encoder.device
-            pixels = torch.stack([inputs[i].to(device) for i in ok])  # type: ignore[union-attr]
+        device = self.encoder.device
+        # Tensors the pool made are stacked on the CPU and copied to the device in one go;
+        # those the GPU decoder made are already there.
+        tensors = [(i, t) for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
+        on_cpu = [(i, t) for i, t in tensors if t.is_cpu]
+        on_device = [(i, t) for i, t in tensors if not t.is_cpu]
+        groups: list[torch.Tensor] = []
+        if on_cpu:
+            groups.append(torch.stack([t for _, t in on_cpu]).to(device))
+        if on_device:
+            groups.append(torch.stack([t for _, t in on_device]))
+        if groups:
+            pixels = torch.cat(groups) if len(groups) > 1 else groups[0]
             vectors = self.encoder.encode_pixels(pixels)
-            for slot, vector in zip(ok, vectors, strict=True):
+            for (slot, _), vector in zip(on_cpu + on_device, vectors, strict=True):
                 results[slot] = vector
         return results
 
@@ -186,9 +201,7 @@ class EncoderRuntime:
         with self.decode_seconds.time():
             if self.gpu_decode and gpu_decodable_jpeg(data, self.limits) is not None:
                 return GpuJpeg(data)
-            return prepare_pixels(
-                data, self.limits, self.encoder.image_size, self.encoder.preprocess
-            )
+            return prepare_pixels(data, self.limits, self.encoder.image_size, self.preprocess)
 
     async def _embed_one_image(self, data: bytes) -> np.ndarray | GlimpseError:
         loop = asyncio.get_running_loop()

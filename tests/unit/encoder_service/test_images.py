@@ -14,6 +14,7 @@ from PIL import Image
 from contracts.errors import GlimpseError
 from encoder_service.images import (
     ImageLimits,
+    PixelRecipe,
     decode_image,
     gpu_decodable_jpeg,
     open_checked,
@@ -187,3 +188,24 @@ def test_gpu_eligibility_is_read_from_the_header() -> None:
 def test_open_checked_does_not_decode() -> None:
     img = open_checked(encoded(Image.new("RGB", (1999, 2000)), "PNG"), LIMITS)
     assert img.size == (1999, 2000)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (64, 64), (30, 500), (301, 299)])
+def test_pixel_recipe_equals_open_clips_preprocessing(size: tuple[int, int], photos) -> None:
+    import open_clip
+
+    preprocess = open_clip.image_transform(224, is_train=False)
+    recipe = PixelRecipe.of(preprocess)
+    assert recipe is not None
+    img = Image.fromarray(photos["astronaut"]).resize(size)
+    expected = preprocess(img)
+    got = recipe(img)
+    assert got.shape == expected.shape == (3, 224, 224) and got.dtype == expected.dtype
+    assert float((got - expected).abs().max()) <= 1e-5
+
+
+def test_pixel_recipe_refuses_other_pipelines() -> None:
+    import open_clip
+
+    squash = open_clip.image_transform(224, is_train=False, resize_mode="squash")
+    assert PixelRecipe.of(squash) is None
