@@ -324,6 +324,7 @@ async def delete_image(image_id: ImageId, state: State) -> Response:
     async with state.key_locks.hold([sha]):
         await state.index.delete(image_id)
         state.records.drop(image_id)
+        state.key_ids.drop(sha)
         await anyio.to_thread.run_sync(state.media.remove, sha)
         state.media.invalidate_bytes()
     return Response(status_code=204)

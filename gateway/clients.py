@@ -266,10 +266,6 @@ class IndexClient(Upstream):
         answer = await self.json("POST", "/v1/keys/missing", json={"keys": list(keys)})
         return set(answer["missing"])
 
-    async def ids_of_keys(self, keys: Sequence[str]) -> dict[str, int]:
-        """The ids of live items with these keys (those it can resolve)."""
-        return {}
-
     async def item(self, item_id: int) -> dict[str, Any]:
         record: dict[str, Any] = await self.json("GET", f"/v1/items/{item_id}")
         return record

@@ -8,6 +8,7 @@ it), never an indexed item without its media.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 from collections.abc import Sequence
@@ -157,9 +158,8 @@ async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> li
     if unique:
         missing = await state.index.keys_missing(list(unique))
         known = [sha for sha in unique if sha not in missing]
-        for sha, item_id in (await state.index.ids_of_keys(known)).items():
-            unique[sha].status, unique[sha].id = "exists", item_id
-        # Known keys whose id could not be looked up go the whole way: the index's add is
+        await asyncio.gather(*(_resolve_known(state, unique[sha]) for sha in known))
+        # Known keys whose id is not remembered go the whole way: the index's add is
         # idempotent by key, so it answers "exists" with the id and stores nothing new.
         new = [p for p in unique.values() if p.status is None]
 
@@ -177,6 +177,25 @@ async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> li
             dup.id, dup.error, dup.error_type = part.id, part.error, part.error_type
         part.data = b""
     return [p.answer() for p in parts]
+
+
+async def _resolve_known(state: GatewayState, part: Part) -> None:
+    """Answer "exists" for a known key whose id this gateway remembers and the index confirms."""
+    assert part.sha256 is not None
+    item_id = state.key_ids.get(part.sha256)
+    if item_id is None:
+        return
+    try:
+        record = await state.index.item(item_id)
+    except GlimpseError as exc:
+        if exc.status != 404:
+            raise
+        record = None
+    if record is None or record.get("key") != part.sha256:
+        state.key_ids.drop(part.sha256)  # deleted, or replaced behind our back
+        return
+    state.records.put(item_id, record)
+    part.status, part.id = "exists", item_id
 
 
 async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
@@ -211,3 +230,5 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
         added = await state.index.add([item for _, item in to_add])
         for (part, _), outcome in zip(to_add, added, strict=True):
             part.status, part.id = outcome["status"], int(outcome["id"])
+            assert part.sha256 is not None
+            state.key_ids.put(part.sha256, part.id)

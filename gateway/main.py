@@ -20,7 +20,7 @@ from gateway.clients import EncoderClient, IndexClient, build_client
 from gateway.config import Settings
 from gateway.media import MediaStore
 from gateway.security import BodySizeLimitMiddleware
-from gateway.state import GatewayState, RecordCache
+from gateway.state import GatewayState, LruCache
 
 logger = logging.getLogger("glimpse.gateway")
 
@@ -78,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             encoder=encoder,
             index=index,
             media=media,
-            records=RecordCache(settings.record_cache_size),
+            records=LruCache(settings.record_cache_size),
+            key_ids=LruCache(settings.record_cache_size),
         )
         try:
             yield

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Request
 
@@ -16,30 +16,33 @@ from gateway.config import Settings
 from gateway.media import MediaStore
 from gateway.security import check_api_key
 
+K = TypeVar("K")
+V = TypeVar("V")
 
-class RecordCache:
-    """Index records by id (LRU): serving a thumbnail should not cost an index round trip."""
+
+class LruCache(Generic[K, V]):
+    """A bounded map that forgets the least recently used entry first."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
 
-    def get(self, item_id: int) -> dict[str, Any] | None:
-        record = self._items.get(item_id)
-        if record is not None:
-            self._items.move_to_end(item_id)
-        return record
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
 
-    def put(self, item_id: int, record: dict[str, Any]) -> None:
+    def put(self, key: K, value: V) -> None:
         if self.size <= 0:
             return
-        self._items[item_id] = record
-        self._items.move_to_end(item_id)
+        self._items[key] = value
+        self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
-    def drop(self, item_id: int) -> None:
-        self._items.pop(item_id, None)
+    def drop(self, key: K) -> None:
+        self._items.pop(key, None)
 
 
 class KeyLocks:
@@ -79,7 +82,11 @@ class GatewayState:
     encoder: EncoderClient
     index: IndexClient
     media: MediaStore
-    records: RecordCache
+    # Index records by id: serving a thumbnail should not cost an index round trip.
+    records: LruCache[int, dict[str, Any]]
+    # sha256 -> id of what this gateway added, so a re-upload answers "exists" with its id
+    # without being embedded again (the index can say a key exists, not under which id).
+    key_ids: LruCache[str, int]
     key_locks: KeyLocks = field(default_factory=KeyLocks)
 
 

@@ -234,6 +234,19 @@ def test_ingest_statuses_and_idempotency(client: httpx.Client, ingested: dict[st
     assert client.get("/stats").json()["images"] == before + 1
 
 
+def test_a_gateway_that_never_saw_a_file_still_answers_its_id(
+    stack: Stack, ingested: dict[str, int], photos: dict[str, bytes]
+) -> None:
+    # A fresh gateway does not remember the id of a known key: the index's idempotent add
+    # answers "exists" with it, and no second row appears.
+    with local_gateway(stack) as fresh:
+        before = fresh.get("/stats").json()["images"]
+        files = [("files", ("elsewhere/rocket.jpg", photos["rocket.jpg"], "image/jpeg"))]
+        items = fresh.post("/ingest", files=files).json()["items"]
+        assert items[0]["status"] == "exists" and items[0]["id"] == ingested["rocket.jpg"]
+        assert fresh.get("/stats").json()["images"] == before
+
+
 def test_ingest_check(
     client: httpx.Client, photos: dict[str, bytes], ingested: dict[str, int]
 ) -> None:
