@@ -87,6 +87,9 @@ def stack_env(root: Path, **env_overrides: str) -> dict[str, str]:
         **TINY_ENCODER_ENV,
         "INDEX_DIM": str(TINY_DIM),
         "INDEX_DATA_DIR": str(root / "index"),
+        # Faiss's OpenMP threads spin while idle; on a shared test machine that steals the
+        # CPU the other services need.
+        "INDEX_OMP_THREADS": "1",
         "GATEWAY_MEDIA_DIR": str(root / "media"),
         **{k: str(v) for k, v in env_overrides.items()},
     }
