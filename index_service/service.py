@@ -136,6 +136,7 @@ class IndexService:
         self._snapshot_lock = threading.Lock()
         self._tune_lock = threading.Lock()
         self._writes_since_snapshot = 0
+        self._deleted = 0  # deleted rows in the store (counted once at open, then kept)
         self._stop = threading.Event()
         self._snap_wanted = threading.Event()
         self._snapshot_thread: threading.Thread | None = None
@@ -178,6 +179,7 @@ class IndexService:
             self.load_report["snapshot_error"] = str(exc)
             loaded = None
         index.load_table()
+        self._deleted = store.counts()[1]
         replayed = 0
         if loaded is not None:
             faiss_index, manifest = loaded
@@ -260,6 +262,7 @@ class IndexService:
             if not store.delete(item_id):
                 return False
             index.remove(np.asarray([item_id], dtype=np.int64), store.last_seq)
+            self._deleted += 1
             self._wrote(1)
         return True
 
@@ -494,11 +497,10 @@ class IndexService:
 
     def stats(self) -> dict[str, Any]:
         store, index = self._parts
-        live, deleted = store.counts()
         info = index.describe()
         info.update(
-            count=live,
-            deleted=deleted,
+            count=index.table.count,
+            deleted=self._deleted,
             dim=index.dim,
             seq=store.last_seq,
             snapshot_seq=self.snapshot_seq,
