@@ -187,3 +187,25 @@ def test_tune_picks_a_setting_reaching_the_target(service: IndexService) -> None
     assert service.index is not None
     assert service.index.defaults.nprobe == result["nprobe"]
     assert service.stats()["tuned"]["rerank"] == result["rerank"]
+
+
+def test_the_tutorials_setting_is_expressible_by_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INDEX_FACTORY", "IVF4096,PQ32x8")
+    monkeypatch.setenv("INDEX_NPROBE", "48")
+    monkeypatch.setenv("INDEX_DIM", "512")
+    monkeypatch.setenv("INDEX_DATA_DIR", str(tmp_path))
+    settings = Settings()
+    service = IndexService(settings)
+    service.open()
+    try:
+        index = service.index
+        assert index is not None
+        assert index.wanted_factory(10) == "IVF4096,PQ32x8"
+        live = index.live
+        live.ivf = build_empty("IVF4096,PQ32x8", 512)  # what a trained one reports
+        assert index.nprobe_for(live, None) == 48 and index.nprobe_for(live, 7) == 7
+        assert index.defaults.source == "config"
+    finally:
+        service.close()
