@@ -122,14 +122,18 @@ def test_excluding_self_drops_the_query_id_and_keeps_k_hits() -> None:
 # --- tune_search with a scripted search ----------------------------------------------------
 
 
-def scripted_search(recall_of: dict[tuple[int, int], float], calls: list[tuple[int, int]]):
-    """A search whose recall@10 per (nprobe, rerank) is given, and whose time grows with both."""
+def scripted_search(
+    recall_of: dict[tuple[int, int], float], calls: list[tuple[int, int]], cost: float = 0.0
+):
+    """A search whose recall@10 per (nprobe, rerank) is given; with a ``cost`` (seconds) its time
+    grows with both."""
     truth = np.arange(100 * 10).reshape(100, 10)
 
     def search(queries: np.ndarray, k: int, nprobe: int, rerank: int) -> np.ndarray:
         if len(queries) == len(truth):
             calls.append((nprobe, rerank))
-        time.sleep(0.0002 * nprobe * (1 + rerank))
+        # Costs far apart, so that a loaded CI machine cannot swap their order.
+        time.sleep(cost * nprobe * (1 + rerank) ** 2)
         hits = round(recall_of[(nprobe, rerank)] * len(truth))
         found = np.full((len(queries), k), -1, dtype=np.int64)
         found[:hits] = truth[:hits, :k]
@@ -153,7 +157,7 @@ def test_tuner_picks_the_cheapest_reaching_setting_without_trying_the_whole_grid
         return min(cap, 0.3 + 0.1 * nprobe)
 
     calls: list[tuple[int, int]] = []
-    search, truth = scripted_search(grid(recall), calls)
+    search, truth = scripted_search(grid(recall), calls, cost=0.002)
     result = tune_search(
         search,
         np.zeros((100, 8), np.float32),
@@ -177,7 +181,7 @@ def test_tuner_picks_the_cheapest_reaching_setting_without_trying_the_whole_grid
 def test_walk_up_nprobe_stops_once_recall_has_flattened_out() -> None:
     # PQ caps recall at 0.5 whatever the lists visited; the dear nprobe 8..32 are never tried.
     calls: list[tuple[int, int]] = []
-    search, truth = scripted_search(grid(lambda p, r: 0.5 if r == 0 else 1.0), calls)
+    search, truth = scripted_search(grid(lambda p, r: 0.5 if r == 0 else 1.0), calls, 0.002)
     result = tune_search(
         search,
         np.zeros((100, 8), np.float32),
