@@ -16,6 +16,7 @@ the committed rows up to ``applied_seq``.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import threading
@@ -243,8 +244,11 @@ class VectorIndex:
     def load_table(self) -> None:
         """Fill the live mask (and vectors) from the store: the table is never snapshotted."""
         self.table.reserve(self.store.max_id())
-        for ids, vectors in self.store.iter_live():
+        # Small chunks: each row is a Python bytes object, and a big chunk's worth of them
+        # leaves the heap fragmented (measured: +800 B resident per vector with 64k rows).
+        for ids, vectors in self.store.iter_live(chunk=4096):
             self.table.put(ids, vectors)
+        release_free_memory()
 
     def nprobe_for(self, live: LiveIndex, nprobe: int | None) -> int:
         nlist = live.nlist or 1
@@ -459,6 +463,8 @@ class VectorIndex:
                 new.gpu_index = self.gpu.upload(new.index)
             with self.rw.write():
                 self.live = new
+        del index
+        release_free_memory()  # the old index and the training sample are gone
         if factory is not None:
             self.factory_override = factory
         took = time.perf_counter() - started
@@ -522,6 +528,14 @@ class VectorIndex:
         if self.defaults.tuned:
             info["tuned"] = self.defaults.tuned
         return info
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after big transient loads)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def _empty(nq: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,13 @@ import numpy as np
 
 from index_service import persistence
 from index_service.config import Settings
-from index_service.index import GpuRunner, LiveIndex, VectorIndex, build_empty
+from index_service.index import (
+    GpuRunner,
+    LiveIndex,
+    VectorIndex,
+    build_empty,
+    release_free_memory,
+)
 from index_service.store import AddOutcome, NewItem, Store
 from index_service.tuning import excluding_self, tune_search
 
@@ -203,6 +209,7 @@ class IndexService:
             for ids, vectors in store.iter_live():
                 flat.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
             index.install(LiveIndex(flat, "Flat"), store.last_seq)
+        release_free_memory()
         self.load_report.update(
             replayed=replayed, items=index.table.count,
             took_s=round(time.perf_counter() - started, 3),
