@@ -147,6 +147,32 @@ def test_vectors_are_exported_from_a_glimpse_index_skipping_deleted_ids() -> Non
         assert ids.tolist() == [1, 2]
 
 
+def test_vectors_are_exported_from_the_real_index_service(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from index_service.config import Settings
+    from index_service.main import create_app
+    from tests.unit.index_service.helpers import wait_ready
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    items = [
+        {"vector": encode_vector(v), "path": f"img/{i}.jpg", "key": f"k{i}"}
+        for i, v in enumerate(x)
+    ]
+    settings = Settings(data_dir=tmp_path / "index", dim=8, snapshot_interval_s=0)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        added = client.post("/v1/items", json={"items": items}).json()["items"]
+        ids = [item["id"] for item in added]
+        assert client.delete(f"/v1/items/{ids[2]}").status_code == 204
+        got_ids, got = bench.fetch_glimpse("http://testserver", client=client)
+    assert got_ids.tolist() == ids[:2] + ids[3:]
+    # The service stores float16: the export is the stored vector, within its rounding.
+    assert np.allclose(got, np.delete(x, 2, axis=0), atol=1e-3)
+
+
 # --- small helpers -------------------------------------------------------------------------
 
 
