@@ -73,5 +73,5 @@ class Settings(BaseSettings):
     max_search_vectors: int = Field(default=1024, ge=1, description="Most vectors per search.")
     max_nprobe: int = Field(default=4096, ge=1, description="Largest nprobe a search may ask for.")
     omp_threads: int = Field(
-        default=0, ge=0, description="OpenMP threads for Faiss; 0 = Faiss's default."
+        default=0, ge=0, description="OpenMP threads per Faiss call; 0 = Faiss's default."
     )

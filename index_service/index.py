@@ -208,8 +208,10 @@ class VectorIndex:
         nprobe: int | None = None,
         rerank: int = 10,
         gpu: GpuRunner | None = None,
+        omp_threads: int = 0,
     ) -> None:
         self.dim = dim
+        self.omp_threads = omp_threads
         self.store = store
         self.writer = writer
         self.rw = RWLock()
@@ -299,6 +301,7 @@ class VectorIndex:
         """Top ``k`` (scores, ids) per unit query, highest first; id -1 where there are fewer
         live hits. Deleted ids never appear."""
         queries = np.ascontiguousarray(queries, dtype=_F32)
+        self.limit_threads()
         with self.rw.read():
             live = self.live
             if exact and not live.exact:
@@ -424,7 +427,13 @@ class VectorIndex:
     def wait_training(self, timeout: float | None = None) -> bool:
         return self._train_done.wait(timeout)
 
+    def limit_threads(self) -> None:
+        """Apply INDEX_OMP_THREADS to the calling thread: OpenMP's thread count is per thread."""
+        if self.omp_threads:
+            faiss.omp_set_num_threads(self.omp_threads)
+
     def _train_job(self, factory: str | None, reason: str) -> None:
+        self.limit_threads()
         try:
             self._train(factory, reason)
             self.training_error = None

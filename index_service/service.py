@@ -147,8 +147,6 @@ class IndexService:
         self._snap_wanted = threading.Event()
         self._snapshot_thread: threading.Thread | None = None
         self.gpu: GpuRunner | None = None
-        if settings.omp_threads:
-            faiss.omp_set_num_threads(settings.omp_threads)
         if settings.device == "cuda":
             # Fail at start with a clear sentence, not at the first search.
             self.gpu = GpuRunner()
@@ -170,6 +168,7 @@ class IndexService:
             nprobe=s.nprobe,
             rerank=s.rerank,
             gpu=self.gpu,
+            omp_threads=s.omp_threads,
         )
         self.store, self.index = store, index
         loaded = None
