@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,13 @@ def make_jpegs(count: int) -> list[bytes]:
 
 
 class Raw:
-    """open_clip alone, as a user of the library would run it: the limit the service chases."""
+    """open_clip alone: the limit the service chases.
+
+    The model runs in one dedicated thread, as in the service. On this shared 2-core machine
+    torch with 2 intra-op threads called from the MAIN thread was 3-10x slower than the same
+    calls from another thread (docs/encoder.md); measuring the raw model from the main thread
+    would flatter the service.
+    """
 
     def __init__(self, args: argparse.Namespace, threads: int) -> None:
         import open_clip
@@ -130,6 +137,13 @@ class Raw:
         )
         self.model = model.eval()
         self.tokenizer = open_clip.get_tokenizer(args.model)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="raw-model")
+
+    def image_rate(self, pixels: Any, total: int, batch: int) -> float:
+        return self._thread.submit(self._image_rate, pixels, total, batch).result()
+
+    def text_latency(self, text: str) -> float:
+        return self._thread.submit(self._text_latency, text).result()
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -139,7 +153,7 @@ class Raw:
         tensors = [self.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
         return self.torch.stack(tensors).to(self.device, self.dtype)
 
-    def image_rate(self, pixels: Any, total: int, batch: int) -> float:
+    def _image_rate(self, pixels: Any, total: int, batch: int) -> float:
         torch = self.torch
         with torch.inference_mode():
             self.model.encode_image(pixels[:batch])  # warm-up
@@ -155,18 +169,14 @@ class Raw:
             self.sync()
             return total / (time.perf_counter() - start)
 
-    def text_latencies(self, texts: list[str]) -> list[float]:
+    def _text_latency(self, text: str) -> float:
         torch = self.torch
-        out = []
         with torch.inference_mode():
-            self.model.encode_text(self.tokenizer(["warm-up"]).to(self.device))
-            for text in texts:
-                self.sync()
-                start = time.perf_counter()
-                features = self.model.encode_text(self.tokenizer([text]).to(self.device))
-                torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
-                out.append(time.perf_counter() - start)
-        return out
+            self.sync()
+            start = time.perf_counter()
+            features = self.model.encode_text(self.tokenizer([text]).to(self.device))
+            torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+            return time.perf_counter() - start
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -268,16 +278,22 @@ async def service_image_rate(url: str, jpegs: list[bytes], args: argparse.Namesp
     return total / elapsed
 
 
-def service_text_latencies(url: str, texts: list[str]) -> list[float]:
-    out = []
+def text_latencies(
+    raw: Raw, url: str, texts: list[str], round_no: int
+) -> tuple[list[float], list[float]]:
+    """Single queries, raw and through the service taking turns, so that a noisy neighbour
+    on a shared machine slows both sides alike. Every service query misses its cache."""
+    raw_out, svc_out = [], []
     with httpx.Client(timeout=60) as client:
         client.post(url + "/v1/embed/text", json={"texts": ["warm-up query"]}).raise_for_status()
+        raw.text_latency("warm-up query")
         for text in texts:
+            raw_out.append(raw.text_latency(text))
             start = time.perf_counter()
-            r = client.post(url + "/v1/embed/text", json={"texts": [text]})
+            r = client.post(url + "/v1/embed/text", json={"texts": [f"{text} ({round_no})"]})
             r.raise_for_status()
-            out.append(time.perf_counter() - start)
-    return out
+            svc_out.append(time.perf_counter() - start)
+    return raw_out, svc_out
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -322,10 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             svc_rate = asyncio.run(service_image_rate(url, jpegs, args))
             hist = histogram_delta(before, batch_histogram(httpx.get(url + "/metrics").text))
             round_texts = texts[round_no * args.text_queries:(round_no + 1) * args.text_queries]
-            raw_text = raw.text_latencies(round_texts)
-            # Distinct from the raw ones' cache keys is not needed (the raw path has no cache),
-            # but every service query must miss the service's cache: suffix the round.
-            svc_text = service_text_latencies(url, [f"{t} ({round_no})" for t in round_texts])
+            raw_text, svc_text = text_latencies(raw, url, round_texts, round_no)
             mean_batch = hist.get("sum", 0.0) / max(hist.get("count", 1.0), 1.0)
             row = {
                 "round": round_no + 1,

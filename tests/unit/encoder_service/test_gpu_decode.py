@@ -1,0 +1,50 @@
+"""The GPU JPEG path's logic, run on the CPU: torchvision's decode_jpeg and the tensor
+resize/crop/normalise take a device argument, so everything but nvJPEG itself is exercised
+here. (No GPU on the development machine or in CI: the CUDA run itself is untested.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from contracts.errors import GlimpseError
+from encoder_service.gpu_decode import gpu_prepare, supports_gpu_preprocessing
+from encoder_service.images import ImageLimits, PixelRecipe, decode_image
+from encoder_service.model import ClipEncoder, load_encoder
+from tests.unit.encoder_service.conftest import jpeg_bytes, tiny_settings
+
+LIMITS = ImageLimits(10_000_000, 10_000_000)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> ClipEncoder:
+    return load_encoder(tiny_settings())
+
+
+def test_never_enabled_off_cuda(encoder: ClipEncoder) -> None:
+    assert encoder.device == "cpu"
+    assert supports_gpu_preprocessing(encoder) is False
+
+
+def test_tensor_preprocessing_is_close_to_open_clips(encoder: ClipEncoder, photos) -> None:
+    recipe = PixelRecipe.of(encoder.preprocess)
+    assert recipe is not None
+    blobs = [jpeg_bytes(p, quality=95) for p in photos.values()]
+    prepared = gpu_prepare(blobs, encoder, LIMITS)
+    for blob, tensor in zip(blobs, prepared, strict=True):
+        assert isinstance(tensor, torch.Tensor) and tensor.shape == (3, 64, 64)
+        # Full-size decode (no DCT scaling) so only the resize kernels differ (torch's bicubic
+        # is a=-0.75, PIL's a=-0.5): close, not equal.
+        reference = recipe(decode_image(blob, LIMITS, 10_000))
+        assert float((tensor - reference).abs().mean()) < 0.05
+        vectors = encoder.encode_pixels(torch.stack([tensor, reference]))
+        assert float(vectors[0] @ vectors[1]) > 0.99
+
+
+def test_a_stream_the_decoder_refuses_gets_its_own_error(encoder: ClipEncoder, photos) -> None:
+    good = jpeg_bytes(photos["rocket"])
+    prepared = gpu_prepare([good, good[: len(good) // 3], good], encoder, LIMITS)
+    assert isinstance(prepared[0], torch.Tensor) and isinstance(prepared[2], torch.Tensor)
+    assert isinstance(prepared[1], GlimpseError) and prepared[1].error_type == "invalid_image"
+    np.testing.assert_array_equal(prepared[0].numpy(), prepared[2].numpy())
