@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         default=None, ge=1, description="IVF lists visited per query; None = the documented rule."
     )
     rerank: int = Field(
-        default=10,
+        default=16,
         ge=0,
         description="Re-rank depth: IVF-PQ candidates fetched per wanted hit and re-scored with "
         "the stored vectors; 0 = PQ scores only.",
@@ -55,9 +55,10 @@ class Settings(BaseSettings):
         description="Keep the float16 vectors in RAM for re-ranking; false is the low-memory "
         "setting (re-rank reads them from SQLite, < 100 B resident per vector).",
     )
-    gather_searches: bool = Field(
-        default=True,
-        description="Gather concurrent searches into one Faiss call.",
+    gather_searches: bool | None = Field(
+        default=None,
+        description="Gather concurrent searches into one Faiss call on one thread; None = on "
+        "for cuda (one GPU owner thread anyway), off for cpu (measured slower, docs/index.md).",
     )
     autotune: bool = Field(
         default=True,

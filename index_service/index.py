@@ -143,7 +143,7 @@ class SearchDefaults:
     """Search parameters applied when a request gives none (rule, config or tuning)."""
 
     nprobe: int | None = None
-    rerank: int = 10
+    rerank: int = 16
     source: str = "rule"
     tuned: dict[str, Any] = field(default_factory=dict)
 
@@ -206,7 +206,7 @@ class VectorIndex:
         retrain_growth: float = 4.0,
         factory: str | None = None,
         nprobe: int | None = None,
-        rerank: int = 10,
+        rerank: int = 16,
         gpu: GpuRunner | None = None,
         omp_threads: int = 0,
     ) -> None:
@@ -248,8 +248,12 @@ class VectorIndex:
         self.table.reserve(self.store.max_id())
         # Small chunks: each row is a Python bytes object, and a big chunk's worth of them
         # leaves the heap fragmented (measured: +800 B resident per vector with 64k rows).
-        for ids, vectors in self.store.iter_live(chunk=4096):
-            self.table.put(ids, vectors)
+        if self.table.vectors is None:
+            for ids in self.store.iter_live_ids():
+                self.table.put(ids, np.empty((0, self.dim), dtype=np.float16))
+        else:
+            for ids, vectors in self.store.iter_live(chunk=4096):
+                self.table.put(ids, vectors)
         release_free_memory()
 
     def nprobe_for(self, live: LiveIndex, nprobe: int | None) -> int:

@@ -322,7 +322,10 @@ class IndexService:
 
     @property
     def gathering(self) -> bool:
-        return self.gatherer is not None and self.settings.gather_searches
+        gather = self.settings.gather_searches
+        if gather is None:
+            gather = self.settings.device == "cuda"
+        return self.gatherer is not None and gather
 
     def _run(
         self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,

@@ -137,6 +137,8 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
+            # One per worker thread: a small page cache each (the OS caches the file anyway).
+            conn.execute("PRAGMA cache_size=-512")
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -327,6 +329,16 @@ class Store:
                 blob = b"".join(r[1] for r in rows)
                 vectors = np.frombuffer(blob, dtype=_F16).reshape(len(rows), self.dim)
                 yield ids, vectors
+        finally:
+            conn.close()
+
+    def iter_live_ids(self, chunk: int = _CHUNK) -> Iterator[np.ndarray]:
+        """Ids of the live items, in id order (the low-memory start reads no vectors)."""
+        conn = self._connect()
+        try:
+            cur = conn.execute("SELECT id FROM items WHERE deleted = 0 ORDER BY id")
+            while rows := cur.fetchmany(chunk):
+                yield np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         finally:
             conn.close()
 
