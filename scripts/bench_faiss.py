@@ -711,6 +711,7 @@ def plot_sweep(exp: Experiment, title: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4))
     named = exp.group not in (None, "index", "variant")
     for ax, (metric, label) in zip(axes, metrics, strict=True):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 lines, each its own colour
         for group, rows in _groups(exp.rows, exp.group).items():
             points = sorted(
                 (r[exp.x], r[metric]) for r in rows if metric in r and r.get(exp.x) is not None
@@ -843,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("--m", type=int_list, help="sub-quantizers (default 4,8,16,32)")
     pq.add_argument("--nbits", type=int_list, help="bits per sub-code (default 6,7,8,9)")
     ivf = sub.add_parser("ivfpq", parents=[common], help="IVF-PQ lists × lists visited")
-    ivf.add_argument("--nlist", type=int_list, help="default 128,256,…,4096 (quick 64,256)")
+    ivf.add_argument("--nlist", type=int_list, help="default 128,256,…,4096 (quick 16,64)")
     ivf.add_argument("--nprobe", type=int_list, help="default 1,2,…,64 (quick 1,4,16,64)")
     ivf.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default 32 when d allows)")
     ivf.add_argument("--pq-nbits", type=int, default=8)
@@ -883,7 +884,7 @@ def fill_defaults(args: argparse.Namespace) -> None:
     defaults: dict[str, tuple[list[Any], list[Any]]] = {  # name: (full, quick)
         "m": ([4, 8, 16, 32], [8, 32]),
         "nbits": ([6, 7, 8, 9], [6, 8]),
-        "nlist": ([128, 256, 512, 1024, 2048, 4096], [32, 128]),
+        "nlist": ([128, 256, 512, 1024, 2048, 4096], [16, 64]),
         "nprobe": ([1, 2, 4, 8, 16, 32, 64] + ([128] if wide else []), [1, 4, 16]),
         "k_factor": ([1, 2, 4, 8, 16], [1, 4, 16]),
         "ef": ([16, 32, 64, 128, 256], [16, 64, 256]),
