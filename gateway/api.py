@@ -284,7 +284,12 @@ async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> 
     path = await anyio.to_thread.run_sync(state.media.find_thumbnail, sha, content_type)
     if path is None:
         made = await anyio.to_thread.run_sync(
-            _make_thumbnail, state, sha, str(record["path"]), content_type
+            _make_thumbnail,
+            state,
+            sha,
+            str(record["path"]),
+            content_type,
+            limiter=state.decode_limiter,
         )
         path = state.media.find_thumbnail(sha, content_type) if made else None
         if path is None:

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     max_result_window: int = Field(
         1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
     )
+    decode_workers: int = Field(
+        4, ge=1, description="Images decoded at once (validation, thumbnails) across requests."
+    )
     record_cache_size: int = Field(
         20_000, ge=0, description="Image records (id -> path, sha256, type) kept in memory."
     )

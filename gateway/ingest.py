@@ -134,7 +134,12 @@ def _storage_error(exc: OSError) -> GlimpseError:
     )
 
 
+async def _prepare_in_thread(state: GatewayState, part: Part) -> None:
+    await anyio.to_thread.run_sync(_prepare, state, part, limiter=state.decode_limiter)
+
+
 async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> list[dict[str, Any]]:
+    """One answer per upload, in order: added, exists (with the existing id) or rejected."""
     settings = state.settings
     if len(uploads) > settings.max_files_per_request:
         raise GlimpseError(
@@ -166,7 +171,7 @@ async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> li
         # Pillow decodes in C and releases the GIL for much of it; keep it off the event loop.
         async with anyio.create_task_group() as tg:
             for part in new:
-                tg.start_soon(anyio.to_thread.run_sync, _prepare, state, part)
+                tg.start_soon(_prepare_in_thread, state, part)
         valid = [p for p in new if p.status is None]
         if valid:
             await _embed_and_add(state, valid)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media=media,
             records=LruCache(settings.record_cache_size),
             key_ids=LruCache(settings.record_cache_size),
+            decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
         )
         try:
             yield

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, TypeVar
 
+import anyio
 from fastapi import Depends, Request
 
 from gateway.clients import EncoderClient, IndexClient
@@ -87,6 +88,9 @@ class GatewayState:
     # sha256 -> id of what this gateway added, so a re-upload answers "exists" with its id
     # without being embedded again (the index can say a key exists, not under which id).
     key_ids: LruCache[str, int]
+    # Decoding images for validation and thumbnails, a few at a time: a decoded 60 MP PNG is
+    # ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
+    decode_limiter: anyio.CapacityLimiter
     key_locks: KeyLocks = field(default_factory=KeyLocks)
 
 
