@@ -170,7 +170,13 @@ class Audit:
         )
 
 
-def audit_index(api: IndexAPI, ledger: Ledger, *, batch: int = 500) -> Audit:
+def audit_index(
+    api: IndexAPI,
+    ledger: Ledger,
+    *,
+    batch: int = 500,
+    path_of_key: Callable[[str], str] | None = None,
+) -> Audit:
     """Compare the ledger with the service through its HTTP API only.
 
     - acknowledged-but-missing: acked keys /v1/keys/missing reports, or whose acked id no
@@ -179,6 +185,9 @@ def audit_index(api: IndexAPI, ledger: Ledger, *, batch: int = 500) -> Audit:
     - phantom: a Faiss (non-exact) hit whose id is no live item the client sent, or a stored
       vector that the index cannot find (its nearest neighbour is not itself);
     - the Faiss count (when /v1/stats names it) against the live rows.
+
+    With ``path_of_key`` (the path each key was stored under), a hit's path proves which key
+    its id holds, which spares one GET /v1/items/{id} per acknowledged key.
     """
     detail: list[str] = []
     keys = list(ledger.sent)
@@ -189,8 +198,16 @@ def audit_index(api: IndexAPI, ledger: Ledger, *, batch: int = 500) -> Audit:
 
     id_of_key: dict[str, int] = {}
     wrong_id = 0
+    if path_of_key is not None:
+        confirmed = _ids_by_path(api, ledger, [k for k in ledger.acked if k not in missing],
+                                 path_of_key, batch)
+    else:
+        confirmed = {}
     for key, item_id in ledger.acked.items():
         if key in missing:
+            continue
+        if confirmed.get(key) == item_id:
+            id_of_key[key] = item_id
             continue
         r = api.item(item_id)
         if r.status_code != 200 or r.json().get("key") != key:
@@ -245,6 +262,23 @@ def audit_index(api: IndexAPI, ledger: Ledger, *, batch: int = 500) -> Audit:
         not_found_by_search=not_found,
         detail=detail,
     )
+
+
+def _ids_by_path(
+    api: IndexAPI, ledger: Ledger, keys: list[str], path_of_key: Callable[[str], str], batch: int
+) -> dict[str, int]:
+    """key -> id, read from the hits of an exact search for each key's own vector (the hit
+    whose path is the key's path names the id that holds it)."""
+    out: dict[str, int] = {}
+    for start in range(0, len(keys), batch):
+        part = keys[start : start + batch]
+        results = api.search(np.vstack([ledger.sent[k] for k in part]), k=3, exact=True)
+        for key, hits in zip(part, results, strict=True):
+            for hit in hits:
+                if hit["path"] == path_of_key(key):
+                    out[key] = int(hit["id"])
+                    break
+    return out
 
 
 def audit_summary(audit: Audit) -> dict[str, Any]:

@@ -27,13 +27,13 @@ def figure(request: pytest.FixtureRequest, record_property: Callable[[str, Any],
            ) -> Callable[..., None]:
     """Record a test's measured figures (JSON under artifacts/reliability/)."""
 
+    recorded: dict[str, Any] = {}
+
     def record(**values: Any) -> None:
         FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-        name = request.node.name.replace("/", "_")
-        path = FIGURES_DIR / f"{name}.json"
-        old = json.loads(path.read_text()) if path.exists() else {}
-        old.update(values)
-        path.write_text(json.dumps(old, indent=1, default=str))
+        name = request.node.name.replace("/", "_").replace(" ", "_")
+        recorded.update(values)  # this run's figures only, never an older run's
+        (FIGURES_DIR / f"{name}.json").write_text(json.dumps(recorded, indent=1, default=str))
         for key, value in values.items():
             record_property(key, value)
 

@@ -42,6 +42,7 @@ def _restart_figures(killer: Killer) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # restarts take seconds each on a loaded machine
 def test_kill9_while_adding_straight_to_the_index(tmp_path: Path, figure: Any) -> None:
     rng = np.random.default_rng(1)
     # Snapshots every few hundred writes, so kills also land in saves and in replays.
@@ -49,7 +50,7 @@ def test_kill9_while_adding_straight_to_the_index(tmp_path: Path, figure: Any) -
     proc.start(90)
     ledger = Ledger()
     killer = Killer(proc, kills=KILLS, min_s=0.05, max_s=1.2, seed=1).start()
-    batch, n = 20, 0
+    batch, n = 10, 0
     try:
         with httpx.Client(base_url=proc.url, timeout=10) as http:
             while (not killer.done.is_set() or n < 2000) and n < 30_000:
@@ -69,7 +70,7 @@ def test_kill9_while_adding_straight_to_the_index(tmp_path: Path, figure: Any) -
     proc.start(90)
     try:
         with IndexAPI(proc.url) as api:
-            audit = audit_index(api, ledger)
+            audit = audit_index(api, ledger, path_of_key=lambda k: f"crash/{k}.jpg")
     finally:
         proc.kill()
     figure(**audit_summary(audit), **_restart_figures(killer), client_errors=len(ledger.errors))
@@ -108,6 +109,7 @@ def _write_images(folder: Path, start: int, count: int, rng: np.random.Generator
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # restarts take seconds each on a loaded machine
 def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
     stack: Any, tmp_path: Path, figure: Any
 ) -> None:
@@ -151,8 +153,10 @@ def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
             # Every file's key, with the vector the index holds for it (the client never saw
             # the vectors: the encoder made them).
             never_acked, no_vector = [], []
+            path_of: dict[str, str] = {}
             for path in sorted(images.rglob("*.png")):
                 key = hashlib.sha256(path.read_bytes()).hexdigest()
+                path_of[key] = path.relative_to(images).as_posix()
                 item_id = ledger.acked.get(key)
                 if item_id is None:
                     never_acked.append(path.name)
@@ -162,7 +166,7 @@ def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
                     no_vector.append(f"{path.name}: {r.status_code}")
                     continue
                 ledger.sent[key] = np.asarray(r.json()["vector"], dtype=np.float32)
-            audit = audit_index(api, ledger)
+            audit = audit_index(api, ledger, path_of_key=path_of.__getitem__)
     finally:
         gateway.stop()
         index.kill()

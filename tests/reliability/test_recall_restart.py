@@ -33,6 +33,7 @@ def _recall(got: list[list[int]], truth: list[list[int]]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # restarts take seconds each on a loaded machine
 def test_recall_identical_across_restarts(tmp_path: Path, figure: Any) -> None:
     rng = np.random.default_rng(4)
     centers = rng.standard_normal((40, DIM)).astype(np.float32)

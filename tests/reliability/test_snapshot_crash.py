@@ -43,6 +43,7 @@ def _ask_snapshot(url: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # restarts take seconds each on a loaded machine
 def test_kill9_inside_snapshot_saves(tmp_path: Path, figure: Any) -> None:
     rng = np.random.default_rng(2)
     chance = random.Random(2)
