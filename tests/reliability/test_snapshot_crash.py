@@ -80,7 +80,7 @@ def test_kill9_inside_snapshot_saves(tmp_path: Path, figure: Any) -> None:
         asker.start()
         # Spread over the whole save as last measured (the call, the serialisation, the
         # writes, the fsyncs and the renames), a little past its end.
-        time.sleep(chance.uniform(0.0, 1.5 * save_s))
+        time.sleep(chance.uniform(0.0, 2.5 * save_s))
         proc.kill()
         asker.join(60)
         leftovers += len([p for p in (tmp_path / "data").rglob("*.tmp")])
