@@ -38,6 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The service's own setting (index_service/__init__.py), before Faiss loads OpenMP, so the
+# in-process numbers run like the service does.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import faiss  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
