@@ -10,7 +10,9 @@ The pipeline, one stage feeding the next so the encoder behind the gateway never
 2. read and hash the files in a thread pool, keeping those whose first bytes are an image's;
 3. ask ``POST /ingest/check`` which hashes the gateway lacks, in chunks;
 4. upload only those with ``POST /ingest`` (multipart ``files`` parts, each named by the path
-   relative to its folder), in batches, several requests in flight.
+   relative to its folder), in batches, several requests in flight: how many adapts to how
+   fast the answers come back (:class:`InFlightWindow`), so a slow encoder is kept busy
+   without being buried under requests the gateway would time out.
 
 Connection errors, 429, 503 and 504 are retried with exponential backoff and jitter, waiting at
 least what ``Retry-After`` asks. An answer saying a file itself is bad is never retried: the
