@@ -7,12 +7,13 @@ default, so a test can build many apps in one process without duplicate-metric e
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -43,35 +44,61 @@ class ServiceMetrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _route_template(request: Request) -> str:
+def _route_template(app: Any, scope: Scope) -> str:
     # The template ("/v1/items/{item_id}"), not the raw path, keeps label cardinality bounded.
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
+    # FastAPI leaves the matched route in the scope; fall back to matching for the rest.
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return str(route.path)
+    for candidate in app.router.routes:
+        match, _ = candidate.matches(scope)
         if match == Match.FULL:
-            return str(getattr(route, "path", request.url.path))
+            return str(getattr(candidate, "path", scope.get("path", "")))
     return "<unmatched>"
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request.
+
+    A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware: that one costs about a
+    millisecond per request and wraps errors raised while the body is read, which would hide the
+    413 of a body-size limit that sits inside it.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, router_app: Any) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router_app = router_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_recording_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording_status)
+        finally:
+            metrics = self.metrics
+            route = _route_template(self.router_app, scope)
+            method = str(scope.get("method", ""))
+            metrics.requests.labels(metrics.service, route, method, str(status)).inc()
+            metrics.latency.labels(metrics.service, route, method).observe(
+                time.perf_counter() - start
+            )
 
 
 def install_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
     """Count and time every request, and serve ``GET /metrics`` in Prometheus text format."""
     app.state.metrics = metrics
-
-    @app.middleware("http")
-    async def _record(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = _route_template(request)
-            metrics.requests.labels(metrics.service, route, request.method, str(status)).inc()
-            metrics.latency.labels(metrics.service, route, request.method).observe(
-                time.perf_counter() - start
-            )
+    app.add_middleware(MetricsMiddleware, metrics=metrics, router_app=app)
 
     @app.get("/metrics", include_in_schema=True, tags=["ops"], response_class=Response)
     async def prometheus_metrics() -> Response:
