@@ -1,5 +1,6 @@
-"""The encoder as a real uvicorn process: ready, embeds, a restart with pretrained=none gives
-the same vectors, and weights that cannot be had stop the start with a clear message."""
+"""The encoder as a real uvicorn process: ready, embeds, and a restart with pretrained=none
+gives the same vectors. (Weights that cannot be had: tests/unit/encoder_service/test_api.py
+and test_model.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 from skimage import data as skdata
 
@@ -53,16 +53,3 @@ def test_restart_with_random_weights_gives_identical_vectors(tmp_path: Path) -> 
         second = _vectors(encoder.url, blob)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
-
-
-def test_missing_weights_stop_the_start_with_a_clear_message(tmp_path: Path) -> None:
-    # Every other way weights cannot be had is checked in tests/unit/encoder_service/test_model.py
-    missing = "/models/missing/open_clip_model.safetensors"
-    env = TINY_ENV | {"ENCODER_PRETRAINED": missing}
-    proc = ServiceProcess("encoder_service.main", env, tmp_path / "encoder.log")
-    with pytest.raises(RuntimeError) as info:
-        proc.start(timeout=60)
-    proc.stop()
-    message = str(info.value)
-    assert "exited with" in message
-    assert missing in message and "ENCODER_PRETRAINED" in message

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from encoder_service.main import create_app
+from encoder_service.model import ModelLoadError
 from tests.unit.encoder_service.conftest import TINY_DIM, encoded, jpeg_bytes, tiny_settings
 from tests.unit.encoder_service.test_images import huge_png_header
 
@@ -147,6 +148,15 @@ def test_not_ready_before_warm_up_and_unknown_routes_use_the_error_body() -> Non
         assert r.status_code == 503 and r.json()["error_type"] == "not_ready"
         _assert_error_body(c.post("/v1/embed/text", json={"texts": ["a"]}), 503, "not_ready")
         _assert_error_body(c.get("/nope"), 404, "not_found")
+
+
+def test_missing_weights_stop_the_start_with_a_clear_message(caplog) -> None:
+    missing = "/models/missing/open_clip_model.safetensors"
+    app = create_app(tiny_settings(pretrained=missing))
+    with pytest.raises(ModelLoadError) as info, TestClient(app):
+        pass
+    assert missing in str(info.value) and "ENCODER_PRETRAINED" in str(info.value)
+    assert any("encoder cannot start" in r.getMessage() for r in caplog.records)
 
 
 def test_image_decoded_in_the_request_equals_its_pil_preprocessing(client: TestClient) -> None:
