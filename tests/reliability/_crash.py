@@ -9,10 +9,12 @@ items, all of which must be zero, and the Faiss count must equal the live rows.
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -176,6 +178,7 @@ def audit_index(
     *,
     batch: int = 500,
     path_of_key: Callable[[str], str] | None = None,
+    store_path: Path | None = None,
 ) -> Audit:
     """Compare the ledger with the service through its HTTP API only.
 
@@ -188,6 +191,9 @@ def audit_index(
 
     With ``path_of_key`` (the path each key was stored under), a hit's path proves which key
     its id holds, which spares one GET /v1/items/{id} per acknowledged key.
+
+    With ``store_path`` (the SQLite file DESIGN.md describes), the live rows and duplicate keys
+    are also counted in the store itself, read-only, as a check independent of the service.
     """
     detail: list[str] = []
     keys = list(ledger.sent)
@@ -224,6 +230,12 @@ def audit_index(
     duplicates = max(0, live_rows - len(present))
     if duplicates:
         detail.append(f"{live_rows} live rows for {len(present)} distinct keys present")
+    if store_path is not None:
+        stored_rows, stored_dups = _count_store(store_path)
+        if stored_rows != live_rows:
+            detail.append(f"the store holds {stored_rows} live rows, /v1/stats says {live_rows}")
+            live_rows = stored_rows
+        duplicates = max(duplicates, stored_dups, stored_rows - len(present))
 
     # Every present key: its vector's nearest neighbour in the (non-exact) index is its own
     # row; any hit id that is not a present item is a phantom.
@@ -262,6 +274,20 @@ def audit_index(
         not_found_by_search=not_found,
         detail=detail,
     )
+
+
+def _count_store(path: Path) -> tuple[int, int]:
+    """(live rows, live rows beyond the first per key) read straight from the SQLite store."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        live = conn.execute("SELECT COUNT(*) FROM items WHERE deleted = 0").fetchone()[0]
+        dups = conn.execute(
+            "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM items "
+            "WHERE deleted = 0 GROUP BY key HAVING n > 1)"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    return int(live), int(dups)
 
 
 def _ids_by_path(

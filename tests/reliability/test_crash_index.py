@@ -70,7 +70,8 @@ def test_kill9_while_adding_straight_to_the_index(tmp_path: Path, figure: Any) -
     proc.start(90)
     try:
         with IndexAPI(proc.url) as api:
-            audit = audit_index(api, ledger, path_of_key=lambda k: f"crash/{k}.jpg")
+            audit = audit_index(api, ledger, path_of_key=lambda k: f"crash/{k}.jpg",
+                                store_path=tmp_path / "data" / "items.sqlite3")
     finally:
         proc.kill()
     figure(**audit_summary(audit), **_restart_figures(killer), client_errors=len(ledger.errors))
@@ -166,7 +167,8 @@ def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
                     no_vector.append(f"{path.name}: {r.status_code}")
                     continue
                 ledger.sent[key] = np.asarray(r.json()["vector"], dtype=np.float32)
-            audit = audit_index(api, ledger, path_of_key=path_of.__getitem__)
+            audit = audit_index(api, ledger, path_of_key=path_of.__getitem__,
+                                store_path=tmp_path / "index-data" / "items.sqlite3")
     finally:
         gateway.stop()
         index.kill()

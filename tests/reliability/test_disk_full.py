@@ -104,7 +104,7 @@ def test_index_on_a_full_disk(tmp_path: Path, tmpfs: Any, figure: Any) -> None:
         with IndexAPI(proc.url) as api:
             for key in errored_keys:  # errored keys: the client would retry them; drop them
                 ledger.sent.pop(key, None)
-            audit = audit_index(api, ledger)
+            audit = audit_index(api, ledger, store_path=data / "items.sqlite3")
     finally:
         proc.kill()
     figure(answers=answers, acked_while_filling=len(ledger.acked), acked_missing_while_full=(
