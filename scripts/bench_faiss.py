@@ -853,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     ivf.add_argument("--nlist", type=int_list, help="default 128,256,…,4096 (quick 16,64)")
     ivf.add_argument("--nprobe", type=int_list, help="default 1,2,…,64 (quick 1,4,16,64)")
     ivf.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default 32 when d allows)")
-    ivf.add_argument("--pq-nbits", type=int, default=8)
+    ivf.add_argument("--pq-nbits", type=int, help="bits per sub-code (default 8, quick 6)")
     compare = sub.add_parser("compare", parents=[common], help="factory strings, QPS frontier")
     compare.add_argument(
         "factories",
@@ -887,7 +887,7 @@ def fill_defaults(args: argparse.Namespace) -> None:
     args.n = args.n or (5_000 if quick else 100_000)
     args.nq = args.nq or (100 if quick else 1000)
     wide = args.command in ("compare", "tune")
-    defaults: dict[str, tuple[list[Any], list[Any]]] = {  # name: (full, quick)
+    defaults: dict[str, tuple[Any, Any]] = {  # name: (full, quick)
         "m": ([4, 8, 16, 32], [8, 32]),
         "nbits": ([6, 7, 8, 9], [6, 8]),
         "nlist": ([128, 256, 512, 1024, 2048, 4096], [16, 64]),
@@ -895,6 +895,8 @@ def fill_defaults(args: argparse.Namespace) -> None:
         "k_factor": ([1, 2, 4, 8, 16], [1, 4, 16]),
         "ef": ([16, 32, 64, 128, 256], [16, 64, 256]),
         "rerank": ([0, 2, 4, 8, 16], [0, 2, 4, 8, 16]),
+        # 6-bit codebooks train 4× faster than 8-bit ones, the bulk of a quick IVF-PQ sweep.
+        "pq_nbits": (8, 6),
     }
     if args.command == "tune":
         defaults["nprobe"] = ([1, 2, 4, 8, 16, 32, 64, 128], [1, 2, 4, 8, 16, 32, 64, 128])
