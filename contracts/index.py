@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.vectors import VectorEncoding, VectorLike
 
 ItemStatus = Literal["added", "exists"]
+
+#: Largest item id: ids are SQLite INTEGERs (signed 64-bit), so a larger one can name nothing.
+MAX_ITEM_ID = 2**63 - 1
 
 
 class IndexItemIn(BaseModel):
@@ -39,7 +42,7 @@ class IndexSearchRequest(BaseModel):
     k: int = Field(default=10, ge=1, description="Hits per query; the service caps it.")
     nprobe: int | None = Field(default=None, ge=1, description="IVF lists to visit.")
     exact: bool = Field(default=False, description="Exact search over the stored vectors.")
-    exclude_ids: list[int] = Field(
+    exclude_ids: list[Annotated[int, Field(ge=0, le=MAX_ITEM_ID)]] = Field(
         default_factory=list, description="Ids never returned (e.g. the query image itself)."
     )
 

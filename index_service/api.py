@@ -7,13 +7,14 @@ from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from contracts.common import HealthResponse, ReadyResponse
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from contracts.index import (
+    MAX_ITEM_ID,
     AddItemsRequest,
     AddItemsResponse,
     IndexItem,
@@ -52,6 +53,10 @@ def get_service(request: Request) -> IndexService:
 
 
 Service = Annotated[IndexService, Depends(get_service)]
+
+# Bounded so an id SQLite cannot hold (>= 2**63) is a 422 naming the bound, not an
+# OverflowError (a 500) inside the store.
+ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="Item id (0 to 2**63-1).")]
 
 
 def _settings(service: IndexService) -> Settings:
@@ -149,7 +154,7 @@ def _not_found(item_id: int, deleted: bool = False) -> GlimpseError:
 
 @router.get("/v1/items/{item_id}", response_model=IndexItem, responses=ERROR_RESPONSES,
             tags=["items"])
-async def get_item(item_id: int, service: Service) -> IndexItem:
+async def get_item(item_id: ItemId, service: Service) -> IndexItem:
     """The stored record of a live item."""
     assert service.store is not None
     record = await run_in_threadpool(service.store.get, item_id)
@@ -161,7 +166,7 @@ async def get_item(item_id: int, service: Service) -> IndexItem:
 
 @router.delete("/v1/items/{item_id}", status_code=204, responses=ERROR_RESPONSES,
                tags=["items"])
-async def delete_item(item_id: int, service: Service) -> Response:
+async def delete_item(item_id: ItemId, service: Service) -> Response:
     """Delete an item: answered after the store committed it and the index dropped it, so no
     search started after this answer returns the id."""
     deleted = await run_in_threadpool(service.delete, item_id)
@@ -175,7 +180,7 @@ async def delete_item(item_id: int, service: Service) -> Response:
 @router.get("/v1/items/{item_id}/vector", response_model=ItemVector, responses=ERROR_RESPONSES,
             tags=["items"])
 async def get_item_vector(
-    item_id: int, service: Service, encoding: VectorEncoding = "float"
+    item_id: ItemId, service: Service, encoding: VectorEncoding = "float"
 ) -> JSONResponse:
     """The stored (unit, float16-rounded) vector of a live item, as floats or base64 float32."""
     assert service.store is not None

@@ -110,6 +110,41 @@ def test_k_larger_than_the_collection_and_an_empty_index(client: TestClient) -> 
     assert all(h["id"] > 0 for h in r["results"][0])
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/v1/items/{2**63}"),
+        ("GET", f"/v1/items/{2**70}"),
+        ("GET", f"/v1/items/{2**63}/vector"),
+        ("DELETE", f"/v1/items/{2**64}"),
+        ("GET", "/v1/items/-1"),
+        ("DELETE", "/v1/items/-5"),
+    ],
+)
+def test_ids_sqlite_cannot_hold_are_422_not_500(client: TestClient, method: str,
+                                                path: str) -> None:
+    r = client.request(method, path)
+    assert r.status_code == 422, r.text
+    assert r.json()["error_type"] == "validation_error"
+    assert "item_id" in r.text
+
+
+def test_largest_id_is_404_and_exclude_ids_are_bounded(client: TestClient) -> None:
+    x = clustered(3, DIM)
+    assert client.post("/v1/items", json=items_body(x)).status_code == 200
+    assert client.get(f"/v1/items/{2**63 - 1}").status_code == 404
+    assert client.delete(f"/v1/items/{2**63 - 1}").status_code == 404
+    ok = client.post("/v1/search", json={"vectors": [b64(x[0])], "k": 2,
+                                         "exclude_ids": [2**63 - 1]})
+    assert ok.status_code == 200 and len(ok.json()["results"][0]) == 2
+    for bad in (2**63, -1):
+        r = client.post("/v1/search", json={"vectors": [b64(x[0])], "k": 2,
+                                            "exclude_ids": [bad]})
+        assert r.status_code == 422, r.text
+        assert "exclude_ids" in r.text
+    assert _count(client) == 3
+
+
 def test_delete_get_and_exclude(client: TestClient) -> None:
     x = clustered(20, DIM)
     ids = [i["id"] for i in client.post("/v1/items", json=items_body(x)).json()["items"]]
