@@ -260,6 +260,7 @@ def _make_thumbnail(state: GatewayState, sha: str, relative: str, content_type: 
             thumbnail_size=state.settings.thumbnail_size,
             thumbnail_type=content_type,
             quality=state.settings.thumbnail_quality,
+            webp_method=state.settings.thumbnail_webp_method,
         )
     except GlimpseError:
         return False

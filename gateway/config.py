@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     thumbnail_size: int = Field(320, ge=32, le=1024, description="Longest side of a thumbnail.")
     thumbnail_format: Literal["webp", "jpeg"] = Field("webp", description="Thumbnail encoding.")
     thumbnail_quality: int = Field(80, ge=1, le=100, description="Thumbnail encoder quality.")
+    thumbnail_webp_method: int = Field(
+        0, ge=0, le=6, description="WebP effort, 0 fastest .. 6 smallest (ingest's main CPU cost)."
+    )
     fsync: bool = Field(
         True, description="fsync media files and their folder before the index add (durability)."
     )
@@ -90,7 +94,13 @@ class Settings(BaseSettings):
         1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
     )
     decode_workers: int = Field(
-        4, ge=1, description="Images decoded at once (validation, thumbnails) across requests."
+        default_factory=lambda: os.cpu_count() or 4,
+        ge=1,
+        description="Images decoded at once (validation, thumbnails) across requests; "
+        "default: the CPU count (Pillow releases the GIL, so each thread uses a core).",
+    )
+    io_workers: int = Field(
+        16, ge=1, description="Threads that fsync an ingest batch's media files side by side."
     )
     record_cache_size: int = Field(
         20_000, ge=0, description="Image records (id -> path, sha256, type) kept in memory."

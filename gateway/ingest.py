@@ -1,9 +1,9 @@
 """Ingest: uploaded files to stored media and indexed vectors, one answer per file.
 
-The order of the steps is the crash-safety argument: media is written (atomically, fsynced)
-before the index add, and the index acknowledges an add only once it is committed. A crash at
-any point therefore leaves at worst media without an index row (harmless; a re-ingest reuses
-it), never an indexed item without its media.
+The order of the steps is the crash-safety argument: media is written (atomically, fsynced;
+the encoder embeds meanwhile) before the index add, and the index acknowledges an add only
+once it is committed. A crash at any point therefore leaves at worst media without an index
+row (harmless; a re-ingest reuses it), never an indexed item without its media.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 
 from contracts.errors import ErrorType, GlimpseError
 from contracts.vectors import encode_vector
-from gateway.images import Prepared, prepare_image
+from gateway.images import Prepared, prepare_image, sniff_content_type
 from gateway.media import safe_relative_path
 from gateway.state import GatewayState
 
@@ -103,22 +103,25 @@ def _prepare(state: GatewayState, part: Part) -> None:
             thumbnail_size=settings.thumbnail_size,
             thumbnail_type=f"image/{settings.thumbnail_format}",
             quality=settings.thumbnail_quality,
+            webp_method=settings.thumbnail_webp_method,
         )
     except GlimpseError as exc:
         part.reject(exc)
 
 
 def _store_media(state: GatewayState, parts: list[Part]) -> None:
-    """Write each part's original and thumbnail; a part whose write fails is rejected."""
+    """Write each part's original and thumbnail, with one batched fsync pass for them all; a
+    part whose write fails is rejected. Parts left unrejected are durable on return."""
+    items = []
     for part in parts:
         assert part.sha256 is not None and part.prepared is not None
-        try:
-            state.media.put_original(part.sha256, part.data)
-            state.media.put_thumbnail(
-                part.sha256, part.prepared.thumbnail_type, part.prepared.thumbnail
-            )
-        except OSError as exc:
-            part.reject(_storage_error(exc))
+        items.append(
+            (part.sha256, part.data, part.prepared.thumbnail_type, part.prepared.thumbnail)
+        )
+    errors = state.media.put_many(items, pool=state.io_pool)
+    for part, error in zip(parts, errors, strict=True):
+        if error is not None:
+            part.reject(_storage_error(error))
     state.media.invalidate_bytes()
 
 
@@ -168,13 +171,8 @@ async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> li
         # idempotent by key, so it answers "exists" with the id and stores nothing new.
         new = [p for p in unique.values() if p.status is None]
 
-        # Pillow decodes in C and releases the GIL for much of it; keep it off the event loop.
-        async with anyio.create_task_group() as tg:
-            for part in new:
-                tg.start_soon(_prepare_in_thread, state, part)
-        valid = [p for p in new if p.status is None]
-        if valid:
-            await _embed_and_add(state, valid)
+        if new:
+            await _embed_and_add(state, new)
 
     for part in unique.values():
         for dup in part.duplicates:
@@ -203,18 +201,39 @@ async def _resolve_known(state: GatewayState, part: Part) -> None:
     part.status, part.id = "exists", item_id
 
 
+async def _store(state: GatewayState, parts: list[Part]) -> None:
+    """Validate, thumbnail and store ``parts`` (rejecting the bad ones), off the event loop."""
+    # Pillow decodes, resizes and encodes in C with the GIL released: one thread per image,
+    # up to decode_workers at once across requests.
+    async with anyio.create_task_group() as tg:
+        for part in parts:
+            tg.start_soon(_prepare_in_thread, state, part)
+    valid = [p for p in parts if p.status is None]
+    if valid:
+        # Disk writes and fsyncs block.
+        await anyio.to_thread.run_sync(_store_media, state, valid)
+
+
 async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
     keys = [p.sha256 for p in parts if p.sha256 is not None]
     async with state.key_locks.hold(keys):
-        await anyio.to_thread.run_sync(_store_media, state, parts)
-        parts = [p for p in parts if p.status is None]  # media on disk: may be indexed
-        if not parts:
-            return
-        vectors, errors = await state.encoder.embed_images(
-            [(p.path, p.data, p.prepared.content_type if p.prepared else "") for p in parts]
-        )
+        # The encoder embeds the batch while the gateway checks, thumbnails and stores it (it
+        # reads the images itself and answers an error for each it cannot). Only parts that
+        # both have a vector and are durably stored go on to the index: media is on disk
+        # before the index add, as before.
+        stored = asyncio.ensure_future(_store(state, parts))
+        try:
+            vectors, errors = await state.encoder.embed_images(
+                [(p.path, p.data, sniff_content_type(p.data)) for p in parts]
+            )
+        finally:
+            # Even when the encoder failed: the writes finish before the keys are unlocked
+            # (and a failed store raises from here).
+            await stored
         to_add: list[tuple[Part, dict[str, Any]]] = []
         for part, vector, error in zip(parts, vectors, errors, strict=True):
+            if part.status is not None:
+                continue  # rejected by the gateway's own checks or the media write
             if vector is None:
                 missing = {"error": "The encoder gave no vector.", "error_type": "upstream_error"}
                 part.reject(error or missing)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import anyio
@@ -82,12 +83,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             records=LruCache(settings.record_cache_size),
             key_ids=LruCache(settings.record_cache_size),
             decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
+            io_pool=ThreadPoolExecutor(settings.io_workers, thread_name_prefix="media-io"),
         )
         try:
             yield
         finally:
             await encoder.aclose()
             await index.aclose()
+            app.state.gateway.io_pool.shutdown(wait=True)
 
     app = FastAPI(
         title="Glimpse",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, TypeVar
@@ -88,10 +89,13 @@ class GatewayState:
     # sha256 -> id of what this gateway added, so a re-upload answers "exists" with its id
     # without being embedded again (the index can say a key exists, not under which id).
     key_ids: LruCache[str, int]
-    # Decoding images for validation and thumbnails, a few at a time: a decoded 60 MP PNG is
-    # ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
+    # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
+    # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
     decode_limiter: anyio.CapacityLimiter
     key_locks: KeyLocks = field(default_factory=KeyLocks)
+    # Media fsyncs of one ingest batch run side by side here (the journal commits them as a
+    # group); None: one after another.
+    io_pool: ThreadPoolExecutor | None = None
 
 
 def get_state(request: Request) -> GatewayState:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from contracts.errors import GlimpseError
-from gateway.images import prepare_image
+from gateway.images import _draft_size, prepare_image, sniff_content_type
 
 
 def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -109,3 +109,43 @@ def test_unlisted_format_is_unsupported() -> None:
     with pytest.raises(GlimpseError) as info:
         prepare_image(data, max_pixels=10**8)
     assert info.value.status == 415
+
+
+def test_large_jpeg_is_decoded_at_reduced_size_with_its_true_size_reported() -> None:
+    # A wide photo: asking draft for a square box would keep it at full size.
+    data = encode(Image.new("RGB", (2400, 1200), (200, 30, 30)), "JPEG", quality=90)
+    prepared = prepare_image(data, max_pixels=10**8, thumbnail_size=320)
+    assert (prepared.width, prepared.height) == (2400, 1200)
+    thumb = thumb_of(prepared.thumbnail)
+    assert thumb.size == (320, 160)
+    assert thumb.getpixel((160, 80))[0] > 150  # the colour survived the reduced decode
+
+
+def test_draft_size_keeps_the_thumbnails_aspect() -> None:
+    assert _draft_size((640, 480), 320) == (320, 240)
+    assert _draft_size((480, 640), 320) == (240, 320)
+    assert _draft_size((100, 50), 320) == (100, 50)  # never upscaled
+    assert _draft_size((10_000, 1), 320) == (320, 1)
+
+
+@pytest.mark.parametrize("method", [0, 6])
+def test_webp_method_gives_a_valid_thumbnail(method: int) -> None:
+    data = encode(Image.new("RGB", (640, 480), (10, 120, 200)), "PNG")
+    prepared = prepare_image(data, max_pixels=10**6, webp_method=method)
+    assert thumb_of(prepared.thumbnail).format == "WEBP"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"),
+     ("WEBP", "image/webp"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")],
+)
+def test_sniff_content_type_agrees_with_pillow(fmt: str, content_type: str) -> None:
+    data = encode(Image.new("RGB", (8, 8)), fmt)
+    assert sniff_content_type(data) == content_type
+    assert prepare_image(data, max_pixels=10**6).content_type == content_type
+
+
+def test_sniff_content_type_of_unknown_bytes() -> None:
+    assert sniff_content_type(b"") == "application/octet-stream"
+    assert sniff_content_type(b"%PDF-1.4") == "application/octet-stream"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from gateway.media import MediaStore, safe_relative_path, write_atomic
+from gateway.media import MediaStore, safe_relative_path, write_atomic, write_atomic_many
 
 
 def sha(data: bytes) -> str:
@@ -125,3 +126,44 @@ def test_total_bytes_is_cached_until_invalidated(tmp_path: Path) -> None:
     assert store.total_bytes() == 3
     store.invalidate_bytes()
     assert store.total_bytes() == 7
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_write_atomic_many_writes_all_and_reports_each_failure(
+    tmp_path: Path, fsync: bool
+) -> None:
+    (tmp_path / "blocked").write_bytes(b"a file where a folder should be")
+    files = [
+        (tmp_path / "a" / "1", b"one"),
+        (tmp_path / "blocked" / "2", b"two"),
+        (tmp_path / "a" / "3", b"three"),
+        (tmp_path / "b" / "4", b""),
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        errors = write_atomic_many(files, fsync=fsync, pool=pool)
+    assert [e is None for e in errors] == [True, False, True, True]
+    assert isinstance(errors[1], OSError)
+    for (path, data), error in zip(files, errors, strict=True):
+        if error is None:
+            assert path.read_bytes() == data
+    assert sorted(os.listdir(tmp_path / "a")) == ["1", "3"]  # no temporary files left
+
+
+def test_put_many_is_put_original_plus_put_thumbnail(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    items = [(sha(d), d, "image/webp", b"thumb " + d) for d in (b"x", b"y")]
+    items.append((sha(b"z"), b"z", "image/jpeg", b"jpeg thumb"))
+    assert store.put_many(items) == [None, None, None]
+    for digest, data, thumb_type, thumb in items:
+        assert store.original_path(digest).read_bytes() == data
+        found = store.find_thumbnail(digest, thumb_type)
+        assert found is not None and found.read_bytes() == thumb
+    names = [n for _, _, files in os.walk(tmp_path) for n in files]
+    assert len(names) == 6 and not any(n.endswith(".tmp") for n in names)
+
+
+def test_put_many_without_originals_keeps_thumbnails_only(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=tmp_path)
+    assert store.put_many([(sha(b"q"), b"q", "image/webp", b"t")]) == [None]
+    assert not store.original_path(sha(b"q")).exists()
+    assert store.find_thumbnail(sha(b"q"), "image/webp") is not None
