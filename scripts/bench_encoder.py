@@ -239,6 +239,13 @@ def batch_histogram(metrics_text: str) -> dict[str, float]:
     return out
 
 
+def image_forward_seconds(metrics_text: str) -> float:
+    match = re.search(
+        r'^glimpse_encoder_forward_seconds_sum\{kind="image"\} ([0-9.e+]+)$', metrics_text, re.M
+    )
+    return float(match.group(1)) if match else 0.0
+
+
 def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
 
@@ -334,9 +341,17 @@ def main(argv: list[str] | None = None) -> int:
             **{**vars(args), "images": args.clients * args.files_per_request})))
         for round_no in range(args.rounds):
             raw_rate = raw.image_rate(pixels, args.images, args.max_batch)
-            before = batch_histogram(httpx.get(url + "/metrics").text)
+            metrics_before = httpx.get(url + "/metrics").text
+            begin = time.perf_counter()
             svc_rate = asyncio.run(service_image_rate(url, jpegs, args))
-            hist = histogram_delta(before, batch_histogram(httpx.get(url + "/metrics").text))
+            wall = time.perf_counter() - begin
+            metrics_after = httpx.get(url + "/metrics").text
+            hist = histogram_delta(batch_histogram(metrics_before), batch_histogram(metrics_after))
+            # Share of the service's wall time its model thread spent in forward passes: near 1
+            # means the model never starved (the loss is contention), lower means bubbles.
+            busy = (
+                image_forward_seconds(metrics_after) - image_forward_seconds(metrics_before)
+            ) / wall
             round_texts = texts[round_no * args.text_queries:(round_no + 1) * args.text_queries]
             raw_text, svc_text = text_latencies(raw, url, round_texts, round_no)
             mean_batch = hist.get("sum", 0.0) / max(hist.get("count", 1.0), 1.0)
@@ -350,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 "service_text_p50_ms": pct(svc_text, 50),
                 "service_text_p90_ms": pct(svc_text, 90),
                 "text_ratio_p50": statistics.median(svc_text) / statistics.median(raw_text),
+                "model_busy": busy,
                 "forward_passes": hist.get("count", 0.0),
                 "mean_batch": mean_batch,
                 "batch_buckets": {k: v for k, v in hist.items() if k.startswith("le=") and v},
@@ -359,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"round {row['round']}: images/s raw {raw_rate:7.1f} | service {svc_rate:7.1f} "
                 f"| ratio {row['image_ratio']:.2f}   text p50 ms raw {row['raw_text_p50_ms']:6.1f}"
                 f" | service {row['service_text_p50_ms']:6.1f} | ratio {row['text_ratio_p50']:.2f}"
-                f"   batches: {int(row['forward_passes'])} passes, mean size {mean_batch:.1f}",
+                f"   batches: {int(row['forward_passes'])} passes, mean size {mean_batch:.1f}, "
+                f"model busy {busy:.0%}",
                 flush=True,
             )
             print(f"         batch size cumulative buckets: {row['batch_buckets']}", flush=True)
