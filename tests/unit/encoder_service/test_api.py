@@ -143,6 +143,11 @@ def test_info_health_and_readiness(client: TestClient) -> None:
 def test_not_ready_before_warm_up_and_unknown_routes_use_the_error_body() -> None:
     app = create_app(tiny_settings())
     with TestClient(app) as c:
+        # The warm-up runs as a task after start-up: let it finish first, or it would set the
+        # flag back to True under our feet on a slow machine.
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         app.state.runtime.warmed_up = False  # as while the warm-up is still running
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["error_type"] == "not_ready"
