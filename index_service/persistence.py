@@ -29,7 +29,8 @@ log = logging.getLogger("glimpse.index.persistence")
 
 MANIFEST = "manifest.json"
 SNAPSHOT_DIR = "snapshots"
-FORMAT = 1
+FORMAT = 2
+REFUSED = "manifest.refused.json"
 
 
 class CorruptSnapshot(Exception):
@@ -49,6 +50,11 @@ class Manifest:
     search_defaults: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     format: int = FORMAT
+    # What identifies the store's row at ``seq`` (id, key, created_at, deleted) when the
+    # snapshot was taken. A start checks it against the store: a store whose tail was torn and
+    # then written past ``seq`` again (ids reused) fails the check. None: an empty store, or a
+    # format-1 manifest (which had no such record).
+    last_row: dict[str, Any] | None = None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,6 +98,22 @@ def save(data_dir: Path, payload: np.ndarray, manifest: Manifest) -> Manifest:
             except OSError:
                 log.warning("could not remove old snapshot file %s", old)
     return manifest
+
+
+def quarantine(data_dir: Path, reason: str) -> Path | None:
+    """Move a refused manifest aside (durably), so no later start can trust its snapshot again.
+
+    Its snapshot file stays until the next snapshot replaces it; the refused manifest is kept as
+    ``manifest.refused.json`` for a person to look at. None when there was no manifest.
+    """
+    path = data_dir / MANIFEST
+    if not path.exists():
+        return None
+    target = data_dir / REFUSED
+    os.replace(path, target)
+    _fsync_dir(data_dir)
+    log.warning("snapshot manifest moved aside to %s (%s)", target, reason)
+    return target
 
 
 def read_manifest(data_dir: Path) -> Manifest | None:

@@ -124,6 +124,45 @@ class SearchGatherer:
             start += n
 
 
+def _row_identity(store: Store, seq: int) -> dict[str, Any] | None:
+    """What identifies the store's row at ``seq`` now (None for an empty store)."""
+    if seq == 0:
+        return None
+    row = store.row_at_seq(seq)
+    if row is None:
+        log.warning("no row holds seq %d; the snapshot's manifest cannot name it", seq)
+        return None
+    return {"id": row.id, "key": row.key, "created_at": row.created_at, "deleted": row.deleted}
+
+
+def _disagreement(manifest: persistence.Manifest, store: Store) -> str | None:
+    """Why the store cannot be the one the snapshot was taken from; None when it can.
+
+    The snapshot holds every write up to ``manifest.seq``. A store whose log tail was torn may
+    end before that seq (caught by the first check), or, once new writes took its seq past the
+    snapshot's, hold other rows under the same seqs and ids: the row the manifest names must
+    still be there, the same row (key, created_at), at that seq, or deleted since.
+    """
+    if manifest.seq > store.last_seq:
+        return f"the snapshot is at seq {manifest.seq} but the store ends at {store.last_seq}"
+    named = manifest.last_row
+    if not named or manifest.seq == 0:
+        return None  # a format-1 manifest or an empty store: nothing more to compare
+    row = store.get(int(named["id"]))
+    head = f"the snapshot's last write (seq {manifest.seq}, id {named['id']})"
+    if row is None:
+        return f"{head} is not in the store (its tail was lost)"
+    if row.key != named["key"] or row.created_at != named["created_at"]:
+        return (f"{head} is another row in the store (key {row.key!r}, not {named['key']!r}): "
+                "the store lost writes and reused the id")
+    same = row.seq == manifest.seq and row.deleted == bool(named["deleted"])
+    deleted_since = row.seq > manifest.seq and row.deleted and not named["deleted"]
+    if not (same or deleted_since):
+        return (f"{head} is at seq {row.seq} (deleted: {row.deleted}) in the store: the store "
+                "lost writes the snapshot holds")
+    return None
+
+
 class IndexService:
     """Store + index + snapshots. ``open()`` loads; every method blocks."""
 
@@ -174,15 +213,19 @@ class IndexService:
         loaded = None
         try:
             loaded = persistence.load(self.data_dir, s.dim)
-            if loaded is not None and loaded[1].seq > store.last_seq:
-                raise persistence.CorruptSnapshot(
-                    f"the snapshot is at seq {loaded[1].seq} but the store ends at "
-                    f"{store.last_seq}"
-                )
+            problem = _disagreement(loaded[1], store) if loaded is not None else None
+            if problem:
+                raise persistence.CorruptSnapshot(problem)
         except persistence.CorruptSnapshot as exc:
             log.warning("snapshot unusable (%s): rebuilding the index from the store", exc)
             self.load_report["snapshot_error"] = str(exc)
             loaded = None
+            # Moved aside before anything else is written: once new writes take the store's
+            # seq past the refused snapshot's, a later start must not find it and trust it.
+            try:
+                persistence.quarantine(self.data_dir, str(exc))
+            except OSError:
+                log.exception("could not move the refused snapshot manifest aside")
         index.load_table()
         self._deleted = store.counts()[1]
         replayed = 0
@@ -223,7 +266,12 @@ class IndexService:
         self.ready.set()
         if loaded is None and index.needs_training():
             # Only when there was no usable snapshot: a normal start never retrains.
+            # The training's after-swap hook writes the fresh snapshot.
             index.start_training(reason="no usable snapshot at start")
+        elif loaded is None:
+            # Rebuilt from the store: a fresh snapshot soon, so the next start does not
+            # rebuild again (the snapshot thread skips it when there is nothing to hold).
+            self._snap_wanted.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -377,10 +425,12 @@ class IndexService:
 
     def snapshot(self) -> SnapshotResult:
         """Write a snapshot of the live index now (OSError when the disk refuses it)."""
-        _, index = self._parts
+        store, index = self._parts
         with self._snapshot_lock:
             started = time.perf_counter()
-            with index.rw.read():
+            # The writer lock too, so the store's row at ``seq`` is the one the index last
+            # applied (a delete committed meanwhile would move that row to a later seq).
+            with self.writer, index.rw.read():
                 live = index.live
                 seq = index.applied_seq
                 payload = faiss.serialize_index(live.index)
@@ -388,6 +438,7 @@ class IndexService:
                     seq=seq, file="", bytes=0, sha256="", dim=index.dim, factory=live.factory,
                     trained_on=live.trained_on, factory_override=index.factory_override,
                     search_defaults=dict(index.defaults.tuned),
+                    last_row=_row_identity(store, seq),
                 )
                 writes = self._writes_since_snapshot
             manifest = persistence.save(self.data_dir, payload, manifest)

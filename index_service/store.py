@@ -260,6 +260,19 @@ class Store:
             bool(row[6]),
         )
 
+    def row_at_seq(self, seq: int) -> Record | None:
+        """The row whose last write took sequence number ``seq`` (None if none holds it now)."""
+        row = self._reader().execute(
+            "SELECT id, key, path, meta, seq, created_at, deleted FROM items WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Record(
+            int(row[0]), row[1], row[2], json.loads(row[3]), int(row[4]), float(row[5]),
+            bool(row[6]),
+        )
+
     def get_vector(self, item_id: int) -> np.ndarray | None:
         row = self._reader().execute(
             "SELECT vector FROM items WHERE id = ? AND deleted = 0", (item_id,)

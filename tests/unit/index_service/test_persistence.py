@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import faiss
@@ -126,3 +127,108 @@ def test_a_snapshot_ahead_of_the_store_is_not_trusted(tmp_path: Path) -> None:
         assert again.index is not None and again.index.live.ntotal == 5
     finally:
         again.close()
+
+
+_STORE_FILES = ("items.sqlite3", "items.sqlite3-wal", "items.sqlite3-shm")
+
+
+def _copy_store(src: Path, dst: Path) -> None:
+    dst.mkdir(exist_ok=True)
+    for name in _STORE_FILES:
+        (dst / name).unlink(missing_ok=True)
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+
+
+def _phantoms(service: IndexService, start: int, n: int) -> int:
+    """Vectors of rows the store lost that the index still finds under some (reused) id."""
+    assert service.store is not None
+    x = clustered(n, DIM, seed=start).astype(np.float16).astype(np.float32)
+    count = 0
+    for v, hits in zip(x, service.search(x, 1), strict=True):
+        if hits and hits[0][1] > 0.999:
+            stored = service.store.get_vector(hits[0][0])
+            count += stored is None or not np.allclose(stored, v, atol=1e-3)
+    return count
+
+
+def _crash(service: IndexService) -> None:
+    service.snapshot_seq = 10**9  # no snapshot at close, as after a kill
+    service.close()
+
+
+def test_a_snapshot_newer_than_a_torn_store_is_moved_aside_and_never_trusted_later(
+    tmp_path: Path,
+) -> None:
+    data, saved = tmp_path / "data", tmp_path / "saved"
+    service = _service(data)
+    _add(service, 20)
+    service.close()
+    _copy_store(data, saved)  # the store as it will be after its tail is torn
+    service = _service(data)
+    _add(service, 10, start=100)  # seq 21..30, ids 21..30: the rows the store will lose
+    service.close()  # snapshot at seq 30
+    stale = (data / persistence.MANIFEST).read_text()
+    stale_file = data / json.loads(stale)["file"]
+    stale_bytes = stale_file.read_bytes()
+    _copy_store(saved, data)
+
+    third = _service(data)
+    try:
+        assert "store ends at 20" in third.load_report["snapshot_error"]
+        assert json.loads((data / persistence.REFUSED).read_text())["seq"] == 30
+        _add(third, 15, start=200)  # seq 21..35: new rows take the lost rows' ids and seqs
+        assert third.store is not None and third.store.last_seq == 35
+        assert _phantoms(third, 100, 10) == 0
+    finally:
+        _crash(third)
+
+    fourth = _service(data)
+    try:
+        assert fourth.index is not None and fourth.index.live.ntotal == 35
+        assert _phantoms(fourth, 100, 10) == 0
+    finally:
+        _crash(fourth)
+
+    # Even the stale manifest itself (e.g. written back by hand) is refused: its last row's id
+    # names another row now.
+    (data / persistence.MANIFEST).write_text(stale)
+    stale_file.write_bytes(stale_bytes)
+    fifth = _service(data)
+    try:
+        assert "reused the id" in fifth.load_report["snapshot_error"]
+        assert fifth.index is not None and fifth.index.live.ntotal == 35
+        assert _phantoms(fifth, 100, 10) == 0
+    finally:
+        fifth.close()
+
+
+def test_the_manifest_names_the_row_at_its_seq_and_a_lost_delete_is_caught(
+    tmp_path: Path,
+) -> None:
+    data, saved = tmp_path / "data", tmp_path / "saved"
+    service = _service(data)
+    _add(service, 10)
+    service.close()
+    _copy_store(data, saved)
+    service = _service(data)
+    assert service.delete(4)  # seq 11
+    service.close()
+    manifest = json.loads((data / persistence.MANIFEST).read_text())
+    assert manifest["seq"] == 11
+    assert manifest["last_row"]["id"] == 4 and manifest["last_row"]["deleted"] is True
+    stale = (data / persistence.MANIFEST).read_text()
+    stale_bytes = (data / manifest["file"]).read_bytes()
+    _copy_store(saved, data)  # the delete is lost
+    service = _service(data)
+    _add(service, 3, start=50)  # seq 11..13: past the snapshot's seq again
+    _crash(service)
+    (data / persistence.MANIFEST).write_text(stale)
+    (data / manifest["file"]).write_bytes(stale_bytes)
+    again = _service(data)
+    try:
+        assert "lost writes" in again.load_report["snapshot_error"]
+        assert again.index is not None and again.index.live.ntotal == 13  # id 4 is live again
+    finally:
+        again.close()
+
