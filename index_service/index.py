@@ -41,6 +41,7 @@ MIN_TRAIN = 1000
 # Candidates scored per re-rank block: bounds the float32 scratch to about 4 MB per 512-d query.
 _RERANK_BLOCK = 1 << 21
 _SCAN_CHUNK = 65_536
+_TABLE_CHUNK = 16_384  # rows copied per step from a vectors file
 
 
 # -- parameter rules (see docs/index.md for the measurements behind them) -----------------------
@@ -255,6 +256,17 @@ class VectorIndex:
             for ids, vectors in self.store.iter_live(chunk=4096):
                 self.table.put(ids, vectors)
         release_free_memory()
+
+    def load_table_from(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Fill the live mask (and vectors) from a snapshot's vectors file (``vectors`` may be
+        memory-mapped: it is copied in chunks, so the file is read once, sequentially)."""
+        top = int(ids.max()) if len(ids) else 0
+        self.table.reserve(max(self.store.max_id(), top))
+        none = np.empty((0, self.dim), dtype=np.float16)
+        for start in range(0, len(ids), _TABLE_CHUNK):
+            part = np.asarray(ids[start : start + _TABLE_CHUNK], dtype=np.int64)
+            self.table.put(part, vectors[start : start + _TABLE_CHUNK]
+                           if self.table.vectors is not None else none)
 
     def nprobe_for(self, live: LiveIndex, nprobe: int | None) -> int:
         nlist = live.nlist or 1

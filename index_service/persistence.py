@@ -6,6 +6,12 @@ written to a temp file, fsynced, renamed over the old one, and the directory fsy
 last: a crash at any moment leaves the old snapshot or the new one, whole. Older snapshot files
 are removed only after the new manifest is durable.
 
+Beside it, ``snapshots/vectors-<seq>.f16`` holds the live ids and their float16 vectors at the
+same seq (written the same way, named and hashed in the manifest), so a start fills the
+re-rank table from it (memory-mapped) instead of reading every vector back from SQLite. A
+vectors file that does not match its manifest raises :class:`CorruptVectors`, and the start
+reads the vectors from the store instead (the Faiss snapshot stays usable).
+
 A start loads the snapshot and replays the store's rows after its sequence number; it never
 retrains. A snapshot that does not match its manifest (torn, truncated, edited) raises
 :class:`CorruptSnapshot`, and the service rebuilds from the store instead.
@@ -37,6 +43,15 @@ class CorruptSnapshot(Exception):
     """The snapshot on disk cannot be used; the message says why."""
 
 
+class CorruptVectors(Exception):
+    """The vectors file cannot be used (the snapshot itself may be fine); the message says why."""
+
+
+VECTORS_MAGIC = b"GLVEC001"
+_HEADER = np.dtype([("magic", "S8"), ("dim", "<i8"), ("count", "<i8"), ("seq", "<i8")])
+_CHUNK = 16_384  # rows per write / hash / copy step (16k x 512-d float16 = 16 MiB)
+
+
 @dataclass
 class Manifest:
     seq: int
@@ -55,6 +70,11 @@ class Manifest:
     # then written past ``seq`` again (ids reused) fails the check. None: an empty store, or a
     # format-1 manifest (which had no such record).
     last_row: dict[str, Any] | None = None
+    # The vectors file written with this snapshot (None: none, e.g. the low-memory setting).
+    vectors_file: str | None = None
+    vectors_bytes: int = 0
+    vectors_sha256: str = ""
+    vectors_count: int = 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -75,8 +95,54 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     _fsync_dir(path.parent)
 
 
-def save(data_dir: Path, payload: np.ndarray, manifest: Manifest) -> Manifest:
-    """Write ``payload`` (a serialised Faiss index) and its manifest atomically.
+@dataclass
+class VectorsDraft:
+    """A vectors file written (not yet fsynced) under a temp name; :func:`save` publishes it."""
+
+    tmp: Path
+    name: str
+    bytes: int
+    sha256: str
+    count: int
+
+
+def write_vectors(data_dir: Path, seq: int, ids: np.ndarray, vectors: np.ndarray) -> VectorsDraft:
+    """Write ``ids`` (int64) and their rows of ``vectors`` (float16, indexed by id) to a temp file.
+
+    Layout: a 32-byte header (magic, dim, count, seq), the ids, then the count x dim float16
+    matrix. Written in chunks (the caller may hold locks; no whole copy of the matrix is made);
+    fsync and rename come later, in :func:`save`, outside the caller's locks.
+    """
+    snap_dir = data_dir / SNAPSHOT_DIR
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    name = f"vectors-{seq:012d}-{time.time_ns()}.f16"
+    tmp = snap_dir / (name + ".tmp")
+    ids = np.ascontiguousarray(ids, dtype="<i8")
+    header = np.array([(VECTORS_MAGIC, vectors.shape[1], len(ids), seq)], dtype=_HEADER)
+    digest = hashlib.sha256()
+    size = 0
+    with open(tmp, "wb") as fh:
+        for part in [header.tobytes(), ids.tobytes()]:
+            fh.write(part)
+            digest.update(part)
+            size += len(part)
+        for start in range(0, len(ids), _CHUNK):
+            block = np.ascontiguousarray(vectors[ids[start : start + _CHUNK]], dtype="<f2")
+            fh.write(block.data)
+            digest.update(block.data)
+            size += block.nbytes
+    return VectorsDraft(tmp, name, size, digest.hexdigest(), len(ids))
+
+
+def _publish(draft: VectorsDraft) -> None:
+    with open(draft.tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(draft.tmp, draft.tmp.with_name(draft.name))
+
+
+def save(data_dir: Path, payload: np.ndarray, manifest: Manifest,
+         vectors: VectorsDraft | None = None) -> Manifest:
+    """Write ``payload`` (a serialised Faiss index), the vectors file and the manifest atomically.
 
     ``manifest.seq``, ``dim`` and ``factory`` come from the caller; file, size and hash are
     filled in here. Raises OSError (e.g. ENOSPC) with the old snapshot intact.
@@ -89,10 +155,26 @@ def save(data_dir: Path, payload: np.ndarray, manifest: Manifest) -> Manifest:
     manifest.bytes = data.nbytes
     manifest.sha256 = hashlib.sha256(data).hexdigest()
     manifest.created_at = time.time()
-    _write_atomic(snap_dir / name, data)
-    _write_atomic(data_dir / MANIFEST, json.dumps(asdict(manifest), indent=1).encode())
+    keep = {name}
+    try:
+        if vectors is not None:
+            _publish(vectors)
+            keep.add(vectors.name)
+            manifest.vectors_file = f"{SNAPSHOT_DIR}/{vectors.name}"
+            manifest.vectors_bytes = vectors.bytes
+            manifest.vectors_sha256 = vectors.sha256
+            manifest.vectors_count = vectors.count
+        _write_atomic(snap_dir / name, data)
+        _write_atomic(data_dir / MANIFEST, json.dumps(asdict(manifest), indent=1).encode())
+    except OSError:
+        for leftover in (snap_dir / name, snap_dir / (name + ".tmp")):
+            leftover.unlink(missing_ok=True)
+        if vectors is not None:
+            vectors.tmp.unlink(missing_ok=True)
+            vectors.tmp.with_name(vectors.name).unlink(missing_ok=True)
+        raise
     for old in snap_dir.iterdir():
-        if old.name != name:
+        if old.name not in keep:
             try:
                 old.unlink()
             except OSError:
@@ -154,3 +236,38 @@ def load(data_dir: Path, dim: int) -> tuple[faiss.Index, Manifest] | None:
     if index.d != dim:
         raise CorruptSnapshot(f"snapshot index has dimension {index.d}, expected {dim}")
     return index, manifest
+
+
+def load_vectors(data_dir: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, float16 vectors) of the manifest's vectors file, memory-mapped (read-only, no copy);
+    None when the manifest names none. CorruptVectors when it does not match the manifest."""
+    if not manifest.vectors_file:
+        return None
+    path = data_dir / manifest.vectors_file
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CorruptVectors(f"vectors file {path} is unreadable: {exc}") from exc
+    if size != manifest.vectors_bytes:
+        raise CorruptVectors(f"vectors file {path} has {size} bytes, the manifest says "
+                             f"{manifest.vectors_bytes} (truncated or torn)")
+    if size < _HEADER.itemsize:
+        raise CorruptVectors(f"vectors file {path} is shorter than its header")
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    digest = hashlib.sha256()
+    step = 64 << 20
+    for start in range(0, size, step):
+        digest.update(raw[start : start + step].data)
+    if digest.hexdigest() != manifest.vectors_sha256:
+        raise CorruptVectors(f"vectors file {path} does not match its sha256 (corrupt)")
+    header = raw[: _HEADER.itemsize].view(_HEADER)[0]
+    dim, count, seq = int(header["dim"]), int(header["count"]), int(header["seq"])
+    if (bytes(header["magic"]) != VECTORS_MAGIC or dim != manifest.dim or seq != manifest.seq
+            or count != manifest.vectors_count
+            or size != _HEADER.itemsize + count * (8 + 2 * dim)):
+        raise CorruptVectors(f"vectors file {path} has a header that does not match its "
+                             f"manifest (dim {dim}, count {count}, seq {seq})")
+    ids_end = _HEADER.itemsize + 8 * count
+    ids = raw[_HEADER.itemsize : ids_end].view("<i8")
+    vectors = raw[ids_end:].view("<f2").reshape(count, dim)
+    return ids, vectors

@@ -226,7 +226,7 @@ class IndexService:
                 persistence.quarantine(self.data_dir, str(exc))
             except OSError:
                 log.exception("could not move the refused snapshot manifest aside")
-        index.load_table()
+        self._fill_table(index, loaded[1] if loaded is not None else None)
         self._deleted = store.counts()[1]
         replayed = 0
         if loaded is not None:
@@ -272,6 +272,24 @@ class IndexService:
             # Rebuilt from the store: a fresh snapshot soon, so the next start does not
             # rebuild again (the snapshot thread skips it when there is nothing to hold).
             self._snap_wanted.set()
+
+    def _fill_table(self, index: VectorIndex, manifest: persistence.Manifest | None) -> None:
+        """The live mask and re-rank vectors at the snapshot's seq: from its vectors file
+        (memory-mapped, one sequential read) when it is whole, else from the store (a row at a
+        time: what made a restart slow). The replay that follows brings both up to date."""
+        fromfile = None
+        if manifest is not None:
+            try:
+                fromfile = persistence.load_vectors(self.data_dir, manifest)
+            except persistence.CorruptVectors as exc:
+                log.warning("vectors file unusable (%s): reading the vectors from the store", exc)
+                self.load_report["vectors_error"] = str(exc)
+        if fromfile is not None:
+            index.load_table_from(*fromfile)
+            self.load_report["vectors"] = "file"
+        else:
+            index.load_table()
+            self.load_report["vectors"] = "store"
 
     def close(self) -> None:
         self._stop.set()
@@ -430,6 +448,7 @@ class IndexService:
             started = time.perf_counter()
             # The writer lock too, so the store's row at ``seq`` is the one the index last
             # applied (a delete committed meanwhile would move that row to a later seq).
+            vectors = None
             with self.writer, index.rw.read():
                 live = index.live
                 seq = index.applied_seq
@@ -441,7 +460,13 @@ class IndexService:
                     last_row=_row_identity(store, seq),
                 )
                 writes = self._writes_since_snapshot
-            manifest = persistence.save(self.data_dir, payload, manifest)
+                if index.table.vectors is not None:
+                    # Under the locks, so the file holds exactly the rows up to ``seq``; written
+                    # in chunks to the page cache (fsync and rename follow, outside the locks).
+                    vectors = persistence.write_vectors(
+                        self.data_dir, seq, index.table.live_ids(), index.table.vectors
+                    )
+            manifest = persistence.save(self.data_dir, payload, manifest, vectors)
             self._writes_since_snapshot = max(0, self._writes_since_snapshot - writes)
             self.snapshot_seq = seq
             took = (time.perf_counter() - started) * 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -232,3 +233,92 @@ def test_the_manifest_names_the_row_at_its_seq_and_a_lost_delete_is_caught(
     finally:
         again.close()
 
+
+def _vectors_file(data: Path) -> Path:
+    manifest = json.loads((data / persistence.MANIFEST).read_text())
+    assert manifest["vectors_file"], manifest
+    return data / manifest["vectors_file"]
+
+
+def test_a_start_fills_the_table_from_the_vectors_file_then_replays(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    _add(service, 30)
+    assert service.delete(7)
+    service.snapshot()  # seq 31: 29 live rows in the vectors file
+    manifest = json.loads((tmp_path / persistence.MANIFEST).read_text())
+    assert manifest["vectors_count"] == 29
+    assert _vectors_file(tmp_path).stat().st_size == manifest["vectors_bytes"] == (
+        32 + 29 * (8 + 2 * DIM))
+    _add(service, 10, start=100)
+    assert service.delete(3)
+    assert service.index is not None and service.index.table.vectors is not None
+    want = service.index.table.vectors[: 41].copy()
+    q = clustered(5, DIM, seed=100)
+    expected = service.search(q, 5)
+    _crash(service)
+    again = _service(tmp_path)
+    try:
+        assert again.load_report["vectors"] == "file" and again.load_report["replayed"] == 11
+        assert again.index is not None and again.index.table.count == 38
+        assert again.index.table.vectors is not None
+        live = again.index.table.live_ids()
+        assert 3 not in live and 7 not in live and len(live) == 38
+        assert np.array_equal(again.index.table.vectors[live], want[live])
+        assert again.search(q, 5) == expected
+        # Only the newest snapshot's files stay.
+        again.snapshot()
+        names = sorted(p.name.split("-")[0] for p in (tmp_path / "snapshots").iterdir())
+        assert names == ["index", "vectors"]
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "missing", "header"])
+def test_a_bad_vectors_file_falls_back_to_the_store_with_a_log_line(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = _service(tmp_path)
+    _add(service, 20)
+    service.close()  # snapshot at close, with its vectors file
+    path = _vectors_file(tmp_path)
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        path.write_bytes(bytes(raw[:-5]))
+    elif damage == "flipped":
+        raw[len(raw) - 3] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    elif damage == "missing":
+        path.unlink()
+    else:  # a header that disagrees, with a manifest hash that matches it
+        raw[8] ^= 0x01
+        path.write_bytes(bytes(raw))
+        manifest = json.loads((tmp_path / persistence.MANIFEST).read_text())
+        manifest["vectors_sha256"] = hashlib.sha256(bytes(raw)).hexdigest()
+        (tmp_path / persistence.MANIFEST).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="glimpse.index"):
+        again = _service(tmp_path)
+    try:
+        assert again.load_report["vectors"] == "store"
+        assert "snapshot_error" not in again.load_report  # the Faiss snapshot is still used
+        assert again.load_report["vectors_error"]
+        assert any("vectors file unusable" in r.message for r in caplog.records)
+        assert again.index is not None and again.index.table.count == 20
+        q = clustered(20, DIM, seed=0).astype(np.float16).astype(np.float32)
+        assert [h[0][0] for h in again.search(q, 1)] == list(range(1, 21))
+    finally:
+        again.close()
+
+
+def test_the_low_memory_setting_writes_no_vectors_file(tmp_path: Path) -> None:
+    service = IndexService(Settings(data_dir=tmp_path, dim=DIM, snapshot_interval_s=0,
+                                    snapshot_every_writes=0, vectors_in_memory=False))
+    service.open()
+    _add(service, 12)
+    service.close()
+    assert json.loads((tmp_path / persistence.MANIFEST).read_text())["vectors_file"] is None
+    again = _service(tmp_path)
+    try:
+        assert again.load_report["vectors"] == "store"
+        assert again.index is not None and again.index.table.count == 12
+    finally:
+        again.close()
