@@ -98,7 +98,11 @@ class GatewayState:
     io_pool: ThreadPoolExecutor | None = None
 
 
-def get_state(request: Request) -> GatewayState:
+# The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
+# the thread pool, two thread hops per request for a few attribute reads.
+
+
+async def get_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
 
@@ -106,12 +110,12 @@ def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-def require_write(request: Request, state: State) -> None:
+async def require_write(request: Request, state: State) -> None:
     """Write routes (ingest, delete, admin) need the API key when one is set."""
     check_api_key(request, state.settings.api_key)
 
 
-def require_read(request: Request, state: State) -> None:
+async def require_read(request: Request, state: State) -> None:
     """Read routes are open unless GATEWAY_PUBLIC_READ=false, then they need the key too."""
     if not state.settings.public_read:
         check_api_key(request, state.settings.api_key)

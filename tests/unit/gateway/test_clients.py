@@ -117,3 +117,39 @@ async def test_a_busy_but_alive_upstream_is_waited_for() -> None:
     response = await call(upstream(handler, patience=0.2, probe_timeout=0.3))
     assert response.json() == {"done": True}
     assert probes >= 2
+
+
+async def test_a_caller_cancelling_a_slow_call_still_gets_cancelled() -> None:
+    # The patience watchdog cancels a call to a dead upstream; a cancellation of the caller's
+    # own (a client that went away) must stay a cancellation, not become a 503.
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+    task = asyncio.ensure_future(call(upstream(handler, patience=5.0, probe_timeout=0.3)))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_paths_resolve_under_the_base_url() -> None:
+    seen: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://up/pre/")
+    up = Upstream("index", client)
+    try:
+        await up.request("GET", "/v1/stats")
+        await up.request("GET", "/v1/items/7/vector", params={"encoding": "base64"})
+        await up.request("GET", "/v1/stats")
+    finally:
+        await up.aclose()
+    assert seen == [
+        "http://up/pre/v1/stats",
+        "http://up/pre/v1/items/7/vector?encoding=base64",
+        "http://up/pre/v1/stats",
+    ]
