@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         default=16,
         ge=0,
         description="Re-rank depth: IVF-PQ candidates fetched per wanted hit and re-scored with "
-        "the stored vectors; 0 = PQ scores only.",
+        "the stored vectors; 0 = PQ scores only. Left unset, 32 in the low-memory setting.",
     )
     train_threshold: int = Field(
         default=50_000, ge=1, description="Live items at which IVF-PQ is first trained."
@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     vectors_in_memory: bool = Field(
         default=True,
         description="Keep the float16 vectors in RAM for re-ranking; false is the low-memory "
-        "setting (re-rank reads them from SQLite, < 100 B resident per vector).",
+        "setting: re-rank reads them from SQLite, the automatic factory uses half the PQ code "
+        "bytes (PQ16 at 512-d), starts read the ids from the snapshot's vectors file.",
     )
     gather_searches: bool | None = Field(
         default=None,

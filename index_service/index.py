@@ -57,20 +57,21 @@ def auto_nlist(n: int) -> int:
     return 1 << max(0, int(math.floor(math.log2(max(cap, 1.0)))))
 
 
-def auto_pq(dim: int, n: int) -> tuple[int, int]:
+def auto_pq(dim: int, n: int, dims_per_byte: int = 16) -> tuple[int, int]:
     """PQ sub-quantizers M and bits per code: about 16 dimensions per byte (32 bytes at 512-d,
-    the tutorial's PQ32), at least min(16, dim/4) sub-quantizers for small dimensions, M must
-    divide dim; 8 bits when there are enough points to train 256 centroids per sub-space."""
-    target = max(dim // 16, min(dim // 4, 16), 1)
+    the tutorial's PQ32; 32 per byte, PQ16, in the low-memory setting), at least
+    min(16, dim/4) sub-quantizers for small dimensions, M must divide dim; 8 bits when there
+    are enough points to train 256 centroids per sub-space."""
+    target = max(dim // dims_per_byte, min(dim // 4, 16), 1)
     m = max(d for d in range(1, target + 1) if dim % d == 0)
     nbits = 8 if n >= 256 * 39 else 4
     return m, nbits
 
 
-def auto_factory(n: int, dim: int) -> str:
+def auto_factory(n: int, dim: int, dims_per_byte: int = 16) -> str:
     if n < MIN_TRAIN:
         return "Flat"
-    m, nbits = auto_pq(dim, n)
+    m, nbits = auto_pq(dim, n, dims_per_byte)
     return f"IVF{auto_nlist(n)},PQ{m}x{nbits}"
 
 
@@ -414,7 +415,11 @@ class VectorIndex:
     # -- training ------------------------------------------------------------------------------
 
     def wanted_factory(self, n: int) -> str:
-        return self.factory_override or self.factory_config or auto_factory(n, self.dim)
+        # Low-memory setting: half the code bytes (PQ16 at 512-d); the re-rank from the stored
+        # vectors recovers what the coarser codes lose.
+        per_byte = 16 if self.table.keep_vectors else 32
+        return (self.factory_override or self.factory_config
+                or auto_factory(n, self.dim, per_byte))
 
     def needs_training(self) -> bool:
         """Past the threshold while exact, or grown ``retrain_growth`` times since training."""

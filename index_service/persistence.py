@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ class CorruptVectors(Exception):
     """The vectors file cannot be used (the snapshot itself may be fine); the message says why."""
 
 
-VECTORS_MAGIC = b"GLVEC001"
+VECTORS_MAGIC = b"GLVEC002"
 _HEADER = np.dtype([("magic", "S8"), ("dim", "<i8"), ("count", "<i8"), ("seq", "<i8")])
 _CHUNK = 16_384  # rows per write / hash / copy step (16k x 512-d float16 = 16 MiB)
 
@@ -106,32 +107,49 @@ class VectorsDraft:
     count: int
 
 
-def write_vectors(data_dir: Path, seq: int, ids: np.ndarray, vectors: np.ndarray) -> VectorsDraft:
-    """Write ``ids`` (int64) and their rows of ``vectors`` (float16, indexed by id) to a temp file.
+def table_chunks(ids: np.ndarray, vectors: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, rows) in chunks of an id-indexed float16 table (no whole copy of the matrix)."""
+    for start in range(0, len(ids), _CHUNK):
+        part = ids[start : start + _CHUNK]
+        yield part, vectors[part]
 
-    Layout: a 32-byte header (magic, dim, count, seq), the ids, then the count x dim float16
-    matrix. Written in chunks (the caller may hold locks; no whole copy of the matrix is made);
-    fsync and rename come later, in :func:`save`, outside the caller's locks.
+
+def write_vectors(data_dir: Path, seq: int, dim: int,
+                  chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> VectorsDraft:
+    """Write (ids, float16 vectors) chunks, ids ascending, to a temp vectors file.
+
+    Layout: a 32-byte header (magic, dim, count, seq), the count x dim float16 matrix, then
+    the int64 ids (kept in memory while the matrix streams: 8 B per vector). The sha256 covers
+    everything after the header; the header's fields are checked against the manifest. fsync
+    and rename come later, in :func:`save`, outside the caller's locks.
     """
     snap_dir = data_dir / SNAPSHOT_DIR
     snap_dir.mkdir(parents=True, exist_ok=True)
     name = f"vectors-{seq:012d}-{time.time_ns()}.f16"
     tmp = snap_dir / (name + ".tmp")
-    ids = np.ascontiguousarray(ids, dtype="<i8")
-    header = np.array([(VECTORS_MAGIC, vectors.shape[1], len(ids), seq)], dtype=_HEADER)
     digest = hashlib.sha256()
-    size = 0
-    with open(tmp, "wb") as fh:
-        for part in [header.tobytes(), ids.tobytes()]:
-            fh.write(part)
-            digest.update(part)
-            size += len(part)
-        for start in range(0, len(ids), _CHUNK):
-            block = np.ascontiguousarray(vectors[ids[start : start + _CHUNK]], dtype="<f2")
-            fh.write(block.data)
-            digest.update(block.data)
-            size += block.nbytes
-    return VectorsDraft(tmp, name, size, digest.hexdigest(), len(ids))
+    all_ids: list[np.ndarray] = []
+    size = _HEADER.itemsize
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(b"\0" * _HEADER.itemsize)
+            for ids, vectors in chunks:
+                block = np.ascontiguousarray(vectors, dtype="<f2").reshape(len(ids), dim)
+                fh.write(block.data)
+                digest.update(block.data)
+                size += block.nbytes
+                all_ids.append(np.asarray(ids, dtype="<i8"))
+            id_bytes = (np.concatenate(all_ids) if all_ids else np.empty(0, "<i8")).tobytes()
+            fh.write(id_bytes)
+            digest.update(id_bytes)
+            size += len(id_bytes)
+            count = len(id_bytes) // 8
+            fh.seek(0)
+            fh.write(np.array([(VECTORS_MAGIC, dim, count, seq)], dtype=_HEADER).tobytes())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return VectorsDraft(tmp, name, size, digest.hexdigest(), count)
 
 
 def _publish(draft: VectorsDraft) -> None:
@@ -256,7 +274,7 @@ def load_vectors(data_dir: Path, manifest: Manifest) -> tuple[np.ndarray, np.nda
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     digest = hashlib.sha256()
     step = 64 << 20
-    for start in range(0, size, step):
+    for start in range(_HEADER.itemsize, size, step):
         digest.update(raw[start : start + step].data)
     if digest.hexdigest() != manifest.vectors_sha256:
         raise CorruptVectors(f"vectors file {path} does not match its sha256 (corrupt)")
@@ -267,7 +285,7 @@ def load_vectors(data_dir: Path, manifest: Manifest) -> tuple[np.ndarray, np.nda
             or size != _HEADER.itemsize + count * (8 + 2 * dim)):
         raise CorruptVectors(f"vectors file {path} has a header that does not match its "
                              f"manifest (dim {dim}, count {count}, seq {seq})")
-    ids_end = _HEADER.itemsize + 8 * count
-    ids = raw[_HEADER.itemsize : ids_end].view("<i8")
-    vectors = raw[ids_end:].view("<f2").reshape(count, dim)
+    matrix_end = _HEADER.itemsize + 2 * dim * count
+    vectors = raw[_HEADER.itemsize : matrix_end].view("<f2").reshape(count, dim)
+    ids = raw[matrix_end:].view("<i8")
     return ids, vectors

@@ -37,6 +37,9 @@ Hits = list[list[tuple[int, float]]]
 Records = list[list[dict[str, Any]]]
 
 
+LOW_MEMORY_RERANK = 32
+
+
 class NotTunable(Exception):
     """The live index has nothing to tune (exact, or too few items)."""
 
@@ -169,6 +172,10 @@ class IndexService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
+        # The low-memory setting's PQ16 codes need a deeper re-rank for the same recall
+        # (measured in docs/index.md): 32 unless INDEX_RERANK is set.
+        explicit = "rerank" in settings.model_fields_set or settings.vectors_in_memory
+        self.rerank = settings.rerank if explicit else LOW_MEMORY_RERANK
         self.writer = threading.Lock()
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -205,7 +212,7 @@ class IndexService:
             retrain_growth=s.retrain_growth,
             factory=s.factory,
             nprobe=s.nprobe,
-            rerank=s.rerank,
+            rerank=self.rerank,
             gpu=self.gpu,
             omp_threads=s.omp_threads,
         )
@@ -237,7 +244,7 @@ class IndexService:
                 index.defaults.tuned = manifest.search_defaults
                 if s.nprobe is None:
                     index.defaults.nprobe = manifest.search_defaults.get("nprobe")
-                    index.defaults.rerank = manifest.search_defaults.get("rerank", s.rerank)
+                    index.defaults.rerank = manifest.search_defaults.get("rerank", self.rerank)
                     index.defaults.source = "tuned"
             index.install(live, manifest.seq)
             changes = store.changes_since(manifest.seq)
@@ -464,8 +471,16 @@ class IndexService:
                     # Under the locks, so the file holds exactly the rows up to ``seq``; written
                     # in chunks to the page cache (fsync and rename follow, outside the locks).
                     vectors = persistence.write_vectors(
-                        self.data_dir, seq, index.table.live_ids(), index.table.vectors
+                        self.data_dir, seq, index.dim,
+                        persistence.table_chunks(index.table.live_ids(), index.table.vectors),
                     )
+            if vectors is None:
+                # Low-memory setting: the vectors stream from the store, outside the locks.
+                # Rows live at ``seq`` and deleted since are left out, which is harmless: the
+                # replay at start drops them anyway.
+                vectors = persistence.write_vectors(
+                    self.data_dir, seq, index.dim, store.iter_live(max_seq=seq)
+                )
             manifest = persistence.save(self.data_dir, payload, manifest, vectors)
             self._writes_since_snapshot = max(0, self._writes_since_snapshot - writes)
             self.snapshot_seq = seq
@@ -501,7 +516,7 @@ class IndexService:
         s = self.settings
         _, index = self._parts
         index.defaults.nprobe = s.nprobe
-        index.defaults.rerank = s.rerank
+        index.defaults.rerank = self.rerank
         index.defaults.source = "config" if s.nprobe else "rule"
         index.defaults.tuned = {}
         if s.autotune and s.nprobe is None and index.live.ivf is not None:
@@ -548,7 +563,7 @@ class IndexService:
             nprobes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= nlist]
             result = tune_search(
                 excluding_self(approximate, pick), queries, truth, k=k, target=target,
-                nprobes=nprobes, reranks=(0, 2, 4, 8, 16),
+                nprobes=nprobes, reranks=(0, 2, 4, 8, 16, 24, 32),
             )
             applied = apply and index.live is live
             summary = {

@@ -37,6 +37,10 @@ def test_parameter_rules() -> None:
     assert auto_pq(30, 20_000) == (6, 8)  # M divides the dimension (30/4 -> 6)
     assert auto_factory(500, 512) == "Flat"
     assert auto_factory(1_000_000, 512) == "IVF4096,PQ32x8"
+    # The low-memory setting halves the code bytes (not below min(16, dim/4) sub-quantizers).
+    assert auto_pq(512, 1_000_000, 32) == (16, 8)
+    assert auto_factory(1_000_000, 512, 32) == "IVF4096,PQ16x8"
+    assert auto_pq(64, 5_000, 32) == (16, 4)
     assert auto_nprobe(4096) == 64 and auto_nprobe(8) == 8
     assert build_empty("IVF4096,PQ32x8", 512).nlist == 4096
 
@@ -164,7 +168,8 @@ def test_low_memory_setting_reranks_from_the_store(tmp_path: Path) -> None:
     q = as_stored(clustered(40, DIM, seed=4))
     results = []
     for in_memory in (True, False):
-        service = _open(tmp_path / str(in_memory), vectors_in_memory=in_memory)
+        # The same re-rank depth (left unset, the low-memory setting re-ranks 32 deep).
+        service = _open(tmp_path / str(in_memory), vectors_in_memory=in_memory, rerank=16)
         try:
             _add(service, x)
             service.rebuild("IVF16,PQ8x4", wait=True)

@@ -293,7 +293,7 @@ def test_a_bad_vectors_file_falls_back_to_the_store_with_a_log_line(
         raw[8] ^= 0x01
         path.write_bytes(bytes(raw))
         manifest = json.loads((tmp_path / persistence.MANIFEST).read_text())
-        manifest["vectors_sha256"] = hashlib.sha256(bytes(raw)).hexdigest()
+        manifest["vectors_sha256"] = hashlib.sha256(bytes(raw[32:])).hexdigest()
         (tmp_path / persistence.MANIFEST).write_text(json.dumps(manifest))
     with caplog.at_level(logging.WARNING, logger="glimpse.index"):
         again = _service(tmp_path)
@@ -309,16 +309,33 @@ def test_a_bad_vectors_file_falls_back_to_the_store_with_a_log_line(
         again.close()
 
 
-def test_the_low_memory_setting_writes_no_vectors_file(tmp_path: Path) -> None:
-    service = IndexService(Settings(data_dir=tmp_path, dim=DIM, snapshot_interval_s=0,
-                                    snapshot_every_writes=0, vectors_in_memory=False))
-    service.open()
+def test_the_low_memory_setting_streams_its_vectors_file_from_the_store(tmp_path: Path) -> None:
+    def low() -> IndexService:
+        service = IndexService(Settings(data_dir=tmp_path, dim=DIM, snapshot_interval_s=0,
+                                        snapshot_every_writes=0, vectors_in_memory=False))
+        service.open()
+        return service
+
+    service = low()
     _add(service, 12)
+    assert service.delete(2)
     service.close()
-    assert json.loads((tmp_path / persistence.MANIFEST).read_text())["vectors_file"] is None
-    again = _service(tmp_path)
+    manifest = json.loads((tmp_path / persistence.MANIFEST).read_text())
+    assert manifest["vectors_count"] == 11
+    again = low()
     try:
-        assert again.load_report["vectors"] == "store"
-        assert again.index is not None and again.index.table.count == 12
+        assert again.load_report["vectors"] == "file"
+        assert again.index is not None and again.index.table.count == 11
+        assert 2 not in again.index.table.live_ids()
+        q = clustered(12, DIM, seed=0).astype(np.float16).astype(np.float32)
+        assert [h[0][0] for h in again.search(q[3:], 1)] == list(range(4, 13))
     finally:
         again.close()
+    # Read by the default setting, the same file fills the re-rank vectors.
+    full = _service(tmp_path)
+    try:
+        assert full.load_report["vectors"] == "file"
+        assert full.index is not None and full.index.table.vectors is not None
+        assert np.array_equal(full.index.table.vectors[5], q[4].astype(np.float16))
+    finally:
+        full.close()
