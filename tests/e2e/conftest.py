@@ -41,7 +41,10 @@ def _require_chromium() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while sync_playwright is open its event loop stays marked as
+# running in this thread, and every asyncio test collected after the browser tests would fail
+# with "Runner.run() cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     _require_chromium()
     from playwright.sync_api import sync_playwright
@@ -54,7 +57,7 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Any]:
     from tests.support.stack import start_stack
 
@@ -62,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[An
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gateway_url(stack: Any) -> str:
     return str(stack.gateway_url).rstrip("/")
 
@@ -72,7 +75,7 @@ def photos() -> list[Photo]:
     return sample_photos()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gallery(gateway_url: str, photos: list[Photo]) -> dict[str, int]:
     """Ingests the sample photos through the gateway; answers their ids by relative path."""
     ids: dict[str, int] = {}
