@@ -214,3 +214,17 @@ def test_the_tutorials_setting_is_expressible_by_config(
         assert index.defaults.source == "config"
     finally:
         service.close()
+
+
+def test_a_tuning_that_misses_its_target_is_not_applied(service: IndexService) -> None:
+    # Unclustered vectors: 2-byte codes rank them little better than chance.
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((2500, DIM)).astype(np.float32)
+    _add(service, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    service.rebuild("IVF32,PQ4x4", wait=True)  # 2-byte codes
+    assert service.index is not None
+    before = (service.index.defaults.nprobe, service.index.defaults.rerank)
+    # Recall@10 of 1.0 on every sampled query is out of reach of 2-byte codes.
+    result = service.tune(1.0, 100)
+    assert not result["reached"] and not result["applied"]
+    assert (service.index.defaults.nprobe, service.index.defaults.rerank) == before
