@@ -66,8 +66,11 @@ class Settings(BaseSettings):
         description="After each training, tune nprobe and re-rank depth on a held-out sample "
         "(skipped when INDEX_NPROBE is set).",
     )
+    # The tuner measures recall on stored vectors, which shaped the centroids; real queries do a
+    # little worse (1M benchmark: 0.955 tuned, 0.949 on fresh queries), hence the margin over
+    # the 0.95 that users should get.
     tune_target: float = Field(
-        default=0.95, gt=0, le=1, description="recall@10 the automatic tuning aims for."
+        default=0.96, gt=0, le=1, description="recall@10 the automatic tuning aims for."
     )
     tune_sample: int = Field(default=300, ge=10, description="Held-out queries of a tuning.")
     max_k: int = Field(default=1000, ge=1, description="Largest k a search may ask for.")

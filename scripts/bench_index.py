@@ -290,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     del ivf
 
     # Tuning (what the service runs after each training) on its own held-out vectors.
-    tuned, t_tune = timed(lambda: service.tune(0.95, 300))
-    say(f"\ntuning on 300 held-out stored vectors ({t_tune:.1f}s): nprobe {tuned['nprobe']}, "
+    target = service.settings.tune_target
+    tuned, t_tune = timed(lambda: service.tune(target, 300))
+    say(f"\ntuning to recall@10 {target} on 300 held-out stored vectors ({t_tune:.1f}s): "
+        f"nprobe {tuned['nprobe']}, "
         f"rerank {tuned['rerank']}, recall@10 {tuned['recall_at_k']:.3f} "
         f"(reached {tuned['reached']})")
     found = index.search_raw(queries, 10)[1]
