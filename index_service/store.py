@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -249,22 +249,17 @@ class Store:
         return [k for k in unique if k not in live]
 
     def get(self, item_id: int) -> Record | None:
-        row = self._reader().execute(
-            "SELECT id, key, path, meta, seq, created_at, deleted FROM items WHERE id = ?",
-            (item_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return Record(
-            int(row[0]), row[1], row[2], json.loads(row[3]), int(row[4]), float(row[5]),
-            bool(row[6]),
-        )
+        return self._record_where("id", item_id)
 
     def row_at_seq(self, seq: int) -> Record | None:
         """The row whose last write took sequence number ``seq`` (None if none holds it now)."""
+        return self._record_where("seq", seq)
+
+    def _record_where(self, column: Literal["id", "seq"], value: int) -> Record | None:
         row = self._reader().execute(
-            "SELECT id, key, path, meta, seq, created_at, deleted FROM items WHERE seq = ?",
-            (seq,),
+            "SELECT id, key, path, meta, seq, created_at, deleted FROM items "
+            f"WHERE {column} = ?",
+            (value,),
         ).fetchone()
         if row is None:
             return None
