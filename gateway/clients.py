@@ -1,45 +1,55 @@
 """Pooled HTTP clients for the encoder and the index, and the mapping of their failures.
 
-One ``httpx.AsyncClient`` per upstream, built in the lifespan, reuses keep-alive connections
-(a search is two upstream calls; a new TCP connection each time would cost more than the
-gateway's whole budget). Failures become the public error body:
+One ``HttpPool`` per upstream (``gateway/http.py``), built in the lifespan, reuses keep-alive
+connections (a search is two upstream calls; a new TCP connection each time would cost more
+than the gateway's whole budget). Failures become the public error body:
 
 - connection refused / reset, DNS, connect timeout -> 503 ``upstream_unavailable``
-- read/write/pool timeout                          -> 504 ``upstream_timeout``
+- read timeout, or no pooled connection free in it -> 504 ``upstream_timeout``
 - upstream 4xx                                     -> the same status and body, passed through
 - upstream 503 / 504                               -> 503 ``upstream_unavailable`` / 504
-- any other upstream 5xx                           -> 502 ``upstream_error``
+- upstream 507                                     -> 507 ``insufficient_storage``
+- any other upstream 5xx, malformed or huge answer -> 502 ``upstream_error``
+
+A pooled keep-alive connection the upstream closed while idle (it restarted) fails on first
+use before any byte of an answer; every upstream call we make is idempotent, so that one is
+retried once on a fresh connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
 import numpy as np
 
 from contracts.errors import ErrorType, GlimpseError
 from contracts.vectors import decode_vectors, encode_vector
+from gateway.http import (
+    Body,
+    HttpPool,
+    Reply,
+    UpstreamConnectError,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamTimeout,
+    json_body,
+    multipart_body,
+)
 
-# A keep-alive connection the upstream closed (it restarted) fails on first use with one of
-# these; every upstream call we make is idempotent, so one retry on a fresh connection is safe.
-_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+FileField = tuple[str, tuple[str, bytes, str]]  # ("files", (filename, bytes, content type))
 
 
 def build_client(
     base_url: str, *, connect_timeout: float, read_timeout: float, max_connections: int
-) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=base_url,
-        timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
-        # Upstreams are on a private network; never route them through an environment proxy.
-        trust_env=False,
+) -> HttpPool:
+    return HttpPool(
+        base_url,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_connections=max_connections,
     )
 
 
@@ -90,7 +100,7 @@ class Upstream:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient,
+        client: HttpPool,
         *,
         patience: float = 0.5,
         probe_timeout: float = 1.0,
@@ -100,24 +110,36 @@ class Upstream:
         self.patience = patience
         self.probe_timeout = probe_timeout
         self._probe: asyncio.Task[bool] | None = None
-        self._urls: dict[str, httpx.URL] = {}
-
-    def _url(self, path: str) -> httpx.URL:
-        """The absolute URL of ``path``, parsed once: httpx parses a relative URL and merges it
-        with the base URL on every request, a tenth of its cost per call."""
-        url = self._urls.get(path)
-        if url is None:
-            url = httpx.URL(str(self.client.base_url).rstrip("/") + path)
-            if len(self._urls) < 64:  # the fixed paths; /v1/items/{id} would grow it forever
-                self._urls[path] = url
-        return url
 
     async def aclose(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
         await self.client.aclose()
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        files: Sequence[FileField] | None = None,
+        data: Mapping[str, str] | None = None,
+        params: Mapping[str, str | int] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """One call; ``json`` or a multipart form of ``files`` and ``data`` fields as body."""
+        body: Body = b""
+        content_type = None
+        if files:
+            body, content_type = multipart_body(data or {}, files)
+        elif data is not None:
+            body = urllib.parse.urlencode(data).encode()
+            content_type = "application/x-www-form-urlencoded"
+        elif json is not None:
+            body, content_type = json_body(json)
+        kwargs: dict[str, Any] = {
+            "body": body, "content_type": content_type, "params": params, "timeout": timeout
+        }
         task = asyncio.current_task()
         if task is None:  # not in a task (never in a route): no watchdog
             return await self._request(method, path, **kwargs)
@@ -146,36 +168,42 @@ class Upstream:
 
     async def _alive(self) -> bool:
         try:
-            # wait_for bounds the whole exchange; httpx's timeout bounds each socket operation.
+            # Outside the pool: a probe must not queue behind the slow calls it checks on.
+            # wait_for bounds the whole exchange (connect + silence); the pool bounds each part.
             response = await asyncio.wait_for(
-                self.client.get("/healthz", timeout=self.probe_timeout), self.probe_timeout
+                self.client.request("GET", "/healthz", timeout=self.probe_timeout, pooled=False),
+                self.probe_timeout,
             )
-        except (httpx.HTTPError, asyncio.TimeoutError):
+        except (UpstreamError, asyncio.TimeoutError):
             return False
         return response.status_code == 200
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
         for attempt in (1, 2):
             try:
-                response = await self.client.request(method, self._url(path), **kwargs)
+                response = await self.client.request(method, path, **kwargs)
                 break
-            except _STALE_CONNECTION as exc:
-                if attempt == 2:
+            except UpstreamDisconnected as exc:
+                if attempt == 2 or exc.received or not exc.reused:
                     raise self._unavailable(exc) from exc
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # else: a stale pooled connection; once more, on another connection
+            except UpstreamConnectError as exc:
                 raise self._unavailable(exc) from exc
-            except httpx.TimeoutException as exc:
+            except UpstreamTimeout as exc:
                 raise GlimpseError(
                     ErrorType.upstream_timeout,
-                    f"The {self.name} service did not answer in time ({type(exc).__name__}).",
+                    f"The {self.name} service did not answer in time ({exc}).",
                 ) from exc
-            except httpx.TransportError as exc:
-                raise self._unavailable(exc) from exc
+            except UpstreamError as exc:  # malformed or oversized answer
+                raise GlimpseError(
+                    ErrorType.upstream_error, f"The {self.name} service answered badly ({exc})."
+                ) from exc
         if response.status_code >= 400:
             raise self._error_from(response)
         return response
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``request`` (same keywords), then the answer's JSON."""
         response = await self.request(method, path, **kwargs)
         try:
             return response.json()
@@ -187,8 +215,10 @@ class Upstream:
     async def ready(self) -> str:
         """'ok', or why the upstream is not ready (never raises)."""
         try:
-            response = await self.client.get("/readyz", timeout=2.0)
-        except httpx.HTTPError as exc:
+            response = await asyncio.wait_for(
+                self.client.request("GET", "/readyz", timeout=2.0, pooled=False), 2.0
+            )
+        except (UpstreamError, asyncio.TimeoutError) as exc:
             return f"unreachable ({type(exc).__name__})"
         if response.status_code == 200:
             return "ok"
@@ -200,11 +230,11 @@ class Upstream:
             f"The {self.name} service is unavailable ({type(exc).__name__}); try again shortly.",
         )
 
-    def _error_from(self, response: httpx.Response) -> GlimpseError:
+    def _error_from(self, response: Reply) -> GlimpseError:
         status = response.status_code
         try:
             body = response.json()
-        except (ValueError, json.JSONDecodeError):
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             body = None
         if isinstance(body, dict) and "error" in body and "error_type" in body:
             message, error_type, details = body["error"], body["error_type"], body.get("details")
@@ -240,7 +270,7 @@ def _vector(value: Any, dim: int | None = None) -> np.ndarray:
 class EncoderClient(Upstream):
     """encoder_service: text and image bytes to unit vectors."""
 
-    def __init__(self, client: httpx.AsyncClient, **options: float) -> None:
+    def __init__(self, client: HttpPool, **options: float) -> None:
         super().__init__("encoder", client, **options)
         self.model: str | None = None
 
@@ -280,7 +310,7 @@ class EncoderClient(Upstream):
 class IndexClient(Upstream):
     """index_service: vectors to ids, and the stored record of every item."""
 
-    def __init__(self, client: httpx.AsyncClient, **options: float) -> None:
+    def __init__(self, client: HttpPool, **options: float) -> None:
         super().__init__("index", client, **options)
 
     async def search(

@@ -1,30 +1,44 @@
-"""Upstream error mapping, the stale-connection retry and the liveness probe (MockTransport)."""
+"""Upstream error mapping, the stale-connection retry and the liveness probe, over real sockets."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from typing import Any
 
-import httpx
 import pytest
+from starlette.datastructures import UploadFile
+from starlette.requests import Request as StarletteRequest
 
 from contracts.errors import GlimpseError
-from gateway.clients import Upstream
+from gateway.clients import Upstream, build_client
+from gateway.http import Reply
+from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
-
-def upstream(handler: Handler, **options: float) -> Upstream:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://up")
+def upstream(url: str, *, read_timeout: float = 5.0, max_connections: int = 4,
+             **options: float) -> Upstream:
+    client = build_client(
+        url, connect_timeout=1.0, read_timeout=read_timeout, max_connections=max_connections
+    )
     return Upstream("encoder", client, **options)
 
 
-async def call(up: Upstream) -> httpx.Response:
-    try:
-        return await up.request("POST", "/v1/embed/text", json={})
-    finally:
-        await up.aclose()
+async def call(handler: Handler, **options: Any) -> Reply:
+    async with FakeUpstream(handler) as server:
+        up = upstream(server.url, **options)
+        try:
+            return await up.request("POST", "/v1/embed/text", json={})
+        finally:
+            await up.aclose()
+
+
+def replying(status: int, body: object, headers: dict[str, str] | None = None) -> Handler:
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, response(status, body, headers))
+
+    return handler
 
 
 @pytest.mark.parametrize(
@@ -35,7 +49,7 @@ async def call(up: Upstream) -> httpx.Response:
          "invalid_vector"),
         (413, {"error": "Too big.", "error_type": "image_too_large"}, 413, "image_too_large"),
         (429, {"error": "Busy.", "error_type": "overloaded"}, 429, "overloaded"),
-        (400, "plain text", 400, "bad_request"),
+        (400, b"plain text", 400, "bad_request"),
         (503, {"error": "Loading.", "error_type": "not_ready"}, 503, "upstream_unavailable"),
         (504, {"error": "Slow.", "error_type": "x"}, 504, "upstream_timeout"),
         (500, {"error": "Boom.", "error_type": "internal_error"}, 502, "upstream_error"),
@@ -46,110 +60,201 @@ async def call(up: Upstream) -> httpx.Response:
 async def test_status_mapping(
     status: int, body: object, want_status: int, want_type: str
 ) -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        if isinstance(body, dict):
-            return httpx.Response(status, json=body)
-        return httpx.Response(status, text=str(body))
-
     with pytest.raises(GlimpseError) as info:
-        await call(upstream(handler))
+        await call(replying(status, body))
     assert (info.value.status, info.value.error_type) == (want_status, want_type)
     if 400 <= status < 500 and isinstance(body, dict):
         assert info.value.body() == body  # passed through unchanged
 
 
 async def test_connection_refused_is_503() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
-
+    with socket.socket() as sock:  # a port nobody listens on any more
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    up = upstream(f"http://127.0.0.1:{port}")
     with pytest.raises(GlimpseError) as info:
-        await call(upstream(handler))
+        await up.request("GET", "/v1/info")
+    await up.aclose()
     assert (info.value.status, info.value.error_type) == (503, "upstream_unavailable")
     assert "encoder" in info.value.message
 
 
 async def test_read_timeout_is_504() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("slow", request=request)
+    async def slow(request: Request, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
 
     with pytest.raises(GlimpseError) as info:
-        await call(upstream(handler))
+        await call(slow, read_timeout=0.2, patience=5.0)
     assert (info.value.status, info.value.error_type) == (504, "upstream_timeout")
 
 
+async def test_a_malformed_answer_is_502() -> None:
+    async def garbage(request: Request, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, b"not http at all\r\n\r\n")
+
+    with pytest.raises(GlimpseError) as info:
+        await call(garbage)
+    assert (info.value.status, info.value.error_type) == (502, "upstream_error")
+
+
+async def test_invalid_json_is_502() -> None:
+    async with FakeUpstream(replying(200, b"{oops")) as server:
+        up = upstream(server.url)
+        with pytest.raises(GlimpseError) as info:
+            await up.json("GET", "/v1/info")
+        await up.aclose()
+    assert (info.value.status, info.value.error_type) == (502, "upstream_error")
+
+
 async def test_a_stale_pooled_connection_is_retried_once() -> None:
-    calls = 0
+    async def once_per_connection(request: Request, writer: asyncio.StreamWriter) -> bool:
+        if request.number > 1:
+            return False  # the upstream dropped the idle connection as it was reused
+        await answer(writer, response(200, {"ok": request.connection}))
+        return True
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise httpx.RemoteProtocolError("Server disconnected", request=request)
-        return httpx.Response(200, json={"ok": True})
+    async with FakeUpstream(once_per_connection) as server:
+        up = upstream(server.url)
+        assert await up.json("GET", "/v1/stats") == {"ok": 1}
+        assert await up.json("GET", "/v1/stats") == {"ok": 2}
+        await up.aclose()
+    assert [(r.connection, r.number) for r in server.requests] == [(1, 1), (1, 2), (2, 1)]
 
-    assert (await call(upstream(handler))).json() == {"ok": True}
-    assert calls == 2
+
+async def test_a_connection_broken_mid_answer_is_not_retried() -> None:
+    async def broken(request: Request, writer: asyncio.StreamWriter) -> bool:
+        await answer(writer, b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{")
+        return False
+
+    with pytest.raises(GlimpseError) as info:
+        await call(broken)
+    assert (info.value.status, info.value.error_type) == (503, "upstream_unavailable")
 
 
 async def test_a_stopped_upstream_fails_fast() -> None:
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def frozen(request: Request, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(30)  # neither the call nor /healthz ever answers
-        raise AssertionError("unreachable")
 
     start = time.perf_counter()
     with pytest.raises(GlimpseError) as info:
-        await call(upstream(handler, patience=0.2, probe_timeout=0.3))
+        await call(frozen, patience=0.2, probe_timeout=0.3)
     assert (info.value.status, info.value.error_type) == (503, "upstream_unavailable")
     assert time.perf_counter() - start < 1.5
 
 
 async def test_a_busy_but_alive_upstream_is_waited_for() -> None:
-    probes = 0
+    # One pooled connection, busy with the call: the probe goes outside the pool.
+    async def busy(request: Request, writer: asyncio.StreamWriter) -> None:
+        if request.target != "/healthz":
+            await asyncio.sleep(0.7)
+        await answer(writer, response(200, {"done": request.target}))
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal probes
-        if request.url.path == "/healthz":
-            probes += 1
-            return httpx.Response(200, json={"status": "ok"})
-        await asyncio.sleep(0.7)
-        return httpx.Response(200, json={"done": True})
-
-    response = await call(upstream(handler, patience=0.2, probe_timeout=0.3))
-    assert response.json() == {"done": True}
-    assert probes >= 2
+    async with FakeUpstream(busy) as server:
+        up = upstream(server.url, max_connections=1, patience=0.2, probe_timeout=0.3)
+        assert await up.json("POST", "/v1/embed/text", json={}) == {"done": "/v1/embed/text"}
+        await up.aclose()
+    assert sum(r.target == "/healthz" for r in server.requests) >= 2
 
 
 async def test_a_caller_cancelling_a_slow_call_still_gets_cancelled() -> None:
     # The patience watchdog cancels a call to a dead upstream; a cancellation of the caller's
     # own (a client that went away) must stay a cancellation, not become a 503.
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def frozen(request: Request, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(30)
-        raise AssertionError("unreachable")
 
-    task = asyncio.ensure_future(call(upstream(handler, patience=5.0, probe_timeout=0.3)))
+    task = asyncio.ensure_future(call(frozen, patience=5.0, probe_timeout=0.3))
     await asyncio.sleep(0.1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
+async def test_a_cancelled_call_frees_its_pooled_connection() -> None:
+    async def stuck_first(request: Request, writer: asyncio.StreamWriter) -> None:
+        if request.connection == 1:
+            await asyncio.sleep(30)
+        await answer(writer, response(200, {"ok": True}))
+
+    async with FakeUpstream(stuck_first) as server:
+        up = upstream(server.url, max_connections=1, patience=5.0)
+        task = asyncio.ensure_future(up.request("GET", "/v1/stats"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await asyncio.wait_for(up.json("GET", "/v1/stats"), 2.0) == {"ok": True}
+        await up.aclose()
+
+
 async def test_paths_resolve_under_the_base_url() -> None:
-    seen: list[str] = []
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(str(request.url))
-        return httpx.Response(200, json={})
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://up/pre/")
-    up = Upstream("index", client)
-    try:
+    async with FakeUpstream(replying(200, {})) as server:
+        up = Upstream("index", build_client(
+            server.url + "/pre/", connect_timeout=1.0, read_timeout=5.0, max_connections=4
+        ))
         await up.request("GET", "/v1/stats")
         await up.request("GET", "/v1/items/7/vector", params={"encoding": "base64"})
         await up.request("GET", "/v1/stats")
-    finally:
         await up.aclose()
-    assert seen == [
-        "http://up/pre/v1/stats",
-        "http://up/pre/v1/items/7/vector?encoding=base64",
-        "http://up/pre/v1/stats",
+    assert [r.target for r in server.requests] == [
+        "/pre/v1/stats",
+        "/pre/v1/items/7/vector?encoding=base64",
+        "/pre/v1/stats",
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"7\r\n{\"a\": 1\r\n1\r\n}\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 8\r\n\r\n{\"a\": 1}",
+        b"HTTP/1.1 200 OK\r\n\r\n{\"a\": 1}",  # no length: the body ends at the close
+    ],
+    ids=["chunked", "connection-close", "until-eof"],
+)
+async def test_every_http_framing_is_read(raw: bytes) -> None:
+    async def framed(request: Request, writer: asyncio.StreamWriter) -> bool:
+        await answer(writer, raw)
+        return b"chunked" in raw  # the others end with the connection
+
+    async with FakeUpstream(framed) as server:
+        up = upstream(server.url)
+        assert [await up.json("GET", "/v1/info") for _ in range(2)] == [{"a": 1}] * 2
+        await up.aclose()
+    assert server.connections == (1 if b"chunked" in raw else 2)
+
+
+async def test_a_multipart_upload_reads_back_through_a_real_form_parser() -> None:
+    names = ['plain.jpg', 'quo"te.png', 'new\r\nline.jpg', 'ünï cödé.webp', 'semi;colon=x.jpg',
+             'back\\slash.jpg']
+    files = [("files", (name, bytes([i]) * (i + 1) * 1000, "image/jpeg")) for i, name in
+             enumerate(names)]
+    form: list[tuple[str, Any]] = []
+
+    async def parse(request: Request, writer: asyncio.StreamWriter) -> None:
+        scope = {"type": "http", "method": "POST", "headers": [
+            (k.encode(), v.encode()) for k, v in request.headers.items()
+        ]}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": request.body, "more_body": False}
+
+        async with StarletteRequest(scope, receive).form() as parsed:
+            for key, value in parsed.multi_items():
+                if isinstance(value, UploadFile):
+                    form.append((key, (value.filename, await value.read(), value.content_type)))
+                else:
+                    form.append((key, value))
+        await answer(writer, response(200, {}))
+
+    async with FakeUpstream(parse) as server:
+        up = upstream(server.url)
+        await up.request("POST", "/v1/embed/image", files=files,
+                         data={"encoding": "base64", "note": 'a "b"\r\nc'})
+        await up.aclose()
+    # Browsers' escaping: " CR LF become %22 %0D %0A; everything else arrives as sent.
+    escaped = [n.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A") for n in names]
+    assert form == [("encoding", "base64"), ("note", 'a "b"\r\nc')] + [
+        ("files", (name, content, "image/jpeg"))
+        for name, (_, (_, content, _)) in zip(escaped, files, strict=True)
     ]
