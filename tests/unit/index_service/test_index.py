@@ -36,10 +36,13 @@ def test_parameter_rules() -> None:
     assert auto_pq(64, 5_000) == (16, 4)
     assert auto_pq(30, 20_000) == (6, 8)  # M divides the dimension (30/4 -> 6)
     assert auto_factory(500, 512) == "Flat"
-    assert auto_factory(1_000_000, 512) == "IVF4096,PQ32x8"
+    # From 1024 lists on, an HNSW graph finds the nearest centroids (not on a GPU copy).
+    assert auto_factory(1_000_000, 512) == "IVF4096_HNSW32,PQ32x8"
+    assert auto_factory(1_000_000, 512, hnsw_quantizer=False) == "IVF4096,PQ32x8"
+    assert auto_factory(20_000, 64) == "IVF512,PQ16x8"
     # The low-memory setting halves the code bytes (not below min(16, dim/4) sub-quantizers).
     assert auto_pq(512, 1_000_000, 32) == (16, 8)
-    assert auto_factory(1_000_000, 512, 32) == "IVF4096,PQ16x8"
+    assert auto_factory(1_000_000, 512, 32) == "IVF4096_HNSW32,PQ16x8"
     assert auto_pq(64, 5_000, 32) == (16, 4)
     assert auto_nprobe(4096) == 64 and auto_nprobe(8) == 8
     assert build_empty("IVF4096,PQ32x8", 512).nlist == 4096
@@ -129,6 +132,36 @@ def test_ivfpq_with_rerank_recall_and_exact_mode(service: IndexService) -> None:
     exact = index.search_raw(q, 10, exact=True)[1]
     assert recall_at(exact, truth) == 1.0
     assert (index.search_ids(q, 10, 1, 10) >= -1).all()
+
+
+def test_an_hnsw_coarse_quantizer_searches_the_same_lists(service: IndexService) -> None:
+    x = clustered(3000, DIM, clusters=60)
+    ids = _add(service, x)
+    assert service.rebuild("IVF32_HNSW32,PQ16x4", wait=True)[0]
+    index = service.index
+    assert index is not None and index.live.kind == "ivfpq"
+    params = index.live.search_params(8)
+    assert index.live.search_params(8) is params  # built once per nprobe
+    index.live.search_params(40)
+    # SWIG hands quantizer_params back as the base class: read the HNSW ones from the cache.
+    efs = {nprobe: (p.nprobe, hnsw.efSearch) for nprobe, (p, hnsw) in index.live._params.items()}
+    assert efs == {8: (8, 32), 40: (40, 80)}  # efSearch 2·nprobe, at least 32
+    q = as_stored(clustered(100, DIM, clusters=60, seed=3))
+    truth = ids[faiss.knn(q, as_stored(x), 10, metric=faiss.METRIC_INNER_PRODUCT)[1]]
+    assert recall_at(index.search_ids(q, 10, 16, 10), truth) >= 0.9
+    # One query at a time (one OpenMP thread) answers what the batch answers.
+    one_by_one = np.vstack([index.search_ids(row[None, :], 10, 16, 10) for row in q])
+    np.testing.assert_array_equal(one_by_one, index.search_ids(q, 10, 16, 10))
+
+
+def test_widen_is_numpys_float16_to_float32(service: IndexService) -> None:
+    assert service.index is not None
+    rng = np.random.default_rng(4)
+    half = rng.standard_normal((3, 7, DIM)).astype(np.float16)
+    half[0, 0, :4] = [0.0, -0.0, 65504.0, 6e-8]  # zeros, the largest and a subnormal half
+    widened = service.index.widen(half)
+    assert widened.dtype == np.float32 and widened.shape == half.shape
+    np.testing.assert_array_equal(widened, half.astype(np.float32))
 
 
 def test_training_catches_up_with_writes_made_meanwhile(service: IndexService) -> None:

@@ -16,9 +16,9 @@ def _opened(tmp_path: Path, **overrides: object) -> IndexService:
 
 
 def test_low_memory_uses_pq16_codes_and_a_deeper_rerank_unless_set(tmp_path: Path) -> None:
-    cases = [({}, 16, "IVF4096,PQ32x8"),
-             ({"vectors_in_memory": False}, LOW_MEMORY_RERANK, "IVF4096,PQ16x8"),
-             ({"vectors_in_memory": False, "rerank": 8}, 8, "IVF4096,PQ16x8")]
+    cases = [({}, 16, "IVF4096_HNSW32,PQ32x8"),
+             ({"vectors_in_memory": False}, LOW_MEMORY_RERANK, "IVF4096_HNSW32,PQ16x8"),
+             ({"vectors_in_memory": False, "rerank": 8}, 8, "IVF4096_HNSW32,PQ16x8")]
     for n, (overrides, rerank, factory) in enumerate(cases):
         service = _opened(tmp_path / str(n), **overrides)
         try:
