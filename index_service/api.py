@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from contracts.bodies import json_body_openapi, json_response, parse_json_body
 from contracts.common import HealthResponse, ReadyResponse
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from contracts.index import (
@@ -97,9 +98,13 @@ async def add_items(body: AddItemsRequest, service: Service) -> AddItemsResponse
 
 
 @router.post("/v1/search", response_model=IndexSearchResponse, responses=ERROR_RESPONSES,
-             tags=["search"])
-async def search(body: IndexSearchRequest, service: Service) -> JSONResponse:
+             tags=["search"], openapi_extra=json_body_openapi(IndexSearchRequest))
+async def search(request: Request) -> Response:
     """Top-k live items per query vector (scores are inner products of unit vectors)."""
+    # The hot path: the body is validated from its bytes and the answer serialised without a
+    # response model (contracts/bodies.py says why); the checks and errors are the same.
+    service = get_service(request)
+    body = parse_json_body(IndexSearchRequest, await request.body())
     s = _settings(service)
     if len(body.vectors) > s.max_search_vectors:
         raise GlimpseError(
@@ -129,13 +134,11 @@ async def search(body: IndexSearchRequest, service: Service) -> JSONResponse:
         future = service.submit_search_records(queries, body.k, **options)
         results = await asyncio.wrap_future(future)
     else:
-        # Faiss releases the GIL; SQLite reads block: a worker thread, not the event loop.
-        results = await run_in_threadpool(
-            partial(service.search_records, queries, body.k, **options)
+        # Faiss releases the GIL; SQLite reads block: the search threads, not the event loop.
+        results = await asyncio.get_running_loop().run_in_executor(
+            service.search_pool, partial(service.search_records, queries, body.k, **options)
         )
-    # Built by hand, not through the response model: validating thousands of hits per request
-    # would cost more than the search itself.
-    return JSONResponse({"results": results})
+    return json_response({"results": results})
 
 
 @router.post("/v1/keys/missing", response_model=KeysMissingResponse,
