@@ -99,12 +99,11 @@ def multipart_body(
 class _Connection(asyncio.Protocol):
     """One TCP connection, one request at a time; httptools calls the ``on_*`` methods."""
 
-    def __init__(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool, self.loop = pool, loop
+    def __init__(self, pool: HttpPool, loop: asyncio.AbstractEventLoop, pooled: bool) -> None:
+        self.pool, self.loop, self.pooled = pool, loop, pooled
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = self.reused = self.keep_alive = self.paused = False
-        self.pooled = True
         self.waiter: asyncio.Future[Reply] | None = None  # the response being read
         self.drained: asyncio.Future[None] | None = None  # a big body's sender, waiting to write
         self.timer: asyncio.TimerHandle | None = None
@@ -117,6 +116,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a TCP connection's transport
+        self.pool._all.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -276,7 +276,7 @@ class HttpPool:
         self.max_connections = max_connections
         self.max_response_bytes = max_response_bytes
         self._idle: list[_Connection] = []
-        self._all: set[_Connection] = set()
+        self._all: set[_Connection] = set()  # every open connection, for aclose
         self._size = 0  # connections open or opening, pooled ones only
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
 
@@ -317,10 +317,8 @@ class HttpPool:
                 conn.abort()
 
     async def _acquire(self, timeout: float) -> _Connection:
-        while self._idle:
-            conn = self._idle.pop()  # LIFO: the warmest; the rest may idle out on the server
-            if not conn.closed:
-                return conn
+        if self._idle:  # connection_lost takes closed ones out
+            return self._idle.pop()  # LIFO: the warmest; the rest may idle out on the server
         if self._size < self.max_connections:
             self._size += 1
         else:  # wait, first come first served, for a released connection or a freed slot
@@ -347,7 +345,9 @@ class HttpPool:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self, loop), self.host, self.port),
+                loop.create_connection(
+                    lambda: _Connection(self, loop, pooled), self.host, self.port
+                ),
                 self.connect_timeout,
             )
         except asyncio.TimeoutError:
@@ -356,8 +356,6 @@ class HttpPool:
             ) from None
         except OSError as exc:  # refused, unreachable, unknown host
             raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-        conn.pooled = pooled
-        self._all.add(conn)
         return conn
 
     def _handoff(self, conn: _Connection | None) -> None:
