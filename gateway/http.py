@@ -297,6 +297,8 @@ class HttpPool:
         if params:
             target += "?" + urllib.parse.urlencode(params)
         size = len(body) if isinstance(body, bytes) else sum(len(piece) for piece in body)
+        if size <= _ONE_WRITE and not isinstance(body, bytes):
+            body = b"".join(body)  # a small form (one query image): one write, one send()
         head = f"{method} {target} HTTP/1.1\r\nHost: ".encode() + self._host_header
         if size or method not in ("GET", "DELETE"):
             head += b"\r\nContent-Length: %d" % size
