@@ -11,6 +11,7 @@ import anyio
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
+from contracts.bodies import json_body_openapi, json_response, parse_json_body
 from contracts.common import HealthResponse, ReadyResponse
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from contracts.gateway import (
@@ -49,7 +50,7 @@ async def _run_search(
     k: int,
     offset: int,
     exclude_ids: list[int] | None = None,
-) -> JSONResponse:
+) -> Response:
     t = time.perf_counter()
     hits = await state.index.search(
         vector, k + offset, exclude_ids=exclude_ids or (), nprobe=state.settings.search_nprobe
@@ -65,7 +66,7 @@ async def _run_search(
         model=await _model_name(state),
     )
     # Already the SearchResponse shape; skipping re-validation keeps the gateway's overhead low.
-    return JSONResponse(body)
+    return json_response(body)
 
 
 async def _model_name(state: GatewayState) -> str:
@@ -81,11 +82,17 @@ async def _model_name(state: GatewayState) -> str:
 
 
 @router.post(
-    "/search/text", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess]
+    "/search/text",
+    response_model=SearchResponse,
+    tags=["search"],
+    dependencies=[ReadAccess],
+    openapi_extra=json_body_openapi(TextSearchRequest),
 )
-async def search_text(body: TextSearchRequest, state: State) -> JSONResponse:
+async def search_text(request: Request, state: State) -> Response:
     """Images that match a text, best first."""
     started = time.perf_counter()
+    # The hot path: the body validated from its bytes (contracts/bodies.py says why).
+    body = parse_json_body(TextSearchRequest, await request.body())
     check_window(body.k, body.offset, state.settings.max_result_window)
     vector = (await state.encoder.embed_text([body.query]))[0]
     return await _run_search(state, started, _ms(started), vector, body.k, body.offset)
@@ -99,7 +106,7 @@ async def search_image(
     file: Annotated[UploadFile, File(description="The query image.")],
     k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
     offset: Annotated[int, Form(ge=0)] = 0,
-) -> JSONResponse:
+) -> Response:
     """Images that look like the uploaded one, best first."""
     started = time.perf_counter()
     check_window(k, offset, state.settings.max_result_window)
@@ -117,7 +124,7 @@ async def search_image(
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess])
-async def search_terms(body: CompositeSearchRequest, state: State) -> JSONResponse:
+async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
     """Weighted texts and stored images combined into one query; negative weights steer away.
 
     Images used as terms are left out of the results.
@@ -152,7 +159,7 @@ async def similar(
     state: State,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> JSONResponse:
+) -> Response:
     """More like this: neighbours of a stored image (the image itself left out)."""
     started = time.perf_counter()
     check_window(k, offset, state.settings.max_result_window)
