@@ -40,6 +40,11 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count and time one answered request (``route``: the template, not the raw path)."""
+        self.requests.labels(self.service, route, method, str(status)).inc()
+        self.latency.labels(self.service, route, method).observe(seconds)
+
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -86,13 +91,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_recording_status)
         finally:
-            metrics = self.metrics
-            route = _route_template(self.router_app, scope)
-            method = str(scope.get("method", ""))
-            metrics.requests.labels(metrics.service, route, method, str(status)).inc()
-            metrics.latency.labels(metrics.service, route, method).observe(
-                time.perf_counter() - start
-            )
+            self.metrics.observe(_route_template(self.router_app, scope),
+                                 str(scope.get("method", "")), status,
+                                 time.perf_counter() - start)
 
 
 def install_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:

@@ -30,7 +30,14 @@ from gateway.images import prepare_image
 from gateway.ingest import ingest_files
 from gateway.media import SHA256_RE
 from gateway.search import check_window, combine_terms, search_answer
-from gateway.state import GatewayState, ReadAccess, State, WriteAccess
+from gateway.state import (
+    GatewayState,
+    ReadAccess,
+    State,
+    WriteAccess,
+    get_state,
+    require_read,
+)
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -85,13 +92,16 @@ async def _model_name(state: GatewayState) -> str:
     "/search/text",
     response_model=SearchResponse,
     tags=["search"],
-    dependencies=[ReadAccess],
     openapi_extra=json_body_openapi(TextSearchRequest),
 )
-async def search_text(request: Request, state: State) -> Response:
+async def search_text(request: Request) -> Response:
     """Images that match a text, best first."""
     started = time.perf_counter()
-    # The hot path: the body validated from its bytes (contracts/bodies.py says why).
+    # The hot path, answered in front of FastAPI's stack (gateway/main.py): it takes the
+    # request alone, checks access itself and validates the body from its bytes
+    # (contracts/bodies.py says why).
+    state = await get_state(request)
+    await require_read(request, state)
     body = parse_json_body(TextSearchRequest, await request.body())
     check_window(body.k, body.offset, state.settings.max_result_window)
     vector = (await state.encoder.embed_text([body.query]))[0]

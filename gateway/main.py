@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from contracts.errors import install_error_handlers
+from contracts.fastpath import FastRoutes
 from contracts.observability import ServiceMetrics, install_metrics
-from gateway.api import router
+from gateway.api import router, search_text
 from gateway.clients import EncoderClient, IndexClient, build_client
 from gateway.config import Settings
 from gateway.media import MediaStore
@@ -43,7 +44,7 @@ def body_limit_for(settings: Settings) -> Callable[[str], int]:
     return limit_for
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastRoutes:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -111,7 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False),
         name="frontend",
     )
-    return app
+    # The text search is answered in front of FastAPI's middleware stack (contracts/fastpath.py),
+    # with the same body limit.
+    return FastRoutes(app, {("POST", "/search/text"): search_text}, body_limit_for(settings))
 
 
 app = create_app()

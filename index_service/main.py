@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from contracts.errors import install_error_handlers
+from contracts.fastpath import FastRoutes
 from contracts.observability import ServiceMetrics, install_metrics
-from index_service.api import router
+from index_service.api import router, search
 from index_service.config import Settings
 from index_service.service import IndexService
 
@@ -47,7 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(service.close)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastRoutes:
     app = FastAPI(
         title="Glimpse index",
         version="0.1.0",
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_metrics(app, ServiceMetrics("index"))
     app.include_router(router)
-    return app
+    # /v1/search is answered in front of FastAPI's middleware stack (contracts/fastpath.py).
+    return FastRoutes(app, {("POST", "/v1/search"): search})
 
 
 app = create_app()
