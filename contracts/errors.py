@@ -175,19 +175,24 @@ async def _validation_error_handler(request: Request, exc: Exception) -> JSONRes
     return error_response(ErrorType.validation_error, message, details)
 
 
-async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
+def http_error_response(method: str, path: str, exc: StarletteHTTPException) -> JSONResponse:
+    """The error body for an HTTPException (Starlette's 404/405, a malformed form's 400)."""
     error_type = _TYPE_OF_STATUS.get(exc.status_code, ErrorType.bad_request)
     if exc.status_code >= 500 and exc.status_code not in _TYPE_OF_STATUS:
         error_type = ErrorType.internal_error
     detail = exc.detail
     if exc.status_code == 404 and detail == "Not Found":
-        detail = f"No route matches {request.method} {request.url.path}."
+        detail = f"No route matches {method} {path}."
     elif exc.status_code == 405:
-        detail = f"Method {request.method} is not allowed on {request.url.path}."
+        detail = f"Method {method} is not allowed on {path}."
     message = detail if isinstance(detail, str) else "The request failed."
     body = GlimpseError(error_type, message, status=exc.status_code, headers=exc.headers)
     return body.response()
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return http_error_response(request.method, request.url.path, exc)
 
 
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:

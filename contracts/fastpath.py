@@ -25,9 +25,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from contracts.errors import ErrorType, GlimpseError, describe_validation_errors, error_response
+from contracts.errors import (
+    ErrorType,
+    GlimpseError,
+    describe_validation_errors,
+    error_response,
+    http_error_response,
+)
 
 log = logging.getLogger("glimpse.fastpath")
 
@@ -86,6 +93,8 @@ class FastRoutes:
         except RequestValidationError as exc:
             message, details = describe_validation_errors(list(exc.errors()))
             response = error_response(ErrorType.validation_error, message, details)
+        except StarletteHTTPException as exc:  # e.g. a malformed multipart body (400)
+            response = http_error_response(scope["method"], path, exc)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], path)
             response = error_response(

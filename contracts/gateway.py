@@ -16,6 +16,13 @@ class TextSearchRequest(BaseModel):
     offset: int = Field(default=0, ge=0)
 
 
+class ImageSearchForm(BaseModel):
+    """The form fields of /search/image besides the ``file`` part."""
+
+    k: int = Field(default=20, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0)
+
+
 class SearchResult(BaseModel):
     id: int
     score: float = Field(description="Cosine similarity with the query.")

@@ -8,10 +8,11 @@ from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from contracts.bodies import json_body_openapi, json_response, parse_json_body
+from contracts.bodies import json_body_openapi, json_response, parse_fields, parse_json_body
 from contracts.common import HealthResponse, ReadyResponse
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from contracts.gateway import (
@@ -19,6 +20,7 @@ from contracts.gateway import (
     CompositeSearchRequest,
     GatewayStats,
     ImageMeta,
+    ImageSearchForm,
     IngestCheckRequest,
     IngestCheckResponse,
     IngestResponse,
@@ -108,21 +110,52 @@ async def search_text(request: Request) -> Response:
     return await _run_search(state, started, _ms(started), vector, body.k, body.offset)
 
 
+# /search/image's body in OpenAPI: the image part and the ImageSearchForm fields.
+_IMAGE_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "The query image."},
+                        **ImageSearchForm.model_json_schema()["properties"],
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 @router.post(
-    "/search/image", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess]
+    "/search/image", response_model=SearchResponse, tags=["search"], openapi_extra=_IMAGE_FORM
 )
-async def search_image(
-    state: State,
-    file: Annotated[UploadFile, File(description="The query image.")],
-    k: Annotated[int, Form(ge=1, le=MAX_K)] = 20,
-    offset: Annotated[int, Form(ge=0)] = 0,
-) -> Response:
+async def search_image(request: Request) -> Response:
     """Images that look like the uploaded one, best first."""
     started = time.perf_counter()
-    check_window(k, offset, state.settings.max_result_window)
-    data = await file.read()
+    # The hot path, answered in front of FastAPI's stack like /search/text (gateway/main.py).
+    state = await get_state(request)
+    await require_read(request, state)
+    async with request.form(max_files=1, max_fields=8) as form:
+        file = form.get("file")
+        params = parse_fields(
+            ImageSearchForm,
+            {name: form.get(name) for name in ImageSearchForm.model_fields if name in form},
+        )
+        if not isinstance(file, StarletteUploadFile):
+            raise GlimpseError(
+                ErrorType.validation_error,
+                "Invalid request: file: send the query image as a file part named 'file'.",
+            )
+        check_window(params.k, params.offset, state.settings.max_result_window)
+        data = await file.read()
+        name, content_type = file.filename, file.content_type
     vectors, errors = await state.encoder.embed_images(
-        [(file.filename or "query", data, file.content_type or "application/octet-stream")]
+        [(name or "query", data, content_type or "application/octet-stream")]
     )
     if vectors[0] is None:
         error = errors[0] or {}
@@ -130,7 +163,7 @@ async def search_image(
             str(error.get("error_type") or ErrorType.invalid_image.value),
             str(error.get("error") or "The query image could not be read."),
         )
-    return await _run_search(state, started, _ms(started), vectors[0], k, offset)
+    return await _run_search(state, started, _ms(started), vectors[0], params.k, params.offset)
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess])

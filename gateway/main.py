@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from contracts.errors import install_error_handlers
 from contracts.fastpath import FastRoutes
 from contracts.observability import ServiceMetrics, install_metrics
-from gateway.api import router, search_text
+from gateway.api import router, search_image, search_text
 from gateway.clients import EncoderClient, IndexClient, build_client
 from gateway.config import Settings
 from gateway.media import MediaStore
@@ -112,9 +112,13 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
         StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False),
         name="frontend",
     )
-    # The text search is answered in front of FastAPI's middleware stack (contracts/fastpath.py),
-    # with the same body limit.
-    return FastRoutes(app, {("POST", "/search/text"): search_text}, body_limit_for(settings))
+    # The searches are answered in front of FastAPI's middleware stack (contracts/fastpath.py),
+    # with the same body limits.
+    return FastRoutes(
+        app,
+        {("POST", "/search/text"): search_text, ("POST", "/search/image"): search_image},
+        body_limit_for(settings),
+    )
 
 
 app = create_app()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,8 @@ async def search(request: Request) -> Response:
     body = parse_json_body(Query, await request.body())
     if body.k == 7:
         raise GlimpseError(ErrorType.not_found, "No seven here.")
+    if body.k == 8:
+        raise HTTPException(400, "Bad form.")
     if body.k == 9:
         raise RuntimeError("secret internals")
     return json_response({"k": body.k, "state": request.app.state.flag})
@@ -53,7 +55,8 @@ def both() -> Iterator[tuple[TestClient, TestClient]]:
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"k": 3}', b'{"k": 0}', b'{"k": "x"}', b"{oops", b"", b'{"k": 7}', b'{"k": 9}'],
+    [b'{"k": 3}', b'{"k": 0}', b'{"k": "x"}', b"{oops", b"", b'{"k": 7}', b'{"k": 8}',
+     b'{"k": 9}'],
 )
 def test_answers_as_the_app_does(both: tuple[TestClient, TestClient], body: bytes) -> None:
     plain, fast = both
@@ -71,6 +74,8 @@ def test_the_error_bodies(both: tuple[TestClient, TestClient]) -> None:
     assert "k: Input should be greater than or equal to 1" in bad.json()["error"]
     assert fast.post("/search", content=b'{"k": 7}').json() == {
         "error": "No seven here.", "error_type": "not_found"}
+    assert fast.post("/search", content=b'{"k": 8}').json() == {
+        "error": "Bad form.", "error_type": "bad_request"}
     boom = fast.post("/search", content=b'{"k": 9}')
     assert boom.status_code == 500 and "secret" not in boom.text
     assert boom.json()["error_type"] == "internal_error"
