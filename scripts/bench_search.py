@@ -240,14 +240,21 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
         )
     lines.append("")
     by = {(r["kind"], r["clients"], r["path"]): r for r in rows}
+    # The targets: the gateway adds <= 2 ms at p50 (the one-client runs measure latency) and
+    # loses <= 10 % of the throughput of throughput-bound runs (the concurrent ones; with one
+    # client, throughput is only 1/latency).
     for kind, clients in sorted({(r["kind"], r["clients"]) for r in rows}):
         d, g = by[(kind, clients, "direct")], by[(kind, clients, "gateway")]
         added = g["p50_ms"] - d["p50_ms"]
         ratio = g["rps"] / d["rps"]
+        if clients == 1:
+            verdict = f"({'ok' if added <= 2.0 else 'OVER'} <= 2 ms)"
+            rest = f"throughput {ratio:.3f}x direct (latency-bound: no target)"
+        else:
+            verdict = "(queueing: no target)"
+            rest = f"throughput {ratio:.3f}x direct ({'ok' if ratio >= 0.9 else 'OVER'} >= 0.90)"
         lines.append(
-            f"{kind:<6} {clients} client(s): gateway adds {added:+.2f} ms at p50 "
-            f"({'ok' if added <= 2.0 else 'OVER'} <= 2 ms); throughput {ratio:.3f}x direct "
-            f"({'ok' if ratio >= 0.9 else 'OVER'} >= 0.90)"
+            f"{kind:<6} {clients} client(s): gateway adds {added:+.2f} ms at p50 {verdict}; {rest}"
         )
     if cpu_rows:
         lines += ["", "CPU ms per request by process (1 client, sequential):"]
@@ -255,6 +262,16 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
             parts = ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms"].items())
             lines.append(f"  {r['kind']:<6} {r['path']:<8} {parts}")
     return lines
+
+
+def embed_dim(model: str) -> int:
+    """The embedding size of an open_clip model config (no weights loaded)."""
+    import open_clip
+
+    config = open_clip.get_model_config(model)
+    if config is None:
+        raise SystemExit(f"unknown open_clip model {model!r}")
+    return int(config["embed_dim"])
 
 
 def ingest(gateway: str, count: int) -> None:
@@ -275,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument(
+        "--model", default="glimpse-tiny",
+        help="open_clip model of the started stack, random weights (ViT-B-32: the real cost "
+        "of an encoder call; glimpse-tiny: the gateway's share at its largest)",
+    )
+    parser.add_argument(
         "--urls", nargs=3, metavar=("GATEWAY", "ENCODER", "INDEX"),
         help="use running services instead of starting a tiny-model stack",
     )
@@ -288,8 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(dict(zip(("gateway", "encoder", "index"), args.urls, strict=True)))
         model = httpx.get(args.urls[1] + "/v1/info").json()
     else:
+        model_env = {} if args.model == "glimpse-tiny" else {
+            "ENCODER_MODEL": args.model, "ENCODER_PRETRAINED": "none",
+            "INDEX_DIM": str(embed_dim(args.model)),
+        }
         with tempfile.TemporaryDirectory() as tmp, start_stack(
-            Path(tmp), ENCODER_TORCH_THREADS="1"
+            Path(tmp), timeout=600, ENCODER_TORCH_THREADS="1", **model_env
         ) as stack:
             urls = {"gateway": stack.gateway_url, "encoder": stack.encoder.url,
                     "index": stack.index.url}
