@@ -110,13 +110,21 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def one_at_a_time(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[float, float]:
-    """(queries/s, p50 ms) running the queries one by one."""
-    times = []
-    for q in queries:
-        start = time.perf_counter()
+    """(queries/s, p50 ms) running the queries one by one: the better of two passes after a
+    warm-up pass, so a cold cache does not flatter the HTTP ratios measured against it."""
+    for q in queries[:50]:
         fn(q[None, :])
-        times.append(time.perf_counter() - start)
-    return len(queries) / sum(times), statistics.median(times) * 1000
+    best: tuple[float, float] = (0.0, 0.0)
+    for _ in range(2):
+        times = []
+        for q in queries:
+            start = time.perf_counter()
+            fn(q[None, :])
+            times.append(time.perf_counter() - start)
+        rate = len(queries) / sum(times)
+        if rate > best[0]:
+            best = (rate, statistics.median(times) * 1000)
+    return best
 
 
 class KeepAliveClient:
