@@ -63,6 +63,25 @@ def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def form_body_openapi(files: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a required multipart/form-data body: ``files`` (name ->
+    the property's schema; every one required) beside the text ``fields`` (name -> schema)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": list(files),
+                        "properties": {**files, **fields},
+                    }
+                }
+            },
+        }
+    }
+
+
 def json_response(content: Any, status_code: int = 200) -> Response:
     """``content`` (plain dicts, lists, numbers, strings) as a JSON response."""
     return Response(to_json(content), status_code=status_code, media_type="application/json")

@@ -142,15 +142,23 @@ def _too_large(limit: int) -> GlimpseError:
 def _limited(receive: Receive, declared: int | None, limit: int) -> Receive:
     if declared is not None and declared > limit:
         raise _too_large(limit)
+    return counting_receive(receive, limit, lambda: _too_large(limit))
+
+
+def counting_receive(
+    receive: Receive, limit: int, too_large: Callable[[], Exception]
+) -> Receive:
+    """``receive`` that raises ``too_large()`` once the request's body passes ``limit`` bytes
+    (counted as it arrives, so a chunked body without Content-Length is cut off too)."""
     received = 0
 
-    async def counting_receive() -> Message:
+    async def counted() -> Message:
         nonlocal received
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise _too_large(limit)
+                raise too_large()
         return message
 
-    return counting_receive
+    return counted

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.bodies import form_body_openapi
 from contracts.common import HealthResponse, ReadyResponse
 from contracts.encoder import (
     EmbedImageResponse,
@@ -73,28 +74,16 @@ async def embed_text(body: EmbedTextRequest, runtime: Runtime) -> JSONResponse:
     )
 
 
-_MULTIPART_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "One or more image files (JPEG, PNG, WebP, GIF, "
-                            "BMP, TIFF).",
-                        },
-                        "encoding": {"type": "string", "enum": ["float", "base64"]},
-                    },
-                }
-            }
-        },
-    }
-}
+_MULTIPART_BODY = form_body_openapi(
+    {
+        "files": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One or more image files (JPEG, PNG, WebP, GIF, BMP, TIFF).",
+        }
+    },
+    {"encoding": {"type": "string", "enum": ["float", "base64"]}},
+)
 
 
 async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[Any], str | None]:

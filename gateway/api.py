@@ -12,7 +12,13 @@ from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from contracts.bodies import json_body_openapi, json_response, parse_fields, parse_json_body
+from contracts.bodies import (
+    form_body_openapi,
+    json_body_openapi,
+    json_response,
+    parse_fields,
+    parse_json_body,
+)
 from contracts.common import HealthResponse, ReadyResponse
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from contracts.gateway import (
@@ -111,24 +117,10 @@ async def search_text(request: Request) -> Response:
 
 
 # /search/image's body in OpenAPI: the image part and the ImageSearchForm fields.
-_IMAGE_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary",
-                                 "description": "The query image."},
-                        **ImageSearchForm.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+_IMAGE_FORM = form_body_openapi(
+    {"file": {"type": "string", "format": "binary", "description": "The query image."}},
+    ImageSearchForm.model_json_schema()["properties"],
+)
 
 
 @router.post(

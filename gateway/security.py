@@ -15,6 +15,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import ErrorType, GlimpseError
+from contracts.fastpath import counting_receive
 
 
 class BodyTooLarge(HTTPException):
@@ -47,17 +48,7 @@ class BodySizeLimitMiddleware:
             await self._refuse(limit, scope, receive, send)
             return
 
-        received = 0
         started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -66,7 +57,9 @@ class BodySizeLimitMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(
+                scope, counting_receive(receive, limit, lambda: BodyTooLarge(limit)), tracking_send
+            )
         except BodyTooLarge:
             # Normally the app's handlers answer it; this catches a read outside of them.
             if started:
