@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
@@ -127,17 +126,11 @@ async def search(request: Request) -> Response:
             f"exclude_ids holds {len(body.exclude_ids)} ids; the limit is {s.max_k}.",
         )
     queries = l2_normalize(decode_vectors(body.vectors, s.dim, what="vectors"))
-    options: dict[str, Any] = {"nprobe": body.nprobe, "exact": body.exact,
-                               "exclude": body.exclude_ids}
-    if service.gathering:
-        # Faiss and SQLite run on the gathering thread; the event loop only awaits the result.
-        future = service.submit_search_records(queries, body.k, **options)
-        results = await asyncio.wrap_future(future)
-    else:
-        # Faiss releases the GIL; SQLite reads block: the search threads, not the event loop.
-        results = await asyncio.get_running_loop().run_in_executor(
-            service.search_pool, partial(service.search_records, queries, body.k, **options)
-        )
+    # Faiss, the re-rank and SQLite run on the service's threads (they release the GIL or
+    # block); the event loop only awaits the result.
+    future = service.submit_search_records(queries, body.k, nprobe=body.nprobe,
+                                           exact=body.exact, exclude=body.exclude_ids)
+    results = await asyncio.wrap_future(future)
     return json_response({"results": results})
 
 

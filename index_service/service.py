@@ -396,10 +396,14 @@ class IndexService:
         exact: bool = False,
         exclude: Sequence[int] = (),
     ) -> Future[Records]:
-        """:meth:`search_records` on the gathering thread, as a future (does not block)."""
-        assert self.gatherer is not None
-        return self.gatherer.submit(queries, k + len(exclude), nprobe, exact,
-                                    self._records_finisher(k, exclude))
+        """:meth:`search_records` as a future (does not block): on the gathering thread when
+        searches are gathered, else on the search threads."""
+        if self.gathering:
+            assert self.gatherer is not None
+            return self.gatherer.submit(queries, k + len(exclude), nprobe, exact,
+                                        self._records_finisher(k, exclude))
+        return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
+                                       exact=exact, exclude=exclude)
 
     @property
     def gathering(self) -> bool:
