@@ -87,14 +87,18 @@ def realistic_jpeg(photo: Image.Image, rng: random.Random, size: tuple[int, int]
 def generate(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
     """``n`` different JPEGs under ``folder`` (100 per sub-folder); their paths."""
     photos = sample_photos()
-    paths = []
-    for i in range(n):
+
+    def one(i: int) -> Path:
         rng = random.Random(seed * 1_000_003 + i)
         path = folder / f"batch{i // 100:03d}" / f"img{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(realistic_jpeg(photos[i % len(photos)], rng, size))
-        paths.append(path)
-    return paths
+        return path
+
+    # Pillow releases the GIL while it resizes, enhances and encodes: threads scale (about 8 ms
+    # per image on one core; a GPU host's 16 cores make 10,000 files in seconds, not minutes).
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(one, range(n)))
 
 
 @dataclass

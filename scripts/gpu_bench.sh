@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU rows in one run, for a machine with one NVIDIA GPU (an H100/H200 in our measurements):
+#   1. scripts/gpu_check.py: fp16 and the nvJPEG path agree with the fp32 CPU path;
+#   2. scripts/bench_encoder.py: the raw model vs the encoder service, JPEG bytes over HTTP, fp16;
+#   3. scripts/bench_ingest.py: ingest end to end through the gateway vs the encoder alone;
+#   4. scripts/bench_search.py: what the gateway adds to a search, ViT-B-32 on the GPU.
+# Each step has its own time limit, writes its whole output to OUTDIR/<step>.log and prints its
+# last lines; a failed step does not stop the next. Sizes can be made smaller for a dry run on a
+# CPU (GPU_BENCH_DEVICE=cpu, GPU_BENCH_MODEL=glimpse-tiny and the sizes below).
+#
+#   bash scripts/gpu_bench.sh OUTDIR
+set -u
+out=${1:-gpu-bench-out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+device=${GPU_BENCH_DEVICE:-cuda}
+precision=fp16
+[ "$device" = cpu ] && precision=fp32
+model=${GPU_BENCH_MODEL:-ViT-B-32}
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2 start rc
+  shift 2
+  echo "== $name (limit ${limit} s): $*"
+  start=$(date +%s)
+  timeout -k 15 "$limit" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  echo "== $name: exit $rc after $(($(date +%s) - start)) s"
+  tail -n "${TAIL_LINES:-22}" "$out/$name.log"
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+    --format=csv 2>/dev/null || echo "no nvidia-smi"
+  "$py" -c 'import os, sys, torch, torchvision, open_clip, faiss, PIL, fastapi
+print(sys.version.split()[0], "torch", torch.__version__, "torchvision", torchvision.__version__,
+      "open_clip", open_clip.__version__, "faiss", faiss.__version__, "pillow", PIL.__version__,
+      "fastapi", fastapi.__version__, "cpus", os.cpu_count(),
+      "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())'
+} 2>&1 | tee "$out/env.log"
+
+step check "${CHECK_LIMIT:-90}" "$py" scripts/gpu_check.py --device "$device" --model "$model"
+
+step encoder "${ENCODER_LIMIT:-170}" "$py" scripts/bench_encoder.py --model "$model" --device "$device" \
+  --precision "$precision" --images "${ENCODER_IMAGES:-8192}" --max-batch 256 \
+  --clients 16 --files-per-request 32 --rounds 2 --text-queries 50 --json "$out/encoder.json"
+
+step ingest "${INGEST_LIMIT:-170}" env ENCODER_MAX_BATCH=256 "$py" scripts/bench_ingest.py \
+  --model "$model" --n "${INGEST_N:-8000}" --batch-size 32 --concurrency 16 --quiet
+
+step search "${SEARCH_LIMIT:-120}" "$py" scripts/bench_search.py --model "$model" \
+  --requests "${SEARCH_REQUESTS:-400}" --images "${SEARCH_IMAGES:-1000}" --json "$out/search.json"

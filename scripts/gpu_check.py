@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""What only a GPU can check, checked for correctness (speed is bench_encoder.py's job).
+
+    python scripts/gpu_check.py [--model ViT-B-32] [--device cuda]
+
+On the same random weights (seeded, so both loads are identical):
+  1. fp16 on the device against fp32 on the CPU: text and image vectors of the sample photos
+     (cosine of each pair; fp16 should keep > 0.999);
+  2. the nvJPEG path (encoder_service/gpu_decode.py: JPEG bytes decoded, resized, cropped and
+     normalised on the device) against the CPU path (Pillow decode + open_clip's transform), both
+     through the fp16 model: cosine of each pair (> 0.99: torch's bicubic is not Pillow's);
+  3. the nvJPEG path refuses a truncated JPEG with its own error and keeps its neighbours.
+Prints one line per check and exits 1 if any fails. `--device cpu` runs the same code paths on
+the CPU (torchvision decodes there), which is how this script is tried without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from contracts.errors import GlimpseError  # noqa: E402
+from encoder_service.config import Settings  # noqa: E402
+from encoder_service.gpu_decode import gpu_prepare, supports_gpu_preprocessing  # noqa: E402
+from encoder_service.images import ImageLimits, prepare_pixels  # noqa: E402
+from encoder_service.model import load_encoder  # noqa: E402
+
+TEXTS = ["a photo of a cat", "an astronaut in a white suit", "a cup of coffee on a table",
+         "a rocket on the launch pad", "a galaxy in deep space"]
+LIMITS = ImageLimits(20 * 1024 * 1024, 60_000_000)
+
+
+def photos_as_jpegs() -> list[bytes]:
+    from skimage import data as skdata
+    from sklearn.datasets import load_sample_images
+
+    arrays = [getattr(skdata, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
+    arrays += list(load_sample_images().images)
+    out = []
+    for a in arrays:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(a)).convert("RGB").save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    args = p.parse_args(argv)
+    failures = 0
+
+    def report(name: str, ok: bool, detail: str) -> None:
+        nonlocal failures
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+    t0 = time.perf_counter()
+    precision = "fp16" if args.device == "cuda" else "fp32"
+    fast = load_encoder(Settings(model=args.model, pretrained="none", device=args.device,
+                                 precision=precision))
+    ref = load_encoder(Settings(model=args.model, pretrained="none", device="cpu",
+                                precision="fp32"))
+    print(f"loaded {args.model} on {fast.device} {precision} and on cpu fp32 in "
+          f"{time.perf_counter() - t0:.1f} s; torch {torch.__version__}"
+          + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""), flush=True)
+
+    cos = cosines(fast.encode_texts(TEXTS), ref.encode_texts(TEXTS))
+    report(f"text {precision} on {fast.device} vs fp32 cpu", bool(cos.min() > 0.999),
+           f"cosine min {cos.min():.5f} mean {cos.mean():.5f} over {len(TEXTS)} texts")
+
+    blobs = photos_as_jpegs()
+    size = fast.image_size
+    cpu_pixels = torch.stack([prepare_pixels(b, LIMITS, size, fast.preprocess) for b in blobs])
+    cpu_path = fast.encode_pixels(cpu_pixels.to(fast.device))
+    cos = cosines(cpu_path, ref.encode_pixels(cpu_pixels))
+    report(f"image {precision} on {fast.device} vs fp32 cpu", bool(cos.min() > 0.999),
+           f"cosine min {cos.min():.5f} mean {cos.mean():.5f} over {len(blobs)} photos")
+
+    report("device preprocessing supported", supports_gpu_preprocessing(fast) or
+           args.device == "cpu", f"supports_gpu_preprocessing = {supports_gpu_preprocessing(fast)}")
+    prepared = gpu_prepare(blobs, fast, LIMITS)
+    bad = [x for x in prepared if not isinstance(x, torch.Tensor)]
+    report("JPEG decode on the device", not bad, f"{len(blobs) - len(bad)}/{len(blobs)} decoded "
+           f"on {prepared[0].device if not bad else '?'}")
+    if not bad:
+        device_path = fast.encode_pixels(torch.stack(prepared))  # type: ignore[arg-type]
+        cos = cosines(device_path, cpu_path)
+        report("device JPEG path vs CPU path (same fp16 model)", bool(cos.min() > 0.99),
+               f"cosine min {cos.min():.5f} mean {cos.mean():.5f}")
+        started = time.perf_counter()
+        batch = blobs * (256 // len(blobs))
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        for _ in range(3):
+            out = gpu_prepare(batch, fast, LIMITS)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        per_s = 3 * len(batch) / (time.perf_counter() - started)
+        print(f"     device decode + preprocess of {len(batch)} JPEGs (sample photos, 300-1,000 "
+              f"px): {per_s:,.0f} images/s", flush=True)
+        del out
+
+    broken = blobs[0][: len(blobs[0]) // 3]
+    mixed = gpu_prepare([blobs[1], broken, blobs[1]], fast, LIMITS)
+    ok = (isinstance(mixed[1], GlimpseError) and mixed[1].error_type == "invalid_image"
+          and isinstance(mixed[0], torch.Tensor) and isinstance(mixed[2], torch.Tensor)
+          and bool(torch.equal(mixed[0], mixed[2])))
+    report("truncated JPEG refused alone", ok, f"answers {[type(x).__name__ for x in mixed]}")
+    print(f"{failures} check(s) failed" if failures else "all checks passed", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
