@@ -253,6 +253,12 @@ def gpu_decodable_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
     try:
         if img.format != "JPEG" or img.mode not in ("RGB", "L"):
             return None
+        # nvJPEG decodes a truncated stream without an error (seen on an H200: a picture came
+        # back), where Pillow refuses it. Entropy-coded data never holds FF D9, so a
+        # stream that ends with it is complete; anything else (truncated, or data appended after
+        # the image as motion photos do) goes to the CPU decoder, which decides.
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return None
         if img.info.get("progressive") or img.info.get("progression"):
             return None
         if _orientation(img) != 1:

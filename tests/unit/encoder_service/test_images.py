@@ -185,6 +185,17 @@ def test_gpu_eligibility_is_read_from_the_header() -> None:
         gpu_decodable_jpeg(b"junk", LIMITS)
 
 
+def test_a_jpeg_without_its_end_marker_goes_to_the_cpu_decoder() -> None:
+    # nvJPEG turns a truncated stream into a picture without an error (seen on an H200);
+    # Pillow refuses it. Data appended after the end marker (motion photos) goes there too.
+    pixels = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    whole = jpeg_bytes(Image.fromarray(pixels))
+    assert gpu_decodable_jpeg(whole, LIMITS) is not None
+    assert gpu_decodable_jpeg(whole + b"\x00\x00", LIMITS) is not None
+    assert gpu_decodable_jpeg(whole[: len(whole) * 2 // 3], LIMITS) is None
+    assert gpu_decodable_jpeg(whole + b"ftypmp42 appended video", LIMITS) is None
+
+
 def test_open_checked_does_not_decode() -> None:
     img = open_checked(encoded(Image.new("RGB", (1999, 2000)), "PNG"), LIMITS)
     assert img.size == (1999, 2000)
