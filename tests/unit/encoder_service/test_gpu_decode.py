@@ -48,3 +48,14 @@ def test_a_stream_the_decoder_refuses_gets_its_own_error(encoder: ClipEncoder, p
     assert isinstance(prepared[0], torch.Tensor) and isinstance(prepared[2], torch.Tensor)
     assert isinstance(prepared[1], GlimpseError) and prepared[1].error_type == "invalid_image"
     np.testing.assert_array_equal(prepared[0].numpy(), prepared[2].numpy())
+
+
+def test_a_batch_gives_what_each_image_gives_alone(encoder: ClipEncoder, photos) -> None:
+    # The constants are cached per device: a batch must not change what an image gives.
+    blobs = [jpeg_bytes(p, quality=90) for p in photos.values()]
+    blobs += blobs[:2]
+    together = gpu_prepare(blobs, encoder, LIMITS)
+    for blob, tensor in zip(blobs, together, strict=True):
+        (alone,) = gpu_prepare([blob], encoder, LIMITS)
+        assert isinstance(tensor, torch.Tensor) and isinstance(alone, torch.Tensor)
+        assert torch.equal(tensor, alone)
