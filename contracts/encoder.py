@@ -50,3 +50,9 @@ class EncoderInfo(BaseModel):
     max_text_chars: int | None = Field(default=None, description="Longest accepted text.")
     max_file_bytes: int | None = Field(default=None, description="Largest accepted file.")
     gpu_decode: bool = Field(default=False, description="JPEGs are decoded on the GPU.")
+    decode_rates: dict[str, float] | None = Field(
+        default=None,
+        description="Images/s of the CPU decode pool ('cpu_pool') and of the GPU decoder "
+        "('device'), measured at warm-up on CUDA (ENCODER_GPU_DECODE=auto keeps the faster); "
+        "null otherwise.",
+    )

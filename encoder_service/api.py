@@ -203,6 +203,7 @@ async def info(runtime: Runtime) -> EncoderInfo:
         max_text_chars=s.max_text_chars,
         max_file_bytes=s.max_file_bytes,
         gpu_decode=runtime.gpu_decode,
+        decode_rates=runtime.decode_rates,
     )
 
 

@@ -52,8 +52,9 @@ class Settings(BaseSettings):
     )
     gpu_decode: GpuDecode = Field(
         default="auto",
-        description="Batched JPEG decoding on the GPU (torchvision.io.decode_jpeg): auto = on "
-        "when the device is CUDA.",
+        description="JPEG decoding on the GPU (torchvision.io.decode_jpeg): auto = on CUDA, "
+        "whichever of the GPU decoder and the CPU pool is measured faster at warm-up (on when "
+        "warm-up is off); on; off.",
     )
     text_cache_size: int = Field(
         default=4096, ge=0, description="Text embeddings kept in the LRU cache (0 disables)."

@@ -10,6 +10,7 @@ import asyncio
 import io
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,22 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def calibration_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
+    """``count`` different camera-like JPEGs (smooth shading plus sensor-like noise, quality
+    90: about as costly to decode as photos of that size), made without any data files."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = []
+    for i in range(count):
+        base = np.stack([xx / w * 255, yy / h * 255, (xx + yy) / (w + h) * 255], axis=-1)
+        noisy = np.roll(base, 37 * i, axis=1) + rng.normal(0, 12, (h, w, 3))
+        buf = io.BytesIO()
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
 def choose_threads(settings: Settings, device: str) -> tuple[int, int]:
     """(torch intra-op threads, decode workers).
 
@@ -85,6 +102,8 @@ class EncoderRuntime:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="glimpse-decode")
         self.preprocess = PixelRecipe.of(encoder.preprocess) or encoder.preprocess
         self.gpu_decode = self._want_gpu_decode(settings, encoder)
+        # Images/s of each JPEG decoder as measured at warm-up (choose_decoder), when it ran.
+        self.decode_rates: dict[str, float] | None = None
         self.batcher = Batcher(
             self._run_batch,
             max_batch=settings.max_batch,
@@ -228,8 +247,55 @@ class EncoderRuntime:
         self.batcher.announce(len(files))
         return list(await asyncio.gather(*(self._embed_one_image(data) for data in files)))
 
+    def time_decoders(self, count: int = 64) -> tuple[float, float]:
+        """Images/s of the two ways to turn ``count`` camera-like 640x480 JPEGs into model
+        inputs: the CPU pool (all its threads) and the device decoder (in one thread, as the
+        model thread runs it); each the better of two passes, the first also warming it up."""
+        from encoder_service.gpu_decode import gpu_prepare
+
+        blobs = calibration_jpegs(count)
+        size = self.encoder.image_size
+
+        def cpu_pass() -> None:
+            list(self.pool.map(lambda b: prepare_pixels(b, self.limits, size, self.preprocess),
+                               blobs))
+
+        def device_pass() -> None:
+            gpu_prepare(blobs, self.encoder, self.limits)
+            if self.encoder.device == "cuda":
+                torch.cuda.synchronize()
+
+        rates = []
+        for one_pass in (cpu_pass, device_pass):
+            best = float("inf")
+            for _ in range(2):
+                started = time.perf_counter()
+                one_pass()
+                best = min(best, time.perf_counter() - started)
+            rates.append(count / best)
+        return rates[0], rates[1]
+
+    def choose_decoder(self) -> None:
+        """On CUDA, time both JPEG decoders (reported in /v1/info); with ``gpu_decode=auto``
+        keep the device decoder only if it is measured faster than the CPU pool here. (On an
+        H200 with 16 cores the device path, run inside the model thread, held the service to
+        1,100-1,240 images/s: which one wins depends on the host, so it is measured.)"""
+        if not self.gpu_decode:
+            return
+        cpu_rate, device_rate = self.time_decoders()
+        self.decode_rates = {"cpu_pool": round(cpu_rate, 1), "device": round(device_rate, 1)}
+        if self.settings.gpu_decode == "auto":  # "on" keeps the device decoder (timed all the same)
+            self.gpu_decode = device_rate > cpu_rate
+        logger.info(
+            "JPEG decoding: CPU pool (%d threads) %.0f images/s, device %.0f images/s: using %s",
+            self.decode_workers, cpu_rate, device_rate, "the device" if self.gpu_decode else
+            "the CPU pool",
+        )
+
     async def warm_up(self) -> None:
-        """One text and one image through the whole path, so the first request is not slow."""
+        """One text and one image through the whole path, so the first request is not slow;
+        on CUDA, the JPEG decoder is chosen by measuring both (``choose_decoder``)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.choose_decoder)
         await self.embed_texts(["a photo of a warm-up"])
         self._text_cache.clear()
         buf = io.BytesIO()

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=0, help="0: the service's default")
     p.add_argument("--decode-workers", type=int, default=0, help="0: the service's default")
     p.add_argument("--encoding", default="base64", choices=["float", "base64"])
+    p.add_argument("--gpu-decode", default="auto", choices=["auto", "on", "off"],
+                   help="the service's ENCODER_GPU_DECODE (CUDA only)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args(argv)
 
@@ -200,6 +202,7 @@ def start_service(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.
         "ENCODER_MAX_WAIT_MS": str(args.max_wait_ms),
         "ENCODER_TORCH_THREADS": str(args.torch_threads),
         "ENCODER_DECODE_WORKERS": str(args.decode_workers),
+        "ENCODER_GPU_DECODE": args.gpu_decode,
         "ENCODER_MAX_FILES": str(max(256, args.files_per_request)),
         "PYTHONUNBUFFERED": "1",
     }
@@ -336,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     proc, url = start_service(args, log_path)
     rows: list[dict[str, Any]] = []
     try:
+        info = httpx.get(url + "/v1/info").json()
+        print(f"# service: JPEGs decoded on the GPU: {info.get('gpu_decode')} (--gpu-decode "
+              f"{args.gpu_decode}; decoders timed at warm-up, images/s: "
+              f"{info.get('decode_rates')})", flush=True)
         # Warm the service's image path (and its first-batch costs) before measuring.
         asyncio.run(service_image_rate(url, jpegs, argparse.Namespace(
             **{**vars(args), "images": args.clients * args.files_per_request})))
@@ -394,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
           "(target <= 1.30)")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "rounds": rows}, indent=2))
+                                         "service": info, "rounds": rows}, indent=2))
     return 0
 
 

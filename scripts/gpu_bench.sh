@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows in one run, for a machine with one NVIDIA GPU (an H100/H200 in our measurements):
 #   1. scripts/gpu_check.py: fp16 and the nvJPEG path agree with the fp32 CPU path;
-#   2. scripts/bench_encoder.py: the raw model vs the encoder service, JPEG bytes over HTTP, fp16;
+#   2. scripts/bench_encoder.py: the raw model vs the encoder service, JPEG bytes over HTTP, fp16,
+#      with the JPEGs decoded on the GPU and then by the CPU pool;
 #   3. scripts/bench_ingest.py: ingest end to end through the gateway vs the encoder alone;
 #   4. scripts/bench_search.py: what the gateway adds to a search, ViT-B-32 on the GPU.
 # Each step has its own time limit, writes its whole output to OUTDIR/<step>.log and prints its
@@ -41,14 +42,19 @@ print(sys.version.split()[0], "torch", torch.__version__, "torchvision", torchvi
       "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())'
 } 2>&1 | tee "$out/env.log"
 
-step check "${CHECK_LIMIT:-90}" "$py" scripts/gpu_check.py --device "$device" --model "$model"
+step check "${CHECK_LIMIT:-60}" "$py" scripts/gpu_check.py --device "$device" --model "$model"
 
-step encoder "${ENCODER_LIMIT:-170}" "$py" scripts/bench_encoder.py --model "$model" --device "$device" \
-  --precision "$precision" --images "${ENCODER_IMAGES:-8192}" --max-batch 256 \
-  --clients 16 --files-per-request 32 --rounds 2 --text-queries 50 --json "$out/encoder.json"
+# The service with each JPEG decoder (ENCODER_GPU_DECODE=auto picks one by timing both at
+# warm-up; its choice is printed in each run's header).
+for mode in ${GPU_BENCH_DECODE_MODES:-on off}; do
+  step "encoder-$mode" "${ENCODER_LIMIT:-140}" "$py" scripts/bench_encoder.py --model "$model" \
+    --device "$device" --precision "$precision" --images "${ENCODER_IMAGES:-8192}" \
+    --max-batch 256 --clients 16 --files-per-request 32 --rounds 2 --text-queries 50 \
+    --gpu-decode "$mode" --json "$out/encoder-$mode.json"
+done
 
-step ingest "${INGEST_LIMIT:-170}" env ENCODER_MAX_BATCH=256 "$py" scripts/bench_ingest.py \
-  --model "$model" --n "${INGEST_N:-8000}" --batch-size 32 --concurrency 16 --quiet
+step ingest "${INGEST_LIMIT:-150}" env ENCODER_MAX_BATCH=256 "$py" scripts/bench_ingest.py \
+  --model "$model" --n "${INGEST_N:-6000}" --batch-size 32 --concurrency 16 --quiet
 
-step search "${SEARCH_LIMIT:-120}" "$py" scripts/bench_search.py --model "$model" \
-  --requests "${SEARCH_REQUESTS:-400}" --images "${SEARCH_IMAGES:-1000}" --json "$out/search.json"
+step search "${SEARCH_LIMIT:-150}" "$py" scripts/bench_search.py --model "$model" \
+  --requests "${SEARCH_REQUESTS:-200}" --images "${SEARCH_IMAGES:-500}" --json "$out/search.json"

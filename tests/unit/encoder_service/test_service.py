@@ -4,6 +4,7 @@ one by one through HTTP, near-duplicate photos, the text cache."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from collections.abc import AsyncIterator
 
@@ -12,8 +13,11 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from encoder_service.main import create_app
+from encoder_service.model import load_encoder
+from encoder_service.service import EncoderRuntime, calibration_jpegs
 from tests.unit.encoder_service.conftest import encoded, jpeg_bytes, tiny_settings
 
 
@@ -122,3 +126,37 @@ async def test_text_cache_is_bounded() -> None:
         r = await c.post("/v1/embed/text", json={"texts": ["a", "b", "c", "d"]})
         assert r.status_code == 200
         assert list(application.state.runtime._text_cache) == ["c", "d"]
+
+
+def test_calibration_jpegs_are_distinct_camera_sized_photos() -> None:
+    blobs = calibration_jpegs(4)
+    assert len(set(blobs)) == 4
+    for blob in blobs:
+        assert 20_000 < len(blob) < 400_000
+        with Image.open(io.BytesIO(blob)) as img:
+            assert (img.format, img.size) == ("JPEG", (640, 480))
+
+
+def test_the_jpeg_decoder_is_chosen_by_measuring_both() -> None:
+    # Off CUDA the device path runs torchvision's CPU decoder: the same code, timed for real.
+    runtime = EncoderRuntime(tiny_settings(), load_encoder(tiny_settings()), CollectorRegistry())
+    try:
+        cpu_rate, device_rate = runtime.time_decoders(8)
+        assert cpu_rate > 0 and device_rate > 0
+        assert runtime.gpu_decode is False and runtime.decode_rates is None
+        runtime.choose_decoder()  # not on CUDA: nothing to choose
+        assert runtime.decode_rates is None
+        runtime.gpu_decode = True  # as on CUDA with ENCODER_GPU_DECODE=auto
+        runtime.choose_decoder()
+        rates = runtime.decode_rates
+        assert rates is not None and set(rates) == {"cpu_pool", "device"}
+        assert runtime.gpu_decode is (rates["device"] > rates["cpu_pool"])
+        forced = EncoderRuntime(
+            tiny_settings(gpu_decode="on"), runtime.encoder, CollectorRegistry()
+        )
+        forced.gpu_decode = True
+        forced.choose_decoder()  # "on" is timed, not measured away
+        assert forced.gpu_decode is True and forced.decode_rates is not None
+        forced.close()
+    finally:
+        runtime.close()
