@@ -1,8 +1,10 @@
 """Batched JPEG decoding and preprocessing on the GPU (nvJPEG via torchvision.io.decode_jpeg).
 
-On a GPU the CPU pool, not the model, limits the image rate (16 processes decode about 3,500
-640x480 JPEGs/s; nvJPEG about 15,000/s), so plain upright baseline JPEGs skip the pool and are
-decoded, resized and normalised on the device inside the model thread.
+Plain upright baseline JPEGs can skip the CPU pool and be decoded, resized and normalised on
+the device inside the model thread. Whether that is faster depends on the host: on an H200 with
+16 cores it held the service to 1,100-1,240 images/s with the model thread 92-96 % busy
+(docs/encoder.md), so with ENCODER_GPU_DECODE=auto the service times both decoders at warm-up
+and keeps the faster (``EncoderRuntime.choose_decoder``).
 
 Not on this project's CI or development machines (no GPU there): the tests run this module's
 code with torchvision's CPU decoder. On a GPU, scripts/gpu_check.py compares it with the CPU
