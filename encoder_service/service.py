@@ -282,7 +282,12 @@ class EncoderRuntime:
         1,100-1,240 images/s: which one wins depends on the host, so it is measured.)"""
         if not self.gpu_decode:
             return
-        cpu_rate, device_rate = self.time_decoders()
+        try:
+            cpu_rate, device_rate = self.time_decoders()
+        except Exception:  # noqa: BLE001 - a decoder that fails here must not keep us unready
+            logger.exception("timing the JPEG decoders failed; decoding on the CPU pool")
+            self.gpu_decode = False
+            return
         self.decode_rates = {"cpu_pool": round(cpu_rate, 1), "device": round(device_rate, 1)}
         if self.settings.gpu_decode == "auto":  # "on" keeps the device decoder (timed all the same)
             self.gpu_decode = device_rate > cpu_rate

@@ -160,3 +160,19 @@ def test_the_jpeg_decoder_is_chosen_by_measuring_both() -> None:
         forced.close()
     finally:
         runtime.close()
+
+
+def test_a_device_decoder_that_fails_its_timing_leaves_the_cpu_pool(monkeypatch) -> None:
+    import encoder_service.gpu_decode as gpu_decode
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("nvJPEG could not be initialised")
+
+    monkeypatch.setattr(gpu_decode, "gpu_prepare", broken)
+    runtime = EncoderRuntime(tiny_settings(), load_encoder(tiny_settings()), CollectorRegistry())
+    try:
+        runtime.gpu_decode = True  # as on CUDA with ENCODER_GPU_DECODE=auto
+        runtime.choose_decoder()  # logs, does not raise: the warm-up (and readiness) go on
+        assert runtime.gpu_decode is False and runtime.decode_rates is None
+    finally:
+        runtime.close()
