@@ -17,6 +17,7 @@ from contracts.encoder import (
     EncoderInfo,
 )
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
+from contracts.fastpath import counting_receive
 from contracts.multipart import parse_form
 from contracts.vectors import VectorEncoding, encode_vector
 from encoder_service.service import EncoderRuntime, not_ready
@@ -97,20 +98,21 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
         )
     # The whole body in memory, split by parse_form: Starlette's request.form() cost ~10x the
     # CPU on the event loop (contracts/multipart.py says why). A body sent without a length is
-    # counted as it arrives, so it cannot grow past the limit either.
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > settings.max_request_bytes:
-            raise GlimpseError(
+    # counted as it arrives (the shared counting_receive), so it cannot pass the limit either.
+    limit = settings.max_request_bytes
+    counted = Request(
+        request.scope,
+        counting_receive(
+            request.receive,
+            limit,
+            lambda: GlimpseError(
                 ErrorType.payload_too_large,
-                f"The request body has more than {settings.max_request_bytes} bytes; "
-                f"the limit is {settings.max_request_bytes}.",
-            )
-        chunks.append(chunk)
+                f"The request body has more than {limit} bytes; the limit is {limit}.",
+            ),
+        ),
+    )
     parts = parse_form(
-        b"".join(chunks),
+        await counted.body(),
         request.headers.get("content-type"),
         max_files=settings.max_files,
         max_fields=16,

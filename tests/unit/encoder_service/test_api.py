@@ -12,7 +12,13 @@ from PIL import Image
 
 from encoder_service.main import create_app
 from encoder_service.model import ModelLoadError
-from tests.unit.encoder_service.conftest import TINY_DIM, encoded, jpeg_bytes, tiny_settings
+from tests.unit.encoder_service.conftest import (
+    TINY_DIM,
+    encoded,
+    jpeg_bytes,
+    tiny_settings,
+    wait_ready,
+)
 from tests.unit.encoder_service.test_images import huge_png_header
 
 
@@ -130,6 +136,30 @@ def test_limits_give_4xx_never_5xx(client: TestClient, photos) -> None:
         422,
         "validation_error",
     )
+
+
+def test_a_body_without_a_length_is_counted_against_the_request_limit(photos) -> None:
+    blob = jpeg_bytes(photos["coffee"])
+    boundary = "b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + blob + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+    def chunked(data: bytes):  # an iterator: sent without Content-Length
+        yield from (data[i : i + 4096] for i in range(0, len(data), 4096))
+
+    with TestClient(create_app(tiny_settings(max_request_bytes=len(body) - 1))) as small:
+        wait_ready(small)
+        r = small.post("/v1/embed/image", content=chunked(body), headers=headers)
+        assert "content-length" not in {k.lower() for k in r.request.headers}
+        error = _assert_error_body(r, 413, "payload_too_large")
+        assert f"more than {len(body) - 1} bytes" in error["error"]
+    with TestClient(create_app(tiny_settings(max_request_bytes=len(body)))) as fits:
+        wait_ready(fits)
+        r = fits.post("/v1/embed/image", content=chunked(body), headers=headers)
+        assert r.status_code == 200, r.text
 
 
 def test_info_health_and_readiness(client: TestClient) -> None:
