@@ -56,9 +56,9 @@ def calibration_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[by
     rng = np.random.default_rng(0)
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([xx / w * 255, yy / h * 255, (xx + yy) / (w + h) * 255], axis=-1)
     out = []
     for i in range(count):
-        base = np.stack([xx / w * 255, yy / h * 255, (xx + yy) / (w + h) * 255], axis=-1)
         noisy = np.roll(base, 37 * i, axis=1) + rng.normal(0, 12, (h, w, 3))
         buf = io.BytesIO()
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
