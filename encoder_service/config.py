@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         "whichever of the GPU decoder and the CPU pool is measured faster at warm-up (on when "
         "warm-up is off); on; off.",
     )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="On CUDA, replay the text tower as CUDA graphs for batches up to 64 "
+        "(checked against the eager model at start; eager if capture fails).",
+    )
     text_cache_size: int = Field(
         default=4096, ge=0, description="Text embeddings kept in the LRU cache (0 disables)."
     )

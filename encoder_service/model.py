@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from encoder_service.config import Settings
+from encoder_service.text_graphs import TextGraphs, try_capture
 
 logger = logging.getLogger("glimpse.encoder.model")
 
@@ -29,6 +30,8 @@ TINY_MODEL = "glimpse-tiny"
 _CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+# Compared through the captured text graphs and the eager model before the graphs are used.
+_GRAPH_PROBE_TEXTS = ("a photo of a dog", "a red bicycle against a brick wall", "", "sunset")
 
 
 class ModelLoadError(RuntimeError):
@@ -111,6 +114,8 @@ class ClipEncoder:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # The text tower as CUDA graphs (text_graphs.py); None runs it eagerly.
+    text_graphs: TextGraphs | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -121,7 +126,9 @@ class ClipEncoder:
 
     def encode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+            features = self.text_graphs.run(tokens) if self.text_graphs is not None else None
+            if features is None:
+                features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
             return _unit_rows(features)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
@@ -197,6 +204,11 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         "loaded %s (%s) on %s in %s: dim %d, image size %d",
         name, settings.pretrained, device, precision, dim, image_size,
     )
+    text_graphs = None
+    if device == "cuda" and settings.cuda_graphs:
+        text_graphs = try_capture(
+            model.encode_text, tokenizer(list(_GRAPH_PROBE_TEXTS)), device, settings.max_batch
+        )
     return ClipEncoder(
         name=name,
         pretrained=settings.pretrained,
@@ -209,4 +221,5 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         image_size=image_size,
         mean=(mean[0], mean[1], mean[2]),
         std=(std[0], std[1], std[2]),
+        text_graphs=text_graphs,
     )
