@@ -59,3 +59,23 @@ def test_a_batch_gives_what_each_image_gives_alone(encoder: ClipEncoder, photos)
         (alone,) = gpu_prepare([blob], encoder, LIMITS)
         assert isinstance(tensor, torch.Tensor) and isinstance(alone, torch.Tensor)
         assert torch.equal(tensor, alone)
+
+
+def test_same_sized_images_are_resized_together_as_each_alone(
+    encoder: ClipEncoder, photos, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from encoder_service import gpu_decode
+
+    astronaut = photos["astronaut"]
+    # Six different 200x150 crops (one shape group) around two photos of other sizes.
+    crops = [jpeg_bytes(astronaut[y:y + 150, x:x + 200]) for y, x in
+             ((0, 0), (40, 10), (100, 200), (300, 300), (10, 250), (200, 50))]
+    blobs = [jpeg_bytes(photos["rocket"])] + crops[:3] + [jpeg_bytes(photos["coffee"])] + crops[3:]
+    alone = [gpu_prepare([b], encoder, LIMITS)[0] for b in blobs]
+    for max_pixels in (gpu_decode.MAX_GROUP_PIXELS, 2 * 200 * 150):  # one group, then pairs
+        monkeypatch.setattr(gpu_decode, "MAX_GROUP_PIXELS", max_pixels)
+        together = gpu_prepare(blobs, encoder, LIMITS)
+        for a, t in zip(alone, together, strict=True):
+            assert isinstance(a, torch.Tensor) and isinstance(t, torch.Tensor)
+            torch.testing.assert_close(t, a, rtol=0, atol=1e-5)
+    assert len({tuple(t.shape) for t in together}) == 1  # type: ignore[union-attr]
