@@ -4,12 +4,14 @@
 #   2. scripts/bench_encoder.py: the raw model vs the encoder service, JPEG bytes over HTTP, fp16,
 #      with the JPEGs decoded on the GPU and then by the CPU pool;
 #   3. scripts/bench_ingest.py: ingest end to end through the gateway vs the encoder alone;
-#   4. scripts/bench_search.py: what the gateway adds to a search, ViT-B-32 on the GPU.
+#   4. scripts/bench_search.py: what the gateway adds to a search, with the tiny model (issue
+#      #4's figure, on this host's cores) and with ViT-B-32 on the GPU.
 # Each step has its own time limit, writes its whole output to OUTDIR/<step>.log and prints its
 # last lines; a failed step does not stop the next. Sizes can be made smaller for a dry run on a
 # CPU (GPU_BENCH_DEVICE=cpu, GPU_BENCH_MODEL=glimpse-tiny and the sizes below).
 #
 #   bash scripts/gpu_bench.sh OUTDIR
+#   GPU_BENCH_STEPS="check encoder ingest" bash scripts/gpu_bench.sh OUTDIR   # some steps only
 set -u
 out=${1:-gpu-bench-out}
 mkdir -p "$out"
@@ -20,6 +22,10 @@ precision=fp16
 model=${GPU_BENCH_MODEL:-ViT-B-32}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
+
+steps=" ${GPU_BENCH_STEPS:-check encoder ingest search-tiny search} "
+
+want() { case "$steps" in *" $1 "*) return 0 ;; esac; return 1; }
 
 step() {  # step NAME LIMIT_S COMMAND...
   local name=$1 limit=$2 start rc
@@ -42,19 +48,22 @@ print(sys.version.split()[0], "torch", torch.__version__, "torchvision", torchvi
       "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())'
 } 2>&1 | tee "$out/env.log"
 
-step check "${CHECK_LIMIT:-60}" "$py" scripts/gpu_check.py --device "$device" --model "$model"
+want check && step check "${CHECK_LIMIT:-60}" "$py" scripts/gpu_check.py --device "$device" --model "$model"
 
 # The service with each JPEG decoder (ENCODER_GPU_DECODE=auto picks one by timing both at
 # warm-up; its choice is printed in each run's header).
 for mode in ${GPU_BENCH_DECODE_MODES:-on off}; do
-  step "encoder-$mode" "${ENCODER_LIMIT:-140}" "$py" scripts/bench_encoder.py --model "$model" \
+  want encoder && step "encoder-$mode" "${ENCODER_LIMIT:-140}" "$py" scripts/bench_encoder.py --model "$model" \
     --device "$device" --precision "$precision" --images "${ENCODER_IMAGES:-8192}" \
     --max-batch 256 --clients 16 --files-per-request 32 --rounds 2 --text-queries 50 \
     --gpu-decode "$mode" --json "$out/encoder-$mode.json"
 done
 
-step ingest "${INGEST_LIMIT:-150}" env ENCODER_MAX_BATCH=256 "$py" scripts/bench_ingest.py \
+want ingest && step ingest "${INGEST_LIMIT:-150}" env ENCODER_MAX_BATCH=256 "$py" scripts/bench_ingest.py \
   --model "$model" --n "${INGEST_N:-6000}" --batch-size 32 --concurrency 16 --quiet
 
-step search "${SEARCH_LIMIT:-150}" "$py" scripts/bench_search.py --model "$model" \
+want search-tiny && step search-tiny "${SEARCH_TINY_LIMIT:-150}" "$py" scripts/bench_search.py --model glimpse-tiny \
+  --requests "${SEARCH_TINY_REQUESTS:-1000}" --images 300 --json "$out/search-tiny.json"
+
+want search && step search "${SEARCH_LIMIT:-150}" "$py" scripts/bench_search.py --model "$model" \
   --requests "${SEARCH_REQUESTS:-200}" --images "${SEARCH_IMAGES:-500}" --json "$out/search.json"

@@ -9,7 +9,12 @@ On the same random weights (seeded, so both loads are identical):
   2. the nvJPEG path (encoder_service/gpu_decode.py: JPEG bytes decoded, resized, cropped and
      normalised on the device) against the CPU path (Pillow decode + open_clip's transform), both
      through the fp16 model: cosine of each pair (> 0.99: torch's bicubic is not Pillow's);
-  3. the nvJPEG path refuses a truncated JPEG with its own error and keeps its neighbours.
+  3. a truncated JPEG is not sent to nvJPEG (which decodes it without an error) and the CPU
+     decoder refuses it;
+  4. the text tower replayed as CUDA graphs (encoder_service/text_graphs.py) against the same
+     model run eagerly (cosine > 0.999), and one query's latency both ways (p50 of 50);
+  5. the rate of the device decode + preprocessing on 256 camera-like 640x480 JPEGs (one size,
+     so resized as one group) and on the sample photos (all sizes differ).
 Prints one line per check and exits 1 if any fails. `--device cpu` runs the same code paths on
 the CPU (torchvision decodes there), which is how this script is tried without a GPU.
 """
@@ -33,8 +38,13 @@ if str(REPO) not in sys.path:
 from contracts.errors import GlimpseError  # noqa: E402
 from encoder_service.config import Settings  # noqa: E402
 from encoder_service.gpu_decode import gpu_prepare, supports_gpu_preprocessing  # noqa: E402
-from encoder_service.images import ImageLimits, prepare_pixels  # noqa: E402
-from encoder_service.model import load_encoder  # noqa: E402
+from encoder_service.images import (  # noqa: E402
+    ImageLimits,
+    gpu_decodable_jpeg,
+    prepare_pixels,
+)
+from encoder_service.model import _unit_rows, load_encoder  # noqa: E402
+from encoder_service.service import calibration_jpegs  # noqa: E402
 
 TEXTS = ["a photo of a cat", "an astronaut in a white suit", "a cup of coffee on a table",
          "a rocket on the launch pad", "a galaxy in deep space"]
@@ -57,6 +67,53 @@ def photos_as_jpegs() -> list[bytes]:
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64))
+
+
+def prepare_rate(batch: list[bytes], encoder) -> float:  # noqa: ANN001
+    """Images/s of gpu_prepare over ``batch``, the best of three after a warm-up."""
+    gpu_prepare(batch, encoder, LIMITS)  # warm-up: nvJPEG's first batch allocates
+    best = float("inf")
+    for _ in range(3):
+        sync(encoder.device)
+        started = time.perf_counter()
+        gpu_prepare(batch, encoder, LIMITS)
+        sync(encoder.device)
+        best = min(best, time.perf_counter() - started)
+    return len(batch) / best
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def check_text_graphs(encoder, report, device: str) -> None:  # noqa: ANN001
+    """CUDA-graph replays of the text tower against the same model run eagerly."""
+    graphs = encoder.text_graphs
+    report("text tower captured as CUDA graphs", graphs is not None or device == "cpu",
+           f"buckets {graphs.buckets if graphs is not None else None}")
+    if graphs is None:
+        return
+
+    def eager(texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return _unit_rows(encoder.model.encode_text(encoder.tokenize(texts).to(device)))
+
+    worst = 1.0
+    for texts in (TEXTS[:1], TEXTS[:3], TEXTS, TEXTS * 7):  # buckets 1, 4, 8, and eager (35)
+        worst = min(worst, float(cosines(encoder.encode_texts(texts), eager(texts)).min()))
+    report("text CUDA graphs vs eager (same fp16 model)", worst > 0.999, f"cosine min {worst:.5f}")
+    queries = [f"{t} number {i}" for i in range(10) for t in TEXTS]
+    for name, run in (("eager", eager), ("graphs", encoder.encode_texts)):
+        times = []
+        for text in queries:
+            sync(device)
+            started = time.perf_counter()
+            run([text])
+            times.append(time.perf_counter() - started)
+        print(f"     one text query, tokenize + forward + normalise, {name}: p50 "
+              f"{np.percentile(times, 50) * 1000:.2f} ms, p90 "
+              f"{np.percentile(times, 90) * 1000:.2f} ms", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     report(f"text {precision} on {fast.device} vs fp32 cpu", bool(cos.min() > 0.999),
            f"cosine min {cos.min():.5f} mean {cos.mean():.5f} over {len(TEXTS)} texts")
 
+    check_text_graphs(fast, report, args.device)
+
     blobs = photos_as_jpegs()
     size = fast.image_size
     cpu_pixels = torch.stack([prepare_pixels(b, LIMITS, size, fast.preprocess) for b in blobs])
@@ -98,32 +157,30 @@ def main(argv: list[str] | None = None) -> int:
     prepared = gpu_prepare(blobs, fast, LIMITS)
     bad = [x for x in prepared if not isinstance(x, torch.Tensor)]
     report("JPEG decode on the device", not bad, f"{len(blobs) - len(bad)}/{len(blobs)} decoded "
-           f"on {prepared[0].device if not bad else '?'}")
+           f"on {fast.device if not bad else '?'}")
     if not bad:
         device_path = fast.encode_pixels(torch.stack(prepared))  # type: ignore[arg-type]
         cos = cosines(device_path, cpu_path)
         report("device JPEG path vs CPU path (same fp16 model)", bool(cos.min() > 0.99),
                f"cosine min {cos.min():.5f} mean {cos.mean():.5f}")
-        batch = blobs * (256 // len(blobs))
-        gpu_prepare(batch, fast, LIMITS)  # warm-up: nvJPEG's first batch allocates
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(3):
-            out = gpu_prepare(batch, fast, LIMITS)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        per_s = 3 * len(batch) / (time.perf_counter() - started)
-        print(f"     device decode + preprocess of {len(batch)} JPEGs (sample photos, 300-1,000 "
-              f"px): {per_s:,.0f} images/s", flush=True)
-        del out
+        for label, batch in (
+            ("sample photos, 300-1,000 px, every size different", blobs * (256 // len(blobs))),
+            ("camera-like 640x480, one size", calibration_jpegs(256)),
+        ):
+            rate = prepare_rate(batch, fast)
+            print(f"     device decode + preprocess of {len(batch)} JPEGs ({label}): "
+                  f"{rate:,.0f} images/s", flush=True)
 
     broken = blobs[0][: len(blobs[0]) // 3]
-    mixed = gpu_prepare([blobs[1], broken, blobs[1]], fast, LIMITS)
-    ok = (isinstance(mixed[1], GlimpseError) and mixed[1].error_type == "invalid_image"
-          and isinstance(mixed[0], torch.Tensor) and isinstance(mixed[2], torch.Tensor)
-          and bool(torch.equal(mixed[0], mixed[2])))
-    report("truncated JPEG refused alone", ok, f"answers {[type(x).__name__ for x in mixed]}")
+    routed = gpu_decodable_jpeg(broken, LIMITS)
+    try:
+        prepare_pixels(broken, LIMITS, size, fast.preprocess)
+        refused = "accepted"
+    except GlimpseError as exc:
+        refused = exc.error_type
+    report("truncated JPEG kept from nvJPEG and refused by the CPU decoder",
+           routed is None and refused == "invalid_image",
+           f"gpu_decodable_jpeg -> {routed}, CPU decoder -> {refused}")
     print(f"{failures} check(s) failed" if failures else "all checks passed", flush=True)
     return 1 if failures else 0
 
