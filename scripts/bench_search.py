@@ -224,6 +224,7 @@ async def bench(
                         best[name] = (lat, rps)
             for name in ("direct", "gateway"):
                 rows.append(row(kind, args.clients, name, *best[name]))
+            print(f"# {kind} done", file=sys.stderr, flush=True)
     finally:
         await paths.aclose()
     return rows
@@ -282,6 +283,7 @@ def ingest(gateway: str, count: int) -> None:
                 for i in range(start, min(count, start + 50))
             ]
             client.post("/ingest", files=files).raise_for_status()
+    print(f"# ingested {count} images", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="glimpse-tiny",
         help="open_clip model of the started stack, random weights (ViT-B-32: the real cost "
         "of an encoder call; glimpse-tiny: the gateway's share at its largest)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"],
+        help="the started encoder's ENCODER_DEVICE (default: cpu for glimpse-tiny, auto, i.e. "
+        "the GPU when there is one, for other models; a ViT-B-32 stack on one CPU thread did "
+        "not finish a GPU run's 120 s step)",
     )
     parser.add_argument(
         "--urls", nargs=3, metavar=("GATEWAY", "ENCODER", "INDEX"),
@@ -314,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             "ENCODER_MODEL": args.model, "ENCODER_PRETRAINED": "none",
             "INDEX_DIM": str(embed_dim(args.model)),
         }
+        model_env["ENCODER_DEVICE"] = args.device or (
+            "cpu" if args.model == "glimpse-tiny" else "auto"
+        )
         with tempfile.TemporaryDirectory() as tmp, start_stack(
             Path(tmp), timeout=600, ENCODER_TORCH_THREADS="1", **model_env
         ) as stack:
