@@ -7,13 +7,16 @@ Built in the app's lifespan and kept on ``app.state.runtime``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
+import itertools
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,82 @@ class GpuJpeg:
     """An image payload left as JPEG bytes for the GPU decoder (see gpu_decode.py)."""
 
     data: bytes
+
+
+class _ImageJob:
+    """The files of one embed_images call on their way through the pool and the model: one
+    result slot each, one asyncio future for the whole request.
+
+    Settled from any thread (pool or model); the future is resolved on the event loop once,
+    when the last slot is settled or when the request fails (``fail``) or is cancelled.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, errors: Counter) -> None:
+        self.loop = loop
+        self.done: asyncio.Future[list[np.ndarray | GlimpseError]] = loop.create_future()
+        self.results: list[np.ndarray | GlimpseError | None] = [None] * count
+        self._left = count
+        self._errors = errors
+        self._lock = threading.Lock()
+        self._queued: list[Future[np.ndarray]] = []
+        self.finished = False
+
+    def _resolve(self, error: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if error is not None:
+            self.done.set_exception(error)
+        else:
+            self.done.set_result(self.results)  # type: ignore[arg-type]  # every slot is set
+
+    def settle(self, slot: int, result: np.ndarray | GlimpseError) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.results[slot] = result
+            self._left -= 1
+            if self._left:
+                return
+            self.finished = True
+        self.loop.call_soon_threadsafe(self._resolve, None)
+
+    def fail(self, error: BaseException) -> None:
+        """The whole request fails with ``error`` (as an exception out of embed_images)."""
+        with self._lock:
+            if self.finished:
+                return
+            self.finished = True
+            queued = list(self._queued)
+        for future in queued:
+            future.cancel()
+        self.loop.call_soon_threadsafe(self._resolve, error)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.finished = True
+            queued = list(self._queued)
+        for future in queued:
+            future.cancel()
+
+    def track(self, slot: int, future: Future[np.ndarray]) -> None:
+        with self._lock:
+            self._queued.append(future)
+            finished = self.finished
+        if finished:  # failed or cancelled while this file was being prepared
+            future.cancel()
+        future.add_done_callback(functools.partial(self._on_model_done, slot))
+
+    def _on_model_done(self, slot: int, future: Future[np.ndarray]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self.settle(slot, future.result())
+        elif isinstance(error, GlimpseError):  # a file only the GPU decoder looked at closely
+            self._errors.labels(error.error_type).inc()
+            self.settle(slot, error)
+        else:  # the forward pass failed: the request answers 500
+            self.fail(error)
 
 
 def cpu_count() -> int:
@@ -222,30 +301,56 @@ class EncoderRuntime:
                 return GpuJpeg(data)
             return prepare_pixels(data, self.limits, self.encoder.image_size, self.preprocess)
 
-    async def _embed_one_image(self, data: bytes) -> np.ndarray | GlimpseError:
-        loop = asyncio.get_running_loop()
-        queued = False
-        try:
-            try:
-                payload = await loop.run_in_executor(self.pool, self._prepare_image, data)
-            except GlimpseError as exc:
-                self.image_errors.labels(exc.error_type).inc()
-                return exc
-            (future,) = self.batcher.submit("image", [payload], announced=True)
-            queued = True
-            try:
-                return await asyncio.wrap_future(future)
-            except GlimpseError as exc:  # a file only the GPU decoder looked at closely
-                self.image_errors.labels(exc.error_type).inc()
-                return exc
-        finally:
-            if not queued:
+    def _prepare_chunk(self, job: _ImageJob, files: Sequence[bytes], slots: range) -> None:
+        """In the decode pool: prepare each file of ``slots`` and queue it for the model as
+        soon as it is ready (so the model overlaps the decoding of the rest)."""
+        for slot in slots:
+            if job.finished:  # the request failed or went away: nothing more to queue
                 self.batcher.announce(-1)
+                continue
+            try:
+                payload = self._prepare_image(files[slot])
+            except GlimpseError as exc:
+                self.batcher.announce(-1)
+                self.image_errors.labels(exc.error_type).inc()
+                job.settle(slot, exc)
+                continue
+            except BaseException as exc:  # noqa: BLE001 - the request answers 500, as before
+                self.batcher.announce(-1)
+                job.fail(exc)
+                continue
+            try:
+                (future,) = self.batcher.submit("image", [payload], announced=True)
+            except GlimpseError as exc:  # overloaded or shutting down: the request gets it
+                job.fail(exc)
+                continue
+            job.track(slot, future)
 
     async def embed_images(self, files: Sequence[bytes]) -> list[np.ndarray | GlimpseError]:
-        """One unit vector or one error per file, in order; decoding overlaps the model."""
+        """One unit vector or one error per file, in order; decoding overlaps the model.
+
+        The event loop's share is one job per request: the files go to the decode pool in at
+        most ``decode_workers`` chunks and the model thread resolves one future when the last
+        file is done. (One executor call, one task and two thread-safe wake-ups per file cost
+        the single event loop more than everything else it did per image, measured with an
+        instant decoder: docs/encoder.md.)
+        """
+        if not files:
+            return []
+        job = _ImageJob(asyncio.get_running_loop(), len(files), self.image_errors)
         self.batcher.announce(len(files))
-        return list(await asyncio.gather(*(self._embed_one_image(data) for data in files)))
+        parts = min(len(files), self.decode_workers)
+        bounds = [len(files) * i // parts for i in range(parts + 1)]
+        submitted = 0
+        try:
+            for lo, hi in itertools.pairwise(bounds):
+                self.pool.submit(self._prepare_chunk, job, files, range(lo, hi))
+                submitted = hi
+            return await job.done
+        except BaseException:
+            job.cancel()  # queued files are skipped; chunks not yet started stop early
+            self.batcher.announce(-(len(files) - submitted))
+            raise
 
     def time_decoders(self, count: int = 64) -> tuple[float, float]:
         """Images/s of the two ways to turn ``count`` camera-like 640x480 JPEGs into model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import threading
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from contracts.errors import GlimpseError
 from encoder_service.main import create_app
 from encoder_service.model import load_encoder
 from encoder_service.service import EncoderRuntime, calibration_jpegs
@@ -176,3 +178,102 @@ def test_a_device_decoder_that_fails_its_timing_leaves_the_cpu_pool(monkeypatch)
         assert runtime.gpu_decode is False and runtime.decode_rates is None
     finally:
         runtime.close()
+
+
+# -- one job per request (EncoderRuntime.embed_images) ---------------------------------------
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[EncoderRuntime]:
+    settings = tiny_settings(max_wait_ms=50.0, max_batch=8, max_queue=6, decode_workers=3)
+    rt = EncoderRuntime(settings, load_encoder(settings), CollectorRegistry())
+    rt.batcher.start()
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _announced(rt: EncoderRuntime) -> int:
+    return rt.batcher._announced  # noqa: SLF001 - what the model thread waits for
+
+
+async def test_files_keep_their_slots_whichever_chunk_or_batch_they_took(
+    runtime: EncoderRuntime, photos
+) -> None:
+    blobs = [jpeg_bytes(p) for p in photos.values()]
+    alone = [await runtime.embed_images([b]) for b in blobs]
+    files = [blobs[0], b"not an image", blobs[1], blobs[2], b"", blobs[3]]
+    out = await runtime.embed_images(files)
+    assert [type(r).__name__ for r in out] == [
+        "ndarray", "GlimpseError", "ndarray", "ndarray", "GlimpseError", "ndarray"
+    ]
+    for got, blob in zip(out, files, strict=True):
+        if blob in blobs:
+            np.testing.assert_allclose(got, alone[blobs.index(blob)][0], atol=1e-5)
+    assert await runtime.embed_images([]) == []
+    assert _announced(runtime) == 0
+
+
+async def test_a_full_queue_fails_the_request_and_leaves_nothing_announced(
+    runtime: EncoderRuntime, photos, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    real_run = runtime._run_batch  # noqa: SLF001
+
+    def slow_run(kind, payloads):  # noqa: ANN001, ANN202 - holds the model thread until released
+        gate.wait(10)
+        return real_run(kind, payloads)
+
+    monkeypatch.setattr(runtime.batcher, "_runner", slow_run)
+    blob = jpeg_bytes(photos["rocket"])
+    with pytest.raises(GlimpseError) as caught:
+        await runtime.embed_images([blob] * 20)  # max_queue is 6
+    assert caught.value.error_type == "overloaded"
+    gate.set()
+    for _ in range(200):
+        if _announced(runtime) == 0 and not runtime.batcher._queue:  # noqa: SLF001
+            break
+        await asyncio.sleep(0.01)
+    assert _announced(runtime) == 0
+    (vector,) = await runtime.embed_images([blob])
+    assert isinstance(vector, np.ndarray)
+
+
+async def test_a_cancelled_request_withdraws_its_files(
+    runtime: EncoderRuntime, photos, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    ran: list[int] = []
+    real_run = runtime._run_batch  # noqa: SLF001
+
+    def slow_run(kind, payloads):  # noqa: ANN001, ANN202
+        gate.wait(10)
+        ran.append(len(payloads))
+        return real_run(kind, payloads)
+
+    monkeypatch.setattr(runtime.batcher, "_runner", slow_run)
+    blob = jpeg_bytes(photos["coffee"])
+    task = asyncio.create_task(runtime.embed_images([blob] * 6))
+    await asyncio.sleep(0.3)  # decoded and queued; the first batch holds the model thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    (vector,) = await runtime.embed_images([blob])
+    assert isinstance(vector, np.ndarray)
+    assert _announced(runtime) == 0
+    # The batch already running finished; every other file of the cancelled request was skipped.
+    assert sum(ran) <= 6 + 1 and ran[-1] == 1
+
+
+async def test_a_failed_forward_pass_fails_the_request(
+    runtime: EncoderRuntime, photos, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(kind, payloads):  # noqa: ANN001, ANN202
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(runtime.batcher, "_runner", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        await runtime.embed_images([jpeg_bytes(photos["rocket"])] * 3)
+    assert _announced(runtime) == 0
