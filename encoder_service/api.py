@@ -25,7 +25,9 @@ from encoder_service.service import EncoderRuntime, not_ready
 router = APIRouter()
 
 
-def get_runtime(request: Request) -> EncoderRuntime:
+async def get_runtime(request: Request) -> EncoderRuntime:
+    # async: FastAPI runs a plain-def dependency in its thread pool, a thread hand-off per
+    # request for two attribute reads.
     runtime: EncoderRuntime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.warmed_up:
         raise not_ready()

@@ -40,7 +40,7 @@ router = APIRouter()
 _F16 = np.dtype("<f2")
 
 
-def get_service(request: Request) -> IndexService:
+def service_of(request: Request) -> IndexService:
     service: IndexService | None = getattr(request.app.state, "service", None)
     if service is None or not service.ready.is_set():
         error = getattr(request.app.state, "load_error", None)
@@ -50,6 +50,12 @@ def get_service(request: Request) -> IndexService:
             headers={"Retry-After": "1"},
         )
     return service
+
+
+async def get_service(request: Request) -> IndexService:
+    # async: FastAPI runs a plain-def dependency in its thread pool (a thread hand-off per
+    # request).
+    return service_of(request)
 
 
 Service = Annotated[IndexService, Depends(get_service)]
@@ -102,7 +108,7 @@ async def search(request: Request) -> Response:
     """Top-k live items per query vector (scores are inner products of unit vectors)."""
     # The hot path: the body is validated from its bytes and the answer serialised without a
     # response model (contracts/bodies.py says why); the checks and errors are the same.
-    service = get_service(request)
+    service = service_of(request)
     body = parse_json_body(IndexSearchRequest, await request.body())
     s = _settings(service)
     if len(body.vectors) > s.max_search_vectors:
