@@ -56,3 +56,8 @@ class EncoderInfo(BaseModel):
         "('device'), measured at warm-up on CUDA (ENCODER_GPU_DECODE=auto keeps the faster); "
         "null otherwise.",
     )
+    text_graph_batches: list[int] | None = Field(
+        default=None,
+        description="Batch sizes the text tower replays as CUDA graphs (ENCODER_CUDA_GRAPHS, "
+        "on CUDA); a larger batch runs eagerly. Null when all text runs eagerly.",
+    )

@@ -216,6 +216,9 @@ async def info(runtime: Runtime) -> EncoderInfo:
         max_file_bytes=s.max_file_bytes,
         gpu_decode=runtime.gpu_decode,
         decode_rates=runtime.decode_rates,
+        text_graph_batches=(
+            list(graphs.buckets) if (graphs := runtime.encoder.text_graphs) is not None else None
+        ),
     )
 
 

@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         info = httpx.get(url + "/v1/info").json()
         print(f"# service: JPEGs decoded on the GPU: {info.get('gpu_decode')} (--gpu-decode "
               f"{args.gpu_decode}; decoders timed at warm-up, images/s: "
-              f"{info.get('decode_rates')})", flush=True)
+              f"{info.get('decode_rates')}; text CUDA graphs for batches "
+              f"{info.get('text_graph_batches')})", flush=True)
         # Warm the service's image path (and its first-batch costs) before measuring.
         asyncio.run(service_image_rate(url, jpegs, argparse.Namespace(
             **{**vars(args), "images": args.clients * args.files_per_request})))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from encoder_service.main import create_app
 from encoder_service.model import ModelLoadError
+from encoder_service.text_graphs import TextGraphs
 from tests.unit.encoder_service.conftest import (
     TINY_DIM,
     encoded,
@@ -166,6 +167,16 @@ def test_info_health_and_readiness(client: TestClient) -> None:
     info = client.get("/v1/info").json()
     assert info["model"] == "glimpse-tiny" and info["dim"] == TINY_DIM
     assert info["device"] == "cpu" and info["precision"] == "fp32" and info["pretrained"] == "none"
+    assert info["text_graph_batches"] is None  # CUDA graphs only on CUDA
+    encoder = client.app.state.runtime.encoder  # type: ignore[attr-defined]
+    context = int(encoder.tokenize(["probe"]).shape[1])
+    encoder.text_graphs = TextGraphs.eager_for_tests(
+        encoder.model.encode_text, context, "cpu", (1, 2, 4)
+    )
+    try:
+        assert client.get("/v1/info").json()["text_graph_batches"] == [1, 2, 4]
+    finally:
+        encoder.text_graphs = None
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["ready"] is True
 
