@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(
         default=True,
         description="On CUDA, replay the text tower as CUDA graphs for batches up to 64 "
-        "(checked against the eager model at start; eager if capture fails).",
+        "(checked against the eager model at start; eager if capture fails or disagrees).",
     )
     text_cache_size: int = Field(
         default=4096, ge=0, description="Text embeddings kept in the LRU cache (0 disables)."
