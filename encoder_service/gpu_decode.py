@@ -1,10 +1,10 @@
 """Batched JPEG decoding and preprocessing on the GPU (nvJPEG via torchvision.io.decode_jpeg).
 
 Plain upright baseline JPEGs can skip the CPU pool and be decoded, resized and normalised on
-the device inside the model thread. Whether that is faster depends on the host: on an H200 with
-16 cores it held the service to 1,100-1,240 images/s with the model thread 92-96 % busy
-(docs/encoder.md), so with ENCODER_GPU_DECODE=auto the service times both decoders at warm-up
-and keeps the faster (``EncoderRuntime.choose_decoder``).
+the device inside the model thread, same-sized images resized together. Whether that is faster
+depends on the host (on an H200 with 16 cores it timed 7,700-8,900 images/s against 1,050-1,280
+for the CPU pool, docs/encoder.md), so with ENCODER_GPU_DECODE=auto the service times both
+decoders at warm-up and keeps the faster (``EncoderRuntime.choose_decoder``).
 
 Not on this project's CI or development machines (no GPU there): the tests run this module's
 code with torchvision's CPU decoder. On a GPU, scripts/gpu_check.py compares it with the CPU
