@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -35,14 +35,26 @@ from index_service.config import Settings
 from index_service.service import IndexService, NotTunable
 from index_service.store import NewItem
 
+if TYPE_CHECKING:
+    from index_service.milvus_service import MilvusIndexService
+
+    # INDEX_BACKEND picks one (main.py); both offer what these routes call.
+    Backend = IndexService | MilvusIndexService
+else:
+    Backend = IndexService
+
 router = APIRouter()
 
 _F16 = np.dtype("<f2")
 
 
-def service_of(request: Request) -> IndexService:
-    service: IndexService | None = getattr(request.app.state, "service", None)
+def service_of(request: Request) -> Backend:
+    service: Backend | None = getattr(request.app.state, "service", None)
     if service is None or not service.ready.is_set():
+        waiting = getattr(service, "waiting_for", None)
+        if waiting:  # the Milvus backend, still trying to reach Milvus
+            raise GlimpseError(ErrorType.upstream_unavailable, waiting,
+                               headers={"Retry-After": "1"})
         error = getattr(request.app.state, "load_error", None)
         raise GlimpseError(
             ErrorType.not_ready,
@@ -52,20 +64,20 @@ def service_of(request: Request) -> IndexService:
     return service
 
 
-async def get_service(request: Request) -> IndexService:
+async def get_service(request: Request) -> Backend:
     # async: FastAPI runs a plain-def dependency in its thread pool (a thread hand-off per
     # request).
     return service_of(request)
 
 
-Service = Annotated[IndexService, Depends(get_service)]
+Service = Annotated[Backend, Depends(get_service)]
 
 # Bounded so an id SQLite cannot hold (>= 2**63) is a 422 naming the bound, not an
 # OverflowError (a 500) inside the store.
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="Item id (0 to 2**63-1).")]
 
 
-def _settings(service: IndexService) -> Settings:
+def _settings(service: Backend) -> Settings:
     return service.settings
 
 
@@ -255,8 +267,9 @@ async def healthz() -> HealthResponse:
 @router.get("/readyz", response_model=ReadyResponse, tags=["ops"])
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 once the snapshot is loaded and the store replayed, 503 before."""
-    service: IndexService | None = getattr(request.app.state, "service", None)
-    error = getattr(request.app.state, "load_error", None)
+    service: Backend | None = getattr(request.app.state, "service", None)
+    error = getattr(request.app.state, "load_error", None) or getattr(service, "waiting_for",
+                                                                     None)
     if service is not None and service.ready.is_set():
         index = service.index
         state = "training" if index is not None and index.training else "ok"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +14,40 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="INDEX_", env_nested_delimiter="__")
 
+    backend: Literal["faiss", "milvus"] = Field(
+        default="faiss",
+        description="faiss: the embedded index (SQLite + Faiss in this process); milvus: Milvus "
+        "holds vectors, keys, paths and meta, so several index replicas share one collection.",
+    )
+    milvus_uri: str = Field(
+        default="http://127.0.0.1:19530", description="Milvus endpoint (INDEX_BACKEND=milvus)."
+    )
+    milvus_token: str = Field(
+        default="", description="Milvus token ('user:password' or an API key); empty = none."
+    )
+    milvus_collection: str = Field(
+        default="glimpse", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection; created (with its index) on first start.",
+    )
+    milvus_index_type: Literal["IVF_PQ", "HNSW", "GPU_IVF_PQ"] = Field(
+        default="IVF_PQ", description="Milvus index built on a new collection's vectors."
+    )
+    milvus_index_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON overriding the index parameters (nlist, m, nbits; HNSW: M, "
+        "efConstruction); unset ones follow the Faiss backend's rule on a full segment.",
+    )
+    milvus_segment_mb: int = Field(
+        default=512, ge=1,
+        description="Milvus's dataCoord.segment.maxSize: Milvus trains one index per segment, "
+        "so nlist/m/nbits follow the rule for a full segment's rows.",
+    )
+    milvus_ef: int = Field(
+        default=128, ge=1, description="HNSW ef per search (raised to the candidates wanted)."
+    )
+    milvus_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline of each Milvus call; past it the answer is 503."
+    )
     data_dir: Path = Field(
         default=Path("data/index"), description="Where the SQLite store and snapshots live."
     )

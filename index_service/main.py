@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -20,10 +21,22 @@ from index_service.api import router, search
 from index_service.config import Settings
 from index_service.service import IndexService
 
+if TYPE_CHECKING:
+    from index_service.milvus_service import MilvusIndexService
+
 log = logging.getLogger("glimpse.index")
 
 
-async def _open(app: FastAPI, service: IndexService) -> None:
+def _make_service(settings: Settings) -> IndexService | MilvusIndexService:
+    if settings.backend == "milvus":
+        # Imported only here: pymilvus is the optional `milvus` extra.
+        from index_service.milvus_service import MilvusIndexService
+
+        return MilvusIndexService(settings)
+    return IndexService(settings)
+
+
+async def _open(app: FastAPI, service: IndexService | MilvusIndexService) -> None:
     try:
         # SQLite reads, snapshot load and replay block for seconds at a million items.
         await asyncio.to_thread(service.open)
@@ -36,9 +49,14 @@ async def _open(app: FastAPI, service: IndexService) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # Raises at start for INDEX_DEVICE=cuda without GPU support: a clear error, not a 500 later.
-    service = IndexService(settings)
+    service = _make_service(settings)
     app.state.service = service
     app.state.load_error = None
+    if not isinstance(service, IndexService):
+        # One attempt before serving: a collection that disagrees with the settings (dimension,
+        # metric) fails the start here with a sentence naming both; an unreachable Milvus does
+        # not (the service starts unready and keeps trying).
+        await asyncio.to_thread(service.try_connect)
     loading = asyncio.create_task(_open(app, service))
     try:
         yield

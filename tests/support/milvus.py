@@ -1,0 +1,113 @@
+"""A real Milvus server for tests: the `milvus` package's embedded standalone binary.
+
+One server per test session (``milvus_server``, a session fixture registered in
+tests/integration/conftest.py), in its own temp base dir, on free loopback ports. Each test
+uses its own collection (``collection_name``), so tests do not see each other's items.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from milvus import MilvusServer, MilvusServerConfig
+from pymilvus import connections, utility
+
+from tests.support.procs import free_port
+
+
+class EmbeddedMilvus:
+    """Start, stop, kill and restart one embedded Milvus; its data survives a restart."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.port = free_port()
+        self._server = self._new_server()
+
+    def _new_server(self) -> MilvusServer:
+        server = MilvusServer(MilvusServerConfig(), wait_for_started=True)
+        server.set_base_dir(str(self.base_dir))
+        server.listen_port = self.port
+        # The health/metrics port: the package scans up from 9091, which another session's
+        # server may hold; a free one avoids the scan.
+        server.webservice_port = free_port()
+        return server
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedMilvus:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, what a crash or an OOM kill does."""
+        proc = self._server.server_proc
+        if proc is not None:
+            proc.kill()
+            proc.wait(10)
+        self._server.stop()
+
+    def restart(self, kill: bool = False) -> None:
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self._server = self._new_server()
+        self.start()
+
+    def drop(self, collection: str) -> None:
+        alias = f"test-{uuid.uuid4().hex[:8]}"
+        connections.connect(alias=alias, uri=self.uri, timeout=30)
+        try:
+            if utility.has_collection(collection, using=alias):
+                utility.drop_collection(collection, using=alias)
+        finally:
+            connections.disconnect(alias)
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> Iterator[EmbeddedMilvus]:
+    """One embedded Milvus for the whole session (it takes about 10 s to start)."""
+    base = Path(tempfile.mkdtemp(prefix="glimpse-milvus-"))
+    server = EmbeddedMilvus(base).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def collection_name(milvus_server: EmbeddedMilvus) -> Iterator[str]:
+    """A fresh collection name, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        milvus_server.drop(name)
+    except Exception:  # noqa: BLE001 - a test that left Milvus down cannot drop; harmless
+        pass
+
+
+def milvus_env(server: EmbeddedMilvus, collection: str, dim: int, **extra: str
+               ) -> dict[str, str]:
+    """INDEX_* variables of an index service on ``server``'s ``collection``."""
+    env = {
+        "INDEX_BACKEND": "milvus",
+        "INDEX_MILVUS_URI": server.uri,
+        "INDEX_MILVUS_COLLECTION": collection,
+        "INDEX_DIM": str(dim),
+        # Small lists so a sealed segment of a test's few thousand rows trains its IVF_PQ.
+        "INDEX_MILVUS_INDEX_PARAMS": '{"nlist": 16, "m": 8, "nbits": 8}',
+        "INDEX_MILVUS_TIMEOUT_S": "5",
+    }
+    env.update(extra)
+    return env
