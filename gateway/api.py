@@ -414,6 +414,11 @@ async def stats(state: State) -> dict[str, Any]:
         "index": index_stats,
         "model": model,
         "media_bytes": media_bytes,
+        # How many replicas of each upstream there are and which are up (gateway/replicas.py).
+        "upstreams": {
+            "encoder": state.encoder.replicas.status(),
+            "index": state.index.replicas.status(),
+        },
     }
 
 
@@ -447,10 +452,14 @@ async def healthz() -> HealthResponse:
 
 @router.get("/readyz", response_model=ReadyResponse, tags=["ops"])
 async def readyz(state: State) -> JSONResponse:
-    """Readiness: the encoder (model loaded) and the index answer their /readyz."""
-    encoder, index = await asyncio.gather(state.encoder.ready(), state.index.ready())
+    """Readiness: the encoder (model loaded) and the index answer their /readyz (with
+    replicas: at least one of each)."""
+    (encoder_ok, encoder), (index_ok, index) = await asyncio.gather(
+        state.encoder.ready(), state.index.ready()
+    )
+    # With replicas, one ready replica of each is enough; the lines say how many are.
     checks = {"encoder": encoder, "index": index}
-    ready = all(v == "ok" for v in checks.values())
+    ready = encoder_ok and index_ok
     return JSONResponse(
         ReadyResponse(ready=ready, checks=checks).model_dump(), status_code=200 if ready else 503
     )

@@ -1,8 +1,9 @@
 """Pooled HTTP clients for the encoder and the index, and the mapping of their failures.
 
-One ``HttpPool`` per upstream (``gateway/http.py``), built in the lifespan, reuses keep-alive
-connections (a search is two upstream calls; a new TCP connection each time would cost more
-than the gateway's whole budget). Failures become the public error body:
+One ``HttpPool`` per upstream replica (``gateway/http.py``), built in the lifespan, reuses
+keep-alive connections (a search is two upstream calls; a new TCP connection each time would
+cost more than the gateway's whole budget). Which replica a call goes to, and which are down,
+is ``gateway/replicas.py``'s business. Failures become the public error body:
 
 - connection refused / reset, DNS, connect timeout -> 503 ``upstream_unavailable``
 - read timeout, or no pooled connection free in it -> 504 ``upstream_timeout``
@@ -13,14 +14,16 @@ than the gateway's whole budget). Failures become the public error body:
 
 A pooled keep-alive connection the upstream closed while idle (it restarted) fails on first
 use before any byte of an answer; every upstream call we make is idempotent, so that one is
-retried once on a fresh connection.
+retried once on a fresh connection. A replica that is unavailable (the first and the fourth
+kind of 503 above, or the patience probe's verdict) is marked down and the call moves on to
+another replica, if there is one; the 503 is answered only when none is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,47 +41,88 @@ from gateway.http import (
     json_body,
     multipart_body,
 )
+from gateway.replicas import Replica, ReplicaSet
 
 FileField = tuple[str, tuple[str, bytes, str]]  # ("files", (filename, bytes, content type))
 
 
 def build_client(
-    base_url: str, *, connect_timeout: float, read_timeout: float, max_connections: int
+    base_url: str,
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    max_connections: int,
+    address: str | None = None,
 ) -> HttpPool:
     return HttpPool(
         base_url,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_connections=max_connections,
+        address=address,
+    )
+
+
+def build_replicas(
+    urls: str,
+    *,
+    name: str,
+    connect_timeout: float,
+    read_timeout: float,
+    max_connections: int,
+    resolve_interval: float,
+    recheck_interval: float,
+) -> ReplicaSet:
+    """The replicas of a comma-separated URL setting, one pool each (``max_connections`` per
+    replica)."""
+
+    def make_pool(url: str, address: str | None) -> HttpPool:
+        return build_client(
+            url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
+            address=address,
+        )
+
+    return ReplicaSet(
+        urls,
+        make_pool,
+        name=name,
+        resolve_interval=resolve_interval,
+        recheck_interval=recheck_interval,
     )
 
 
 class _Watch:
-    """The patience timer of one upstream call: probe the upstream's health when the call
+    """The patience timer of one call to one replica: probe the replica's health when the call
     has waited ``patience`` seconds; cancel the call if the probe fails, else wait again."""
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], patience: float, probe: Callable[[], asyncio.Task[bool]]
+    ) -> None:
         self.task = task
+        self.patience = patience
+        self.probe = probe
         self.dead = False
         self.finished = False
         self.timer: asyncio.TimerHandle | None = None
 
-    def arm(self, upstream: Upstream) -> None:
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(upstream.patience, self._slow, upstream)
+    def arm(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.patience, self._slow)
 
-    def _slow(self, upstream: Upstream) -> None:
+    def _slow(self) -> None:
         if not self.finished:
-            upstream._shared_probe().add_done_callback(lambda probe: self._probed(upstream, probe))
+            self.probe().add_done_callback(self._probed)
 
-    def _probed(self, upstream: Upstream, probe: asyncio.Task[bool]) -> None:
+    def _probed(self, probe: asyncio.Task[bool]) -> None:
         if self.finished:
             return
         if probe.cancelled() or not probe.result():
             self.dead = True
             self.task.cancel()
         else:
-            self.arm(upstream)  # alive but busy: keep waiting, up to the read timeout
+            self.arm()  # alive but busy: keep waiting, up to the read timeout
 
     def finish(self) -> None:
         self.finished = True
@@ -86,35 +130,51 @@ class _Watch:
             self.timer.cancel()
 
 
+class _Unavailable(Exception):
+    """One replica could not serve the call: the caller may try another."""
+
+    def __init__(self, error: GlimpseError, reason: str, *, sent: bool, slow: bool) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+        self.sent = sent  # the request may have reached the replica
+        self.slow = slow  # found out by the patience probe, not at once
+
+
 class Upstream:
-    """One upstream service: requests with failures mapped to the public error body.
+    """One upstream service (one or several replicas): calls with failures mapped to the
+    public error body.
 
     A process that is stopped (SIGSTOP, a hung event loop) still accepts connections, so a
     request to it would wait for the whole read timeout, which must be long enough for a big
     ingest batch. Instead, a request that takes longer than ``patience`` seconds triggers a
-    liveness probe (``GET /healthz`` within ``probe_timeout``); if the upstream does not answer
-    even that, the request is abandoned with 503 at once. A live but busy upstream is waited
-    for, up to the read timeout.
+    liveness probe (``GET /healthz`` within ``probe_timeout``); if the replica does not answer
+    even that, the request is abandoned at once (and tried on another replica, if one is up).
+    A live but busy replica is waited for, up to the read timeout.
+
+    Failing over: a call that a replica could not serve goes to the next up replica; replicas
+    that failed at once (refused, dropped, 503) cost nothing, so every one may be tried, but
+    after one stopped replica (``patience + probe_timeout``, ~1.5 s) the call tries at most one
+    more, so that it is answered within about twice that even when several replicas froze
+    together. A down replica is tried only when no up one is left, and only one per call.
     """
 
     def __init__(
         self,
         name: str,
-        client: HttpPool,
+        client: HttpPool | ReplicaSet,
         *,
         patience: float = 0.5,
         probe_timeout: float = 1.0,
     ) -> None:
         self.name = name
-        self.client = client
+        self.replicas = client if isinstance(client, ReplicaSet) else ReplicaSet.of(client, name)
+        self.replicas.name = name
         self.patience = patience
         self.probe_timeout = probe_timeout
-        self._probe: asyncio.Task[bool] | None = None
 
     async def aclose(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-        await self.client.aclose()
+        await self.replicas.aclose()
 
     async def request(
         self,
@@ -126,8 +186,13 @@ class Upstream:
         data: Mapping[str, str] | None = None,
         params: Mapping[str, str | int] | None = None,
         timeout: float | None = None,
+        idempotent: bool = True,
     ) -> Reply:
-        """One call; ``json`` or a multipart form of ``files`` and ``data`` fields as body."""
+        """One call; ``json`` or a multipart form of ``files`` and ``data`` fields as body.
+
+        ``idempotent=False``: after a replica may have received the request, it is not sent to
+        another (a repeated DELETE would answer 404 for what the first one did).
+        """
         body: Body = b""
         content_type = None
         if files:
@@ -140,55 +205,95 @@ class Upstream:
         kwargs: dict[str, Any] = {
             "body": body, "content_type": content_type, "params": params, "timeout": timeout
         }
+        replicas = self.replicas
+        tried: list[Replica] = []
+        tried_down = False
+        slow = 0
+        failure: _Unavailable | None = None
+        while True:
+            # A down replica only when no up one is left, and one per call: each may cost a
+            # connect timeout. After a stopped replica, one more try at most (see the class).
+            replica = replicas.pick(tried, down_ok=not tried_down and not slow)
+            if replica is None or slow > 1:
+                assert failure is not None  # the first pick always finds a replica
+                raise self._all_failed(failure, tried)
+            tried.append(replica)
+            tried_down = tried_down or not replica.up
+            replicas.started(replica)
+            try:
+                response = await self._attempt(replica, method, path, kwargs)
+            except _Unavailable as exc:
+                replica.failures += 1
+                replicas.mark_down(replica, exc.reason)
+                if exc.sent and not idempotent:
+                    raise exc.error from None
+                failure = exc
+                slow += exc.slow
+                continue
+            finally:
+                replicas.finished(replica)
+            replicas.mark_up(replica)  # it answered
+            if response.status_code >= 400:
+                raise self._error_from(response)
+            return response
+
+    async def _attempt(
+        self, replica: Replica, method: str, path: str, kwargs: dict[str, Any]
+    ) -> Reply:
         task = asyncio.current_task()
         if task is None:  # not in a task (never in a route): no watchdog
-            return await self._request(method, path, **kwargs)
+            return await self._send(replica, method, path, kwargs)
         # A timer rather than a second task per call: the common case, an answer within
         # ``patience``, then costs one timer handle instead of a task and a wait.
-        watch = _Watch(task)
-        watch.arm(self)
+        watch = _Watch(task, self.patience, lambda: self._shared_probe(replica))
+        watch.arm()
         try:
-            return await self._request(method, path, **kwargs)
+            return await self._send(replica, method, path, kwargs)
         except asyncio.CancelledError:
             if not watch.dead or task.uncancel() > 0:
                 raise  # cancelled by someone else, or by them too
-            raise GlimpseError(
+            error = GlimpseError(
                 ErrorType.upstream_unavailable,
                 f"The {self.name} service stopped responding (no answer to a request "
                 f"for {self.patience:g} s, nor to its health check); try again shortly.",
-            ) from None
+            )
+            raise _Unavailable(error, "stopped responding", sent=True, slow=True) from None
         finally:
             watch.finish()
 
-    def _shared_probe(self) -> asyncio.Task[bool]:
+    def _shared_probe(self, replica: Replica) -> asyncio.Task[bool]:
         # Many slow requests at once share one probe instead of each sending its own.
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.ensure_future(self._alive())
-        return self._probe
+        if replica.probe is None or replica.probe.done():
+            replica.probe = asyncio.ensure_future(self._alive(replica))
+        return replica.probe
 
-    async def _alive(self) -> bool:
+    async def _alive(self, replica: Replica) -> bool:
         try:
             # Outside the pool: a probe must not queue behind the slow calls it checks on.
             # wait_for bounds the whole exchange (connect + silence); the pool bounds each part.
             response = await asyncio.wait_for(
-                self.client.request("GET", "/healthz", timeout=self.probe_timeout, pooled=False),
+                replica.pool.request(
+                    "GET", "/healthz", timeout=self.probe_timeout, pooled=False
+                ),
                 self.probe_timeout,
             )
         except (UpstreamError, asyncio.TimeoutError):
             return False
         return response.status_code == 200
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
+    async def _send(
+        self, replica: Replica, method: str, path: str, kwargs: dict[str, Any]
+    ) -> Reply:
         for attempt in (1, 2):
             try:
-                response = await self.client.request(method, path, **kwargs)
+                response = await replica.pool.request(method, path, **kwargs)
                 break
             except UpstreamDisconnected as exc:
                 if attempt == 2 or exc.received or not exc.reused:
-                    raise self._unavailable(exc) from exc
+                    raise self._unavailable(exc, sent=True) from exc
                 # else: a stale pooled connection; once more, on another connection
             except UpstreamConnectError as exc:
-                raise self._unavailable(exc) from exc
+                raise self._unavailable(exc, sent=False) from exc
             except UpstreamTimeout as exc:
                 raise GlimpseError(
                     ErrorType.upstream_timeout,
@@ -198,8 +303,10 @@ class Upstream:
                 raise GlimpseError(
                     ErrorType.upstream_error, f"The {self.name} service answered badly ({exc})."
                 ) from exc
-        if response.status_code >= 400:
-            raise self._error_from(response)
+        if response.status_code == 503:
+            raise _Unavailable(
+                self._error_from(response), "not ready (HTTP 503)", sent=True, slow=False
+            )
         return response
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -212,22 +319,38 @@ class Upstream:
                 ErrorType.upstream_error, f"The {self.name} service answered with invalid JSON."
             ) from exc
 
-    async def ready(self) -> str:
-        """'ok', or why the upstream is not ready (never raises)."""
-        try:
-            response = await asyncio.wait_for(
-                self.client.request("GET", "/readyz", timeout=2.0, pooled=False), 2.0
-            )
-        except (UpstreamError, asyncio.TimeoutError) as exc:
-            return f"unreachable ({type(exc).__name__})"
-        if response.status_code == 200:
-            return "ok"
-        return f"not ready (HTTP {response.status_code})"
+    async def ready(self) -> tuple[bool, str]:
+        """Whether at least one replica is ready, and a line that says so (never raises).
 
-    def _unavailable(self, exc: Exception) -> GlimpseError:
-        return GlimpseError(
+        One replica: 'ok' or why not, as it always was. Several: how many are ready, and why
+        the others are not."""
+        outcomes = await self.replicas.check_all()
+        if len(outcomes) == 1:
+            outcome = outcomes[0][1]
+            return outcome == "ok", outcome
+        ready = [r for r, outcome in outcomes if outcome == "ok"]
+        line = f"{len(ready)} of {len(outcomes)} replicas ready"
+        problems = [f"{r.label}: {outcome}" for r, outcome in outcomes if outcome != "ok"]
+        if problems:
+            line += "; " + "; ".join(problems)
+        return bool(ready), ("ok: " if ready else "") + line
+
+    def _unavailable(self, exc: Exception, *, sent: bool) -> _Unavailable:
+        error = GlimpseError(
             ErrorType.upstream_unavailable,
             f"The {self.name} service is unavailable ({type(exc).__name__}); try again shortly.",
+        )
+        return _Unavailable(error, f"unreachable ({type(exc).__name__})", sent=sent, slow=False)
+
+    def _all_failed(self, last: _Unavailable, tried: Sequence[Replica]) -> GlimpseError:
+        total = len(self.replicas.replicas)
+        if total == 1:
+            return last.error  # one replica: the same answer as without replicas
+        up = self.replicas.up_count
+        return GlimpseError(
+            ErrorType.upstream_unavailable,
+            f"The {self.name} service is unavailable: {len(tried)} of its {total} replicas "
+            f"tried, none answered (last: {last.reason}; {up} up); try again shortly.",
         )
 
     def _error_from(self, response: Reply) -> GlimpseError:
@@ -270,7 +393,7 @@ def _vector(value: Any, dim: int | None = None) -> np.ndarray:
 class EncoderClient(Upstream):
     """encoder_service: text and image bytes to unit vectors."""
 
-    def __init__(self, client: HttpPool, **options: float) -> None:
+    def __init__(self, client: HttpPool | ReplicaSet, **options: float) -> None:
         super().__init__("encoder", client, **options)
         self.model: str | None = None
 
@@ -310,7 +433,7 @@ class EncoderClient(Upstream):
 class IndexClient(Upstream):
     """index_service: vectors to ids, and the stored record of every item."""
 
-    def __init__(self, client: HttpPool, **options: float) -> None:
+    def __init__(self, client: HttpPool | ReplicaSet, **options: float) -> None:
         super().__init__("index", client, **options)
 
     async def search(
@@ -350,7 +473,7 @@ class IndexClient(Upstream):
         return _vector(answer["vector"], answer.get("dim"))
 
     async def delete(self, item_id: int) -> None:
-        await self.request("DELETE", f"/v1/items/{item_id}")
+        await self.request("DELETE", f"/v1/items/{item_id}", idempotent=False)
 
     async def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = await self.json("GET", "/v1/stats")

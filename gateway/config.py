@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.replicas import split_urls
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,8 +20,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__")
 
     # Upstreams.
-    encoder_url: str = Field("http://127.0.0.1:8001", description="Base URL of encoder_service.")
-    index_url: str = Field("http://127.0.0.1:8002", description="Base URL of index_service.")
+    encoder_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="Base URL of encoder_service; several replicas: comma-separated URLs, "
+        "or one name that resolves to several addresses (compose --scale).",
+    )
+    index_url: str = Field(
+        "http://127.0.0.1:8002",
+        description="Base URL of index_service; several (comma-separated) only for replicas "
+        "that share their data (the Milvus backend).",
+    )
+    resolve_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often upstream host names are resolved again to follow replicas that "
+        "come and go (one replica per address); 0: never, connect by name.",
+    )
+    replica_recheck_s: float = Field(
+        1.0, gt=0, description="How often a replica marked down is checked (/readyz) to return."
+    )
     connect_timeout_s: float = Field(
         1.0, gt=0, description="TCP connect timeout to an upstream; a refused connect is instant."
     )
@@ -37,7 +56,7 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How long that liveness probe waits for /healthz."
     )
     max_connections: int = Field(
-        100, ge=1, description="Pooled connections per upstream (keep-alive reuses them)."
+        100, ge=1, description="Pooled connections per upstream replica (keep-alive reuses them)."
     )
     search_nprobe: int | None = Field(
         None, ge=1, description="IVF lists the index visits per search; None: the index default."
@@ -105,6 +124,12 @@ class Settings(BaseSettings):
     record_cache_size: int = Field(
         20_000, ge=0, description="Image records (id -> path, sha256, type) kept in memory."
     )
+
+    @field_validator("encoder_url", "index_url")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        split_urls(value)  # a bad URL fails at start, naming itself
+        return value
 
     @field_validator("api_key", "library_dir", mode="before")
     @classmethod

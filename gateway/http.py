@@ -251,7 +251,9 @@ class HttpPool:
     """Keep-alive HTTP/1.1 connections to one upstream, at most ``max_connections`` at once.
 
     ``base_url`` is ``http://host[:port][/prefix]``; request paths are joined under the prefix.
-    https is refused (ValueError): the upstreams are on a private network.
+    https is refused (ValueError): the upstreams are on a private network. ``address``, when
+    given, is where connections go instead of the URL's host (one resolved address of a name
+    that several replicas answer to); the Host header still names the URL's host.
     """
 
     def __init__(
@@ -262,6 +264,7 @@ class HttpPool:
         read_timeout: float,
         max_connections: int,
         max_response_bytes: int = 64 * 1024 * 1024,
+        address: str | None = None,
     ) -> None:
         url = urllib.parse.urlsplit(base_url)
         if url.scheme != "http" or not url.hostname or url.username or url.query or url.fragment:
@@ -269,7 +272,9 @@ class HttpPool:
                 f"upstream URL {base_url!r}: expected http://host[:port][/prefix] (plain http: "
                 "the upstreams are on a private network)"
             )
-        self.host, self.port = url.hostname, url.port or 80  # .port raises ValueError if bad
+        self.base_url = base_url
+        self.port = url.port or 80  # .port raises ValueError if bad
+        self.host = address or url.hostname
         self._host_header = url.netloc.encode("ascii")
         self._prefix = url.path.rstrip("/")
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout

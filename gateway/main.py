@@ -19,9 +19,10 @@ from contracts.errors import install_error_handlers
 from contracts.fastpath import FastRoutes
 from contracts.observability import ServiceMetrics, install_metrics
 from gateway.api import router, search_image, search_text
-from gateway.clients import EncoderClient, IndexClient, build_client
+from gateway.clients import EncoderClient, IndexClient, build_replicas
 from gateway.config import Settings
 from gateway.media import MediaStore
+from gateway.replicas import ReplicaMetrics, ReplicaSet
 from gateway.security import BodySizeLimitMiddleware
 from gateway.state import GatewayState, LruCache
 
@@ -56,23 +57,25 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
             fsync=settings.fsync,
         )
         media.setup()
-        encoder = EncoderClient(
-            build_client(
-                settings.encoder_url,
+        # One replica set per upstream (gateway/replicas.py); max_connections is per replica.
+        def replicas(name: str, urls: str, read_timeout: float) -> ReplicaSet:
+            return build_replicas(
+                urls,
+                name=name,
                 connect_timeout=settings.connect_timeout_s,
-                read_timeout=settings.encoder_timeout_s,
+                read_timeout=read_timeout,
                 max_connections=settings.max_connections,
-            ),
+                resolve_interval=settings.resolve_interval_s,
+                recheck_interval=settings.replica_recheck_s,
+            )
+
+        encoder = EncoderClient(
+            replicas("encoder", settings.encoder_url, settings.encoder_timeout_s),
             patience=settings.upstream_patience_s,
             probe_timeout=settings.probe_timeout_s,
         )
         index = IndexClient(
-            build_client(
-                settings.index_url,
-                connect_timeout=settings.connect_timeout_s,
-                read_timeout=settings.index_timeout_s,
-                max_connections=settings.max_connections,
-            ),
+            replicas("index", settings.index_url, settings.index_timeout_s),
             patience=settings.upstream_patience_s,
             probe_timeout=settings.probe_timeout_s,
         )
@@ -104,7 +107,14 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
     # and the limit's exception is raised straight into the route's body read (the metrics'
     # BaseHTTPMiddleware would wrap it in an ExceptionGroup that FastAPI turns into a 400).
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit_for(settings))
-    install_metrics(app, ServiceMetrics("gateway"))
+    metrics = ServiceMetrics("gateway")
+    install_metrics(app, metrics)
+
+    def replica_sets() -> list[ReplicaSet]:
+        state = getattr(app.state, "gateway", None)  # None before the lifespan has run
+        return [] if state is None else [state.encoder.replicas, state.index.replicas]
+
+    metrics.registry.register(ReplicaMetrics(replica_sets))
     app.include_router(router)
     # Last: the web page answers every path no API route claimed.
     app.mount(

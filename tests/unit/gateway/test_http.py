@@ -413,3 +413,15 @@ def test_a_reply_with_bad_json_raises_value_error() -> None:
     for content in (b"{not json", b"\xff\xfe"):
         with pytest.raises(ValueError):
             Reply(200, {}, content).json()
+
+
+async def test_an_address_is_connected_to_while_the_host_header_names_the_url() -> None:
+    # One replica of a name that resolves to several addresses: the connection goes to the
+    # address, the request still names the service.
+    async with FakeUpstream(ok) as up:
+        port = up.url.rsplit(":", 1)[1]
+        http = pool(f"http://encoder:{port}/pre", address="127.0.0.1")
+        reply = await http.request("GET", "/v1/info")
+        await http.aclose()
+    assert reply.json() == {"path": "/pre/v1/info"}
+    assert up.requests[0].headers["host"] == f"encoder:{port}"
