@@ -163,3 +163,85 @@ def test_compose_v1_accepts_both_files(tmp_path: Path) -> None:
     merged = yaml.safe_load(out)
     assert merged["services"]["encoder"]["environment"]["ENCODER_PRECISION"] == "fp16"
     assert str(merged["services"]["gateway"]["ports"][0]).startswith("127.0.0.1:8000:8000")
+
+
+# Encoder replicas (docs/deploy.md, "Encoder replicas") ----------------------------------------
+
+MULTI_GPU = "docker-compose.multi-gpu.yml"
+
+
+def test_the_encoder_can_be_scaled(compose: dict[str, Any], gpu: dict[str, Any]) -> None:
+    # `up --scale encoder=N` needs containers without a fixed name or a host port; the gateway
+    # reaches them all by the service name, which Docker's DNS answers with every address.
+    for spec in (compose["services"]["encoder"], gpu["services"]["encoder"]):
+        assert not {"container_name", "hostname", "ports"} & set(spec)
+    assert compose["services"]["gateway"]["environment"]["GATEWAY_ENCODER_URL"] == (
+        "http://encoder:8001"
+    )
+
+
+@pytest.fixture(scope="module")
+def multi_gpu() -> dict[str, Any]:
+    return _load(MULTI_GPU)
+
+
+def _device(spec: dict[str, Any]) -> dict[str, Any]:
+    (device,) = spec["deploy"]["resources"]["reservations"]["devices"]
+    assert isinstance(device, dict)
+    return device
+
+
+def test_multi_gpu_pins_one_encoder_replica_per_gpu(
+    multi_gpu: dict[str, Any], gpu: dict[str, Any]
+) -> None:
+    services = multi_gpu["services"]
+    assert sorted(services) == ["encoder-gpu1", "encoder-gpu2", "encoder-gpu3"]
+    base = gpu["services"]["encoder"]
+    gpus = [_device(base)["device_ids"]]
+    for spec in services.values():
+        assert spec["extends"] == {"file": "docker-compose.yml", "service": "encoder"}
+        device = _device(spec)
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        gpus.append(device["device_ids"])
+        # The same GPU encoder as docker-compose.gpu.yml's, under the alias the gateway calls.
+        assert spec["image"] == base["image"] and spec["environment"] == base["environment"]
+        assert spec["build"]["args"]["TORCH_INDEX_URL"] == base["build"]["args"][
+            "TORCH_INDEX_URL"
+        ]
+        assert spec["mem_limit"] == base["mem_limit"]
+        assert spec["networks"]["backend"] == {"aliases": ["encoder"]}
+        assert "default" in spec["networks"]  # the first start downloads the weights
+        assert not {"container_name", "hostname", "ports"} & set(spec)
+    # One GPU each, by default 0 (the `encoder` service), 1, 2, 3.
+    defaults = [re.fullmatch(r"\$\{GLIMPSE_GPU(_\d)?:-(\d)\}", ids[0]) for ids in gpus]
+    assert all(len(ids) == 1 for ids in gpus)
+    assert [m.group(2) if m else None for m in defaults] == ["0", "1", "2", "3"]
+
+
+def test_env_example_names_the_gpu_of_each_replica() -> None:
+    text = (ROOT / ".env.example").read_text()
+    for var in ("GLIMPSE_GPU", "GLIMPSE_GPU_1", "GLIMPSE_GPU_2", "GLIMPSE_GPU_3"):
+        assert re.search(rf"^#{var}=\d$", text, re.MULTILINE), var
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Compose v1 not installed")
+def test_compose_v1_accepts_the_multi_gpu_file(tmp_path: Path) -> None:
+    env = tmp_path / "empty.env"
+    env.write_text("")
+    out = subprocess.run(
+        ["docker-compose", "--env-file", str(env), "-p", "glimpse", "-f", "docker-compose.yml",
+         "-f", "docker-compose.gpu.yml", "-f", MULTI_GPU, "config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    services = yaml.safe_load(out)["services"]
+    encoder = services["encoder"]
+    for n in range(4):
+        spec = services["encoder" if n == 0 else f"encoder-gpu{n}"]
+        assert _device(spec)["device_ids"] == [str(n)]
+        # `extends` brought the whole service: every setting, the cache volume, the health check.
+        assert set(spec["environment"]) == set(encoder["environment"])
+        assert spec["environment"]["ENCODER_DEVICE"] == "cuda"
+        assert spec["volumes"] == encoder["volumes"]
+        assert spec["healthcheck"] == encoder["healthcheck"]
+        assert spec["restart"] == "unless-stopped"
+        assert spec["image"].endswith("-cuda")
