@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +40,6 @@ _F32 = np.float32
 MIN_TRAIN = 1000
 # Candidates scored per re-rank block: bounds the float32 scratch to about 4 MB per 512-d query.
 _RERANK_BLOCK = 1 << 21
-_SCAN_CHUNK = 65_536
 # Searches of fewer queries run Faiss on one OpenMP thread (see VectorIndex.limit_threads).
 _SMALL_SEARCH = 8
 # OpenMP's default team size, read at import (in the main thread, before any override).
@@ -440,10 +439,13 @@ class VectorIndex:
         return out.reshape(half.shape)
 
     def _exact_scan(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner products with every live stored vector, in chunks."""
+        """Exact inner products with every live stored vector: Faiss's fp16 scan of the table
+        (vectors.py), or, in the low-memory setting, numpy over chunks read from the store."""
+        if self.table.vectors is not None:
+            return self.table.search(queries, k)
         best_s = np.full((len(queries), 0), -np.inf, dtype=_F32)
         best_i = np.full((len(queries), 0), -1, dtype=np.int64)
-        for ids, vectors in self._live_chunks():
+        for ids, vectors in self.store.iter_live():
             scores = queries @ self.widen(vectors).T
             best_s, best_i = _top_k(
                 np.hstack([best_s, scores]),
@@ -451,15 +453,6 @@ class VectorIndex:
                 k,
             )
         return best_s, best_i
-
-    def _live_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if self.table.vectors is None:
-            yield from self.store.iter_live()
-            return
-        live_ids = self.table.live_ids()
-        for start in range(0, len(live_ids), _SCAN_CHUNK):
-            ids = live_ids[start : start + _SCAN_CHUNK]
-            yield ids, self.table.vectors[ids]
 
     # -- training ------------------------------------------------------------------------------
 
@@ -582,9 +575,10 @@ class VectorIndex:
         want = min(want, n)
         rng = np.random.default_rng(12345)
         if self.table.vectors is not None:
-            ids = self.table.live_ids()
-            pick = np.sort(rng.choice(ids, size=min(want, len(ids)), replace=False))
-            return np.ascontiguousarray(self.table.vectors[pick], dtype=_F32)
+            with self.rw.read():  # an add may grow (and move) the table meanwhile
+                ids = self.table.live_ids()
+                pick = np.sort(rng.choice(ids, size=min(want, len(ids)), replace=False))
+                return np.ascontiguousarray(self.table.vectors[pick], dtype=_F32)
         keep = want / max(n, 1)
         parts = [v[rng.random(len(v)) < keep] for _, v in self.store.iter_live()]
         return np.ascontiguousarray(np.vstack(parts), dtype=_F32)

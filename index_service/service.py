@@ -559,7 +559,8 @@ class IndexService:
             rng = np.random.default_rng(len(ids))
             pick = np.sort(rng.choice(ids, size=min(sample, len(ids) // 2), replace=False))
             if index.table.vectors is not None:
-                queries = index.table.vectors[pick].astype(np.float32)
+                with index.rw.read():  # an add may grow (and move) the table meanwhile
+                    queries = index.table.vectors[pick].astype(np.float32)
             else:
                 found = store.vectors_of(pick.tolist())
                 queries = np.stack([found[int(i)] for i in pick]).astype(np.float32)

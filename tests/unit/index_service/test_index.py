@@ -118,6 +118,32 @@ def test_exact_search_equals_a_plain_index_flat_ip(service: IndexService) -> Non
     np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-6)
 
 
+def test_exact_mode_on_a_trained_index_equals_index_flat_ip(service: IndexService) -> None:
+    # "exact": true scans the float16 table with Faiss (vectors.py): the same ids and scores
+    # as IndexFlatIP over the stored values, deleted ids left out, fewer hits than k padded.
+    x = clustered(3000, DIM, clusters=60)
+    ids = _add(service, x)
+    assert service.rebuild("IVF32,PQ16x4", wait=True)[0]
+    gone = ids[::7]
+    for item_id in gone:
+        assert service.delete(int(item_id))
+    keep = np.ones(len(ids), dtype=bool)
+    keep[::7] = False
+    plain = faiss.IndexFlatIP(DIM)
+    plain.add(as_stored(x)[keep])
+    q = as_stored(clustered(60, DIM, clusters=60, seed=5))
+    want_s, want_i = plain.search(q, 20)
+    assert service.index is not None
+    got_s, got_i = service.index.search_raw(q, 20, exact=True)
+    np.testing.assert_array_equal(got_i, ids[keep][want_i])
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-6)
+    # k past the live count: every live id once, then -1.
+    live = int(keep.sum())
+    _, all_i = service.index.search_raw(q[:2], live + 5, exact=True)
+    assert sorted(all_i[0, :live].tolist()) == sorted(ids[keep].tolist())
+    assert (all_i[:, live:] == -1).all()
+
+
 def test_ivfpq_with_rerank_recall_and_exact_mode(service: IndexService) -> None:
     x = clustered(3000, DIM, clusters=60)
     ids = _add(service, x)
