@@ -129,6 +129,10 @@ def test_replicas_share_fail_over_and_return(replicas: Replicas) -> None:
         assert dead["failures"] >= 1
         ready = client.get("/readyz").json()
         assert ready["ready"] and ready["checks"]["encoder"].startswith("ok: 1 of 2 replicas")
+        metrics = client.get("/metrics").text
+        assert f'glimpse_upstream_replica_up{{replica="{e1.url}",upstream="encoder"}} 0.0' in (
+            metrics
+        )
 
         # It comes back on the same port: the gateway takes it back by itself.
         e1.start(180)
