@@ -52,7 +52,8 @@ class BatchMetrics:
         )
         self.queue_wait = Histogram(
             "glimpse_encoder_queue_wait_seconds",
-            "Time an input waited in the queue before its forward pass began.",
+            "Time an input (or a run of one request's inputs, counted once) waited in the "
+            "queue before its forward pass began.",
             ["kind"],
             buckets=WAIT_BUCKETS,
             registry=registry,
@@ -77,9 +78,13 @@ class BatchMetrics:
 
 @dataclass
 class _Item:
+    """One input (``submit``: its future gets the input's vector or error) or a run of inputs
+    of one request (``submit_run``: its future gets the list of their vectors or errors)."""
+
     kind: Kind
-    payload: Any
-    future: Future[np.ndarray] = field(default_factory=Future)
+    payloads: list[Any]
+    run: bool
+    future: Future[Any] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -101,6 +106,7 @@ class Batcher:
         self.max_queue = max_queue
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
+        self._queued = 0  # inputs in the queue (a run counts each of its inputs)
         self._announced = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -120,6 +126,7 @@ class Batcher:
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
+            self._queued = 0
         for item in left:
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(
@@ -138,23 +145,39 @@ class Batcher:
         Future[np.ndarray]
     ]:
         """Queue inputs; each future gets its unit vector (or the input's error)."""
-        items = [_Item(kind, payload) for payload in payloads]
+        items = [_Item(kind, [payload], run=False) for payload in payloads]
+        self._enqueue(items, len(items), announced)
+        return [item.future for item in items]
+
+    def submit_run(self, kind: Kind, payloads: Sequence[Any], *, announced: bool = False) -> (
+        Future[list[np.ndarray | BaseException]]
+    ):
+        """Queue a run of at most ``max_batch`` inputs that travel together (one request's
+        files): one future gets one vector or error per input, in order. The model thread's
+        bookkeeping is then per run, not per input."""
+        if not 0 < len(payloads) <= self.max_batch:
+            raise ValueError(f"a run holds 1 to {self.max_batch} inputs, not {len(payloads)}")
+        item = _Item(kind, list(payloads), run=True)
+        self._enqueue([item], len(payloads), announced)
+        return item.future
+
+    def _enqueue(self, items: list[_Item], count: int, announced: bool) -> None:
         with self._cond:
             if announced:
-                self._announced = max(0, self._announced - len(items))
+                self._announced = max(0, self._announced - count)
             if self._stopping:
                 raise GlimpseError(ErrorType.not_ready, "The encoder is shutting down; retry.")
-            if len(self._queue) + len(items) > self.max_queue:
+            if self._queued + count > self.max_queue:
                 raise GlimpseError(
                     ErrorType.overloaded,
-                    f"The encoder queue is full ({len(self._queue)} inputs waiting, limit "
+                    f"The encoder queue is full ({self._queued} inputs waiting, limit "
                     f"{self.max_queue}); retry later.",
                     headers={"Retry-After": "1"},
                 )
             self._queue.extend(items)
-            self._metrics.queue_depth.set(len(self._queue))
+            self._queued += count
+            self._metrics.queue_depth.set(self._queued)
             self._cond.notify_all()
-        return [item.future for item in items]
 
     def _take_batch(self) -> list[_Item] | None:
         """Block until a batch is due; None once stopping and drained."""
@@ -166,20 +189,24 @@ class Batcher:
             first = self._queue[0]
             deadline = first.enqueued + self.max_wait_s
             while not self._stopping:
-                same_kind = sum(1 for item in self._queue if item.kind == first.kind)
+                same_kind = sum(len(i.payloads) for i in self._queue if i.kind == first.kind)
                 remaining = deadline - time.perf_counter()
                 if same_kind >= self.max_batch or self._announced == 0 or remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            # Whole items only, oldest first, while they fit (runs are never split).
             batch: list[_Item] = []
             rest: deque[_Item] = deque()
+            size = 0
             for item in self._queue:
-                if item.kind == first.kind and len(batch) < self.max_batch:
+                if item.kind == first.kind and size + len(item.payloads) <= self.max_batch:
                     batch.append(item)
+                    size += len(item.payloads)
                 else:
                     rest.append(item)
             self._queue = rest
-            self._metrics.queue_depth.set(len(rest))
+            self._queued -= size
+            self._metrics.queue_depth.set(self._queued)
         # A request that went away (client disconnected) cancelled its futures: skip those.
         return [item for item in batch if item.future.set_running_or_notify_cancel()]
 
@@ -194,23 +221,31 @@ class Batcher:
     def _run(self, batch: list[_Item]) -> None:
         kind = batch[0].kind
         start = time.perf_counter()
-        for item in batch:
+        for item in batch:  # a run counts once: it waited as one
             self._metrics.queue_wait.labels(kind).observe(start - item.enqueued)
+        payloads = [p for item in batch for p in item.payloads]
         try:
-            results = self._runner(kind, [item.payload for item in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"runner gave {len(results)} results for {len(batch)} inputs")
+            results = self._runner(kind, payloads)
+            if len(results) != len(payloads):
+                raise RuntimeError(
+                    f"runner gave {len(results)} results for {len(payloads)} inputs"
+                )
         except Exception as exc:  # noqa: BLE001 - the batch's requests get the error, the thread lives
-            logger.exception("forward pass of %d %s inputs failed", len(batch), kind)
+            logger.exception("forward pass of %d %s inputs failed", len(payloads), kind)
             for item in batch:
                 item.future.set_exception(exc)
             return
         finally:
             self._metrics.forward.labels(kind).observe(time.perf_counter() - start)
-            self._metrics.batch_size.labels(kind).observe(len(batch))
-            self._metrics.inputs.labels(kind).inc(len(batch))
-        for item, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
+            self._metrics.batch_size.labels(kind).observe(len(payloads))
+            self._metrics.inputs.labels(kind).inc(len(payloads))
+        at = 0
+        for item in batch:
+            count = len(item.payloads)
+            if item.run:
+                item.future.set_result(list(results[at:at + count]))
+            elif isinstance(result := results[at], BaseException):
                 item.future.set_exception(result)
             else:
                 item.future.set_result(result)
+            at += count

@@ -16,6 +16,8 @@ Any JPEG nvJPEG refuses falls back to the CPU decoder, one image at a time.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -89,13 +91,32 @@ def _same_size_groups(images: Slotted) -> list[Slotted]:
     return groups
 
 
-def gpu_prepare(
-    jpegs: list[bytes], encoder: ClipEncoder, limits: ImageLimits
-) -> list[torch.Tensor | BaseException]:
-    """Model inputs on the device for JPEG bytes, or the error of each one that fails."""
+@dataclass
+class PreparedBatch:
+    """Model inputs of a list of JPEGs, as one tensor: row ``r`` of ``pixels`` is input
+    ``rows[r]``; ``errors`` holds the inputs that could not be used (by input index)."""
+
+    pixels: torch.Tensor | None
+    rows: list[int]
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    # The host buffer the JPEG streams were read from: whoever runs the batch keeps it until
+    # the next batch, so a pinned block is not handed out again while nvJPEG may still copy
+    # from it (torch's pinned-memory cache does not see nvJPEG's use of it).
+    staging: torch.Tensor | None = None
+
+
+def gpu_prepare_batch(
+    jpegs: Sequence[bytes], encoder: ClipEncoder, limits: ImageLimits
+) -> PreparedBatch:
+    """Decode, resize, crop and normalise ``jpegs`` on the encoder's device, in one tensor.
+
+    The host's work is per batch where it can be: the JPEG bytes are packed into one buffer
+    (pinned on CUDA, so nvJPEG's copies to the device run at full speed without a staging
+    copy) and each stream is a view of it; same-sized images are resized as one group.
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    datas = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
+    staging, datas = _packed_streams(jpegs, pin=encoder.device == "cuda")
     decoded: list[Any]
     try:
         decoded = list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=encoder.device))
@@ -107,19 +128,57 @@ def gpu_prepare(
                 decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=encoder.device))
             except RuntimeError as exc:
                 decoded.append(exc)
-    out: list[torch.Tensor | BaseException | None] = [None] * len(jpegs)
     images = [(i, image) for i, image in enumerate(decoded) if isinstance(image, torch.Tensor)]
+    pieces: list[torch.Tensor] = []
+    rows: list[int] = []
     for group in _same_size_groups(images):
-        stacked = torch.stack([image for _, image in group])
-        for (slot, _), tensor in zip(group, _resize_crop_normalize(stacked, encoder), strict=True):
-            out[slot] = tensor
+        pieces.append(_resize_crop_normalize(torch.stack([image for _, image in group]), encoder))
+        rows += [slot for slot, _ in group]
+    errors: dict[int, BaseException] = {}
+    fallback: list[torch.Tensor] = []
     for slot, (raw, image) in enumerate(zip(jpegs, decoded, strict=True)):
         if isinstance(image, torch.Tensor):
             continue
         try:  # the CPU decoder is more lenient (and names the problem if it is not)
-            out[slot] = prepare_pixels(raw, limits, encoder.image_size, encoder.preprocess)
+            fallback.append(prepare_pixels(raw, limits, encoder.image_size, encoder.preprocess))
+            rows.append(slot)
         except Exception as exc:  # noqa: BLE001 - reported in the file's slot
-            out[slot] = exc
+            errors[slot] = exc
+    if fallback:
+        pieces.append(torch.stack(fallback).to(encoder.device, non_blocking=True))
+    pixels = None if not pieces else pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return PreparedBatch(pixels, rows, errors, staging)
+
+
+def _packed_streams(
+    jpegs: Sequence[bytes], *, pin: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The JPEG streams as uint8 views of one host buffer: one allocation and one copy per
+    batch instead of a bytearray and a tensor per image."""
+    sizes = [len(data) for data in jpegs]
+    buffer = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=pin)
+    flat = buffer.numpy()
+    views = []
+    at = 0
+    for data, size in zip(jpegs, sizes, strict=True):
+        flat[at:at + size] = memoryview(data)
+        views.append(buffer[at:at + size])
+        at += size
+    return buffer, views
+
+
+def gpu_prepare(
+    jpegs: list[bytes], encoder: ClipEncoder, limits: ImageLimits
+) -> list[torch.Tensor | BaseException]:
+    """Model inputs on the device for JPEG bytes, or the error of each one that fails (the
+    per-image view of :func:`gpu_prepare_batch`)."""
+    batch = gpu_prepare_batch(jpegs, encoder, limits)
+    out: list[torch.Tensor | BaseException | None] = [None] * len(jpegs)
+    for row, slot in enumerate(batch.rows):
+        assert batch.pixels is not None
+        out[slot] = batch.pixels[row]
+    for slot, error in batch.errors.items():
+        out[slot] = error
     done = [x for x in out if x is not None]
     if len(done) != len(out):
         raise RuntimeError("gpu_prepare left a file without an answer")

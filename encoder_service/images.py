@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contracts.errors import ErrorType, GlimpseError
+from encoder_service.jpeg_header import JpegHeader, scan_plain_jpeg
 
 # Formats a photo collection holds. Everything else (EPS, PSD, ICO, PPM, ...) is refused: a
 # smaller parser surface, and EPS would even hand the bytes to Ghostscript.
@@ -30,14 +31,6 @@ _WHITE = (255, 255, 255)
 class ImageLimits:
     max_bytes: int
     max_pixels: int
-
-
-@dataclass(frozen=True)
-class JpegHeader:
-    """What the GPU decoder needs to know of a JPEG it may decode without the CPU."""
-
-    width: int
-    height: int
 
 
 def _reject(error_type: ErrorType, message: str) -> GlimpseError:
@@ -243,12 +236,32 @@ def prepare_pixels(
     return preprocess(img)
 
 
+def plain_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
+    """The header of a JPEG the device decoder can take as is, read without Pillow (a few
+    µs); None when it is not one or the quick reader is not sure (gpu_decodable_jpeg
+    then asks Pillow)."""
+    header = scan_plain_jpeg(data)
+    if (
+        header is not None
+        and len(data) <= limits.max_bytes
+        and header.width * header.height <= limits.max_pixels
+        # See gpu_decodable_jpeg: only a stream that ends with its end marker is complete.
+        and data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    ):
+        return header
+    return None
+
+
 def gpu_decodable_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
     """Header of a JPEG that nvJPEG can decode as is (baseline, RGB or grey, upright), else None.
 
     Raises the same errors as :func:`open_checked` for bytes that are no acceptable image, so
     a bad file is rejected before it reaches the GPU batch.
     """
+    header = plain_jpeg(data, limits)
+    if header is not None:
+        return header
+    # Anything the quick reader does not vouch for is Pillow's to judge (and to name).
     img = open_checked(data, limits)
     try:
         if img.format != "JPEG" or img.mode not in ("RGB", "L"):

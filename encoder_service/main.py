@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -16,7 +16,7 @@ from contracts.errors import install_error_handlers
 from contracts.observability import ServiceMetrics, install_metrics
 from encoder_service.api import router
 from encoder_service.config import Settings
-from encoder_service.model import ModelLoadError
+from encoder_service.model import ClipEncoder, ModelLoadError, load_encoder
 from encoder_service.service import EncoderRuntime
 
 logger = logging.getLogger("glimpse.encoder")
@@ -36,7 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         # Loading takes seconds of blocking torch and disk work: off the event loop.
         runtime = await asyncio.to_thread(
-            EncoderRuntime.load, settings, app.state.metrics.registry
+            EncoderRuntime.load, settings, app.state.metrics.registry, app.state.encoder_loader
         )
     except ModelLoadError as exc:
         logger.error("encoder cannot start: %s", exc)
@@ -55,7 +55,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(runtime.close)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    encoder_loader: Callable[[Settings], ClipEncoder] = load_encoder,
+) -> FastAPI:
+    """The encoder app; ``encoder_loader`` builds the model in the lifespan (tests and
+    scripts/bench_host.py pass their own)."""
     app = FastAPI(
         title="Glimpse encoder",
         version="0.1.0",
@@ -63,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings()
+    app.state.encoder_loader = encoder_loader
     app.state.runtime = None
     app.state.warmup_error = None
     install_error_handlers(app)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import open_clip
@@ -22,7 +22,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from encoder_service.config import Settings
+from encoder_service.images import ImageLimits
 from encoder_service.text_graphs import TextGraphs, try_capture
+
+if TYPE_CHECKING:
+    from encoder_service.gpu_decode import PreparedBatch
 
 logger = logging.getLogger("glimpse.encoder.model")
 
@@ -140,6 +144,19 @@ class ClipEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode_tokens(self.tokenize(texts))
+
+    def can_decode_jpegs(self) -> bool:
+        """Whether :meth:`prepare_jpegs` can turn JPEG bytes into model inputs on the device
+        (CUDA, and preprocessing the device path reproduces)."""
+        from encoder_service.gpu_decode import supports_gpu_preprocessing
+
+        return supports_gpu_preprocessing(self)
+
+    def prepare_jpegs(self, jpegs: Sequence[bytes], limits: ImageLimits) -> PreparedBatch:
+        """Model inputs of ``jpegs`` decoded and preprocessed on the device, as one tensor."""
+        from encoder_service.gpu_decode import gpu_prepare_batch
+
+        return gpu_prepare_batch(jpegs, self, limits)
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:

@@ -15,10 +15,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from encoder_service.images import (
     ImageLimits,
     PixelRecipe,
     gpu_decodable_jpeg,
+    plain_jpeg,
     prepare_pixels,
 )
 from encoder_service.model import ClipEncoder, load_encoder
@@ -39,19 +39,20 @@ from encoder_service.model import ClipEncoder, load_encoder
 logger = logging.getLogger("glimpse.encoder")
 
 
-@dataclass(frozen=True)
-class GpuJpeg:
-    """An image payload left as JPEG bytes for the GPU decoder (see gpu_decode.py)."""
+class GpuJpeg(NamedTuple):
+    """An image payload left as JPEG bytes for the device decoder (see gpu_decode.py). (A
+    named tuple: made once per file on the hot path, it costs a third of a dataclass.)"""
 
     data: bytes
 
 
 class _ImageJob:
-    """The files of one embed_images call on their way through the pool and the model: one
-    result slot each, one asyncio future for the whole request.
+    """The files of one embed_images call on their way to the model: one result slot each,
+    one asyncio future for the whole request.
 
-    Settled from any thread (pool or model); the future is resolved on the event loop once,
-    when the last slot is settled or when the request fails (``fail``) or is cancelled.
+    Files travel in runs (one batcher future per run, settled from the model thread); the
+    future is resolved on the event loop once, when the last slot is settled or when the
+    request fails (``fail``) or is cancelled.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int, errors: Counter) -> None:
@@ -61,7 +62,7 @@ class _ImageJob:
         self._left = count
         self._errors = errors
         self._lock = threading.Lock()
-        self._queued: list[Future[np.ndarray]] = []
+        self._queued: list[Future[Any]] = []
         self.finished = False
 
     def _resolve(self, error: BaseException | None) -> None:
@@ -72,12 +73,13 @@ class _ImageJob:
         else:
             self.done.set_result(self.results)  # type: ignore[arg-type]  # every slot is set
 
-    def settle(self, slot: int, result: np.ndarray | GlimpseError) -> None:
+    def settle(self, slots: Sequence[int], results: Sequence[np.ndarray | GlimpseError]) -> None:
         with self._lock:
             if self.finished:
                 return
-            self.results[slot] = result
-            self._left -= 1
+            for slot, result in zip(slots, results, strict=True):
+                self.results[slot] = result
+            self._left -= len(slots)
             if self._left:
                 return
             self.finished = True
@@ -89,7 +91,7 @@ class _ImageJob:
             self.loop.call_soon_threadsafe(self._resolve, error)
 
     def cancel(self) -> bool:
-        """Stop the job: its files still queued for the model are cancelled. True if it was
+        """Stop the job: its runs still queued for the model are cancelled. True if it was
         still running."""
         with self._lock:
             running = not self.finished
@@ -99,25 +101,30 @@ class _ImageJob:
             future.cancel()
         return running
 
-    def track(self, slot: int, future: Future[np.ndarray]) -> None:
+    def track(self, slots: Sequence[int], future: Future[list[Any]]) -> None:
+        """``future`` (a batcher run) answers ``slots``."""
         with self._lock:
             self._queued.append(future)
             finished = self.finished
-        if finished:  # failed or cancelled while this file was being prepared
+        if finished:  # failed or cancelled while this run was being prepared
             future.cancel()
-        future.add_done_callback(functools.partial(self._on_model_done, slot))
+        future.add_done_callback(functools.partial(self._on_run_done, slots))
 
-    def _on_model_done(self, slot: int, future: Future[np.ndarray]) -> None:
+    def _on_run_done(self, slots: Sequence[int], future: Future[list[Any]]) -> None:
         if future.cancelled():
             return
         error = future.exception()
-        if error is None:
-            self.settle(slot, future.result())
-        elif isinstance(error, GlimpseError):  # a file only the GPU decoder looked at closely
-            self._errors.labels(error.error_type).inc()
-            self.settle(slot, error)
-        else:  # the forward pass failed: the request answers 500
+        if error is not None:  # the forward pass failed (or shutdown): the request gets it
             self.fail(error)
+            return
+        results = future.result()
+        for result in results:
+            if isinstance(result, GlimpseError):  # a file only the device decoder read whole
+                self._errors.labels(result.error_type).inc()
+            elif isinstance(result, BaseException):  # not a verdict on the file: answer 500
+                self.fail(result)
+                return
+        self.settle(slots, results)
 
 
 def cpu_count() -> int:
@@ -179,6 +186,7 @@ class EncoderRuntime:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="glimpse-decode")
         self.preprocess = PixelRecipe.of(encoder.preprocess) or encoder.preprocess
         self.gpu_decode = self._want_gpu_decode(settings, encoder)
+        self._staging: torch.Tensor | None = None  # the model thread's last JPEG buffer
         # Images/s of each JPEG decoder as measured at warm-up (choose_decoder), when it ran.
         self.decode_rates: dict[str, float] | None = None
         self.batcher = Batcher(
@@ -209,19 +217,20 @@ class EncoderRuntime:
         self.warmed_up = False
 
     @classmethod
-    def load(cls, settings: Settings, registry: CollectorRegistry) -> EncoderRuntime:
+    def load(
+        cls,
+        settings: Settings,
+        registry: CollectorRegistry,
+        loader: Callable[[Settings], ClipEncoder] = load_encoder,
+    ) -> EncoderRuntime:
         """Load the model (blocking: call it off the event loop) and start the model thread."""
-        runtime = cls(settings, load_encoder(settings), registry)
+        runtime = cls(settings, loader(settings), registry)
         runtime.batcher.start()
         return runtime
 
     @staticmethod
     def _want_gpu_decode(settings: Settings, encoder: ClipEncoder) -> bool:
-        if settings.gpu_decode == "off" or encoder.device != "cuda":
-            return False
-        from encoder_service.gpu_decode import supports_gpu_preprocessing
-
-        return supports_gpu_preprocessing(encoder)
+        return settings.gpu_decode != "off" and encoder.can_decode_jpegs()
 
     def close(self) -> None:
         self.batcher.stop()
@@ -232,36 +241,36 @@ class EncoderRuntime:
     def _run_batch(self, kind: Kind, payloads: list[Any]) -> BatchResult:
         if kind == "text":
             return list(self.encoder.encode_texts(payloads))
-        inputs: list[torch.Tensor | BaseException] = list(payloads)
-        jpeg_slots = [i for i, p in enumerate(payloads) if isinstance(p, GpuJpeg)]
+        # Per batch, not per image: one device decode call for the JPEGs, one stack for the
+        # tensors the pool made, one forward pass, one vector row per slot.
+        results: list[np.ndarray | BaseException | None] = [None] * len(payloads)
+        jpeg_slots = [i for i, p in enumerate(payloads) if type(p) is GpuJpeg]
+        tensor_slots = [i for i, p in enumerate(payloads) if isinstance(p, torch.Tensor)]
+        pieces: list[torch.Tensor] = []
+        order: list[int] = []  # the slot of each row of the stacked input
         if jpeg_slots:
-            from encoder_service.gpu_decode import gpu_prepare
-
-            prepared = gpu_prepare(
-                [payloads[i].data for i in jpeg_slots], self.encoder, self.limits
+            prepared = self.encoder.prepare_jpegs(
+                [payloads[i].data for i in jpeg_slots], self.limits
             )
-            for slot, tensor in zip(jpeg_slots, prepared, strict=True):
-                inputs[slot] = tensor
-        results: list[np.ndarray | BaseException] = [
-            t if isinstance(t, BaseException) else np.empty(0, np.float32) for t in inputs
-        ]
-        device = self.encoder.device
-        # Tensors the pool made are stacked on the CPU and copied to the device in one go;
-        # those the GPU decoder made are already there.
-        tensors = [(i, t) for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)]
-        on_cpu = [(i, t) for i, t in tensors if t.is_cpu]
-        on_device = [(i, t) for i, t in tensors if not t.is_cpu]
-        groups: list[torch.Tensor] = []
-        if on_cpu:
-            groups.append(torch.stack([t for _, t in on_cpu]).to(device))
-        if on_device:
-            groups.append(torch.stack([t for _, t in on_device]))
-        if groups:
-            pixels = torch.cat(groups) if len(groups) > 1 else groups[0]
+            # Kept until the next batch has been prepared (PreparedBatch.staging says why).
+            self._staging = prepared.staging
+            for index, error in prepared.errors.items():
+                results[jpeg_slots[index]] = error
+            if prepared.pixels is not None:
+                pieces.append(prepared.pixels)
+                order += [jpeg_slots[row] for row in prepared.rows]
+        if tensor_slots:
+            stacked = torch.stack([payloads[i] for i in tensor_slots])
+            pieces.append(stacked.to(self.encoder.device, non_blocking=True))
+            order += tensor_slots
+        if len(jpeg_slots) + len(tensor_slots) != len(payloads):
+            raise TypeError("an image payload is neither a GpuJpeg nor a tensor")
+        if pieces:
+            pixels = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
             vectors = self.encoder.encode_pixels(pixels)
-            for (slot, _), vector in zip(on_cpu + on_device, vectors, strict=True):
-                results[slot] = vector
-        return results
+            for row, slot in enumerate(order):
+                results[slot] = vectors[row]
+        return results  # type: ignore[return-value]  # every slot is set
 
     # -- async operations ---------------------------------------------------------------------
 
@@ -299,7 +308,7 @@ class EncoderRuntime:
                 return GpuJpeg(data)
             return prepare_pixels(data, self.limits, self.encoder.image_size, self.preprocess)
 
-    def _prepare_chunk(self, job: _ImageJob, files: Sequence[bytes], slots: range) -> None:
+    def _prepare_chunk(self, job: _ImageJob, files: Sequence[bytes], slots: Sequence[int]) -> None:
         """In the decode pool: prepare each file of ``slots`` and queue it for the model as
         soon as it is ready (so the model overlaps the decoding of the rest)."""
         for slot in slots:
@@ -311,43 +320,58 @@ class EncoderRuntime:
             except GlimpseError as exc:
                 self.batcher.announce(-1)
                 self.image_errors.labels(exc.error_type).inc()
-                job.settle(slot, exc)
+                job.settle([slot], [exc])
                 continue
             except BaseException as exc:  # noqa: BLE001 - the request answers 500, as before
                 self.batcher.announce(-1)
                 job.fail(exc)
                 continue
             try:
-                (future,) = self.batcher.submit("image", [payload], announced=True)
+                future = self.batcher.submit_run("image", [payload], announced=True)
             except GlimpseError as exc:  # overloaded or shutting down: the request gets it
                 job.fail(exc)
                 continue
-            job.track(slot, future)
+            job.track([slot], future)
 
     async def embed_images(self, files: Sequence[bytes]) -> list[np.ndarray | GlimpseError]:
         """One unit vector or one error per file, in order; decoding overlaps the model.
 
-        The event loop's share is one job per request: the files go to the decode pool in at
-        most ``decode_workers`` chunks and the model thread resolves one future when the last
-        file is done. (One executor call, one task and two thread-safe wake-ups per file cost
-        the single event loop more than everything else it did per image, measured with an
-        instant decoder: docs/encoder.md.)
+        The event loop's share is one job per request. When the device decodes, the loop reads
+        each JPEG's header itself (jpeg_header.py: a few µs, less than handing the file to a
+        thread) and queues the plain ones as runs of up to max_batch files; the model thread
+        answers each run at once. Other files go to the decode pool in at most
+        ``decode_workers`` chunks. (Per file, an executor call, a task, a future and two
+        thread-safe wake-ups cost more than everything else the service did per image,
+        measured with an instant stand-in for the device: docs/encoder.md.)
         """
         if not files:
             return []
         job = _ImageJob(asyncio.get_running_loop(), len(files), self.image_errors)
-        self.batcher.announce(len(files))
-        parts = min(len(files), self.decode_workers)
-        bounds = [len(files) * i // parts for i in range(parts + 1)]
+        if self.gpu_decode:
+            plain: list[int] = []
+            to_pool: list[int] = []
+            for i, data in enumerate(files):
+                (plain if plain_jpeg(data, self.limits) else to_pool).append(i)
+        else:
+            plain, to_pool = [], list(range(len(files)))
+        self.batcher.announce(len(to_pool))
+        parts = min(len(to_pool), self.decode_workers)
+        bounds = [len(to_pool) * i // parts for i in range(parts + 1)] if parts else [0]
         submitted = 0
         try:
+            step = self.batcher.max_batch
+            for lo in range(0, len(plain), step):
+                run = plain[lo:lo + step]
+                job.track(run, self.batcher.submit_run(
+                    "image", [GpuJpeg(files[i]) for i in run]
+                ))
             for lo, hi in itertools.pairwise(bounds):
-                self.pool.submit(self._prepare_chunk, job, files, range(lo, hi))
+                self.pool.submit(self._prepare_chunk, job, files, to_pool[lo:hi])
                 submitted = hi
             return await job.done
         except BaseException:
-            job.cancel()  # queued files are skipped; chunks not yet started stop early
-            self.batcher.announce(-(len(files) - submitted))
+            job.cancel()  # queued runs are skipped; chunks not yet started stop early
+            self.batcher.announce(-(len(to_pool) - submitted))
             raise
 
     def time_decoders(self, count: int = 64) -> tuple[float, float]:

@@ -171,3 +171,45 @@ def test_stop_finishes_the_queue_then_refuses(make) -> None:
     assert queued.result(0)[0] == 2.0
     with pytest.raises(GlimpseError):
         batcher.submit("text", [2.0])
+
+
+def test_a_run_travels_whole_and_gets_one_answer_per_input(make) -> None:
+    model = FakeModel()
+    model.gate.clear()  # hold the model thread so that everything below queues
+    batcher = make(model, max_batch=8)
+    blocker = batcher.submit("image", [0.0])
+    time.sleep(0.1)  # the model thread has taken it and waits at the gate
+    runs = [batcher.submit_run("image", [1.0, 2.0, 3.0]), batcher.submit_run("image", [4.0] * 5),
+            batcher.submit_run("image", [5.0, 6.0])]
+    single = batcher.submit("image", [7.0])
+    model.gate.set()
+    assert [float(v[0]) for v in runs[0].result(5)] == [2.0, 4.0, 6.0]
+    assert len(runs[1].result(5)) == 5 and float(single[0].result(5)[0]) == 14.0
+    blocker[0].result(5)
+    sizes = [len(payloads) for _, payloads in model.batches]
+    # Runs are never split: 3 + 5 fill the second batch; the third run waits for the next.
+    assert sizes[1:] == [8, 3] and sum(sizes) == 12
+
+
+def test_a_run_counts_each_input_against_the_queue_limit(make) -> None:
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_batch=8, max_queue=10)
+    batcher.submit("image", [0.0])  # taken by the model thread, or still queued
+    time.sleep(0.1)
+    batcher.submit_run("image", [1.0] * 8)
+    with pytest.raises(GlimpseError) as excinfo:
+        batcher.submit_run("image", [1.0] * 3)
+    assert excinfo.value.error_type == "overloaded"
+    with pytest.raises(ValueError):
+        batcher.submit_run("image", [1.0] * 9)  # larger than a batch
+    model.gate.set()
+
+
+def test_a_failing_batch_fails_every_run_in_it(make) -> None:
+    model = FakeModel()
+    model.fail = True
+    batcher = make(model)
+    run = batcher.submit_run("image", [1.0, 2.0])
+    with pytest.raises(RuntimeError, match="boom"):
+        run.result(5)
