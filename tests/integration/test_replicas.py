@@ -6,10 +6,10 @@ back on its port -> it gets calls again; a frozen one (SIGSTOP) is abandoned for
 within the patience bound; all killed -> 503 ``upstream_unavailable`` within 2 s.
 
 Index: two Faiss index services do not share data, so spreading reads and writes over them
-would answer from two different collections; that is what the Milvus backend is for (its own
-tests run two index replicas on one Milvus). Here the indexes stay empty and only the failover
-mechanics are checked, on calls that read: a search (which also finds nothing in the other)
-and /ingest/check.
+would answer from two different collections; that is what the Milvus backend is for
+(test_replicas_milvus.py runs two index replicas on one Milvus behind the gateway). Here the
+indexes stay empty and only the failover mechanics are checked, on calls that read: a search
+(which also finds nothing in the other) and /ingest/check.
 """
 
 from __future__ import annotations
