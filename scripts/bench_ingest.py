@@ -18,6 +18,17 @@
 
 The model's speed does not depend on its weights, so ENCODER_PRETRAINED=none (random weights,
 no download) measures the same forward pass as the real checkpoint.
+
+    python scripts/bench_ingest.py --instant [--n 2000] [--batch-size 32] [--concurrency 8]
+
+measures the gateway's own per-image ingest cost instead, on the CPU: the real gateway and the
+real index service as processes, and in place of the encoder a benchmark stand-in that answers
+every file with the same unit vector at once (scripts/instant_encoder.py, 512-d). The JPEGs go
+through scripts/ingest.py over real HTTP as above. It reports images/s and the CPU time per
+image of each process, read with psutil around the run (the gateway's is the figure: target
+<= 400 us on a 2-core machine), of ingest.py (this process) and of ingest.py against an instant
+fake gateway; then the gateway's CPU per thumbnail of a search page, at first view (made from
+the original when it is not there yet) and cached.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image, ImageEnhance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,6 +204,155 @@ def services(
         yield gateway.url, encoder.url
 
 
+INSTANT_DIM = 512  # ViT-B-32's: the vectors the gateway decodes and forwards are full-sized
+
+
+@contextmanager
+def instant_services(
+    workdir: Path, gateway_env: dict[str, str]
+) -> Iterator[dict[str, ServiceProcess]]:
+    """The stand-in encoder, the real index and the real gateway as processes, by role."""
+    with ExitStack() as stack:
+        procs: dict[str, ServiceProcess] = {}
+
+        def start(role: str, module: str, env: dict[str, str]) -> ServiceProcess:
+            proc = ServiceProcess(module, env, workdir / f"{role}.log")
+            stack.callback(proc.stop)
+            proc.start(timeout=120)
+            procs[role] = proc
+            return proc
+
+        encoder = start("encoder", "scripts.instant_encoder",
+                        {"INSTANT_ENCODER_DIM": str(INSTANT_DIM)})
+        index = start("index", "index_service.main",
+                      {"INDEX_DATA_DIR": str(workdir / "index"), "INDEX_DIM": str(INSTANT_DIM)})
+        start("gateway", "gateway.main", {
+            "GATEWAY_ENCODER_URL": encoder.url,
+            "GATEWAY_INDEX_URL": index.url,
+            "GATEWAY_MEDIA_DIR": str(workdir / "media"),
+            **gateway_env,
+        })
+        yield procs
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (all its threads), this one when ``pid`` is None."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass
+class Cost:
+    """What one measured step took: its count, wall time and each process's CPU time."""
+
+    count: int
+    seconds: float
+    cpu_s: dict[str, float]
+
+    @property
+    def per_s(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def us_per(self, role: str) -> float:
+        return self.cpu_s[role] / self.count * 1e6 if self.count else 0.0
+
+
+@contextmanager
+def measured(pids: dict[str, int | None], cost: Cost) -> Iterator[None]:
+    """Fill ``cost``'s wall time and per-process CPU time over the ``with`` body."""
+    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    started = time.perf_counter()
+    yield
+    cost.seconds = time.perf_counter() - started
+    cost.cpu_s = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
+
+
+def fetch_all(url: str, requests: Sequence[tuple[str, dict[str, str]]],
+              concurrency: int) -> list[httpx.Response]:
+    """GET every (path, headers) with ``concurrency`` connections (a browser opens about six)."""
+    with httpx.Client(base_url=url, timeout=120) as client, \
+            ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda r: client.get(r[0], headers=r[1]), requests))
+
+
+def instant_run(args: argparse.Namespace, workdir: Path, paths: list[Path]) -> int:
+    """The gateway's own ingest and thumbnail cost, its upstreams instant (see the doc)."""
+    total_mb = sum(p.stat().st_size for p in paths) / 1e6
+    # Warm-up files of their own (another seed): the first requests of a fresh process import
+    # and allocate, which is not per-image cost.
+    warm = generate(workdir / "warm-up", 2 * args.batch_size, args.size, seed=1)
+    client_alone = Cost(0, 0.0, {})
+    with measured({"ingest.py": None}, client_alone):
+        client_alone.count = client_rate(workdir / "images", args.batch_size,
+                                         args.concurrency).images
+    gateway_env = dict(kv.split("=", 1) for kv in args.gateway_env)
+    with instant_services(workdir, gateway_env) as procs:
+        gateway_url = procs["gateway"].url
+        warmed = ingest([workdir / "warm-up"], gateway_url, batch_size=args.batch_size,
+                        concurrency=args.concurrency)
+        if warmed.added != len(warm):
+            print(f"warm-up did not add every file:\n{warmed.describe()}", file=sys.stderr)
+            return 1
+        pids: dict[str, int | None] = {role: p.proc.pid for role, p in procs.items() if p.proc}
+        pids["ingest.py"] = None
+        run = Cost(0, 0.0, {})
+        with measured(pids, run):
+            summary = ingest([workdir / "images"], gateway_url, batch_size=args.batch_size,
+                             concurrency=args.concurrency, progress=not args.quiet)
+        run.count = summary.added
+        if summary.added != len(paths) or summary.failures:
+            print(f"the run did not add every file:\n{summary.describe()}", file=sys.stderr)
+            return 1
+
+        # A search page's thumbnails: first view, then again (the browser's cache aside), then
+        # revalidated with the ETag the first view gave.
+        k = min(args.thumbnails, len(paths))
+        hits = httpx.post(gateway_url + "/search/text", json={"query": "a photo", "k": k},
+                          timeout=60).json()["results"]
+        urls = [hit["thumbnail_url"] for hit in hits]
+        gateway_only = {"gateway": pids["gateway"]}
+        thumbs: list[tuple[str, Cost]] = []
+        etags: list[str] = []
+        for name in ("first view", "cached", "revalidated"):
+            requests = [(url, {"If-None-Match": etag} if name == "revalidated" else {})
+                        for url, etag in zip(urls, etags or [""] * len(urls), strict=True)]
+            cost = Cost(len(urls), 0.0, {})
+            with measured(gateway_only, cost):
+                answers = fetch_all(gateway_url, requests, 6)
+            want = 304 if name == "revalidated" else 200
+            if any(r.status_code != want for r in answers):
+                print(f"thumbnails ({name}): {[r.status_code for r in answers][:10]}",
+                      file=sys.stderr)
+                return 1
+            etags = etags or [r.headers["etag"] for r in answers]
+            thumbs.append((name, cost))
+
+    print()
+    print(f"gateway alone: stand-in encoder (scripts/instant_encoder.py, unit vectors, "
+          f"{INSTANT_DIM}-d, no decoding), real index service; cpus={os.cpu_count()}"
+          + (f"; gateway env {' '.join(args.gateway_env)}" if args.gateway_env else ""))
+    print(f"{len(paths)} JPEGs {args.size[0]}x{args.size[1]}, {total_mb:.0f} MB; batches of "
+          f"{args.batch_size}; up to {summary.window} of {args.concurrency} requests in flight; "
+          f"{summary.retries} retries")
+    print(f"{'':34}{'images':>8}{'seconds':>9}{'images/s':>10}{'CPU us/image':>14}")
+    print(f"{'ingest end to end':34}{run.count:>8}{run.seconds:>9.2f}{run.per_s:>10.1f}")
+    for role in ("gateway", "ingest.py", "encoder", "index"):
+        label = {"encoder": "stand-in encoder", "ingest.py": "ingest.py (client)"}.get(role, role)
+        print(f"{'  ' + label:34}{'':27}{run.us_per(role):>14.0f}")
+    print(f"{'ingest.py, instant fake gateway':34}{client_alone.count:>8}"
+          f"{client_alone.seconds:>9.2f}{client_alone.per_s:>10.1f}"
+          f"{client_alone.us_per('ingest.py'):>14.0f}")
+    print(f"{'thumbnails of a search page':34}{'thumbs':>8}{'seconds':>9}{'thumbs/s':>10}"
+          f"{'gateway us':>14}")
+    for name, cost in thumbs:
+        print(f"{'  ' + name:34}{cost.count:>8}{cost.seconds:>9.2f}{cost.per_s:>10.1f}"
+              f"{cost.us_per('gateway'):>14.0f}")
+    figure = run.us_per("gateway")
+    verdict = "meets" if figure <= 400 else "ABOVE"
+    print(f"gateway CPU per ingested image: {figure:.0f} us ({verdict} the 400 us target)")
+    return 0
+
+
 def parse_size(text: str) -> tuple[int, int]:
     w, _, h = text.lower().partition("x")
     return int(w), int(h)
@@ -212,9 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--encoder-url", default=None, help="its encoder (with --gateway-url)")
     p.add_argument("--workdir", type=Path, default=None, help="keep files and logs here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--instant", action="store_true",
+                   help="the gateway's own cost: a stand-in encoder that answers at once")
+    p.add_argument("--thumbnails", type=int, default=200,
+                   help="--instant: thumbnails of a search page to fetch (%(default)s)")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="--instant: a setting for the gateway process (repeatable)")
     args = p.parse_args(argv)
     if (args.gateway_url is None) != (args.encoder_url is None):
         p.error("--gateway-url and --encoder-url go together")
+    if args.instant and args.gateway_url:
+        p.error("--instant starts its own services")
+    if any("=" not in kv for kv in args.gateway_env):
+        p.error("--gateway-env takes KEY=VALUE")
     # A plain `kill` must still stop the services this run started (the ExitStack below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -226,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         total_mb = sum(p.stat().st_size for p in paths) / 1e6
         print(f"generated {len(paths)} JPEGs {args.size[0]}x{args.size[1]} ({total_mb:.0f} MB) "
               f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        if args.instant:
+            return instant_run(args, workdir, paths)
 
         if args.gateway_url:
             gateway_url, encoder_url = args.gateway_url, args.encoder_url
