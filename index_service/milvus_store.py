@@ -40,6 +40,9 @@ from pymilvus import (
     connections,
     utility,
 )
+from pymilvus.client.prepare import Prepare
+from pymilvus.client.types import Status
+from pymilvus.client.utils import check_status
 
 from contracts.errors import ErrorType, GlimpseError
 from index_service.config import Settings
@@ -79,6 +82,24 @@ class MilvusUnavailable(GlimpseError):
 def _short(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return str(text).splitlines()[0][:300]
+
+
+def _column(field: Any) -> Any:
+    """One column of a query reply: a numpy array for numbers and vectors, else a list."""
+    if field.HasField("vectors"):
+        dim = int(field.vectors.dim)
+        flat = np.asarray(field.vectors.float_vector.data, dtype=np.float32)
+        return flat.reshape(-1, dim) if dim else flat
+    scalars = field.scalars
+    kind = scalars.WhichOneof("data")
+    values = getattr(scalars, kind).data if kind else []
+    if kind == "json_data":
+        return [json.loads(v) if v else {} for v in values]
+    if kind == "string_data":
+        return list(values)
+    if kind == "long_data":
+        return np.asarray(values, dtype=np.int64).tolist()
+    return list(values)
 
 
 def item_id(key: str, generation: int, salt: int = 0) -> int:
@@ -268,14 +289,26 @@ class MilvusStore:
 
     def _query(self, expr: str, fields: Sequence[str], what: str,
                consistency: str = "Eventually") -> list[dict[str, Any]]:
+        """Rows matching ``expr``; a vector field comes back as a numpy row, not a list.
+
+        pymilvus 2.3's own query builds a Python list per vector element by element (0.2 ms a
+        384-d row: 36 of a search's 55 ms with 176 candidates re-ranked), so the reply's columns
+        are decoded here instead, on the same request and the same connection.
+        """
+        name = self.collection.name
         try:
-            rows: list[dict[str, Any]] = self.collection.query(
-                expr, output_fields=list(fields), timeout=self.timeout,
-                consistency_level=consistency,
-            )
+            handler = self.collection._get_connection()  # noqa: SLF001 - the decode above
+            request = Prepare.query_request(name, expr, list(fields), None,
+                                            consistency_level=consistency)
+            response = handler._stub.Query(request, timeout=self.timeout)  # noqa: SLF001
+            if Status.EMPTY_COLLECTION in {response.status.code, response.status.error_code}:
+                return []
+            check_status(response.status)
         except _FAILURES as exc:
             raise MilvusUnavailable(self.uri, what, exc, stored=True) from exc
-        return rows
+        columns = {fd.field_name: _column(fd) for fd in response.fields_data}
+        n = min((len(c) for c in columns.values()), default=0)
+        return [{k: c[i] for k, c in columns.items()} for i in range(n)]
 
     def rows_of_ids(self, ids: Sequence[int], fields: Sequence[str], what: str
                     ) -> dict[int, dict[str, Any]]:

@@ -41,9 +41,25 @@ class EmbeddedMilvus:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> EmbeddedMilvus:
-        self._server.start()
+    def start(self, attempts: int = 3) -> EmbeddedMilvus:
+        """Start and wait for its health check. A start that fails (a port taken between our
+        probe and Milvus's bind: Milvus opens a dozen) is retried on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                self._server.start()
+                return self
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                self._server.stop()
+                if attempt == attempts - 1:
+                    raise RuntimeError(
+                        f"embedded Milvus did not start:\n{self.log_tail()}") from exc
+                self.port = free_port()
+                self._server = self._new_server()
         return self
+
+    def log_tail(self, n: int = 3000) -> str:
+        logs = sorted((self.base_dir / "logs").glob("*.log"))
+        return "\n".join(p.read_text(errors="replace")[-n:] for p in logs)
 
     def stop(self) -> None:
         self._server.stop()
