@@ -236,8 +236,23 @@ def rss_of(proc: ServiceProcess) -> int:
 # -- the run ---------------------------------------------------------------------------------
 
 
+def _backend_arg() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                    help="milvus: both backends side by side (scripts/bench_milvus.py)")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # --backend milvus: the Faiss and Milvus backends side by side (scripts/bench_milvus.py,
+    # which has its own options).
+    backend, rest = _backend_arg().parse_known_args(argv)
+    if backend.backend == "milvus":
+        from scripts.bench_milvus import main as bench_milvus
+
+        return bench_milvus(rest)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 parents=[_backend_arg()])
     ap.add_argument("-n", type=int, default=1_000_000, help="vectors to index (synthetic)")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries-n", type=int, default=500, help="queries (synthetic)")
