@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         default=0.96, gt=0, le=1, description="recall@10 the automatic tuning aims for."
     )
     tune_sample: int = Field(default=300, ge=10, description="Held-out queries of a tuning.")
+    max_bytes_per_vector: float = Field(
+        default=128.0,
+        gt=0,
+        description="Most Faiss index bytes per vector (codes, ids, lists, graph; not the float16 "
+        "re-rank vectors) of a structure the training may choose; HNSW needs ~dim + 280.",
+    )
     max_k: int = Field(default=1000, ge=1, description="Largest k a search may ask for.")
     max_batch: int = Field(default=4096, ge=1, description="Most items per add request.")
     max_search_vectors: int = Field(default=1024, ge=1, description="Most vectors per search.")

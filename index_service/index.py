@@ -31,6 +31,7 @@ import numpy as np
 
 from index_service.locks import RWLock
 from index_service.store import Changes, Store
+from index_service.structure import SelectionConfig, select_structure
 from index_service.vectors import VectorTable
 
 log = logging.getLogger("glimpse.index")
@@ -98,6 +99,20 @@ def auto_nprobe(nlist: int) -> int:
     return max(1, min(nlist, max(16, nlist // 64)))
 
 
+# efSearch of an HNSW index when neither a request nor tuning gives one (Faiss's default is 16;
+# the re-rank fetches k·rerank candidates, and Faiss searches with max(efSearch, that) anyway).
+HNSW_EF_SEARCH = 64
+
+
+def breadth_grid(live: LiveIndex) -> list[int]:
+    """The nprobe values a tuning tries: doublings up to nlist (1024 at most), or efSearch
+    values for an HNSW index."""
+    if live.hnsw:
+        return [16, 32, 64, 128, 256, 512]
+    nlist = live.nlist or 1
+    return [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= nlist]
+
+
 # -- building ------------------------------------------------------------------------------------
 
 
@@ -136,11 +151,26 @@ class LiveIndex:
     def __post_init__(self) -> None:
         self.ivf = faiss.try_extract_index_ivf(self.index)
 
+    @property
+    def hnsw(self) -> bool:
+        """A graph (no lists): its ``nprobe`` is HNSW's efSearch."""
+        inner = self.index
+        if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            inner = faiss.downcast_index(inner.index)
+        return isinstance(inner, faiss.IndexHNSW)
+
     def search_params(self, nprobe: int) -> Any:
-        """IVF search parameters for ``nprobe`` lists, built once per value."""
+        """IVF search parameters for ``nprobe`` lists (HNSW: efSearch ``nprobe``), built once
+        per value."""
         cached = self._params.get(nprobe)
         if cached is not None:
             return cached[0]
+        if self.hnsw:
+            # (missing from the stubs faiss-cpu ships)
+            graph = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            graph.efSearch = nprobe
+            self._params[nprobe] = (graph, None)
+            return graph
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe
         quantizer_params = None
@@ -161,15 +191,23 @@ class LiveIndex:
             inner = self.index
             if isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):
                 inner = faiss.downcast_index(inner.index)
+            if isinstance(inner, faiss.IndexHNSW):
+                return "hnsw"
             return "flat" if isinstance(inner, faiss.IndexFlat) else type(inner).__name__.lower()
         inner = faiss.downcast_index(self.ivf)
-        return {"IndexIVFPQ": "ivfpq", "IndexIVFFlat": "ivfflat"}.get(
+        return {"IndexIVFPQ": "ivfpq", "IndexIVFFlat": "ivfflat",
+                "IndexIVFPQFastScan": "ivfpq-fastscan"}.get(
             type(inner).__name__, type(inner).__name__.lower()
         )
 
     @property
     def exact(self) -> bool:
         return self.kind == "flat"
+
+    @property
+    def tunable(self) -> bool:
+        """Has a search breadth (lists or efSearch) and a re-rank depth to tune."""
+        return self.ivf is not None or self.hnsw
 
     @property
     def nlist(self) -> int | None:
@@ -251,6 +289,7 @@ class VectorIndex:
         rerank: int = 16,
         gpu: GpuRunner | None = None,
         omp_threads: int = 0,
+        selection: SelectionConfig | None = None,
     ) -> None:
         self.dim = dim
         self.omp_threads = omp_threads
@@ -275,6 +314,10 @@ class VectorIndex:
         self._train_done = threading.Event()
         self._train_done.set()
         self.on_swap: list[Callable[[], None]] = []
+        # Set: trainings of the automatic rule try several structures (structure.py).
+        self.selection = selection
+        # The search defaults the last selection measured, for the after-swap hook to apply.
+        self.selected: dict[str, Any] | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -311,6 +354,8 @@ class VectorIndex:
                            if self.table.vectors is not None else none)
 
     def nprobe_for(self, live: LiveIndex, nprobe: int | None) -> int:
+        if live.hnsw:
+            return max(1, int(nprobe or self.defaults.nprobe or HNSW_EF_SEARCH))
         nlist = live.nlist or 1
         chosen = nprobe or self.defaults.nprobe or auto_nprobe(nlist)
         return max(1, min(int(chosen), nlist))
@@ -361,16 +406,22 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=_F32)
         self.limit_threads(len(queries))
         with self.rw.read():
-            live = self.live
-            if exact and not live.exact:
-                scores, ids = self._exact_scan(queries, k)
-            elif live.exact:
-                scores, ids = self._flat(live, queries, k)
-            else:
-                depth = self.defaults.rerank if rerank is None else rerank
-                scores, ids = self._approximate(live, queries, k, self.nprobe_for(live, nprobe),
-                                                depth)
-            valid = self.table.is_live(ids)
+            return self._search_live(self.live, queries, k, nprobe, exact, rerank)
+
+    def _search_live(
+        self, live: LiveIndex, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,
+        rerank: int | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """search_raw on ``live`` (the live index or a candidate); caller holds ``rw.read``."""
+        if exact and not live.exact:
+            scores, ids = self._exact_scan(queries, k)
+        elif live.exact:
+            scores, ids = self._flat(live, queries, k)
+        else:
+            depth = self.defaults.rerank if rerank is None else rerank
+            scores, ids = self._approximate(live, queries, k, self.nprobe_for(live, nprobe),
+                                            depth)
+        valid = self.table.is_live(ids)
         ids = np.where(valid, ids, -1)
         scores = np.where(valid, scores, -np.inf).astype(_F32)
         return _top_k(scores, ids, min(k, scores.shape[1])) if scores.shape[1] else (scores, ids)
@@ -512,20 +563,41 @@ class VectorIndex:
             self.training = False
             self._train_done.set()
 
+    def _selects(self, factory: str | None, n: int) -> bool:
+        """Whether this training chooses its structure by measuring candidates: only for the
+        automatic rule (no forced factory), on the CPU (a GPU copy wants the rule's flat-
+        quantizer IVF-PQ), with tuning on."""
+        return (self.selection is not None and factory is None and self.gpu is None
+                and self.factory_override is None and self.factory_config is None
+                and self.wanted_factory(n) != "Flat")
+
     def _train(self, factory: str | None, reason: str) -> None:
         started = time.perf_counter()
         seq = self.applied_seq
         n = self.table.count
-        chosen = factory or self.wanted_factory(n)
-        log.info("training %s on %d vectors (%s)", chosen, n, reason)
-        index = build_empty(chosen, self.dim)
-        if not index.is_trained:
-            sample = self._training_sample(index, n)
-            index.train(sample)
-        trained_s = time.perf_counter() - started
-        for ids, vectors in self.store.iter_live(max_seq=seq):
-            index.add_with_ids(np.ascontiguousarray(vectors, dtype=_F32), ids)
-        new = LiveIndex(index, chosen, trained_on=n)
+        self.selected = None
+        if self._selects(factory, n):
+            assert self.selection is not None
+            log.info("choosing a structure for %d vectors (%s)", n, reason)
+            selection = select_structure(self, seq, n, self.selection)
+            new, chosen = selection.live, selection.live.factory
+            if len(selection.held_ids):
+                # The held-out queries were kept out of the candidates; they belong in the index.
+                new.index.add_with_ids(np.ascontiguousarray(selection.held_vectors, dtype=_F32),
+                                       selection.held_ids)
+            self.selected = selection.summary
+            trained_s = time.perf_counter() - started
+            index = new.index
+        else:
+            chosen = factory or self.wanted_factory(n)
+            log.info("training %s on %d vectors (%s)", chosen, n, reason)
+            index = build_empty(chosen, self.dim)
+            if not index.is_trained:
+                index.train(self.training_vectors(self.prepare_training(index), n))
+            trained_s = time.perf_counter() - started
+            for ids, vectors in self.store.iter_live(max_seq=seq):
+                index.add_with_ids(np.ascontiguousarray(vectors, dtype=_F32), ids)
+            new = LiveIndex(index, chosen, trained_on=n)
         # Catch up with what was written meanwhile, outside the writer lock while there is a lot.
         for _ in range(5):
             changes = self.store.changes_since(seq)
@@ -556,8 +628,9 @@ class VectorIndex:
             except Exception:
                 log.exception("after-swap hook failed")
 
-    def _training_sample(self, index: faiss.Index, n: int) -> np.ndarray:
-        """A random sample of stored vectors, enough for k-means on the lists and PQ codebooks."""
+    def prepare_training(self, index: faiss.Index) -> int:
+        """Set the training parameters of an untrained ``index``; the sample size it needs
+        (enough for k-means on the lists and the PQ codebooks)."""
         ivf = faiss.try_extract_index_ivf(index)
         want = 256 * 39
         if ivf is not None:
@@ -570,18 +643,93 @@ class VectorIndex:
                 # Polysemous training (on by default for 8-bit codes) serves Hamming-distance
                 # filtering we never use, and was 90% of the training time in measurements.
                 inner.do_polysemous_training = False  # type: ignore[attr-defined]
+            if isinstance(inner, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)):
                 inner.pq.cp.niter = 10
                 inner.pq.cp.max_points_per_centroid = 128
+        return want
+
+    def training_vectors(
+        self, want: int, n: int, exclude: np.ndarray | None = None
+    ) -> np.ndarray:
+        """A random sample of ``want`` stored vectors (``exclude`` ids left out)."""
         want = min(want, n)
         rng = np.random.default_rng(12345)
         if self.table.vectors is not None:
             with self.rw.read():  # an add may grow (and move) the table meanwhile
                 ids = self.table.live_ids()
+                if exclude is not None:
+                    ids = ids[~np.isin(ids, exclude)]
                 pick = np.sort(rng.choice(ids, size=min(want, len(ids)), replace=False))
                 return np.ascontiguousarray(self.table.vectors[pick], dtype=_F32)
         keep = want / max(n, 1)
-        parts = [v[rng.random(len(v)) < keep] for _, v in self.store.iter_live()]
+        parts = []
+        for ids, v in self.store.iter_live():
+            chosen = rng.random(len(v)) < keep
+            if exclude is not None:
+                chosen &= ~np.isin(ids, exclude)
+            parts.append(v[chosen])
         return np.ascontiguousarray(np.vstack(parts), dtype=_F32)
+
+    def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """float32 copies of the stored vectors of live ``ids``."""
+        if self.table.vectors is not None:
+            with self.rw.read():
+                return self.table.vectors[ids].astype(_F32)
+        found = self.store.vectors_of(ids.tolist())
+        return np.stack([found[int(i)] for i in ids]).astype(_F32)
+
+    def exact_ids(self, queries: np.ndarray, k: int, exclude: np.ndarray) -> np.ndarray:
+        """Exact top-``k`` ids over the live rows, ``exclude`` ids left out (ground truth)."""
+        queries = np.ascontiguousarray(queries, dtype=_F32)
+        if self.table.vectors is not None:
+            with self.rw.read():
+                return self.table.search(queries, k, exclude)[1]
+        best_s = np.full((len(queries), 0), -np.inf, dtype=_F32)
+        best_i = np.full((len(queries), 0), -1, dtype=np.int64)
+        for ids, vectors in self.store.iter_live():
+            keep = ~np.isin(ids, exclude)
+            scores = queries @ self.widen(vectors[keep]).T
+            best_s, best_i = _top_k(np.hstack([best_s, scores]),
+                                    np.hstack([best_i, np.broadcast_to(ids[keep], scores.shape)]),
+                                    k)
+        return best_i
+
+    def build_candidate(
+        self, factory: str, sample: np.ndarray, seq: int, held: np.ndarray,
+        centroids: dict[int, np.ndarray],
+    ) -> tuple[LiveIndex, np.ndarray, np.ndarray]:
+        """Train ``factory`` on ``sample`` and add the live rows up to ``seq`` except ``held``;
+        (the index, the held ids it left out, their stored vectors). ``centroids`` caches the
+        coarse centroids per list count: k-means runs once per nlist, not once per candidate
+        (IndexIVF.train skips it when its quantizer already holds nlist centroids)."""
+        index = build_empty(factory, self.dim)
+        self.prepare_training(index)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None and int(ivf.nlist) in centroids:
+            ivf.quantizer.add(centroids[int(ivf.nlist)])
+        if not index.is_trained:
+            index.train(sample)
+        if ivf is not None and int(ivf.nlist) not in centroids:
+            centroids[int(ivf.nlist)] = ivf.quantizer.reconstruct_n(0, int(ivf.nlist))
+        left_ids, left_vectors = [], []
+        for ids, vectors in self.store.iter_live(max_seq=seq):
+            out = np.isin(ids, held)
+            if out.any():
+                left_ids.append(ids[out])
+                left_vectors.append(vectors[out])
+            index.add_with_ids(np.ascontiguousarray(vectors[~out], dtype=_F32), ids[~out])
+        none_f16 = np.zeros((0, self.dim), dtype=np.float16)
+        return (LiveIndex(index, factory, trained_on=self.table.count),
+                np.concatenate(left_ids) if left_ids else np.zeros(0, dtype=np.int64),
+                np.vstack(left_vectors) if left_vectors else none_f16)
+
+    def candidate_ids(
+        self, live: LiveIndex, queries: np.ndarray, k: int, nprobe: int, rerank: int
+    ) -> np.ndarray:
+        """search_ids on an index that is not live (yet): what the structure choice measures."""
+        queries = np.ascontiguousarray(queries, dtype=_F32)
+        with self.rw.read():
+            return self._search_live(live, queries, k, nprobe, False, rerank)[1]
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -593,7 +741,7 @@ class VectorIndex:
             "nlist": live.nlist,
             "ntotal": live.ntotal,
             "trained_on": live.trained_on,
-            "nprobe": None if live.ivf is None else self.nprobe_for(live, None),
+            "nprobe": self.nprobe_for(live, None) if live.tunable else None,
             "rerank": None if live.exact else self.defaults.rerank,
             "search_defaults_source": self.defaults.source,
             "training": self.training,
@@ -604,7 +752,11 @@ class VectorIndex:
             "device": "cuda" if live.gpu_index is not None else "cpu",
         }
         if self.defaults.tuned:
-            info["tuned"] = self.defaults.tuned
+            # What the last training tried and why it chose (structure.py), apart from the
+            # search setting it tuned.
+            tuned = dict(self.defaults.tuned)
+            info["structure"] = tuned.pop("structure", None)
+            info["tuned"] = tuned
         return info
 
 

@@ -26,10 +26,12 @@ from index_service.index import (
     GpuRunner,
     LiveIndex,
     VectorIndex,
+    breadth_grid,
     build_empty,
     release_free_memory,
 )
 from index_service.store import AddOutcome, NewItem, Store
+from index_service.structure import SelectionConfig
 from index_service.tuning import excluding_self, tune_search
 
 log = logging.getLogger("glimpse.index")
@@ -222,6 +224,11 @@ class IndexService:
             rerank=self.rerank,
             gpu=self.gpu,
             omp_threads=s.omp_threads,
+            # The structure is chosen by measurement where the search defaults are tuned.
+            selection=SelectionConfig(
+                target=s.tune_target, sample=s.tune_sample,
+                max_bytes_per_vector=s.max_bytes_per_vector,
+            ) if s.autotune and s.nprobe is None else None,
         )
         self.store, self.index = store, index
         loaded = None
@@ -249,7 +256,8 @@ class IndexService:
             index.factory_override = manifest.factory_override
             if manifest.search_defaults:
                 index.defaults.tuned = manifest.search_defaults
-                if s.nprobe is None:
+                # A structure choice that missed its target kept the rule's defaults.
+                if s.nprobe is None and manifest.search_defaults.get("reached", True):
                     index.defaults.nprobe = manifest.search_defaults.get("nprobe")
                     index.defaults.rerank = manifest.search_defaults.get("rerank", self.rerank)
                     index.defaults.source = "tuned"
@@ -531,7 +539,16 @@ class IndexService:
         index.defaults.rerank = self.rerank
         index.defaults.source = "config" if s.nprobe else "rule"
         index.defaults.tuned = {}
-        if s.autotune and s.nprobe is None and index.live.ivf is not None:
+        selected, index.selected = index.selected, None
+        if selected is not None:
+            # The training chose the structure by measuring it: its tuned setting is applied
+            # (a setting that missed the target is not, as in tune()).
+            if selected["reached"]:
+                index.defaults.nprobe = selected["nprobe"]
+                index.defaults.rerank = selected["rerank"]
+                index.defaults.source = "tuned"
+            index.defaults.tuned = selected
+        elif s.autotune and s.nprobe is None and index.live.tunable:
             try:
                 self.tune(s.tune_target, s.tune_sample)
             except Exception:
@@ -549,7 +566,7 @@ class IndexService:
         store, index = self._parts
         with self._tune_lock:
             live = index.live
-            if live.ivf is None:
+            if not live.tunable:
                 raise NotTunable(
                     f"The live index is {live.kind!r}: it has no nprobe or re-rank depth to tune."
                 )
@@ -572,11 +589,9 @@ class IndexService:
                 return index.search_ids(q, kk, nprobe, rerank)
 
             truth = excluding_self(exact, pick)(queries, k, 1, 0)
-            nlist = live.nlist or 1
-            nprobes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= nlist]
             result = tune_search(
                 excluding_self(approximate, pick), queries, truth, k=k, target=target,
-                nprobes=nprobes, reranks=(0, 2, 4, 8, 16, 24, 32),
+                nprobes=breadth_grid(live), reranks=(0, 2, 4, 8, 16, 24, 32, 48),
             )
             # A setting that misses the target is not applied: the rule's defaults (nprobe
             # nlist/64 and at least 16, re-rank 16) measured above 0.95 recall@10 in
@@ -592,7 +607,10 @@ class IndexService:
                 index.defaults.nprobe = result.nprobe
                 index.defaults.rerank = result.rerank
                 index.defaults.source = "tuned"
+                structure = index.defaults.tuned.get("structure")
                 index.defaults.tuned = summary
+                if structure is not None:
+                    index.defaults.tuned["structure"] = structure
             if result.reached:
                 log.info("tuned search defaults: %s (applied: %s)", summary, applied)
             else:
