@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from contracts.bodies import form_body_openapi
 from contracts.common import HealthResponse, ReadyResponse
@@ -17,9 +19,8 @@ from contracts.encoder import (
     EncoderInfo,
 )
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
-from contracts.fastpath import counting_receive
 from contracts.multipart import parse_form
-from contracts.vectors import VectorEncoding, encode_vector
+from contracts.vectors import encode_vector
 from encoder_service.service import EncoderRuntime, not_ready
 
 router = APIRouter()
@@ -76,7 +77,17 @@ async def embed_text(body: EmbedTextRequest, runtime: Runtime) -> JSONResponse:
     )
 
 
-_MULTIPART_BODY = form_body_openapi(
+_MULTIPART_BODY = {
+    # The route reads its query itself (it is answered in front of FastAPI's stack), so its
+    # one query parameter is declared here for the OpenAPI document.
+    "parameters": [{
+        "name": "encoding", "in": "query", "required": False,
+        "description": "'float' lists or 'base64' float32.",
+        "schema": {"anyOf": [{"enum": ["float", "base64"], "type": "string"},
+                             {"type": "null"}], "title": "Encoding",
+                   "description": "'float' lists or 'base64' float32."},
+    }],
+} | form_body_openapi(
     {
         "files": {
             "type": "array",
@@ -88,33 +99,44 @@ _MULTIPART_BODY = form_body_openapi(
 )
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's whole body, refused with 413 past ``limit`` bytes: a declared
+    Content-Length before anything is read, a body sent without one as it arrives."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise GlimpseError(
+            ErrorType.payload_too_large,
+            f"The request body has {length} bytes; the limit is {limit}.",
+        )
+    # Straight from the server's receive: a Request's stream, a counting wrapper and the
+    # middleware stack's wrappers cost a Python call or more per 64 KiB chunk.
+    chunks: list[bytes] = []
+    received = 0
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise GlimpseError(
+                ErrorType.payload_too_large,
+                f"The request body has more than {limit} bytes; the limit is {limit}.",
+            )
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[Any], str | None]:
     """The uploaded files (bytes, or the error of a file over the byte limit) and the optional
     'encoding' form field."""
     settings = runtime.settings
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-        raise GlimpseError(
-            ErrorType.payload_too_large,
-            f"The request body has {length} bytes; the limit is {settings.max_request_bytes}.",
-        )
     # The whole body in memory, split by parse_form: Starlette's request.form() cost ~10x the
-    # CPU on the event loop (contracts/multipart.py says why). A body sent without a length is
-    # counted as it arrives (the shared counting_receive), so it cannot pass the limit either.
-    limit = settings.max_request_bytes
-    counted = Request(
-        request.scope,
-        counting_receive(
-            request.receive,
-            limit,
-            lambda: GlimpseError(
-                ErrorType.payload_too_large,
-                f"The request body has more than {limit} bytes; the limit is {limit}.",
-            ),
-        ),
-    )
+    # CPU on the event loop (contracts/multipart.py says why).
     parts = parse_form(
-        await counted.body(),
+        await read_body(request, settings.max_request_bytes),
         request.headers.get("content-type"),
         max_files=settings.max_files,
         max_fields=16,
@@ -152,6 +174,26 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     return contents, encoding
 
 
+def _image_response(
+    runtime: EncoderRuntime, results: list[Any], errors: list[Any], encoding: str
+) -> Response:
+    """The answer's JSON, written by hand: the vectors as base64 strings (or float lists)
+    need no escaping, and json.dumps of the whole body cost more per image than the rest of
+    the response. The same JSON as JSONResponse wrote (non-ASCII error text escaped)."""
+    enc = runtime.encoder
+    vectors = [
+        "null" if isinstance(r, GlimpseError)
+        else f'"{encode_vector(r)}"' if encoding == "base64"
+        else json.dumps(r.tolist(), separators=(",", ":"))
+        for r in results
+    ]
+    body = (
+        f'{{"model":{json.dumps(enc.name)},"dim":{enc.dim},"embeddings":[{",".join(vectors)}],'
+        f'"errors":{json.dumps(errors, separators=(",", ":"))}}}'
+    )
+    return Response(body.encode(), media_type="application/json")
+
+
 @router.post(
     "/v1/embed/image",
     response_model=EmbedImageResponse,
@@ -159,20 +201,17 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     openapi_extra=_MULTIPART_BODY,
     tags=["embed"],
 )
-async def embed_image(
-    request: Request,
-    runtime: Runtime,
-    encoding: Annotated[
-        VectorEncoding | None, Query(description="'float' lists or 'base64' float32.")
-    ] = None,
-) -> JSONResponse:
+async def embed_image(request: Request) -> Response:
     """Unit-norm float32 CLIP vectors of the uploaded images, one slot per file.
 
     A file that cannot be used leaves null in its slot and its error beside it; the other
     files are embedded. When none can be, the answer is the first file's error (4xx).
     """
+    # The hot route, answered in front of FastAPI's stack (encoder_service/main.py): it takes
+    # the request alone and reads its query and body itself.
+    runtime = await get_runtime(request)
     contents, form_encoding = await _read_files(request, runtime)
-    chosen = encoding or form_encoding or "float"
+    chosen = request.query_params.get("encoding") or form_encoding or "float"
     if chosen not in ("float", "base64"):
         raise GlimpseError(
             ErrorType.validation_error, f"encoding must be 'float' or 'base64', not {chosen!r}."
@@ -192,16 +231,7 @@ async def embed_image(
         prefix = "" if len(results) == 1 else f"None of the {len(results)} files could be used; "
         prefix += "files[0]: " if len(results) > 1 else ""
         raise GlimpseError(first.error_type, prefix + first.message, {"errors": errors})
-    return JSONResponse(
-        {
-            "model": runtime.encoder.name,
-            "dim": runtime.encoder.dim,
-            "embeddings": [
-                None if isinstance(r, GlimpseError) else _vector_json(r, chosen) for r in results
-            ],
-            "errors": errors,
-        }
-    )
+    return _image_response(runtime, results, errors, chosen)
 
 
 @router.get("/v1/info", response_model=EncoderInfo, responses=ERROR_RESPONSES, tags=["ops"])

@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from contracts.errors import install_error_handlers
+from contracts.fastpath import FastRoutes
 from contracts.observability import ServiceMetrics, install_metrics
-from encoder_service.api import router
+from encoder_service.api import embed_image, router
 from encoder_service.config import Settings
 from encoder_service.model import ClipEncoder, ModelLoadError, load_encoder
 from encoder_service.service import EncoderRuntime
@@ -58,7 +59,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(
     settings: Settings | None = None,
     encoder_loader: Callable[[Settings], ClipEncoder] = load_encoder,
-) -> FastAPI:
+) -> FastRoutes:
     """The encoder app; ``encoder_loader`` builds the model in the lifespan (tests and
     scripts/bench_host.py pass their own)."""
     app = FastAPI(
@@ -74,7 +75,10 @@ def create_app(
     install_error_handlers(app)
     install_metrics(app, ServiceMetrics("encoder"))
     app.include_router(router)
-    return app
+    # Image embedding is answered in front of FastAPI's middleware stack (contracts/fastpath.py):
+    # its ten layers each wrapped every body chunk and response message, a large share of
+    # the event loop's CPU per image (docs/encoder.md).
+    return FastRoutes(app, {("POST", "/v1/embed/image"): embed_image})
 
 
 app = create_app()
