@@ -1,7 +1,10 @@
 """Checking uploaded images and making their thumbnails (Pillow).
 
 The pixel count is checked from the header before any decoding, so a decompression bomb costs
-a header read. Every function here blocks on CPU; callers run it in a worker thread.
+a header read. Ingest reads headers only (:func:`inspect_image`, ~40 us for a 640x480 JPEG):
+the encoder decodes every image anyway and rejects what it cannot read, and a thumbnail
+(decode + WebP, ~4.4 ms) is made when it is first asked for (gateway/thumbnails.py). Every
+function here blocks on CPU; callers run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -30,14 +33,12 @@ _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFE
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """What ingest keeps of a valid image: its oriented size, type and thumbnail."""
+class ImageInfo:
+    """What ingest keeps of a valid image's header: its size as displayed, and its type."""
 
     width: int
     height: int
     content_type: str
-    thumbnail: bytes
-    thumbnail_type: str
 
 
 # Leading bytes of each accepted format (WebP: RIFF....WEBP, checked below).
@@ -89,6 +90,29 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def _displayed_size(img: Image.Image) -> tuple[int, int]:
+    """The size as displayed: EXIF orientations 5..8 rotate by 90 degrees."""
+    width, height = img.size
+    try:
+        if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+            width, height = height, width
+    except _DECODE_ERRORS:
+        pass  # unreadable EXIF: exif_transpose ignores it too
+    return width, height
+
+
+def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
+    """The size as displayed and the type of ``data``, from its header alone (no decoding).
+
+    Raises GlimpseError as :func:`make_thumbnail` does for what a header shows: invalid_image
+    (not an image), image_too_large (pixel cap), unsupported_media_type. A file whose header
+    is fine but whose pixels are not (truncated, corrupt) passes; whoever decodes it refuses it.
+    """
+    img = _open_checked(data, max_pixels)
+    width, height = _displayed_size(img)
+    return ImageInfo(width, height, CONTENT_TYPES[str(img.format)])
+
+
 def _draft_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     """The smallest size to ask of ``Image.draft`` for a thumbnail of longest side ``longest``.
 
@@ -100,7 +124,7 @@ def _draft_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
 
-def prepare_image(
+def make_thumbnail(
     data: bytes,
     *,
     max_pixels: int,
@@ -108,8 +132,9 @@ def prepare_image(
     thumbnail_type: str = "image/webp",
     quality: int = 80,
     webp_method: int = 0,
-) -> Prepared:
-    """Validate ``data`` as an image and make its thumbnail (EXIF orientation applied).
+) -> bytes:
+    """The thumbnail of ``data``: longest side at most ``thumbnail_size``, EXIF orientation
+    applied, WebP or JPEG (alpha flattened on white for JPEG).
 
     ``webp_method`` is libwebp's effort (0 fastest .. 6 smallest): at 320 px the files of
     method 0 are a little larger, and it encodes several times faster than the default 4.
@@ -118,22 +143,13 @@ def prepare_image(
     unsupported_media_type (a format outside the allowlist).
     """
     img = _open_checked(data, max_pixels)
-    content_type = CONTENT_TYPES[str(img.format)]
-    # The size as displayed: EXIF orientations 5..8 rotate by 90 degrees.
-    width, height = img.size
-    try:
-        if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
-            width, height = height, width
-    except _DECODE_ERRORS:
-        pass  # unreadable EXIF: exif_transpose below ignores it too
     try:
         if img.format in ("JPEG", "MPO"):
             # Let libjpeg decode at a reduced scale (its DCT scaling is a proper downsample):
             # a 24 MP photo decodes many times faster, and the resize below has less to do.
             img.draft("RGB", _draft_size(img.size, thumbnail_size))
         img.load()
-        oriented = ImageOps.exif_transpose(img)
-        thumb = oriented
+        thumb = ImageOps.exif_transpose(img)
         if thumb.mode not in ("RGB", "RGBA"):
             thumb = thumb.convert("RGBA" if "A" in thumb.getbands() or thumb.mode == "P" else "RGB")
         if thumbnail_type == "image/jpeg" and thumb.mode == "RGBA":
@@ -152,4 +168,4 @@ def prepare_image(
         raise GlimpseError(
             ErrorType.invalid_image, f"The image could not be decoded ({exc})."
         ) from exc
-    return Prepared(width, height, content_type, out.getvalue(), thumbnail_type)
+    return out.getvalue()

@@ -4,6 +4,13 @@ The order of the steps is the crash-safety argument: media is written (atomicall
 the encoder embeds meanwhile) before the index add, and the index acknowledges an add only
 once it is committed. A crash at any point therefore leaves at worst media without an index
 row (harmless; a re-ingest reuses it), never an indexed item without its media.
+
+The gateway reads each image's header only (its size, type and pixel count); the encoder
+decodes it and refuses what it cannot read. Thumbnails are made when first asked for
+(gateway/thumbnails.py), from the stored original: decoding and encoding one costs ~4.4 ms of
+CPU, ten times the rest of an image's ingest. Without stored originals
+(GATEWAY_STORE_ORIGINALS=false) the thumbnail is the one copy the gateway keeps, so it is made
+here, at ingest, as before.
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from starlette.datastructures import UploadFile
 
 from contracts.errors import ErrorType, GlimpseError
+from contracts.multipart import FormPart
 from contracts.vectors import encode_vector
-from gateway.images import Prepared, prepare_image, sniff_content_type
+from gateway.images import ImageInfo, inspect_image, make_thumbnail, sniff_content_type
 from gateway.media import safe_relative_path
 from gateway.state import GatewayState
 
@@ -36,7 +43,9 @@ class Part:
     id: int | None = None
     error: str | None = None
     error_type: str | None = None
-    prepared: Prepared | None = None
+    info: ImageInfo | None = None  # from the header; None when the header is not an image's
+    problem: GlimpseError | None = None  # why the header is refused, when it is
+    thumbnail: bytes | None = None  # made at ingest only without stored originals
     duplicates: list[Part] = field(default_factory=list)
 
     def reject(self, error: GlimpseError | dict[str, Any]) -> None:
@@ -57,8 +66,8 @@ class Part:
         }
 
 
-async def _read_part(upload: UploadFile, max_bytes: int) -> Part:
-    name = upload.filename or ""
+def _read_part(form_part: FormPart, max_bytes: int) -> Part:
+    name = form_part.filename or ""
     path = safe_relative_path(name)
     part = Part(path=path or name)
     if path is None:
@@ -70,38 +79,37 @@ async def _read_part(upload: UploadFile, max_bytes: int) -> Part:
             )
         )
         return part
-    if upload.size is not None and upload.size > max_bytes:
+    if len(form_part.data) > max_bytes:
         part.reject(
             GlimpseError(
                 ErrorType.payload_too_large,
-                f"The file has {upload.size} bytes, more than the limit of {max_bytes}.",
+                f"The file has {len(form_part.data)} bytes, more than the limit of {max_bytes}.",
             )
         )
         return part
-    part.data = await upload.read(max_bytes + 1)
-    if len(part.data) > max_bytes:
-        part.data = b""
-        part.reject(
-            GlimpseError(
-                ErrorType.payload_too_large, f"The file is larger than the limit of {max_bytes}."
-            )
-        )
+    part.data = form_part.data
     return part
 
 
-def _hash_all(parts: list[Part]) -> None:
+def _check_all(parts: list[Part], max_pixels: int) -> None:
+    """Hash each part and read its header (one thread hop per request, not per file)."""
     for part in parts:
+        # hashlib releases the GIL on large inputs; the header read is a few dozen us.
         part.sha256 = hashlib.sha256(part.data).hexdigest()
+        try:
+            part.info = inspect_image(part.data, max_pixels=max_pixels)
+        except GlimpseError as exc:
+            part.problem = exc
 
 
-def _prepare(state: GatewayState, part: Part) -> None:
+def _make_thumbnail(state: GatewayState, part: Part) -> None:
     settings = state.settings
     try:
-        part.prepared = prepare_image(
+        part.thumbnail = make_thumbnail(
             part.data,
             max_pixels=settings.max_pixels,
             thumbnail_size=settings.thumbnail_size,
-            thumbnail_type=f"image/{settings.thumbnail_format}",
+            thumbnail_type=thumbnail_type(state),
             quality=settings.thumbnail_quality,
             webp_method=settings.thumbnail_webp_method,
         )
@@ -109,15 +117,18 @@ def _prepare(state: GatewayState, part: Part) -> None:
         part.reject(exc)
 
 
+def thumbnail_type(state: GatewayState) -> str:
+    return f"image/{state.settings.thumbnail_format}"
+
+
 def _store_media(state: GatewayState, parts: list[Part]) -> None:
-    """Write each part's original and thumbnail, with one batched fsync pass for them all; a
-    part whose write fails is rejected. Parts left unrejected are durable on return."""
+    """Write each part's original (and thumbnail, when one was made), with one batched fsync
+    pass for them all; a part whose write fails is rejected. Parts left unrejected are durable
+    on return."""
     items = []
     for part in parts:
-        assert part.sha256 is not None and part.prepared is not None
-        items.append(
-            (part.sha256, part.data, part.prepared.thumbnail_type, part.prepared.thumbnail)
-        )
+        assert part.sha256 is not None
+        items.append((part.sha256, part.data, thumbnail_type(state), part.thumbnail))
     errors = state.media.put_many(items, pool=state.io_pool)
     for part, error in zip(parts, errors, strict=True):
         if error is not None:
@@ -137,12 +148,13 @@ def _storage_error(exc: OSError) -> GlimpseError:
     )
 
 
-async def _prepare_in_thread(state: GatewayState, part: Part) -> None:
-    await anyio.to_thread.run_sync(_prepare, state, part, limiter=state.decode_limiter)
+async def _thumbnail_in_thread(state: GatewayState, part: Part) -> None:
+    await anyio.to_thread.run_sync(_make_thumbnail, state, part, limiter=state.decode_limiter)
 
 
-async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> list[dict[str, Any]]:
-    """One answer per upload, in order: added, exists (with the existing id) or rejected."""
+async def ingest_files(state: GatewayState, uploads: Sequence[FormPart]) -> list[dict[str, Any]]:
+    """One answer per uploaded file part, in order: added, exists (with the existing id) or
+    rejected."""
     settings = state.settings
     if len(uploads) > settings.max_files_per_request:
         raise GlimpseError(
@@ -150,10 +162,9 @@ async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> li
             f"{len(uploads)} files in one request, more than the limit of "
             f"{settings.max_files_per_request}; send them in several requests.",
         )
-    parts = [await _read_part(u, settings.max_file_bytes) for u in uploads]
+    parts = [_read_part(u, settings.max_file_bytes) for u in uploads]
     readable = [p for p in parts if p.status is None]
-    # Hashing hundreds of MB takes a while; hashlib releases the GIL, so a thread helps.
-    await anyio.to_thread.run_sync(_hash_all, readable)
+    await anyio.to_thread.run_sync(_check_all, readable, settings.max_pixels)
 
     # The same bytes twice in one request are one item: later copies share the first's outcome.
     unique: dict[str, Part] = {}
@@ -170,6 +181,10 @@ async def ingest_files(state: GatewayState, uploads: Sequence[UploadFile]) -> li
         # Known keys whose id is not remembered go the whole way: the index's add is
         # idempotent by key, so it answers "exists" with the id and stores nothing new.
         new = [p for p in unique.values() if p.status is None]
+        for part in new:
+            if part.problem is not None:
+                part.reject(part.problem)  # known bytes are answered "exists" all the same
+        new = [p for p in new if p.status is None]
 
         if new:
             await _embed_and_add(state, new)
@@ -202,12 +217,14 @@ async def _resolve_known(state: GatewayState, part: Part) -> None:
 
 
 async def _store(state: GatewayState, parts: list[Part]) -> None:
-    """Validate, thumbnail and store ``parts`` (rejecting the bad ones), off the event loop."""
-    # Pillow decodes, resizes and encodes in C with the GIL released: one thread per image,
-    # up to decode_workers at once across requests.
-    async with anyio.create_task_group() as tg:
-        for part in parts:
-            tg.start_soon(_prepare_in_thread, state, part)
+    """Store ``parts`` (rejecting those whose write fails), off the event loop; without stored
+    originals, thumbnail them first (rejecting those that do not decode)."""
+    if not state.media.store_originals:
+        # Pillow decodes, resizes and encodes in C with the GIL released: one thread per
+        # image, up to decode_workers at once across requests.
+        async with anyio.create_task_group() as tg:
+            for part in parts:
+                tg.start_soon(_thumbnail_in_thread, state, part)
     valid = [p for p in parts if p.status is None]
     if valid:
         # Disk writes and fsyncs block.
@@ -217,10 +234,9 @@ async def _store(state: GatewayState, parts: list[Part]) -> None:
 async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
     keys = [p.sha256 for p in parts if p.sha256 is not None]
     async with state.key_locks.hold(keys):
-        # The encoder embeds the batch while the gateway checks, thumbnails and stores it (it
-        # reads the images itself and answers an error for each it cannot). Only parts that
-        # both have a vector and are durably stored go on to the index: media is on disk
-        # before the index add, as before.
+        # The encoder embeds the batch while the gateway stores it (it decodes the images
+        # itself and answers an error for each it cannot). Only parts that both have a vector
+        # and are durably stored go on to the index: media is on disk before the index add.
         stored = asyncio.ensure_future(_store(state, parts))
         try:
             vectors, errors = await state.encoder.embed_images(
@@ -238,14 +254,16 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
                 missing = {"error": "The encoder gave no vector.", "error_type": "upstream_error"}
                 part.reject(error or missing)
                 continue
-            prepared = part.prepared
-            assert prepared is not None and part.sha256 is not None
+            info = part.info
+            assert info is not None and part.sha256 is not None
             meta = {
-                "width": prepared.width,
-                "height": prepared.height,
+                "width": info.width,
+                "height": info.height,
                 "bytes": len(part.data),
-                "content_type": prepared.content_type,
-                "thumbnail_type": prepared.thumbnail_type,
+                "content_type": info.content_type,
+                # The type the thumbnail has or will have: fixed per item, so a later change of
+                # GATEWAY_THUMBNAIL_FORMAT does not orphan thumbnails already made.
+                "thumbnail_type": thumbnail_type(state),
             }
             item = {"vector": encode_vector(vector), "path": part.path, "key": part.sha256}
             to_add.append((part, {**item, "meta": meta}))

@@ -204,13 +204,13 @@ class MediaStore:
         write_atomic(self.thumbnail_path(sha256, content_type), data, fsync=self.fsync)
 
     def put_many(
-        self, items: Sequence[tuple[str, bytes, str, bytes]], pool: Executor | None = None
+        self, items: Sequence[tuple[str, bytes, str, bytes | None]], pool: Executor | None = None
     ) -> list[OSError | None]:
-        """Store (sha256, original, thumbnail type, thumbnail) of many images at once.
+        """Store (sha256, original, thumbnail type, thumbnail or None) of many images at once.
 
-        The same files as :meth:`put_original` and :meth:`put_thumbnail`, written with one
-        batched fsync pass (:func:`write_atomic_many`); one error (or None) per item. When it
-        returns, every item without an error is durable.
+        The same files as :meth:`put_original` and :meth:`put_thumbnail` (no thumbnail file
+        for None), written with one batched fsync pass (:func:`write_atomic_many`); one error
+        (or None) per item. When it returns, every item without an error is durable.
         """
         files: list[tuple[Path, bytes]] = []
         owner: list[int] = []
@@ -220,8 +220,9 @@ class MediaStore:
                 if not (path.is_file() and path.stat().st_size == len(data)):
                     files.append((path, data))
                     owner.append(n)
-            files.append((self.thumbnail_path(sha256, thumbnail_type), thumbnail))
-            owner.append(n)
+            if thumbnail is not None:
+                files.append((self.thumbnail_path(sha256, thumbnail_type), thumbnail))
+                owner.append(n)
         errors: list[OSError | None] = [None] * len(items)
         for n, error in zip(
             owner, write_atomic_many(files, fsync=self.fsync, pool=pool), strict=True

@@ -264,7 +264,11 @@ def test_media_is_written_before_the_index_knows_it(client: httpx.Client, stack:
     item = client.post("/ingest", files=[("files", ("m/x.jpg", data, "image/jpeg"))]).json()
     sha = item["items"][0]["sha256"]
     assert (stack.media_dir / "originals" / sha[:2] / sha[2:4] / sha).read_bytes() == data
-    assert (stack.media_dir / "thumbnails" / sha[:2] / sha[2:4] / f"{sha}.webp").is_file()
+    # The thumbnail is made on its first request (gateway/thumbnails.py), then kept.
+    thumbnail = stack.media_dir / "thumbnails" / sha[:2] / sha[2:4] / f"{sha}.webp"
+    assert not thumbnail.exists()
+    assert client.get(f"/images/{item['items'][0]['id']}/thumbnail").status_code == 200
+    assert thumbnail.is_file()
     leftovers = [n for _, _, names in os.walk(stack.media_dir) for n in names if n.endswith(".tmp")]
     assert leftovers == []
 

@@ -238,3 +238,30 @@ def test_ctrl_c_finishes_the_batches_in_flight_and_prints_the_summary(
     again = json.loads(done.stdout)
     assert (again["already"], again["added"]) == (summary["added"], 16 - summary["added"])
     assert stored(stack, paths) == set(paths)
+
+
+def test_thumbnails_are_made_on_first_view_for_every_format(stack: Stack) -> None:
+    files = [("files", (f"thumbs/t{i}.{ext}", image_bytes(500 + i, fmt, size=(64, 48)),
+                        "application/octet-stream"))
+             for i, (ext, fmt) in enumerate(FORMATS.items())]
+    with stack.client() as client:
+        items = client.post("/ingest", files=files).json()["items"]
+        assert [i["status"] for i in items] == ["added"] * len(files), items
+        for item in items:
+            sha, url = item["sha256"], f"/images/{item['id']}/thumbnail"
+            kept = stack.media_dir / "thumbnails" / sha[:2] / sha[2:4] / f"{sha}.webp"
+            assert not kept.exists()  # ingest stores the original only
+            # The ETag names the bytes: a client that has it needs nothing made.
+            held = client.get(url, headers={"If-None-Match": f'"{sha}-thumb"'})
+            assert held.status_code == 304 and not kept.exists()
+            first = client.get(url)
+            assert first.status_code == 200, first.text
+            assert first.headers["content-type"] == "image/webp"
+            assert first.headers["etag"] == f'"{sha}-thumb"'
+            assert "immutable" in first.headers["cache-control"]
+            with Image.open(io.BytesIO(first.content)) as img:
+                assert (img.format, img.size) == ("WEBP", (64, 48))
+            assert kept.read_bytes() == first.content
+            again = client.get(url)
+            assert again.status_code == 200 and again.content == first.content
+            assert again.headers["etag"] == first.headers["etag"]

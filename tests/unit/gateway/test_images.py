@@ -1,4 +1,5 @@
-"""prepare_image: accepted formats and modes, orientation, the pixel cap, bad files."""
+"""inspect_image (ingest's header check) and make_thumbnail: accepted formats and modes,
+orientation, the pixel cap, bad files."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import io
 import struct
 import time
 import zlib
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from contracts.errors import GlimpseError
-from gateway.images import _draft_size, prepare_image, sniff_content_type
+from gateway.images import _draft_size, inspect_image, make_thumbnail, sniff_content_type
 
 
 def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -51,16 +53,15 @@ def thumb_of(data: bytes) -> Image.Image:
 )
 def test_accepts_common_formats_and_modes(mode: str, fmt: str, content_type: str) -> None:
     data = encode(Image.new(mode, (640, 480)), fmt)
-    prepared = prepare_image(data, max_pixels=10**8)
-    assert (prepared.width, prepared.height, prepared.content_type) == (640, 480, content_type)
-    thumb = thumb_of(prepared.thumbnail)
+    info = inspect_image(data, max_pixels=10**8)
+    assert (info.width, info.height, info.content_type) == (640, 480, content_type)
+    thumb = thumb_of(make_thumbnail(data, max_pixels=10**8))
     assert thumb.format == "WEBP" and max(thumb.size) == 320
 
 
 def test_jpeg_thumbnail_flattens_alpha() -> None:
     data = encode(Image.new("RGBA", (100, 50), (255, 0, 0, 0)), "PNG")
-    prepared = prepare_image(data, max_pixels=10**8, thumbnail_type="image/jpeg")
-    thumb = thumb_of(prepared.thumbnail)
+    thumb = thumb_of(make_thumbnail(data, max_pixels=10**8, thumbnail_type="image/jpeg"))
     assert thumb.format == "JPEG" and thumb.size == (100, 50)
 
 
@@ -68,17 +69,22 @@ def test_exif_orientation_is_applied() -> None:
     img = Image.new("RGB", (400, 200), (0, 0, 255))
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees when displayed
-    prepared = prepare_image(encode(img, "JPEG", exif=exif), max_pixels=10**8)
-    assert (prepared.width, prepared.height) == (200, 400)
-    assert thumb_of(prepared.thumbnail).size == (160, 320)
+    data = encode(img, "JPEG", exif=exif)
+    info = inspect_image(data, max_pixels=10**8)
+    assert (info.width, info.height) == (200, 400)
+    assert thumb_of(make_thumbnail(data, max_pixels=10**8)).size == (160, 320)
 
 
+BOTH = [inspect_image, make_thumbnail]
+
+
+@pytest.mark.parametrize("check", BOTH)
 @pytest.mark.parametrize("side", [8000, 9600, 30000])  # under, over, far over Pillow's own cap
-def test_pixel_cap_is_checked_before_decoding(side: int) -> None:
+def test_pixel_cap_is_checked_before_decoding(side: int, check: Any) -> None:
     data = png_header_only(side, side)
     start = time.perf_counter()
     with pytest.raises(GlimpseError) as info:
-        prepare_image(data, max_pixels=50_000_000)
+        check(data, max_pixels=50_000_000)
     assert info.value.error_type == "image_too_large" and info.value.status == 413
     assert time.perf_counter() - start < 1.0
 
@@ -91,32 +97,38 @@ def test_pixel_cap_is_checked_before_decoding(side: int) -> None:
         (b"GIF89a" + b"\xff" * 10, "invalid_image"),
     ],
 )
-def test_bad_bytes_are_rejected(data: bytes, error_type: str) -> None:
+@pytest.mark.parametrize("check", BOTH)
+def test_bad_bytes_are_rejected(data: bytes, error_type: str, check: Any) -> None:
     with pytest.raises(GlimpseError) as info:
-        prepare_image(data, max_pixels=10**8)
+        check(data, max_pixels=10**8)
     assert info.value.error_type == error_type and info.value.status == 422
 
 
-def test_truncated_image_is_rejected() -> None:
-    data = encode(Image.effect_noise((300, 300), 50).convert("RGB"), "PNG")
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image_passes_the_header_check_and_has_no_thumbnail(fmt: str) -> None:
+    # Ingest reads headers only; the encoder, which decodes every file, refuses this one.
+    data = encode(Image.effect_noise((300, 300), 50).convert("RGB"), fmt)
+    truncated = data[: len(data) // 2]
+    assert inspect_image(truncated, max_pixels=10**8).width == 300
     with pytest.raises(GlimpseError) as info:
-        prepare_image(data[: len(data) // 2], max_pixels=10**8)
+        make_thumbnail(truncated, max_pixels=10**8)
     assert info.value.error_type == "invalid_image"
 
 
-def test_unlisted_format_is_unsupported() -> None:
+@pytest.mark.parametrize("check", BOTH)
+def test_unlisted_format_is_unsupported(check: Any) -> None:
     data = encode(Image.new("RGB", (10, 10)), "PPM")
     with pytest.raises(GlimpseError) as info:
-        prepare_image(data, max_pixels=10**8)
+        check(data, max_pixels=10**8)
     assert info.value.status == 415
 
 
 def test_large_jpeg_is_decoded_at_reduced_size_with_its_true_size_reported() -> None:
     # A wide photo: asking draft for a square box would keep it at full size.
     data = encode(Image.new("RGB", (2400, 1200), (200, 30, 30)), "JPEG", quality=90)
-    prepared = prepare_image(data, max_pixels=10**8, thumbnail_size=320)
-    assert (prepared.width, prepared.height) == (2400, 1200)
-    thumb = thumb_of(prepared.thumbnail)
+    info = inspect_image(data, max_pixels=10**8)
+    assert (info.width, info.height) == (2400, 1200)
+    thumb = thumb_of(make_thumbnail(data, max_pixels=10**8, thumbnail_size=320))
     assert thumb.size == (320, 160)
     assert thumb.getpixel((160, 80))[0] > 150  # the colour survived the reduced decode
 
@@ -131,8 +143,7 @@ def test_draft_size_keeps_the_thumbnails_aspect() -> None:
 @pytest.mark.parametrize("method", [0, 6])
 def test_webp_method_gives_a_valid_thumbnail(method: int) -> None:
     data = encode(Image.new("RGB", (640, 480), (10, 120, 200)), "PNG")
-    prepared = prepare_image(data, max_pixels=10**6, webp_method=method)
-    assert thumb_of(prepared.thumbnail).format == "WEBP"
+    assert thumb_of(make_thumbnail(data, max_pixels=10**6, webp_method=method)).format == "WEBP"
 
 
 @pytest.mark.parametrize(
@@ -143,7 +154,7 @@ def test_webp_method_gives_a_valid_thumbnail(method: int) -> None:
 def test_sniff_content_type_agrees_with_pillow(fmt: str, content_type: str) -> None:
     data = encode(Image.new("RGB", (8, 8)), fmt)
     assert sniff_content_type(data) == content_type
-    assert prepare_image(data, max_pixels=10**6).content_type == content_type
+    assert inspect_image(data, max_pixels=10**6).content_type == content_type
 
 
 def test_sniff_content_type_of_unknown_bytes() -> None:

@@ -1,19 +1,22 @@
-"""Ingest helpers that need no upstream: a full media disk rejects the part (507 type)."""
+"""Ingest helpers that need no upstream: a full media disk rejects the part (507 type), the
+media write keeps originals (thumbnails only when made), the header check per part."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 import gateway.media as media_module
-from gateway.images import prepare_image
-from gateway.ingest import Part, _store_media
+from gateway.images import make_thumbnail
+from gateway.ingest import Part, _check_all, _store_media
 from gateway.media import MediaStore
 
 
@@ -27,6 +30,7 @@ class State:
     def __init__(self, media: MediaStore, io_pool: ThreadPoolExecutor | None = None) -> None:
         self.media = media
         self.io_pool = io_pool
+        self.settings = SimpleNamespace(thumbnail_format="webp")
 
 
 def test_a_full_disk_rejects_the_part_as_insufficient_storage(
@@ -34,7 +38,6 @@ def test_a_full_disk_rejects_the_part_as_insufficient_storage(
 ) -> None:
     data = png()
     part = Part(path="a.png", data=data, sha256="ab" * 32)
-    part.prepared = prepare_image(data, max_pixels=10**6)
 
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -51,27 +54,56 @@ def test_one_failed_write_rejects_only_its_part(tmp_path: Path) -> None:
     parts = []
     for i, sha in enumerate(("ab" * 32, "cd" * 32, "ef" * 32)):
         data = png()
-        part = Part(path=f"{i}.png", data=data, sha256=sha)
-        part.prepared = prepare_image(data, max_pixels=10**6)
-        parts.append(part)
+        parts.append(Part(path=f"{i}.png", data=data, sha256=sha))
     # A file where the second part's folder should be: its writes fail, the others do not.
-    (tmp_path / "thumbnails" / "cd").mkdir(parents=True)
-    (tmp_path / "thumbnails" / "cd" / "cd").write_bytes(b"in the way")
+    (tmp_path / "originals" / "cd").mkdir(parents=True)
+    (tmp_path / "originals" / "cd" / "cd").write_bytes(b"in the way")
     with ThreadPoolExecutor(4) as pool:
         _store_media(State(store, pool), parts)  # type: ignore[arg-type]
     assert [p.status for p in parts] == [None, "rejected", None]
     assert parts[1].error_type == "internal_error"
     for part in (parts[0], parts[2]):
         assert part.sha256 is not None
-        assert store.find_thumbnail(part.sha256, "image/webp") is not None
+        assert store.find_original(part.sha256, part.path) is not None
 
 
-def test_a_writable_disk_keeps_both_files(tmp_path: Path) -> None:
+def test_the_original_is_kept_and_no_thumbnail_is_made(tmp_path: Path) -> None:
+    # Thumbnails are made on first request (gateway/thumbnails.py), not at ingest.
     data = png()
     store = MediaStore(tmp_path)
     part = Part(path="a.png", data=data, sha256="cd" * 32)
-    part.prepared = prepare_image(data, max_pixels=10**6)
     _store_media(State(store), [part])  # type: ignore[arg-type]
     assert part.status is None
-    assert store.find_original("cd" * 32, "a.png") is not None
-    assert store.find_thumbnail("cd" * 32, "image/webp") is not None
+    original = store.find_original("cd" * 32, "a.png")
+    assert original is not None and original.read_bytes() == data
+    assert store.find_thumbnail("cd" * 32, "image/webp") is None
+
+
+def test_a_thumbnail_made_at_ingest_is_kept_too(tmp_path: Path) -> None:
+    # Without stored originals the thumbnail is made at ingest: the one copy kept.
+    data = png()
+    store = MediaStore(tmp_path, store_originals=False, library_dir=tmp_path)
+    part = Part(path="a.png", data=data, sha256="cd" * 32)
+    part.thumbnail = make_thumbnail(data, max_pixels=10**6)
+    _store_media(State(store), [part])  # type: ignore[arg-type]
+    assert part.status is None
+    assert not (tmp_path / "originals").exists()
+    thumbnail = store.find_thumbnail("cd" * 32, "image/webp")
+    assert thumbnail is not None and thumbnail.read_bytes() == part.thumbnail
+
+
+def test_check_all_hashes_and_reads_each_header() -> None:
+    good, bad = png(), b"not an image"
+    big = io.BytesIO()
+    Image.new("RGB", (400, 300)).save(big, format="PNG")
+    parts = [Part(path="a.png", data=good), Part(path="b.png", data=bad),
+             Part(path="c.png", data=big.getvalue())]
+    _check_all(parts, max_pixels=100_000)
+    assert [p.sha256 for p in parts] == [hashlib.sha256(p.data).hexdigest() for p in parts]
+    assert parts[0].info is not None and parts[0].problem is None
+    assert (parts[0].info.width, parts[0].info.height) == (40, 30)
+    assert parts[0].info.content_type == "image/png"
+    assert parts[1].info is None and parts[1].problem is not None
+    assert parts[1].problem.error_type == "invalid_image"
+    assert parts[2].problem is not None and parts[2].problem.error_type == "image_too_large"
+    assert all(p.status is None for p in parts)  # rejected later, for new keys only

@@ -167,3 +167,12 @@ def test_put_many_without_originals_keeps_thumbnails_only(tmp_path: Path) -> Non
     assert store.put_many([(sha(b"q"), b"q", "image/webp", b"t")]) == [None]
     assert not store.original_path(sha(b"q")).exists()
     assert store.find_thumbnail(sha(b"q"), "image/webp") is not None
+
+
+def test_put_many_without_a_thumbnail_keeps_the_original_only(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    errors = store.put_many([(sha(b"o"), b"o", "image/webp", None)])
+    assert errors == [None]
+    assert store.find_original(sha(b"o"), "o.jpg") is not None
+    assert store.find_thumbnail(sha(b"o"), "image/webp") is None
+    assert not (tmp_path / "thumbnails").exists()
