@@ -22,6 +22,7 @@ another replica, if there is one; the 503 is answered only when none is left.
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -152,11 +153,14 @@ class Upstream:
     even that, the request is abandoned at once (and tried on another replica, if one is up).
     A live but busy replica is waited for, up to the read timeout.
 
-    Failing over: a call that a replica could not serve goes to the next up replica; replicas
-    that failed at once (refused, dropped, 503) cost nothing, so every one may be tried, but
-    after one stopped replica (``patience + probe_timeout``, ~1.5 s) the call tries at most one
-    more, so that it is answered within about twice that even when several replicas froze
-    together. A down replica is tried only when no up one is left, and only one per call.
+    Failing over: a call that a replica could not serve goes on to the next up replica, as
+    long as it has spent less than ``patience + probe_timeout`` (~1.5 s: what finding one
+    stopped replica costs), or twice that after one stopped replica, and never past a second
+    one. Replicas that fail at once (refused, 503) cost nothing, so all may be tried; hosts
+    that swallow connections cost a connect timeout each, and replicas that froze together
+    hold a call for about 3 s (4.5 s if the last attempt starts just inside the budget). Down
+    replicas are tried only when no up one is left, least recently tried first, and only
+    while the call has spent less than ``patience``.
     """
 
     def __init__(
@@ -206,19 +210,22 @@ class Upstream:
             "body": body, "content_type": content_type, "params": params, "timeout": timeout
         }
         replicas = self.replicas
+        started = time.monotonic()
         tried: list[Replica] = []
-        tried_down = False
         slow = 0
         failure: _Unavailable | None = None
         while True:
-            # A down replica only when no up one is left, and one per call: each may cost a
-            # connect timeout. After a stopped replica, one more try at most (see the class).
-            replica = replicas.pick(tried, down_ok=not tried_down and not slow)
-            if replica is None or slow > 1:
+            # The failover budget (see the class): what finding one stopped replica costs, and
+            # once more after a stopped one; down replicas only early in a call.
+            elapsed = time.monotonic() - started
+            if slow > 1 or elapsed >= (self.patience + self.probe_timeout) * (1 + slow):
+                replica = None
+            else:
+                replica = replicas.pick(tried, down_ok=not slow and elapsed < self.patience)
+            if replica is None:
                 assert failure is not None  # the first pick always finds a replica
                 raise self._all_failed(failure, tried)
             tried.append(replica)
-            tried_down = tried_down or not replica.up
             replicas.started(replica)
             try:
                 response = await self._attempt(replica, method, path, kwargs)

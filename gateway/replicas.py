@@ -12,8 +12,8 @@ A call goes to the replica that is up and has the fewest calls in flight, ties t
 when it refuses a connection, drops one, answers 503 or stops answering; a down replica gets no
 calls while another is up, and a background check of its ``/readyz`` every
 ``GATEWAY_REPLICA_RECHECK_S`` takes it back once it is ready. When every replica is down a call
-still tries one of them (the one tried least recently): a single upstream then behaves as it
-always did, and an outage ends with the first call that succeeds.
+still tries them (least recently tried first; ``clients.Upstream`` bounds how many): a single
+upstream then behaves as it always did, and an outage ends with the first call that succeeds.
 """
 
 from __future__ import annotations

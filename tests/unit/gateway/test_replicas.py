@@ -139,9 +139,8 @@ async def test_all_refused_is_503_at_once() -> None:
     await up.aclose()
     assert time.perf_counter() - started < 1.0
     assert "replicas" in info.value.message
-    # The first call tried both (they were up); then each call tries one down replica, in
-    # turn, not every one of them.
-    assert [r.requests for r in up.replicas.replicas] == [2, 2]
+    # Refused at once: each call tried both, down or not.
+    assert [r.requests for r in up.replicas.replicas] == [3, 3]
 
 
 async def test_a_503_answer_fails_over() -> None:
@@ -276,3 +275,43 @@ async def test_a_name_with_several_addresses_is_one_replica_per_address(
         await asyncio.sleep(0.3)
         assert [r.address for r in replicas.replicas] == [None]
         await up.aclose()
+
+
+def swallowing() -> tuple[socket.socket, list[socket.socket], str]:
+    """A loopback port whose connects hang (its one-slot backlog is full): a host that drops
+    packets, as far as a client can tell."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    filler = socket.create_connection(server.getsockname())
+    return server, [filler], f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+async def test_hosts_that_swallow_connects_cost_a_bounded_wait() -> None:
+    sockets: list[socket.socket] = []
+    urls = []
+    for _ in range(4):
+        server, held, url = swallowing()
+        sockets += [server, *held]
+        urls.append(url)
+    try:
+        replicas = build_replicas(
+            ",".join(urls), name="encoder", connect_timeout=0.3, read_timeout=5.0,
+            max_connections=4, resolve_interval=0.0, recheck_interval=5.0,
+        )
+        up = Upstream("encoder", replicas, patience=0.2, probe_timeout=0.3)
+        timings = []
+        for _ in range(4):
+            started = time.perf_counter()
+            with pytest.raises(GlimpseError) as info:
+                await up.request("POST", "/v1/embed/text", json={})
+            timings.append(time.perf_counter() - started)
+            assert info.value.error_type == "upstream_unavailable"
+        await up.aclose()
+    finally:
+        for sock in sockets:
+            sock.close()
+    # While some are up, a call tries them while it has spent less than patience + probe
+    # (0.5 s): two connect timeouts, not four. Once all are down: one per call.
+    assert all(0.55 < t < 0.9 for t in timings[:2]), timings
+    assert all(0.25 < t < 0.5 for t in timings[2:]), timings
