@@ -235,6 +235,15 @@ def instant_services(
         yield procs
 
 
+def make_shard_folders(media_dir: Path) -> None:
+    """Every originals/ab/cd folder of the media store, as a store past ~300,000 images has
+    them (65,536 folders; nearly all exist once N >> 65,536): a fresh store pays a folder
+    creation with most of its first images, a settled one does not."""
+    for a in range(256):
+        for b in range(256):
+            (media_dir / "originals" / f"{a:02x}" / f"{b:02x}").mkdir(parents=True, exist_ok=True)
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time of a process (all its threads), this one when ``pid`` is None."""
     times = psutil.Process(pid).cpu_times()
@@ -286,6 +295,8 @@ def instant_run(args: argparse.Namespace, workdir: Path, paths: list[Path]) -> i
         client_alone.count = client_rate(workdir / "images", args.batch_size,
                                          args.concurrency).images
     gateway_env = dict(kv.split("=", 1) for kv in args.gateway_env)
+    if args.settled_store:
+        make_shard_folders(Path(gateway_env.get("GATEWAY_MEDIA_DIR", workdir / "media")))
     with instant_services(workdir, gateway_env) as procs:
         gateway_url = procs["gateway"].url
         warmed = ingest([workdir / "warm-up"], gateway_url, batch_size=args.batch_size,
@@ -330,7 +341,9 @@ def instant_run(args: argparse.Namespace, workdir: Path, paths: list[Path]) -> i
     print()
     print(f"gateway alone: stand-in encoder (scripts/instant_encoder.py, unit vectors, "
           f"{INSTANT_DIM}-d, no decoding), real index service; cpus={os.cpu_count()}"
-          + (f"; gateway env {' '.join(args.gateway_env)}" if args.gateway_env else ""))
+          + (f"; gateway env {' '.join(args.gateway_env)}" if args.gateway_env else "")
+          + ("; media store settled (its 65,536 shard folders made beforehand)"
+             if args.settled_store else "; media store fresh"))
     print(f"{len(paths)} JPEGs {args.size[0]}x{args.size[1]}, {total_mb:.0f} MB; batches of "
           f"{args.batch_size}; up to {summary.window} of {args.concurrency} requests in flight; "
           f"{summary.retries} retries")
@@ -379,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="--instant: thumbnails of a search page to fetch (%(default)s)")
     p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
                    help="--instant: a setting for the gateway process (repeatable)")
+    p.add_argument("--settled-store", action="store_true",
+                   help="--instant: make the media store's shard folders first, as in a store "
+                   "past ~300,000 images")
     args = p.parse_args(argv)
     if (args.gateway_url is None) != (args.encoder_url is None):
         p.error("--gateway-url and --encoder-url go together")
