@@ -25,6 +25,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -413,8 +414,8 @@ class MilvusStore:
             taken = self.rows_of_ids(list(wanted.values()), ("id", "key"),
                                      "id check before an add")
             owner = {abs(int(i)): str(r["key"]) for i, r in taken.items()}
-            collided = [k for k, i in wanted.items()
-                        if owner.get(i, k) != k or list(wanted.values()).count(i) > 1]
+            uses = Counter(wanted.values())
+            collided = [k for k, i in wanted.items() if owner.get(i, k) != k or uses[i] > 1]
             for key in pending:
                 if key not in collided:
                     chosen[key] = wanted[key]
