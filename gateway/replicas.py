@@ -103,6 +103,7 @@ class Replica:
             "address": self.address,
             "up": self.up,
             "reason": None if self.up else self.reason,
+            "down_for_s": None if self.up else round(time.monotonic() - self.changed_at, 1),
             "in_flight": self.outstanding,
             "requests": self.requests,
             "failures": self.failures,

@@ -126,7 +126,7 @@ def test_replicas_share_fail_over_and_return(replicas: Replicas) -> None:
         assert (stats["replicas"], stats["up"]) == (2, 1)
         (dead,) = [m for m in stats["members"] if not m["up"]]
         assert dead["url"] == e1.url and dead["reason"].startswith("unreachable")
-        assert dead["failures"] >= 1
+        assert dead["failures"] >= 1 and dead["down_for_s"] >= 0
         ready = client.get("/readyz").json()
         assert ready["ready"] and ready["checks"]["encoder"].startswith("ok: 1 of 2 replicas")
         metrics = client.get("/metrics").text
@@ -163,8 +163,9 @@ def test_a_frozen_encoder_is_abandoned_for_the_other(replicas: Replicas) -> None
         finally:
             os.kill(e1.proc.pid, signal.SIGCONT)
         # The call that met the frozen one waited for the patience probe (0.5 + 1 s), then
-        # went to the other; the rest went to the other at once.
-        assert max(timings) < 2.0, timings
+        # went to the other (room left for a loaded test machine); the rest went to the other
+        # at once.
+        assert max(timings) < 2.5, timings
         assert sorted(timings)[-2] < 0.5, timings
         wait_until(
             lambda: client.get("/stats").json()["upstreams"]["encoder"]["up"] == 2, 10,

@@ -15,9 +15,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from contracts.errors import GlimpseError
 from gateway.clients import Upstream, build_client, build_replicas
+from gateway.config import Settings
 from gateway.http import HttpPool
 from gateway.replicas import ReplicaSet, preferred_addresses, split_urls
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
@@ -68,6 +70,14 @@ def test_urls_are_comma_separated_and_checked() -> None:
     for bad in ("", " , ", "https://a:1", "http://a:1,a:2", "http://a:x", "http://a:1,http://a:1"):
         with pytest.raises(ValueError):
             split_urls(bad)
+
+
+def test_a_bad_url_in_the_settings_stops_the_start_naming_it() -> None:
+    assert Settings(encoder_url="http://a:1, http://b:2").encoder_url == "http://a:1, http://b:2"
+    with pytest.raises(ValidationError, match="'ftp://b' is not an http"):
+        Settings(encoder_url="http://a:1,ftp://b")
+    with pytest.raises(ValidationError, match="listed twice"):
+        Settings(index_url="http://i:1,http://i:1")
 
 
 def test_one_family_of_addresses_is_preferred() -> None:
