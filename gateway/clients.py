@@ -153,14 +153,15 @@ class Upstream:
     even that, the request is abandoned at once (and tried on another replica, if one is up).
     A live but busy replica is waited for, up to the read timeout.
 
-    Failing over: a call that a replica could not serve goes on to the next up replica, as
-    long as it has spent less than ``patience + probe_timeout`` (~1.5 s: what finding one
-    stopped replica costs), or twice that after one stopped replica, and never past a second
-    one. Replicas that fail at once (refused, 503) cost nothing, so all may be tried; hosts
-    that swallow connections cost a connect timeout each, and replicas that froze together
-    hold a call for about 3 s (4.5 s if the last attempt starts just inside the budget). Down
-    replicas are tried only when no up one is left, least recently tried first, and only
-    while the call has spent less than ``patience``.
+    Failing over: a call that a replica could not serve goes on to the next up replica, as long
+    as it has spent less than ``patience + probe_timeout`` (~1.5 s: what finding one stopped
+    replica costs), or twice that after one stopped replica, and never past a second one. A
+    replica that answers 429 (overloaded) is not marked down, but the call moves on too, and the
+    429 is passed on only when no replica had room. Replicas that fail at once (refused, 503)
+    cost nothing, so all may be tried; hosts that swallow connections cost a connect timeout
+    each, and replicas that froze together hold a call for about 3 s (4.5 s if the last attempt
+    starts just inside the budget). Down replicas are tried only when no up one is left, least
+    recently tried first, and only while the call has spent less than ``patience``.
     """
 
     def __init__(
@@ -214,6 +215,7 @@ class Upstream:
         tried: list[Replica] = []
         slow = 0
         failure: _Unavailable | None = None
+        busy: Reply | None = None
         while True:
             # The failover budget (see the class): what finding one stopped replica costs, and
             # once more after a stopped one; down replicas only early in a call.
@@ -223,6 +225,8 @@ class Upstream:
             else:
                 replica = replicas.pick(tried, down_ok=not slow and elapsed < self.patience)
             if replica is None:
+                if busy is not None:  # some replica is there, only overloaded: say so
+                    raise self._error_from(busy)
                 assert failure is not None  # the first pick always finds a replica
                 raise self._all_failed(failure, tried)
             tried.append(replica)
@@ -240,6 +244,11 @@ class Upstream:
             finally:
                 replicas.finished(replica)
             replicas.mark_up(replica)  # it answered
+            if response.status_code == 429 and len(replicas.replicas) > 1:
+                # Overloaded (its queue is full): it did none of the work, and another replica
+                # may have room. It stays up.
+                busy = response
+                continue
             if response.status_code >= 400:
                 raise self._error_from(response)
             return response

@@ -325,3 +325,24 @@ async def test_hosts_that_swallow_connects_cost_a_bounded_wait() -> None:
     # (0.5 s): two connect timeouts, not four. Once all are down: one per call.
     assert all(0.55 < t < 0.9 for t in timings[:2]), timings
     assert all(0.25 < t < 0.5 for t in timings[2:]), timings
+
+
+async def test_an_overloaded_replica_passes_the_call_on_and_stays_up() -> None:
+    async def full(request: Request, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, response(429, {"error": "Queue full.", "error_type": "overloaded"}))
+
+    async with servers(full, ok) as (a, b):
+        up = upstream([a.url, b.url])
+        for _ in range(4):
+            assert await up.json("POST", "/v1/embed/text", json={}) == {"ok": True}
+        assert calls(b) == 4 and calls(a) >= 1
+        assert all(r.up for r in up.replicas.replicas)
+        await up.aclose()
+    async with servers(full, full) as (a, b):
+        up = upstream([a.url, b.url])
+        with pytest.raises(GlimpseError) as info:
+            await up.request("POST", "/v1/embed/text", json={})
+        await up.aclose()
+    # None had room: the overload itself is the answer, passed on as it came.
+    assert (info.value.status, info.value.error_type) == (429, "overloaded")
+    assert calls(a) + calls(b) == 2
