@@ -147,6 +147,10 @@ class LiveIndex:
     # nprobe -> (IVF parameters, the quantizer's parameters they point to: kept referenced
     # here, since the SWIG object does not keep it alive)
     _params: dict[int, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+    # The re-rank as a Faiss IndexRefine over the table's fp16 rows, and its parameters per
+    # (nprobe, rerank): see refine().
+    _refine: Any = field(default=None, repr=False)
+    _refine_params: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.ivf = faiss.try_extract_index_ivf(self.index)
@@ -184,6 +188,29 @@ class LiveIndex:
         # At most nlist entries: nprobe_for() clamps every request's nprobe to nlist.
         self._params[nprobe] = (params, quantizer_params)
         return params
+
+    def refine(self, table: faiss.Index, nprobe: int, rerank: int) -> tuple[Any, Any]:
+        """(index, params) that search the IVF lists for ``k·rerank`` candidates and re-score
+        them with ``table`` (the VectorTable's fp16 rows, row = id), all inside Faiss: the same
+        answers as the numpy re-rank, at a quarter of its cost for one query (0.11 against
+        0.41 ms at 37k × 384, IVF256,PQ48x4fs, re-rank 16). Only for IVF indexes: they remove
+        deleted ids, so no deleted candidate takes a slot of the k."""
+        if self._refine is None:
+            refine = faiss.IndexRefine(self.index, self.index)  # (equal ntotal, then replaced)
+            refine.own_fields = False
+            refine.own_refine_index = False
+            refine.refine_index = table
+            # IndexRefine checks candidate labels against its ntotal; ours are item ids (rows of
+            # the table, which always has room for every indexed id), not 0..ntotal-1.
+            refine.ntotal = 1 << 62
+            self._refine = (refine, table)  # the table index kept referenced with it
+        params = self._refine_params.get((nprobe, rerank))
+        if params is None:
+            params = faiss.IndexRefineSearchParameters()
+            params.k_factor = float(rerank)
+            params.base_index_params = self.search_params(nprobe)
+            self._refine_params[(nprobe, rerank)] = params
+        return self._refine[0], params
 
     @property
     def kind(self) -> str:
@@ -422,6 +449,8 @@ class VectorIndex:
             scores, ids = self._approximate(live, queries, k, self.nprobe_for(live, nprobe),
                                             depth)
         valid = self.table.is_live(ids)
+        if valid.all() and scores.shape[1] <= k:
+            return scores, ids  # Faiss sorted them already; nothing to drop (the common case)
         ids = np.where(valid, ids, -1)
         scores = np.where(valid, scores, -np.inf).astype(_F32)
         return _top_k(scores, ids, min(k, scores.shape[1])) if scores.shape[1] else (scores, ids)
@@ -448,6 +477,9 @@ class VectorIndex:
             return _empty(len(queries))
         if live.gpu_index is not None and self.gpu is not None:
             scores, ids = self.gpu.search(live.gpu_index, queries, min(fetch, 2048), nprobe)
+        elif rerank > 0 and live.ivf is not None and self.table.scan_index is not None:
+            refine, params = live.refine(self.table.scan_index, nprobe, rerank)
+            return refine.search(queries, min(k, live.ntotal), params=params)
         else:
             scores, ids = live.index.search(queries, fetch, params=live.search_params(nprobe))
         if rerank <= 0:

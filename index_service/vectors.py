@@ -42,6 +42,12 @@ class VectorTable:
         self.count = 0
 
     @property
+    def scan_index(self) -> faiss.Index | None:
+        """The Faiss index over the rows (row = id; dead rows stay, zero or stale): what the
+        re-rank scores candidates with. None in the low-memory setting."""
+        return self._scan
+
+    @property
     def capacity(self) -> int:
         return int(self.live.shape[0])
 
@@ -106,7 +112,8 @@ class VectorTable:
             live[exclude[(exclude >= 0) & (exclude < self.capacity)]] = False
         bitmap = np.packbits(live, bitorder="little")
         selector = faiss.IDSelectorBitmap(self.capacity, faiss.swig_ptr(bitmap))
-        params = faiss.SearchParameters(sel=selector)
+        params = faiss.SearchParameters()
+        params.sel = selector
         scores, ids = self._scan.search(np.ascontiguousarray(queries, dtype=np.float32), k,
                                         params=params)
         return scores, ids
