@@ -53,6 +53,7 @@ from contracts.vectors import encode_vector  # noqa: E402
 from index_service.config import Settings  # noqa: E402
 from index_service.service import IndexService  # noqa: E402
 from index_service.store import NewItem  # noqa: E402
+from scripts import service_vs_raw  # noqa: E402
 from tests.support.procs import ServiceProcess  # noqa: E402
 
 # -- data ------------------------------------------------------------------------------------
@@ -269,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restart-only", action="store_true",
                     help="reuse the index a previous run kept in --data-dir: snapshot it with "
                     "this code, then only the restart and low-memory rows")
+    ap.add_argument("--max-bytes-per-vector", type=float,
+                    help="INDEX_MAX_BYTES_PER_VECTOR of the structure choice (default: the "
+                    "service's)")
+    ap.add_argument("--raw", choices=("auto", "on", "off"), default="auto",
+                    help="the best raw Faiss configuration at the service's recall, and exact "
+                    "search against IndexFlatIP (auto: on up to 200k vectors)")
+    ap.add_argument("--in-process-only", action="store_true",
+                    help="skip the restarts, HTTP and low-memory rows")
     args = ap.parse_args(argv)
     if args.restart_only:
         if not args.data_dir or not args.data_dir.exists():
@@ -299,8 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir or tmp / "index"
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    settings = Settings(data_dir=data_dir, dim=dim, train_threshold=n + 1, autotune=False,
-                        snapshot_interval_s=0, snapshot_every_writes=0, factory=args.factory)
+    # Tuning on (unless a factory is forced): the training then chooses the structure itself,
+    # as a service left to its defaults does.
+    extra = ({"max_bytes_per_vector": args.max_bytes_per_vector}
+             if args.max_bytes_per_vector else {})
+    settings = Settings(data_dir=data_dir, dim=dim, train_threshold=n + 1,
+                        autotune=args.factory is None, snapshot_interval_s=0,
+                        snapshot_every_writes=0, factory=args.factory, **extra)
+    raw = args.raw == "on" or (args.raw == "auto" and n <= 200_000)
     service = IndexService(settings)
     service.open()
     assert service.index is not None and service.store is not None
@@ -318,14 +333,28 @@ def main(argv: list[str] | None = None) -> int:
     say(f"add {n} through the service (SQLite + exact index): {t_add:.1f}s "
         f"({n / t_add:,.0f} vectors/s)")
     out["add_s"] = t_add
+    stored32 = base.astype(np.float16).astype(np.float32)
+    if raw:
+        # Below the threshold the live index is the flat one.
+        flat = service_vs_raw.exact_vs_flat(lambda q: index.search_raw(q, 10), stored32,
+                                            queries[:100])
+        say(f"exact, flat index below the threshold: service {flat['service_ms']:.3f} ms, "
+            f"IndexFlatIP {flat['flat_ms']:.3f} ms one query at a time (x{flat['ratio']:.2f})")
+        out["exact_flat"] = flat
 
     # Train with the rules (or the forced factory), catch up, swap.
     _, t_train = timed(lambda: service.rebuild(args.factory, wait=True))
     live = index.live
     say(f"train + add to {live.factory}: {t_train:.1f}s "
-        f"(k-means and PQ codebooks {index.last_training['train_s']:.1f}s)")
+        f"(training, or choosing among candidates, {index.last_training['train_s']:.1f}s)")
     out.update(factory=live.factory, train_total_s=t_train,
                train_s=index.last_training["train_s"], nlist=live.nlist)
+    structure = service.stats().get("structure")
+    if structure:
+        say(f"structure: {structure['chosen']}: {structure['why']}")
+        for c in structure["candidates"]:
+            say(f"  candidate {c}")
+        out["structure"] = structure
 
     # Exact ground truth over the stored (float16) vectors, via the service's exact scan.
     if args.truth:
@@ -337,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         out["exact_batched_qps"] = len(queries) / t_truth
 
     # Recall and speed at several nprobe values, raw Faiss beside the service's search.
-    ivf = faiss.extract_index_ivf(live.index)
-    nprobes = [p for p in (int(v) for v in args.nprobes.split(",")) if p <= (live.nlist or 1)]
+    nprobes = [p for p in (int(v) for v in args.nprobes.split(","))
+               if live.hnsw or p <= (live.nlist or 1)]
     rule_nprobe = index.nprobe_for(live, None)
     if rule_nprobe not in nprobes:
         nprobes = sorted({*nprobes, rule_nprobe})
@@ -359,11 +388,26 @@ def main(argv: list[str] | None = None) -> int:
             say(f"| {nprobe}{' (rule)' if nprobe == rule_nprobe else ''} | {rerank} | "
                 f"{row['r1']:.3f} | {row['r10']:.3f} | {row['ms']:.3f} | {row['raw_r10']:.3f} |")
     out["recall"] = rows
-    del ivf
+
+    # The service at its chosen structure and defaults next to the best raw Faiss setting that
+    # reaches the same recall, and exact search next to IndexFlatIP (scripts/service_vs_raw.py).
+    if raw:
+        point = service_vs_raw.service_point(service, queries, truth)
+        exact = service_vs_raw.exact_vs_flat(lambda q: index.search_raw(q, 10, exact=True),
+                                             stored32, queries[:100])
+        truth_rows = np.where(truth > 0, truth - 1, -1)
+        best = service_vs_raw.raw_best(stored32, queries[:300], truth_rows[:300],
+                                       point["recall"], say=say)
+        index.limit_threads()
+        service_vs_raw.report_table(point, best, exact, out.get("exact_flat"), say=say)
+        out["versus_raw"] = {"service": {k: v for k, v in point.items() if k != "structure"},
+                             "raw": {k: v for k, v in best.items() if k not in ("sweep",)},
+                             "exact": exact}
 
     # Tuning (what the service runs after each training) on its own held-out vectors.
     target = service.settings.tune_target
-    tuned, t_tune = timed(lambda: service.tune(target, 300))
+    # (Not applied after a structure choice: the run goes on with the service's own choice.)
+    tuned, t_tune = timed(lambda: service.tune(target, 300, apply=not structure))
     say(f"\ntuning to recall@10 {target} on 300 held-out stored vectors ({t_tune:.1f}s): "
         f"nprobe {tuned['nprobe']}, "
         f"rerank {tuned['rerank']}, recall@10 {tuned['recall_at_k']:.3f} "
@@ -395,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({snap.bytes / n:.1f} B/vector in the Faiss index)")
     out.update(snapshot_bytes=snap.bytes, snapshot_s=t_snap)
     service.close()
+    if args.in_process_only:
+        return _finish(args, out, tmp, say)
 
     # An empty service's RSS: the baseline to subtract for bytes per vector.
     empty_dir = tmp / "empty"
@@ -449,9 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         f"above an empty service; recall@10 {low_r10:.3f}; HTTP 1 client p50 "
         f"{one['p50_ms']:.2f} ms")
     out["low_memory"] = {"ready_s": ready_s, "rss": rss, "recall10": low_r10, "one": one}
+    return _finish(args, out, tmp, say)
+
+
+def _finish(args: argparse.Namespace, out: dict[str, Any], tmp: Path,
+            say: Callable[[str], None]) -> int:
     out["load_avg_at_end"] = os.getloadavg()[0]
     say(f"\nload average at start {out['load_avg_at_start']:.1f}, at end "
-        f"{out['load_avg_at_end']:.1f} (2 cores shared with other work)")
+        f"{out['load_avg_at_end']:.1f} ({os.cpu_count()} cores shared with other work)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=float))
     if not args.data_dir:

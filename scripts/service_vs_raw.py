@@ -1,0 +1,217 @@
+"""The index service next to raw Faiss on the same vectors and queries, in one run.
+
+Used by ``scripts/bench_index.py`` and ``scripts/bench_faiss.py tune``. It measures:
+
+* the service's structure (what its training chose, ``/v1/stats`` ``structure``), its recall@10 on
+  queries that are not in the index, and its one-query cost in process (``search_raw``, one
+  query per call, one OpenMP thread, as the service runs it);
+* the best raw Faiss configuration at the same recall: a ``compare`` sweep (IVF-PQ 8-bit and
+  4-bit fast-scan with ``RFlat`` refine on the rule's nlist and a quarter of it, ``HNSW32``
+  over float32) over nprobe / k_factor / efSearch, batched; the fastest few settings that reach
+  the service's recall are then timed one query at a time, and the best is kept;
+* exact search: the service's ``"exact": true`` and its flat index below the threshold against
+  a plain ``IndexFlatIP`` over the same (float16-rounded) vectors, one query at a time.
+
+One-query costs are the better of two passes, each side measured right after the other, so a
+load change on a shared machine hits both.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index_service.index import auto_nlist, auto_pq
+from index_service.tuning import recall_at_k
+
+Say = Callable[[str], None]
+
+
+def one_query_ms(fn: Callable[[np.ndarray], Any], queries: np.ndarray, passes: int = 2) -> float:
+    """Mean ms of ``fn`` over the queries one per call (the better pass), after a warm-up."""
+    faiss.omp_set_num_threads(1)
+    for q in queries[:10]:
+        fn(q[None, :])
+    best = math.inf
+    for _ in range(passes):
+        start = time.perf_counter()
+        for q in queries:
+            fn(q[None, :])
+        best = min(best, (time.perf_counter() - start) * 1000.0 / len(queries))
+    return best
+
+
+def side_by_side(
+    a: Callable[[np.ndarray], Any], b: Callable[[np.ndarray], Any], queries: np.ndarray,
+    rounds: int = 2,
+) -> tuple[float, float]:
+    """One-query ms of ``a`` and ``b``, alternated ``rounds`` times; the best of each."""
+    best_a = best_b = math.inf
+    for _ in range(rounds):
+        best_a = min(best_a, one_query_ms(a, queries, 1))
+        best_b = min(best_b, one_query_ms(b, queries, 1))
+    return best_a, best_b
+
+
+def exact_vs_flat(search: Callable[[np.ndarray], Any], stored: np.ndarray, queries: np.ndarray
+                  ) -> dict[str, float]:
+    """A service exact path against IndexFlatIP over the same float32 rows."""
+    flat = faiss.IndexFlatIP(stored.shape[1])
+    flat.add(np.ascontiguousarray(stored, dtype=np.float32))
+    ours, raw = side_by_side(search, lambda q: flat.search(q, 10), queries)
+    return {"service_ms": ours, "flat_ms": raw, "ratio": ours / raw}
+
+
+def raw_factories(n: int, dim: int) -> list[str]:
+    """The raw side's candidates: the same families the service tries, Faiss's own refine."""
+    nlist = auto_nlist(n)
+    m, nbits = auto_pq(dim, n)
+    m4 = max(d for d in range(1, 2 * m + 1) if dim % d == 0)
+    lists = [nlist] + ([nlist // 4] if nlist // 4 >= 16 else [])
+    out = []
+    for nl in lists:
+        out += [f"IVF{nl},PQ{m}x{nbits},RFlat", f"IVF{nl},PQ{m4}x4fs,RFlat"]
+    return out + ["HNSW32"]
+
+
+def _train_raw(factory: str, base: np.ndarray) -> faiss.Index:
+    index = faiss.index_factory(base.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    inner = faiss.downcast_index(index.base_index) if isinstance(
+        faiss.downcast_index(index), faiss.IndexRefine) else index
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None:
+        ivf.cp.niter = 10
+        pq = faiss.downcast_index(ivf)
+        if isinstance(pq, faiss.IndexIVFPQ):
+            pq.do_polysemous_training = False  # type: ignore[attr-defined]
+    if not index.is_trained:
+        nlist = int(ivf.nlist) if ivf is not None else 0
+        rows = np.random.default_rng(0).permutation(len(base))[: max(256 * 39, 50 * nlist)]
+        index.train(base[np.sort(rows)])
+    index.add(base)
+    return index
+
+
+def _params(index: faiss.Index, nprobe: int | None, k_factor: float | None, ef: int | None
+            ) -> Any:
+    inner: Any = None
+    if nprobe is not None:
+        inner = faiss.SearchParametersIVF()
+        inner.nprobe = nprobe
+    elif ef is not None:
+        inner = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        inner.efSearch = ef
+    if k_factor is None:
+        return inner
+    params = faiss.IndexRefineSearchParameters()
+    params.k_factor = float(k_factor)
+    params.base_index_params = inner
+    return params
+
+
+def raw_best(
+    base: np.ndarray, queries: np.ndarray, truth: np.ndarray, at_recall: float, *,
+    factories: list[str] | None = None, quick: bool = False, say: Say = print,
+) -> dict[str, Any]:
+    """The cheapest one-query raw Faiss setting reaching ``at_recall`` recall@10 (``truth``:
+    exact row numbers), from a batched sweep; the five fastest reaching ones are re-timed one
+    query at a time."""
+    factories = factories or raw_factories(len(base), base.shape[1])
+    rows: list[dict[str, Any]] = []
+    keep: dict[str, faiss.Index] = {}
+    nprobes = [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    k_factors = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 48]
+    efs = [16, 64] if quick else [16, 32, 64, 128, 256]
+    for factory in factories:
+        started = time.perf_counter()
+        index = _train_raw(factory, base)
+        build_s = time.perf_counter() - started
+        keep[factory] = index
+        refine = isinstance(faiss.downcast_index(index), faiss.IndexRefine)
+        inner = faiss.downcast_index(index.base_index) if refine else index
+        ivf = faiss.try_extract_index_ivf(inner)
+        hnsw = isinstance(inner, faiss.IndexHNSW)
+        size = len(faiss.serialize_index(index)) / len(base)
+        for nprobe in [p for p in nprobes if p <= ivf.nlist] if ivf is not None else [None]:
+            for ef in efs if hnsw else [None]:
+                for k_factor in k_factors if refine else [None]:
+                    params = _params(index, nprobe, k_factor, ef)
+                    faiss.omp_set_num_threads(1)
+                    start = time.perf_counter()
+                    _, found = index.search(queries, 10, params=params)
+                    ms = (time.perf_counter() - start) * 1000.0 / len(queries)
+                    rows.append({"factory": factory, "nprobe": nprobe, "k_factor": k_factor,
+                                 "efSearch": ef, "recall@10": recall_at_k(found, truth, 10),
+                                 "batched_ms": ms, "bytes_per_vector": size,
+                                 "build_s": build_s})
+        say(f"raw {factory}: built in {build_s:.1f}s, best recall@10 "
+            f"{max(r['recall@10'] for r in rows if r['factory'] == factory):.3f}")
+    reaching = sorted((r for r in rows if r["recall@10"] >= at_recall),
+                      key=lambda r: r["batched_ms"])
+    if not reaching:
+        top = max(rows, key=lambda r: r["recall@10"])
+        return {"reached": False, **top, "one_query_ms": None, "sweep": rows}
+    timed = []
+    for row in reaching[:5]:
+        index = keep[row["factory"]]
+        params = _params(index, row["nprobe"], row["k_factor"], row["efSearch"])
+        ms = one_query_ms(lambda q, index=index, params=params: index.search(q, 10,
+                                                                            params=params),
+                          queries[:100])
+        timed.append({**row, "one_query_ms": ms})
+    best = min(timed, key=lambda r: r["one_query_ms"])
+    return {"reached": True, **best, "sweep": rows, "retimed": timed}
+
+
+def setting(row: dict[str, Any]) -> str:
+    parts = [f"{name} {row[name]:g}" for name in ("nprobe", "k_factor", "efSearch")
+             if row.get(name) is not None]
+    return ", ".join(parts) or "-"
+
+
+def report_table(service: dict[str, Any], raw: dict[str, Any], exact: dict[str, Any],
+                 flat: dict[str, Any] | None, say: Say = print) -> None:
+    """The markdown table of one run."""
+    say("")
+    say("| | structure | setting | recall@10 | one-query ms (in process) | Faiss B/vector |")
+    say("|---|---|---|---:|---:|---:|")
+    say(f"| service (its choice) | {service['factory']} | nprobe {service['nprobe']}, "
+        f"rerank {service['rerank']} | {service['recall']:.3f} | {service['one_query_ms']:.3f} "
+        f"| {service['bytes_per_vector']:.1f} |")
+    raw_ms = raw.get("one_query_ms")
+    say(f"| raw Faiss, best at ≥ the same recall | {raw['factory']} | {setting(raw)} | "
+        f"{raw['recall@10']:.3f} | {raw_ms if raw_ms is None else f'{raw_ms:.3f}'} | "
+        f"{raw['bytes_per_vector']:.1f} |")
+    say(f"| exact: service `\"exact\": true` / IndexFlatIP | | | 1.000 | "
+        f"{exact['service_ms']:.3f} / {exact['flat_ms']:.3f} (×{exact['ratio']:.2f}) | |")
+    if flat is not None:
+        say(f"| exact: service flat index (below threshold) / IndexFlatIP | | | 1.000 | "
+            f"{flat['service_ms']:.3f} / {flat['flat_ms']:.3f} (×{flat['ratio']:.2f}) | |")
+    if raw_ms:
+        say(f"\nservice / best raw one-query cost: ×{service['one_query_ms'] / raw_ms:.2f} "
+            f"(target ≤ 2 at recall@10 ≥ 0.95)")
+    else:
+        say("\nno raw configuration in the sweep reached the service's recall")
+
+
+def service_point(service: Any, queries: np.ndarray, truth_ids: np.ndarray) -> dict[str, Any]:
+    """The service at its defaults: recall@10 on ``queries`` (truth as item ids), one-query
+    cost, what it chose."""
+    index = service.index
+    found = index.search_raw(queries, 10)[1]
+    stats = service.stats()
+    structure = stats.get("structure") or {}
+    chosen = next((c for c in structure.get("candidates", [])
+                   if c["factory"] == stats["factory"] and "skipped" not in c), {})
+    ms = one_query_ms(lambda q: index.search_raw(q, 10), queries[:300])
+    index.limit_threads()
+    snapshot = len(faiss.serialize_index(index.live.index)) / max(1, index.live.ntotal)
+    return {"factory": stats["factory"], "nprobe": stats["nprobe"], "rerank": stats["rerank"],
+            "recall": recall_at_k(found, truth_ids, 10), "one_query_ms": ms,
+            "bytes_per_vector": snapshot, "estimated_bytes": chosen.get("bytes_per_vector"),
+            "structure": structure}
