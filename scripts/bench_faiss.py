@@ -41,7 +41,13 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from index_service.tuning import recall_at_k, tune_search
+# Run as a script, the repository root is not on the path (scripts.service_vs_raw needs it).
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from index_service.tuning import recall_at_k, tune_search  # noqa: E402
+from scripts import service_vs_raw  # noqa: E402
 
 TRUTH_K = 100
 
@@ -625,6 +631,16 @@ def run_tune(data: Dataset, truth: np.ndarray, args: argparse.Namespace) -> Expe
         f"{result.ms_per_query:.4f} ms/query; tried {len(result.trials)} of "
         f"{len(nprobes) * len(reranks)} settings"
     )
+    if args.service and data.metric == "ip":
+        # The index service on the same vectors and queries: the structure it chooses, its
+        # recall@10 and one-query cost, next to the best raw setting at that recall.
+        lines: list[str] = []
+        service_vs_raw.run(data.base, data.queries, truth, quick=args.quick,
+                           max_bytes_per_vector=args.max_bytes_per_vector,
+                           say=lambda line: (print(line, flush=True), lines.append(line)))
+        summary += "\n" + "\n".join(lines)
+    elif args.service:
+        summary += "\nservice: skipped (the index service ranks by inner product; data is L2)"
     return Experiment("tune", rows, x="nprobe", group="rerank", summary=summary)
 
 
@@ -877,6 +893,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--nlist", type=int_list, help="fills {nlist} (default: ≈4·√N)")
     tune.add_argument("--nprobe", type=int_list, help="default 1,2,…,128")
     tune.add_argument("--rerank", type=int_list, help="default 0,2,4,8,16")
+    tune.add_argument(
+        "--service",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also build the index service on the data: its chosen structure, recall@10 and "
+        "one-query cost next to the best raw Faiss setting at that recall (default on)",
+    )
+    tune.add_argument("--max-bytes-per-vector", type=float,
+                      help="the service's INDEX_MAX_BYTES_PER_VECTOR (default: its own)")
     return parser
 
 

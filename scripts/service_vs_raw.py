@@ -117,10 +117,12 @@ def _params(index: faiss.Index, nprobe: int | None, k_factor: float | None, ef: 
 def raw_best(
     base: np.ndarray, queries: np.ndarray, truth: np.ndarray, at_recall: float, *,
     factories: list[str] | None = None, quick: bool = False, say: Say = print,
+    max_bytes: float | None = None,
 ) -> dict[str, Any]:
     """The cheapest one-query raw Faiss setting reaching ``at_recall`` recall@10 (``truth``:
     exact row numbers), from a batched sweep; the five fastest reaching ones are re-timed one
-    query at a time."""
+    query at a time. ``max_bytes``: only structures whose bytes per vector, the refine stage's
+    float32 copy left out (the service's re-rank vectors are not in its budget either), fit."""
     factories = factories or raw_factories(len(base), base.shape[1])
     rows: list[dict[str, Any]] = []
     keep: dict[str, faiss.Index] = {}
@@ -137,6 +139,8 @@ def raw_best(
         ivf = faiss.try_extract_index_ivf(inner)
         hnsw = isinstance(inner, faiss.IndexHNSW)
         size = len(faiss.serialize_index(index)) / len(base)
+        # What the service's budget would count: not the refine stage's float32 vectors.
+        budget_size = size - 4 * base.shape[1] if refine else size
         for nprobe in [p for p in nprobes if p <= ivf.nlist] if ivf is not None else [None]:
             for ef in efs if hnsw else [None]:
                 for k_factor in k_factors if refine else [None]:
@@ -148,9 +152,19 @@ def raw_best(
                     rows.append({"factory": factory, "nprobe": nprobe, "k_factor": k_factor,
                                  "efSearch": ef, "recall@10": recall_at_k(found, truth, 10),
                                  "batched_ms": ms, "bytes_per_vector": size,
-                                 "build_s": build_s})
+                                 "budget_bytes": budget_size, "build_s": build_s})
         say(f"raw {factory}: built in {build_s:.1f}s, best recall@10 "
-            f"{max(r['recall@10'] for r in rows if r['factory'] == factory):.3f}")
+            f"{max(r['recall@10'] for r in rows if r['factory'] == factory):.3f}, "
+            f"{size:.0f} B/vector ({budget_size:.0f} without a refine copy)")
+    return _fastest(rows, keep, queries, at_recall, max_bytes)
+
+
+def _fastest(rows: list[dict[str, Any]], keep: dict[str, faiss.Index], queries: np.ndarray,
+             at_recall: float, max_bytes: float | None) -> dict[str, Any]:
+    if max_bytes is not None:
+        rows = [r for r in rows if r["budget_bytes"] <= max_bytes]
+    if not rows:
+        return {}
     reaching = sorted((r for r in rows if r["recall@10"] >= at_recall),
                       key=lambda r: r["batched_ms"])
     if not reaching:
@@ -165,7 +179,10 @@ def raw_best(
                           queries[:100])
         timed.append({**row, "one_query_ms": ms})
     best = min(timed, key=lambda r: r["one_query_ms"])
-    return {"reached": True, **best, "sweep": rows, "retimed": timed}
+    result = {"reached": True, **best, "sweep": rows, "retimed": timed}
+    if max_bytes is None:
+        result["_keep"] = keep
+    return result
 
 
 def setting(row: dict[str, Any]) -> str:
@@ -175,7 +192,8 @@ def setting(row: dict[str, Any]) -> str:
 
 
 def report_table(service: dict[str, Any], raw: dict[str, Any], exact: dict[str, Any],
-                 flat: dict[str, Any] | None, say: Say = print) -> None:
+                 flat: dict[str, Any] | None, say: Say = print,
+                 raw_in_budget: dict[str, Any] | None = None) -> None:
     """The markdown table of one run."""
     say("")
     say("| | structure | setting | recall@10 | one-query ms (in process) | Faiss B/vector |")
@@ -183,10 +201,15 @@ def report_table(service: dict[str, Any], raw: dict[str, Any], exact: dict[str, 
     say(f"| service (its choice) | {service['factory']} | nprobe {service['nprobe']}, "
         f"rerank {service['rerank']} | {service['recall']:.3f} | {service['one_query_ms']:.3f} "
         f"| {service['bytes_per_vector']:.1f} |")
+    rows = [("raw Faiss, best at ≥ the same recall", raw)]
+    if raw_in_budget is not None:
+        rows.append(("raw Faiss, best at ≥ the same recall within the service's budget",
+                     raw_in_budget))
+    for label, found in rows:
+        ms = found.get("one_query_ms")
+        say(f"| {label} | {found['factory']} | {setting(found)} | {found['recall@10']:.3f} | "
+            f"{'-' if ms is None else f'{ms:.3f}'} | {found['bytes_per_vector']:.1f} |")
     raw_ms = raw.get("one_query_ms")
-    say(f"| raw Faiss, best at ≥ the same recall | {raw['factory']} | {setting(raw)} | "
-        f"{raw['recall@10']:.3f} | {raw_ms if raw_ms is None else f'{raw_ms:.3f}'} | "
-        f"{raw['bytes_per_vector']:.1f} |")
     say(f"| exact: service `\"exact\": true` / IndexFlatIP | | | 1.000 | "
         f"{exact['service_ms']:.3f} / {exact['flat_ms']:.3f} (×{exact['ratio']:.2f}) | |")
     if flat is not None:
@@ -197,6 +220,9 @@ def report_table(service: dict[str, Any], raw: dict[str, Any], exact: dict[str, 
             f"(target ≤ 2 at recall@10 ≥ 0.95)")
     else:
         say("\nno raw configuration in the sweep reached the service's recall")
+    budget_ms = (raw_in_budget or {}).get("one_query_ms")
+    if budget_ms:
+        say(f"service / best raw within its budget: ×{service['one_query_ms'] / budget_ms:.2f}")
 
 
 def service_point(service: Any, queries: np.ndarray, truth_ids: np.ndarray) -> dict[str, Any]:
@@ -215,3 +241,62 @@ def service_point(service: Any, queries: np.ndarray, truth_ids: np.ndarray) -> d
             "recall": recall_at_k(found, truth_ids, 10), "one_query_ms": ms,
             "bytes_per_vector": snapshot, "estimated_bytes": chosen.get("bytes_per_vector"),
             "structure": structure}
+
+
+def run(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, *, quick: bool = False,
+        max_bytes_per_vector: float | None = None, say: Say = print) -> dict[str, Any]:
+    """The whole comparison on ``base`` (unit vectors, inner product): an index service in a
+    temporary folder, filled, its flat index timed against IndexFlatIP, trained (choosing its
+    structure), then measured next to the best raw setting. ``truth``: exact row numbers."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from index_service.config import Settings
+    from index_service.service import IndexService
+    from index_service.store import NewItem
+
+    n, dim = base.shape
+    stored = np.ascontiguousarray(base, dtype=np.float32).astype(np.float16)
+    stored32 = stored.astype(np.float32)
+    folder = Path(tempfile.mkdtemp(prefix="service-vs-raw-"))
+    extra = {"max_bytes_per_vector": max_bytes_per_vector} if max_bytes_per_vector else {}
+    service = IndexService(Settings(data_dir=folder, dim=dim, train_threshold=n + 1,
+                                    snapshot_interval_s=0, snapshot_every_writes=0, **extra))
+    try:
+        service.open()
+        for start in range(0, n, 4096):
+            part = stored[start : start + 4096]
+            service.add([NewItem(f"k{start + i}", f"row/{start + i}", {}, part[i])
+                         for i in range(len(part))])
+        index = service.index
+        assert index is not None
+        sample = queries[: 30 if quick else 100]
+        flat = exact_vs_flat(lambda q: index.search_raw(q, 10), stored32, sample)
+        started = time.perf_counter()
+        service.rebuild(None, wait=True)
+        say(f"service: chose {index.live.factory} in {time.perf_counter() - started:.1f}s")
+        truth_ids = np.where(truth[:, :10] >= 0, truth[:, :10] + 1, -1)  # item id = row + 1
+        point = service_point(service, queries, truth_ids)
+        exact = exact_vs_flat(lambda q: index.search_raw(q, 10, exact=True), stored32, sample)
+        best, in_budget = raw_pair(stored32, queries, truth[:, :10], point["recall"],
+                                   service.settings.max_bytes_per_vector, quick=quick, say=say)
+        report_table(point, best, exact, flat, say=say, raw_in_budget=in_budget)
+        return {"service": point, "raw": best, "raw_in_budget": in_budget, "exact": exact,
+                "exact_flat": flat}
+    finally:
+        service.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def raw_pair(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, at_recall: float,
+             budget: float, *, quick: bool = False, say: Say = print
+             ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The best raw setting overall, and the best within ``budget`` bytes per vector when the
+    overall one does not fit it (None when it does, or when nothing fits)."""
+    best = raw_best(base, queries, truth, at_recall, quick=quick, say=say)
+    keep = best.pop("_keep", {})
+    if best.get("budget_bytes", 0) <= budget:
+        return best, None
+    in_budget = _fastest(best["sweep"], keep, queries, at_recall, budget)
+    return best, (in_budget or None)

@@ -297,7 +297,13 @@ def test_tune_finds_a_setting_that_reaches_the_target(
     rows = read_rows(written[0])
     (chosen,) = [r for r in rows if r["chosen"] == "True"]
     assert float(chosen["recall_at_k"]) >= 0.9
-    assert "tune IVF16,PQ8x4fs,RFlat" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tune IVF16,PQ8x4fs,RFlat" in printed
+    # The index service on the same data, next to the best raw setting at its recall.
+    for line in ("service: chose ", "| service (its choice) |",
+                 "| raw Faiss, best at ≥ the same recall |", "exact: service `\"exact\": true`",
+                 "service / best raw one-query cost"):
+        assert line in printed and line in exp.summary
 
 
 def test_gpu_says_skipped_and_succeeds_without_a_gpu(

@@ -19,7 +19,9 @@ def test_bench_index_runs_every_row(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert bench_index.main(["-n", "4000", "--dim", "32", "--queries-n", "60",
                              "--http-requests", "40", "--nprobes", "4,8", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    for line in ("train + add to IVF", "in-process, one at a time:", "HTTP 1 client:",
+    for line in ("train + add to IVF", "structure: IVF", "| service (its choice) |",
+                 "| raw Faiss, best at ≥ the same recall |", "exact, flat index below",
+                 "in-process, one at a time:", "HTTP 1 client:",
                  "ratio HTTP 8 clients / in-process one at a time:", "low-memory"):
         assert line in printed
     result = json.loads(out.read_text())
