@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distinct", type=int, default=256, help="distinct JPEGs")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the service (e.g. ENCODER_DECODE_WORKERS=2)")
+    p.add_argument("--py-spy", type=Path, metavar="OUT",
+                   help="sample the service with py-spy during round 1 (raw stacks to OUT)")
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
@@ -293,10 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         names = {int(k): v for k, v in json.loads(names_file.read_text()).items()}
         for round_no in range(1, args.rounds + 1):
             raw_us = raw_stand_in_cost(args.files_per_request, 200)
+            spy = None
+            if args.py_spy and round_no == 1:
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("py-spy")), "record", "-p",
+                     str(proc.pid), "-r", "200", "--threads", "--nonblocking", "--format", "raw",
+                     "-o", str(args.py_spy)], stdout=subprocess.DEVNULL)
+                time.sleep(1)
             cpu0, threads0 = process_cpu(proc.pid), thread_times(proc.pid)
             rate = asyncio.run(send_all(port, requests, args.images, args.clients,
                                         args.files_per_request))
             cpu1, threads1 = process_cpu(proc.pid), thread_times(proc.pid)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             done = args.images // args.files_per_request * args.files_per_request
             split: dict[str, float] = {}
             for tid, t in threads1.items():

@@ -3,8 +3,10 @@
 #   1. scripts/gpu_check.py: fp16 and the nvJPEG path agree with the fp32 CPU path;
 #   2. scripts/bench_encoder.py: the raw model vs the encoder service, JPEG bytes over HTTP, fp16,
 #      with the JPEGs decoded on the GPU and then by the CPU pool;
-#   3. scripts/bench_ingest.py: ingest end to end through the gateway vs the encoder alone;
-#   4. scripts/bench_search.py: what the gateway adds to a search, with the tiny model (issue
+#   3. scripts/bench_host.py: the encoder service's host-side CPU per image on this machine's
+#      cores, the device replaced by an instant stand-in (the ceiling the host sets, issue 16);
+#   4. scripts/bench_ingest.py: ingest end to end through the gateway vs the encoder alone;
+#   5. scripts/bench_search.py: what the gateway adds to a search, with the tiny model (issue
 #      #4's figure, on this host's cores) and with ViT-B-32 on the GPU.
 # Each step has its own time limit, writes its whole output to OUTDIR/<step>.log and prints its
 # last lines; a failed step does not stop the next. Sizes can be made smaller for a dry run on a
@@ -12,6 +14,10 @@
 #
 #   bash scripts/gpu_bench.sh OUTDIR
 #   GPU_BENCH_STEPS="check encoder ingest" bash scripts/gpu_bench.sh OUTDIR   # some steps only
+# The device tool allows 600 s per command: the default steps need two calls, e.g.
+#   GPU_BENCH_STEPS="check encoder host ingest" ...   then   GPU_BENCH_STEPS="search-tiny search" ...
+# The last lines (summary) put the service from JPEG bytes, the raw forward, the host ceiling
+# and ingest end to end side by side.
 set -u
 out=${1:-gpu-bench-out}
 mkdir -p "$out"
@@ -23,7 +29,7 @@ model=${GPU_BENCH_MODEL:-ViT-B-32}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 
-steps=" ${GPU_BENCH_STEPS:-check encoder ingest search-tiny search} "
+steps=" ${GPU_BENCH_STEPS:-check encoder host ingest search-tiny search} "
 
 want() { case "$steps" in *" $1 "*) return 0 ;; esac; return 1; }
 
@@ -59,6 +65,9 @@ for mode in ${GPU_BENCH_DECODE_MODES:-on off}; do
     --gpu-decode "$mode" --json "$out/encoder-$mode.json"
 done
 
+want host && step host "${HOST_LIMIT:-90}" "$py" scripts/bench_host.py --images "${HOST_IMAGES:-16384}" \
+  --rounds 2 --clients 16 --files-per-request 32
+
 want ingest && step ingest "${INGEST_LIMIT:-150}" env ENCODER_MAX_BATCH=256 "$py" scripts/bench_ingest.py \
   --model "$model" --n "${INGEST_N:-6000}" --batch-size 32 --concurrency 16 --quiet
 
@@ -67,3 +76,13 @@ want search-tiny && step search-tiny "${SEARCH_TINY_LIMIT:-150}" "$py" scripts/b
 
 want search && step search "${SEARCH_LIMIT:-150}" "$py" scripts/bench_search.py --model "$model" \
   --requests "${SEARCH_REQUESTS:-200}" --images "${SEARCH_IMAGES:-500}" --json "$out/search.json"
+
+# Side by side: raw forward and service (each round of bench_encoder), host ceiling, ingest.
+{
+  echo "== summary"
+  for mode in ${GPU_BENCH_DECODE_MODES:-on off}; do
+    grep -h "^round" "$out/encoder-$mode.log" 2>/dev/null | sed "s/^/encoder-$mode: /" | cut -c1-120
+  done
+  grep -h "^round" "$out/host.log" 2>/dev/null | sed "s/^/host: /"
+  grep -hi "images/s" "$out/ingest.log" 2>/dev/null | tail -n 4 | sed "s/^/ingest: /"
+} | tee "$out/summary.log"

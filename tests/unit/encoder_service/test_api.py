@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 
 import numpy as np
@@ -211,3 +212,49 @@ def test_image_decoded_in_the_request_equals_its_pil_preprocessing(client: TestC
     png = client.post("/v1/embed/image", files=_files(encoded(img, "PNG"))).json()
     bmp = client.post("/v1/embed/image", files=_files(encoded(img, "BMP"))).json()
     np.testing.assert_allclose(png["embeddings"][0], bmp["embeddings"][0], atol=1e-6)
+
+
+def test_image_embedding_is_answered_in_front_and_still_counted(client: TestClient) -> None:
+    from contracts.fastpath import FastRoutes
+
+    assert isinstance(client.app, FastRoutes)
+
+    def count(status: int) -> float:
+        found = re.search(
+            r'^glimpse_http_requests_total\{method="POST",route="/v1/embed/image",'
+            rf'service="encoder",status="{status}"\}} ([0-9.]+)$',
+            client.get("/metrics").text,
+            re.M,
+        )
+        return float(found.group(1)) if found else 0.0
+
+    ok, refused = count(200), count(422)
+    blob = jpeg_bytes(Image.new("RGB", (40, 30), (10, 200, 30)))
+    assert client.post("/v1/embed/image", files=_files(blob)).status_code == 200
+    assert client.post("/v1/embed/image", files=_files(b"junk")).status_code == 422
+    assert (count(200), count(422)) == (ok + 1, refused + 1)
+
+
+def test_the_hand_written_answer_is_the_json_it_replaces() -> None:
+    import json
+    from types import SimpleNamespace
+
+    from fastapi.responses import JSONResponse
+
+    from contracts.errors import ErrorType, GlimpseError
+    from contracts.vectors import encode_vector
+    from encoder_service.api import _image_response
+
+    runtime = SimpleNamespace(encoder=SimpleNamespace(name='tiny "model"', dim=3))
+    vector = np.asarray([0.6, 0.0, -0.8], np.float32)
+    bad = GlimpseError(ErrorType.invalid_image, "Bildfehler: ungültig \"x\"")
+    errors = [None, {"error": bad.message, "error_type": bad.error_type}]
+    for encoding in ("float", "base64"):
+        got = _image_response(runtime, [vector, bad], errors, encoding)  # type: ignore[arg-type]
+        assert got.media_type == "application/json"
+        expected = JSONResponse({
+            "model": 'tiny "model"', "dim": 3, "errors": errors,
+            "embeddings": [vector.tolist() if encoding == "float" else encode_vector(vector),
+                           None],
+        })
+        assert json.loads(got.body) == json.loads(expected.body)
