@@ -1,19 +1,22 @@
 """The encoder service's host-side cost per image, without a GPU: CPU microseconds and images/s.
 
 The service runs as a uvicorn process with its real code path (HTTP, multipart split, the
-JPEG header check the decode pool makes when the device decodes, job bookkeeping, the batcher,
-the model thread's batch assembly, base64 response encoding). Only the device's own work is
+JPEG header check made when the device decodes, job bookkeeping, the batcher, the model
+thread's batch assembly, base64 response encoding). Only the device's own work is
 replaced by ``InstantDevice``, a benchmark stand-in that computes nothing:
 
-  * the device JPEG decode + resize/crop/normalise (``gpu_prepare``'s nvJPEG and tensor
-    kernels): it returns tensors on torch's ``meta`` device (shapes, no data);
-  * the forward pass, its normalisation and the copy back: ``encode_pixels`` returns a copy
-    of fixed unit vectors, one row per image.
+  * the device JPEG decode + resize/crop/normalise (``ClipEncoder.prepare_jpegs``: the
+    packing of the JPEG bytes, nvJPEG and the tensor kernels): it returns one one-element
+    tensor per image;
+  * the forward pass, its normalisation and the copy back (``encode_pixels``): it returns a
+    copy of fixed unit vectors, one row per image.
 
-It reports device "cuda" so that the runtime takes its GPU path (header check in the pool,
-JPEG bytes to the model thread). What the host does around a real nvJPEG call (packing the
-JPEG bytes, kernel launches) is not in these figures; on a GPU, scripts/gpu_bench.sh measures
-the whole.
+It says it can decode JPEGs on its device (``can_decode_jpegs``), so the runtime takes its GPU
+path: the header check, and JPEG bytes queued for the model thread. What the host does inside
+``prepare_jpegs`` on a real GPU (packing the bytes, launching nvJPEG and the kernels) is not in
+these figures; on a GPU, scripts/gpu_bench.sh measures the whole. Against a checkout from
+before the ``encoder_loader`` seam (``--repo``), the same stand-in is put in place by
+assignment (see ``serve``).
 
 A separate client process (this one) sends real camera-like 640x480 JPEGs
 (``calibration_jpegs``) over HTTP/1.1 keep-alive connections, ``--clients`` requests of
