@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         best, in_budget = service_vs_raw.raw_pair(
             stored32, queries[:300], truth_rows[:300], point["recall"],
             service.settings.max_bytes_per_vector, say=say)
+        service_vs_raw.rematch(lambda q: index.search_raw(q, 10), point, [best, in_budget],
+                               queries[:100])
         index.limit_threads()
         service_vs_raw.report_table(point, best, exact, out.get("exact_flat"), say=say,
                                     raw_in_budget=in_budget)
