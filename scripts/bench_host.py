@@ -23,7 +23,8 @@ A separate client process (this one) sends real camera-like 640x480 JPEGs
 ``--files-per-request`` files in flight, multipart ``files`` parts, ``encoding=base64``, as the
 gateway sends them. For each round it reads the service's CPU time (user + system, all its
 threads, children included; not the client's) before and after, and reports images/s, CPU µs
-per image, and the split by thread (event loop, model thread, the rest). Beside it, the same
+per image, and the split by thread (event loop, model thread, the rest; read from /proc in
+clock ticks of 10 ms, so use a few thousand images per round). Beside it, the same
 stand-in called in-process on batches of the same size: its own raw cost per image.
 
     python scripts/bench_host.py                       # defaults: 4096 images x 3 rounds
