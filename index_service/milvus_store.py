@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections import Counter
@@ -172,7 +173,9 @@ class MilvusStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.uri = settings.milvus_uri
-        self.timeout = settings.milvus_timeout_s
+        # pymilvus 2.3 bounds its retries by ``timeout`` only when it is an int; a float
+        # (10.0) leaves 75 retries with back-off, minutes of a caller waiting on a dead Milvus.
+        self.timeout = max(1, math.ceil(settings.milvus_timeout_s))
         self.alias = f"glimpse-{id(self):x}"
         self._collection: Collection | None = None
         self.plan = plan_index(settings)
