@@ -13,7 +13,7 @@
      --batch-size with --concurrency requests in flight; half of the files before the
      end-to-end run and half after, so drift in a shared machine's load shows;
    - end to end: scripts/ingest.py's ingest() through the gateway (hash, /ingest/check,
-     upload, decode, thumbnail, media store, encode, index add), with the same batching.
+     upload, header check, media store, encode, index add), with the same batching.
 4. Prints both rates and their ratio (target: >= 0.80 on CPU).
 
 The model's speed does not depend on its weights, so ENCODER_PRETRAINED=none (random weights,
