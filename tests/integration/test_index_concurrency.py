@@ -103,4 +103,5 @@ def test_concurrent_search_add_delete_has_no_error_and_no_deleted_hit(tmp_path: 
     assert searches > 50 and len(deleted) > 10
     assert stats["count"] == len(set(added)) - len(deleted)
     assert stats["ntotal"] == stats["count"]
-    assert stats["kind"] == "ivfpq", stats  # the training swap happened under load
+    # The training swap happened under load (the structure is the training's choice).
+    assert stats["kind"] in ("ivfpq", "ivfpq-fastscan", "hnsw"), stats
