@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -173,6 +173,13 @@ def http_clients(url: str, queries: np.ndarray, clients: int, per_client: int, k
                  ) -> dict[str, float]:
     """``clients`` threads, each one keep-alive connection sending searches back to back."""
     bodies = [json.dumps({"vectors": [encode_vector(q)], "k": k}).encode() for q in queries]
+    return search_clients([url], bodies, clients, per_client)
+
+
+def search_clients(urls: Sequence[str], bodies: list[bytes], clients: int, per_client: int
+                   ) -> dict[str, float]:
+    """``clients`` threads, each one keep-alive connection sending the search ``bodies`` back to
+    back, spread over ``urls`` (client c talks to urls[c % len(urls)])."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -180,7 +187,7 @@ def http_clients(url: str, queries: np.ndarray, clients: int, per_client: int, k
     def run(offset: int) -> None:
         nonlocal errors
         mine: list[float] = []
-        client = KeepAliveClient(url)
+        client = KeepAliveClient(urls[offset % len(urls)])
         try:
             client.post("/v1/search", bodies[offset % len(bodies)])  # warm the socket
             for i in range(per_client):

@@ -25,7 +25,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from scripts.bench_index import (  # noqa: E402
     KeepAliveClient,
     read_vectors,
     recall,
+    search_clients,
     synthetic,
 )
 from tests.support.procs import ServiceProcess  # noqa: E402
@@ -86,45 +86,6 @@ def cpu_meter(pids: dict[str, int], out: dict[str, Any]) -> Iterator[None]:
     used["client"] = time.process_time() - client
     out["cpu_pct"] = {name: round(100 * s / wall) for name, s in used.items()}
     out["cpu_pct_total"] = round(100 * sum(used.values()) / wall)
-
-
-def http_clients(urls: Sequence[str], bodies: list[bytes], clients: int, per_client: int
-                 ) -> dict[str, float]:
-    """``clients`` keep-alive connections sending searches back to back, spread over ``urls``
-    (client c talks to urls[c % len(urls)])."""
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-
-    def run(c: int) -> None:
-        nonlocal errors
-        mine: list[float] = []
-        client = KeepAliveClient(urls[c % len(urls)])
-        try:
-            client.post("/v1/search", bodies[c % len(bodies)])
-            for i in range(per_client):
-                start = time.perf_counter()
-                status, _ = client.post("/v1/search", bodies[(c + i * clients) % len(bodies)])
-                mine.append(time.perf_counter() - start)
-                if status != 200:
-                    with lock:
-                        errors += 1
-        finally:
-            client.close()
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {"qps": clients * per_client / wall,
-            "p50_ms": latencies[len(latencies) // 2] * 1000,
-            "p95_ms": latencies[int(len(latencies) * 0.95)] * 1000, "errors": errors}
 
 
 def add_all(url: str, base: np.ndarray) -> tuple[np.ndarray, float]:
@@ -207,7 +168,7 @@ def measure(name: str, urls: list[str], pids: dict[str, int], base_ids: np.ndarr
     bodies = [json.dumps({"vectors": [encode_vector(q)], "k": 10}).encode() for q in queries]
     out["p50_ms_1_client"] = round(single_p50(urls[0], bodies, min(requests, 300)), 2)
     with cpu_meter(pids, out):
-        run = http_clients(urls[:1], bodies, 8, max(1, requests // 8))
+        run = search_clients(urls[:1], bodies, 8, max(1, requests // 8))
     out.update({f"{k}_8_clients": round(v, 2) for k, v in run.items()})
     say(f"{name}: recall@10 {out['recall_at_10']:.3f}  p50 {out['p50_ms_1_client']:.1f} ms  "
         f"8 clients {run['qps']:.0f} q/s (p50 {run['p50_ms']:.1f} ms, errors "
@@ -329,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 for label, urls in (("1 replica", [one.url]), ("2 replicas", [one.url, two.url])):
                     meter: dict[str, Any] = {}
                     with cpu_meter(pids2, meter):
-                        run = http_clients(urls, bodies, 8, per_client)
+                        run = search_clients(urls, bodies, 8, per_client)
                     replicas[label] = {**{k: round(v, 2) for k, v in run.items()}, **meter}
                     say(f"milvus, 8 clients over {label}: {run['qps']:.0f} q/s (p50 "
                         f"{run['p50_ms']:.1f} ms, errors {run['errors']:.0f}), CPU % of a core: "
