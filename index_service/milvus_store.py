@@ -225,13 +225,15 @@ class MilvusStore:
             self._check(collection)
             return collection
         if not collection.has_index():
-            collection.create_index(
-                "vector",
-                {"index_type": self.plan.index_type, "metric_type": "IP",
-                 "params": self.plan.params},
-                timeout=max(self.timeout, 60.0),
-            )
+            self._create_index(collection)
         return collection
+
+    def _create_index(self, collection: Collection) -> None:
+        collection.create_index(
+            "vector",
+            {"index_type": self.plan.index_type, "metric_type": "IP", "params": self.plan.params},
+            timeout=max(self.timeout, 60.0),
+        )
 
     def _check(self, collection: Collection) -> None:
         s = self.settings
@@ -251,12 +253,7 @@ class MilvusStore:
                 "INDEX_MILVUS_COLLECTION."
             )
         if not collection.has_index():
-            collection.create_index(
-                "vector",
-                {"index_type": self.plan.index_type, "metric_type": "IP",
-                 "params": self.plan.params},
-                timeout=max(self.timeout, 60.0),
-            )
+            self._create_index(collection)
             return
         index = collection.index()
         metric = str(index.params.get("metric_type", "")).upper()
