@@ -17,6 +17,7 @@ the committed rows up to ``applied_seq``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import threading
@@ -155,7 +156,10 @@ class LiveIndex:
     def __post_init__(self) -> None:
         self.ivf = faiss.try_extract_index_ivf(self.index)
 
-    @property
+    # kind, hnsw, exact and nlist are read on every search and never change for one Faiss
+    # index, but each asks SWIG (downcasts, attribute reads): ~25 µs of a 0.1 ms search when
+    # recomputed per call, so each is worked out once.
+    @functools.cached_property
     def hnsw(self) -> bool:
         """A graph (no lists): its ``nprobe`` is HNSW's efSearch."""
         inner = self.index
@@ -212,7 +216,7 @@ class LiveIndex:
             self._refine_params[(nprobe, rerank)] = params
         return self._refine[0], params
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
         if self.ivf is None:
             inner = self.index
@@ -227,7 +231,7 @@ class LiveIndex:
             type(inner).__name__, type(inner).__name__.lower()
         )
 
-    @property
+    @functools.cached_property
     def exact(self) -> bool:
         return self.kind == "flat"
 
@@ -236,7 +240,7 @@ class LiveIndex:
         """Has a search breadth (lists or efSearch) and a re-rank depth to tune."""
         return self.ivf is not None or self.hnsw
 
-    @property
+    @functools.cached_property
     def nlist(self) -> int | None:
         return int(self.ivf.nlist) if self.ivf is not None else None
 
