@@ -9,6 +9,7 @@ JSON shaped like their bodies, and bytes that are not JSON at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections import Counter
@@ -92,14 +93,18 @@ def test_fuzz_encoder_image_decoder(figure: Any) -> None:
 
 
 def test_fuzz_gateway_image_checks(figure: Any) -> None:
-    from gateway.images import prepare_image
+    # The gateway reads headers at ingest (inspect_image) and decodes when it makes a thumbnail
+    # on first view (make_thumbnail): both see every input.
+    from gateway.images import inspect_image, make_thumbnail
 
     seen: Counter[str] = Counter()
 
     @FUZZ
     @given(IMAGE_BYTES)
     def run(data: bytes) -> None:
-        seen[_decoder_outcome(lambda d: prepare_image(d, max_pixels=80_000_000), data)] += 1
+        for check in (inspect_image, make_thumbnail):
+            outcome = _decoder_outcome(functools.partial(check, max_pixels=80_000_000), data)
+            seen[f"{check.__name__}: {outcome}"] += 1
 
     run()
     figure(examples=sum(seen.values()), outcomes=dict(seen), crashes=0)
