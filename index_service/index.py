@@ -436,17 +436,29 @@ class VectorIndex:
         live hits. Deleted ids never appear."""
         queries = np.ascontiguousarray(queries, dtype=_F32)
         self.limit_threads(len(queries))
-        with self.rw.read():
+        rw = self.rw
+        rw.acquire_read()  # (what ``with rw.read()`` does, less a layer of calls)
+        try:
             return self._search_live(self.live, queries, k, nprobe, exact, rerank)
+        finally:
+            rw.release_read()
 
     def _search_live(
         self, live: LiveIndex, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,
         rerank: int | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """search_raw on ``live`` (the live index or a candidate); caller holds ``rw.read``."""
-        if exact and not live.exact:
+        if not (exact or live.exact):
+            depth = self.defaults.rerank if rerank is None else rerank
+            breadth = self.nprobe_for(live, nprobe)
+            scan = self.table.scan_index
+            if (depth > 0 and live.ivf is not None and live.gpu_index is None
+                    and scan is not None and live is self.live):
+                return self._refined(live, scan, queries, k, breadth, depth)
+            scores, ids = self._approximate(live, queries, k, breadth, depth)
+        elif exact and not live.exact:
             scores, ids = self._exact_scan(queries, k)
-        elif live.exact:
+        else:  # the flat index
             # The table's fp16 scan answers as the flat index does (same stored values) and
             # reads half the bytes: ×0.6–1.1 of IndexFlatIP where the flat index measured
             # ×1.06–1.63 (docs/index.md, Real embeddings).
@@ -454,16 +466,37 @@ class VectorIndex:
                 scores, ids = self._exact_scan(queries, k)
             else:
                 scores, ids = self._flat(live, queries, k)
-        else:
-            depth = self.defaults.rerank if rerank is None else rerank
-            scores, ids = self._approximate(live, queries, k, self.nprobe_for(live, nprobe),
-                                            depth)
         valid = self.table.is_live(ids)
         if valid.all() and scores.shape[1] <= k:
             return scores, ids  # Faiss sorted them already; nothing to drop (the common case)
         ids = np.where(valid, ids, -1)
         scores = np.where(valid, scores, -np.inf).astype(_F32)
         return _top_k(scores, ids, min(k, scores.shape[1])) if scores.shape[1] else (scores, ids)
+
+    def _refined(
+        self, live: LiveIndex, scan: faiss.Index, queries: np.ndarray, k: int, nprobe: int,
+        rerank: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The common search: the live IVF index's ``k·rerank`` candidates re-scored with the
+        table's float16 rows, in one Faiss call (``LiveIndex.refine``).
+
+        Every hit is live without the live mask: an IVF index drops deleted ids from its lists
+        in :meth:`remove`, under the write lock this search's read lock excludes (HNSW cannot,
+        a GPU copy does not, and a training candidate is behind on deletes: those take the
+        masked path). Faiss's ``search_c`` is called with the result arrays made here, as its
+        Python wrapper would, less its checks. Together ~10 µs less of a ~0.1 ms search."""
+        kk = min(k, live.ntotal)
+        n = len(queries)
+        if kk == 0:
+            return _empty(n)
+        refine, params = live.refine(scan, nprobe, rerank)
+        scores = np.empty((n, kk), dtype=_F32)
+        ids = np.empty((n, kk), dtype=np.int64)
+        refine.search_c(n, faiss.swig_ptr(queries), kk, faiss.swig_ptr(scores),
+                        faiss.swig_ptr(ids), params)
+        if n and ids[:, -1].min() < 0:  # fewer hits than k: Faiss pads each row's end with -1
+            scores[ids < 0] = -np.inf
+        return scores, ids
 
     def search_ids(self, queries: np.ndarray, k: int, nprobe: int, rerank: int) -> np.ndarray:
         """Ids only, with explicit nprobe and re-rank depth: what a tuner calls."""
