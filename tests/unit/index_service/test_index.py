@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -158,6 +159,36 @@ def test_ivfpq_with_rerank_recall_and_exact_mode(service: IndexService) -> None:
     exact = index.search_raw(q, 10, exact=True)[1]
     assert recall_at(exact, truth) == 1.0
     assert (index.search_ids(q, 10, 1, 10) >= -1).all()
+
+
+@pytest.mark.parametrize("factory", ["IVF32,PQ16x4", "IVF32,PQ16x4fs"])
+def test_the_unmasked_ivf_search_never_returns_a_deleted_id(
+    service: IndexService, factory: str
+) -> None:
+    # The common search (live IVF index, re-rank inside Faiss) skips the live mask because the
+    # lists drop deleted ids themselves: deleted items searched by their own vectors must not
+    # come back, the answers must be what the masked path gives, and a k past the live count
+    # pads with -1 at -inf.
+    x = clustered(3000, DIM, clusters=60)
+    ids = _add(service, x)
+    assert service.rebuild(factory, wait=True)[0]
+    index = service.index
+    assert index is not None
+    gone = ids[::5]
+    for item_id in gone:
+        assert service.delete(int(item_id))
+    q = as_stored(x[::5][:200])
+    got_s, got_i = index.search_raw(q, 10, nprobe=32, rerank=8)
+    assert not np.isin(got_i, gone).any() and (got_i >= 0).all()
+    with index.rw.read():  # the masked path: the same index, searched as a candidate is
+        masked_s, masked_i = index._search_live(dataclasses.replace(index.live), q, 10, 32,
+                                                False, 8)
+    np.testing.assert_array_equal(got_i, masked_i)
+    np.testing.assert_allclose(got_s, masked_s, rtol=1e-6)
+    live = len(ids) - len(gone)
+    wide_s, wide_i = index.search_raw(q[:3], live + 7, nprobe=32, rerank=1)
+    assert (wide_i[:, live:] == -1).all() and np.isneginf(wide_s[:, live:]).all()
+    assert sorted(wide_i[0, :live].tolist()) == sorted(set(ids.tolist()) - set(gone.tolist()))
 
 
 def test_an_hnsw_coarse_quantizer_searches_the_same_lists(service: IndexService) -> None:
