@@ -5,15 +5,21 @@ Layout under ``media_dir``::
     originals/ab/cd/<sha256>            the uploaded bytes, as they came
     thumbnails/ab/cd/<sha256>.<ext>     longest side <= thumbnail_size, WebP or JPEG
 
-Every file is written to a temporary name in its final folder, fsynced and renamed, so a
-reader (or a crash) only ever sees a whole file. Files are found by sha256 only; the one place
-a client-given path is resolved is :meth:`MediaStore.library_path`, strictly inside the library.
+Thumbnails are written to a temporary name in their final folder, fsynced and renamed, so a
+reader (or a crash) only ever sees a whole file: a thumbnail is served as soon as it exists.
+Originals are created at their final name (:func:`write_new_many`), which saves the
+temporary name, the existence check and the rename, a third of a durable file's kernel work:
+an original is read only once the index knows its item, which is after it is whole and
+fsynced, and a file found under the name already is read back and compared (see there), so a
+torn one from a crash is replaced, never kept. Files are found by sha256 only; the one place a
+client-given path is resolved is :meth:`MediaStore.library_path`, strictly inside the library.
 
 All methods block (disk I/O); callers run them in a worker thread.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -28,7 +34,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 THUMBNAIL_EXT = {"image/webp": "webp", "image/jpeg": "jpg"}
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_dir(folder: Path | str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -135,6 +141,123 @@ def write_atomic_many(
     return errors
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.write(fd, data)  # one call for a regular file, short of a full disk
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _holds(fd: int, data: bytes) -> bool:
+    """Whether the open file ``fd`` holds exactly ``data``."""
+    if os.fstat(fd).st_size != len(data):
+        return False
+    chunks, size = [], 0
+    while size < len(data):
+        chunk = os.read(fd, len(data) - size)
+        if not chunk:
+            return False
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks) == data
+
+
+def _make_folder(folder: str, synced: dict[str, list[int]], owner: int) -> None:
+    """Create ``folder`` and any missing parents; each parent that gains an entry is noted in
+    ``synced`` (to be fsynced for ``owner``'s file)."""
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        _make_folder(os.path.dirname(folder), synced, owner)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            return  # made by another writer meanwhile (it syncs its parent itself)
+    synced.setdefault(os.path.dirname(folder), []).append(owner)
+
+
+def _create_or_keep(
+    path: str, data: bytes, fsync: bool, synced: dict[str, list[int]], owner: int
+) -> None:
+    folder = os.path.dirname(path)
+    for _ in range(3):  # the name can appear or vanish between tries; never more than twice
+        try:
+            fd = os.open(path, _CREATE, 0o644)
+        except FileNotFoundError:
+            _make_folder(folder, synced, owner)
+            continue
+        except FileExistsError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # removed meanwhile: create it
+            try:
+                whole = _holds(fd, data)
+                if whole and fsync:
+                    os.fsync(fd)  # it may be another writer's, not synced yet
+            finally:
+                os.close(fd)
+            if not whole:
+                # Torn by a crash, or another process is writing it right now: an atomic
+                # replacement is right either way (same name, same bytes).
+                write_atomic(Path(path), data, fsync=fsync)
+                return
+            break
+        try:
+            _write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)  # ours (O_EXCL), torn: no one may find it
+            raise
+        os.close(fd)
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "the file kept appearing and vanishing", path)
+    synced.setdefault(folder, []).append(owner)
+
+
+def write_new_many(
+    files: Sequence[tuple[str, bytes]], *, fsync: bool = True
+) -> list[OSError | None]:
+    """Content-addressed files (a name always stands for the same bytes), each created at its
+    final name and fsynced, then each folder that gained an entry fsynced once; one error (or
+    None) per file. When this returns, every file without an error is whole and durable.
+
+    A file is created with O_EXCL and written, and on a failure removed again, so a whole
+    file under its name is either this call's or one that was there. One that was there is
+    read back: the same bytes are kept (fsynced, as another writer's may not be yet);
+    anything else (a file torn by a crash, or one another process is writing at this moment)
+    is replaced by :func:`write_atomic`. Missing folders are made on the way.
+
+    One thread does it all: a thread-pool task per file cost more CPU in handing work and
+    waking threads than the fsyncs it overlapped (docs/ingest.md).
+    """
+    errors: list[OSError | None] = [None] * len(files)
+    synced: dict[str, list[int]] = {}  # folder -> the files whose durability needs its fsync
+    for i, (path, data) in enumerate(files):
+        try:
+            _create_or_keep(path, data, fsync, synced, i)
+        except OSError as exc:
+            errors[i] = exc
+    if fsync:
+        # The new names (and new folders) are durable only once their folder entries are.
+        for folder, owners in synced.items():
+            try:
+                _fsync_dir(folder)
+            except OSError as exc:
+                for i in owners:
+                    errors[i] = errors[i] or exc
+    return errors
+
+
 def safe_relative_path(name: str) -> str | None:
     """A client-given file name as a clean relative POSIX path, or None if it is unsafe.
 
@@ -167,6 +290,7 @@ class MediaStore:
         self.store_originals = store_originals
         self.library_dir = library_dir.resolve() if library_dir is not None else None
         self.fsync = fsync
+        self._originals = str(root / "originals")
         self._bytes_cache: tuple[float, int] | None = None
         self._bytes_lock = threading.Lock()
 
@@ -191,14 +315,20 @@ class MediaStore:
 
     # Writes ------------------------------------------------------------------------------
 
+    def _original_name(self, sha256: str) -> str:
+        # original_path as a string, without building Path objects (the ingest's hot path).
+        if not SHA256_RE.match(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return f"{self._originals}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
     def put_original(self, sha256: str, data: bytes) -> None:
-        """Keep the original (a no-op when originals are not stored or it is already there)."""
+        """Keep the original (a no-op when originals are not stored; kept as it is when the
+        same bytes are there already)."""
         if not self.store_originals:
             return
-        path = self.original_path(sha256)
-        if path.is_file() and path.stat().st_size == len(data):
-            return
-        write_atomic(path, data, fsync=self.fsync)
+        error = write_new_many([(self._original_name(sha256), data)], fsync=self.fsync)[0]
+        if error is not None:
+            raise error
 
     def put_thumbnail(self, sha256: str, content_type: str, data: bytes) -> None:
         write_atomic(self.thumbnail_path(sha256, content_type), data, fsync=self.fsync)
@@ -209,25 +339,24 @@ class MediaStore:
         """Store (sha256, original, thumbnail type, thumbnail or None) of many images at once.
 
         The same files as :meth:`put_original` and :meth:`put_thumbnail` (no thumbnail file
-        for None), written with one batched fsync pass (:func:`write_atomic_many`); one error
-        (or None) per item. When it returns, every item without an error is durable.
+        for None): the originals in this thread (:func:`write_new_many`), the thumbnails (made
+        at ingest only without stored originals) with their fsyncs side by side in ``pool``
+        (:func:`write_atomic_many`); one error (or None) per item. When it returns, every item
+        without an error is durable.
         """
-        files: list[tuple[Path, bytes]] = []
-        owner: list[int] = []
-        for n, (sha256, data, thumbnail_type, thumbnail) in enumerate(items):
-            if self.store_originals:
-                path = self.original_path(sha256)
-                if not (path.is_file() and path.stat().st_size == len(data)):
-                    files.append((path, data))
-                    owner.append(n)
-            if thumbnail is not None:
-                files.append((self.thumbnail_path(sha256, thumbnail_type), thumbnail))
-                owner.append(n)
         errors: list[OSError | None] = [None] * len(items)
-        for n, error in zip(
-            owner, write_atomic_many(files, fsync=self.fsync, pool=pool), strict=True
-        ):
-            if error is not None and errors[n] is None:
+        if self.store_originals:
+            originals = [(self._original_name(sha256), data) for sha256, data, _, _ in items]
+            errors = write_new_many(originals, fsync=self.fsync)
+        thumbnails: list[tuple[Path, bytes]] = []
+        owner: list[int] = []
+        for n, (sha256, _, thumbnail_type, thumbnail) in enumerate(items):
+            if thumbnail is not None and errors[n] is None:
+                thumbnails.append((self.thumbnail_path(sha256, thumbnail_type), thumbnail))
+                owner.append(n)
+        if thumbnails:
+            written = write_atomic_many(thumbnails, fsync=self.fsync, pool=pool)
+            for n, error in zip(owner, written, strict=True):
                 errors[n] = error
         return errors
 

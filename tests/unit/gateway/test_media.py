@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.media import MediaStore, safe_relative_path, write_atomic, write_atomic_many
+import gateway.media as media_module
+from gateway.media import (
+    MediaStore,
+    safe_relative_path,
+    write_atomic,
+    write_atomic_many,
+    write_new_many,
+)
 
 
 def sha(data: bytes) -> str:
@@ -176,3 +184,57 @@ def test_put_many_without_a_thumbnail_keeps_the_original_only(tmp_path: Path) ->
     assert store.find_original(sha(b"o"), "o.jpg") is not None
     assert store.find_thumbnail(sha(b"o"), "image/webp") is None
     assert not (tmp_path / "thumbnails").exists()
+
+
+def test_write_new_many_creates_at_the_final_name_and_syncs_new_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real = media_module._fsync_dir
+
+    def record(folder: Path | str) -> None:
+        synced.append(str(folder))
+        real(folder)
+
+    monkeypatch.setattr(media_module, "_fsync_dir", record)
+    (tmp_path / "old").mkdir()
+    files = [
+        (str(tmp_path / "new" / "deeper" / "1"), b"one"),
+        (str(tmp_path / "new" / "deeper" / "2"), b"two"),
+        (str(tmp_path / "old" / "3"), b"three"),
+    ]
+    assert write_new_many(files) == [None, None, None]
+    for path, data in files:
+        assert Path(path).read_bytes() == data
+    assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["1", "2"]
+    # Each folder that gained an entry, once: the files' two, and the parents of new folders.
+    folders = [tmp_path / "new" / "deeper", tmp_path / "new", tmp_path, tmp_path / "old"]
+    assert sorted(synced) == sorted(map(str, folders))
+    synced.clear()
+    assert write_new_many([(str(tmp_path / "old" / "4"), b"four")], fsync=False) == [None]
+    assert synced == []
+
+
+def test_write_new_many_keeps_the_same_bytes_and_replaces_a_torn_file(tmp_path: Path) -> None:
+    same, torn, short = tmp_path / "same", tmp_path / "torn", tmp_path / "short"
+    same.write_bytes(b"content")
+    torn.write_bytes(b"cont\0\0\0")  # a crash can leave the size right and the bytes not
+    short.write_bytes(b"con")
+    inode = same.stat().st_ino
+    files = [(str(same), b"content"), (str(torn), b"content"), (str(short), b"content")]
+    assert write_new_many(files) == [None, None, None]
+    assert [Path(p).read_bytes() for p, _ in files] == [b"content"] * 3
+    assert same.stat().st_ino == inode  # kept, not rewritten
+    assert sorted(os.listdir(tmp_path)) == ["same", "short", "torn"]  # no temporary files
+
+
+def test_a_failed_write_leaves_no_file_under_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(media_module.os, "fsync", fail)
+    errors = write_new_many([(str(tmp_path / "a" / "1"), b"one")])
+    assert isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
+    assert os.listdir(tmp_path / "a") == []
