@@ -21,6 +21,7 @@ from contracts.encoder import (
 from contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from contracts.multipart import parse_form
 from contracts.vectors import encode_vector
+from encoder_service.direct_body import read_direct_body
 from encoder_service.service import EncoderRuntime, not_ready
 
 router = APIRouter()
@@ -99,7 +100,7 @@ _MULTIPART_BODY = {
 )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes | bytearray:
     """The request's whole body, refused with 413 past ``limit`` bytes: a declared
     Content-Length before anything is read, a body sent without one as it arrives."""
     length = request.headers.get("content-length")
@@ -108,6 +109,11 @@ async def read_body(request: Request, limit: int) -> bytes:
             ErrorType.payload_too_large,
             f"The request body has {length} bytes; the limit is {limit}.",
         )
+    # Served by encoder_service.serve, the body was read from the socket into one buffer
+    # (direct_body.py: no copies, no per-piece work on the event loop).
+    direct = await read_direct_body(request.scope)
+    if direct is not None:
+        return direct
     # Straight from the server's receive: a Request's stream, a counting wrapper and the
     # middleware stack's wrappers cost a Python call or more per 64 KiB chunk.
     chunks: list[bytes] = []
@@ -136,7 +142,9 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     # The whole body in memory, split by parse_form: Starlette's request.form() cost ~10x the
     # CPU on the event loop (contracts/multipart.py says why).
     parts = parse_form(
-        await read_body(request, settings.max_request_bytes),
+        # parse_form reads the body with find, startswith, slices and regular expressions,
+        # all of which a bytearray has; its parts are then bytearrays (one copy each).
+        await read_body(request, settings.max_request_bytes),  # type: ignore[arg-type]
         request.headers.get("content-type"),
         max_files=settings.max_files,
         max_fields=16,
@@ -216,7 +224,7 @@ async def embed_image(request: Request) -> Response:
         raise GlimpseError(
             ErrorType.validation_error, f"encoding must be 'float' or 'base64', not {chosen!r}."
         )
-    slots = [i for i, c in enumerate(contents) if isinstance(c, bytes)]
+    slots = [i for i, c in enumerate(contents) if not isinstance(c, GlimpseError)]
     results: list[Any] = list(contents)
     embedded = await runtime.embed_images([contents[i] for i in slots])
     for slot, result in zip(slots, embedded, strict=True):

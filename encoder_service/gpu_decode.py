@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Resize
 
-from encoder_service.images import ImageLimits, prepare_pixels
+from encoder_service.images import ImageBytes, ImageLimits, prepare_pixels
 from encoder_service.model import ClipEncoder
 
 
@@ -106,7 +106,7 @@ class PreparedBatch:
 
 
 def gpu_prepare_batch(
-    jpegs: Sequence[bytes], encoder: ClipEncoder, limits: ImageLimits
+    jpegs: Sequence[ImageBytes], encoder: ClipEncoder, limits: ImageLimits
 ) -> PreparedBatch:
     """Decode, resize, crop and normalise ``jpegs`` on the encoder's device, in one tensor.
 
@@ -151,7 +151,7 @@ def gpu_prepare_batch(
 
 
 def _packed_streams(
-    jpegs: Sequence[bytes], *, pin: bool
+    jpegs: Sequence[ImageBytes], *, pin: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The JPEG streams as uint8 views of one host buffer: one allocation and one copy per
     batch instead of a bytearray and a tensor per image."""
@@ -168,7 +168,7 @@ def _packed_streams(
 
 
 def gpu_prepare(
-    jpegs: list[bytes], encoder: ClipEncoder, limits: ImageLimits
+    jpegs: Sequence[ImageBytes], encoder: ClipEncoder, limits: ImageLimits
 ) -> list[torch.Tensor | BaseException]:
     """Model inputs on the device for JPEG bytes, or the error of each one that fails (the
     per-image view of :func:`gpu_prepare_batch`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -27,6 +28,11 @@ _EXIF_ORIENTATION = 0x0112
 _WHITE = (255, 255, 255)
 
 
+# The bytes of one uploaded file: a bytearray (a slice of the body) when the server read the
+# body straight into one buffer (direct_body.py), bytes otherwise.
+ImageBytes: TypeAlias = bytes | bytearray
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int
@@ -37,7 +43,7 @@ def _reject(error_type: ErrorType, message: str) -> GlimpseError:
     return GlimpseError(error_type, message)
 
 
-def _identify_other_format(data: bytes) -> str | None:
+def _identify_other_format(data: ImageBytes) -> str | None:
     """The name of a format PIL knows but we do not accept, from the header only."""
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -46,7 +52,7 @@ def _identify_other_format(data: bytes) -> str | None:
         return None
 
 
-def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+def open_checked(data: ImageBytes, limits: ImageLimits) -> Image.Image:
     """Open ``data`` lazily (header only) and enforce the allowlist and both size caps."""
     if not data:
         raise _reject(ErrorType.invalid_image, "The file is empty (0 bytes).")
@@ -132,7 +138,7 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def decode_image(data: bytes, limits: ImageLimits, min_side: int) -> Image.Image:
+def decode_image(data: ImageBytes, limits: ImageLimits, min_side: int) -> Image.Image:
     """Checked, oriented, RGB image. JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8)
     that keeps both sides at least ``min_side``, which is all the model's resize needs."""
     img = open_checked(data, limits)
@@ -225,7 +231,7 @@ class PixelRecipe:
 
 
 def prepare_pixels(
-    data: bytes,
+    data: ImageBytes,
     limits: ImageLimits,
     min_side: int,
     preprocess: Callable[[Image.Image], torch.Tensor],
@@ -236,7 +242,15 @@ def prepare_pixels(
     return preprocess(img)
 
 
-def plain_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
+def ends_with_eoi(data: ImageBytes) -> bool:
+    """The stream ends with the JPEG end marker, zero padding after it allowed. (Without a copy
+    of a bytearray's data when there is no padding: bytearray.rstrip copies.)"""
+    if data.endswith(b"\xff\xd9"):
+        return True
+    return data.endswith(b"\x00") and data.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def plain_jpeg(data: ImageBytes, limits: ImageLimits) -> JpegHeader | None:
     """The header of a JPEG the device decoder can take as is, read without Pillow (a few
     µs); None when it is not one or the quick reader is not sure (gpu_decodable_jpeg
     then asks Pillow)."""
@@ -246,13 +260,13 @@ def plain_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
         and len(data) <= limits.max_bytes
         and header.width * header.height <= limits.max_pixels
         # See gpu_decodable_jpeg: only a stream that ends with its end marker is complete.
-        and data.rstrip(b"\x00").endswith(b"\xff\xd9")
+        and ends_with_eoi(data)
     ):
         return header
     return None
 
 
-def gpu_decodable_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
+def gpu_decodable_jpeg(data: ImageBytes, limits: ImageLimits) -> JpegHeader | None:
     """Header of a JPEG that nvJPEG can decode as is (baseline, RGB or grey, upright), else None.
 
     Raises the same errors as :func:`open_checked` for bytes that are no acceptable image, so
@@ -270,7 +284,7 @@ def gpu_decodable_jpeg(data: bytes, limits: ImageLimits) -> JpegHeader | None:
         # back), where Pillow refuses it. Entropy-coded data never holds FF D9, so a
         # stream that ends with it is complete; anything else (truncated, or data appended after
         # the image as motion photos do) goes to the CPU decoder, which decides.
-        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        if not ends_with_eoi(data):
             return None
         if img.info.get("progressive") or img.info.get("progression"):
             return None

@@ -36,7 +36,7 @@ class JpegHeader:
     height: int
 
 
-def scan_plain_jpeg(data: bytes) -> JpegHeader | None:
+def scan_plain_jpeg(data: bytes | bytearray) -> JpegHeader | None:
     """Size of a baseline 8-bit greyscale or 3-component JPEG with no rotation in its EXIF
     (what Pillow opens as mode L or RGB, upright, not progressive); None when the data is
     anything else or anything this reader does not follow."""
@@ -89,7 +89,7 @@ def scan_plain_jpeg(data: bytes) -> JpegHeader | None:
     return size
 
 
-def _tables_fit(data: bytes, start: int, end: int) -> bool:
+def _tables_fit(data: bytes | bytearray, start: int, end: int) -> bool:
     """The DQT segment is whole quantisation tables (Pillow refuses one that is not)."""
     while start < end:
         table_bytes = 65 if data[start] >> 4 == 0 else 129
@@ -97,7 +97,7 @@ def _tables_fit(data: bytes, start: int, end: int) -> bool:
     return start == end
 
 
-def _orientation(data: bytes, tiff: int, end: int) -> int | None:
+def _orientation(data: bytes | bytearray, tiff: int, end: int) -> int | None:
     """The orientation tag of IFD0 (1 when absent); None when the block is not readable."""
     if end - tiff < 8:
         return None

@@ -1,4 +1,5 @@
-"""The encoder app: ``create_app(settings)`` and ``app`` for ``uvicorn encoder_service.main:app``.
+"""The encoder app: ``create_app(settings)``, ``app`` for ``uvicorn encoder_service.main:app``,
+and ``serve`` (``python -m encoder_service``), which runs it the way it is deployed.
 
 Building ``app`` at import is cheap; the model is loaded in the lifespan.
 """
@@ -9,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -17,10 +19,14 @@ from contracts.fastpath import FastRoutes
 from contracts.observability import ServiceMetrics, install_metrics
 from encoder_service.api import embed_image, router
 from encoder_service.config import Settings
+from encoder_service.direct_body import direct_body_protocol
 from encoder_service.model import ClipEncoder, ModelLoadError, load_encoder
 from encoder_service.service import EncoderRuntime
 
 logger = logging.getLogger("glimpse.encoder")
+
+# The hot route: answered in front of FastAPI's stack, its body read directly by ``serve``.
+IMAGE_ROUTE = ("POST", "/v1/embed/image")
 
 
 async def _warm_up(app: FastAPI, runtime: EncoderRuntime) -> None:
@@ -78,7 +84,28 @@ def create_app(
     # Image embedding is answered in front of FastAPI's middleware stack (contracts/fastpath.py):
     # its ten layers each wrapped every body chunk and response message, a large share of
     # the event loop's CPU per image (docs/encoder.md).
-    return FastRoutes(app, {("POST", "/v1/embed/image"): embed_image})
+    return FastRoutes(app, {IMAGE_ROUTE: embed_image})
+
+
+def serve(
+    settings: Settings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    encoder_loader: Callable[[Settings], ClipEncoder] = load_encoder,
+    **uvicorn_options: Any,
+) -> None:
+    """Run the encoder under uvicorn as deployed: on uvloop, with image bodies read from the
+    socket straight into one buffer (direct_body.py). ``uvicorn encoder_service.main:app``
+    serves the same API through uvicorn's own protocol, at more CPU per image."""
+    import uvicorn
+
+    settings = settings or Settings()
+    options: dict[str, Any] = {
+        "loop": "uvloop",
+        "http": direct_body_protocol({IMAGE_ROUTE}, settings.max_request_bytes),
+    } | uvicorn_options
+    uvicorn.run(create_app(settings, encoder_loader), host=host, port=port, **options)
 
 
 app = create_app()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from encoder_service.config import Settings
-from encoder_service.images import ImageLimits
+from encoder_service.images import ImageBytes, ImageLimits
 from encoder_service.text_graphs import TextGraphs, try_capture
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class ClipEncoder:
 
         return supports_gpu_preprocessing(self)
 
-    def prepare_jpegs(self, jpegs: Sequence[bytes], limits: ImageLimits) -> PreparedBatch:
+    def prepare_jpegs(self, jpegs: Sequence[ImageBytes], limits: ImageLimits) -> PreparedBatch:
         """Model inputs of ``jpegs`` decoded and preprocessed on the device, as one tensor."""
         from encoder_service.gpu_decode import gpu_prepare_batch
 

@@ -28,6 +28,7 @@ from contracts.errors import ErrorType, GlimpseError
 from encoder_service.batching import Batcher, BatchMetrics, BatchResult, Kind
 from encoder_service.config import Settings
 from encoder_service.images import (
+    ImageBytes,
     ImageLimits,
     PixelRecipe,
     gpu_decodable_jpeg,
@@ -44,7 +45,7 @@ class GpuJpeg(NamedTuple):
     named tuple: made once per file on the event loop; 0.50 µs against a frozen
     dataclass's 0.64 µs, measured here.)"""
 
-    data: bytes
+    data: ImageBytes
 
 
 class _ImageJob:
@@ -302,14 +303,16 @@ class EncoderRuntime:
                 self._text_cache.popitem(last=False)
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
 
-    def _prepare_image(self, data: bytes) -> torch.Tensor | GpuJpeg:
+    def _prepare_image(self, data: ImageBytes) -> torch.Tensor | GpuJpeg:
         """Runs in the decode pool."""
         with self.decode_seconds.time():
             if self.gpu_decode and gpu_decodable_jpeg(data, self.limits) is not None:
                 return GpuJpeg(data)
             return prepare_pixels(data, self.limits, self.encoder.image_size, self.preprocess)
 
-    def _prepare_chunk(self, job: _ImageJob, files: Sequence[bytes], slots: Sequence[int]) -> None:
+    def _prepare_chunk(
+        self, job: _ImageJob, files: Sequence[ImageBytes], slots: Sequence[int]
+    ) -> None:
         """In the decode pool: prepare each file of ``slots`` and queue it for the model as
         soon as it is ready (so the model overlaps the decoding of the rest)."""
         for slot in slots:
@@ -334,7 +337,9 @@ class EncoderRuntime:
                 continue
             job.track([slot], future)
 
-    async def embed_images(self, files: Sequence[bytes]) -> list[np.ndarray | GlimpseError]:
+    async def embed_images(
+        self, files: Sequence[ImageBytes]
+    ) -> list[np.ndarray | GlimpseError]:
         """One unit vector or one error per file, in order; decoding overlaps the model.
 
         The event loop's share is one job per request. When the device decodes, the loop reads

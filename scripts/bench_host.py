@@ -1,8 +1,10 @@
 """The encoder service's host-side cost per image, without a GPU: CPU microseconds and images/s.
 
-The service runs as a uvicorn process with its real code path (HTTP, multipart split, the
-JPEG header check made when the device decodes, job bookkeeping, the batcher, the model
-thread's batch assembly, base64 response encoding). Only the device's own work is
+The service runs as deployed (``encoder_service.main.serve``: uvicorn on uvloop, image
+bodies read from the socket straight into one buffer) with its real code path (HTTP,
+multipart split, the JPEG header check made when the device decodes, job bookkeeping, the
+batcher, the model thread's batch assembly, base64 response encoding); ``--uvicorn
+http=httptools`` measures it behind uvicorn's own protocol instead. Only the device's own work is
 replaced by ``InstantDevice``, a benchmark stand-in that computes nothing:
 
   * the device JPEG decode + resize/crop/normalise (``ClipEncoder.prepare_jpegs``: the
@@ -94,8 +96,6 @@ def make_instant_device(dim: int = 512, image_size: int = 224) -> Any:
 def serve(port: int) -> None:
     """The service process: the app of the checkout this file is run from, with the stand-in."""
     sys.path.insert(0, os.getcwd())
-    import threading
-
     import torch
     import uvicorn
 
@@ -104,6 +104,12 @@ def serve(port: int) -> None:
 
     device = make_instant_device()
     settings = Settings(device="cpu", gpu_decode="on", warmup=False)
+    signal.signal(signal.SIGUSR1, _name_threads)
+    if hasattr(encoder_main, "serve"):  # as deployed (python -m encoder_service)
+        encoder_main.serve(settings, host="127.0.0.1", port=port,
+                           encoder_loader=lambda _settings: device, log_level="warning",
+                           access_log=False, **_uvicorn_options())
+        return
     try:
         app = encoder_main.create_app(settings, encoder_loader=lambda _settings: device)
     except TypeError:
@@ -121,13 +127,22 @@ def serve(port: int) -> None:
         )
         app = encoder_main.create_app(settings)
 
-    def name_threads(_signum: int, _frame: Any) -> None:
-        # Which OS thread is which, for the parent's per-thread CPU split.
-        names = {t.native_id: t.name for t in threading.enumerate()}
-        Path(os.environ["BENCH_HOST_THREADS"]).write_text(json.dumps(names))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                **_uvicorn_options())
 
-    signal.signal(signal.SIGUSR1, name_threads)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+def _uvicorn_options() -> dict[str, Any]:
+    """uvicorn settings given with --uvicorn (e.g. http=httptools to measure without the
+    direct body reads), as the service process's environment carries them."""
+    return json.loads(os.environ.get("BENCH_HOST_UVICORN", "{}"))
+
+
+def _name_threads(_signum: int, _frame: Any) -> None:
+    # Which OS thread is which, for the parent's per-thread CPU split.
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    Path(os.environ["BENCH_HOST_THREADS"]).write_text(json.dumps(names))
 
 
 # -- the client (this process) ---------------------------------------------------------------------
@@ -244,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distinct", type=int, default=256, help="distinct JPEGs")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the service (e.g. ENCODER_DECODE_WORKERS=2)")
+    p.add_argument("--uvicorn", action="append", default=[], metavar="NAME=VALUE",
+                   help="a uvicorn setting of the service (e.g. http=httptools: uvicorn's own "
+                   "protocol instead of the direct body reads of encoder_service.main.serve)")
     p.add_argument("--py-spy", type=Path, metavar="OUT",
                    help="sample the service with py-spy during round 1 (raw stacks to OUT)")
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -266,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
            # What the service picks on CUDA (choose_threads); the stand-in reports "cpu".
            "ENCODER_DECODE_WORKERS": str(max(2, min(16, os.cpu_count() or 1)))}
     env.update(dict(item.split("=", 1) for item in args.env))
+    env["BENCH_HOST_UVICORN"] = json.dumps(dict(item.split("=", 1) for item in args.uvicorn))
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
         cwd=args.repo, env=env,
@@ -289,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
               f"cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}; {args.images} images x "
               f"{args.rounds} rounds, {args.clients} clients x {args.files_per_request} files, "
               f"{len(jpegs)} distinct 640x480 JPEGs, mean "
-              f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.0f} KiB; extra env {args.env}",
+              f"{sum(map(len, jpegs)) / len(jpegs) / 1024:.0f} KiB; extra env {args.env}"
+              f"{f', uvicorn {args.uvicorn}' if args.uvicorn else ''}",
               flush=True)
         # Warm-up: the pool's threads start, first-call costs are paid.
         asyncio.run(send_all(port, requests, args.clients * args.files_per_request * 2,

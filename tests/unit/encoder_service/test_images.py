@@ -16,8 +16,10 @@ from encoder_service.images import (
     ImageLimits,
     PixelRecipe,
     decode_image,
+    ends_with_eoi,
     gpu_decodable_jpeg,
     open_checked,
+    plain_jpeg,
     to_rgb,
 )
 from tests.unit.encoder_service.conftest import encoded, jpeg_bytes
@@ -194,6 +196,22 @@ def test_a_jpeg_without_its_end_marker_goes_to_the_cpu_decoder() -> None:
     assert gpu_decodable_jpeg(whole + b"\x00\x00", LIMITS) is not None
     assert gpu_decodable_jpeg(whole[: len(whole) * 2 // 3], LIMITS) is None
     assert gpu_decodable_jpeg(whole + b"ftypmp42 appended video", LIMITS) is None
+
+
+@pytest.mark.parametrize("tail", [b"", b"\x00", b"\x00\x00\x00", b"\xff", b"\xd9\x00x"])
+def test_uploads_read_into_a_bytearray_are_judged_as_bytes(tail: bytes) -> None:
+    """The bodies the deployed server reads directly (direct_body.py) give bytearray files:
+    the header check, the end-marker check and the decode answer for them as for bytes."""
+    pixels = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    data = jpeg_bytes(Image.fromarray(pixels)) + tail
+    assert ends_with_eoi(bytearray(data)) == ends_with_eoi(data)
+    assert ends_with_eoi(data) == data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    assert plain_jpeg(bytearray(data), LIMITS) == plain_jpeg(data, LIMITS)
+    assert gpu_decodable_jpeg(bytearray(data), LIMITS) == gpu_decodable_jpeg(data, LIMITS)
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(bytearray(data), LIMITS, 32)),
+        np.asarray(decode_image(data, LIMITS, 32)),
+    )
 
 
 def test_open_checked_does_not_decode() -> None:
