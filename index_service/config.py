@@ -29,8 +29,11 @@ class Settings(BaseSettings):
         default="glimpse", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
         description="Milvus collection; created (with its index) on first start.",
     )
-    milvus_index_type: Literal["IVF_PQ", "HNSW", "GPU_IVF_PQ"] = Field(
-        default="IVF_PQ", description="Milvus index built on a new collection's vectors."
+    milvus_index_type: Literal["HNSW", "IVF_PQ", "GPU_IVF_PQ"] = Field(
+        default="HNSW",
+        description="Milvus index built on a new collection's vectors. HNSW scores with the "
+        "exact vectors (no re-rank); IVF_PQ and GPU_IVF_PQ are re-ranked (INDEX_RERANK), which "
+        "costs Milvus ~3x the CPU per search (docs/scale.md).",
     )
     milvus_index_params: dict[str, Any] = Field(
         default_factory=dict,

@@ -2,9 +2,11 @@
 
 It offers the methods ``api.py`` calls on :class:`index_service.service.IndexService`, so the
 HTTP contract is the same; milvus_store.py says how ids, dedup, deletes and consistency work.
-Searches ask Milvus for ``k × INDEX_RERANK`` candidates (IVF_PQ codes alone recall about 0.7 on
-real embeddings), fetch their exact vectors from Milvus and re-rank them, as the Faiss backend
-re-ranks its IVF-PQ candidates with the stored vectors. Snapshots, rebuilds and tuning belong
+The default index, HNSW, scores
+with the exact vectors, so Milvus's order is the answer's. On IVF_PQ (codes alone recall about
+0.7 on real embeddings) searches ask Milvus for ``k × INDEX_RERANK`` candidates, fetch their
+exact vectors from Milvus and re-rank them, as the Faiss backend re-ranks its IVF-PQ candidates
+with the stored vectors. Snapshots, rebuilds and tuning belong
 to Milvus here and answer 409 with a sentence saying so.
 """
 
@@ -126,18 +128,20 @@ class MilvusIndexService:
         exclude: Sequence[int] = (),
     ) -> Records:
         """Top ``k`` live hits per unit query with path and meta, score descending."""
+        rescore = exact or self.rerank > 0
         if exact:
             candidates = self._exact_candidates(queries, k + _SPARE, exclude)
         else:
-            depth = max(1, self.rerank)
-            limit = min(MAX_TOPK, k * depth + (_SPARE if depth > 1 else 0))
+            limit = min(MAX_TOPK, k * max(1, self.rerank) + _SPARE)
             candidates = self.store.search_candidates(
                 queries, limit, self.search_params(limit, nprobe), exclude
             )
-        rescore = exact or self.rerank > 0
-        fields = ("id", "path", "meta", "vector") if rescore else ("id", "path", "meta")
-        ids = [i for row in candidates for i, _ in row]
-        rows = self.store.rows_of_ids(ids, fields, "search") if ids else {}
+        if rescore:
+            # Every candidate's exact vector, in one query: the re-rank needs them all.
+            ids = [i for row in candidates for i, _ in row]
+            rows = self.store.rows_of_ids(ids, ("id", "path", "meta", "vector"), "search")
+        else:
+            rows = self._rows_of_best(candidates, k)
         out: Records = []
         for q, row in zip(queries, candidates, strict=True):
             # A candidate without its row was deleted meanwhile; one with a tombstone is a ghost
@@ -154,6 +158,25 @@ class MilvusIndexService:
                 for i, s in live[:k]
             ])
         return out
+
+    def _rows_of_best(self, candidates: list[list[tuple[int, float]]], k: int
+                      ) -> dict[int, dict[str, Any]]:
+        """Path, meta and tombstone of each query's best ``k`` candidates, reading further down
+        only where some of those were deleted or ghosts. Milvus's scores are exact here (HNSW
+        keeps the vectors), so its order is the answer's: one query of ``2k`` ids instead of
+        every candidate's row (the query's cost grows with its ids)."""
+        rows: dict[int, dict[str, Any]] = {}
+        taken = [0] * len(candidates)
+        while True:
+            wanted: list[int] = []
+            for n, row in enumerate(candidates):
+                live = sum(1 for i, _ in row[: taken[n]] if i in rows and -i not in rows)
+                more = row[taken[n] : taken[n] + k - live] if live < k else []
+                wanted.extend(i for i, _ in more)
+                taken[n] += len(more)
+            if not wanted:
+                return rows
+            rows.update(self.store.rows_of_ids(wanted, ("id", "path", "meta"), "search"))
 
     def _exact_candidates(self, queries: np.ndarray, want: int, exclude: Sequence[int]
                           ) -> list[list[tuple[int, float]]]:

@@ -121,8 +121,6 @@ def milvus_env(server: EmbeddedMilvus, collection: str, dim: int, **extra: str
         "INDEX_MILVUS_URI": server.uri,
         "INDEX_MILVUS_COLLECTION": collection,
         "INDEX_DIM": str(dim),
-        # Small lists so a sealed segment of a test's few thousand rows trains its IVF_PQ.
-        "INDEX_MILVUS_INDEX_PARAMS": '{"nlist": 16, "m": 8, "nbits": 8}',
         "INDEX_MILVUS_TIMEOUT_S": "5",
     }
     env.update(extra)
