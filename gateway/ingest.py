@@ -26,7 +26,6 @@ import anyio
 
 from contracts.errors import ErrorType, GlimpseError
 from contracts.multipart import FormPart
-from contracts.vectors import encode_vector
 from gateway.images import ImageInfo, inspect_image, make_thumbnail, sniff_content_type
 from gateway.media import safe_relative_path
 from gateway.state import GatewayState
@@ -239,7 +238,7 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
         # and are durably stored go on to the index: media is on disk before the index add.
         stored = asyncio.ensure_future(_store(state, parts))
         try:
-            vectors, errors = await state.encoder.embed_images(
+            vectors, errors = await state.encoder.embed_images_wire(
                 [(p.path, p.data, sniff_content_type(p.data)) for p in parts]
             )
         finally:
@@ -265,7 +264,8 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
                 # GATEWAY_THUMBNAIL_FORMAT does not orphan thumbnails already made.
                 "thumbnail_type": thumbnail_type(state),
             }
-            item = {"vector": encode_vector(vector), "path": part.path, "key": part.sha256}
+            # The encoder's base64, checked and passed on as it came.
+            item = {"vector": vector, "path": part.path, "key": part.sha256}
             to_add.append((part, {**item, "meta": meta}))
         if not to_add:
             return

@@ -7,12 +7,14 @@ import socket
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 from starlette.datastructures import UploadFile
 from starlette.requests import Request as StarletteRequest
 
 from contracts.errors import GlimpseError
-from gateway.clients import Upstream, build_client
+from contracts.vectors import encode_vector
+from gateway.clients import Upstream, build_client, checked_wire_vectors
 from gateway.http import Reply
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
@@ -259,3 +261,30 @@ async def test_a_multipart_upload_reads_back_through_a_real_form_parser() -> Non
         ("files", (name, content, "image/jpeg"))
         for name, (_, (_, content, _)) in zip(escaped, files, strict=True)
     ]
+
+
+def test_wire_vectors_pass_as_they_came_once_checked() -> None:
+    rng = np.random.default_rng(0)
+    good = [encode_vector(v) for v in rng.standard_normal((3, 8)).astype(np.float32)]
+    floats = rng.standard_normal(8).tolist()
+    values = [good[0], None, good[1], floats, good[2]]
+    checked = checked_wire_vectors(values, 8)
+    assert checked == values and all(a is b for a, b in zip(checked, values, strict=True))
+    assert checked_wire_vectors([None, None], 8) == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (encode_vector(np.array([1, np.nan, 0, 0, 0, 0, 0, 0], np.float32)), "NaN"),
+        (encode_vector(np.ones(7, np.float32)), "dimension 7"),
+        (encode_vector(np.ones(8, np.float32))[:-4] + "!!!=", "base64"),
+        ([1.0] * 8 + [np.inf], "dimension 9"),
+    ],
+)
+def test_a_bad_wire_vector_is_refused_by_name(bad: object, says: str) -> None:
+    fine = encode_vector(np.ones(8, np.float32))
+    with pytest.raises(GlimpseError) as caught:
+        checked_wire_vectors([fine, None, bad], 8)
+    assert caught.value.error_type == "invalid_vector"
+    assert "upstream vector[1]" in caught.value.message and says in caught.value.message
