@@ -4,8 +4,10 @@ orientation, the pixel cap, bad files."""
 from __future__ import annotations
 
 import io
+import random
 import struct
 import time
+import warnings
 import zlib
 from typing import Any
 
@@ -160,3 +162,102 @@ def test_sniff_content_type_agrees_with_pillow(fmt: str, content_type: str) -> N
 def test_sniff_content_type_of_unknown_bytes() -> None:
     assert sniff_content_type(b"") == "application/octet-stream"
     assert sniff_content_type(b"%PDF-1.4") == "application/octet-stream"
+
+
+def _jpegs() -> dict[str, bytes]:
+    """JPEGs as cameras, phones and editors write them: modes, progressive, restart
+    intervals, EXIF orientations, ICC profiles, XMP, comments."""
+    rgb = Image.new("RGB", (64, 48), (200, 40, 40))
+    out = {
+        "baseline": encode(rgb, "JPEG", quality=90),
+        "progressive": encode(rgb, "JPEG", progressive=True, optimize=True),
+        "grey": encode(rgb.convert("L"), "JPEG"),
+        "cmyk": encode(rgb.convert("CMYK"), "JPEG"),
+        "restart": encode(rgb, "JPEG", restart_marker_blocks=1),
+        "16-bit tables": encode(rgb, "JPEG", qtables=[[300] * 64]),
+        "icc": encode(rgb, "JPEG", icc_profile=b"\0" * 2000),
+        "comment": encode(rgb, "JPEG", comment=b"made here"),
+        "xmp": encode(rgb, "JPEG", xmp=b'<x tiff:Orientation="6"/>'),
+    }
+    dqt = out["baseline"].index(b"\xff\xdb")
+    # A table byte that asks for 16-bit values the segment has no room for (Pillow refuses
+    # it), and segment lengths below the length field's own two bytes.
+    out["dqt overrun"] = _patched(out["baseline"], dqt + 4, 0x10)
+    out["length 0"] = _patched(_patched(out["baseline"], dqt + 2, 0), dqt + 3, 0)
+    out["length 1"] = _patched(_patched(out["baseline"], dqt + 2, 0), dqt + 3, 1)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif[0x010F] = "camera maker"
+        out[f"orientation {orientation}"] = encode(rgb, "JPEG", exif=exif.tobytes())
+    return out
+
+
+def _patched(data: bytes, at: int, value: int) -> bytes:
+    return data[:at] + bytes([value]) + data[at + 1:]
+
+
+def _outcome(data: bytes) -> list[object]:
+    # Under a cap the 64x48 frames pass (the size as displayed compared), and over one (the
+    # size in the error's message).
+    outcomes: list[object] = []
+    for max_pixels in (10**6, 2_000):
+        try:
+            outcomes.append(inspect_image(data, max_pixels=max_pixels))
+        except GlimpseError as exc:
+            outcomes.append((exc.error_type, exc.message))
+    return outcomes
+
+
+def _mutations(data: bytes, rng: random.Random, n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(min(len(mutated), 700))  # the header, mostly
+            op = rng.choice(["flip", "cut", "insert", "zero"])
+            if op == "flip":
+                mutated[at] ^= rng.randint(1, 255)
+            elif op == "cut":
+                del mutated[at:]
+            elif op == "insert":
+                mutated[at:at] = rng.randbytes(rng.randint(1, 8))
+            else:
+                mutated[at:at + 4] = bytes(len(mutated[at:at + 4]))
+            if not mutated:
+                break
+        out.append(bytes(mutated))
+    return out
+
+
+def test_the_quick_jpeg_header_read_agrees_with_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    # inspect_image reads plain JPEG headers itself and leaves the rest to Pillow; on every
+    # file, well made or mutated, the answer (size, type, or error and message) must be
+    import gateway.images as images
+
+    rng = random.Random(16)
+    files = _jpegs()
+    cases = [(name, data) for name, data in files.items()]
+    cases += [(f"{name} mutated", m) for name, data in files.items()
+              for m in _mutations(data, rng, 60)]
+    quick = [images._jpeg_header(data) is not None for _, data in cases]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notices about corrupt EXIF
+        ours = [_outcome(data) for _, data in cases]
+        monkeypatch.setattr(images, "_jpeg_header", lambda data: None)
+        pillow = [_outcome(data) for _, data in cases]
+    differ = [(name, a, b) for (name, _), a, b in zip(cases, ours, pillow, strict=True) if a != b]
+    assert not differ, differ[:5]
+    # The quick read answered for the plain files (not XMP: Pillow reads an orientation
+    # there) and for many mutated ones; Pillow for the rest.
+    plain = [name for name in files if name != "xmp" and not name.startswith(("dqt", "len"))]
+    assert all(q for (name, _), q in zip(cases, quick, strict=True) if name in plain)
+    assert sum(quick) > len(files) * 10
+
+
+def test_the_orientation_turns_the_quick_size() -> None:
+    files = _jpegs()
+    sizes = {n: inspect_image(files[f"orientation {n}"], max_pixels=10**6) for n in range(1, 9)}
+    assert {(s.width, s.height) for n, s in sizes.items() if n < 5} == {(64, 48)}
+    assert {(s.width, s.height) for n, s in sizes.items() if n >= 5} == {(48, 64)}
+    assert (inspect_image(files["xmp"], max_pixels=10**6).width) == 48  # via Pillow
