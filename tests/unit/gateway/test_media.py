@@ -83,6 +83,16 @@ def test_not_a_digest_is_refused(tmp_path: Path) -> None:
         (".", None),
         ("a\x00b.jpg", None),
         ("new\nline.jpg", None),
+        ("tab\there.jpg", None),
+        ("del\x7f.jpg", None),
+        ("a//b/./c", "a/b/c"),
+        ("..a/b..", "..a/b.."),
+        ("x/../", None),
+        ("d:relative.jpg", None),
+        ("dir/", "dir"),
+        ("/", None),
+        ("\\\\server\\share\\x.jpg", None),
+        ("ünï cödé/ß.jpg", "ünï cödé/ß.jpg"),
     ],
 )
 def test_safe_relative_path(name: str, clean: str | None) -> None:
