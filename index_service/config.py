@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     milvus_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of each Milvus call; past it the answer is 503."
     )
+    milvus_search_calls: int = Field(
+        default=2, ge=0,
+        description="Milvus search calls in flight per index replica; searches that arrive "
+        "meanwhile go to Milvus together in the next call (Milvus's CPU per call is mostly "
+        "fixed). 0 = no gathering: each search its own calls.",
+    )
     data_dir: Path = Field(
         default=Path("data/index"), description="Where the SQLite store and snapshots live."
     )

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -41,6 +42,75 @@ _RETRY_S = 2.0
 _SPARE = 16
 
 
+class SearchGatherer:
+    """``calls`` threads, each sending Milvus the searches queued when it takes work: one search
+    call (all their queries) and one read of their rows. Milvus's CPU per call is mostly fixed
+    (proxy, query node, reduce: about 2 ms against about 0.5 ms a query at ef 128), so under
+    load this cuts its CPU per search; a lone search waits for nothing."""
+
+    def __init__(self, run: Callable[..., Records], calls: int, max_queries: int = 256) -> None:
+        self.run = run
+        self.max_queries = max_queries
+        self.calls = 0
+        self.requests = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"index-milvus-{n}",
+                                          daemon=True) for n in range(calls)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,
+               exclude: Sequence[int]) -> Future[Records]:
+        future: Future[Records] = Future()
+        self._queue.put((queries, (k, nprobe, exact, tuple(exclude)), future))
+        return future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(10)
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            queries = len(first[0])
+            while queries < self.max_queries:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # another thread's stop: leave it for that one
+                    break
+                batch.append(item)
+                queries += len(item[0])
+            groups: dict[tuple[Any, ...], list[Any]] = {}
+            for item in batch:
+                groups.setdefault(item[1], []).append(item)
+            for (k, nprobe, exact, exclude), items in groups.items():
+                self._run_group(items, k, nprobe, exact, exclude)
+
+    def _run_group(self, items: list[Any], k: int, nprobe: int | None, exact: bool,
+                   exclude: tuple[int, ...]) -> None:
+        self.calls += 1
+        self.requests += len(items)
+        try:
+            records = self.run(np.vstack([item[0] for item in items]), k, nprobe=nprobe,
+                               exact=exact, exclude=exclude)
+        except BaseException as exc:  # noqa: BLE001 - each waiting request gets the error
+            for item in items:
+                item[2].set_exception(exc)
+            return
+        start = 0
+        for queries, _, future in items:
+            future.set_result(records[start : start + len(queries)])
+            start += len(queries)
+
+
 class MilvusIndexService:
     """The index over Milvus; ``open()`` connects (retrying); every method blocks."""
 
@@ -56,6 +126,8 @@ class MilvusIndexService:
         self.search_pool = ThreadPoolExecutor(
             max(16, 4 * (os.cpu_count() or 2)), thread_name_prefix="index-milvus"
         )
+        self.gatherer = (SearchGatherer(self.search_records, settings.milvus_search_calls)
+                         if settings.milvus_search_calls > 0 else None)
 
     @property
     def rerank(self) -> int:
@@ -95,6 +167,8 @@ class MilvusIndexService:
 
     def close(self) -> None:
         self._stop.set()
+        if self.gatherer is not None:
+            self.gatherer.close()
         self.search_pool.shutdown(wait=True)
         self.store.close()
 
@@ -112,6 +186,8 @@ class MilvusIndexService:
         self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
         exclude: Sequence[int] = (),
     ) -> Future[Records]:
+        if self.gatherer is not None:
+            return self.gatherer.submit(queries, k, nprobe, exact, exclude)
         return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
                                        exact=exact, exclude=exclude)
 
@@ -247,4 +323,6 @@ class MilvusIndexService:
             "milvus_uri": self.settings.milvus_uri,
             "collection": self.settings.milvus_collection,
             "consistency": "writes acknowledged after a Strong read; reads Eventually",
+            "gathered_calls": self.gatherer.calls if self.gatherer else 0,
+            "gathered_requests": self.gatherer.requests if self.gatherer else 0,
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,25 @@ def test_ghost_rows_never_answer_and_the_next_hits_take_their_place(client: Test
     assert after == [i for i in before if i not in ghosts][:5]
     for item_id in ghosts:
         assert client.get(f"/v1/items/{item_id}").status_code == 404
+
+
+@pytest.mark.parametrize("backend", ["milvus"])
+def test_concurrent_searches_share_milvus_calls_and_answer_as_alone(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """Searches that queue while a Milvus call runs go to Milvus together (different k and
+    exclude_ids in one batch): each answer is the one it gets alone."""
+    alone = make_client(milvus_search_calls=0, data_dir=tmp_path / "shared")
+    assert alone.post("/v1/items", json=items_body(clustered(300, DIM))).status_code == 200
+    gathered = make_client(milvus_search_calls=1, data_dir=tmp_path / "shared")
+    queries = clustered(48, DIM, seed=8)
+    bodies = [{"vectors": [b64(q)], "k": 3 + n % 4, "exclude_ids": [1] if n % 3 else []}
+              for n, q in enumerate(queries)]
+    expected = [alone.post("/v1/search", json=body).json()["results"] for body in bodies]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(
+            lambda body: gathered.post("/v1/search", json=body).json()["results"], bodies))
+    assert answers == expected
+    stats = gathered.get("/v1/stats").json()
+    assert stats["gathered_requests"] == len(bodies)
+    assert stats["gathered_calls"] < len(bodies)
