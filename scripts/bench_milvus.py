@@ -3,10 +3,11 @@
 For each backend, through the index service's HTTP API with its default settings: add rate
 (batches of 1,000 from one client), time until the approximate index is built, recall@10
 against exact search on the stored vectors, single-query latency (p50, one client), and
-queries/s with 8 clients. Then, Milvus only: 8 clients over two index service replicas on the
-same collection against 8 clients on one. CPU seconds of every process involved (Milvus, the
-index services, the client) are reported per run, since on a small machine they all share the
-same cores.
+queries/s with 8 clients. Then, Milvus only: 8 clients over one index service replica and over
+two on the same collection, alternated for --rounds pairs. The CPU of every process involved
+(Milvus, the index services, the client) is reported per run, as % of a core and in ms per
+search, since on a small machine they all share the same cores; from it, the most two replicas
+can give over one on this machine.
 
     python scripts/bench_index.py --backend milvus                 # 50,000 x 384, synthetic
     python scripts/bench_index.py --backend milvus --base data/real/docstrings.npy \\
@@ -75,8 +76,9 @@ def _rss(pid: int | None) -> int:
 
 
 @contextmanager
-def cpu_meter(pids: dict[str, int], out: dict[str, Any]) -> Iterator[None]:
-    """CPU seconds each named process (and the client) used over the block, as % of one core."""
+def cpu_meter(pids: dict[str, int], out: dict[str, Any], requests: int = 0) -> Iterator[None]:
+    """CPU seconds each named process (and the client) used over the block, as % of one core
+    and, given the requests made, in ms per request."""
     before = {name: _cpu([pid]) for name, pid in pids.items()}
     client = time.process_time()
     start = time.perf_counter()
@@ -86,6 +88,9 @@ def cpu_meter(pids: dict[str, int], out: dict[str, Any]) -> Iterator[None]:
     used["client"] = time.process_time() - client
     out["cpu_pct"] = {name: round(100 * s / wall) for name, s in used.items()}
     out["cpu_pct_total"] = round(100 * sum(used.values()) / wall)
+    if requests:
+        out["cpu_ms_per_request"] = {name: round(1000 * s / requests, 2)
+                                     for name, s in used.items()}
 
 
 def add_all(url: str, base: np.ndarray) -> tuple[np.ndarray, float]:
@@ -143,6 +148,7 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
 def seal_and_index(uri: str, collection: str, rows: int) -> float:
     """Flush (seal the growing segments) and wait until Milvus indexed every row."""
     from pymilvus import Collection, connections, utility
+    from pymilvus.grpc_gen import common_pb2
 
     connections.connect(alias="bench", uri=uri)
     try:
@@ -154,9 +160,31 @@ def seal_and_index(uri: str, collection: str, rows: int) -> float:
             return int(info.get("indexed_rows", 0)) >= rows
 
         wait_for(indexed, 1800, "Milvus did not index the collection")
+
+        def served_indexed() -> bool:
+            # Indexed is not yet served: until the query node loads the indexed sealed
+            # segments, searches run on growing segments (Milvus's interim IVF index, lower
+            # recall) and Milvus spends CPU on the hand-off, both of which skewed the figures.
+            infos = utility.get_query_segment_info(collection, using="bench")
+            sealed = [i for i in infos if i.index_name and i.state != common_pb2.Growing]
+            return sum(int(i.num_rows) for i in sealed) >= rows and len(sealed) == len(infos)
+
+        wait_for(served_indexed, 600, "Milvus did not load the indexed segments")
         return time.perf_counter() - start
     finally:
         connections.disconnect("bench")
+
+
+def settle(pid: int | None, timeout: float = 120.0) -> float:
+    """Wait until Milvus's own CPU falls under 10% of a core over 2 s (compaction, index loads
+    and hand-offs after the build), so the searches' CPU is the searches'."""
+    start = time.perf_counter()
+    while pid is not None and time.perf_counter() - start < timeout:
+        before = _cpu([pid])
+        time.sleep(2.0)
+        if _cpu([pid]) - before < 0.2:
+            break
+    return time.perf_counter() - start
 
 
 def measure(name: str, urls: list[str], pids: dict[str, int], base_ids: np.ndarray,
@@ -167,13 +195,56 @@ def measure(name: str, urls: list[str], pids: dict[str, int], base_ids: np.ndarr
     out["recall_at_10"] = round(recall(found, base_ids[truth_rows], 10), 4)
     bodies = [json.dumps({"vectors": [encode_vector(q)], "k": 10}).encode() for q in queries]
     out["p50_ms_1_client"] = round(single_p50(urls[0], bodies, min(requests, 300)), 2)
-    with cpu_meter(pids, out):
-        run = search_clients(urls[:1], bodies, 8, max(1, requests // 8))
+    per_client = max(1, requests // 8)
+    with cpu_meter(pids, out, 8 * per_client):
+        run = search_clients(urls[:1], bodies, 8, per_client)
     out.update({f"{k}_8_clients": round(v, 2) for k, v in run.items()})
     say(f"{name}: recall@10 {out['recall_at_10']:.3f}  p50 {out['p50_ms_1_client']:.1f} ms  "
         f"8 clients {run['qps']:.0f} q/s (p50 {run['p50_ms']:.1f} ms, errors "
-        f"{run['errors']:.0f}), CPU % of a core: {out['cpu_pct']}")
+        f"{run['errors']:.0f}), CPU % of a core: {out['cpu_pct']}, CPU ms per search: "
+        f"{out['cpu_ms_per_request']}")
     return out
+
+
+def replica_rounds(one: str, two: str, bodies: list[bytes], pids: dict[str, int],
+                   requests: int, rounds: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """8 clients over one replica, then over two, ``rounds`` times alternated (the machine's
+    other load changes between runs; a pair measured back to back shares most of it)."""
+    per_client = max(1, requests // 8)
+    runs: list[dict[str, Any]] = []
+    for n in range(rounds):
+        pair: dict[str, Any] = {}
+        for label, urls in (("1 replica", [one]), ("2 replicas", [one, two])):
+            meter: dict[str, Any] = {}
+            load = os.getloadavg()[0]
+            with cpu_meter(pids, meter, 8 * per_client):
+                run = search_clients(urls, bodies, 8, per_client)
+            pair[label] = {**{k: round(v, 2) for k, v in run.items()}, **meter,
+                           "load_before": round(load, 1)}
+            say(f"milvus, round {n + 1}, 8 clients over {label}: {run['qps']:.0f} q/s (p50 "
+                f"{run['p50_ms']:.1f} ms, errors {run['errors']:.0f}); CPU % of a core "
+                f"{meter['cpu_pct']} (total {meter['cpu_pct_total']}); CPU ms per search "
+                f"{meter['cpu_ms_per_request']}; load average before {load:.1f}")
+        pair["ratio"] = round(pair["2 replicas"]["qps"] / pair["1 replica"]["qps"], 2)
+        say(f"milvus, round {n + 1}: 2 replicas / 1 replica = {pair['ratio']:.2f}x")
+        runs.append(pair)
+    ratios = sorted(r["ratio"] for r in runs)
+    one_ms = runs[0]["1 replica"]["cpu_ms_per_request"]
+    replica, milvus_ms, client = one_ms["index"], one_ms.get("milvus", 0.0), one_ms["client"]
+    # Two replicas can beat one only where one replica is the limit: its GIL holds it to one
+    # core, 1000/P q/s. All the processes together on N cores are capped at N*1000/(P+M+C).
+    cores = os.cpu_count() or 1
+    gil = 1000 / replica
+    shared = cores * 1000 / (replica + milvus_ms + client)
+    bound = min(2 * gil, shared) / min(gil, shared)
+    say(f"milvus: 2 replicas / 1 replica over {rounds} rounds: {ratios} (median "
+        f"{statistics.median(ratios):.2f}x). CPU per search in round 1 on one replica: replica "
+        f"P={replica} ms, Milvus M={milvus_ms} ms, client C={client} ms; one replica's GIL cap "
+        f"1000/P = {gil:.0f} q/s, all on {cores} cores {cores}*1000/(P+M+C) = {shared:.0f} q/s: "
+        f"two replicas can give at most {bound:.2f}x here; with Milvus and the client on cores "
+        f"of their own, min(2, (cores for Milvus)*P/M)x")
+    return {"rounds": runs, "ratios": ratios, "ratio": statistics.median(ratios),
+            "bound": round(bound, 2), "gil_cap_qps": round(gil), "cores_cap_qps": round(shared)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--milvus-uri", help="an existing Milvus (default: an embedded one)")
     ap.add_argument("--milvus-index-params", default="",
                     help="JSON for INDEX_MILVUS_INDEX_PARAMS (default: the rule)")
+    ap.add_argument("--milvus-index-type", default="",
+                    help="INDEX_MILVUS_INDEX_TYPE (default: the setting's, HNSW)")
+    ap.add_argument("--milvus-search-calls", default="",
+                    help="INDEX_MILVUS_SEARCH_CALLS (default: the setting's, 2; 0 = no gathering)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternated runs of 8 clients over one and two replicas")
+    ap.add_argument("--replica-requests", type=int, default=2400,
+                    help="requests per 8-client run in the replica rounds")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -253,30 +332,36 @@ def main(argv: list[str] | None = None) -> int:
                "INDEX_MILVUS_COLLECTION": collection, "INDEX_MILVUS_TIMEOUT_S": "120"}
         if args.milvus_index_params:
             env["INDEX_MILVUS_INDEX_PARAMS"] = args.milvus_index_params
+        if args.milvus_index_type:
+            env["INDEX_MILVUS_INDEX_TYPE"] = args.milvus_index_type
+        if args.milvus_search_calls:
+            env["INDEX_MILVUS_SEARCH_CALLS"] = args.milvus_search_calls
         with ServiceProcess("index_service.main", env, work / "m1.log") as one:
             assert one.proc is not None
             rss_empty = _rss(milvus_pid)
             ids, rate = add_all(one.url, base)
             build = seal_and_index(uri, collection, len(base))
             search_ids(one.url, queries[:100], 10)  # the sealed segment and its index loaded
+            settle(milvus_pid)
             rss_per_vector = (_rss(milvus_pid) - rss_empty) / len(base) if milvus_pid else None
             stats = httpx.get(one.url + "/v1/stats", timeout=30).json()
             say(f"milvus: add {rate:.0f} items/s; flush + index {build:.1f} s "
-                f"({stats['factory']}, nprobe {stats['nprobe']}, rerank {stats['rerank']}); "
-                f"Milvus RSS growth {rss_per_vector or 0:.0f} B per vector")
+                f"({stats['factory']}, nprobe {stats['nprobe']}, ef {stats['ef']}, rerank "
+                f"{stats['rerank']}); Milvus RSS growth {rss_per_vector or 0:.0f} B per vector")
             pids = {"index": one.proc.pid}
             if milvus_pid:
                 pids["milvus"] = milvus_pid
             out = measure("milvus", [one.url], pids, ids, queries, truth_rows,
                           args.http_requests, say)
-            # The same collection without the re-rank: what IVF_PQ's own scores find.
-            with ServiceProcess("index_service.main", {**env, "INDEX_RERANK": "0"},
-                                work / "m0.log") as bare:
-                found = search_ids(bare.url, queries, 10)
-                out["recall_at_10_without_rerank"] = round(
-                    recall(found, ids[truth_rows], 10), 4)
-            say(f"milvus: recall@10 without the re-rank (INDEX_RERANK=0): "
-                f"{out['recall_at_10_without_rerank']:.3f}")
+            if stats["rerank"]:
+                # The same collection without the re-rank: what IVF_PQ's own scores find.
+                with ServiceProcess("index_service.main", {**env, "INDEX_RERANK": "0"},
+                                    work / "m0.log") as bare:
+                    found = search_ids(bare.url, queries, 10)
+                    out["recall_at_10_without_rerank"] = round(
+                        recall(found, ids[truth_rows], 10), 4)
+                say(f"milvus: recall@10 without the re-rank (INDEX_RERANK=0): "
+                    f"{out['recall_at_10_without_rerank']:.3f}")
             results["milvus"] = {"add_per_s": round(rate), "build_s": round(build, 1),
                                  "factory": stats["factory"],
                                  "rss_bytes_per_vector": rss_per_vector, **out}
@@ -284,20 +369,14 @@ def main(argv: list[str] | None = None) -> int:
                 assert two.proc is not None
                 bodies = [json.dumps({"vectors": [encode_vector(q)], "k": 10}).encode()
                           for q in queries]
-                pids2 = {**pids, "index2": two.proc.pid}
-                per_client = max(1, args.http_requests // 8)
-                replicas: dict[str, Any] = {}
-                for label, urls in (("1 replica", [one.url]), ("2 replicas", [one.url, two.url])):
-                    meter: dict[str, Any] = {}
-                    with cpu_meter(pids2, meter):
-                        run = search_clients(urls, bodies, 8, per_client)
-                    replicas[label] = {**{k: round(v, 2) for k, v in run.items()}, **meter}
-                    say(f"milvus, 8 clients over {label}: {run['qps']:.0f} q/s (p50 "
-                        f"{run['p50_ms']:.1f} ms, errors {run['errors']:.0f}), CPU % of a core: "
-                        f"{meter['cpu_pct']} (total {meter['cpu_pct_total']})")
-                ratio = replicas["2 replicas"]["qps"] / replicas["1 replica"]["qps"]
-                say(f"milvus: 2 replicas / 1 replica = {ratio:.2f}x")
-                results["milvus_replicas"] = {**replicas, "ratio": round(ratio, 2)}
+                results["milvus_replicas"] = replica_rounds(
+                    one.url, two.url, bodies, {**pids, "index2": two.proc.pid},
+                    args.replica_requests, args.rounds, say)
+                stats = httpx.get(one.url + "/v1/stats", timeout=30).json()
+                if stats.get("gathered_calls"):
+                    say(f"milvus: replica 1 sent {stats['gathered_requests']} searches in "
+                        f"{stats['gathered_calls']} Milvus calls "
+                        f"(INDEX_MILVUS_SEARCH_CALLS={stats['search_calls']})")
     finally:
         if milvus is not None:
             milvus.stop()
