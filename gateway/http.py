@@ -232,19 +232,40 @@ class _Connection(asyncio.Protocol):
                 waiter.exception()  # mark it retrieved when the sender stopped first
 
     async def _send_big(self, body: Body) -> None:
-        # Slices of memoryviews, each written once the socket has drained the previous ones:
-        # a 100 MB ingest body is neither joined nor copied whole into the transport's buffer.
-        assert self.transport is not None and self.waiter is not None
+        # Groups of about _PIECE bytes, each handed over in one writelines call once the socket
+        # has drained the previous ones: a 100 MB ingest body is neither joined nor copied whole
+        # into the transport's buffer. uvloop sends a group with one writev and copies nothing;
+        # one write per piece was three send() calls per uploaded file (its part header, its
+        # bytes, the CRLF after them), ~15 us of kernel CPU per image at ingest.
+        group: list[bytes | memoryview] = []
+        size = 0
         for piece in [body] if isinstance(body, bytes) else body:
-            view = memoryview(piece)
-            for start in range(0, len(view), _PIECE):
-                while self.paused and not (self.closed or self.waiter.done()):
-                    self.drained = self.loop.create_future()
-                    await self.drained
-                if self.closed or self.waiter.done():
-                    self.keep_alive = False  # answered (or failed) before the whole body went out
-                    return
-                self.transport.write(view[start:start + _PIECE])
+            slices = [piece] if len(piece) <= _PIECE else [
+                memoryview(piece)[start:start + _PIECE] for start in range(0, len(piece), _PIECE)
+            ]
+            for chunk in slices:
+                group.append(chunk)
+                size += len(chunk)
+                if size >= _PIECE:
+                    if not await self._write_when_drained(group):
+                        return
+                    group, size = [], 0
+        if group:
+            await self._write_when_drained(group)
+
+    async def _write_when_drained(self, group: list[bytes | memoryview]) -> bool:
+        """Write ``group`` once the transport is below its high-water mark; False (and nothing
+        written) when the exchange is over: answered, failed or closed before the whole body
+        went out."""
+        assert self.transport is not None and self.waiter is not None
+        while self.paused and not (self.closed or self.waiter.done()):
+            self.drained = self.loop.create_future()
+            await self.drained
+        if self.closed or self.waiter.done():
+            self.keep_alive = False
+            return False
+        self.transport.writelines(group)
+        return True
 
 
 class HttpPool:

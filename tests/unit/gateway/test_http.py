@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import gateway.http as http_module
 from gateway.http import (
     HttpPool,
     Reply,
@@ -389,6 +390,45 @@ async def test_a_big_body_in_pieces_arrives_whole() -> None:
     assert reply.json() == {"n": 4_500_005, "tail": b"end!".hex()}
     assert small.json()["n"] == 3
     assert up.connections == 1
+
+
+async def test_many_pieces_go_out_in_few_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An ingest body is three pieces per file; each piece in its own write was three send()
+    # calls per file. They go out in groups of about a megabyte, one writelines call each.
+    calls: list[tuple[str, int]] = []
+    made = http_module._Connection.connection_made
+
+    def counted(conn: Any, transport: Any) -> None:
+        write, writelines = transport.write, transport.writelines
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(transport, name)
+
+            def write(self, data: Any) -> None:
+                calls.append(("write", 1))
+                write(data)
+
+            def writelines(self, data: list[Any]) -> None:
+                calls.append(("writelines", len(data)))
+                writelines(data)
+
+        made(conn, Counting())
+
+    monkeypatch.setattr(http_module._Connection, "connection_made", counted)
+
+    async def echo_size(request: Request, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, response(200, {"n": len(request.body)}))
+
+    pieces = [b"x" * 100, b"y" * 60_000, b"\r\n"] * 40  # 2.4 MB in 120 pieces
+    async with FakeUpstream(echo_size) as up:
+        http = pool(up.url)
+        reply = await http.request("POST", "/ingest-like", body=pieces, content_type="x/y")
+        await http.aclose()
+    assert reply.json() == {"n": sum(map(len, pieces))}
+    assert calls[0] == ("write", 1)  # the request head
+    assert [kind for kind, _ in calls[1:]] == ["writelines"] * 3
+    assert sum(n for _, n in calls[1:]) == len(pieces)
 
 
 async def test_aclose_closes_every_connection() -> None:
