@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import json
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -188,13 +189,15 @@ class Upstream:
         path: str,
         *,
         json: Any = None,
+        json_bytes: bytes | None = None,
         files: Sequence[FileField] | None = None,
         data: Mapping[str, str] | None = None,
         params: Mapping[str, str | int] | None = None,
         timeout: float | None = None,
         idempotent: bool = True,
     ) -> Reply:
-        """One call; ``json`` or a multipart form of ``files`` and ``data`` fields as body.
+        """One call; ``json`` (or the JSON already encoded, ``json_bytes``) or a multipart form
+        of ``files`` and ``data`` fields as body.
 
         ``idempotent=False``: after a replica may have received the request, it is not sent to
         another (a repeated DELETE would answer 404 for what the first one did).
@@ -206,6 +209,8 @@ class Upstream:
         elif data is not None:
             body = urllib.parse.urlencode(data).encode()
             content_type = "application/x-www-form-urlencoded"
+        elif json_bytes is not None:
+            body, content_type = json_bytes, "application/json"
         elif json is not None:
             body, content_type = json_body(json)
         kwargs: dict[str, Any] = {
@@ -407,6 +412,31 @@ def _vector(value: Any, dim: int | None = None) -> np.ndarray:
     return decode_vectors([value], dim, what="upstream vector", allow_zero=True)[0]
 
 
+class CheckedBase64(str):
+    """A vector's base64 that :func:`checked_wire_vectors` decoded: base64's alphabet only,
+    so it goes into a JSON body as it is (:func:`items_body`)."""
+
+    __slots__ = ()
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def items_body(items: Sequence[Mapping[str, Any]]) -> bytes:
+    """``{"items": items}`` as JSON, the bytes json_body gives. A CheckedBase64 vector is put
+    in as it is: json.dumps looks at each character of a string for escaping, ~6 us per item
+    for a 512-d vector's 2,732, on the event loop."""
+    parts = []
+    for item in items:
+        vector = item.get("vector")
+        if type(vector) is CheckedBase64:
+            rest = _compact_json({k: v for k, v in item.items() if k != "vector"})
+            parts.append('{"vector":"' + vector + ('",' + rest[1:] if len(rest) > 2 else '"}'))
+        else:
+            parts.append(_compact_json(item))
+    return ('{"items":[' + ",".join(parts) + "]}").encode()
+
+
 def checked_wire_vectors(values: Sequence[Any], dim: int) -> list[VectorLike | None]:
     """``values`` (vectors in their wire form, or None) as they are, once they pass the checks
     :func:`decode_vectors` makes (``dim`` values each, all finite).
@@ -424,7 +454,7 @@ def checked_wire_vectors(values: Sequence[Any], dim: int) -> list[VectorLike | N
         if all(type(v) is str and len(v) == length for v in present):
             raw = b"".join([binascii.a2b_base64(v, strict_mode=True) for v in present])
             if np.isfinite(np.frombuffer(raw, dtype="<f4")).all():
-                return list(values)
+                return [None if v is None else CheckedBase64(v) for v in values]
     except (binascii.Error, ValueError):
         pass  # decode_vectors says what is wrong
     decode_vectors(present, dim, what="upstream vector", allow_zero=True)
@@ -503,7 +533,7 @@ class IndexClient(Upstream):
         return hits
 
     async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        answer = await self.json("POST", "/v1/items", json={"items": items})
+        answer = await self.json("POST", "/v1/items", json_bytes=items_body(items))
         added: list[dict[str, Any]] = answer["items"]
         return added
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from typing import Any
@@ -14,8 +15,14 @@ from starlette.requests import Request as StarletteRequest
 
 from contracts.errors import GlimpseError
 from contracts.vectors import encode_vector
-from gateway.clients import Upstream, build_client, checked_wire_vectors
-from gateway.http import Reply
+from gateway.clients import (
+    CheckedBase64,
+    Upstream,
+    build_client,
+    checked_wire_vectors,
+    items_body,
+)
+from gateway.http import Reply, json_body
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
 
@@ -288,3 +295,19 @@ def test_a_bad_wire_vector_is_refused_by_name(bad: object, says: str) -> None:
         checked_wire_vectors([fine, None, bad], 8)
     assert caught.value.error_type == "invalid_vector"
     assert "upstream vector[1]" in caught.value.message and says in caught.value.message
+
+
+def test_items_body_is_json_body_with_checked_vectors_put_in_as_they_are() -> None:
+    rng = np.random.default_rng(1)
+    wire = [encode_vector(v) for v in rng.standard_normal((2, 8)).astype(np.float32)]
+    checked = checked_wire_vectors([wire[0], None, wire[1]], 8)
+    assert all(type(v) is CheckedBase64 for v in (checked[0], checked[2]))
+    items = [
+        {"vector": checked[0], "path": 'a "quoted"\\path/ü.jpg', "key": "ab" * 32,
+         "meta": {"width": 1, "content_type": "image/jpeg"}},
+        {"vector": [0.5] * 8, "path": "floats.jpg", "key": "cd" * 32, "meta": {}},
+        {"vector": checked[2]},
+    ]
+    body = items_body(items)
+    assert body == json_body({"items": items})[0]
+    assert json.loads(body) == {"items": items}
