@@ -208,3 +208,58 @@ def test_the_loop_sees_a_buffered_protocol() -> None:
     assert not issubclass(protocol, asyncio.Protocol)
     assert issubclass(protocol, DirectBodyProtocol)
     assert protocol.routes == frozenset({("POST", "/x")}) and protocol.limit == 10
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def writelines(self, items: Any) -> None:
+        self.calls.append(("writelines", b"".join(items)))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+        self.calls.append(("close", b""))
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra {name}"
+
+
+async def test_an_answer_goes_out_in_one_write() -> None:
+    from encoder_service.direct_body import _OneWriteResponse
+
+    transport = _RecordingTransport()
+    writer = _OneWriteResponse(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    writer.write(b"body")
+    writer.write(b"more")
+    await asyncio.sleep(0)  # the safety flush finds nothing held
+    assert transport.calls == [("writelines", b"HTTP/1.1 200 OK\r\n\r\nbody"),
+                               ("write", b"more")]
+    assert writer.get_extra_info("peername") == "extra peername"
+
+
+async def test_headers_without_a_body_at_once_go_out_on_the_next_turn() -> None:
+    from encoder_service.direct_body import _OneWriteResponse
+
+    loop = asyncio.get_running_loop()
+    transport = _RecordingTransport()
+    writer = _OneWriteResponse(transport, loop)  # type: ignore[arg-type]
+    writer.write(b"head")
+    assert transport.calls == []
+    await asyncio.sleep(0)
+    assert transport.calls == [("write", b"head")]
+    writer.write(b"chunk")
+    assert transport.calls[-1] == ("write", b"chunk")
+    closing = _RecordingTransport()
+    writer = _OneWriteResponse(closing, loop)  # type: ignore[arg-type]
+    writer.write(b"head")
+    writer.close()  # what was held goes out before the close
+    assert closing.calls == [("write", b"head"), ("close", b"")]
