@@ -1,5 +1,6 @@
-"""The encoder as deployed (``python -m encoder_service``: uvloop, image bodies read straight
-into one buffer by direct_body.py) answers image requests byte for byte as
+"""The encoder as deployed (the Dockerfile's ``uvicorn ... --loop uvloop --http
+encoder_service.main:http_protocol``, and ``python -m encoder_service``: image bodies read
+straight into one buffer by direct_body.py) answers image requests byte for byte as plain
 ``uvicorn encoder_service.main:app`` (uvicorn's own protocol) does: same vectors, same errors,
 both encodings, with bodies far larger than one socket read."""
 
@@ -21,14 +22,22 @@ from tests.integration.test_encoder_process import TINY_ENV
 from tests.support.procs import REPO, ServiceProcess
 
 
+DOCKERFILE_COMMAND = [
+    "-m", "uvicorn", "encoder_service.main:app", "--loop", "uvloop",
+    "--http", "encoder_service.main:http_protocol", "--log-level", "warning", "--host",
+]
+MODULE_COMMAND = ["-m", "encoder_service", "--log-level", "warning", "--host"]
+
+
 class DeployedEncoder(ServiceProcess):
-    """``python -m encoder_service`` instead of ``uvicorn encoder_service.main:app``."""
+    """The encoder started with ``command`` + host and port instead of plain uvicorn."""
+
+    command: list[str] = DOCKERFILE_COMMAND
 
     def start(self, timeout: float = 60.0, wait_ready: bool = True) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "encoder_service", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, *self.command, "127.0.0.1", "--port", str(self.port)],
             cwd=REPO, env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -70,11 +79,15 @@ def _declared_too_large(port: int) -> bytes:
         return answer
 
 
+class ModuleEncoder(DeployedEncoder):
+    command = MODULE_COMMAND
+
+
 def test_deployed_encoder_answers_as_uvicorn_does(tmp_path: Path) -> None:
     files = _files()
     assert sum(len(f[1][1]) for f in files) > 4 * 1024 * 1024
     answers = []
-    for process in (DeployedEncoder, ServiceProcess):
+    for process in (DeployedEncoder, ModuleEncoder, ServiceProcess):
         answer = []
         with process("encoder_service.main", TINY_ENV, tmp_path / "encoder.log") as encoder:
             with httpx.Client(base_url=encoder.url, timeout=60) as client:
@@ -86,7 +99,7 @@ def test_deployed_encoder_answers_as_uvicorn_does(tmp_path: Path) -> None:
             too_large = _declared_too_large(encoder.port)
         assert too_large.startswith(b"HTTP/1.1 413 "), too_large
         answers.append([*answer, too_large.partition(b"\r\n\r\n")[2]])
-    assert answers[0] == answers[1]
+    assert answers[0] == answers[2] and answers[1] == answers[2]
     body = json.loads(answers[0][0])
     assert [e is None for e in body["embeddings"]] == [False] * 5 + [True]
     assert body["errors"][5]["error_type"] == "invalid_image"
