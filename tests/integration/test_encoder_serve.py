@@ -21,7 +21,6 @@ from PIL import Image
 from tests.integration.test_encoder_process import TINY_ENV
 from tests.support.procs import REPO, ServiceProcess
 
-
 DOCKERFILE_COMMAND = [
     "-m", "uvicorn", "encoder_service.main:app", "--loop", "uvloop",
     "--http", "encoder_service.main:http_protocol", "--log-level", "warning", "--host",
