@@ -7,6 +7,7 @@ uses its own collection (``collection_name``), so tests do not see each other's 
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import uuid
@@ -20,16 +21,52 @@ from pymilvus import connections, utility
 from tests.support.procs import free_port
 
 
+class _Config(MilvusServerConfig):
+    """The package's configuration plus a file for Milvus's embedded etcd. The package leaves
+    etcd's peer port at etcd's default, 2380, so a second embedded Milvus on the host (another
+    test session, a benchmark) could not start: its etcd failed to bind. Here both of etcd's
+    ports are set. The peer port stays the same across a restart (etcd keeps its member's
+    address); the client port is where the package's own scan starts, since the package checks
+    it with a bind that a killed server's TIME_WAIT sockets can fail."""
+
+    def __init__(self, etcd_client: int, etcd_peer: int) -> None:
+        super().__init__()
+        self.set("etcd_port", etcd_client)
+        self.etcd_peer = etcd_peer
+
+    def write_config(self) -> None:
+        super().write_config()
+        configs = Path(self.base_data_dir) / "configs"
+        client, peer = int(self.get("etcd_port")), self.etcd_peer
+        etcd = configs / "embedEtcd.yaml"
+        etcd.write_text(
+            "name: default\n"
+            f"listen-client-urls: http://localhost:{client}\n"
+            f"advertise-client-urls: http://localhost:{client}\n"
+            f"listen-peer-urls: http://localhost:{peer}\n"
+            f"initial-advertise-peer-urls: http://localhost:{peer}\n"
+            f"initial-cluster: default=http://localhost:{peer}\n"
+        )
+        milvus = configs / "milvus.yaml"
+        text, found = re.subn(r"(?m)^(  use:\n    embed: true.*)$",
+                              lambda m: f"{m.group(1)}\n  config:\n    path: {etcd}",
+                              milvus.read_text(), count=1)
+        if not found:
+            raise RuntimeError(f"no etcd.use.embed in {milvus}: the milvus package changed")
+        milvus.write_text(text)
+
+
 class EmbeddedMilvus:
     """Start, stop, kill and restart one embedded Milvus; its data survives a restart."""
 
     def __init__(self, base_dir: Path) -> None:
         self.base_dir = base_dir
         self.port = free_port()
+        self.etcd_ports = (free_port(), free_port())
         self._server = self._new_server()
 
     def _new_server(self) -> MilvusServer:
-        server = MilvusServer(MilvusServerConfig(), wait_for_started=True)
+        server = MilvusServer(_Config(*self.etcd_ports), wait_for_started=True)
         server.set_base_dir(str(self.base_dir))
         server.listen_port = self.port
         # The health/metrics port: the package scans up from 9091, which another session's
@@ -54,6 +91,7 @@ class EmbeddedMilvus:
                     raise RuntimeError(
                         f"embedded Milvus did not start:\n{self.log_tail()}") from exc
                 self.port = free_port()
+                self.etcd_ports = (free_port(), free_port())
                 self._server = self._new_server()
         return self
 
