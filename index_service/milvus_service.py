@@ -323,6 +323,7 @@ class MilvusIndexService:
             "milvus_uri": self.settings.milvus_uri,
             "collection": self.settings.milvus_collection,
             "consistency": "writes acknowledged after a Strong read; reads Eventually",
+            "search_calls": self.settings.milvus_search_calls,
             "gathered_calls": self.gatherer.calls if self.gatherer else 0,
             "gathered_requests": self.gatherer.requests if self.gatherer else 0,
         }
