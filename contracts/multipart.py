@@ -5,10 +5,11 @@ machine with a callback per piece and writes every file into a SpooledTemporaryF
 async calls; measured here that cost about 233 µs of event-loop CPU per 61 KiB image, which
 alone caps one encoder process far below a GPU's rate. The upload routes bound their bodies
 (a Content-Length check or the body-limit middleware) and read every file into memory anyway,
-so :func:`parse_form` takes the whole body as bytes and splits it with ``bytes.find``: each
-part's bytes are copied once (one slice of the body), nothing else touches them. Measured on
-32 parts of 61 KiB: about 20 µs per part with an 11-character boundary, 12 µs with the
-32-character ones clients send (the search skips further). Data crafted to hold many
+so :func:`parse_form` takes the whole body as bytes and splits it with a substring search (the
+C library's ``memmem`` over the body's buffer past 4 KiB, ``bytes.find`` below): each part's
+bytes are copied once (one slice of the body), nothing else touches them. Measured on 107 KiB
+parts with a 32-character boundary: 4.3 µs to find the end of one with memmem, 11.9 µs with
+``bytes.find`` (CPython's two-way search), and 4 µs for the copy. Data crafted to hold many
 near-delimiters is searched by the regex engine after the first few, not by a Python loop.
 
 For every body python-multipart accepts as RFC 7578 multipart/form-data, the parts are the ones
@@ -28,7 +29,10 @@ fields as Starlette does; any other content type gives no parts, as Starlette's 
 from __future__ import annotations
 
 import codecs
+import ctypes
+import ctypes.util
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus, unquote_to_bytes
 
@@ -50,6 +54,11 @@ _TOKEN_BYTES = (
 _SIMPLE_DISPOSITION = re.compile(r'form-data; name="([^"\\;]*)"(?:; filename="([^"\\;]*)")?')
 
 _PADDING = re.compile(rb"[ \t]*")  # RFC 2046 transport padding after a boundary
+
+# Past this many bytes left to search, the delimiter is looked for with the C library's memmem
+# (SIMD): 4.3 µs for one 107 KiB part against 11.9 µs for bytes.find (CPython's two-way
+# search), measured here; below it the ctypes call costs more than it saves.
+_MEMMEM_FROM = 4096
 
 _CLOSE = -1  # what follows a boundary: the close delimiter
 _NOT_A_DELIMITER = -2  # what follows a boundary: data that merely contains the boundary
@@ -146,6 +155,7 @@ def _parse_multipart(
     charset = _charset(params.get("charset"))
     dash_boundary = b"--" + boundary.encode("latin-1")
     delimiter = b"\r\n" + dash_boundary
+    find = _finder(body, delimiter)
     pos = _first_part(body, dash_boundary)
     parts: list[FormPart] = []
     files = fields = 0
@@ -166,7 +176,7 @@ def _parse_multipart(
         search, misses = data_start, 0
         while True:
             if misses < 8:
-                end = body.find(delimiter, search)
+                end = find(search)
             else:  # data made of near-delimiters: let the regex engine skip them, not Python
                 found = _delimiter_pattern(delimiter).search(body, search)
                 end = found.start() if found else -1
@@ -185,6 +195,50 @@ def _parse_multipart(
                 raise _field_too_large(max_field_bytes)
             parts.append(FormPart(name, None, None, data, _decode(data, charset)))
     return parts
+
+
+def _load_memmem() -> Callable[..., int | None] | None:
+    try:
+        # PyDLL, not CDLL: the call keeps the GIL. A few µs of search are not worth handing
+        # the GIL to another thread and waiting to get it back (futex calls, a context
+        # switch: the event loop measured slower with CDLL).
+        libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")
+        memmem = libc.memmem
+    except (OSError, AttributeError):  # no C library with memmem: bytes.find does it all
+        return None
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    return memmem
+
+
+_memmem = _load_memmem()
+
+
+def _finder(body: bytes | bytearray, needle: bytes) -> Callable[[int], int]:
+    """``body.find(needle, start)`` as a function of ``start``, by memmem over the body's own
+    buffer (no copy) while more than _MEMMEM_FROM bytes are left."""
+    if _memmem is None or len(body) < _MEMMEM_FROM:
+        return lambda start: body.find(needle, start)
+    keep: object
+    if isinstance(body, bytes):
+        keep = ctypes.c_char_p(body)  # points into the bytes object, which it keeps alive
+        base = ctypes.cast(keep, ctypes.c_void_p).value
+    else:
+        try:
+            keep = ctypes.c_char.from_buffer(body)  # its first byte (no array type per length)
+        except TypeError:  # a read-only buffer that is not bytes
+            return lambda start: body.find(needle, start)
+        base = ctypes.addressof(keep)
+    assert base is not None
+    size, length, memmem = len(body), len(needle), _memmem
+
+    def find(start: int, _keep: object = keep) -> int:
+        if size - start < _MEMMEM_FROM:
+            return body.find(needle, start)
+        at = memmem(base + start, size - start, needle, length)
+        return -1 if at is None else at - base
+
+    return find
 
 
 def _delimiter_pattern(delimiter: bytes) -> re.Pattern[bytes]:

@@ -8,6 +8,7 @@ over in chunks, as a server would.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -210,6 +211,37 @@ def test_data_full_of_near_delimiters() -> None:
     assert error.message.endswith("a boundary line has text after the boundary.")
     error = error_of(first, CT)
     assert error.message.endswith("the body ends before the closing boundary.")
+
+
+@pytest.mark.parametrize("as_bytearray", [False, True])
+def test_large_parts_are_split_the_same_by_memmem(
+    as_bytearray: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past 4 KiB left to search, the delimiter is found by the C library's memmem over the
+    # body's own buffer (bytes, or the bytearray the encoder reads into): the same parts as
+    # bytes.find gives and as Starlette gives, with near-delimiters on both sides of the 4 KiB
+    # switch and a part ending just before it.
+    import contracts.multipart as multipart
+
+    if multipart._memmem is None:
+        pytest.skip("no memmem in this C library")
+    rng = random.Random(7)
+    near = [b"\r\n--XyZx", b"\r\n--XyZ-x", b"\r\n--XyZ\rx", b"--XyZ", b"\r\n--XyZ"[:-1]]
+    body = b""
+    expected: Parsed = []
+    for i, size in enumerate([150_000, 3_000, 70_000, 4_090, 9_000, 1, 200_000]):
+        chunks = [rng.randbytes(rng.randrange(1, 3000)) for _ in range(size // 1500 + 1)]
+        data = b"".join(c + rng.choice(near) for c in chunks)[:size]
+        body += part(f'Content-Disposition: form-data; name="f{i}"; filename="{i}.jpg"\r\n'
+                     "Content-Type: image/jpeg", data)
+        expected.append((f"f{i}", f"{i}.jpg", "image/jpeg", data))
+    body += close()
+    given_body: Any = bytearray(body) if as_bytearray else body
+    assert ours(given_body, CT) == expected
+    monkeypatch.setattr(multipart, "_memmem", None)
+    assert ours(given_body, CT) == expected == starlette(body, CT)
+    assert error_of(body[:-len(close()) - 2], CT).message.endswith(
+        "the body ends before the closing boundary.")
 
 
 def test_other_bodies() -> None:
