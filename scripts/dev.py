@@ -27,6 +27,9 @@ SERVICES = {
     "encoder": ("encoder_service.main", 8001),
     "gateway": ("gateway.main", 8000),
 }
+# uvicorn options beyond host and port, as each Dockerfile's command gives them: the encoder reads
+# image bodies straight into one buffer (encoder_service/direct_body.py).
+OPTIONS = {"encoder": ["--loop", "uvloop", "--http", "encoder_service.main:http_protocol"]}
 COLOURS = {"index": "\033[35m", "encoder": "\033[36m", "gateway": "\033[33m"}
 RESET = "\033[0m"
 
@@ -73,7 +76,7 @@ class Runner:
         module, port = SERVICES[name]
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", f"{module}:app",
-             "--host", self.host, "--port", str(port)],
+             "--host", self.host, "--port", str(port), *OPTIONS.get(name, [])],
             cwd=REPO,
             env=self.env,
             stdout=subprocess.PIPE,
