@@ -20,8 +20,10 @@ from starlette.requests import ClientDisconnect
 
 from encoder_service.direct_body import (
     DirectBodyProtocol,
+    _DirectBody,
     direct_body_protocol,
     read_direct_body,
+    uninitialized_bytearray,
 )
 
 LIMIT = 4 * 1024 * 1024
@@ -263,3 +265,24 @@ async def test_headers_without_a_body_at_once_go_out_on_the_next_turn() -> None:
     writer.write(b"head")
     writer.close()  # what was held goes out before the close
     assert closing.calls == [("write", b"head"), ("close", b"")]
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_a_declared_length_does_not_make_memory_resident_before_the_body_comes() -> None:
+    # A body buffer is allocated when the headers declare its length; bytearray(size) would
+    # write zeros over all of it at once, so clients declaring the limit and sending nothing
+    # could hold that much memory each. Unwritten, its pages stay out of memory until bytes
+    # arrive, and what arrives is what the buffer holds.
+    before = _resident_mib()
+    bodies = [_DirectBody(64 * 2**20, asyncio.Future(loop=asyncio.new_event_loop()))
+              for _ in range(8)]  # 512 MiB declared
+    assert _resident_mib() - before < 64
+    first = bodies[0]
+    first.view[: 2**20] = b"\x07" * 2**20
+    assert bytes(first.buffer[:16]) == b"\x07" * 16 and len(first.buffer) == 64 * 2**20
+    assert type(uninitialized_bytearray(3)) is bytearray and len(uninitialized_bytearray(0)) == 0
