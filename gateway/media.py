@@ -182,6 +182,22 @@ def _make_folder(folder: str, synced: dict[str, list[int]], owner: int) -> None:
     synced.setdefault(os.path.dirname(folder), []).append(owner)
 
 
+def _remove_if_ours(path: str, fd: int) -> None:
+    """Close ``fd`` (a file this call created at ``path`` with O_EXCL) and unlink ``path`` if
+    it still names that file. Another writer of the same image may have found it half-written
+    and replaced the name with a whole copy meanwhile (:func:`write_atomic`); that copy, which
+    its writer may have acknowledged, must stay."""
+    try:
+        mine = os.fstat(fd)
+        there = os.stat(path)
+        if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+            os.unlink(path)
+    except OSError:
+        pass  # gone already, or the disk refuses even this: nothing left to undo here
+    finally:
+        os.close(fd)
+
+
 def _create_or_keep(
     path: str, data: bytes, fsync: bool, synced: dict[str, list[int]], owner: int
 ) -> None:
@@ -214,8 +230,7 @@ def _create_or_keep(
             if fsync:
                 os.fsync(fd)
         except BaseException:
-            os.close(fd)
-            os.unlink(path)  # ours (O_EXCL), torn: no one may find it
+            _remove_if_ours(path, fd)  # torn: no one may find it
             raise
         os.close(fd)
         break

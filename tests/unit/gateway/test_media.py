@@ -248,3 +248,24 @@ def test_a_failed_write_leaves_no_file_under_the_name(
     errors = write_new_many([(str(tmp_path / "a" / "1"), b"one")])
     assert isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
     assert os.listdir(tmp_path / "a") == []
+
+
+def test_a_failed_write_leaves_another_writers_whole_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writer A creates the name and is still writing when writer B (same image) finds it
+    # half-written and replaces it with a whole copy, which B may acknowledge. A's write then
+    # fails: A must remove only its own file, never B's copy now under the name.
+    path = tmp_path / "x"
+    real_fsync = media_module.os.fsync
+
+    def replaced_then_fails(fd: int) -> None:
+        if os.fstat(fd).st_ino == path.stat().st_ino:  # A's own file, about to be synced
+            media_module.write_atomic(path, b"whole")  # B's replacement meanwhile
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(media_module.os, "fsync", replaced_then_fails)
+    errors = write_new_many([(str(path), b"whole")])
+    assert isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
+    assert path.read_bytes() == b"whole"
