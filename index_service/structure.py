@@ -227,20 +227,17 @@ def select_structure(index: VectorIndex, seq: int, n: int, config: SelectionConf
 
     # The reaching candidates are timed in turns, three rounds, each keeping its best: a load
     # change on a shared machine then hits them all, instead of whichever was timed then.
-    best: tuple[float, Any, dict[str, Any]] | None = None  # (one-query ms, built, record)
     for _ in range(3):
         for search, _built, record in reaching:
             ms = one_query_ms(search, timed, k, record["nprobe"], record["rerank"], passes=1)
             record["one_query_ms"] = round(min(ms, record.get("one_query_ms", math.inf)), 4)
     index.limit_threads()
-    for _search, built, record in reaching:
-        if best is None or record["one_query_ms"] < best[0]:
-            best = (record["one_query_ms"], built, record)
+    best = min(reaching, key=lambda entry: entry[2]["one_query_ms"], default=None)
     for record in report:
         log.info("structure candidate: %s", record)
 
     if best is not None:
-        _, (live, held_ids, held_vectors), chosen = best
+        _search, (live, held_ids, held_vectors), chosen = best
         reached = [r for r in report if r.get("reached")]
         why = (f"the cheapest one-query search ({chosen['one_query_ms']} ms) of the "
                f"{len(reached)} of {len(fits)} candidates within {budget:g} B/vector that "
