@@ -336,11 +336,16 @@ async def image_original(image_id: ImageId, request: Request, state: State) -> R
     record = await _record(state, image_id)
     meta = record.get("meta") or {}
     sha = str(record["key"])
-    path = await anyio.to_thread.run_sync(state.media.find_original, sha, record["path"])
-    if path is None:
-        raise _not_found(image_id, "original")
+    etag = f'"{sha}"'
     content_type = str(meta.get("content_type") or "application/octet-stream")
-    return _serve_file(request, state, path, content_type, f'"{sha}"')
+    if _etag_matches(request, etag):
+        return _serve_file(request, state, None, content_type, etag)
+    found = await anyio.to_thread.run_sync(
+        state.media.find_original, sha, record["path"], meta.get("original")
+    )
+    if found is None:
+        raise _not_found(image_id, "original")
+    return _serve_file(request, state, found, content_type, etag)
 
 
 @router.get(
@@ -362,7 +367,9 @@ async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> 
     # even before this gateway has made one (thumbnails are made on first request).
     if _etag_matches(request, etag):
         return _serve_file(request, state, None, content_type, etag)
-    found = await thumbnail_of(state, sha, str(record["path"]), content_type)
+    found = await thumbnail_of(
+        state, sha, str(record["path"]), content_type, meta.get("original")
+    )
     if found is None:
         raise _not_found(image_id, "thumbnail")
     return _serve_file(request, state, found, content_type, etag)
@@ -375,6 +382,7 @@ async def image_meta(image_id: ImageId, state: State) -> dict[str, Any]:
     """The stored record of an image."""
     record = await _record(state, image_id)
     meta = dict(record.get("meta") or {})
+    meta.pop("original", None)  # where the media store keeps it: the store's own business
     return {
         **meta,
         "id": image_id,
@@ -401,7 +409,8 @@ async def delete_image(image_id: ImageId, state: State) -> Response:
         await state.index.delete(image_id)
         state.records.drop(image_id)
         state.key_ids.drop(sha)
-        await anyio.to_thread.run_sync(state.media.remove, sha)
+        original = (record.get("meta") or {}).get("original")
+        await anyio.to_thread.run_sync(state.media.remove, sha, original)
         state.media.invalidate_bytes()
     return Response(status_code=204)
 

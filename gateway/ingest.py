@@ -45,6 +45,7 @@ class Part:
     info: ImageInfo | None = None  # from the header; None when the header is not an image's
     problem: GlimpseError | None = None  # why the header is refused, when it is
     thumbnail: bytes | None = None  # made at ingest only without stored originals
+    original: dict[str, Any] | None = None  # where the original was stored (its pack)
     duplicates: list[Part] = field(default_factory=list)
 
     def reject(self, error: GlimpseError | dict[str, Any]) -> None:
@@ -121,17 +122,17 @@ def thumbnail_type(state: GatewayState) -> str:
 
 
 def _store_media(state: GatewayState, parts: list[Part]) -> None:
-    """Write each part's original (and thumbnail, when one was made), with one batched fsync
-    pass for them all; a part whose write fails is rejected. Parts left unrejected are durable
-    on return."""
+    """Write the parts' originals (one pack for them all) and thumbnails (when made), durably;
+    a part whose write fails is rejected. Parts left unrejected are durable on return."""
     items = []
     for part in parts:
         assert part.sha256 is not None
         items.append((part.sha256, part.data, thumbnail_type(state), part.thumbnail))
-    errors = state.media.put_many(items, pool=state.io_pool)
-    for part, error in zip(parts, errors, strict=True):
+    errors, locations = state.media.put_many(items, pool=state.io_pool)
+    for part, error, location in zip(parts, errors, locations, strict=True):
         if error is not None:
             part.reject(_storage_error(error))
+        part.original = location
     state.media.invalidate_bytes()
 
 
@@ -264,6 +265,8 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
                 # GATEWAY_THUMBNAIL_FORMAT does not orphan thumbnails already made.
                 "thumbnail_type": thumbnail_type(state),
             }
+            if part.original is not None:
+                meta["original"] = part.original
             # The encoder's base64, checked and passed on as it came.
             item = {"vector": vector, "path": part.path, "key": part.sha256}
             to_add.append((part, {**item, "meta": meta}))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -25,31 +26,38 @@ logger = logging.getLogger("glimpse.gateway")
 
 
 async def thumbnail_of(
-    state: GatewayState, sha256: str, relative: str, content_type: str
+    state: GatewayState, sha256: str, relative: str, content_type: str, original: Any = None
 ) -> Path | bytes | None:
     """The stored thumbnail's path, or the bytes of one made now, or None when the image has
-    no original to make one from (or the original no longer decodes)."""
+    no original to make one from (or the original no longer decodes). ``original``: the
+    item's pack location (its meta's), when it has one."""
     path = await anyio.to_thread.run_sync(state.media.find_thumbnail, sha256, content_type)
     if path is not None:
         return path
     # The same lock as ingest and delete: one maker per image, and a delete never interleaves.
     async with state.key_locks.hold([sha256]):
         return await anyio.to_thread.run_sync(
-            _find_or_make, state, sha256, relative, content_type, limiter=state.decode_limiter
+            _find_or_make,
+            state,
+            sha256,
+            relative,
+            content_type,
+            original,
+            limiter=state.decode_limiter,
         )
 
 
 def _find_or_make(
-    state: GatewayState, sha256: str, relative: str, content_type: str
+    state: GatewayState, sha256: str, relative: str, content_type: str, original: Any
 ) -> Path | bytes | None:
     path = state.media.find_thumbnail(sha256, content_type)
     if path is not None:
         return path  # made while this request waited for the lock
-    original = state.media.find_original(sha256, relative)
-    if original is None:
+    found = state.media.find_original(sha256, relative, original)
+    if found is None:
         return None
     try:
-        data = original.read_bytes()
+        data = found if isinstance(found, bytes) else found.read_bytes()
     except OSError:
         return None  # removed since it was found
     # A library file (GATEWAY_STORE_ORIGINALS=false) may have changed since it was ingested;

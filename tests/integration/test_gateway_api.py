@@ -263,7 +263,11 @@ def test_media_is_written_before_the_index_knows_it(client: httpx.Client, stack:
     data = noise_image(10)
     item = client.post("/ingest", files=[("files", ("m/x.jpg", data, "image/jpeg"))]).json()
     sha = item["items"][0]["sha256"]
-    assert (stack.media_dir / "originals" / sha[:2] / sha[2:4] / sha).read_bytes() == data
+    # In a pack (gateway/media.py): its entry's bytes, under a header naming the sha256.
+    packed = [p.read_bytes() for p in (stack.media_dir / "packs").rglob("*.pack")]
+    assert any(bytes.fromhex(sha) + data in blob for blob in packed)
+    meta = client.get(f"/images/{item['items'][0]['id']}/meta").json()
+    assert "original" not in meta  # where the store keeps it is not the API's
     # The thumbnail is made on its first request (gateway/thumbnails.py), then kept.
     thumbnail = stack.media_dir / "thumbnails" / sha[:2] / sha[2:4] / f"{sha}.webp"
     assert not thumbnail.exists()
@@ -368,9 +372,9 @@ def test_library_mode_serves_strictly_inside(stack: Stack, tmp_path: Path) -> No
         # The symlink points outside the library: refused, nothing leaked.
         escaped = gateway.get(f"/images/{items[1]['id']}")
         assert escaped.status_code == 404 and secret not in escaped.content
-        assert not (media / "originals").exists() or not any((media / "originals").rglob("*.*"))
-        originals = [p for p in (media / "originals").rglob("*") if p.is_file()]
-        assert originals == []
+        stored = [p for d in ("originals", "packs") for p in (media / d).rglob("*")
+                  if p.is_file()]
+        assert stored == []
 
 
 # Limits and auth -------------------------------------------------------------------------------

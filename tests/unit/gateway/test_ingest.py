@@ -42,29 +42,24 @@ def test_a_full_disk_rejects_the_part_as_insufficient_storage(
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(media_module.os, "write", full)
+    monkeypatch.setattr(media_module.os, "writev", full)
     _store_media(State(MediaStore(tmp_path)), [part])  # type: ignore[arg-type]
     assert part.status == "rejected"
     assert part.error_type == "insufficient_storage" and part.error
     assert [n for _, _, files in os.walk(tmp_path) for n in files] == []  # no temporary files
 
 
-def test_one_failed_write_rejects_only_its_part(tmp_path: Path) -> None:
+def test_a_failed_pack_write_rejects_every_part_of_the_request(tmp_path: Path) -> None:
+    # The request's originals share one pack: it is written whole or not at all.
     store = MediaStore(tmp_path)
-    parts = []
-    for i, sha in enumerate(("ab" * 32, "cd" * 32, "ef" * 32)):
-        data = png()
-        parts.append(Part(path=f"{i}.png", data=data, sha256=sha))
-    # A file where the second part's folder should be: its writes fail, the others do not.
-    (tmp_path / "originals" / "cd").mkdir(parents=True)
-    (tmp_path / "originals" / "cd" / "cd").write_bytes(b"in the way")
+    parts = [Part(path=f"{i}.png", data=png(), sha256=sha) for i, sha in
+             enumerate(("ab" * 32, "cd" * 32, "ef" * 32))]
+    (tmp_path / "packs").write_bytes(b"a file where the packs folder should be")
     with ThreadPoolExecutor(4) as pool:
         _store_media(State(store, pool), parts)  # type: ignore[arg-type]
-    assert [p.status for p in parts] == [None, "rejected", None]
-    assert parts[1].error_type == "internal_error"
-    for part in (parts[0], parts[2]):
-        assert part.sha256 is not None
-        assert store.find_original(part.sha256, part.path) is not None
+    assert [p.status for p in parts] == ["rejected"] * 3
+    assert {p.error_type for p in parts} == {"internal_error"}
+    assert all(p.original is None for p in parts)
 
 
 def test_the_original_is_kept_and_no_thumbnail_is_made(tmp_path: Path) -> None:
@@ -73,9 +68,8 @@ def test_the_original_is_kept_and_no_thumbnail_is_made(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
     part = Part(path="a.png", data=data, sha256="cd" * 32)
     _store_media(State(store), [part])  # type: ignore[arg-type]
-    assert part.status is None
-    original = store.find_original("cd" * 32, "a.png")
-    assert original is not None and original.read_bytes() == data
+    assert part.status is None and part.original is not None
+    assert store.find_original("cd" * 32, "a.png", part.original) == data
     assert store.find_thumbnail("cd" * 32, "image/webp") is None
 
 

@@ -1,22 +1,28 @@
-"""MediaStore: content-addressed layout, atomic writes, strict library path resolution."""
+"""MediaStore: originals in packs (one per call, durable, erased in place), thumbnails
+content-addressed and atomic, originals from before packs still found, strict library path
+resolution."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import gateway.media as media_module
 from gateway.media import (
+    PACK_ENTRY,
+    PACK_MAGIC,
     MediaStore,
     safe_relative_path,
     write_atomic,
     write_atomic_many,
-    write_new_many,
 )
 
 
@@ -24,15 +30,166 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_original_is_content_addressed_and_sharded(tmp_path: Path) -> None:
+def packs(root: Path) -> list[Path]:
+    return sorted((root / "packs").rglob("*.pack"))
+
+
+def read_pack(path: Path) -> list[tuple[str, bytes]]:
+    """(sha256, bytes) of every entry, from the pack file alone."""
+    blob, entries, at = path.read_bytes(), [], 0
+    while at < len(blob):
+        magic, version, length, digest = PACK_ENTRY.unpack_from(blob, at)
+        assert (magic, version) == (PACK_MAGIC, 1)
+        at += PACK_ENTRY.size
+        entries.append((digest.hex(), blob[at : at + length]))
+        at += length
+    return entries
+
+
+def test_originals_of_one_call_go_to_one_new_pack(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
     store.setup()
-    data = b"some image bytes"
+    datas = [b"first image", b"", b"third" * 1000]
+    items = [(sha(d), d, "image/webp", None) for d in datas]
+    errors, locations = store.put_many(items)
+    assert errors == [None, None, None]
+    [pack] = packs(tmp_path)
+    assert pack.parent.parent == tmp_path / "packs"  # packs/<yyyy-mm>/<name>.pack
+    assert read_pack(pack) == [(sha(d), d) for d in datas]  # self-describing, in order
+    for data, location in zip(datas, locations, strict=True):
+        assert location is not None
+        assert location["pack"] == f"{pack.parent.name}/{pack.name}"
+        assert location["length"] == len(data)
+        assert store.find_original(sha(data), "ignored.jpg", location) == data
+    # The next call gets a pack of its own.
+    assert store.put_original(sha(b"later"), b"later") is not None
+    assert len(packs(tmp_path)) == 2
+
+
+def test_a_pack_is_synced_with_its_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    files: list[int] = []
+    real_dir, real_file = media_module._fsync_dir, media_module.os.fsync
+
+    def record_dir(folder: Path | str) -> None:
+        synced.append(str(folder))
+        real_dir(folder)
+
+    def record_file(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # not a folder's (_fsync_dir's own)
+            files.append(fd)
+        real_file(fd)
+
+    monkeypatch.setattr(media_module, "_fsync_dir", record_dir)
+    monkeypatch.setattr(media_module.os, "fsync", record_file)
+    store = MediaStore(tmp_path)
+    store.setup()
+    location = store.write_pack([(sha(b"a"), b"a"), (sha(b"b"), b"b")])[0]
+    month = str(tmp_path / "packs" / location["pack"].split("/")[0])
+    # One fsync of the pack for all its originals; the new month folder's entry in packs/ and
+    # the pack's entry in the month folder.
+    assert len(files) == 1 and sorted(synced) == sorted([str(tmp_path / "packs"), month])
+    synced.clear()
+    files.clear()
+    store.write_pack([(sha(b"c"), b"c")])
+    assert len(files) == 1 and synced == [month]  # the folder is known durable now
+    synced.clear()
+    files.clear()
+    MediaStore(tmp_path, fsync=False).write_pack([(sha(b"d"), b"d")])
+    assert files == [] and synced == []
+
+
+@pytest.mark.parametrize("failing", ["writev", "fsync"])
+def test_a_failed_pack_write_fails_every_original_and_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    def fail(*args: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = MediaStore(tmp_path)
+    store.setup()
+    monkeypatch.setattr(media_module.os, failing, fail)
+    items = [(sha(d), d, "image/webp", None) for d in (b"x", b"y")]
+    errors, _ = store.put_many(items)
+    assert all(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in errors)
+    assert packs(tmp_path) == []
+
+
+def test_short_writes_are_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = media_module.os.writev
+
+    def at_most_seven(fd: int, buffers: list[memoryview]) -> int:
+        chunk = b"".join(bytes(b) for b in buffers)[:7]
+        return real(fd, [chunk])
+
+    monkeypatch.setattr(media_module.os, "writev", at_most_seven)
+    store = MediaStore(tmp_path)
+    datas = [b"0123456789" * 3, b"abc", b"", b"xyz" * 11]
+    locations = store.write_pack([(sha(d), d) for d in datas])
+    read = [store.read_packed(sha(d), at) for d, at in zip(datas, locations, strict=True)]
+    assert read == datas
+
+
+def test_writers_in_threads_never_share_a_pack(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    store.setup()
+    datas = [f"image {i}".encode() * 100 for i in range(64)]
+    locations: dict[bytes, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def write(data: bytes) -> None:
+        location = store.write_pack([(sha(data), data)])[0]
+        with lock:
+            locations[data] = location
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, datas))
+    assert len(packs(tmp_path)) == 64
+    for data, location in locations.items():
+        assert store.read_packed(sha(data), location) == data
+
+
+def test_a_location_is_checked_before_it_is_used(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    data, other = b"the image", b"other image"
+    location = store.put_original(sha(data), data)
+    assert location is not None
+    store.put_original(sha(other), other)
+    pack, offset, length = location["pack"], location["offset"], location["length"]
+    (tmp_path / "outside.pack").write_bytes(b"x" * 100)
+    for bad in (
+        None,
+        "packs/x",
+        {"pack": "../outside.pack", "offset": PACK_ENTRY.size, "length": 1},
+        {"pack": f"{pack.split('/')[0]}/../../outside.pack", "offset": 48, "length": 1},
+        {"pack": "/etc/passwd", "offset": 48, "length": 1},
+        {"pack": pack, "offset": offset + 1, "length": length},  # not an entry's start
+        {"pack": pack, "offset": offset, "length": length - 1},  # not its length
+        {"pack": pack, "offset": 0, "length": length},
+        {"pack": pack, "offset": -offset, "length": length},
+        {"pack": pack, "offset": str(offset), "length": length},
+        {"pack": pack, "offset": offset, "length": 10**9},  # past the end
+        {"pack": pack[:-6] + "0" * 6, "offset": offset, "length": length},  # no such pack
+    ):
+        assert store.read_packed(sha(data), bad) is None, bad
+    assert store.read_packed(sha(other), location) is None  # another image's location
+    assert store.read_packed("../../etc", location) is None
+    assert store.read_packed(sha(data), location) == data
+
+
+def test_original_files_from_before_packs_are_found_and_removed(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    data = b"stored before packs"
     digest = sha(data)
-    store.put_original(digest, data)
     path = tmp_path / "originals" / digest[:2] / digest[2:4] / digest
-    assert path.read_bytes() == data
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
     assert store.find_original(digest, "ignored.jpg") == path
+    assert store.find_original(digest, "ignored.jpg", {"pack": "junk"}) == path
+    store.remove(digest)
+    assert not path.exists() and store.find_original(digest, "ignored.jpg") is None
 
 
 def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
@@ -41,7 +198,8 @@ def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     store.put_original(digest, b"x")
     store.put_thumbnail(digest, "image/webp", b"thumb")
     names = [n for _, _, files in os.walk(tmp_path) for n in files]
-    assert sorted(names) == sorted([digest, f"{digest}.webp"])
+    [pack] = packs(tmp_path)
+    assert sorted(names) == sorted([pack.name, f"{digest}.webp"])
 
 
 def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
@@ -55,11 +213,34 @@ def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
 def test_remove_forgets_original_and_thumbnails(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
     digest = sha(b"y")
-    store.put_original(digest, b"y")
+    location = store.put_original(digest, b"y")
     store.put_thumbnail(digest, "image/jpeg", b"t")
-    store.remove(digest)
-    assert store.find_original(digest, "y.jpg") is None
+    store.remove(digest, location)
+    assert store.find_original(digest, "y.jpg", location) is None
     assert store.find_thumbnail(digest, "image/jpeg") is None
+
+
+@pytest.mark.parametrize("holes", [True, False])
+def test_remove_erases_a_packed_original_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holes: bool
+) -> None:
+    if not holes:  # a file system that cannot punch holes: the range is zeroed instead
+        monkeypatch.setattr(media_module._FALLOCATE, "call", None)
+    store = MediaStore(tmp_path)
+    gone, kept = os.urandom(3 * 4096), os.urandom(5000)
+    first, second = store.write_pack([(sha(gone), gone), (sha(kept), kept)])
+    [pack] = packs(tmp_path)
+    size, blocks = pack.stat().st_size, pack.stat().st_blocks
+    store.remove(sha(gone), first)
+    assert store.read_packed(sha(gone), first) is None
+    assert store.read_packed(sha(kept), second) == kept
+    blob = pack.read_bytes()
+    assert len(blob) == size and gone not in blob
+    assert blob[: PACK_ENTRY.size + len(gone)] == bytes(PACK_ENTRY.size + len(gone))
+    if holes and media_module._FALLOCATE.call is not None:
+        assert pack.stat().st_blocks < blocks  # the erased original's whole blocks freed
+    store.remove(sha(kept), first)  # a location that is not this image's: nothing erased
+    assert store.read_packed(sha(kept), second) == kept
 
 
 def test_not_a_digest_is_refused(tmp_path: Path) -> None:
@@ -131,19 +312,19 @@ def test_library_resolves_only_inside(library: Path, tmp_path: Path) -> None:
 def test_without_stored_originals_the_library_serves(library: Path, tmp_path: Path) -> None:
     store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
     digest = sha(b"inside")
-    store.put_original(digest, b"inside")
-    assert not store.original_path(digest).exists()
+    assert store.put_original(digest, b"inside") is None
+    assert not (tmp_path / "media" / "packs").exists()
     assert store.find_original(digest, "trip/a.jpg") == (library / "trip" / "a.jpg").resolve()
 
 
 def test_total_bytes_is_cached_until_invalidated(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
     store.put_original(sha(b"abc"), b"abc")
-    assert store.total_bytes() == 3
+    assert store.total_bytes() == PACK_ENTRY.size + 3
     store.put_original(sha(b"defg"), b"defg")
-    assert store.total_bytes() == 3
+    assert store.total_bytes() == PACK_ENTRY.size + 3
     store.invalidate_bytes()
-    assert store.total_bytes() == 7
+    assert store.total_bytes() == 2 * PACK_ENTRY.size + 7
 
 
 @pytest.mark.parametrize("fsync", [True, False])
@@ -171,101 +352,27 @@ def test_put_many_is_put_original_plus_put_thumbnail(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
     items = [(sha(d), d, "image/webp", b"thumb " + d) for d in (b"x", b"y")]
     items.append((sha(b"z"), b"z", "image/jpeg", b"jpeg thumb"))
-    assert store.put_many(items) == [None, None, None]
-    for digest, data, thumb_type, thumb in items:
-        assert store.original_path(digest).read_bytes() == data
+    errors, locations = store.put_many(items)
+    assert errors == [None, None, None]
+    for (digest, data, thumb_type, thumb), location in zip(items, locations, strict=True):
+        assert store.read_packed(digest, location) == data
         found = store.find_thumbnail(digest, thumb_type)
         assert found is not None and found.read_bytes() == thumb
     names = [n for _, _, files in os.walk(tmp_path) for n in files]
-    assert len(names) == 6 and not any(n.endswith(".tmp") for n in names)
+    assert len(names) == 4 and not any(n.endswith(".tmp") for n in names)  # a pack, 3 thumbs
 
 
 def test_put_many_without_originals_keeps_thumbnails_only(tmp_path: Path) -> None:
     store = MediaStore(tmp_path / "media", store_originals=False, library_dir=tmp_path)
-    assert store.put_many([(sha(b"q"), b"q", "image/webp", b"t")]) == [None]
-    assert not store.original_path(sha(b"q")).exists()
+    assert store.put_many([(sha(b"q"), b"q", "image/webp", b"t")]) == ([None], [None])
+    assert not (tmp_path / "media" / "packs").exists()
     assert store.find_thumbnail(sha(b"q"), "image/webp") is not None
 
 
 def test_put_many_without_a_thumbnail_keeps_the_original_only(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
-    errors = store.put_many([(sha(b"o"), b"o", "image/webp", None)])
+    errors, [location] = store.put_many([(sha(b"o"), b"o", "image/webp", None)])
     assert errors == [None]
-    assert store.find_original(sha(b"o"), "o.jpg") is not None
+    assert store.find_original(sha(b"o"), "o.jpg", location) == b"o"
     assert store.find_thumbnail(sha(b"o"), "image/webp") is None
     assert not (tmp_path / "thumbnails").exists()
-
-
-def test_write_new_many_creates_at_the_final_name_and_syncs_new_folders(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[str] = []
-    real = media_module._fsync_dir
-
-    def record(folder: Path | str) -> None:
-        synced.append(str(folder))
-        real(folder)
-
-    monkeypatch.setattr(media_module, "_fsync_dir", record)
-    (tmp_path / "old").mkdir()
-    files = [
-        (str(tmp_path / "new" / "deeper" / "1"), b"one"),
-        (str(tmp_path / "new" / "deeper" / "2"), b"two"),
-        (str(tmp_path / "old" / "3"), b"three"),
-    ]
-    assert write_new_many(files) == [None, None, None]
-    for path, data in files:
-        assert Path(path).read_bytes() == data
-    assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["1", "2"]
-    # Each folder that gained an entry, once: the files' two, and the parents of new folders.
-    folders = [tmp_path / "new" / "deeper", tmp_path / "new", tmp_path, tmp_path / "old"]
-    assert sorted(synced) == sorted(map(str, folders))
-    synced.clear()
-    assert write_new_many([(str(tmp_path / "old" / "4"), b"four")], fsync=False) == [None]
-    assert synced == []
-
-
-def test_write_new_many_keeps_the_same_bytes_and_replaces_a_torn_file(tmp_path: Path) -> None:
-    same, torn, short = tmp_path / "same", tmp_path / "torn", tmp_path / "short"
-    same.write_bytes(b"content")
-    torn.write_bytes(b"cont\0\0\0")  # a crash can leave the size right and the bytes not
-    short.write_bytes(b"con")
-    inode = same.stat().st_ino
-    files = [(str(same), b"content"), (str(torn), b"content"), (str(short), b"content")]
-    assert write_new_many(files) == [None, None, None]
-    assert [Path(p).read_bytes() for p, _ in files] == [b"content"] * 3
-    assert same.stat().st_ino == inode  # kept, not rewritten
-    assert sorted(os.listdir(tmp_path)) == ["same", "short", "torn"]  # no temporary files
-
-
-def test_a_failed_write_leaves_no_file_under_the_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def fail(fd: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(media_module.os, "fsync", fail)
-    errors = write_new_many([(str(tmp_path / "a" / "1"), b"one")])
-    assert isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
-    assert os.listdir(tmp_path / "a") == []
-
-
-def test_a_failed_write_leaves_another_writers_whole_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Writer A creates the name and is still writing when writer B (same image) finds it
-    # half-written and replaces it with a whole copy, which B may acknowledge. A's write then
-    # fails: A must remove only its own file, never B's copy now under the name.
-    path = tmp_path / "x"
-    real_fsync = media_module.os.fsync
-
-    def replaced_then_fails(fd: int) -> None:
-        if os.fstat(fd).st_ino == path.stat().st_ino:  # A's own file, about to be synced
-            media_module.write_atomic(path, b"whole")  # B's replacement meanwhile
-            raise OSError(errno.EIO, "I/O error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(media_module.os, "fsync", replaced_then_fails)
-    errors = write_new_many([(str(path), b"whole")])
-    assert isinstance(errors[0], OSError) and errors[0].errno == errno.EIO
-    assert path.read_bytes() == b"whole"

@@ -63,12 +63,3 @@ def test_measured_gives_each_process_its_cpu_time() -> None:
     assert cost.seconds >= 0.04
     assert cost.cpu_s["this"] >= 0.04 and cost.cpu_s["also this"] >= 0.04
     assert cost.us_per("this") == cost.cpu_s["this"] / 1000 * 1e6
-
-
-def test_make_shard_folders_makes_every_originals_folder(tmp_path: Path) -> None:
-    from scripts.bench_ingest import make_shard_folders
-
-    make_shard_folders(tmp_path)
-    firsts = sorted(p.name for p in (tmp_path / "originals").iterdir())
-    assert len(firsts) == 256 and firsts[0] == "00" and firsts[-1] == "ff"
-    assert len(list((tmp_path / "originals" / "a7").iterdir())) == 256
