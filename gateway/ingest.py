@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ from contracts.multipart import FormPart
 from gateway.images import ImageInfo, inspect_image, make_thumbnail, sniff_content_type
 from gateway.media import safe_relative_path
 from gateway.state import GatewayState
+
+logger = logging.getLogger("glimpse.gateway")
 
 
 @dataclass
@@ -273,7 +276,24 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
         if not to_add:
             return
         added = await state.index.add([item for _, item in to_add])
+        copies: list[Part] = []  # stored again, but the index kept the item it had
         for (part, _), outcome in zip(to_add, added, strict=True):
             part.status, part.id = outcome["status"], int(outcome["id"])
             assert part.sha256 is not None
             state.key_ids.put(part.sha256, part.id)
+            if part.status == "exists" and part.original is not None:
+                copies.append(part)
+        if copies:
+            # A known key this gateway did not remember went the whole way (see ingest_files):
+            # the copy just packed is referenced by nothing, so its space is given back.
+            await anyio.to_thread.run_sync(_erase_copies, state, copies)
+
+
+def _erase_copies(state: GatewayState, parts: list[Part]) -> None:
+    for part in parts:
+        assert part.sha256 is not None
+        try:
+            state.media.erase_packed(part.sha256, part.original)
+        except OSError as exc:  # the answer stands: the item is stored; only space is lost
+            logger.warning("an unreferenced copy of %s was not erased: %s", part.sha256, exc)
+    state.media.invalidate_bytes()

@@ -392,23 +392,28 @@ class MediaStore:
                 errors[n] = error
         return errors, locations
 
-    def remove(self, sha256: str, original: Any = None) -> None:
-        """Forget the original (``original``: the item's pack location, when it has one) and
-        every thumbnail of ``sha256``. A packed original's bytes are erased in place: punched
-        out where the file system can (its blocks freed at once), zeroed elsewhere."""
+    def erase_packed(self, sha256: str, original: Any) -> None:
+        """Erase a packed original in place (``original``: its pack location), if the entry
+        there is ``sha256``'s: punched out where the file system can (its blocks freed at
+        once), zeroed elsewhere."""
         location = packed_location(original)
-        if location is not None:
-            pack, offset, length = location
-            try:
-                fd = os.open(f"{self._packs}/{pack}", os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                pass
-            else:
-                try:
-                    if self._entry(fd, sha256, offset, length) is not None:
-                        _erase(fd, offset - PACK_ENTRY.size, PACK_ENTRY.size + length)
-                finally:
-                    os.close(fd)
+        if location is None or not SHA256_RE.match(sha256):
+            return
+        pack, offset, length = location
+        try:
+            fd = os.open(f"{self._packs}/{pack}", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            if self._entry(fd, sha256, offset, length) is not None:
+                _erase(fd, offset - PACK_ENTRY.size, PACK_ENTRY.size + length)
+        finally:
+            os.close(fd)
+
+    def remove(self, sha256: str, original: Any = None) -> None:
+        """Forget the original (``original``: the item's pack location, when it has one; see
+        :meth:`erase_packed`) and every thumbnail of ``sha256``."""
+        self.erase_packed(sha256, original)
         paths = [self.original_path(sha256)]
         paths += [self.thumbnail_path(sha256, ct) for ct in THUMBNAIL_EXT]
         for path in paths:

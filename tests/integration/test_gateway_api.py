@@ -245,6 +245,10 @@ def test_a_gateway_that_never_saw_a_file_still_answers_its_id(
         items = fresh.post("/ingest", files=files).json()["items"]
         assert items[0]["status"] == "exists" and items[0]["id"] == ingested["rocket.jpg"]
         assert fresh.get("/stats").json()["images"] == before
+        # Its bytes went to a new pack on the way, and were erased there again: one copy.
+        packs = [p.read_bytes() for p in (stack.media_dir / "packs").rglob("*.pack")]
+        assert sum(blob.count(photos["rocket.jpg"]) for blob in packs) == 1
+        assert fresh.get(f"/images/{items[0]['id']}").content == photos["rocket.jpg"]
 
 
 def test_ingest_check(
