@@ -237,63 +237,80 @@ async def _store(state: GatewayState, parts: list[Part]) -> None:
 async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
     keys = [p.sha256 for p in parts if p.sha256 is not None]
     async with state.key_locks.hold(keys):
-        # The encoder embeds the batch while the gateway stores it (it decodes the images
-        # itself and answers an error for each it cannot). Only parts that both have a vector
-        # and are durably stored go on to the index: media is on disk before the index add.
-        stored = asyncio.ensure_future(_store(state, parts))
+        in_doubt: list[Part] = []  # sent in an index add that did not answer
         try:
-            vectors, errors = await state.encoder.embed_images_wire(
-                [(p.path, p.data, sniff_content_type(p.data)) for p in parts]
-            )
+            await _embed_and_add_locked(state, parts, in_doubt)
         finally:
-            # Even when the encoder failed: the writes finish before the keys are unlocked
-            # (and a failed store raises from here).
-            await stored
-        to_add: list[tuple[Part, dict[str, Any]]] = []
-        for part, vector, error in zip(parts, vectors, errors, strict=True):
-            if part.status is not None:
-                continue  # rejected by the gateway's own checks or the media write
-            if vector is None:
-                missing = {"error": "The encoder gave no vector.", "error_type": "upstream_error"}
-                part.reject(error or missing)
-                continue
-            info = part.info
-            assert info is not None and part.sha256 is not None
-            meta = {
-                "width": info.width,
-                "height": info.height,
-                "bytes": len(part.data),
-                "content_type": info.content_type,
-                # The type the thumbnail has or will have: fixed per item, so a later change of
-                # GATEWAY_THUMBNAIL_FORMAT does not orphan thumbnails already made.
-                "thumbnail_type": thumbnail_type(state),
-            }
-            if part.original is not None:
-                meta["original"] = part.original
-            # The encoder's base64, checked and passed on as it came.
-            item = {"vector": vector, "path": part.path, "key": part.sha256}
-            to_add.append((part, {**item, "meta": meta}))
-        if not to_add:
-            return
-        added = await state.index.add([item for _, item in to_add])
-        copies: list[Part] = []  # stored again, but the index kept the item it had
-        for (part, _), outcome in zip(to_add, added, strict=True):
-            part.status, part.id = outcome["status"], int(outcome["id"])
-            assert part.sha256 is not None
-            state.key_ids.put(part.sha256, part.id)
-            if part.status == "exists" and part.original is not None:
-                copies.append(part)
-        if copies:
-            # A known key this gateway did not remember went the whole way (see ingest_files):
-            # the copy just packed is referenced by nothing, so its space is given back.
-            await anyio.to_thread.run_sync(_erase_copies, state, copies)
+            # A packed copy that no item refers to is erased again: its part was not added (the
+            # encoder failed or refused it), or the index kept the item it had ("exists": a
+            # known key this gateway did not remember went the whole way, see ingest_files).
+            # Not the copies of an add that did not answer: the index may have committed them.
+            doubt = {id(p) for p in in_doubt}
+            unreferenced = [
+                p for p in parts
+                if p.original is not None and p.status != "added" and id(p) not in doubt
+            ]
+            if unreferenced:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_erase_copies, state, unreferenced)
+
+
+async def _embed_and_add_locked(
+    state: GatewayState, parts: list[Part], in_doubt: list[Part]
+) -> None:
+    # The encoder embeds the batch while the gateway stores it (it decodes the images
+    # itself and answers an error for each it cannot). Only parts that both have a vector
+    # and are durably stored go on to the index: media is on disk before the index add.
+    stored = asyncio.ensure_future(_store(state, parts))
+    try:
+        vectors, errors = await state.encoder.embed_images_wire(
+            [(p.path, p.data, sniff_content_type(p.data)) for p in parts]
+        )
+    finally:
+        # Even when the encoder failed: the writes finish before the keys are unlocked
+        # (and a failed store raises from here).
+        await stored
+    to_add: list[tuple[Part, dict[str, Any]]] = []
+    for part, vector, error in zip(parts, vectors, errors, strict=True):
+        if part.status is not None:
+            continue  # rejected by the gateway's own checks or the media write
+        if vector is None:
+            missing = {"error": "The encoder gave no vector.", "error_type": "upstream_error"}
+            part.reject(error or missing)
+            continue
+        info = part.info
+        assert info is not None and part.sha256 is not None
+        meta = {
+            "width": info.width,
+            "height": info.height,
+            "bytes": len(part.data),
+            "content_type": info.content_type,
+            # The type the thumbnail has or will have: fixed per item, so a later change of
+            # GATEWAY_THUMBNAIL_FORMAT does not orphan thumbnails already made.
+            "thumbnail_type": thumbnail_type(state),
+        }
+        if part.original is not None:
+            meta["original"] = part.original
+        # The encoder's base64, checked and passed on as it came.
+        item = {"vector": vector, "path": part.path, "key": part.sha256}
+        to_add.append((part, {**item, "meta": meta}))
+    if not to_add:
+        return
+    in_doubt.extend(part for part, _ in to_add)
+    added = await state.index.add([item for _, item in to_add])
+    in_doubt.clear()
+    for (part, _), outcome in zip(to_add, added, strict=True):
+        part.status, part.id = outcome["status"], int(outcome["id"])
+        assert part.sha256 is not None
+        state.key_ids.put(part.sha256, part.id)
 
 
 def _erase_copies(state: GatewayState, parts: list[Part]) -> None:
+    """Erase the packed copies of ``parts``, which no item refers to."""
     for part in parts:
         assert part.sha256 is not None
         try:
             state.media.erase_packed(part.sha256, part.original)
-        except OSError as exc:  # the answer stands: the item is stored; only space is lost
+        except OSError as exc:  # the answers stand; only the space is not given back
             logger.warning("an unreferenced copy of %s was not erased: %s", part.sha256, exc)
     state.media.invalidate_bytes()

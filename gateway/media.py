@@ -171,6 +171,8 @@ def _writev_all(fd: int, chunks: Sequence[bytes]) -> None:
     while views:
         batch = views[:_IOV_MAX]
         written = os.writev(fd, batch)
+        if not written:
+            raise OSError(errno.EIO, "the file system took none of a write")
         done = 0
         while done < len(batch) and written >= len(batch[done]):
             written -= len(batch[done])

@@ -10,14 +10,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from PIL import Image
 
 import gateway.media as media_module
 from gateway.images import make_thumbnail
-from gateway.ingest import Part, _check_all, _store_media
+from gateway.ingest import Part, _check_all, _embed_and_add, _store_media
 from gateway.media import MediaStore
+from gateway.state import KeyLocks, LruCache
 
 
 def png() -> bytes:
@@ -101,3 +103,93 @@ def test_check_all_hashes_and_reads_each_header() -> None:
     assert parts[1].problem.error_type == "invalid_image"
     assert parts[2].problem is not None and parts[2].problem.error_type == "image_too_large"
     assert all(p.status is None for p in parts)  # rejected later, for new keys only
+
+
+# Packed copies that no item refers to ------------------------------------------------------
+
+
+class Upstreams:
+    """The encoder and index clients' two calls that ingest makes, scripted per test."""
+
+    def __init__(self, refuse: set[str] = frozenset(), encoder_down: bool = False,
+                 index_answers: str | None = "added") -> None:
+        self.refuse, self.encoder_down, self.index_answers = refuse, encoder_down, index_answers
+        self.added: list[dict[str, Any]] = []
+
+    async def embed_images_wire(
+        self, files: list[tuple[str, bytes, str]]
+    ) -> tuple[list[str | None], list[dict[str, str] | None]]:
+        if self.encoder_down:
+            raise OSError("the encoder is down")
+        vectors: list[str | None] = []
+        errors: list[dict[str, str] | None] = []
+        for path, _, _ in files:
+            refused = path in self.refuse
+            vectors.append(None if refused else "AAAA")
+            errors.append({"error": "cannot decode", "error_type": "invalid_image"}
+                          if refused else None)
+        return vectors, errors
+
+    async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.index_answers is None:
+            raise TimeoutError("the index did not answer")  # it may have committed them
+        self.added += items
+        return [{"status": self.index_answers, "id": n} for n, _ in enumerate(items)]
+
+
+def ingest_state(tmp_path: Path, upstreams: Upstreams) -> Any:
+    return SimpleNamespace(
+        media=MediaStore(tmp_path), io_pool=None, encoder=upstreams, index=upstreams,
+        settings=SimpleNamespace(thumbnail_format="webp"), key_locks=KeyLocks(),
+        key_ids=LruCache(16),
+    )
+
+
+def new_parts(n: int) -> list[Part]:
+    parts = []
+    for i in range(n):
+        data = png() + bytes([i])  # distinct bytes, a readable header
+        part = Part(path=f"{i}.png", data=data, sha256=hashlib.sha256(data).hexdigest())
+        _check_all([part], max_pixels=10**6)
+        parts.append(part)
+    return parts
+
+
+def stored(state: Any, part: Part) -> bool:
+    assert part.sha256 is not None and part.original is not None
+    return state.media.read_packed(part.sha256, part.original) == part.data
+
+
+async def test_a_part_the_encoder_refuses_leaves_no_packed_copy(tmp_path: Path) -> None:
+    state = ingest_state(tmp_path, Upstreams(refuse={"1.png"}))
+    parts = new_parts(3)
+    await _embed_and_add(state, parts)
+    assert [p.status for p in parts] == ["added", "rejected", "added"]
+    assert [stored(state, p) for p in parts] == [True, False, True]
+    assert [i["meta"]["original"] for i in state.index.added] == [parts[0].original,
+                                                                  parts[2].original]
+
+
+async def test_a_failed_encoder_call_leaves_no_packed_copy(tmp_path: Path) -> None:
+    state = ingest_state(tmp_path, Upstreams(encoder_down=True))
+    parts = new_parts(2)
+    with pytest.raises(OSError, match="encoder"):
+        await _embed_and_add(state, parts)
+    assert not any(stored(state, p) for p in parts)
+
+
+async def test_copies_the_index_kept_another_item_for_are_erased(tmp_path: Path) -> None:
+    state = ingest_state(tmp_path, Upstreams(index_answers="exists"))
+    parts = new_parts(2)
+    await _embed_and_add(state, parts)
+    assert [p.status for p in parts] == ["exists", "exists"]
+    assert not any(stored(state, p) for p in parts)
+
+
+async def test_copies_sent_in_an_add_that_did_not_answer_stay(tmp_path: Path) -> None:
+    state = ingest_state(tmp_path, Upstreams(refuse={"0.png"}, index_answers=None))
+    parts = new_parts(3)
+    with pytest.raises(TimeoutError):
+        await _embed_and_add(state, parts)
+    # The index may have committed the add: its items' originals must stay.
+    assert [stored(state, p) for p in parts] == [False, True, True]
