@@ -68,15 +68,16 @@ _NOT_A_DELIMITER = -2  # what follows a boundary: data that merely contains the 
 class FormPart:
     """One part of a form body, in the order it came.
 
-    A file (``filename`` is not None, possibly "") has its bytes in ``data`` and its part's
-    Content-Type header, if any, in ``content_type``. A text field has ``filename`` and
-    ``content_type`` None, its value in ``text`` and the bytes that value came from in ``data``.
+    A file (``filename`` is not None, possibly "") has its bytes in ``data`` (a read-only
+    memoryview of the body when parsed with ``file_views``) and its part's Content-Type header,
+    if any, in ``content_type``. A text field has ``filename`` and ``content_type`` None, its
+    value in ``text`` and the bytes that value came from in ``data``.
     """
 
     name: str
     filename: str | None
     content_type: str | None
-    data: bytes
+    data: bytes | memoryview
     text: str | None = None
 
     @property
@@ -91,16 +92,23 @@ def parse_form(
     max_files: int,
     max_fields: int,
     max_field_bytes: int,
+    file_views: bool = False,
 ) -> list[FormPart]:
     """The parts of a form ``body`` sent with the ``content_type`` header, in order.
 
     More than ``max_files`` file parts is payload_too_large; more than ``max_fields`` text
     fields, a field over ``max_field_bytes``, a missing boundary or a malformed body is
     bad_request. Nothing else is raised, whatever the bytes.
+
+    With ``file_views`` a file part's ``data`` is a read-only memoryview of ``body``, not a
+    copy (the encoder's: its parts go on to one packing copy per batch); the body must then
+    not change while the parts are in use.
     """
     media, params = parse_options_header(content_type or "")
     if media == "multipart/form-data":
-        return _parse_multipart(body, params, max_files, max_fields, max_field_bytes)
+        return _parse_multipart(
+            body, params, max_files, max_fields, max_field_bytes, file_views
+        )
     if media == "application/x-www-form-urlencoded":
         return _parse_urlencoded(body, max_fields, max_field_bytes)
     return []  # Starlette's form of any other body is empty
@@ -143,7 +151,12 @@ def _decode(raw: bytes, charset: str) -> str:
 
 
 def _parse_multipart(
-    body: bytes, params: dict[str, str], max_files: int, max_fields: int, max_field_bytes: int
+    body: bytes,
+    params: dict[str, str],
+    max_files: int,
+    max_fields: int,
+    max_field_bytes: int,
+    file_views: bool,
 ) -> list[FormPart]:
     boundary = params.get("boundary")
     if boundary is None:
@@ -156,6 +169,7 @@ def _parse_multipart(
     dash_boundary = b"--" + boundary.encode("latin-1")
     delimiter = b"\r\n" + dash_boundary
     find = _finder(body, delimiter)
+    view = memoryview(body).toreadonly() if file_views else None
     pos = _first_part(body, dash_boundary)
     parts: list[FormPart] = []
     files = fields = 0
@@ -186,11 +200,13 @@ def _parse_multipart(
             if pos != _NOT_A_DELIMITER:
                 break
             search, misses = end + 1, misses + 1
-        data = body[data_start:end]  # the one copy of the part's bytes
         if filename is not None:
             content_type = part_type.decode("latin-1") if part_type is not None else None
+            # The one copy of the part's bytes, or none.
+            data = view[data_start:end] if view is not None else body[data_start:end]
             parts.append(FormPart(name, filename, content_type, data))
         else:
+            data = body[data_start:end]
             if len(data) > max_field_bytes:
                 raise _field_too_large(max_field_bytes)
             parts.append(FormPart(name, None, None, data, _decode(data, charset)))

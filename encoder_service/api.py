@@ -143,12 +143,14 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     # CPU on the event loop (contracts/multipart.py says why).
     parts = parse_form(
         # parse_form reads the body with find, startswith, slices and regular expressions,
-        # all of which a bytearray has; its parts are then bytearrays (one copy each).
+        # all of which a bytearray has. Its file parts are read-only views of the body, not
+        # copies: the device path's packing (or the CPU decode) is their one copy.
         await read_body(request, settings.max_request_bytes),  # type: ignore[arg-type]
         request.headers.get("content-type"),
         max_files=settings.max_files,
         max_fields=16,
         max_field_bytes=64 * 1024,
+        file_views=True,
     )
     uploads = [part for part in parts if part.name in ("files", "file")]
     if not uploads:

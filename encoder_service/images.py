@@ -30,7 +30,7 @@ _WHITE = (255, 255, 255)
 
 # The bytes of one uploaded file: a bytearray (a slice of the body) when the server read the
 # body straight into one buffer (direct_body.py), bytes otherwise.
-ImageBytes: TypeAlias = bytes | bytearray
+ImageBytes: TypeAlias = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -243,11 +243,11 @@ def prepare_pixels(
 
 
 def ends_with_eoi(data: ImageBytes) -> bool:
-    """The stream ends with the JPEG end marker, zero padding after it allowed. (Without a copy
-    of a bytearray's data when there is no padding: bytearray.rstrip copies.)"""
-    if data.endswith(b"\xff\xd9"):
+    """The stream ends with the JPEG end marker, zero padding after it allowed. (Slices, which
+    a memoryview has too, and a copy of the data only when it is padded.)"""
+    if data[-2:] == b"\xff\xd9":
         return True
-    return data.endswith(b"\x00") and data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    return data[-1:] == b"\x00" and bytes(data).rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
 def plain_jpeg(data: ImageBytes, limits: ImageLimits) -> JpegHeader | None:

@@ -36,11 +36,11 @@ class JpegHeader:
     height: int
 
 
-def scan_plain_jpeg(data: bytes | bytearray) -> JpegHeader | None:
+def scan_plain_jpeg(data: bytes | bytearray | memoryview) -> JpegHeader | None:
     """Size of a baseline 8-bit greyscale or 3-component JPEG with no rotation in its EXIF
     (what Pillow opens as mode L or RGB, upright, not progressive); None when the data is
     anything else or anything this reader does not follow."""
-    if not data.startswith(_SOI):
+    if data[: len(_SOI)] != _SOI:  # slices and indexes only: a memoryview has no startswith
         return None
     n = len(data)
     pos = 2
@@ -78,7 +78,7 @@ def scan_plain_jpeg(data: bytes | bytearray) -> JpegHeader | None:
         elif marker == _DQT:
             if not _tables_fit(data, start, end):
                 return None
-        elif marker == _APP1 and data.startswith(b"Exif\x00\x00", start):
+        elif marker == _APP1 and data[start : start + 6] == b"Exif\x00\x00":
             if not seen_exif:  # Pillow reads the first EXIF block
                 seen_exif = True
                 if _orientation(data, start + 6, end) != 1:
@@ -89,7 +89,7 @@ def scan_plain_jpeg(data: bytes | bytearray) -> JpegHeader | None:
     return size
 
 
-def _tables_fit(data: bytes | bytearray, start: int, end: int) -> bool:
+def _tables_fit(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
     """The DQT segment is whole quantisation tables (Pillow refuses one that is not)."""
     while start < end:
         table_bytes = 65 if data[start] >> 4 == 0 else 129
@@ -97,7 +97,7 @@ def _tables_fit(data: bytes | bytearray, start: int, end: int) -> bool:
     return start == end
 
 
-def _orientation(data: bytes | bytearray, tiff: int, end: int) -> int | None:
+def _orientation(data: bytes | bytearray | memoryview, tiff: int, end: int) -> int | None:
     """The orientation tag of IFD0 (1 when absent); None when the block is not readable."""
     if end - tiff < 8:
         return None

@@ -90,7 +90,7 @@ def _read_part(form_part: FormPart, max_bytes: int) -> Part:
             )
         )
         return part
-    part.data = form_part.data
+    part.data = bytes(form_part.data)  # the gateway's parts are bytes already: no copy
     return part
 
 

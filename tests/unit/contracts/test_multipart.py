@@ -144,6 +144,17 @@ def test_fields_and_files_in_order() -> None:
     parsed = parse_form(body, CT, max_files=2, max_fields=2, max_field_bytes=10)
     assert parsed[1] == FormPart("files", "a.jpg", "image/jpeg", expected[1][3])
     assert parsed[0].data == b"12" and parsed[0].text == "12" and not parsed[0].is_file
+    # file_views: the same parts, each file's bytes a read-only view of the body, no copy.
+    views = parse_form(bytearray(body), CT, max_files=2, max_fields=2, max_field_bytes=10,
+                       file_views=True)
+    assert [(p.name, p.filename, p.content_type, p.text) for p in views] == [
+        (p.name, p.filename, p.content_type, p.text) for p in parsed
+    ]
+    for view, copy in zip(views, parsed, strict=True):
+        assert bytes(view.data) == copy.data
+        assert isinstance(view.data, memoryview) == view.is_file
+    assert isinstance(views[1].data, memoryview) and views[1].data.readonly
+    assert views[1].data.obj is views[2].data.obj  # both parts look into the one body
 
 
 @pytest.mark.parametrize(

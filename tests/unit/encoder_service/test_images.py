@@ -199,17 +199,20 @@ def test_a_jpeg_without_its_end_marker_goes_to_the_cpu_decoder() -> None:
 
 
 @pytest.mark.parametrize("tail", [b"", b"\x00", b"\x00\x00\x00", b"\xff", b"\xd9\x00x"])
-def test_uploads_read_into_a_bytearray_are_judged_as_bytes(tail: bytes) -> None:
-    """The bodies the deployed server reads directly (direct_body.py) give bytearray files:
-    the header check, the end-marker check and the decode answer for them as for bytes."""
+@pytest.mark.parametrize("kind", ["bytearray", "memoryview"])
+def test_uploads_read_into_a_bytearray_are_judged_as_bytes(tail: bytes, kind: str) -> None:
+    """The bodies the deployed server reads directly (direct_body.py) are bytearrays, and the
+    files in them read-only memoryviews (parse_form's file_views): the header check, the
+    end-marker check and the decode answer for them as for bytes."""
     pixels = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     data = jpeg_bytes(Image.fromarray(pixels)) + tail
-    assert ends_with_eoi(bytearray(data)) == ends_with_eoi(data)
+    other = bytearray(data) if kind == "bytearray" else memoryview(bytearray(data)).toreadonly()
+    assert ends_with_eoi(other) == ends_with_eoi(data)
     assert ends_with_eoi(data) == data.rstrip(b"\x00").endswith(b"\xff\xd9")
-    assert plain_jpeg(bytearray(data), LIMITS) == plain_jpeg(data, LIMITS)
-    assert gpu_decodable_jpeg(bytearray(data), LIMITS) == gpu_decodable_jpeg(data, LIMITS)
+    assert plain_jpeg(other, LIMITS) == plain_jpeg(data, LIMITS)
+    assert gpu_decodable_jpeg(other, LIMITS) == gpu_decodable_jpeg(data, LIMITS)
     np.testing.assert_array_equal(
-        np.asarray(decode_image(bytearray(data), LIMITS, 32)),
+        np.asarray(decode_image(other, LIMITS, 32)),
         np.asarray(decode_image(data, LIMITS, 32)),
     )
 
