@@ -235,11 +235,14 @@ def instant_services(
         yield procs
 
 
-def cpu_seconds(pid: int | None = None) -> tuple[float, float]:
+def cpu_seconds(pid: int | None = None) -> tuple[float, float, float]:
     """User + system CPU time of a process (all its threads), this one when ``pid`` is None,
-    and its system part."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system), float(times.system)
+    its system part, and its main thread's (the event loop's, in the services)."""
+    process = psutil.Process(pid)
+    times = process.cpu_times()
+    main = next((t for t in process.threads() if t.id == process.pid), None)
+    loop = float(main.user_time + main.system_time) if main is not None else 0.0
+    return float(times.user + times.system), float(times.system), loop
 
 
 @dataclass
@@ -250,6 +253,7 @@ class Cost:
     seconds: float
     cpu_s: dict[str, float]
     system_s: dict[str, float] = field(default_factory=dict)  # the kernel's part of cpu_s
+    loop_s: dict[str, float] = field(default_factory=dict)  # the main thread's part of cpu_s
 
     @property
     def per_s(self) -> float:
@@ -260,6 +264,9 @@ class Cost:
 
     def system_us_per(self, role: str) -> float:
         return self.system_s[role] / self.count * 1e6 if self.count else 0.0
+
+    def loop_us_per(self, role: str) -> float:
+        return self.loop_s[role] / self.count * 1e6 if self.count else 0.0
 
 
 @contextmanager
@@ -272,6 +279,7 @@ def measured(pids: dict[str, int | None], cost: Cost) -> Iterator[None]:
     after = {role: cpu_seconds(pid) for role, pid in pids.items()}
     cost.cpu_s = {role: after[role][0] - before[role][0] for role in pids}
     cost.system_s = {role: after[role][1] - before[role][1] for role in pids}
+    cost.loop_s = {role: after[role][2] - before[role][2] for role in pids}
 
 
 def fetch_all(url: str, requests: Sequence[tuple[str, dict[str, str]]],
@@ -357,7 +365,8 @@ def instant_run(args: argparse.Namespace, workdir: Path, paths: list[Path]) -> i
     figure = run.us_per("gateway")
     verdict = "meets" if figure <= 400 else "ABOVE"
     print(f"gateway CPU per ingested image: {figure:.0f} us ({verdict} the 400 us target; "
-          f"kernel {run.system_us_per('gateway'):.0f} us of it)")
+          f"kernel {run.system_us_per('gateway'):.0f} us of it, its event loop's thread "
+          f"{run.loop_us_per('gateway'):.0f} us)")
     return 0
 
 
