@@ -28,8 +28,9 @@ _EXIF_ORIENTATION = 0x0112
 _WHITE = (255, 255, 255)
 
 
-# The bytes of one uploaded file: a bytearray (a slice of the body) when the server read the
-# body straight into one buffer (direct_body.py), bytes otherwise.
+# The bytes of one uploaded file: a read-only memoryview of the request body (parse_form's
+# file_views; the body a bytearray when the server read it straight into one buffer,
+# direct_body.py), bytes or a bytearray elsewhere (calibration images, tests).
 ImageBytes: TypeAlias = bytes | bytearray | memoryview
 
 
