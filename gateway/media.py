@@ -394,18 +394,30 @@ class MediaStore:
                 errors[n] = error
         return errors, locations
 
+    def _open_pack(
+        self, sha256: str, original: Any, flags: int
+    ) -> tuple[int, int, int] | None:
+        """(open descriptor, offset, length) of the pack an item's ``original`` location names,
+        or None when the location or ``sha256`` is malformed or the pack is gone. The caller
+        closes the descriptor."""
+        location = packed_location(original)
+        if location is None or not SHA256_RE.match(sha256):
+            return None
+        pack, offset, length = location
+        try:
+            fd = os.open(f"{self._packs}/{pack}", flags | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        return fd, offset, length
+
     def erase_packed(self, sha256: str, original: Any) -> None:
         """Erase a packed original in place (``original``: its pack location), if the entry
         there is ``sha256``'s: punched out where the file system can (its blocks freed at
         once), zeroed elsewhere."""
-        location = packed_location(original)
-        if location is None or not SHA256_RE.match(sha256):
+        opened = self._open_pack(sha256, original, os.O_RDWR)
+        if opened is None:
             return
-        pack, offset, length = location
-        try:
-            fd = os.open(f"{self._packs}/{pack}", os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
+        fd, offset, length = opened
         try:
             if self._entry(fd, sha256, offset, length) is not None:
                 _erase(fd, offset - PACK_ENTRY.size, PACK_ENTRY.size + length)
@@ -464,14 +476,10 @@ class MediaStore:
 
     def read_packed(self, sha256: str, original: Any) -> bytes | None:
         """The bytes of a packed original, or None (no such location, pack or entry)."""
-        location = packed_location(original)
-        if location is None or not SHA256_RE.match(sha256):
+        opened = self._open_pack(sha256, original, os.O_RDONLY)
+        if opened is None:
             return None
-        pack, offset, length = location
-        try:
-            fd = os.open(f"{self._packs}/{pack}", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
+        fd, offset, length = opened
         try:
             return self._entry(fd, sha256, offset, length)
         finally:
