@@ -604,7 +604,9 @@ window.addEventListener("popstate", () => run(queryFromLocation()));
 
 new IntersectionObserver(
   (entries) => {
-    if (entries.some((e) => e.isIntersecting)) loadPage();
+    // A report can be stale: a new query's placeholders bring the end of the grid into view,
+    // and its first page may have pushed it out again before the report is delivered.
+    if (entries.some((e) => e.isIntersecting) && sentinelNearView()) loadPage();
   },
   { rootMargin: `0px 0px ${PREFETCH_MARGIN} 0px` },
 ).observe(els.sentinel);
