@@ -64,6 +64,8 @@ def test_measured_gives_each_process_its_cpu_time() -> None:
     assert cost.cpu_s["this"] >= 0.04 and cost.cpu_s["also this"] >= 0.04
     assert cost.us_per("this") == cost.cpu_s["this"] / 1000 * 1e6
     # The spinning was this main thread's; the kernel's part is a part (its size depends on
-    # what else the process's threads do meanwhile).
-    assert cost.loop_s["this"] >= 0.04 and cost.loop_s["this"] <= cost.cpu_s["this"] + 0.01
+    # what else the process's threads do meanwhile). Both are counted in the kernel's 10 ms
+    # ticks, and the thread is read after the process, so its part can show a tick or two
+    # more than the whole (a loaded run saw more than one).
+    assert cost.loop_s["this"] >= 0.04 and cost.loop_s["this"] <= cost.cpu_s["this"] + 0.03
     assert 0 <= cost.system_s["this"] <= cost.cpu_s["this"]
