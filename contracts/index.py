@@ -66,6 +66,10 @@ class KeysMissingResponse(BaseModel):
     missing: list[str]
 
 
+class KeyIdsResponse(BaseModel):
+    ids: dict[str, int] = Field(description="The live item's id of each key that has one.")
+
+
 class IndexItem(BaseModel):
     """The stored record of one item."""
 

@@ -22,6 +22,7 @@ from contracts.index import (
     IndexSearchResponse,
     IndexStats,
     ItemVector,
+    KeyIdsResponse,
     KeysMissingRequest,
     KeysMissingResponse,
     RebuildRequest,
@@ -159,6 +160,15 @@ async def keys_missing(body: KeysMissingRequest, service: Service) -> KeysMissin
     assert service.store is not None
     missing = await run_in_threadpool(service.store.missing_keys, body.keys)
     return KeysMissingResponse(missing=missing)
+
+
+@router.post("/v1/keys/ids", response_model=KeyIdsResponse, responses=ERROR_RESPONSES,
+             tags=["items"])
+async def key_ids(body: KeysMissingRequest, service: Service) -> KeyIdsResponse:
+    """The live item's id of each key that has one (keys with none are left out)."""
+    assert service.store is not None
+    ids = await run_in_threadpool(service.store.live_ids, body.keys)
+    return KeyIdsResponse(ids=ids)
 
 
 def _not_found(item_id: int, deleted: bool = False) -> GlimpseError:

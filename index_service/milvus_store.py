@@ -346,6 +346,11 @@ class MilvusStore:
         live, _ = self.live_of_keys(unique, "key lookup")
         return [k for k in unique if k not in live]
 
+    def live_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        """The live item's id of each key that has one."""
+        live, _ = self.live_of_keys(keys, "key lookup")
+        return live
+
     def get(self, item_id: int) -> Record | None:
         rows = self.rows_of_ids([item_id], ("id", "key", "path", "meta", "created_at"),
                                 "item read")

@@ -248,6 +248,10 @@ class Store:
         live = self._live_ids_of_keys(self._reader(), unique)
         return [k for k in unique if k not in live]
 
+    def live_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        """The live item's id of each key that has one."""
+        return self._live_ids_of_keys(self._reader(), list(dict.fromkeys(keys)))
+
     def get(self, item_id: int) -> Record | None:
         return self._record_where("id", item_id)
 

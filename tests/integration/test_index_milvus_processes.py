@@ -70,6 +70,8 @@ def test_two_replicas_on_one_collection_answer_the_same(
         assert gone.status_code == 404 and "deleted" in gone.json()["error"]
         assert ca.post("/v1/keys/missing", json={"keys": ["key-5", "key-6"]}).json() == {
             "missing": ["key-5"]}
+        assert ca.post("/v1/keys/ids", json={"keys": ["key-5", "key-6"]}).json() == {
+            "ids": {"key-6": ids[6]}}
         q = clustered(25, DIM, clusters=20, seed=3)
         for extra in ({}, {"exact": True}, {"exclude_ids": ids[:3]}):
             assert _search(ca, q, 10, **extra) == _search(cb, q, 10, **extra)

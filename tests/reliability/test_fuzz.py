@@ -155,6 +155,8 @@ BODIES: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
         "key": st.one_of(st.text(max_size=30), VALUE), "meta": VALUE}), max_size=3))})),
     "index /v1/keys/missing": ("index", _shaped(
         {"keys": st.one_of(VALUE, st.lists(st.one_of(st.text(max_size=70), VALUE)))})),
+    "index /v1/keys/ids": ("index", _shaped(
+        {"keys": st.one_of(VALUE, st.lists(st.one_of(st.text(max_size=70), VALUE)))})),
 }
 
 

@@ -168,6 +168,8 @@ def test_delete_get_and_exclude(client: TestClient) -> None:
 
     missing = client.post("/v1/keys/missing", json={"keys": ["key-3", "key-4", "nope"]}).json()
     assert missing["missing"] == ["key-3", "nope"]
+    known = client.post("/v1/keys/ids", json={"keys": ["key-3", "key-4", "nope", "key-4"]})
+    assert known.json() == {"ids": {"key-4": ids[4]}}
     readd = client.post("/v1/items", json=items_body(x[3:4], start=3)).json()["items"][0]
     assert readd["status"] == "added" and readd["id"] != ids[3]
 

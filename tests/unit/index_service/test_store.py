@@ -53,6 +53,7 @@ def test_delete_takes_a_seq_and_frees_the_key(store: Store) -> None:
     assert store.last_seq == 4
     assert store.get_vector(2) is None
     assert store.missing_keys(["k0", "k1", "zz", "k0"]) == ["k1", "zz"]
+    assert store.live_ids(["k0", "k1", "zz", "k0"]) == {"k0": 1}
     assert store.counts() == (2, 1)
     outcomes, ids, _ = store.add(_items(2))
     assert [o.status for o in outcomes] == ["exists", "added"] and ids.tolist() == [4]
