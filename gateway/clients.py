@@ -541,6 +541,10 @@ class IndexClient(Upstream):
         answer = await self.json("POST", "/v1/keys/missing", json={"keys": list(keys)})
         return set(answer["missing"])
 
+    async def key_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        answer = await self.json("POST", "/v1/keys/ids", json={"keys": list(keys)})
+        return {str(k): int(v) for k, v in answer["ids"].items()}
+
     async def item(self, item_id: int) -> dict[str, Any]:
         record: dict[str, Any] = await self.json("GET", f"/v1/items/{item_id}")
         return record

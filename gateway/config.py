@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     fsync: bool = Field(
         True, description="fsync media files and their folder before the index add (durability)."
     )
+    pack_settle_after_s: float = Field(
+        900.0, ge=60.0, description="Age of a pack still marked pending (a crash, or an index "
+        "add that did not answer) before the settling pass erases the entries no item names: "
+        "longer than any add naming it can take to reach the index (gateway/settle.py)."
+    )
+    pack_settle_interval_s: float = Field(
+        600.0, ge=0.0, description="Seconds between settling passes, the first soon after "
+        "start; 0: none."
+    )
 
     # Security.
     api_key: str | None = Field(

@@ -244,15 +244,20 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
             # A packed copy that no item refers to is erased again: its part was not added (the
             # encoder failed or refused it), or the index kept the item it had ("exists": a
             # known key this gateway did not remember went the whole way, see ingest_files).
-            # Not the copies of an add that did not answer: the index may have committed them.
+            # Not the copies of an add that did not answer: the index may have committed them,
+            # and their pack stays marked pending for the settling pass (gateway/settle.py).
             doubt = {id(p) for p in in_doubt}
             unreferenced = [
                 p for p in parts
                 if p.original is not None and p.status != "added" and id(p) not in doubt
             ]
-            if unreferenced:
+            packs = _packs_of(parts)
+            if packs:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_erase_copies, state, unreferenced)
+                    await anyio.to_thread.run_sync(
+                        _settle_copies, state, parts, unreferenced, packs, bool(in_doubt)
+                    )
+            state.packs_in_flight.difference_update(packs)
 
 
 async def _embed_and_add_locked(
@@ -270,6 +275,7 @@ async def _embed_and_add_locked(
         # Even when the encoder failed: the writes finish before the keys are unlocked
         # (and a failed store raises from here).
         await stored
+        state.packs_in_flight.update(_packs_of(parts))
     to_add: list[tuple[Part, dict[str, Any]]] = []
     for part, vector, error in zip(parts, vectors, errors, strict=True):
         if part.status is not None:
@@ -305,12 +311,27 @@ async def _embed_and_add_locked(
         state.key_ids.put(part.sha256, part.id)
 
 
-def _erase_copies(state: GatewayState, parts: list[Part]) -> None:
-    """Erase the packed copies of ``parts``, which no item refers to."""
-    for part in parts:
-        assert part.sha256 is not None
-        try:
+def _packs_of(parts: list[Part]) -> set[str]:
+    return {str(p.original["pack"]) for p in parts if p.original is not None}
+
+
+def _settle_copies(
+    state: GatewayState, parts: list[Part], unreferenced: list[Part], packs: set[str],
+    in_doubt: bool,
+) -> None:
+    """Erase the packed copies of ``unreferenced``, which no item refers to; then, unless an
+    add is ``in_doubt``, mark each pack settled, removing one that no added item names."""
+    try:
+        for part in unreferenced:
+            assert part.sha256 is not None
             state.media.erase_packed(part.sha256, part.original)
-        except OSError as exc:  # the answers stand; only the space is not given back
-            logger.warning("an unreferenced copy of %s was not erased: %s", part.sha256, exc)
+        if not in_doubt:
+            for pack in packs:
+                keep = any(
+                    p.status == "added" and p.original is not None and p.original["pack"] == pack
+                    for p in parts
+                )
+                state.media.settle_pack(pack, keep=keep)
+    except OSError as exc:  # the answers stand; the settling pass gives the space back later
+        logger.warning("packed copies no item refers to were not erased: %s", exc)
     state.media.invalidate_bytes()

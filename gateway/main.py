@@ -6,6 +6,8 @@ upstream clients and the media store and keeps them on ``app.state.gateway``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from gateway.config import Settings
 from gateway.media import MediaStore
 from gateway.replicas import ReplicaMetrics, ReplicaSet
 from gateway.security import BodySizeLimitMiddleware
+from gateway.settle import settle_forever
 from gateway.state import GatewayState, LruCache
 
 logger = logging.getLogger("glimpse.gateway")
@@ -89,9 +92,16 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
             decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
             io_pool=ThreadPoolExecutor(settings.io_workers, thread_name_prefix="media-io"),
         )
+        settling = None
+        if settings.store_originals and settings.pack_settle_interval_s > 0:
+            settling = asyncio.create_task(settle_forever(app.state.gateway))
         try:
             yield
         finally:
+            if settling is not None:
+                settling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await settling
             await encoder.aclose()
             await index.aclose()
             app.state.gateway.io_pool.shutdown(wait=True)

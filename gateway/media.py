@@ -3,6 +3,7 @@
 Layout under ``media_dir``::
 
     packs/<yyyy-mm>/<random>.pack       originals, as they came, one pack per ingest request
+    packs/<yyyy-mm>/<random>.pending    the pack's entries may not all be settled yet
     thumbnails/ab/cd/<sha256>.<ext>     longest side <= thumbnail_size, WebP or JPEG
     originals/ab/cd/<sha256>            originals stored before packs (read and removed only)
 
@@ -15,7 +16,16 @@ each original goes into its item's meta (``"original": {"pack", "offset", "lengt
 is acknowledged only with the index add, after the fsyncs; a crash before that leaves
 unreferenced bytes in a pack, never an item without its original. A pack is never rewritten:
 deleting an item erases its original's range in place (a punched hole, its blocks freed at
-once, or zeros), and a read checks the entry's header names the item's sha256 and length.
+once, or zeros) and clears the sha256 in its header, which keeps the length, so the pack can
+still be walked entry by entry (:meth:`MediaStore.pack_entries`). A read checks the entry's
+header names the item's sha256 and length.
+
+A pack is born with a ``.pending`` marker beside it (a hard link to it, made durable by the
+same folder fsync).
+The request that wrote it removes the marker once each entry is either referenced by the item
+the index added or erased; one whose add did not answer keeps it, and so does a crash. The
+gateway's settling pass (gateway/settle.py) later asks the index about the entries of each
+pack still marked, erases those no item refers to, and removes the marker (or the whole pack).
 
 Thumbnails are written to a temporary name in their final folder, fsynced and renamed, so a
 reader (or a crash) only ever sees a whole file: a thumbnail is served as soon as it exists.
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import os
 import re
@@ -161,7 +172,22 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 PACK_ENTRY = struct.Struct("<4sIQ32s")  # magic, format version, byte count, raw sha256
 PACK_MAGIC = b"GLPK"
 PACK_VERSION = 1
+ERASED_DIGEST = bytes(32)  # an erased entry's header: its sha256 cleared, its length kept
 _PACK_NAME = re.compile(r"^[0-9]{4}-[0-9]{2}/[0-9a-f]{32}\.pack$")
+PENDING = ".pending"
+
+
+@dataclasses.dataclass(frozen=True)
+class PackEntry:
+    """One entry of a pack: its sha256 (None once erased), and where its bytes are."""
+
+    sha256: str | None
+    offset: int
+    length: int
+
+    def location(self, pack: str) -> dict[str, Any]:
+        """The entry's location as an item's meta names it (see :func:`packed_location`)."""
+        return {"pack": pack, "offset": self.offset, "length": self.length}
 _IOV_MAX = 1024  # buffers per writev call (Linux's IOV_MAX)
 
 
@@ -241,6 +267,18 @@ def _erase(fd: int, offset: int, length: int) -> None:
         offset += os.pwrite(fd, zeros[: end - offset], offset)
 
 
+def _mark_pending(pack: str, marker: str) -> None:
+    """Make a pack's ``.pending`` marker: a hard link to it, which adds a folder entry and no
+    inode (creating a file cost 13-700 us of kernel CPU on this machine's ext4, depending on
+    the inode allocator's state; a link 9-12), or an empty file where links are refused."""
+    try:
+        os.link(pack, marker)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        os.close(os.open(marker, _CREATE, 0o644))
+
+
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"[A-Za-z]:")
 
@@ -313,6 +351,8 @@ class MediaStore:
         All or nothing: on an error nothing is kept and the error is raised. The pack has a
         name of its own (a random one, under a folder per month), so writers in several
         threads, processes or gateways sharing the volume never touch each other's packs.
+        It is left with its ``.pending`` marker, which the caller removes once each entry is
+        referenced or erased (:meth:`settle_pack`).
         """
         for sha256, _ in originals:
             if not SHA256_RE.match(sha256):
@@ -331,19 +371,24 @@ class MediaStore:
             offset += PACK_ENTRY.size
             locations.append({"pack": name, "offset": offset, "length": len(data)})
             offset += len(data)
+        marker = path.removesuffix(".pack") + PENDING
         try:
             fd = os.open(path, _CREATE, 0o644)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(path, _CREATE, 0o644)
         try:
+            # In the same folder: the one folder fsync below makes both entries durable, so a
+            # pack that survives a crash has its marker too.
+            _mark_pending(path, marker)
             _writev_all(fd, chunks)
             if self.fsync:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # torn: nothing points at it yet
+            for torn in (path, marker):  # nothing points at it yet
+                with contextlib.suppress(OSError):
+                    os.unlink(torn)
             raise
         os.close(fd)
         if self.fsync:
@@ -405,7 +450,7 @@ class MediaStore:
             return None
         pack, offset, length = location
         try:
-            fd = os.open(f"{self._packs}/{pack}", flags | os.O_CLOEXEC)
+            fd = os.open(self._pack_path(pack), flags | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         return fd, offset, length
@@ -420,7 +465,12 @@ class MediaStore:
         fd, offset, length = opened
         try:
             if self._entry(fd, sha256, offset, length) is not None:
-                _erase(fd, offset - PACK_ENTRY.size, PACK_ENTRY.size + length)
+                # The header first: once it is cleared no read returns the entry, and the
+                # length it keeps lets the pack still be walked (:meth:`pack_entries`).
+                erased = PACK_ENTRY.pack(PACK_MAGIC, PACK_VERSION, length, ERASED_DIGEST)
+                if os.pwrite(fd, erased, offset - PACK_ENTRY.size) != PACK_ENTRY.size:
+                    raise OSError(errno.EIO, "a short write of a pack entry's header")
+                _erase(fd, offset, length)
         finally:
             os.close(fd)
 
@@ -432,6 +482,77 @@ class MediaStore:
         paths += [self.thumbnail_path(sha256, ct) for ct in THUMBNAIL_EXT]
         for path in paths:
             path.unlink(missing_ok=True)
+
+    # Settling packs -----------------------------------------------------------------------
+
+    def _pack_path(self, pack: str) -> str:
+        if not _PACK_NAME.match(pack):
+            raise ValueError(f"not a pack name: {pack!r}")
+        return f"{self._packs}/{pack}"
+
+    def settle_pack(self, pack: str, *, keep: bool) -> None:
+        """Mark a pack settled: its marker removed, and the pack too unless ``keep`` (no item
+        refers to any of its entries). The pack goes first: a crash between the two leaves a
+        marker without a pack, which the next pass removes."""
+        path = self._pack_path(pack)
+        if not keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.removesuffix(".pack") + PENDING)
+
+    def pending_packs(self, older_than_s: float) -> list[str]:
+        """The packs (their names) whose ``.pending`` marker is older than ``older_than_s``,
+        oldest first."""
+        cutoff = time.time() - older_than_s
+        found: list[tuple[float, str]] = []
+        try:
+            months = sorted(os.scandir(self._packs), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        for month in months:
+            if not month.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(month.path):
+                if not entry.name.endswith(PENDING):
+                    continue
+                pack = f"{month.name}/{entry.name.removesuffix(PENDING)}.pack"
+                if not _PACK_NAME.match(pack):
+                    continue
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue  # settled while we looked
+                if mtime < cutoff:
+                    found.append((mtime, pack))
+        return [pack for _, pack in sorted(found)]
+
+    def pack_entries(self, pack: str) -> tuple[list[PackEntry], bool]:
+        """The entries of a pack, in order, and whether the walk reached its end (False: a
+        header that does not parse, or an entry cut short, stopped it). No entries and True
+        when the pack is gone."""
+        try:
+            fd = os.open(self._pack_path(pack), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return [], True
+        entries: list[PackEntry] = []
+        try:
+            size = os.fstat(fd).st_size
+            position = 0
+            while position < size:
+                header = os.pread(fd, PACK_ENTRY.size, position)
+                if len(header) < PACK_ENTRY.size:
+                    return entries, False
+                magic, version, length, digest = PACK_ENTRY.unpack(header)
+                start = position + PACK_ENTRY.size
+                if (magic, version) != (PACK_MAGIC, PACK_VERSION) or start + length > size:
+                    return entries, False
+                sha256 = None if digest == ERASED_DIGEST else digest.hex()
+                entries.append(PackEntry(sha256, start, length))
+                position = start + length
+        finally:
+            os.close(fd)
+        return entries, True
 
     # Reads -------------------------------------------------------------------------------
 
@@ -517,6 +638,8 @@ class MediaStore:
                         info = os.stat(os.path.join(folder, name))
                     except OSError:
                         continue  # removed while we walked
+                    if name.endswith(PENDING):
+                        continue  # a link to its pack (or an empty file)
                     # A pack's erased originals are holes: count the blocks it holds.
                     packed = name.endswith(".pack")
                     total += min(info.st_size, info.st_blocks * 512) if packed else info.st_size

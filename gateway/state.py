@@ -87,12 +87,14 @@ class GatewayState:
     # Index records by id: serving a thumbnail should not cost an index round trip.
     records: LruCache[int, dict[str, Any]]
     # sha256 -> id of what this gateway added, so a re-upload answers "exists" with its id
-    # without being embedded again (the index can say a key exists, not under which id).
+    # without being embedded again (/v1/keys/missing says whether a key exists, not its id).
     key_ids: LruCache[str, int]
     # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
     # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
     decode_limiter: anyio.CapacityLimiter
     key_locks: KeyLocks = field(default_factory=KeyLocks)
+    # The packs of ingest requests that have not ended: the settling pass leaves them alone.
+    packs_in_flight: set[str] = field(default_factory=set)
     # Media fsyncs of one ingest batch run side by side here (the journal commits them as a
     # group); None: one after another.
     io_pool: ThreadPoolExecutor | None = None

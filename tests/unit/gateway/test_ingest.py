@@ -115,6 +115,8 @@ class Upstreams:
                  index_answers: str | None = "added") -> None:
         self.refuse, self.encoder_down, self.index_answers = refuse, encoder_down, index_answers
         self.added: list[dict[str, Any]] = []
+        self.in_flight: set[str] | None = None  # the gateway's packs in flight, at the add
+        self.state: Any = None
 
     async def embed_images_wire(
         self, files: list[tuple[str, bytes, str]]
@@ -131,6 +133,8 @@ class Upstreams:
         return vectors, errors
 
     async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.state is not None:
+            self.in_flight = set(self.state.packs_in_flight)
         if self.index_answers is None:
             raise TimeoutError("the index did not answer")  # it may have committed them
         self.added += items
@@ -138,11 +142,12 @@ class Upstreams:
 
 
 def ingest_state(tmp_path: Path, upstreams: Upstreams) -> Any:
-    return SimpleNamespace(
+    upstreams.state = SimpleNamespace(
         media=MediaStore(tmp_path), io_pool=None, encoder=upstreams, index=upstreams,
         settings=SimpleNamespace(thumbnail_format="webp"), key_locks=KeyLocks(),
-        key_ids=LruCache(16),
+        key_ids=LruCache(16), packs_in_flight=set(),
     )
+    return upstreams.state
 
 
 def new_parts(n: int) -> list[Part]:
@@ -160,6 +165,11 @@ def stored(state: Any, part: Part) -> bool:
     return state.media.read_packed(part.sha256, part.original) == part.data
 
 
+def pack_files(tmp_path: Path) -> list[str]:
+    """The pack and marker files left, by suffix."""
+    return sorted(p.suffix for p in (tmp_path / "packs").rglob("*.*"))
+
+
 async def test_a_part_the_encoder_refuses_leaves_no_packed_copy(tmp_path: Path) -> None:
     state = ingest_state(tmp_path, Upstreams(refuse={"1.png"}))
     parts = new_parts(3)
@@ -168,6 +178,10 @@ async def test_a_part_the_encoder_refuses_leaves_no_packed_copy(tmp_path: Path) 
     assert [stored(state, p) for p in parts] == [True, False, True]
     assert [i["meta"]["original"] for i in state.index.added] == [parts[0].original,
                                                                   parts[2].original]
+    assert pack_files(tmp_path) == [".pack"]  # settled: its marker removed
+    # The settling pass leaves a pack alone while its request has not ended.
+    assert state.index.in_flight == {parts[0].original["pack"]}
+    assert state.packs_in_flight == set()
 
 
 async def test_a_failed_encoder_call_leaves_no_packed_copy(tmp_path: Path) -> None:
@@ -176,6 +190,7 @@ async def test_a_failed_encoder_call_leaves_no_packed_copy(tmp_path: Path) -> No
     with pytest.raises(OSError, match="encoder"):
         await _embed_and_add(state, parts)
     assert not any(stored(state, p) for p in parts)
+    assert pack_files(tmp_path) == []  # no item refers to the pack: it is removed
 
 
 async def test_copies_the_index_kept_another_item_for_are_erased(tmp_path: Path) -> None:
@@ -184,6 +199,7 @@ async def test_copies_the_index_kept_another_item_for_are_erased(tmp_path: Path)
     await _embed_and_add(state, parts)
     assert [p.status for p in parts] == ["exists", "exists"]
     assert not any(stored(state, p) for p in parts)
+    assert pack_files(tmp_path) == []
 
 
 async def test_copies_sent_in_an_add_that_did_not_answer_stay(tmp_path: Path) -> None:
@@ -191,5 +207,8 @@ async def test_copies_sent_in_an_add_that_did_not_answer_stay(tmp_path: Path) ->
     parts = new_parts(3)
     with pytest.raises(TimeoutError):
         await _embed_and_add(state, parts)
-    # The index may have committed the add: its items' originals must stay.
+    # The index may have committed the add: its items' originals must stay, and the pack
+    # stays marked for the settling pass.
     assert [stored(state, p) for p in parts] == [False, True, True]
+    assert pack_files(tmp_path) == [".pack", ".pending"]
+    assert state.packs_in_flight == set()

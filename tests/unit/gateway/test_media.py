@@ -9,6 +9,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from gateway.media import (
     PACK_ENTRY,
     PACK_MAGIC,
     MediaStore,
+    PackEntry,
     safe_relative_path,
     write_atomic,
     write_atomic_many,
@@ -32,6 +34,10 @@ def sha(data: bytes) -> str:
 
 def packs(root: Path) -> list[Path]:
     return sorted((root / "packs").rglob("*.pack"))
+
+
+def markers(root: Path) -> list[Path]:
+    return sorted((root / "packs").rglob("*.pending"))
 
 
 def read_pack(path: Path) -> list[tuple[str, bytes]]:
@@ -56,6 +62,11 @@ def test_originals_of_one_call_go_to_one_new_pack(tmp_path: Path) -> None:
     [pack] = packs(tmp_path)
     assert pack.parent.parent == tmp_path / "packs"  # packs/<yyyy-mm>/<name>.pack
     assert read_pack(pack) == [(sha(d), d) for d in datas]  # self-describing, in order
+    # Born pending: the caller settles it once each entry is referenced or erased. The
+    # marker is a second name of the pack, counted once.
+    assert markers(tmp_path) == [pack.with_suffix(".pending")]
+    assert markers(tmp_path)[0].stat().st_ino == pack.stat().st_ino
+    assert store.total_bytes(max_age_s=0) == pack.stat().st_size
     for data, location in zip(datas, locations, strict=True):
         assert location is not None
         assert location["pack"] == f"{pack.parent.name}/{pack.name}"
@@ -114,7 +125,21 @@ def test_a_failed_pack_write_fails_every_original_and_keeps_nothing(
     items = [(sha(d), d, "image/webp", None) for d in (b"x", b"y")]
     errors, _ = store.put_many(items)
     assert all(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in errors)
-    assert packs(tmp_path) == []
+    assert packs(tmp_path) == [] and markers(tmp_path) == []
+
+
+def test_where_links_are_refused_the_marker_is_an_empty_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(media_module.os, "link", refuse)
+    store = MediaStore(tmp_path)
+    location = store.write_pack([(sha(b"a"), b"a")])[0]
+    [marker] = markers(tmp_path)
+    assert marker.stat().st_size == 0 and store.pending_packs(-1) == [location["pack"]]
+    assert store.read_packed(sha(b"a"), location) == b"a"
 
 
 def test_short_writes_are_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,7 +224,7 @@ def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     store.put_thumbnail(digest, "image/webp", b"thumb")
     names = [n for _, _, files in os.walk(tmp_path) for n in files]
     [pack] = packs(tmp_path)
-    assert sorted(names) == sorted([pack.name, f"{digest}.webp"])
+    assert sorted(names) == sorted([pack.name, f"{pack.stem}.pending", f"{digest}.webp"])
 
 
 def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
@@ -236,11 +261,67 @@ def test_remove_erases_a_packed_original_in_place(
     assert store.read_packed(sha(kept), second) == kept
     blob = pack.read_bytes()
     assert len(blob) == size and gone not in blob
-    assert blob[: PACK_ENTRY.size + len(gone)] == bytes(PACK_ENTRY.size + len(gone))
+    # The header keeps the length (the pack can still be walked), its sha256 cleared.
+    header = PACK_ENTRY.pack(PACK_MAGIC, 1, len(gone), bytes(32))
+    assert blob[: PACK_ENTRY.size + len(gone)] == header + bytes(len(gone))
+    assert store.pack_entries(first["pack"]) == (
+        [
+            PackEntry(None, PACK_ENTRY.size, len(gone)),
+            PackEntry(sha(kept), second["offset"], second["length"]),
+        ],
+        True,
+    )
     if holes and media_module._FALLOCATE.call is not None:
         assert pack.stat().st_blocks < blocks  # the erased original's whole blocks freed
     store.remove(sha(kept), first)  # a location that is not this image's: nothing erased
     assert store.read_packed(sha(kept), second) == kept
+
+
+def test_a_pack_is_walked_entry_by_entry_up_to_what_does_not_parse(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    datas = [b"one", b"", b"three" * 100]
+    locations = store.write_pack([(sha(d), d) for d in datas])
+    name = locations[0]["pack"]
+    whole = [PackEntry(sha(d), loc["offset"], loc["length"])
+             for d, loc in zip(datas, locations, strict=True)]
+    assert store.pack_entries(name) == (whole, True)
+    assert [e.location(name) for e in whole] == locations
+    [pack] = packs(tmp_path)
+    blob = pack.read_bytes()
+    pack.write_bytes(blob[:-1])  # the last entry cut short
+    assert store.pack_entries(name) == (whole[:2], False)
+    pack.write_bytes(blob[: locations[2]["offset"] - 1])  # its header cut short
+    assert store.pack_entries(name) == (whole[:2], False)
+    second = locations[1]["offset"] - PACK_ENTRY.size
+    pack.write_bytes(blob[:second] + b"X" * 100)  # a header that is not one
+    assert store.pack_entries(name) == (whole[:1], False)
+    pack.unlink()
+    assert store.pack_entries(name) == ([], True)
+    with pytest.raises(ValueError):
+        store.pack_entries("../x.pack")
+
+
+def test_pending_packs_are_listed_by_age_and_settled(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    assert store.pending_packs(0) == []  # no packs folder yet
+    old, older, new = (store.write_pack([(sha(d), d)])[0]["pack"] for d in (b"o", b"p", b"n"))
+    for name, age in ((old, 120), (older, 600)):
+        marker = tmp_path / "packs" / name.replace(".pack", ".pending")
+        os.utime(marker, (time.time() - age,) * 2)
+    stray = tmp_path / "packs" / new.split("/")[0] / "not-a-pack-name.pending"
+    stray.touch()
+    os.utime(stray, (1.0, 1.0))
+    assert store.pending_packs(60) == [older, old]  # oldest first; the new one is too young
+    assert store.pending_packs(-1) == [older, old, new]
+    store.settle_pack(old, keep=True)
+    assert (tmp_path / "packs" / old).exists() and store.pending_packs(60) == [older]
+    store.settle_pack(older, keep=False)
+    assert not (tmp_path / "packs" / older).exists() and store.pending_packs(-1) == [new]
+    (tmp_path / "packs" / new).unlink()  # a crash between removing a pack and its marker
+    store.settle_pack(new, keep=False)
+    assert store.pending_packs(-1) == [] and packs(tmp_path) == [tmp_path / "packs" / old]
+    with pytest.raises(ValueError):
+        store.settle_pack("../../etc/passwd", keep=False)
 
 
 def test_not_a_digest_is_refused(tmp_path: Path) -> None:
@@ -359,7 +440,8 @@ def test_put_many_is_put_original_plus_put_thumbnail(tmp_path: Path) -> None:
         found = store.find_thumbnail(digest, thumb_type)
         assert found is not None and found.read_bytes() == thumb
     names = [n for _, _, files in os.walk(tmp_path) for n in files]
-    assert len(names) == 4 and not any(n.endswith(".tmp") for n in names)  # a pack, 3 thumbs
+    # A pack, its marker, 3 thumbnails.
+    assert len(names) == 5 and not any(n.endswith(".tmp") for n in names)
 
 
 def test_put_many_without_originals_keeps_thumbnails_only(tmp_path: Path) -> None:
