@@ -503,28 +503,31 @@ class MediaStore:
 
     def pending_packs(self, older_than_s: float) -> list[str]:
         """The packs (their names) whose ``.pending`` marker is older than ``older_than_s``,
-        oldest first."""
+        oldest first. A marker that is a link to its pack has the pack's times: its age runs
+        from the pack's last change (a write or an erase), never from before its creation."""
         cutoff = time.time() - older_than_s
         found: list[tuple[float, str]] = []
         try:
-            months = sorted(os.scandir(self._packs), key=lambda e: e.name)
+            with os.scandir(self._packs) as listing:
+                months = sorted(
+                    (e.name, e.path) for e in listing if e.is_dir(follow_symlinks=False)
+                )
         except FileNotFoundError:
             return []
-        for month in months:
-            if not month.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(month.path):
-                if not entry.name.endswith(PENDING):
-                    continue
-                pack = f"{month.name}/{entry.name.removesuffix(PENDING)}.pack"
-                if not _PACK_NAME.match(pack):
-                    continue
-                try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                except FileNotFoundError:
-                    continue  # settled while we looked
-                if mtime < cutoff:
-                    found.append((mtime, pack))
+        for month, folder in months:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    if not entry.name.endswith(PENDING):
+                        continue
+                    pack = f"{month}/{entry.name.removesuffix(PENDING)}.pack"
+                    if not _PACK_NAME.match(pack):
+                        continue
+                    try:
+                        mtime = entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue  # settled while we looked
+                    if mtime < cutoff:
+                        found.append((mtime, pack))
         return [pack for _, pack in sorted(found)]
 
     def pack_entries(self, pack: str) -> tuple[list[PackEntry], bool]:
