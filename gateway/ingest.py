@@ -326,12 +326,9 @@ def _settle_copies(
             assert part.sha256 is not None
             state.media.erase_packed(part.sha256, part.original)
         if not in_doubt:
+            named = _packs_of([p for p in parts if p.status == "added"])
             for pack in packs:
-                keep = any(
-                    p.status == "added" and p.original is not None and p.original["pack"] == pack
-                    for p in parts
-                )
-                state.media.settle_pack(pack, keep=keep)
+                state.media.settle_pack(pack, keep=pack in named)
     except OSError as exc:  # the answers stand; the settling pass gives the space back later
         logger.warning("packed copies no item refers to were not erased: %s", exc)
     state.media.invalidate_bytes()

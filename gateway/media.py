@@ -21,11 +21,11 @@ still be walked entry by entry (:meth:`MediaStore.pack_entries`). A read checks 
 header names the item's sha256 and length.
 
 A pack is born with a ``.pending`` marker beside it (a hard link to it, made durable by the
-same folder fsync).
-The request that wrote it removes the marker once each entry is either referenced by the item
-the index added or erased; one whose add did not answer keeps it, and so does a crash. The
-gateway's settling pass (gateway/settle.py) later asks the index about the entries of each
-pack still marked, erases those no item refers to, and removes the marker (or the whole pack).
+same folder fsync). The request that wrote it removes the marker once each entry is either
+referenced by the item the index added or erased; one whose add did not answer keeps it, and
+so does a crash. The gateway's settling pass (gateway/settle.py) later asks the index about the
+entries of each pack still marked, erases those no item refers to, and removes the marker (or
+the whole pack).
 
 Thumbnails are written to a temporary name in their final folder, fsynced and renamed, so a
 reader (or a crash) only ever sees a whole file: a thumbnail is served as soon as it exists.
@@ -175,6 +175,12 @@ PACK_VERSION = 1
 ERASED_DIGEST = bytes(32)  # an erased entry's header: its sha256 cleared, its length kept
 _PACK_NAME = re.compile(r"^[0-9]{4}-[0-9]{2}/[0-9a-f]{32}\.pack$")
 PENDING = ".pending"
+_IOV_MAX = 1024  # buffers per writev call (Linux's IOV_MAX)
+
+
+def _marker_of(pack_path: str) -> str:
+    """The ``.pending`` marker's path beside a pack's."""
+    return pack_path.removesuffix(".pack") + PENDING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +194,6 @@ class PackEntry:
     def location(self, pack: str) -> dict[str, Any]:
         """The entry's location as an item's meta names it (see :func:`packed_location`)."""
         return {"pack": pack, "offset": self.offset, "length": self.length}
-_IOV_MAX = 1024  # buffers per writev call (Linux's IOV_MAX)
 
 
 def _writev_all(fd: int, chunks: Sequence[bytes]) -> None:
@@ -371,7 +376,7 @@ class MediaStore:
             offset += PACK_ENTRY.size
             locations.append({"pack": name, "offset": offset, "length": len(data)})
             offset += len(data)
-        marker = path.removesuffix(".pack") + PENDING
+        marker = _marker_of(path)
         try:
             fd = os.open(path, _CREATE, 0o644)
         except FileNotFoundError:
@@ -499,7 +504,11 @@ class MediaStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path.removesuffix(".pack") + PENDING)
+            os.unlink(_marker_of(path))
+
+    def marker_path(self, pack: str) -> Path:
+        """Where a pack's ``.pending`` marker is (or was)."""
+        return Path(_marker_of(self._pack_path(pack)))
 
     def pending_packs(self, older_than_s: float) -> list[str]:
         """The packs (their names) whose ``.pending`` marker is older than ``older_than_s``,
@@ -637,12 +646,12 @@ class MediaStore:
             total = 0
             for folder, _dirs, files in os.walk(self.root):
                 for name in files:
+                    if name.endswith(PENDING):
+                        continue  # a link to its pack (or an empty file)
                     try:
                         info = os.stat(os.path.join(folder, name))
                     except OSError:
                         continue  # removed while we walked
-                    if name.endswith(PENDING):
-                        continue  # a link to its pack (or an empty file)
                     # A pack's erased originals are holes: count the blocks it holds.
                     packed = name.endswith(".pack")
                     total += min(info.st_size, info.st_blocks * 512) if packed else info.st_size

@@ -43,15 +43,17 @@ class SettleReport:
     erased_bytes: int = 0
 
 
-async def _referenced(state: GatewayState, pack: str, entries: list[PackEntry]) -> set[int]:
-    """The offsets of the entries that the live item of their sha256 names as its original."""
-    live = [e for e in entries if e.sha256 is not None]
+async def _referenced(
+    state: GatewayState, pack: str, live: list[PackEntry], keys: list[str]
+) -> set[int]:
+    """The offsets of the ``live`` entries (not erased; ``keys``: their sha256s) that the live
+    item of their sha256 names as its original."""
     if not live:
         return set()
-    ids = await state.index.key_ids([e.sha256 for e in live if e.sha256 is not None])
+    ids = await state.index.key_ids(keys)
 
-    async def names_it(entry: PackEntry) -> bool:
-        item_id = ids.get(entry.sha256 or "")
+    async def names_it(entry: PackEntry, key: str) -> bool:
+        item_id = ids.get(key)
         if item_id is None:
             return False
         try:
@@ -63,7 +65,7 @@ async def _referenced(state: GatewayState, pack: str, entries: list[PackEntry]) 
         original = (record.get("meta") or {}).get("original")
         return packed_location(original) == (pack, entry.offset, entry.length)
 
-    named = await asyncio.gather(*(names_it(e) for e in live))
+    named = await asyncio.gather(*(names_it(e, k) for e, k in zip(live, keys, strict=True)))
     return {e.offset for e, yes in zip(live, named, strict=True) if yes}
 
 
@@ -78,23 +80,24 @@ async def settle_pack(state: GatewayState, pack: str, report: SettleReport) -> N
         logger.warning("pack %s does not parse to its end; it is left as it is", pack)
         report.left += 1
         return
-    keys = [e.sha256 for e in entries if e.sha256 is not None]
+    live = [e for e in entries if e.sha256 is not None]
+    keys = [e.sha256 for e in live if e.sha256 is not None]
     # Against a delete of the same bytes in this gateway (which erases what its item names).
     async with state.key_locks.hold(keys):
-        referenced = await _referenced(state, pack, entries)
-        unreferenced = [e for e in entries if e.sha256 is not None and e.offset not in referenced]
+        referenced = await _referenced(state, pack, live, keys)
+        unreferenced = [(e, k) for e, k in zip(live, keys, strict=True)
+                        if e.offset not in referenced]
 
         def settle() -> None:
             if referenced:
-                for entry in unreferenced:
-                    assert entry.sha256 is not None
-                    media.erase_packed(entry.sha256, entry.location(pack))
+                for entry, key in unreferenced:
+                    media.erase_packed(key, entry.location(pack))
             media.settle_pack(pack, keep=bool(referenced))
 
         await anyio.to_thread.run_sync(settle)
     media.invalidate_bytes()
     report.erased += len(unreferenced)
-    report.erased_bytes += sum(e.length for e in unreferenced)
+    report.erased_bytes += sum(e.length for e, _ in unreferenced)
     if referenced:
         report.kept += 1
     else:

@@ -343,7 +343,7 @@ class MilvusStore:
     def missing_keys(self, keys: Sequence[str]) -> list[str]:
         """The keys with no live item, in the order given (duplicates kept once)."""
         unique = list(dict.fromkeys(keys))
-        live, _ = self.live_of_keys(unique, "key lookup")
+        live = self.live_ids(unique)
         return [k for k in unique if k not in live]
 
     def live_ids(self, keys: Sequence[str]) -> dict[str, int]:

@@ -245,7 +245,7 @@ class Store:
     def missing_keys(self, keys: Sequence[str]) -> list[str]:
         """The keys with no live item, in the order given (duplicates kept once)."""
         unique = list(dict.fromkeys(keys))
-        live = self._live_ids_of_keys(self._reader(), unique)
+        live = self.live_ids(unique)
         return [k for k in unique if k not in live]
 
     def live_ids(self, keys: Sequence[str]) -> dict[str, int]:

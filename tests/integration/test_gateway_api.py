@@ -304,8 +304,7 @@ def test_the_settling_pass_gives_back_what_no_item_refers_to(
         "meta": {"original": mixed[0]}}]}).json()["items"][0]
     assert added["status"] == "added"
     for location in (mixed[0], alone[0]):  # both marked an hour ago
-        marker = stack.media_dir / "packs" / location["pack"].replace(".pack", ".pending")
-        os.utime(marker, (time.time() - 3600,) * 2)
+        os.utime(media.marker_path(location["pack"]), (time.time() - 3600,) * 2)
     pending = [mixed[0]["pack"], alone[0]["pack"]]
     assert set(pending) <= set(media.pending_packs(60))
 

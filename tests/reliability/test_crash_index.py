@@ -122,8 +122,7 @@ def _settle_and_check_originals(
     media = MediaStore(media_dir)
     pending = media.pending_packs(0)
     for pack in pending:
-        marker = media_dir / "packs" / pack.replace(".pack", ".pending")
-        os.utime(marker, (time.time() - 3600,) * 2)
+        os.utime(media.marker_path(pack), (time.time() - 3600,) * 2)
     blocks_before = sum(p.stat().st_blocks for p in (media_dir / "packs").rglob("*.pack"))
     settings = Settings(encoder_url=stack.encoder.url, index_url=index_url, media_dir=media_dir,
                         pack_settle_interval_s=0.2)

@@ -65,6 +65,7 @@ def test_originals_of_one_call_go_to_one_new_pack(tmp_path: Path) -> None:
     # Born pending: the caller settles it once each entry is referenced or erased. The
     # marker is a second name of the pack, counted once.
     assert markers(tmp_path) == [pack.with_suffix(".pending")]
+    assert store.marker_path(locations[0]["pack"]) == pack.with_suffix(".pending")
     assert markers(tmp_path)[0].stat().st_ino == pack.stat().st_ino
     assert store.total_bytes(max_age_s=0) == pack.stat().st_size
     for data, location in zip(datas, locations, strict=True):
@@ -306,8 +307,7 @@ def test_pending_packs_are_listed_by_age_and_settled(tmp_path: Path) -> None:
     assert store.pending_packs(0) == []  # no packs folder yet
     old, older, new = (store.write_pack([(sha(d), d)])[0]["pack"] for d in (b"o", b"p", b"n"))
     for name, age in ((old, 120), (older, 600)):
-        marker = tmp_path / "packs" / name.replace(".pack", ".pending")
-        os.utime(marker, (time.time() - age,) * 2)
+        os.utime(store.marker_path(name), (time.time() - age,) * 2)
     stray = tmp_path / "packs" / new.split("/")[0] / "not-a-pack-name.pending"
     stray.touch()
     os.utime(stray, (1.0, 1.0))

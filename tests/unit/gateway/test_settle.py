@@ -54,8 +54,7 @@ def state_of(tmp_path: Path, index: Index) -> Any:
 
 
 def age(state: Any, pack: str, seconds: float = 3600) -> None:
-    marker = state.media.root / "packs" / pack.replace(".pack", ".pending")
-    os.utime(marker, (time.time() - seconds,) * 2)
+    os.utime(state.media.marker_path(pack), (time.time() - seconds,) * 2)
 
 
 def shas(state: Any, pack: str) -> list[str | None]:
