@@ -15,7 +15,7 @@ from typing import TypeAlias
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from contracts.errors import ErrorType, GlimpseError
 from encoder_service.jpeg_header import JpegHeader, scan_plain_jpeg
@@ -26,6 +26,25 @@ ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 _EXIF_ORIENTATION = 0x0112
 _WHITE = (255, 255, 255)
+
+# The longest side over the shortest. The model resizes the shortest side to its input size, so
+# the resize costs this many times the model input at most, where a 30000x1 strip would cost
+# gigabytes; a 360-degree panorama is about 8:1.
+MAX_ASPECT_RATIO = 32
+
+# What each EXIF orientation needs to stand upright (ImageOps.exif_transpose's table, applied
+# here without rewriting the EXIF block, which raises on mistyped tags).
+_UPRIGHT: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Modes Image.reduce takes; the others are converted to the nearest one first.
+_REDUCIBLE = frozenset(("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"))
 
 
 # The bytes of one uploaded file: a read-only memoryview of the request body (parse_form's
@@ -82,8 +101,11 @@ def open_checked(data: ImageBytes, limits: ImageLimits) -> Image.Image:
             ErrorType.invalid_image,
             f"The file is not a recognisable image (accepted: {', '.join(ALLOWED_FORMATS)}).",
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _reject(ErrorType.invalid_image, f"The image header is corrupt: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any plugin's failure on a header is the file's
+        raise _reject(
+            ErrorType.invalid_image,
+            f"The image header is corrupt: {type(exc).__name__}: {exc}",
+        ) from exc
     width, height = img.size
     if width <= 0 or height <= 0:
         raise _reject(ErrorType.invalid_image, f"The image declares a size of {width}x{height}.")
@@ -92,6 +114,12 @@ def open_checked(data: ImageBytes, limits: ImageLimits) -> Image.Image:
             ErrorType.image_too_large,
             f"The image is {width}x{height} = {width * height} pixels; the limit is "
             f"{limits.max_pixels} pixels.",
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise _reject(
+            ErrorType.invalid_image,
+            f"The image is {width}x{height}: its long side is more than {MAX_ASPECT_RATIO} "
+            "times its short side, the most accepted.",
         )
     return img
 
@@ -139,30 +167,52 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
+def _reduced(img: Image.Image, min_side: int) -> Image.Image:
+    """``img`` shrunk by the largest whole factor that keeps both sides at least ``min_side``
+    (a box filter, as JPEG's DCT scaling is), so that every conversion after it works on the
+    small image: a 60-megapixel RGBA PNG would otherwise be copied four times at full size."""
+    factor = min(img.size) // max(1, min_side)
+    if factor < 2:
+        return img
+    if img.mode not in _REDUCIBLE:
+        has_alpha = img.mode in ("P", "PA") and (
+            "transparency" in img.info or img.mode == "PA"
+        )
+        img = img.convert("RGBA" if has_alpha else "I" if img.mode.startswith("I;") else
+                          "L" if img.mode == "1" else "RGB")
+    return img.reduce(factor)
+
+
 def decode_image(data: ImageBytes, limits: ImageLimits, min_side: int) -> Image.Image:
-    """Checked, oriented, RGB image. JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8)
-    that keeps both sides at least ``min_side``, which is all the model's resize needs."""
+    """Checked, oriented, RGB image with both sides at least ``min_side`` (when the image has
+    them), which is all the model's resize needs: JPEGs decode at the smallest DCT scale that
+    keeps them, other formats are reduced right after decoding.
+
+    Whatever a decoder raises is this image's error (invalid_image, or image_too_large when
+    memory ran out), never the request's: Pillow's plugins raise OSError, ValueError,
+    SyntaxError, struct.error, IndexError, KeyError and more on hostile files.
+    """
     img = open_checked(data, limits)
     try:
         if img.format == "JPEG":
             img.draft(None, (min_side, min_side))
         img.load()
-        if _orientation(img) != 1:
-            img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
-    except GlimpseError:
-        raise
+        orientation = _orientation(img)
+        rgb = to_rgb(_reduced(img, min_side))
+        upright = _UPRIGHT.get(orientation)
+        return rgb.transpose(upright) if upright is not None else rgb
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _reject(
             ErrorType.image_too_large, f"The image is too large to decode: {exc}"
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise _reject(
-            ErrorType.invalid_image,
-            f"The image could not be decoded (truncated or corrupt {img.format}): {exc}",
-        ) from exc
     except MemoryError as exc:
         raise _reject(ErrorType.image_too_large, "The image is too large to decode.") from exc
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise _reject(
+            ErrorType.invalid_image,
+            f"The image could not be decoded (truncated or corrupt {img.format}): "
+            f"{type(exc).__name__}: {exc}",
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -260,6 +310,7 @@ def plain_jpeg(data: ImageBytes, limits: ImageLimits) -> JpegHeader | None:
         header is not None
         and len(data) <= limits.max_bytes
         and header.width * header.height <= limits.max_pixels
+        and max(header.width, header.height) <= MAX_ASPECT_RATIO * min(header.width, header.height)
         # See gpu_decodable_jpeg: only a stream that ends with its end marker is complete.
         and ends_with_eoi(data)
     ):

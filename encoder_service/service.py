@@ -321,12 +321,13 @@ class EncoderRuntime:
                 continue
             try:
                 payload = self._prepare_image(files[slot])
-            except GlimpseError as exc:
+            except Exception as exc:  # noqa: BLE001 - one file's failure is that file's answer
                 self.batcher.announce(-1)
-                self.image_errors.labels(exc.error_type).inc()
-                job.settle([slot], [exc])
+                error = exc if isinstance(exc, GlimpseError) else _undecodable(exc)
+                self.image_errors.labels(error.error_type).inc()
+                job.settle([slot], [error])
                 continue
-            except BaseException as exc:  # noqa: BLE001 - the request answers 500, as before
+            except BaseException as exc:
                 self.batcher.announce(-1)
                 job.fail(exc)
                 continue
@@ -456,6 +457,15 @@ class EncoderRuntime:
             "max_batch": self.settings.max_batch,
             "max_wait_ms": self.settings.max_wait_ms,
         }
+
+
+def _undecodable(exc: Exception) -> GlimpseError:
+    """An error decode_image did not turn into a GlimpseError is still this file's alone."""
+    logger.error("preparing an image raised %s", type(exc).__name__, exc_info=exc)
+    return GlimpseError(
+        ErrorType.invalid_image,
+        f"The image could not be prepared: {type(exc).__name__}: {exc}",
+    )
 
 
 def not_ready() -> GlimpseError:

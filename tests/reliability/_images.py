@@ -143,7 +143,7 @@ def odd_valid_images() -> dict[str, tuple[bytes, str]]:
         "rgb.bmp": (save_bytes(base, "BMP"), "image/bmp"),
         "cmyk.tiff": (save_bytes(base.convert("CMYK"), "TIFF"), "image/tiff"),
         "one_pixel.png": (png_bytes(Image.new("RGB", (1, 1), (1, 2, 3))), "image/png"),
-        "tall_strip.png": (png_bytes(Image.new("RGB", (1, 3000), (9, 9, 9))), "image/png"),
+        "tall_strip.png": (png_bytes(Image.new("RGB", (40, 1280), (9, 9, 9))), "image/png"),
     }
 
 

@@ -128,8 +128,8 @@ def test_every_odd_mode_becomes_rgb(mode: str, data: bytes) -> None:
 
 
 def test_sixteen_bit_greyscale_keeps_its_range() -> None:
-    ramp = Image.fromarray(np.linspace(0, 65535, 256 * 4).reshape(4, 256).astype(np.uint16))
-    arr = np.asarray(decode_image(encoded(ramp, "PNG"), LIMITS, 4))
+    ramp = Image.fromarray(np.linspace(0, 65535, 64 * 16).reshape(16, 64).astype(np.uint16))
+    arr = np.asarray(decode_image(encoded(ramp, "PNG"), LIMITS, 16))
     assert arr.min() == 0 and arr.max() == 255
 
 
@@ -241,3 +241,49 @@ def test_pixel_recipe_refuses_other_pipelines() -> None:
 
     squash = open_clip.image_transform(224, is_train=False, resize_mode="squash")
     assert PixelRecipe.of(squash) is None
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    """A one-colour 8-bit greyscale PNG of any size, built without holding its pixels."""
+    row = b"\x00" * (1 + width)
+    body = zlib.compress(row * height, 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("size", [(30_000, 1), (1, 30_000), (10_000, 1), (60_000_000, 1)])
+def test_long_thin_images_are_refused_from_the_header(size: tuple[int, int]) -> None:
+    """Issue 25 F3 and F2: a 109-byte 30000x1 PNG cost gigabytes in the resize (the shortest
+    side goes to the model's input size), and 60000000x1 overflowed it; both are now the
+    file's 422 before any pixel is decoded."""
+    limits = ImageLimits(max_bytes=5_000_000, max_pixels=60_000_000)
+    data = _blank_png(*size)
+    with pytest.raises(GlimpseError) as caught:
+        decode_image(data, limits, 224)
+    assert caught.value.error_type == "invalid_image" and caught.value.status == 422
+    assert f"{size[0]}x{size[1]}" in caught.value.message
+
+
+def test_the_widest_accepted_aspect_decodes() -> None:
+    img = decode_image(_blank_png(32 * 8, 8), ImageLimits(5_000_000, 60_000_000), 224)
+    assert img.size == (256, 8) and img.mode == "RGB"
+
+
+def test_mistyped_exif_tags_do_not_fail_the_decode() -> None:
+    """Issue 25 F4: ResolutionUnit stored as BYTE instead of SHORT (one byte off what Pillow
+    writes) made the orientation step raise struct.error: the service answered 500."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x0128] = 2
+    data = encoded(Image.new("RGB", (40, 20), (0, 0, 255)), "JPEG", exif=exif.tobytes())
+    at = data.find(b"\x01\x28\x00\x03")  # tag 0x0128, type SHORT (Pillow writes big-endian)
+    assert at > 0
+    mistyped = data[:at + 2] + b"\x00\x01" + data[at + 4:]
+    img = decode_image(mistyped, LIMITS, 64)
+    assert img.size == (20, 40)  # still turned upright
