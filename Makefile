@@ -22,7 +22,7 @@ lint: install
 # The whole suite, slow and browser tests included. Installs what it needs (the venv, and
 # Debian's chromium for the browser tests when it is missing and we may install it).
 test: install
-	bash scripts/ensure_test_deps.sh
+	bash ci/ensure_test_deps.sh
 	$(MAKE) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -32,33 +32,33 @@ test-fast: install
 
 # The three services locally, without Docker (Ctrl-C stops them).
 dev: install
-	$(BIN)/python scripts/dev.py $(DEV_ARGS)
+	$(BIN)/glimpse dev $(DEV_ARGS)
 
 # Ingest the sample photos that scikit-image and scikit-learn ship into a running `make dev`.
 demo: install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/glimpse demo
 
 smoke:
-	bash scripts/compose_smoke.sh
+	bash ci/compose_smoke.sh
 
 bench-index: install
-	$(BIN)/python scripts/bench_index.py
+	$(BIN)/python bench/bench_index.py
 
 bench-encoder: install
-	$(BIN)/python scripts/bench_encoder.py
+	$(BIN)/python bench/bench_encoder.py
 
 bench-search: install
-	$(BIN)/python scripts/bench_search.py
+	$(BIN)/python bench/bench_search.py
 
 bench-ingest: install
-	$(BIN)/python scripts/bench_ingest.py
+	$(BIN)/python bench/bench_ingest.py
 
 bench-faiss: install
-	$(BIN)/python scripts/bench_faiss.py compare --quick
+	$(BIN)/python bench/bench_faiss.py compare --quick
 
 # Rewrite the committed OpenAPI documents after an intended API change.
 openapi: install
-	$(BIN)/python scripts/export_openapi.py
+	$(BIN)/python ci/export_openapi.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,6 +1,6 @@
 """Static checks of the Docker deployment files: no engine needed, so they run everywhere.
 
-The compose smoke test (scripts/compose_smoke.sh, `make smoke`) proves the files on a real
+The compose smoke test (ci/compose_smoke.sh, `make smoke`) proves the files on a real
 engine; these tests keep them consistent with the services' Settings between smoke runs: every
 setting is passed through by compose and listed in .env.example, only the gateway publishes a
 port, every service has a healthcheck, a restart policy, a memory limit and its volumes.
@@ -21,9 +21,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {
     # compose service -> (package, port, volume mounted, mount point)
-    "encoder": ("encoder_service", 8001, "model-cache", "/cache"),
-    "index": ("index_service", 8002, "index-data", "/data"),
-    "gateway": ("gateway", 8000, "media", "/media"),
+    "encoder": ("glimpse.encoder", 8001, "model-cache", "/cache"),
+    "index": ("glimpse.index", 8002, "index-data", "/data"),
+    "gateway": ("glimpse.gateway", 8000, "media", "/media"),
 }
 # Settings that only make sense inside the image (a path baked into it).
 IMAGE_ONLY = {"GATEWAY_FRONTEND_DIR"}
@@ -103,7 +103,7 @@ def test_service_runtime_policy(compose: dict[str, Any], service: str) -> None:
     assert f"http://127.0.0.1:{port}/readyz" in spec["healthcheck"]["test"][3]
     assert f"{volume}:{mount}" in spec["volumes"]
     assert volume in compose["volumes"]
-    assert spec["build"] == {"context": ".", "dockerfile": f"{package}/Dockerfile",
+    assert spec["build"] == {"context": ".", "dockerfile": f"docker/{service}.Dockerfile",
                              "args": spec["build"]["args"]}
     assert spec["image"].startswith(f"glimpse-{service}:")
 
@@ -130,7 +130,7 @@ def test_gpu_override(gpu: dict[str, Any]) -> None:
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_dockerfile_installs_only_its_extra_as_non_root(service: str) -> None:
     package = SERVICES[service][0]
-    text = (ROOT / package / "Dockerfile").read_text()
+    text = (ROOT / "docker" / f"{service}.Dockerfile").read_text()
     extras = set(re.findall(r"pip install '\.\[([a-z,]+)\]'", text))
     wanted = {"encoder": {"encoder"}, "index": {"index"}, "gateway": {"gateway,scripts"}}
     assert extras == wanted[service]
@@ -147,8 +147,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert lines[lines.index("*")] == "*"  # allow-list: everything else stays out
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "contracts", "encoder_service",
-                       "index_service", "gateway", "frontend", "scripts"}
+    assert allowed == {"pyproject.toml", "README.md", "glimpse"}
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Compose v1 not installed")

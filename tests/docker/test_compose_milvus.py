@@ -1,7 +1,7 @@
 """docker-compose.milvus.yml: Milvus standalone beside the services, the index pointed at it.
 
 Like test_compose_files.py, these read the files (and run Compose v1's `config` when it is
-installed); the stack itself needs images and a Docker engine (scripts/compose_smoke.sh).
+installed); the stack itself needs images and a Docker engine (ci/compose_smoke.sh).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_the_index_points_at_milvus_and_installs_the_client(milvus: dict[str, An
     assert index["environment"]["INDEX_MILVUS_URI"] == "${INDEX_MILVUS_URI:-http://milvus:19530}"
     assert index["depends_on"] == {"milvus": {"condition": "service_healthy"}}
     assert index["build"]["args"]["INDEX_EXTRAS"] == "milvus"
-    dockerfile = (ROOT / "index_service" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "glimpse.index" / "Dockerfile").read_text()
     assert 'pip install ".[$INDEX_EXTRAS]"' in dockerfile
     assert "ARG INDEX_EXTRAS=\n" in dockerfile  # the default image stays Faiss-only
 

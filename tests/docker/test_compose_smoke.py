@@ -1,4 +1,4 @@
-"""The compose smoke test (scripts/compose_smoke.sh) as a pytest test, on demand.
+"""The compose smoke test (ci/compose_smoke.sh) as a pytest test, on demand.
 
 It builds three images and runs the whole stack on a real Docker engine: 10 to 25 minutes and
 tens of GB of disk where the engine stores images as full copies (vfs) and torch comes from
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_compose_smoke() -> None:
     run = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "compose_smoke.sh")],
+        ["bash", str(ROOT / "ci" / "compose_smoke.sh")],
         cwd=ROOT, capture_output=True, text=True, timeout=3500, check=False,
     )
     assert run.returncode == 0, run.stderr[-6000:] + run.stdout[-2000:]

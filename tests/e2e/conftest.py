@@ -34,7 +34,7 @@ def _require_chromium() -> None:
         return
     reason = (
         f"{CHROMIUM} is missing: apt-get install chromium "
-        "(scripts/ensure_test_deps.sh does it in CI)"
+        "(ci/ensure_test_deps.sh does it in CI)"
     )
     if os.environ.get("CI"):
         pytest.fail(f"browser tests cannot run in CI: {reason}")

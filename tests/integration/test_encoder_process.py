@@ -1,5 +1,5 @@
 """The encoder as a real uvicorn process: ready, embeds, and a restart with pretrained=none
-gives the same vectors. (Weights that cannot be had: tests/unit/encoder_service/test_api.py
+gives the same vectors. (Weights that cannot be had: tests/unit/encoder/test_api.py
 and test_model.py.)"""
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def _vectors(url: str, blob: bytes) -> tuple[np.ndarray, np.ndarray]:
 def test_restart_with_random_weights_gives_identical_vectors(tmp_path: Path) -> None:
     blob = _jpeg()
     log = tmp_path / "encoder.log"
-    with ServiceProcess("encoder_service.main", TINY_ENV, log) as encoder:
+    with ServiceProcess("glimpse.encoder.main", TINY_ENV, log) as encoder:
         info = httpx.get(encoder.url + "/v1/info").json()
         assert info["dim"] == 64 and info["model"] == "glimpse-tiny"
         first = _vectors(encoder.url, blob)
         assert "glimpse_encoder_batch_size_bucket" in httpx.get(encoder.url + "/metrics").text
-    with ServiceProcess("encoder_service.main", TINY_ENV, log) as encoder:
+    with ServiceProcess("glimpse.encoder.main", TINY_ENV, log) as encoder:
         second = _vectors(encoder.url, blob)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])

@@ -1,7 +1,7 @@
 """The encoder as deployed (the Dockerfile's ``uvicorn ... --loop uvloop --http
-encoder_service.main:http_protocol``, and ``python -m encoder_service``: image bodies read
+glimpse.encoder.main:http_protocol``, and ``python -m glimpse.encoder``: image bodies read
 straight into one buffer by direct_body.py) answers image requests byte for byte as plain
-``uvicorn encoder_service.main:app`` (uvicorn's own protocol) does: same vectors, same errors,
+``uvicorn glimpse.encoder.main:app`` (uvicorn's own protocol) does: same vectors, same errors,
 both encodings, with bodies far larger than one socket read."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from tests.integration.test_encoder_process import TINY_ENV
 from tests.support.procs import REPO, ServiceProcess
 
 DOCKERFILE_COMMAND = [
-    "-m", "uvicorn", "encoder_service.main:app", "--loop", "uvloop",
-    "--http", "encoder_service.main:http_protocol", "--log-level", "warning", "--host",
+    "-m", "uvicorn", "glimpse.encoder.main:app", "--loop", "uvloop",
+    "--http", "glimpse.encoder.main:http_protocol", "--log-level", "warning", "--host",
 ]
-MODULE_COMMAND = ["-m", "encoder_service", "--log-level", "warning", "--host"]
+MODULE_COMMAND = ["-m", "glimpse.encoder", "--log-level", "warning", "--host"]
 
 
 class DeployedEncoder(ServiceProcess):
@@ -88,7 +88,7 @@ def test_deployed_encoder_answers_as_uvicorn_does(tmp_path: Path) -> None:
     answers = []
     for process in (DeployedEncoder, ModuleEncoder, ServiceProcess):
         answer = []
-        with process("encoder_service.main", TINY_ENV, tmp_path / "encoder.log") as encoder:
+        with process("glimpse.encoder.main", TINY_ENV, tmp_path / "encoder.log") as encoder:
             with httpx.Client(base_url=encoder.url, timeout=60) as client:
                 for encoding in ("float", "base64"):
                     for request in (files, files[:1]):

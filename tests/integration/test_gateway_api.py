@@ -25,10 +25,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from contracts.gateway import ImageMeta, SearchResponse
-from gateway.config import Settings
-from gateway.main import create_app
-from gateway.media import MediaStore
+from glimpse.contracts.gateway import ImageMeta, SearchResponse
+from glimpse.gateway.config import Settings
+from glimpse.gateway.main import create_app
+from glimpse.gateway.media import MediaStore
 from tests.support.stack import Stack, sample_photos, start_stack
 
 API_KEY = "test-key-0123456789"
@@ -268,12 +268,12 @@ def test_media_is_written_before_the_index_knows_it(client: httpx.Client, stack:
     data = noise_image(10)
     item = client.post("/ingest", files=[("files", ("m/x.jpg", data, "image/jpeg"))]).json()
     sha = item["items"][0]["sha256"]
-    # In a pack (gateway/media.py): its entry's bytes, under a header naming the sha256.
+    # In a pack (glimpse/gateway/media.py): its entry's bytes, under a header naming the sha256.
     packed = [p.read_bytes() for p in (stack.media_dir / "packs").rglob("*.pack")]
     assert any(bytes.fromhex(sha) + data in blob for blob in packed)
     meta = client.get(f"/images/{item['items'][0]['id']}/meta").json()
     assert "original" not in meta  # where the store keeps it is not the API's
-    # The thumbnail is made on its first request (gateway/thumbnails.py), then kept.
+    # The thumbnail is made on its first request (glimpse/gateway/thumbnails.py), then kept.
     thumbnail = stack.media_dir / "thumbnails" / sha[:2] / sha[2:4] / f"{sha}.webp"
     assert not thumbnail.exists()
     assert client.get(f"/images/{item['items'][0]['id']}/thumbnail").status_code == 200

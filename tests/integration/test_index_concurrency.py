@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.support.procs import ServiceProcess
-from tests.unit.index_service.helpers import b64, clustered, items_body
+from tests.unit.index.helpers import b64, clustered, items_body
 
 DIM = 32
 SECONDS = 8.0
@@ -32,7 +32,7 @@ def test_concurrent_search_add_delete_has_no_error_and_no_deleted_hit(tmp_path: 
     searches = 0
     stop = threading.Event()
 
-    with ServiceProcess("index_service.main", env, tmp_path / "index.log") as proc:
+    with ServiceProcess("glimpse.index.main", env, tmp_path / "index.log") as proc:
         with httpx.Client(base_url=proc.url, timeout=30) as client:
             first = client.post("/v1/items", json=items_body(clustered(1400, DIM)))
             added.extend(i["id"] for i in first.json()["items"])

@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 from fastapi.testclient import TestClient
 
-from index_service.main import create_app
-from tests.unit.index_service.helpers import (
+from glimpse.index.main import create_app
+from tests.unit.index.helpers import (
     as_stored,
     b64,
     clustered,

@@ -1,6 +1,6 @@
 """The index service's HTTP contract on both backends: Faiss and a real Milvus server.
 
-The backend-agnostic tests of tests/unit/index_service/test_api.py run here again with a
+The backend-agnostic tests of tests/unit/index/test_api.py run here again with a
 ``make_client`` parametrised over INDEX_BACKEND; the tests below them check what only
 matters once a second backend exists (exact search against numpy on both, Milvus's sealed
 HNSW segments and IVF_PQ ones with re-ranking, the ops routes Milvus owns).
@@ -20,10 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pymilvus import Collection, connections, utility
 
-from index_service.main import create_app
+from glimpse.index.main import create_app
 from tests.support.milvus import EmbeddedMilvus
-from tests.unit.index_service import test_api as suite
-from tests.unit.index_service.helpers import (
+from tests.unit.index import test_api as suite
+from tests.unit.index.helpers import (
     as_stored,
     b64,
     clustered,

@@ -23,7 +23,7 @@ from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connec
 
 from tests.support.milvus import EmbeddedMilvus, milvus_env
 from tests.support.procs import ServiceProcess, free_port
-from tests.unit.index_service.helpers import b64, clustered, items_body
+from tests.unit.index.helpers import b64, clustered, items_body
 
 pytestmark = pytest.mark.milvus
 
@@ -31,7 +31,7 @@ DIM = 32
 
 
 def _replica(env: dict[str, str], log: Path) -> ServiceProcess:
-    return ServiceProcess("index_service.main", env, log)
+    return ServiceProcess("glimpse.index.main", env, log)
 
 
 def _search(client: httpx.Client, vectors: Any, k: int, **extra: Any) -> list[list[dict[str, Any]]]:

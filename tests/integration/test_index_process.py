@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.support.procs import ServiceProcess
-from tests.unit.index_service.helpers import b64, clustered, items_body
+from tests.unit.index.helpers import b64, clustered, items_body
 
 DIM = 32
 
@@ -89,7 +89,7 @@ def test_sigkill_during_adds_loses_no_acknowledged_item(tmp_path: Path) -> None:
     next_key = 0
     rng = random.Random(7)
     for round_ in range(3):
-        proc = ServiceProcess("index_service.main", _env(data), tmp_path / "index.log")
+        proc = ServiceProcess("glimpse.index.main", _env(data), tmp_path / "index.log")
         proc.start(timeout=90)
         try:
             if round_:
@@ -107,7 +107,7 @@ def test_sigkill_during_adds_loses_no_acknowledged_item(tmp_path: Path) -> None:
             next_key += 100_000
         finally:
             proc.kill()
-    proc = ServiceProcess("index_service.main", _env(data), tmp_path / "index.log")
+    proc = ServiceProcess("glimpse.index.main", _env(data), tmp_path / "index.log")
     with proc:
         stats = _audit(proc.url, acked, inflight)
         assert stats["count"] >= len(acked) > 0
@@ -119,7 +119,7 @@ def test_a_restart_after_sigkill_gives_identical_results(tmp_path: Path) -> None
     env = _env(data, INDEX_TRAIN_THRESHOLD="100000", INDEX_SNAPSHOT_EVERY_WRITES="0")
     x = clustered(2500, DIM, clusters=40)
     q = {"vectors": [b64(v) for v in clustered(30, DIM, clusters=40, seed=5)], "k": 10}
-    proc = ServiceProcess("index_service.main", env, tmp_path / "index.log").start(timeout=90)
+    proc = ServiceProcess("glimpse.index.main", env, tmp_path / "index.log").start(timeout=90)
     try:
         with httpx.Client(base_url=proc.url, timeout=120) as client:
             client.post("/v1/items", json=items_body(x[:2000]))
@@ -132,7 +132,7 @@ def test_a_restart_after_sigkill_gives_identical_results(tmp_path: Path) -> None
             stats = client.get("/v1/stats").json()
     finally:
         proc.kill()
-    with ServiceProcess("index_service.main", env, tmp_path / "index.log") as again:
+    with ServiceProcess("glimpse.index.main", env, tmp_path / "index.log") as again:
         with httpx.Client(base_url=again.url, timeout=60) as client:
             after_stats = client.get("/v1/stats").json()
             assert after_stats["kind"] == "ivfpq" and after_stats["load"]["replayed"] == 501

@@ -1,4 +1,4 @@
-"""scripts/ingest.py against the real services (index, encoder with the tiny model, gateway)
+"""glimpse/cli/ingest.py against the real services (index, encoder with the tiny model, gateway)
 as processes: exact counts, re-runs, resume after an interruption, an index outage, Ctrl-C
 on the command line, and the report."""
 
@@ -21,7 +21,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from scripts.ingest import EXIT_INTERRUPTED, EXIT_SOME_FAILED, IngestSummary, RetryPolicy, ingest
+from glimpse.cli.ingest import (
+    EXIT_INTERRUPTED,
+    EXIT_SOME_FAILED,
+    IngestSummary,
+    RetryPolicy,
+    ingest,
+)
 from tests.support.stack import Stack, start_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,7 +216,7 @@ def test_ctrl_c_finishes_the_batches_in_flight_and_prints_the_summary(
     proxy = DelayingProxy(stack.gateway_url, delay_s=0.3)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     report = tmp_path / "report.jsonl"
-    cmd = [sys.executable, str(REPO / "scripts" / "ingest.py"), str(tmp_path / "p"),
+    cmd = [sys.executable, "-m", "glimpse", "ingest", str(tmp_path / "p"),
            "--url", proxy.url, "--batch-size", "2", "--concurrency", "2", "--json", "--quiet",
            "--report", str(report)]
     try:
@@ -230,7 +236,7 @@ def test_ctrl_c_finishes_the_batches_in_flight_and_prints_the_summary(
     assert report.read_text() == ""
 
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "ingest.py"), str(tmp_path / "p"),
+        [sys.executable, "-m", "glimpse", "ingest", str(tmp_path / "p"),
          "--url", stack.gateway_url, "--json", "--quiet", "--report", str(report)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )

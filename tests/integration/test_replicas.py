@@ -47,18 +47,18 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     (root / "logs").mkdir()
     env = stack_env(root)
     encoders = [
-        ServiceProcess("encoder_service.main", env, root / "logs" / f"encoder{i}.log")
+        ServiceProcess("glimpse.encoder.main", env, root / "logs" / f"encoder{i}.log")
         for i in (1, 2)
     ]
     indexes = [
         ServiceProcess(
-            "index_service.main", {**env, "INDEX_DATA_DIR": str(root / f"index{i}")},
+            "glimpse.index.main", {**env, "INDEX_DATA_DIR": str(root / f"index{i}")},
             root / "logs" / f"index{i}.log",
         )
         for i in (1, 2)
     ]
     gateway = ServiceProcess(
-        "gateway.main",
+        "glimpse.gateway.main",
         {
             **env,
             "GATEWAY_ENCODER_URL": ",".join(e.url for e in encoders),

@@ -40,12 +40,12 @@ def stack(milvus_server: EmbeddedMilvus, collection_name: str, tmp_path: Path) -
         **milvus_env(milvus_server, collection_name, TINY_DIM),
         "GATEWAY_FSYNC": "false",
     }
-    encoder = ServiceProcess("encoder_service.main", env, tmp_path / "encoder.log")
+    encoder = ServiceProcess("glimpse.encoder.main", env, tmp_path / "encoder.log")
     indexes = [
-        ServiceProcess("index_service.main", env, tmp_path / f"index{i}.log") for i in (1, 2)
+        ServiceProcess("glimpse.index.main", env, tmp_path / f"index{i}.log") for i in (1, 2)
     ]
     gateway = ServiceProcess(
-        "gateway.main",
+        "glimpse.gateway.main",
         {
             **env,
             "GATEWAY_ENCODER_URL": encoder.url,

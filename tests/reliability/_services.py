@@ -45,7 +45,7 @@ def index_process(
 ) -> ServiceProcess:
     """An index service (not started) whose log is ``tmp_path/<name>.log``."""
     env = index_env(data_dir, **extra)
-    return ServiceProcess("index_service.main", env, tmp_path / f"{name}.log")
+    return ServiceProcess("glimpse.index.main", env, tmp_path / f"{name}.log")
 
 
 def unit_vectors(n: int, rng: np.random.Generator, dim: int = DIM) -> np.ndarray:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.config import Settings
-from gateway.main import create_app
+from glimpse.gateway.config import Settings
+from glimpse.gateway.main import create_app
 from tests.reliability._openapi import RouteCase, app_routes, openapi_routes, request_kwargs
 from tests.support.procs import free_port
 

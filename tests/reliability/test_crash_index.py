@@ -4,14 +4,14 @@ Two drivers, both against real processes and real SIGKILLs:
 
 - straight at the index (POST /v1/items in small batches, a client that retries every batch
   until it is acknowledged, some batches re-sending earlier keys), at least 20 kills;
-- through the gateway with scripts/ingest.py doing the retrying, at least 20 kills of the
+- through the gateway with glimpse/cli/ingest.py doing the retrying, at least 20 kills of the
   index behind it; every acknowledgement the script receives is recorded by its transport.
 
 Figures: acknowledged-but-missing 0, phantom 0, duplicate keys 0, Faiss count == live rows,
 failed starts 0; plus the number of kills and the restart times.
 
 The gateway driver then settles the packs the kills left pending (each add the index died
-under, gateway/settle.py) and checks that every acknowledged item's original is still whole:
+under, glimpse/gateway/settle.py) and checks that every acknowledged item's original is still whole:
 the pass gives back only what no item names.
 """
 
@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.config import Settings
-from gateway.main import create_app
-from gateway.media import MediaStore
+from glimpse.gateway.config import Settings
+from glimpse.gateway.main import create_app
+from glimpse.gateway.media import MediaStore
 from tests.reliability._crash import Killer, Ledger, add_with_retries, audit_index, audit_summary
 from tests.reliability._services import IndexAPI, index_process, unit_vectors
 from tests.reliability.conftest import API_KEY
@@ -165,12 +165,12 @@ def _write_images(folder: Path, start: int, count: int, rng: np.random.Generator
 def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
     stack: Any, tmp_path: Path, figure: Any
 ) -> None:
-    from scripts.ingest import RetryPolicy, ingest
+    from glimpse.cli.ingest import RetryPolicy, ingest
 
     rng = np.random.default_rng(2)
     index = index_process(tmp_path, tmp_path / "index-data", INDEX_SNAPSHOT_EVERY_WRITES="300")
     index.start(90)
-    gateway = ServiceProcess("gateway.main", {
+    gateway = ServiceProcess("glimpse.gateway.main", {
         "GATEWAY_ENCODER_URL": stack.encoder.url,
         "GATEWAY_INDEX_URL": index.url,
         "GATEWAY_MEDIA_DIR": str(tmp_path / "media"),

@@ -120,7 +120,7 @@ def test_gateway_media_on_a_full_disk(stack: Any, tmp_path: Path, tmpfs: Any,
                                       figure: Any) -> None:
     disk = tmpfs("media-disk", "4m")
     index = index_process(tmp_path, tmp_path / "index-data").start(90)
-    gateway = ServiceProcess("gateway.main", {
+    gateway = ServiceProcess("glimpse.gateway.main", {
         "GATEWAY_ENCODER_URL": stack.encoder.url,
         "GATEWAY_INDEX_URL": index.url,
         "GATEWAY_MEDIA_DIR": str(disk / "media"),

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.errors import GlimpseError
+from glimpse.contracts.errors import GlimpseError
 from tests.reliability._images import malformed_images, odd_valid_images
 from tests.reliability._services import index_process
 from tests.support.procs import ServiceProcess
@@ -78,7 +78,7 @@ def _decoder_outcome(decode: Any, data: bytes) -> str:
 
 
 def test_fuzz_encoder_image_decoder(figure: Any) -> None:
-    from encoder_service.images import ImageLimits, decode_image
+    from glimpse.encoder.images import ImageLimits, decode_image
 
     limits = ImageLimits(max_bytes=20 * 1024 * 1024, max_pixels=60_000_000)
     seen: Counter[str] = Counter()
@@ -95,7 +95,7 @@ def test_fuzz_encoder_image_decoder(figure: Any) -> None:
 def test_fuzz_gateway_image_checks(figure: Any) -> None:
     # The gateway reads headers at ingest (inspect_image) and decodes when it makes a thumbnail
     # on first view (make_thumbnail): both see every input.
-    from gateway.images import inspect_image, make_thumbnail
+    from glimpse.gateway.images import inspect_image, make_thumbnail
 
     seen: Counter[str] = Counter()
 

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from contracts.vectors import encode_vector
+from glimpse.contracts.vectors import encode_vector
 from tests.reliability._services import IndexAPI, index_process, unit_vectors
 
 TRIALS = 10

@@ -160,7 +160,7 @@ def library_gateway(stack: Any, tmp_path: Path, secret: tuple[Path, bytes]
     (library / "inside.png").write_bytes(png_bytes(gradient((30, 20), seed=301)))
     (library / "sub" / "link.png").symlink_to(secret[0])
     (library / "dirlink").symlink_to(secret[0].parent, target_is_directory=True)
-    proc = ServiceProcess("gateway.main", {
+    proc = ServiceProcess("glimpse.gateway.main", {
         "GATEWAY_ENCODER_URL": stack.encoder.url,
         "GATEWAY_INDEX_URL": stack.index.url,
         "GATEWAY_MEDIA_DIR": str(tmp_path / "media"),

@@ -30,7 +30,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     root = tmp_path_factory.mktemp("uploads")
     dead = f"http://127.0.0.1:{free_port()}"
     proc = ServiceProcess(
-        "gateway.main",
+        "glimpse.gateway.main",
         {
             "GATEWAY_MEDIA_DIR": str(root / "media"),
             "GATEWAY_ENCODER_URL": dead,

@@ -102,10 +102,10 @@ def start_stack(root: Path, *, timeout: float = 120.0, **env_overrides: str) -> 
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     env = stack_env(root, **env_overrides)
-    index = ServiceProcess("index_service.main", env, logs / "index.log")
-    encoder = ServiceProcess("encoder_service.main", env, logs / "encoder.log")
+    index = ServiceProcess("glimpse.index.main", env, logs / "index.log")
+    encoder = ServiceProcess("glimpse.encoder.main", env, logs / "encoder.log")
     gateway = ServiceProcess(
-        "gateway.main",
+        "glimpse.gateway.main",
         {**env, "GATEWAY_ENCODER_URL": encoder.url, "GATEWAY_INDEX_URL": index.url},
         logs / "gateway.log",
     )

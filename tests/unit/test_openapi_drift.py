@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.export_openapi import OUT_DIR, SERVICES, openapi_document, render
+from ci.export_openapi import OUT_DIR, SERVICES, openapi_document, render
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from contracts.errors import ErrorType, GlimpseError, install_error_handlers
+from glimpse.contracts.errors import ErrorType, GlimpseError, install_error_handlers
 
 
 class Body(BaseModel):

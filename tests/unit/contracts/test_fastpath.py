@@ -9,10 +9,10 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from contracts.bodies import json_body_openapi, json_response, parse_json_body
-from contracts.errors import ErrorType, GlimpseError, install_error_handlers
-from contracts.fastpath import FastRoutes
-from contracts.observability import ServiceMetrics, install_metrics
+from glimpse.contracts.bodies import json_body_openapi, json_response, parse_json_body
+from glimpse.contracts.errors import ErrorType, GlimpseError, install_error_handlers
+from glimpse.contracts.fastpath import FastRoutes
+from glimpse.contracts.observability import ServiceMetrics, install_metrics
 
 
 class Query(BaseModel):

@@ -19,9 +19,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from contracts.errors import ErrorType, GlimpseError
-from contracts.multipart import FormPart, parse_form, parse_options_header
-from gateway.http import multipart_body
+from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.contracts.multipart import FormPart, parse_form, parse_options_header
+from glimpse.gateway.http import multipart_body
 
 PROPERTY = settings(
     max_examples=150,
@@ -232,7 +232,7 @@ def test_large_parts_are_split_the_same_by_memmem(
     # body's own buffer (bytes, or the bytearray the encoder reads into): the same parts as
     # bytes.find gives and as Starlette gives, with near-delimiters on both sides of the 4 KiB
     # switch and a part ending just before it.
-    import contracts.multipart as multipart
+    import glimpse.contracts.multipart as multipart
 
     if multipart._memmem is None:
         pytest.skip("no memmem in this C library")
@@ -359,7 +359,7 @@ Limits = dict[str, int]
 
 
 def browser(value: str) -> str:
-    """What browsers (and gateway/http.py) write for a name in Content-Disposition."""
+    """What browsers (and glimpse/gateway/http.py) write for a name in Content-Disposition."""
     return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contracts.errors import GlimpseError
-from contracts.vectors import decode_vectors, encode_vector, encode_vectors
+from glimpse.contracts.errors import GlimpseError
+from glimpse.contracts.vectors import decode_vectors, encode_vector, encode_vectors
 
 
 def test_base64_round_trip_is_exact() -> None:

@@ -13,16 +13,16 @@ import pytest
 from starlette.datastructures import UploadFile
 from starlette.requests import Request as StarletteRequest
 
-from contracts.errors import GlimpseError
-from contracts.vectors import encode_vector
-from gateway.clients import (
+from glimpse.contracts.errors import GlimpseError
+from glimpse.contracts.vectors import encode_vector
+from glimpse.gateway.clients import (
     CheckedBase64,
     Upstream,
     build_client,
     checked_wire_vectors,
     items_body,
 )
-from gateway.http import Reply, json_body
+from glimpse.gateway.http import Reply, json_body
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import gateway.http as http_module
-from gateway.http import (
+import glimpse.gateway.http as http_module
+from glimpse.gateway.http import (
     HttpPool,
     Reply,
     UpstreamConnectError,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from contracts.errors import GlimpseError
-from gateway.images import _draft_size, inspect_image, make_thumbnail, sniff_content_type
+from glimpse.contracts.errors import GlimpseError
+from glimpse.gateway.images import _draft_size, inspect_image, make_thumbnail, sniff_content_type
 
 
 def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -233,7 +233,7 @@ def _mutations(data: bytes, rng: random.Random, n: int) -> list[bytes]:
 def test_the_quick_jpeg_header_read_agrees_with_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
     # inspect_image reads plain JPEG headers itself and leaves the rest to Pillow; on every
     # file, well made or mutated, the answer (size, type, or error and message) must be
-    import gateway.images as images
+    import glimpse.gateway.images as images
 
     rng = random.Random(16)
     files = _jpegs()

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import gateway.media as media_module
-from gateway.images import make_thumbnail
-from gateway.ingest import Part, _check_all, _embed_and_add, _store_media
-from gateway.media import MediaStore
-from gateway.state import KeyLocks, LruCache
+import glimpse.gateway.media as media_module
+from glimpse.gateway.images import make_thumbnail
+from glimpse.gateway.ingest import Part, _check_all, _embed_and_add, _store_media
+from glimpse.gateway.media import MediaStore
+from glimpse.gateway.state import KeyLocks, LruCache
 
 
 def png() -> bytes:
@@ -65,7 +65,7 @@ def test_a_failed_pack_write_rejects_every_part_of_the_request(tmp_path: Path) -
 
 
 def test_the_original_is_kept_and_no_thumbnail_is_made(tmp_path: Path) -> None:
-    # Thumbnails are made on first request (gateway/thumbnails.py), not at ingest.
+    # Thumbnails are made on first request (glimpse/gateway/thumbnails.py), not at ingest.
     data = png()
     store = MediaStore(tmp_path)
     part = Part(path="a.png", data=data, sha256="cd" * 32)

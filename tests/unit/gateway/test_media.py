@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-import gateway.media as media_module
-from gateway.media import (
+import glimpse.gateway.media as media_module
+from glimpse.gateway.media import (
     PACK_ENTRY,
     PACK_MAGIC,
     MediaStore,

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from contracts.errors import GlimpseError
-from gateway.clients import Upstream, build_client, build_replicas
-from gateway.config import Settings
-from gateway.http import HttpPool
-from gateway.replicas import ReplicaSet, preferred_addresses, split_urls
+from glimpse.contracts.errors import GlimpseError
+from glimpse.gateway.clients import Upstream, build_client, build_replicas
+from glimpse.gateway.config import Settings
+from glimpse.gateway.http import HttpPool
+from glimpse.gateway.replicas import ReplicaSet, preferred_addresses, split_urls
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contracts.errors import GlimpseError
-from contracts.gateway import SearchResponse
-from gateway.search import check_window, combine_terms, search_answer
+from glimpse.contracts.errors import GlimpseError
+from glimpse.contracts.gateway import SearchResponse
+from glimpse.gateway.search import check_window, combine_terms, search_answer
 
 
 def unit(v: list[float]) -> np.ndarray:

@@ -6,8 +6,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from contracts.errors import GlimpseError, install_error_handlers
-from gateway.security import BodySizeLimitMiddleware, check_api_key
+from glimpse.contracts.errors import GlimpseError, install_error_handlers
+from glimpse.gateway.security import BodySizeLimitMiddleware, check_api_key
 
 LIMIT = 1000
 

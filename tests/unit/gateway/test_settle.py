@@ -1,4 +1,4 @@
-"""The settling pass (gateway/settle.py) over real packs, with the index's two answers scripted:
+"""The settling pass (settle.py) over real packs, with the index's two answers scripted:
 which live item holds a sha256, and that item's record. tests/integration/test_gateway_api.py
 runs it against the real index."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from contracts.errors import ErrorType, GlimpseError
-from gateway.media import MediaStore
-from gateway.settle import settle_pending
-from gateway.state import KeyLocks
+from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.gateway.media import MediaStore
+from glimpse.gateway.settle import settle_pending
+from glimpse.gateway.state import KeyLocks
 
 
 def sha(data: bytes) -> str:

@@ -15,11 +15,11 @@ import anyio
 import pytest
 from PIL import Image
 
-import gateway.thumbnails as thumbnails
-from gateway.config import Settings
-from gateway.media import MediaStore
-from gateway.state import KeyLocks
-from gateway.thumbnails import thumbnail_of
+import glimpse.gateway.thumbnails as thumbnails
+from glimpse.gateway.config import Settings
+from glimpse.gateway.media import MediaStore
+from glimpse.gateway.state import KeyLocks
+from glimpse.gateway.thumbnails import thumbnail_of
 
 
 def jpeg(size: tuple[int, int] = (640, 480)) -> bytes:

@@ -1,0 +1,98 @@
+"""A BENCHMARK STAND-IN for glimpse.encoder, not an encoder: every file and every text gets
+the same unit vector, at once.
+
+``bench/bench_ingest.py --instant`` runs it in place of the real encoder, so that what the
+benchmark measures is the gateway's own per-image cost (receiving the upload, hashing,
+validating, storing, calling its upstreams, answering), which a real model's forward pass
+would hide on a CPU. It speaks the encoder's wire format (the routes the gateway calls, the
+``encoding`` form field, one slot per file part) and nothing more: it never decodes an image,
+so it never rejects one.
+
+    uvicorn bench.instant_encoder:app      # INSTANT_ENCODER_DIM (default 512, ViT-B-32's)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from glimpse.contracts.multipart import parse_form
+from glimpse.contracts.vectors import encode_vector
+
+MODEL = "instant-stand-in"
+DIM = int(os.environ.get("INSTANT_ENCODER_DIM", "512"))
+_UNIT = np.zeros(DIM, dtype=np.float32)
+_UNIT[0] = 1.0
+_UNIT_BASE64 = encode_vector(_UNIT)
+_UNIT_FLOATS = _UNIT.tolist()
+
+
+def _vectors(count: int, encoding: str | None) -> list[object]:
+    return [_UNIT_BASE64 if encoding == "base64" else _UNIT_FLOATS] * count
+
+
+async def embed_image(request: Request) -> Response:
+    parts = parse_form(
+        await request.body(),
+        request.headers.get("content-type"),
+        max_files=100_000,
+        max_fields=8,
+        max_field_bytes=1024,
+    )
+    files = sum(1 for p in parts if p.is_file and p.name == "files")
+    encoding = next((p.text for p in parts if p.name == "encoding"), None)
+    return JSONResponse(
+        {
+            "model": MODEL,
+            "dim": DIM,
+            "embeddings": _vectors(files, encoding),
+            "errors": [None] * files,
+        }
+    )
+
+
+async def embed_text(request: Request) -> Response:
+    body = await request.json()
+    texts = body.get("texts") or []
+    return JSONResponse(
+        {"model": MODEL, "dim": DIM, "embeddings": _vectors(len(texts), body.get("encoding"))}
+    )
+
+
+async def info(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "model": MODEL,
+            "pretrained": "none",
+            "dim": DIM,
+            "device": "none (benchmark stand-in)",
+            "precision": "none",
+            "image_size": 224,
+            "max_batch": 100_000,
+            "max_wait_ms": 0.0,
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    return JSONResponse({"ready": True, "checks": {"model": "ok"}})
+
+
+app = Starlette(
+    routes=[
+        Route("/v1/embed/image", embed_image, methods=["POST"]),
+        Route("/v1/embed/text", embed_text, methods=["POST"]),
+        Route("/v1/info", info),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
+)

@@ -1,0 +1,1 @@
+"""CI and packaging helpers: the OpenAPI export, the compose smoke test, test dependencies."""

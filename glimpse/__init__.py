@@ -1,0 +1,1 @@
+"""Glimpse: text-to-image and image-to-image search over your own photo collection."""

@@ -1,0 +1,5 @@
+import sys
+
+from glimpse.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `glimpse` command: ingest, dev and demo."""

@@ -1,0 +1,158 @@
+"""Gateway settings: every knob has a default that works for a local run (env prefix GATEWAY_)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from glimpse.gateway.replicas import split_urls
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """The gateway's configuration, read from ``GATEWAY_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__")
+
+    # Upstreams.
+    encoder_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="Base URL of glimpse.encoder; several replicas: comma-separated URLs, "
+        "or one name that resolves to several addresses (compose --scale).",
+    )
+    index_url: str = Field(
+        "http://127.0.0.1:8002",
+        description="Base URL of glimpse.index; several (comma-separated) only for replicas "
+        "that share their data (the Milvus backend).",
+    )
+    resolve_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often upstream host names are resolved again to follow replicas that "
+        "come and go (one replica per address); 0: never, connect by name.",
+    )
+    replica_recheck_s: float = Field(
+        1.0, gt=0, description="How often a replica marked down is checked (/readyz) to return."
+    )
+    connect_timeout_s: float = Field(
+        1.0, gt=0, description="TCP connect timeout to an upstream; a refused connect is instant."
+    )
+    encoder_timeout_s: float = Field(
+        60.0, gt=0, description="Read timeout for encoder calls (an ingest batch can be slow)."
+    )
+    index_timeout_s: float = Field(30.0, gt=0, description="Read timeout for index calls.")
+    upstream_patience_s: float = Field(
+        0.5,
+        gt=0,
+        description="After this long without an answer, probe the upstream's /healthz; a "
+        "stopped upstream then fails the request at once (503) instead of at the read timeout.",
+    )
+    probe_timeout_s: float = Field(
+        1.0, gt=0, description="How long that liveness probe waits for /healthz."
+    )
+    max_connections: int = Field(
+        100, ge=1, description="Pooled connections per upstream replica (keep-alive reuses them)."
+    )
+    search_nprobe: int | None = Field(
+        None, ge=1, description="IVF lists the index visits per search; None: the index default."
+    )
+
+    # Media store.
+    media_dir: Path = Field(
+        Path("data/media"), description="Where originals and thumbnails are stored."
+    )
+    store_originals: bool = Field(
+        True, description="Keep a content-addressed copy of each original (false: thumbnails only)."
+    )
+    library_dir: Path | None = Field(
+        None,
+        description="Read-only root of the ingested folders; originals are served from it when "
+        "they are not stored (relative paths resolve strictly inside it).",
+    )
+    thumbnail_size: int = Field(320, ge=32, le=1024, description="Longest side of a thumbnail.")
+    thumbnail_format: Literal["webp", "jpeg"] = Field("webp", description="Thumbnail encoding.")
+    thumbnail_quality: int = Field(80, ge=1, le=100, description="Thumbnail encoder quality.")
+    thumbnail_webp_method: int = Field(
+        0, ge=0, le=6, description="WebP effort, 0 fastest .. 6 smallest (ingest's main CPU cost)."
+    )
+    fsync: bool = Field(
+        True, description="fsync media files and their folder before the index add (durability)."
+    )
+    pack_settle_after_s: float = Field(
+        900.0, ge=60.0, description="Age of a pack still marked pending (a crash, or an index "
+        "add that did not answer) before the settling pass erases the entries no item names: "
+        "longer than any add naming it can take to reach the index (glimpse/gateway/settle.py)."
+    )
+    pack_settle_interval_s: float = Field(
+        600.0, ge=0.0, description="Seconds between settling passes, the first soon after "
+        "start; 0: none."
+    )
+
+    # Security.
+    api_key: str | None = Field(
+        None, description="When set, write routes need 'Authorization: Bearer <key>'."
+    )
+    public_read: bool = Field(
+        True, description="Search and image routes open without a key (false: they need it too)."
+    )
+    frontend_dir: Path = Field(
+        PACKAGE_ROOT / "frontend", description="Static web page served at '/'."
+    )
+
+    # Limits.
+    max_body_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Largest request body of an /ingest call."
+    )
+    max_file_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest single image (ingest part or query)."
+    )
+    max_json_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest body of any other route (JSON)."
+    )
+    max_files_per_request: int = Field(64, ge=1, description="Files per /ingest request.")
+    max_pixels: int = Field(
+        60_000_000, ge=1, description="Largest image (width x height), checked before decoding."
+    )
+    max_result_window: int = Field(
+        1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
+    )
+    decode_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 4,
+        ge=1,
+        description="Images decoded at once (validation, thumbnails) across requests; "
+        "default: the CPU count (Pillow releases the GIL, so each thread uses a core).",
+    )
+    io_workers: int = Field(
+        16, ge=1, description="Threads that write thumbnails at ingest when originals are not "
+        "stored (GATEWAY_STORE_ORIGINALS=false); originals are written by one thread per request."
+    )
+    record_cache_size: int = Field(
+        20_000, ge=0, description="Image records (id -> path, sha256, type) kept in memory."
+    )
+
+    @field_validator("encoder_url", "index_url")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        split_urls(value)  # a bad URL fails at start, naming itself
+        return value
+
+    @field_validator("api_key", "library_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `GATEWAY_API_KEY=` in a compose file means "no key", not "the empty key".
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _library_needed(self) -> Settings:
+        if not self.store_originals and self.library_dir is None:
+            raise ValueError(
+                "GATEWAY_STORE_ORIGINALS=false needs GATEWAY_LIBRARY_DIR to serve originals from"
+            )
+        if self.api_key is not None and len(self.api_key) < 8:
+            raise ValueError("GATEWAY_API_KEY must be at least 8 characters long")
+        return self

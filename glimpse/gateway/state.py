@@ -1,0 +1,127 @@
+"""What the gateway holds while it runs (built in the lifespan), and how routes get it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Generic, TypeVar
+
+import anyio
+from fastapi import Depends, Request
+
+from glimpse.gateway.clients import EncoderClient, IndexClient
+from glimpse.gateway.config import Settings
+from glimpse.gateway.media import MediaStore
+from glimpse.gateway.security import check_api_key
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A bounded map that forgets the least recently used entry first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        if self.size <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def drop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+
+class KeyLocks:
+    """One asyncio lock per sha256, so an ingest and a delete of the same bytes never interleave
+    (a delete removing media that a concurrent ingest is about to index)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        ordered = sorted(set(keys))  # one global order: two holders can never deadlock
+        taken: list[str] = []
+        acquired: set[str] = set()
+        try:
+            for key in ordered:
+                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+                self._locks[key] = (lock, users + 1)
+                taken.append(key)
+                await lock.acquire()
+                acquired.add(key)
+            yield
+        finally:
+            for key in taken:
+                lock, users = self._locks[key]
+                if key in acquired:
+                    lock.release()
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    encoder: EncoderClient
+    index: IndexClient
+    media: MediaStore
+    # Index records by id: serving a thumbnail should not cost an index round trip.
+    records: LruCache[int, dict[str, Any]]
+    # sha256 -> id of what this gateway added, so a re-upload answers "exists" with its id
+    # without being embedded again (/v1/keys/missing says whether a key exists, not its id).
+    key_ids: LruCache[str, int]
+    # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
+    # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
+    decode_limiter: anyio.CapacityLimiter
+    key_locks: KeyLocks = field(default_factory=KeyLocks)
+    # The packs of ingest requests that have not ended: the settling pass leaves them alone.
+    packs_in_flight: set[str] = field(default_factory=set)
+    # Media fsyncs of one ingest batch run side by side here (the journal commits them as a
+    # group); None: one after another.
+    io_pool: ThreadPoolExecutor | None = None
+
+
+# The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
+# the thread pool, two thread hops per request for a few attribute reads.
+
+
+async def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+State = Annotated[GatewayState, Depends(get_state)]
+
+
+async def require_write(request: Request, state: State) -> None:
+    """Write routes (ingest, delete, admin) need the API key when one is set."""
+    check_api_key(request, state.settings.api_key)
+
+
+async def require_read(request: Request, state: State) -> None:
+    """Read routes are open unless GATEWAY_PUBLIC_READ=false, then they need the key too."""
+    if not state.settings.public_read:
+        check_api_key(request, state.settings.api_key)
+
+
+WriteAccess = Depends(require_write)
+ReadAccess = Depends(require_read)

@@ -1,0 +1,85 @@
+"""Thumbnails made when first asked for, then kept beside the originals.
+
+Ingest stores the originals only (ingest.py says why: a thumbnail costs ten times the
+rest of an image's ingest, and most images of a large collection are never shown). The first
+GET of /images/{id}/thumbnail makes it from the stored original and keeps it in the media
+store, written like every media file (temporary file, fsync, rename): its ETag promises the
+same bytes for a year, so a torn file must never be kept. Later requests read it from disk.
+Requests for an image whose thumbnail is being made wait for that one (the key's lock) rather
+than make it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from glimpse.contracts.errors import GlimpseError
+from glimpse.gateway.images import make_thumbnail
+from glimpse.gateway.state import GatewayState
+
+logger = logging.getLogger("glimpse.gateway")
+
+
+async def thumbnail_of(
+    state: GatewayState, sha256: str, relative: str, content_type: str, original: Any = None
+) -> Path | bytes | None:
+    """The stored thumbnail's path, or the bytes of one made now, or None when the image has
+    no original to make one from (or the original no longer decodes). ``original``: the
+    item's pack location (its meta's), when it has one."""
+    path = await anyio.to_thread.run_sync(state.media.find_thumbnail, sha256, content_type)
+    if path is not None:
+        return path
+    # The same lock as ingest and delete: one maker per image, and a delete never interleaves.
+    async with state.key_locks.hold([sha256]):
+        return await anyio.to_thread.run_sync(
+            _find_or_make,
+            state,
+            sha256,
+            relative,
+            content_type,
+            original,
+            limiter=state.decode_limiter,
+        )
+
+
+def _find_or_make(
+    state: GatewayState, sha256: str, relative: str, content_type: str, original: Any
+) -> Path | bytes | None:
+    path = state.media.find_thumbnail(sha256, content_type)
+    if path is not None:
+        return path  # made while this request waited for the lock
+    found = state.media.find_original(sha256, relative, original)
+    if found is None:
+        return None
+    try:
+        data = found if isinstance(found, bytes) else found.read_bytes()
+    except OSError:
+        return None  # removed since it was found
+    # A library file (GATEWAY_STORE_ORIGINALS=false) may have changed since it was ingested;
+    # the ETag names these bytes, so a thumbnail of other bytes must not be served under it.
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    settings = state.settings
+    try:
+        thumbnail = make_thumbnail(
+            data,
+            max_pixels=settings.max_pixels,
+            thumbnail_size=settings.thumbnail_size,
+            thumbnail_type=content_type,
+            quality=settings.thumbnail_quality,
+            webp_method=settings.thumbnail_webp_method,
+        )
+    except GlimpseError:
+        return None
+    try:
+        state.media.put_thumbnail(sha256, content_type, thumbnail)
+    except OSError as exc:
+        # Served all the same; the next request tries to keep it again.
+        logger.warning("thumbnail of %s not kept: %s", sha256, exc)
+    state.media.invalidate_bytes()
+    return thumbnail

@@ -1,0 +1,329 @@
+"""INDEX_BACKEND=milvus: the index service's API over a Milvus collection (no local state).
+
+It offers the methods ``api.py`` calls on :class:`glimpse.index.service.IndexService`, so the
+HTTP contract is the same; milvus_store.py says how ids, dedup, deletes and consistency work.
+The default index, HNSW, scores
+with the exact vectors, so Milvus's order is the answer's. On IVF_PQ (codes alone recall about
+0.7 on real embeddings) searches ask Milvus for ``k × INDEX_RERANK`` candidates, fetch their
+exact vectors from Milvus and re-rank them, as the Faiss backend re-ranks its IVF-PQ candidates
+with the stored vectors. Snapshots, rebuilds and tuning belong
+to Milvus here and answer 409 with a sentence saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NoReturn
+
+import numpy as np
+
+from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.index.config import Settings
+from glimpse.index.milvus_store import (
+    CollectionMismatch,
+    MilvusStore,
+    default_nprobe,
+)
+from glimpse.index.service import NotTunable
+from glimpse.index.store import AddOutcome, NewItem
+
+log = logging.getLogger("glimpse.index")
+
+Records = list[list[dict[str, Any]]]
+
+MAX_TOPK = 16_384  # Milvus's limit on one search's topk
+_RETRY_S = 2.0
+# Exact search and ghost rows (a tombstoned id still in the collection): a few spare hits.
+_SPARE = 16
+
+
+class SearchGatherer:
+    """``calls`` threads, each sending Milvus the searches queued when it takes work: one search
+    call (all their queries) and one read of their rows. Milvus's CPU per call is mostly fixed
+    (proxy, query node, reduce: about 2 ms against about 0.5 ms a query at ef 128), so under
+    load this cuts its CPU per search; a lone search waits for nothing."""
+
+    def __init__(self, run: Callable[..., Records], calls: int, max_queries: int = 256) -> None:
+        self.run = run
+        self.max_queries = max_queries
+        self.calls = 0
+        self.requests = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"index-milvus-{n}",
+                                          daemon=True) for n in range(calls)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,
+               exclude: Sequence[int]) -> Future[Records]:
+        future: Future[Records] = Future()
+        self._queue.put((queries, (k, nprobe, exact, tuple(exclude)), future))
+        return future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(10)
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            queries = len(first[0])
+            while queries < self.max_queries:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # another thread's stop: leave it for that one
+                    break
+                batch.append(item)
+                queries += len(item[0])
+            groups: dict[tuple[Any, ...], list[Any]] = {}
+            for item in batch:
+                groups.setdefault(item[1], []).append(item)
+            for (k, nprobe, exact, exclude), items in groups.items():
+                self._run_group(items, k, nprobe, exact, exclude)
+
+    def _run_group(self, items: list[Any], k: int, nprobe: int | None, exact: bool,
+                   exclude: tuple[int, ...]) -> None:
+        self.calls += 1
+        self.requests += len(items)
+        try:
+            records = self.run(np.vstack([item[0] for item in items]), k, nprobe=nprobe,
+                               exact=exact, exclude=exclude)
+        except BaseException as exc:  # noqa: BLE001 - each waiting request gets the error
+            for item in items:
+                item[2].set_exception(exc)
+            return
+        start = 0
+        for queries, _, future in items:
+            future.set_result(records[start : start + len(queries)])
+            start += len(queries)
+
+
+class MilvusIndexService:
+    """The index over Milvus; ``open()`` connects (retrying); every method blocks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = MilvusStore(settings)
+        self.index = None  # no local index: /readyz has no training state to report
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.waiting_for: str | None = None
+        self._stop = threading.Event()
+        # Milvus calls wait on the network, not the CPU: more threads than cores.
+        self.search_pool = ThreadPoolExecutor(
+            max(16, 4 * (os.cpu_count() or 2)), thread_name_prefix="index-milvus"
+        )
+        self.gatherer = (SearchGatherer(self.search_records, settings.milvus_search_calls)
+                         if settings.milvus_search_calls > 0 else None)
+
+    @property
+    def rerank(self) -> int:
+        return self.settings.rerank if self.store.plan.quantized else 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def try_connect(self) -> bool:
+        """One attempt. Raises CollectionMismatch (the start must fail); False when Milvus is
+        unreachable (``waiting_for`` says why)."""
+        try:
+            self.store.connect()
+        except CollectionMismatch:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to reach Milvus: retry later
+            text = (getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+            self.waiting_for = (
+                f"Milvus at {self.settings.milvus_uri} is unreachable "
+                f"({str(text).splitlines()[0][:200]}); the index service retries every "
+                f"{_RETRY_S:.0f} s."
+            )
+            return False
+        self.waiting_for = None
+        self.ready.set()
+        log.info("milvus backend ready: collection %r at %s, index %s %s",
+                 self.settings.milvus_collection, self.settings.milvus_uri,
+                 self.store.plan.index_type, self.store.plan.params)
+        return True
+
+    def open(self) -> None:
+        """Connect, retrying until Milvus answers or the service closes."""
+        while not self._stop.is_set() and not self.ready.is_set():
+            if self.try_connect():
+                return
+            log.warning("%s", self.waiting_for)
+            self._stop.wait(_RETRY_S)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.gatherer is not None:
+            self.gatherer.close()
+        self.search_pool.shutdown(wait=True)
+        self.store.close()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]:
+        return self.store.add(items)
+
+    def delete(self, item_id: int) -> bool:
+        return self.store.delete(item_id) is True
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def submit_search_records(
+        self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
+        exclude: Sequence[int] = (),
+    ) -> Future[Records]:
+        if self.gatherer is not None:
+            return self.gatherer.submit(queries, k, nprobe, exact, exclude)
+        return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
+                                       exact=exact, exclude=exclude)
+
+    def search_params(self, limit: int, nprobe: int | None) -> dict[str, Any]:
+        plan = self.store.plan
+        if plan.index_type == "HNSW":
+            # Milvus refuses an ef below the topk asked for.
+            return {"ef": max(self.settings.milvus_ef, limit)}
+        chosen = nprobe or default_nprobe(plan, self.settings)
+        return {"nprobe": max(1, min(int(chosen), plan.nlist or int(chosen)))}
+
+    def search_records(
+        self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
+        exclude: Sequence[int] = (),
+    ) -> Records:
+        """Top ``k`` live hits per unit query with path and meta, score descending."""
+        rescore = exact or self.rerank > 0
+        if exact:
+            candidates = self._exact_candidates(queries, k + _SPARE, exclude)
+        else:
+            limit = min(MAX_TOPK, k * max(1, self.rerank) + _SPARE)
+            candidates = self.store.search_candidates(
+                queries, limit, self.search_params(limit, nprobe), exclude
+            )
+        if rescore:
+            # Every candidate's exact vector, in one query: the re-rank needs them all.
+            ids = [i for row in candidates for i, _ in row]
+            rows = self.store.rows_of_ids(ids, ("id", "path", "meta", "vector"), "search")
+        else:
+            rows = self._rows_of_best(candidates, k)
+        out: Records = []
+        for q, row in zip(queries, candidates, strict=True):
+            # A candidate without its row was deleted meanwhile; one with a tombstone is a ghost
+            # (deleted, its row left behind): neither is answered.
+            live = [(i, s) for i, s in row if i in rows and -i not in rows]
+            if rescore and live:
+                vectors = np.asarray([rows[i]["vector"] for i, _ in live], dtype=np.float32)
+                scores = vectors @ np.asarray(q, dtype=np.float32)
+                live = [(i, float(s)) for (i, _), s in zip(live, scores.tolist(), strict=True)]
+            # Score descending, then id: replicas and repeated searches answer identically.
+            live.sort(key=lambda hit: (-hit[1], hit[0]))
+            out.append([
+                {"id": i, "score": s, "path": rows[i]["path"], "meta": rows[i]["meta"] or {}}
+                for i, s in live[:k]
+            ])
+        return out
+
+    def _rows_of_best(self, candidates: list[list[tuple[int, float]]], k: int
+                      ) -> dict[int, dict[str, Any]]:
+        """Path, meta and tombstone of each query's best ``k`` candidates, reading further down
+        only where some of those were deleted or ghosts. Milvus's scores are exact here (HNSW
+        keeps the vectors), so its order is the answer's: one query of ``2k`` ids instead of
+        every candidate's row (the query's cost grows with its ids)."""
+        rows: dict[int, dict[str, Any]] = {}
+        taken = [0] * len(candidates)
+        while True:
+            wanted: list[int] = []
+            for n, row in enumerate(candidates):
+                live = sum(1 for i, _ in row[: taken[n]] if i in rows and -i not in rows)
+                more = row[taken[n] : taken[n] + k - live] if live < k else []
+                wanted.extend(i for i, _ in more)
+                taken[n] += len(more)
+            if not wanted:
+                return rows
+            rows.update(self.store.rows_of_ids(wanted, ("id", "path", "meta"), "search"))
+
+    def _exact_candidates(self, queries: np.ndarray, want: int, exclude: Sequence[int]
+                          ) -> list[list[tuple[int, float]]]:
+        """Every vector scored (a full scan of the collection: tests and recall checks)."""
+        skip = np.asarray(sorted(set(exclude)), dtype=np.int64)
+        best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+        best_scores = np.zeros((len(queries), 0), dtype=np.float32)
+        for ids, vectors in self.store.scan():
+            keep = ~np.isin(ids, skip)
+            ids, vectors = ids[keep], vectors[keep]
+            scores = queries.astype(np.float32) @ vectors.T
+            all_ids = np.hstack([best_ids, np.broadcast_to(ids, scores.shape)])
+            all_scores = np.hstack([best_scores, scores])
+            if all_scores.shape[1] > want:
+                top = np.argpartition(-all_scores, want - 1, axis=1)[:, :want]
+                all_ids = np.take_along_axis(all_ids, top, axis=1)
+                all_scores = np.take_along_axis(all_scores, top, axis=1)
+            best_ids, best_scores = all_ids, all_scores
+        return [list(zip(i.tolist(), s.tolist(), strict=True))
+                for i, s in zip(best_ids, best_scores, strict=True)]
+
+    # -- operations that Milvus owns ---------------------------------------------------------------
+
+    def _milvus_owns(self, what: str) -> NoReturn:
+        raise GlimpseError(
+            ErrorType.conflict,
+            f"{what} With INDEX_BACKEND=milvus, Milvus persists every acknowledged write and "
+            "builds its index per segment itself (docs/scale.md).",
+        )
+
+    def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]:
+        self._milvus_owns(
+            "There is no Faiss index to rebuild: to change the Milvus index, drop and create it "
+            "with pymilvus or Attu, then restart the index service."
+        )
+
+    def snapshot(self) -> Any:
+        self._milvus_owns("There is no snapshot to write.")
+
+    def tune(self, target: float, sample: int, k: int = 10, apply: bool = True
+             ) -> dict[str, Any]:
+        raise NotTunable(
+            "The Milvus backend has no automatic tuning: set INDEX_NPROBE (IVF) or "
+            "INDEX_MILVUS_EF (HNSW), or pass nprobe per search."
+        )
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        count, deleted = self.store.counts()
+        plan = self.store.plan
+        params = ", ".join(f"{k}={v}" for k, v in sorted(plan.params.items()))
+        search = self.search_params(10 * max(1, self.rerank), None)
+        return {
+            "backend": "milvus",
+            "count": count,
+            "deleted": deleted,
+            "dim": self.settings.dim,
+            "kind": f"milvus_{plan.index_type.lower()}",
+            "factory": f"{plan.index_type}({params})",
+            "nlist": plan.nlist,
+            "nprobe": search.get("nprobe"),
+            "ef": search.get("ef"),
+            "rerank": self.rerank,
+            "training": False,
+            "snapshot_seq": 0,
+            "seq": 0,
+            "milvus_uri": self.settings.milvus_uri,
+            "collection": self.settings.milvus_collection,
+            "consistency": "writes acknowledged after a Strong read; reads Eventually",
+            "search_calls": self.settings.milvus_search_calls,
+            "gathered_calls": self.gatherer.calls if self.gatherer else 0,
+            "gathered_requests": self.gatherer.requests if self.gatherer else 0,
+        }

@@ -1,0 +1,506 @@
+"""The Milvus collection behind INDEX_BACKEND=milvus: schema, ids, tombstones, reads and writes.
+
+Milvus holds everything (vector, key, path, meta); the service keeps nothing, so any number of
+index replicas can share one collection. Milvus has no unique constraint and no compare-and-set,
+so the rules that make replicas agree are here:
+
+- Ids are public (``/images/{id}``) and must stay below 2**53 so a browser's JSON numbers hold
+  them exactly. An item's id is a hash of (key, generation, salt): two replicas adding the same
+  key at once compute the same id, and ``upsert`` (delete-then-insert at one timestamp) leaves
+  one row, so dedup by key holds without coordination. ``generation`` is the number of
+  tombstones the key has: re-adding a deleted key gives a new id, as the SQLite store does.
+  ``salt`` moves past an id another key holds (a 53-bit hash collides at ~10**8 items).
+- A delete first writes a tombstone (primary key ``-id``, same key, a zero vector), then deletes
+  the row. The tombstone is the truth: a row whose tombstone exists is deleted even if it is
+  still there (a replica killed between the two steps, or a racing add that re-upserted it), and
+  it never leaves a search. Tombstones are never removed, so a deleted id is never reused.
+- Writes are acknowledged only once a Strong read sees them, so every later read, on any
+  replica, may use Eventually consistency (Milvus serves reads from one delegator per shard whose
+  time only moves forward): cheap reads, read-after-acknowledged-write across replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from pymilvus import (
+    Collection,
+    CollectionSchema,
+    DataType,
+    FieldSchema,
+    MilvusException,
+    connections,
+    utility,
+)
+from pymilvus.client.prepare import Prepare
+from pymilvus.client.types import Status
+from pymilvus.client.utils import check_status
+
+from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.index.config import Settings
+from glimpse.index.index import auto_nlist, auto_nprobe, auto_pq
+from glimpse.index.store import AddOutcome, NewItem, Record
+
+ID_BITS = 53
+_ID_SPAN = (1 << ID_BITS) - 1  # ids are 1 .. 2**53 - 1
+_IN_CHUNK = 1000  # ids or keys per "in [...]" expression
+_PATH_BYTES = 65_535  # the contract allows 4096 characters; UTF-8 takes up to 4 bytes each
+_KEY_BYTES = 512
+_VECTOR_BYTES = 4
+
+# pymilvus raises its own exceptions, but a dropped channel can surface as a bare gRPC error.
+_FAILURES = (MilvusException, grpc.RpcError)
+
+FIELDS = ("id", "key", "path", "meta", "created_at", "vector")
+
+
+class CollectionMismatch(Exception):
+    """The existing collection cannot be the one the settings describe: refuse to start."""
+
+
+class MilvusUnavailable(GlimpseError):
+    """Milvus did not answer (down, restarting, or past INDEX_MILVUS_TIMEOUT_S)."""
+
+    def __init__(self, uri: str, what: str, exc: BaseException, stored: bool | None) -> None:
+        tail = {True: "", False: " Nothing was stored; retry.",
+                None: " The write may or may not have been kept; retrying it is safe."}[stored]
+        super().__init__(
+            ErrorType.upstream_unavailable,
+            f"Milvus at {uri} did not answer the {what} ({_short(exc)}).{tail}",
+            headers={"Retry-After": "1"},
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(text).splitlines()[0][:300]
+
+
+def _column(field: Any) -> Any:
+    """One column of a query reply: a numpy array for numbers and vectors, else a list."""
+    if field.HasField("vectors"):
+        dim = int(field.vectors.dim)
+        flat = np.asarray(field.vectors.float_vector.data, dtype=np.float32)
+        return flat.reshape(-1, dim) if dim else flat
+    scalars = field.scalars
+    kind = scalars.WhichOneof("data")
+    values = getattr(scalars, kind).data if kind else []
+    if kind == "json_data":
+        return [json.loads(v) if v else {} for v in values]
+    if kind == "string_data":
+        return list(values)
+    if kind == "long_data":
+        return np.asarray(values, dtype=np.int64).tolist()
+    return list(values)
+
+
+def item_id(key: str, generation: int, salt: int = 0) -> int:
+    """The id of ``key``'s ``generation``-th life (1 .. 2**53-1; see the module docstring)."""
+    digest = hashlib.blake2b(f"{generation}:{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % _ID_SPAN + 1
+
+
+def _ints(values: Iterable[int]) -> str:
+    return "[" + ",".join(str(int(v)) for v in values) + "]"
+
+
+def _strs(values: Iterable[str]) -> str:
+    # Milvus parses string literals like Go's strconv.Unquote; JSON's escapes are a subset.
+    return "[" + ",".join(json.dumps(v) for v in values) + "]"
+
+
+def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """The Milvus index of a new collection and the default search parameters."""
+
+    index_type: str
+    params: dict[str, Any]
+
+    @property
+    def nlist(self) -> int | None:
+        value = self.params.get("nlist")
+        return int(value) if value is not None else None
+
+    @property
+    def quantized(self) -> bool:
+        """PQ codes only: candidates need a re-rank with the exact vectors for recall."""
+        return self.index_type in ("IVF_PQ", "GPU_IVF_PQ")
+
+
+def plan_index(settings: Settings, index_type: str | None = None,
+               params: dict[str, Any] | None = None) -> IndexPlan:
+    """The Faiss backend's rules (glimpse/index/index.py) applied to one full segment, since
+    Milvus trains an index per sealed segment, not per collection; explicit params win."""
+    kind = index_type or settings.milvus_index_type
+    rows = segment_rows(settings)
+    if kind == "HNSW":
+        rule: dict[str, Any] = {"M": 16, "efConstruction": 256}
+    else:
+        m, nbits = auto_pq(settings.dim, rows)
+        rule = {"nlist": auto_nlist(rows), "m": m, "nbits": nbits}
+    rule.update(settings.milvus_index_params if params is None else params)
+    return IndexPlan(kind, rule)
+
+
+def segment_rows(settings: Settings) -> int:
+    """Rows of a full segment: its size over the raw vector bytes (other fields are small)."""
+    return max(1, settings.milvus_segment_mb * (1 << 20) // (settings.dim * _VECTOR_BYTES))
+
+
+def default_nprobe(plan: IndexPlan, settings: Settings) -> int:
+    nlist = plan.nlist or 1
+    return max(1, min(nlist, settings.nprobe or auto_nprobe(nlist)))
+
+
+class MilvusStore:
+    """One collection on one Milvus; every method blocks on gRPC (call from threads)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.uri = settings.milvus_uri
+        # pymilvus 2.3 bounds its retries by ``timeout`` only when it is an int; a float
+        # (10.0) leaves 75 retries with back-off, minutes of a caller waiting on a dead Milvus.
+        self.timeout = max(1, math.ceil(settings.milvus_timeout_s))
+        self.alias = f"glimpse-{id(self):x}"
+        self._collection: Collection | None = None
+        self.plan = plan_index(settings)
+        self._lock = threading.Lock()
+
+    # -- connection and schema -------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect, create or check the collection, load it. Raises CollectionMismatch when the
+        collection disagrees with the settings, MilvusException/OSError when Milvus is down."""
+        with self._lock:
+            if self._collection is not None:
+                return
+            s = self.settings
+            connections.connect(alias=self.alias, uri=s.milvus_uri, token=s.milvus_token or "",
+                                timeout=self.timeout)
+            name = s.milvus_collection
+            if utility.has_collection(name, using=self.alias, timeout=self.timeout):
+                collection = Collection(name, using=self.alias)
+                self._check(collection)
+            else:
+                collection = self._create(name)
+            collection.load(timeout=max(self.timeout, 60.0))
+            self._collection = collection
+
+    def _create(self, name: str) -> Collection:
+        s = self.settings
+        schema = CollectionSchema(
+            [
+                FieldSchema("id", DataType.INT64, is_primary=True, auto_id=False),
+                FieldSchema("key", DataType.VARCHAR, max_length=_KEY_BYTES),
+                FieldSchema("path", DataType.VARCHAR, max_length=_PATH_BYTES),
+                FieldSchema("meta", DataType.JSON),
+                FieldSchema("created_at", DataType.DOUBLE),
+                FieldSchema("vector", DataType.FLOAT_VECTOR, dim=s.dim),
+            ],
+            description="Glimpse items; a negative id is the tombstone of the item -id.",
+        )
+        try:
+            collection = Collection(name, schema, using=self.alias, consistency_level="Strong",
+                                    timeout=self.timeout)
+        except MilvusException:
+            # Another replica created it first: check that one instead.
+            if not utility.has_collection(name, using=self.alias, timeout=self.timeout):
+                raise
+            collection = Collection(name, using=self.alias)
+            self._check(collection)
+            return collection
+        if not collection.has_index():
+            self._create_index(collection)
+        return collection
+
+    def _create_index(self, collection: Collection) -> None:
+        collection.create_index(
+            "vector",
+            {"index_type": self.plan.index_type, "metric_type": "IP", "params": self.plan.params},
+            timeout=max(self.timeout, 60.0),
+        )
+
+    def _check(self, collection: Collection) -> None:
+        s = self.settings
+        name = collection.name
+        fields = {f.name: f for f in collection.schema.fields}
+        missing = [f for f in FIELDS if f not in fields]
+        if missing:
+            raise CollectionMismatch(
+                f"The Milvus collection {name!r} at {self.uri} has no field(s) {missing}: it was "
+                "not made by Glimpse. Set INDEX_MILVUS_COLLECTION to another name."
+            )
+        dim = int(fields["vector"].params.get("dim", 0))
+        if dim != s.dim:
+            raise CollectionMismatch(
+                f"The Milvus collection {name!r} at {self.uri} holds {dim}-dimensional vectors "
+                f"but INDEX_DIM is {s.dim}; set INDEX_DIM={dim} or use another "
+                "INDEX_MILVUS_COLLECTION."
+            )
+        if not collection.has_index():
+            self._create_index(collection)
+            return
+        index = collection.index()
+        metric = str(index.params.get("metric_type", "")).upper()
+        if metric != "IP":
+            raise CollectionMismatch(
+                f"The Milvus collection {name!r} at {self.uri} is indexed with metric "
+                f"{metric or 'unknown'}, but Glimpse scores by inner product (metric IP, cosine "
+                "of unit vectors); use another INDEX_MILVUS_COLLECTION."
+            )
+        # The collection's index wins over the settings (it was built with it); stats say so.
+        params = index.params.get("params", {})
+        if isinstance(params, str):
+            params = json.loads(params)
+        self.plan = IndexPlan(str(index.params.get("index_type", self.plan.index_type)),
+                              dict(params))
+
+    @property
+    def collection(self) -> Collection:
+        if self._collection is None:
+            raise GlimpseError(
+                ErrorType.upstream_unavailable,
+                f"Milvus at {self.uri} has not been reached yet; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        return self._collection
+
+    def close(self) -> None:
+        try:
+            connections.disconnect(self.alias)
+        except Exception:  # noqa: BLE001 - closing a dead connection is fine
+            pass
+
+    # -- reads (Eventually: every acknowledged write is visible already) -------------------------
+
+    def _query(self, expr: str, fields: Sequence[str], what: str,
+               consistency: str = "Eventually") -> list[dict[str, Any]]:
+        """Rows matching ``expr``; a vector field comes back as a numpy row, not a list.
+
+        pymilvus 2.3's own query builds a Python list per vector element by element (0.2 ms a
+        384-d row: 36 of a search's 55 ms with 176 candidates re-ranked), so the reply's columns
+        are decoded here instead, on the same request and the same connection.
+        """
+        name = self.collection.name
+        try:
+            handler = self.collection._get_connection()  # noqa: SLF001 - the decode above
+            request = Prepare.query_request(name, expr, list(fields), None,
+                                            consistency_level=consistency)
+            response = handler._stub.Query(request, timeout=self.timeout)  # noqa: SLF001
+            if Status.EMPTY_COLLECTION in {response.status.code, response.status.error_code}:
+                return []
+            check_status(response.status)
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, what, exc, stored=True) from exc
+        columns = {fd.field_name: _column(fd) for fd in response.fields_data}
+        n = min((len(c) for c in columns.values()), default=0)
+        return [{k: c[i] for k, c in columns.items()} for i in range(n)]
+
+    def rows_of_ids(self, ids: Sequence[int], fields: Sequence[str], what: str
+                    ) -> dict[int, dict[str, Any]]:
+        """Rows of ``ids`` and their tombstones (negative ids), keyed by primary key."""
+        out: dict[int, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        for part in _chunks(unique, _IN_CHUNK // 2):
+            wanted = list(part) + [-i for i in part]
+            for row in self._query(f"id in {_ints(wanted)}", fields, what):
+                out[int(row["id"])] = row
+        return out
+
+    def live_of_keys(self, keys: Sequence[str], what: str
+                     ) -> tuple[dict[str, int], dict[str, int]]:
+        """(live id of each key that has one, tombstones per key)."""
+        rows: list[dict[str, Any]] = []
+        unique = list(dict.fromkeys(keys))
+        for part in _chunks(unique):
+            rows.extend(self._query(f"key in {_strs(part)}", ("id", "key"), what))
+        dead = {-int(r["id"]) for r in rows if int(r["id"]) < 0}
+        tombstones: dict[str, int] = {}
+        live: dict[str, int] = {}
+        for row in rows:
+            rid, key = int(row["id"]), str(row["key"])
+            if rid < 0:
+                tombstones[key] = tombstones.get(key, 0) + 1
+            elif rid not in dead:
+                live[key] = min(rid, live.get(key, rid))
+        return live, tombstones
+
+    def missing_keys(self, keys: Sequence[str]) -> list[str]:
+        """The keys with no live item, in the order given (duplicates kept once)."""
+        unique = list(dict.fromkeys(keys))
+        live = self.live_ids(unique)
+        return [k for k in unique if k not in live]
+
+    def live_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        """The live item's id of each key that has one."""
+        live, _ = self.live_of_keys(keys, "key lookup")
+        return live
+
+    def get(self, item_id: int) -> Record | None:
+        rows = self.rows_of_ids([item_id], ("id", "key", "path", "meta", "created_at"),
+                                "item read")
+        row, tomb = rows.get(item_id), rows.get(-item_id)
+        if row is None and tomb is None:
+            return None
+        row = row or tomb
+        assert row is not None
+        created = float(row["created_at"])
+        # seq: Milvus keeps no per-row write number; the add's time in microseconds stands in.
+        return Record(item_id, str(row["key"]), str(row["path"]), dict(row["meta"] or {}),
+                      int(created * 1e6), created, tomb is not None)
+
+    def get_vector(self, item_id: int) -> np.ndarray | None:
+        rows = self.rows_of_ids([item_id], ("id", "vector"), "vector read")
+        if item_id not in rows or -item_id in rows:
+            return None
+        return np.asarray(rows[item_id]["vector"], dtype=np.float32)
+
+    def counts(self) -> tuple[int, int]:
+        """(rows with a positive id, tombstones)."""
+        live = self._query("id > 0", ("count(*)",), "count")
+        dead = self._query("id < 0", ("count(*)",), "count")
+        return int(live[0]["count(*)"]), int(dead[0]["count(*)"])
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]:
+        """Add items idempotently by key; returns only once a Strong read sees them."""
+        keys = list(dict.fromkeys(item.key for item in items))
+        live, generations = self.live_of_keys(keys, "key lookup before an add")
+        fresh = [k for k in keys if k not in live]
+        chosen = self._free_ids(fresh, generations)
+        outcomes: list[AddOutcome] = []
+        rows: dict[str, NewItem] = {}
+        for item in items:
+            if item.key in live:
+                outcomes.append(AddOutcome(live[item.key], item.key, "exists"))
+            elif item.key in rows:
+                outcomes.append(AddOutcome(chosen[item.key], item.key, "exists"))
+            else:
+                rows[item.key] = item
+                outcomes.append(AddOutcome(chosen[item.key], item.key, "added"))
+        if rows:
+            now = time.time()
+            batch = list(rows.values())
+            data = [
+                [chosen[i.key] for i in batch],
+                [i.key for i in batch],
+                [i.path for i in batch],
+                [i.meta for i in batch],
+                [now] * len(batch),
+                np.vstack([np.asarray(i.vector, dtype=np.float32) for i in batch]),
+            ]
+            self._upsert(data, "add")
+            self._await_visible([chosen[i.key] for i in batch], "add")
+        return outcomes
+
+    def _free_ids(self, keys: Sequence[str], generations: dict[str, int]) -> dict[str, int]:
+        """An id per key that no other key's row or tombstone holds."""
+        chosen: dict[str, int] = {}
+        salts = dict.fromkeys(keys, 0)
+        pending = list(keys)
+        while pending:
+            wanted = {k: item_id(k, generations.get(k, 0), salts[k]) for k in pending}
+            taken = self.rows_of_ids(list(wanted.values()), ("id", "key"),
+                                     "id check before an add")
+            owner = {abs(int(i)): str(r["key"]) for i, r in taken.items()}
+            uses = Counter(wanted.values())
+            collided = [k for k, i in wanted.items() if owner.get(i, k) != k or uses[i] > 1]
+            for key in pending:
+                if key not in collided:
+                    chosen[key] = wanted[key]
+            for key in collided:
+                salts[key] += 1
+            pending = collided
+        return chosen
+
+    def delete(self, item_id: int) -> bool | None:
+        """True: deleted now; False: no such item; None: it was deleted before."""
+        rows = self.rows_of_ids([item_id], ("id", "key"), "item read before a delete")
+        row, tomb = rows.get(item_id), rows.get(-item_id)
+        if tomb is not None:
+            if row is not None:
+                self._delete_rows([item_id])  # left behind by a kill or a racing add
+            return None
+        if row is None:
+            return False
+        # Tombstone first: a kill between the two steps leaves the item deleted, never alive.
+        data = [[-item_id], [str(row["key"])], [""], [{}], [time.time()],
+                np.zeros((1, self.settings.dim), dtype=np.float32)]
+        self._upsert(data, "delete")
+        self._delete_rows([item_id])
+        self._await_visible([item_id], "delete")
+        return True
+
+    def _upsert(self, data: list[Any], what: str) -> None:
+        try:
+            self.collection.upsert(data, timeout=self.timeout)
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, what, exc, stored=None) from exc
+
+    def _delete_rows(self, ids: Sequence[int]) -> None:
+        try:
+            self.collection.delete(f"id in {_ints(ids)}", timeout=self.timeout)
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "delete", exc, stored=None) from exc
+
+    def _await_visible(self, ids: Sequence[int], what: str) -> None:
+        """A Strong read of what was just written: it returns once Milvus serves reads at a
+        time past the write, so the acknowledgement implies visibility everywhere."""
+        for part in _chunks(list(ids)):
+            try:
+                self.collection.query(f"id in {_ints(part)}", output_fields=["id"],
+                                      timeout=self.timeout, consistency_level="Strong")
+            except _FAILURES as exc:
+                raise MilvusUnavailable(self.uri, f"{what} (visibility check)", exc,
+                                        stored=None) from exc
+
+    # -- search -----------------------------------------------------------------------------------
+
+    def search_candidates(self, queries: np.ndarray, limit: int, params: dict[str, Any],
+                          exclude: Sequence[int]) -> list[list[tuple[int, float]]]:
+        """Milvus's top ``limit`` (id, score) per query, tombstones and ``exclude`` filtered."""
+        expr = "id > 0"
+        if exclude:
+            expr += f" and id not in {_ints(exclude)}"
+        try:
+            results = self.collection.search(
+                queries, "vector", {"metric_type": "IP", "params": params}, limit=limit,
+                expr=expr, timeout=self.timeout, consistency_level="Eventually",
+            )
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "search", exc, stored=True) from exc
+        return [list(zip(hits.ids, hits.distances, strict=True)) for hits in results]
+
+    def scan(self, batch: int = 4096) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of every row with a positive id, a batch at a time (exact search)."""
+        try:
+            iterator = self.collection.query_iterator(
+                batch_size=batch, expr="id > 0", output_fields=["id", "vector"],
+                timeout=self.timeout, consistency_level="Eventually",
+            )
+            while True:
+                rows = iterator.next()
+                if not rows:
+                    iterator.close()
+                    return
+                ids = np.fromiter((int(r["id"]) for r in rows), dtype=np.int64, count=len(rows))
+                yield ids, np.asarray([r["vector"] for r in rows], dtype=np.float32)
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "exact search", exc, stored=True) from exc
+

@@ -1,0 +1,374 @@
+"""The SQLite store: the source of truth of the index service.
+
+One row per item (id, key, path, meta JSON, float16 vector, sequence number, deleted flag).
+Every write takes a fresh sequence number (an add or a delete), so "every change after the
+snapshot" is ``WHERE seq > :snapshot_seq``. Faiss holds nothing that cannot be rebuilt from here.
+
+The store is written by one thread at a time (the caller holds the service's write mutex) and
+read from any thread: each thread gets its own read connection, which WAL mode lets run beside
+the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from glimpse.contracts.errors import ErrorType, GlimpseError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    path TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+-- A key names one live item; once deleted, the same key may be added again under a new id.
+CREATE UNIQUE INDEX IF NOT EXISTS items_live_key ON items(key) WHERE deleted = 0;
+CREATE INDEX IF NOT EXISTS items_seq ON items(seq);
+CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_F16 = np.dtype("<f2")
+_CHUNK = 65_536
+_IN_LIMIT = 900  # stay below SQLite's default limit of bound parameters
+
+
+class StorageError(GlimpseError):
+    """The store could not commit a write (disk full, I/O error): nothing was acknowledged."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        super().__init__(
+            ErrorType.insufficient_storage,
+            f"The index store could not commit the {what} ({exc}); nothing was stored. "
+            "Free disk space and retry.",
+        )
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """One validated item to add: ``vector`` is unit-length float16."""
+
+    key: str
+    path: str
+    meta: dict[str, Any]
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    id: int
+    key: str
+    status: str  # "added" | "exists"
+
+
+@dataclass(frozen=True)
+class Record:
+    id: int
+    key: str
+    path: str
+    meta: dict[str, Any]
+    seq: int
+    created_at: float
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Rows changed after a sequence number: live ones to add, deleted ones to remove."""
+
+    added_ids: np.ndarray
+    added_vectors: np.ndarray  # float16, (n, dim)
+    deleted_ids: np.ndarray
+    last_seq: int
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=_F16).tobytes()
+
+
+class Store:
+    """SQLite (WAL) store of items; see the module docstring for the threading rules."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path = path
+        self.dim = dim
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer = self._connect()
+        self._writer.executescript(_SCHEMA)
+        row = self._writer.execute("SELECT value FROM info WHERE name = 'dim'").fetchone()
+        if row is None:
+            with self._writer:
+                self._writer.execute("INSERT INTO info(name, value) VALUES ('dim', ?)", (str(dim),))
+        elif int(row[0]) != dim:
+            self._writer.close()
+            raise ValueError(
+                f"The store at {path} holds {row[0]}-dimensional vectors but INDEX_DIM is {dim}; "
+                "use another INDEX_DATA_DIR or set INDEX_DIM to match."
+            )
+        self._last_seq = int(
+            self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0]
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk (fsynced) before we acknowledge it, even across power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            # One per worker thread: a small page cache each (the OS caches the file anyway).
+            conn.execute("PRAGMA cache_size=-512")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._writer.close()
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last committed write."""
+        return self._last_seq
+
+    # -- writes (caller holds the service's write mutex) ------------------------------------
+
+    def add(self, items: Sequence[NewItem]) -> tuple[list[AddOutcome], np.ndarray, np.ndarray]:
+        """Add items in one transaction; returns outcomes and the (ids, vectors) newly added.
+
+        An item whose key is live already, or repeated in the batch, is ``exists`` with the
+        id it has. Raises StorageError when the commit fails; then nothing was stored.
+        """
+        conn = self._writer
+        keys = list(dict.fromkeys(item.key for item in items))
+        existing = self._live_ids_of_keys(conn, keys)
+        outcomes: list[AddOutcome] = []
+        new_ids: list[int] = []
+        new_vectors: list[np.ndarray] = []
+        seq = self._last_seq
+        now = time.time()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for item in items:
+                    if item.key in existing:
+                        outcomes.append(AddOutcome(existing[item.key], item.key, "exists"))
+                        continue
+                    seq += 1
+                    cur = conn.execute(
+                        "INSERT INTO items(key, path, meta, vector, seq, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            item.key,
+                            item.path,
+                            json.dumps(item.meta, separators=(",", ":")),
+                            _blob(item.vector),
+                            seq,
+                            now,
+                        ),
+                    )
+                    item_id = int(cur.lastrowid or 0)
+                    existing[item.key] = item_id
+                    outcomes.append(AddOutcome(item_id, item.key, "added"))
+                    new_ids.append(item_id)
+                    new_vectors.append(item.vector)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError("add", exc) from exc
+        self._last_seq = seq
+        vectors = (
+            np.vstack(new_vectors).astype(_F16)
+            if new_vectors
+            else np.zeros((0, self.dim), dtype=_F16)
+        )
+        return outcomes, np.asarray(new_ids, dtype=np.int64), vectors
+
+    def delete(self, item_id: int) -> bool:
+        """Mark an item deleted under a new sequence number; False when not live."""
+        conn = self._writer
+        seq = self._last_seq + 1
+        try:
+            cur = conn.execute(
+                "UPDATE items SET deleted = 1, seq = ? WHERE id = ? AND deleted = 0",
+                (seq, item_id),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError("delete", exc) from exc
+        if cur.rowcount == 0:
+            return False
+        self._last_seq = seq
+        return True
+
+    # -- reads (any thread) -------------------------------------------------------------------
+
+    @staticmethod
+    def _live_ids_of_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), _IN_LIMIT):
+            part = keys[start : start + _IN_LIMIT]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                f"SELECT key, id FROM items WHERE deleted = 0 AND key IN ({marks})", part
+            )
+            found.update((str(k), int(i)) for k, i in rows)
+        return found
+
+    def missing_keys(self, keys: Sequence[str]) -> list[str]:
+        """The keys with no live item, in the order given (duplicates kept once)."""
+        unique = list(dict.fromkeys(keys))
+        live = self.live_ids(unique)
+        return [k for k in unique if k not in live]
+
+    def live_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        """The live item's id of each key that has one."""
+        return self._live_ids_of_keys(self._reader(), list(dict.fromkeys(keys)))
+
+    def get(self, item_id: int) -> Record | None:
+        return self._record_where("id", item_id)
+
+    def row_at_seq(self, seq: int) -> Record | None:
+        """The row whose last write took sequence number ``seq`` (None if none holds it now)."""
+        return self._record_where("seq", seq)
+
+    def _record_where(self, column: Literal["id", "seq"], value: int) -> Record | None:
+        row = self._reader().execute(
+            "SELECT id, key, path, meta, seq, created_at, deleted FROM items "
+            f"WHERE {column} = ?",
+            (value,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Record(
+            int(row[0]), row[1], row[2], json.loads(row[3]), int(row[4]), float(row[5]),
+            bool(row[6]),
+        )
+
+    def get_vector(self, item_id: int) -> np.ndarray | None:
+        row = self._reader().execute(
+            "SELECT vector FROM items WHERE id = ? AND deleted = 0", (item_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return np.frombuffer(row[0], dtype=_F16).astype(np.float32)
+
+    def paths_and_meta(self, ids: Sequence[int]) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Path and meta of the live items among ``ids``."""
+        out: dict[int, tuple[str, dict[str, Any]]] = {}
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        conn = self._reader()
+        for start in range(0, len(unique), _IN_LIMIT):
+            part = unique[start : start + _IN_LIMIT]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                f"SELECT id, path, meta FROM items WHERE deleted = 0 AND id IN ({marks})", part
+            )
+            for item_id, path, meta in rows:
+                out[int(item_id)] = (path, json.loads(meta) if meta != "{}" else {})
+        return out
+
+    def vectors_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """float16 vectors of the live items among ``ids`` (the low-memory re-rank path)."""
+        out: dict[int, np.ndarray] = {}
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        conn = self._reader()
+        for start in range(0, len(unique), _IN_LIMIT):
+            part = unique[start : start + _IN_LIMIT]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                f"SELECT id, vector FROM items WHERE deleted = 0 AND id IN ({marks})", part
+            )
+            for item_id, blob in rows:
+                out[int(item_id)] = np.frombuffer(blob, dtype=_F16)
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        """(live, deleted) item counts."""
+        row = self._reader().execute(
+            "SELECT COALESCE(SUM(deleted = 0), 0), COALESCE(SUM(deleted = 1), 0) FROM items"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def max_id(self) -> int:
+        return int(self._reader().execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
+
+    def iter_live(
+        self, max_seq: int | None = None, chunk: int = _CHUNK
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float16 vectors) of the live items (with seq <= max_seq), in id order."""
+        sql = "SELECT id, vector FROM items WHERE deleted = 0"
+        params: tuple[int, ...] = ()
+        if max_seq is not None:
+            sql += " AND seq <= ?"
+            params = (max_seq,)
+        # A dedicated connection: the iteration may span many calls on this thread.
+        conn = self._connect()
+        try:
+            cur = conn.execute(sql + " ORDER BY id", params)
+            while True:
+                rows = cur.fetchmany(chunk)
+                if not rows:
+                    break
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                blob = b"".join(r[1] for r in rows)
+                vectors = np.frombuffer(blob, dtype=_F16).reshape(len(rows), self.dim)
+                yield ids, vectors
+        finally:
+            conn.close()
+
+    def iter_live_ids(self, chunk: int = _CHUNK) -> Iterator[np.ndarray]:
+        """Ids of the live items, in id order (the low-memory start reads no vectors)."""
+        conn = self._connect()
+        try:
+            cur = conn.execute("SELECT id FROM items WHERE deleted = 0 ORDER BY id")
+            while rows := cur.fetchmany(chunk):
+                yield np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        finally:
+            conn.close()
+
+    def changes_since(self, seq: int) -> Changes:
+        """Every change with a sequence number above ``seq`` (for replay and catch-up)."""
+        rows = self._reader().execute(
+            "SELECT id, deleted, vector, seq FROM items WHERE seq > ? ORDER BY seq", (seq,)
+        ).fetchall()
+        added = [r for r in rows if not r[1]]
+        deleted = [int(r[0]) for r in rows if r[1]]
+        vectors = (
+            np.frombuffer(b"".join(r[2] for r in added), dtype=_F16).reshape(len(added), self.dim)
+            if added
+            else np.zeros((0, self.dim), dtype=_F16)
+        )
+        return Changes(
+            added_ids=np.asarray([int(r[0]) for r in added], dtype=np.int64),
+            added_vectors=vectors,
+            deleted_ids=np.asarray(deleted, dtype=np.int64),
+            last_seq=int(rows[-1][3]) if rows else seq,
+        )

@@ -1,1 +1,0 @@
-"""Glimpse's command-line scripts; importable so tests call them without a subprocess."""
