@@ -15,6 +15,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# What running needs, without the test stack. Without an NVIDIA GPU, torch comes from PyTorch's
+# CPU wheel index where it is reachable (PyPI's default torch carries the CUDA libraries).
+RUN_STAMP := $(VENV)/.glimpse-run
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip setuptools wheel
+	if ! command -v nvidia-smi >/dev/null 2>&1 && $(BIN)/python -c "import urllib.request as u; \
+		u.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=5)" 2>/dev/null; then \
+		$(BIN)/python -m pip install -q --index-url $(TORCH_CPU_INDEX) torch torchvision; fi
+	$(BIN)/python -m pip install -q -e '.[encoder,index,gateway,scripts]'
+	touch $@
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -31,11 +44,12 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not browser and not docker" $(PYTEST_ARGS)
 
 # The three services locally, without Docker (Ctrl-C stops them).
-dev: install
+dev: $(RUN_STAMP)
 	$(BIN)/glimpse dev $(DEV_ARGS)
 
 # Ingest the sample photos that scikit-image and scikit-learn ship into a running `make dev`.
-demo: install
+demo: $(RUN_STAMP)
+	$(BIN)/python -m pip install -q -e '.[demo]'
 	$(BIN)/glimpse demo
 
 smoke:
