@@ -141,9 +141,22 @@ def error_response(
     return GlimpseError(error_type, message, details, headers=headers).response()
 
 
-def _location(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or "request"
+# Where FastAPI says a value came from: the first element of an error's location.
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie", "form"})
+
+
+def _location(err: Mapping[str, Any]) -> str:
+    """The field an error is about, e.g. ``query`` or ``terms.0.text``; ``body`` for the body
+    as a whole (missing, not an object, not JSON)."""
+    parts = [str(p) for p in err.get("loc", ())]
+    # Only the first element names a source: a body field may well be called "query".
+    if parts and parts[0] in _SOURCES:
+        source, parts = parts[0], parts[1:]
+        # FastAPI locates a JSON syntax error at its character position, not at a field.
+        if err.get("type") == "json_invalid":
+            parts = []
+        return ".".join(parts) or source
+    return ".".join(parts) or "body"
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -151,10 +164,13 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[
     details = []
     sentences = []
     for err in errors:
-        where = _location(err.get("loc", ()))
+        where = _location(err)
         msg = str(err.get("msg", "is invalid"))
         # pydantic prefixes messages raised from our validators with "Value error, ".
         msg = msg.removeprefix("Value error, ")
+        reason = (err.get("ctx") or {}).get("error")
+        if err.get("type") == "json_invalid" and isinstance(reason, str):
+            msg = f"{msg} ({reason})"
         sentences.append(f"{where}: {msg}")
         loc = [str(p) for p in err.get("loc", ())]
         details.append({"loc": loc, "msg": msg, "type": err.get("type")})

@@ -1,14 +1,29 @@
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Annotated
+
+import pytest
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
+from glimpse.contracts.bodies import parse_json_body
 from glimpse.contracts.errors import ErrorType, GlimpseError, install_error_handlers
+from glimpse.contracts.gateway import TextSearchRequest
 
 
 class Body(BaseModel):
     k: int = Field(ge=1, le=10)
+
+
+class Item(BaseModel):
+    text: str
+
+
+class Nested(BaseModel):
+    # Named like a source of FastAPI's locations, so the name must not be taken for one.
+    query: str
+    items: list[Item] = []
 
 
 def make_app() -> FastAPI:
@@ -18,6 +33,18 @@ def make_app() -> FastAPI:
     @app.post("/echo")
     def echo(body: Body) -> Body:
         return body
+
+    @app.post("/nested/{item_id}")
+    def nested(
+        body: Nested,
+        item_id: Annotated[int, Path(ge=0)],
+        limit: Annotated[int, Query(ge=1)] = 1,
+    ) -> None:
+        return None
+
+    @app.post("/raw")
+    async def raw(request: Request) -> None:
+        parse_json_body(TextSearchRequest, await request.body())
 
     @app.get("/boom")
     def boom() -> None:
@@ -38,6 +65,33 @@ def test_validation_error_names_the_field() -> None:
     assert body["error_type"] == "validation_error"
     assert "k" in body["error"] and "greater than or equal to 1" in body["error"]
     assert body["details"][0]["loc"][-1] == "k"
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "sentence"),
+    [
+        # A body field called "query" was once taken for the query string and named "request".
+        ("/raw", {"json": {"k": 5}}, "Invalid request: query: Field required."),
+        ("/raw", {"json": [1]}, "Invalid request: body: Input should be an object."),
+        ("/raw", {"content": b"{oops"}, "Invalid request: body: Invalid JSON"),
+        ("/nested/1", {"json": {"k": 5}}, "Invalid request: query: Field required."),
+        ("/nested/1", {"json": {"query": "a", "items": [{}]}}, "items.0.text: Field required"),
+        ("/nested/1", {}, "Invalid request: body: Field required."),
+        ("/nested/1", {"content": b"{oops"}, "body: JSON decode error (Expecting property name"),
+        ("/nested/x", {"json": {"query": "a"}}, "item_id: Input should be a valid integer"),
+        ("/nested/1?limit=0", {"json": {"query": "a"}}, "limit: Input should be greater than"),
+    ],
+)
+def test_every_validation_error_names_its_field(
+    path: str, kwargs: dict[str, object], sentence: str
+) -> None:
+    client = TestClient(make_app())
+    headers = {"content-type": "application/json"} if "content" in kwargs else None
+    r = client.post(path, headers=headers, **kwargs)  # type: ignore[arg-type]
+    assert r.status_code == 422, r.text
+    assert r.json()["error_type"] == "validation_error"
+    assert sentence in r.json()["error"], r.json()["error"]
+    assert "request:" not in r.json()["error"].removeprefix("Invalid request: ")
 
 
 def test_unknown_route_and_method_use_the_error_body() -> None:
