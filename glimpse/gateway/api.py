@@ -302,6 +302,15 @@ def _not_found(image_id: int, what: str = "image") -> GlimpseError:
     return GlimpseError(ErrorType.not_found, f"No {what} is stored for image {image_id}.")
 
 
+def _media_key(record: dict[str, Any], image_id: int, what: str) -> str:
+    """The record's sha256, which names its media; an item added with any other key (through
+    the index's own port) has no media here, so it is not found rather than an error."""
+    sha = str(record.get("key") or "")
+    if not SHA256_RE.match(sha):
+        raise _not_found(image_id, what)
+    return sha
+
+
 def _etag_matches(request: Request, etag: str) -> bool:
     header = request.headers.get("if-none-match")
     if not header:
@@ -339,7 +348,7 @@ async def image_original(image_id: ImageId, request: Request, state: State) -> R
     """The original bytes of an image (by id only)."""
     record = await _record(state, image_id)
     meta = record.get("meta") or {}
-    sha = str(record["key"])
+    sha = _media_key(record, image_id, "original")
     etag = f'"{sha}"'
     content_type = str(meta.get("content_type") or "application/octet-stream")
     if _etag_matches(request, etag):
@@ -362,7 +371,7 @@ async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> 
     """A small WebP or JPEG of the image (longest side at most GATEWAY_THUMBNAIL_SIZE)."""
     record = await _record(state, image_id)
     meta = record.get("meta") or {}
-    sha = str(record["key"])
+    sha = _media_key(record, image_id, "thumbnail")
     content_type = str(meta.get("thumbnail_type") or f"image/{state.settings.thumbnail_format}")
     if content_type not in ("image/webp", "image/jpeg"):
         raise _not_found(image_id, "thumbnail")
@@ -413,9 +422,10 @@ async def delete_image(image_id: ImageId, state: State) -> Response:
         await state.index.delete(image_id)
         state.records.drop(image_id)
         state.key_ids.drop(sha)
-        original = (record.get("meta") or {}).get("original")
-        await anyio.to_thread.run_sync(state.media.remove, sha, original)
-        state.media.invalidate_bytes()
+        if SHA256_RE.match(sha):  # any other key never had media here (_media_key)
+            original = (record.get("meta") or {}).get("original")
+            await anyio.to_thread.run_sync(state.media.remove, sha, original)
+            state.media.invalidate_bytes()
     return Response(status_code=204)
 
 
