@@ -1,10 +1,17 @@
-"""Bodies every service shares: health and readiness."""
+"""Bodies every service shares: the strict request base, health and readiness."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictBody(BaseModel):
+    """A JSON request body: values of the wrong JSON type (``"k": "5"``, ``"k": true``) and
+    unknown fields are refused with a 422 naming them, instead of being coerced or dropped."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class HealthResponse(BaseModel):

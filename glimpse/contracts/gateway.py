@@ -6,18 +6,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from glimpse.contracts.common import StrictBody
+
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 
 
-class TextSearchRequest(BaseModel):
+class TextSearchRequest(StrictBody):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
 
 
 class ImageSearchForm(BaseModel):
-    """The form fields of /search/image besides the ``file`` part."""
+    """The form fields of /search/image besides the ``file`` part (form values are text, so
+    ``k`` arrives as ``"20"``: not strict)."""
 
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
@@ -45,7 +48,7 @@ class SearchResponse(BaseModel):
     model: str
 
 
-class SearchTerm(BaseModel):
+class SearchTerm(StrictBody):
     """A text or a stored image, weighted; a negative weight steers away from it."""
 
     text: str | None = Field(default=None, min_length=1, max_length=MAX_QUERY_CHARS)
@@ -59,7 +62,7 @@ class SearchTerm(BaseModel):
         return self
 
 
-class CompositeSearchRequest(BaseModel):
+class CompositeSearchRequest(StrictBody):
     terms: list[SearchTerm] = Field(min_length=1, max_length=16)
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
@@ -81,7 +84,7 @@ class IngestResponse(BaseModel):
     items: list[IngestItem]
 
 
-class IngestCheckRequest(BaseModel):
+class IngestCheckRequest(StrictBody):
     sha256: list[str] = Field(max_length=100_000)
 
 

@@ -7,9 +7,14 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from glimpse.contracts.bodies import parse_json_body
+from glimpse.contracts.bodies import parse_fields, parse_json_body
 from glimpse.contracts.errors import ErrorType, GlimpseError, install_error_handlers
-from glimpse.contracts.gateway import TextSearchRequest
+from glimpse.contracts.gateway import (
+    CompositeSearchRequest,
+    ImageSearchForm,
+    IngestCheckRequest,
+    TextSearchRequest,
+)
 
 
 class Body(BaseModel):
@@ -45,6 +50,14 @@ def make_app() -> FastAPI:
     @app.post("/raw")
     async def raw(request: Request) -> None:
         parse_json_body(TextSearchRequest, await request.body())
+
+    @app.post("/composite")
+    def composite(body: CompositeSearchRequest) -> None:
+        return None
+
+    @app.post("/check")
+    def check(body: IngestCheckRequest) -> None:
+        return None
 
     @app.get("/boom")
     def boom() -> None:
@@ -92,6 +105,41 @@ def test_every_validation_error_names_its_field(
     assert r.json()["error_type"] == "validation_error"
     assert sentence in r.json()["error"], r.json()["error"]
     assert "request:" not in r.json()["error"].removeprefix("Invalid request: ")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "sentence"),
+    [
+        # The public bodies are strict: no coercion from other JSON types, no unknown fields.
+        ("/raw", {"query": "cat", "k": True}, "k: Input should be a valid integer"),
+        ("/raw", {"query": "cat", "k": "5"}, "k: Input should be a valid integer"),
+        ("/raw", {"query": "cat", "k": 5.0}, "k: Input should be a valid integer"),
+        ("/raw", {"query": 5}, "query: Input should be a valid string"),
+        ("/raw", {"query": "cat", "limit": 5}, "limit: Extra inputs are not permitted"),
+        ("/composite", {"terms": [{"text": "cat"}], "k": "5"}, "k: Input should be a valid"),
+        ("/composite", {"terms": [{"image_id": True}]}, "terms.0.image_id: Input should be"),
+        ("/composite", {"terms": [{"text": "a", "w": 1}]}, "terms.0.w: Extra inputs are not"),
+        ("/composite", {"term": [{"text": "a"}]}, "term: Extra inputs are not permitted"),
+        ("/check", {"sha256": ["a"], "force": True}, "force: Extra inputs are not permitted"),
+    ],
+)
+def test_public_bodies_refuse_other_types_and_unknown_fields(
+    path: str, body: dict[str, object], sentence: str
+) -> None:
+    r = TestClient(make_app()).post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert sentence in r.json()["error"], r.json()["error"]
+
+
+def test_public_bodies_still_take_what_they_document() -> None:
+    client = TestClient(make_app())
+    assert client.post("/raw", json={"query": "cat", "k": 5, "offset": 0}).status_code == 200
+    # A float field takes a JSON integer: 1 and 1.0 are the same JSON number.
+    terms = {"terms": [{"text": "cat", "weight": 1}, {"image_id": 3, "weight": -0.5}]}
+    assert client.post("/composite", json=terms).status_code == 200
+    # Form fields are text by nature: /search/image's k and offset arrive as strings.
+    form = parse_fields(ImageSearchForm, {"k": "5", "offset": "40"})
+    assert (form.k, form.offset) == (5, 40)
 
 
 def test_unknown_route_and_method_use_the_error_body() -> None:
