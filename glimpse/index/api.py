@@ -1,4 +1,4 @@
-"""HTTP routes of the index service (DESIGN.md, "Internal APIs")."""
+"""HTTP routes of the index service (docs/architecture.md, "Internal APIs")."""
 
 from __future__ import annotations
 

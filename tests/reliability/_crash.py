@@ -192,7 +192,7 @@ def audit_index(
     With ``path_of_key`` (the path each key was stored under), a hit's path proves which key
     its id holds, which spares one GET /v1/items/{id} per acknowledged key.
 
-    With ``store_path`` (the SQLite file DESIGN.md describes), the live rows and duplicate keys
+    With ``store_path`` (the SQLite file, docs/architecture.md), the live rows and duplicate keys
     are also counted in the store itself, read-only, as a check independent of the service.
     """
     detail: list[str] = []

@@ -1,7 +1,7 @@
 """Real service processes and thin HTTP clients for the reliability suite.
 
-Only the environment variables and HTTP APIs of DESIGN.md are used here, never a service's
-internals, so these tests keep their meaning when the code behind the API changes.
+Only the environment variables and HTTP APIs of docs/architecture.md are used here, never a
+service's internals, so these tests keep their meaning when the code behind the API changes.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str
 
 
 class IndexAPI:
-    """The index service's HTTP API (DESIGN.md 'Internal APIs'), nothing more."""
+    """The index service's HTTP API (docs/architecture.md, 'Internal APIs'), nothing more."""
 
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url
