@@ -344,6 +344,7 @@ def _serve_file(
     response_class=FileResponse,
     dependencies=[ReadAccess],
 )
+@router.head("/images/{image_id}", include_in_schema=False, dependencies=[ReadAccess])
 async def image_original(image_id: ImageId, request: Request, state: State) -> Response:
     """The original bytes of an image (by id only)."""
     record = await _record(state, image_id)
@@ -367,6 +368,7 @@ async def image_original(image_id: ImageId, request: Request, state: State) -> R
     response_class=FileResponse,
     dependencies=[ReadAccess],
 )
+@router.head("/images/{image_id}/thumbnail", include_in_schema=False, dependencies=[ReadAccess])
 async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> Response:
     """A small WebP or JPEG of the image (longest side at most GATEWAY_THUMBNAIL_SIZE)."""
     record = await _record(state, image_id)

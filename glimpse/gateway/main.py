@@ -6,18 +6,18 @@ upstream clients and the media store and keeps them on ``app.state.gateway``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
-from glimpse.contracts.errors import install_error_handlers
+from glimpse.contracts.errors import http_error_response, install_error_handlers
 from glimpse.contracts.fastpath import FastRoutes
 from glimpse.contracts.observability import ServiceMetrics, install_metrics
 from glimpse.gateway.api import router, search_image, search_text
@@ -26,7 +26,6 @@ from glimpse.gateway.config import Settings
 from glimpse.gateway.media import MediaStore
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
 from glimpse.gateway.security import BodySizeLimitMiddleware
-from glimpse.gateway.settle import settle_forever
 from glimpse.gateway.state import GatewayState, LruCache
 
 logger = logging.getLogger("glimpse.gateway")
@@ -46,6 +45,28 @@ def body_limit_for(settings: Settings) -> Callable[[str], int]:
         return settings.max_json_bytes
 
     return limit_for
+
+
+def _flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes of an app, those of included routers too (included without a prefix)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI's included-router wrapper
+        yield from _flat_routes(inner.routes) if inner is not None else (route,)
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    """405 with every method the path answers in Allow; Starlette names only those of the
+    first route that matched the path (GET and DELETE of /images/{id} are two routes)."""
+    allowed: set[str] = set()
+    for route in _flat_routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            allowed.update(getattr(route, "methods", None) or ())
+    # No API route matches: the web page (the router's default) answered.
+    allow = ", ".join(sorted(allowed or {"GET", "HEAD"}))
+    return http_error_response(
+        request.method, request.url.path, HTTPException(405, headers={"Allow": allow})
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastRoutes:
@@ -88,20 +109,12 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
             index=index,
             media=media,
             records=LruCache(settings.record_cache_size),
-            key_ids=LruCache(settings.record_cache_size),
             decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
             io_pool=ThreadPoolExecutor(settings.io_workers, thread_name_prefix="media-io"),
         )
-        settling = None
-        if settings.store_originals and settings.pack_settle_interval_s > 0:
-            settling = asyncio.create_task(settle_forever(app.state.gateway))
         try:
             yield
         finally:
-            if settling is not None:
-                settling.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await settling
             await encoder.aclose()
             await index.aclose()
             app.state.gateway.io_pool.shutdown(wait=True)
@@ -126,12 +139,10 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
 
     metrics.registry.register(ReplicaMetrics(replica_sets))
     app.include_router(router)
-    # Last: the web page answers every path no API route claimed.
-    app.mount(
-        "/",
-        StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False),
-        name="frontend",
-    )
+    # The web page answers the paths no API route matches; as the router's default rather than
+    # a mount at "/", it never claims an API path called with the wrong method (a 405 below).
+    app.router.default = StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False)
+    app.add_exception_handler(405, _method_not_allowed)
     # The searches are answered in front of FastAPI's middleware stack (contracts/fastpath.py),
     # with the same body limits.
     return FastRoutes(

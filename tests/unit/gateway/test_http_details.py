@@ -84,3 +84,59 @@ def test_an_item_with_a_foreign_key_can_be_deleted(gateway: tuple[TestClient, Fa
     response = client.delete("/images/1", headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 204, response.text
     assert 1 not in index.records
+
+
+# Methods -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", "/thumbnail"])
+def test_head_answers_like_get_without_a_body(
+    gateway: tuple[TestClient, FakeIndex], suffix: str
+) -> None:
+    client, _ = gateway
+    got, head = client.get(f"/images/2{suffix}"), client.head(f"/images/2{suffix}")
+    assert head.status_code == got.status_code == 404  # the route's answer, not the page's
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"] == "application/json"
+    # An ETag the client holds is answered the same way too.
+    etag = {"If-None-Match": '"' + "ab" * 32 + ('-thumb"' if suffix else '"')}
+    assert client.head(f"/images/2{suffix}", headers=etag).status_code == 304
+    assert client.get(f"/images/2{suffix}", headers=etag).status_code == 304
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("POST", "/images/2", "DELETE, GET, HEAD"),
+        ("PUT", "/images/2", "DELETE, GET, HEAD"),
+        ("GET", "/ingest", "POST"),
+        ("DELETE", "/search/text", "POST"),
+        ("GET", "/search/image", "POST"),
+        ("POST", "/images/2/meta", "GET"),
+        ("PUT", "/stats", "GET"),
+        ("GET", "/admin/index/rebuild", "POST"),
+        ("POST", "/docs", "GET, HEAD"),
+        ("POST", "/no-such-page", "GET, HEAD"),  # the web page's own
+    ],
+)
+def test_a_wrong_method_names_the_routes_methods(
+    gateway: tuple[TestClient, FakeIndex], method: str, path: str, allow: str
+) -> None:
+    client, _ = gateway
+    response = client.request(method, path)
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    body = response.json()
+    assert body["error_type"] == "method_not_allowed"
+    assert f"{method} is not allowed on {path}" in body["error"]
+
+
+def test_the_web_page_still_answers_every_other_path(
+    gateway: tuple[TestClient, FakeIndex],
+) -> None:
+    client, _ = gateway
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert client.get("/app.js").status_code == 200
+    missing = client.get("/no-such-page")
+    assert missing.status_code == 404 and missing.json()["error_type"] == "not_found"
