@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from glimpse.contracts.multipart import parse_form
 from glimpse.contracts.vectors import encode_vector
+from glimpse.web.forms import parse_form
 
 MODEL = "instant-stand-in"
 DIM = int(os.environ.get("INSTANT_ENCODER_DIM", "512"))

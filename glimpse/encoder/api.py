@@ -19,10 +19,10 @@ from glimpse.contracts.encoder import (
     EncoderInfo,
 )
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
-from glimpse.contracts.multipart import parse_form
 from glimpse.contracts.vectors import encode_vector
 from glimpse.encoder.direct_body import read_direct_body
 from glimpse.encoder.service import EncoderRuntime, not_ready
+from glimpse.web.forms import parse_form
 
 router = APIRouter()
 
@@ -139,18 +139,13 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     """The uploaded files (bytes, or the error of a file over the byte limit) and the optional
     'encoding' form field."""
     settings = runtime.settings
-    # The whole body in memory, split by parse_form: Starlette's request.form() cost ~10x the
-    # CPU on the event loop (glimpse/contracts/multipart.py says why).
+    # The whole body in memory (it is bounded), split in one pass.
     parts = parse_form(
-        # parse_form reads the body with find, startswith, slices and regular expressions,
-        # all of which a bytearray has. Its file parts are read-only views of the body, not
-        # copies: the device path's packing (or the CPU decode) is their one copy.
-        await read_body(request, settings.max_request_bytes),  # type: ignore[arg-type]
+        bytes(await read_body(request, settings.max_request_bytes)),
         request.headers.get("content-type"),
         max_files=settings.max_files,
         max_fields=16,
         max_field_bytes=64 * 1024,
-        file_views=True,
     )
     uploads = [part for part in parts if part.name in ("files", "file")]
     if not uploads:

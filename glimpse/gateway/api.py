@@ -33,7 +33,6 @@ from glimpse.contracts.gateway import (
     TextSearchRequest,
 )
 from glimpse.contracts.index import RebuildRequest, RebuildResponse, SnapshotResponse
-from glimpse.contracts.multipart import parse_form
 from glimpse.gateway.ingest import ingest_files
 from glimpse.gateway.media import SHA256_RE
 from glimpse.gateway.search import check_window, combine_terms, search_answer
@@ -46,6 +45,7 @@ from glimpse.gateway.state import (
     require_read,
 )
 from glimpse.gateway.thumbnails import thumbnail_of
+from glimpse.web.forms import parse_form
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -132,8 +132,7 @@ async def search_image(request: Request) -> Response:
     # The hot path, answered in front of FastAPI's stack like /search/text (main.py).
     state = await get_state(request)
     await require_read(request, state)
-    # The body is bounded (the body limit of /search/image); parse_form splits it in memory at
-    # a tenth of request.form()'s CPU (glimpse/contracts/multipart.py).
+    # The body is bounded (the body limit of /search/image) and split in memory.
     parts = parse_form(
         await request.body(),
         request.headers.get("content-type"),
@@ -246,9 +245,7 @@ async def ingest(request: Request, state: State) -> Response:
     """Store, embed and index images; one answer per file (added, exists or rejected)."""
     settings = state.settings
     # The body is bounded (GATEWAY_MAX_BODY_BYTES, counted as it arrives) and every file is
-    # held in memory for the encoder call anyway; parse_form splits it at a tenth of
-    # request.form()'s CPU, which was a fifth of the gateway's whole cost per image
-    # (docs/ingest.md).
+    # held in memory for the encoder call anyway, so it is split in memory.
     parts = parse_form(
         await request.body(),
         request.headers.get("content-type"),

@@ -26,10 +26,10 @@ from typing import Any
 import anyio
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
-from glimpse.contracts.multipart import FormPart
 from glimpse.gateway.images import ImageInfo, inspect_image, make_thumbnail, sniff_content_type
 from glimpse.gateway.media import safe_relative_path
 from glimpse.gateway.state import GatewayState
+from glimpse.web.forms import FormPart
 
 logger = logging.getLogger("glimpse.gateway")
 

@@ -1,0 +1,1 @@
+"""Web pieces the services share: the form adapter and the orjson response."""
