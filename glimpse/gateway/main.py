@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
-from glimpse.contracts.errors import http_error_response, install_error_handlers
+from glimpse.contracts.errors import GlimpseError, http_error_response, install_error_handlers
 from glimpse.contracts.fastpath import FastRoutes
 from glimpse.contracts.observability import ServiceMetrics, install_metrics
 from glimpse.gateway.api import router, search_image, search_text
@@ -26,7 +28,7 @@ from glimpse.gateway.config import Settings
 from glimpse.gateway.media import MediaStore
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
 from glimpse.gateway.security import BodySizeLimitMiddleware
-from glimpse.gateway.state import GatewayState, LruCache
+from glimpse.gateway.state import GatewayState, LruCache, get_state, require_read, require_write
 
 logger = logging.getLogger("glimpse.gateway")
 
@@ -67,6 +69,31 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return http_error_response(
         request.method, request.url.path, HTTPException(405, headers={"Allow": allow})
     )
+
+
+def access_first(app: FastAPI) -> None:
+    """Check a route's access before its body's errors are answered.
+
+    FastAPI decodes a JSON body before it runs the route's dependencies, so a malformed body
+    sent without the key would get a 422 (and learn the body's rules) instead of the 401.
+    """
+    answer_invalid = app.exception_handlers[RequestValidationError]
+    checks = {require_read, require_write}
+
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        for route in _flat_routes(request.app.router.routes):
+            if isinstance(route, APIRoute) and route.matches(request.scope)[0] is Match.FULL:
+                state = await get_state(request)
+                try:
+                    for depends in route.dependencies:
+                        if depends.dependency in checks:
+                            await depends.dependency(request, state)
+                except GlimpseError as refused:
+                    return refused.response()
+                break
+        return await answer_invalid(request, exc)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
 
 def create_app(settings: Settings | None = None) -> FastRoutes:
@@ -126,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    access_first(app)
     # Added before the metrics middleware, so it sits inside it: the metrics count the 413s,
     # and the limit's exception is raised straight into the route's body read (the metrics'
     # BaseHTTPMiddleware would wrap it in an ExceptionGroup that FastAPI turns into a 400).

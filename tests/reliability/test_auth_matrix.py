@@ -123,3 +123,32 @@ def test_no_key_configured_means_no_401(tmp_path: Path, figure) -> None:  # type
         figure(routes_401_without_configured_key=len(unauthorized))
         assert not unauthorized, unauthorized
         assert not [r for r, s in got.items() if s >= 500 and s not in (502, 503, 504)], got
+
+
+MALFORMED = {"content": b'{"sha256": ["0', "headers": {"Content-Type": "application/json"}}
+
+
+def test_the_key_is_checked_before_the_body(keyed: TestClient, figure) -> None:  # type: ignore[no-untyped-def]
+    """Issue 25 F11: a malformed body without a key answers 401, not the body's 422."""
+    writes = [c for c in app_routes(keyed.app) if c.kind == "write"]  # type: ignore[arg-type]
+    got = {
+        f"{c.method} {c.path}": keyed.request(
+            c.method, c.url, content=MALFORMED["content"], headers=MALFORMED["headers"]
+        ).status_code
+        for c in writes
+    }
+    figure(write_routes_sent_a_malformed_body=len(got))
+    assert got and all(status == 401 for status in got.values()), got
+    # With the key, the same body is the body's problem.
+    for route in ("/ingest/check", "/admin/index/rebuild"):
+        response = keyed.post(route, content=MALFORMED["content"],
+                              headers={**MALFORMED["headers"], **GOOD})
+        assert response.status_code == 422, response.text
+        assert response.json()["error_type"] == "validation_error"
+
+
+def test_private_read_checks_the_key_before_the_body(tmp_path: Path) -> None:
+    for client in _client(tmp_path, api_key=KEY, public_read=False):
+        for route in ("/search", "/search/text", "/search/image"):
+            response = client.post(route, **MALFORMED)  # type: ignore[arg-type]
+            assert response.status_code == 401, (route, response.text)
