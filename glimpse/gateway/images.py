@@ -1,7 +1,9 @@
-"""Checking uploaded images and making their thumbnails (Pillow).
+"""Checking uploaded images and making their thumbnails, with the encoder's decoder
+(glimpse/imaging.py).
 
 The pixel count is checked from the header before any decoding, so a decompression bomb costs
-a header read. Ingest reads headers only (:func:`inspect_image`, ~40 us for a 640x480 JPEG):
+a header read; unlike the encoder, no aspect ratio is refused here (a thumbnail is sized by its
+long side). Ingest reads headers only (:func:`inspect_image`, ~40 us for a 640x480 JPEG):
 the encoder decodes every image anyway and rejects what it cannot read, and a thumbnail
 (decode + WebP, ~4.4 ms) is made when it is first asked for (glimpse/gateway/thumbnails.py). Every
 function here blocks on CPU; callers run it in a worker thread.
@@ -13,9 +15,20 @@ import io
 import math
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.imaging import (
+    EXIF_ORIENTATION,
+    ImageLimits,
+    decoder_errors,
+    has_alpha,
+    load_upright,
+    open_checked,
+    orientation,
+    orientation_of,
+    to_rgb,
+    too_many_pixels,
+)
 
 # Formats a browser can show and the encoder can read; MPO is a multi-picture JPEG (phones).
 CONTENT_TYPES: dict[str, str] = {
@@ -28,8 +41,6 @@ CONTENT_TYPES: dict[str, str] = {
     "TIFF": "image/tiff",
 }
 _PIL_SAVE = {"image/webp": "WEBP", "image/jpeg": "JPEG"}
-_ORIENTATION = 0x0112
-_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -64,40 +75,16 @@ def sniff_content_type(data: bytes) -> str:
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    if not data:
-        raise GlimpseError(ErrorType.invalid_image, "The file is empty.")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise GlimpseError(ErrorType.image_too_large, f"The image is too large: {exc}") from exc
-    except _DECODE_ERRORS as exc:
-        raise GlimpseError(
-            ErrorType.invalid_image, "The file is not an image this service can read."
-        ) from exc
-    if img.format not in CONTENT_TYPES:
-        raise GlimpseError(
-            ErrorType.unsupported_media_type,
-            f"Image format {img.format} is not accepted; send JPEG, PNG, GIF, WebP, BMP or TIFF.",
-        )
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise GlimpseError(ErrorType.invalid_image, "The image has no pixels.")
-    if width * height > max_pixels:
-        raise GlimpseError(
-            ErrorType.image_too_large,
-            f"The image has {width}x{height} pixels, more than the limit of {max_pixels}.",
-        )
-    return img
+    # The upload's size was checked when it was read; a thumbnail is sized by its long side.
+    return open_checked(data, ImageLimits(max_bytes=None, max_pixels=max_pixels,
+                                          max_aspect_ratio=None))
 
 
 def _displayed_size(img: Image.Image) -> tuple[int, int]:
     """The size as displayed: EXIF orientations 5..8 rotate by 90 degrees."""
     width, height = img.size
-    try:
-        if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
-            width, height = height, width
-    except _DECODE_ERRORS:
-        pass  # unreadable EXIF: exif_transpose ignores it too
+    if orientation(img) in (5, 6, 7, 8):
+        width, height = height, width
     return width, height
 
 
@@ -111,13 +98,10 @@ def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     header = _jpeg_header(data)
     if header is not None:
         # The same checks as _open_checked, in its order (a JPEG is an accepted format).
-        width, height, orientation = header
+        width, height, turn = header
         if width * height > max_pixels:
-            raise GlimpseError(
-                ErrorType.image_too_large,
-                f"The image has {width}x{height} pixels, more than the limit of {max_pixels}.",
-            )
-        if orientation in (5, 6, 7, 8):
+            raise too_many_pixels(width, height, max_pixels)
+        if turn in (5, 6, 7, 8):
             width, height = height, width
         return ImageInfo(width, height, "image/jpeg")
     img = _open_checked(data, max_pixels)
@@ -194,15 +178,15 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     width, height = size
     if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
         return None  # Pillow's own decompression-bomb warning or error applies
-    orientation = 1
+    turn = 1
     if exif is not None:
         try:
             tags = Image.Exif()
             tags.load(exif)  # what Pillow's getexif reads
-            orientation = tags.get(_ORIENTATION, 1)
+            turn = orientation_of(tags.get(EXIF_ORIENTATION, 1))
         except Exception:  # noqa: BLE001 - whatever it is, Pillow's own path decides
             return None
-    return width, height, orientation
+    return width, height, turn
 
 
 def _draft_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -235,29 +219,14 @@ def make_thumbnail(
     unsupported_media_type (a format outside the allowlist).
     """
     img = _open_checked(data, max_pixels)
-    try:
-        if img.format in ("JPEG", "MPO"):
-            # Let libjpeg decode at a reduced scale (its DCT scaling is a proper downsample):
-            # a 24 MP photo decodes many times faster, and the resize below has less to do.
-            img.draft("RGB", _draft_size(img.size, thumbnail_size))
-        img.load()
-        thumb = ImageOps.exif_transpose(img)
-        if thumb.mode not in ("RGB", "RGBA"):
-            thumb = thumb.convert("RGBA" if "A" in thumb.getbands() or thumb.mode == "P" else "RGB")
-        if thumbnail_type == "image/jpeg" and thumb.mode == "RGBA":
-            background = Image.new("RGB", thumb.size, (255, 255, 255))
-            background.paste(thumb, mask=thumb.getchannel("A"))
-            thumb = background
+    with decoder_errors(img):
+        # Decoded no larger than the thumbnail needs (JPEG: libjpeg's DCT scaling; others: a
+        # whole-factor reduction right after decoding), then LANCZOS for the last step.
+        thumb = load_upright(img, _draft_size(img.size, thumbnail_size))
+        keep_alpha = thumbnail_type != "image/jpeg" and has_alpha(thumb)
+        thumb = thumb.convert("RGBA") if keep_alpha else to_rgb(thumb)
         thumb.thumbnail((thumbnail_size, thumbnail_size), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         options = {"method": webp_method} if thumbnail_type == "image/webp" else {}
         thumb.save(out, format=_PIL_SAVE[thumbnail_type], quality=quality, **options)
-    except GlimpseError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise GlimpseError(ErrorType.image_too_large, f"The image is too large: {exc}") from exc
-    except _DECODE_ERRORS as exc:
-        raise GlimpseError(
-            ErrorType.invalid_image, f"The image could not be decoded ({exc})."
-        ) from exc
     return out.getvalue()

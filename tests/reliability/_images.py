@@ -188,3 +188,105 @@ def bombs() -> dict[str, bytes]:
         "jpeg_100mp_header.jpg": jpeg_header_bomb(10_000, 10_000),
         "jpeg_65500x65500_header.jpg": jpeg_header_bomb(65_500, 65_500),
     }
+
+
+# PNG colour types by what a worst case needs: (colour type, bit depth, bytes per pixel row
+# unit); a palette gets a 2-entry PLTE and, with "trns", a tRNS chunk.
+_PNG_KINDS: dict[str, tuple[int, int]] = {
+    "bilevel": (0, 1),
+    "grey": (0, 8),
+    "grey16": (0, 16),
+    "rgb": (2, 8),
+    "rgb16": (2, 16),
+    "rgba": (6, 8),
+    "palette": (3, 8),
+    "palette_trns": (3, 8),
+}
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 6: 4}
+
+
+@cache
+def blank_png(width: int, height: int, kind: str = "grey") -> bytes:
+    """A valid all-zero PNG of ``kind`` (see _PNG_KINDS), written as a zlib stream of zero rows
+    a few at a time, so a 60-megapixel RGBA file never exists as pixels here."""
+    colour, depth = _PNG_KINDS[kind]
+    row = bytes(1 + (width * _PNG_CHANNELS[colour] * depth + 7) // 8)
+    comp = zlib.compressobj(9)
+    rows_per_block = max(1, (1 << 22) // len(row))
+    block = row * rows_per_block
+    parts = []
+    full, rest = divmod(height, rows_per_block)
+    for _ in range(full):
+        parts.append(comp.compress(block))
+    parts.append(comp.compress(row * rest))
+    parts.append(comp.flush())
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))]
+    if colour == 3:
+        chunks.append(_png_chunk(b"PLTE", b"\x00\x00\x00\xff\xff\xff"))
+        if kind == "palette_trns":
+            chunks.append(_png_chunk(b"tRNS", b"\x00"))
+    chunks += [_png_chunk(b"IDAT", b"".join(parts)), _png_chunk(b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def tiff_bytes(width: int, height: int, *, bits: int = 32, sample_format: int = 3,
+               samples: int = 1, compression: int = 1, strip: bytes | None = None,
+               offsets_type: int = 4) -> bytes:
+    """A little-endian one-strip TIFF written by hand: float samples by default (SampleFormat
+    3), the strip of zeros unless given (uncompressed, or a zlib stream with compression 8);
+    ``offsets_type`` is the TIFF type of the StripOffsets entry (4 = LONG, as it should be)."""
+    if strip is None:
+        raw = bytes(width * height * samples * bits // 8)
+        strip = zlib.compress(raw, 9) if compression == 8 else raw
+    tags = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, compression),
+            (262, 3, 2 if samples >= 3 else 1), (273, offsets_type, 0), (277, 3, samples),
+            (278, 4, height), (279, 4, len(strip)), (339, 3, sample_format)]
+    data_at = 8 + 2 + 12 * len(tags) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(tags)))
+    for tag, kind, value in tags:
+        if tag == 273:
+            value = data_at
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, 1) + packed
+    return bytes(out + b"\x00\x00\x00\x00" + strip)
+
+
+def float_tiffs() -> dict[str, bytes]:
+    """Issue 25 F8, float TIFFs: one a decoder takes, and broken ones whose StripOffsets entry
+    has a type Pillow reads as a float, a fraction, text or bytes (the gateway's thumbnail
+    raised TypeError: the whole ingest request answered 500)."""
+    import numpy as np
+
+    good = save_bytes(Image.fromarray(np.linspace(0, 1, 64 * 48, dtype=np.float32)
+                                      .reshape(48, 64)), "TIFF")
+    out = {"float32.tif": good, "float32_nan.tif": tiff_bytes(
+        64, 48, strip=np.full(64 * 48, np.nan, np.float32).tobytes())}
+    for name, kind in (("float", 11), ("double", 12), ("rational", 5), ("srational", 10),
+                       ("ascii", 2), ("undefined", 7)):
+        out[f"float32_offsets_{name}.tif"] = tiff_bytes(64, 48, offsets_type=kind)
+    out["float32_truncated.tif"] = good[: len(good) // 2]
+    out["float64.tif"] = tiff_bytes(64, 48, bits=64)
+    out["float32_deflate_corrupt.tif"] = tiff_bytes(64, 48, compression=8, strip=b"x\x9c junk")
+    return out
+
+
+def mistyped_exif_jpeg(orientation: int = 6) -> bytes:
+    """Issue 25 F4: a JPEG whose EXIF stores ResolutionUnit (0x0128) as BYTE instead of SHORT,
+    one byte off what Pillow writes (found by mutating Pillow's own output)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x0128] = 2
+    data = jpeg_bytes(gradient((40, 20)), quality=90, exif=exif.tobytes())
+    at = data.find(b"\x01\x28\x00\x03")  # the tag, then type SHORT (big-endian, as Pillow writes)
+    assert at > 0, "Pillow wrote no ResolutionUnit tag"
+    return data[: at + 2] + b"\x00\x01" + data[at + 4:]
+
+
+def long_thin_pngs() -> dict[str, bytes]:
+    """Issue 25 F3 and F2: strips whose area is small but whose resize to the model's input
+    would cost gigabytes (30000x1) or overflow (60000000x1, within the pixel cap)."""
+    return {
+        "strip_30000x1.png": blank_png(30_000, 1),
+        "strip_1x30000.png": blank_png(1, 30_000),
+        "strip_60000000x1.png": blank_png(60_000_000, 1),
+    }

@@ -16,6 +16,7 @@ from PIL import Image
 
 from glimpse.contracts.errors import GlimpseError
 from glimpse.gateway.images import _draft_size, inspect_image, make_thumbnail, sniff_content_type
+from tests.reliability._images import blank_png, float_tiffs, mistyped_exif_jpeg
 
 
 def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -261,3 +262,76 @@ def test_the_orientation_turns_the_quick_size() -> None:
     assert {(s.width, s.height) for n, s in sizes.items() if n < 5} == {(64, 48)}
     assert {(s.width, s.height) for n, s in sizes.items() if n >= 5} == {(48, 64)}
     assert (inspect_image(files["xmp"], max_pixels=10**6).width) == 48  # via Pillow
+
+
+def test_the_gateway_decodes_without_torch() -> None:
+    # The gateway's image has no torch: the decoder it shares with the encoder must not need it.
+    import subprocess
+    import sys
+
+    code = ("import sys, glimpse.gateway.images; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+
+
+@pytest.mark.parametrize("name", [n for n in float_tiffs() if "offsets" in n or "corrupt" in n])
+def test_broken_float_tiffs_are_the_files_error(name: str) -> None:
+    """Issue 25 F8: a float TIFF whose StripOffsets entry Pillow reads as a float, a fraction,
+    text or bytes raised TypeError in make_thumbnail; in library mode (thumbnails made at
+    ingest) the whole ingest request answered 500."""
+    data = float_tiffs()[name]
+    assert inspect_image(data, max_pixels=10**8).width == 64  # the header is fine
+    with pytest.raises(GlimpseError) as info:
+        make_thumbnail(data, max_pixels=10**8)
+    assert info.value.error_type == "invalid_image" and info.value.status == 422
+
+
+def test_a_valid_float_tiff_has_a_thumbnail() -> None:
+    assert thumb_of(make_thumbnail(float_tiffs()["float32.tif"], max_pixels=10**8)).size == (64, 48)
+
+
+def test_mistyped_exif_still_turns_the_thumbnail() -> None:
+    """Issue 25 F4 in the gateway: ImageOps.exif_transpose rewrote the EXIF block and raised on
+    ResolutionUnit stored as BYTE; the orientation is now applied by transpose alone."""
+    data = mistyped_exif_jpeg(6)
+    assert (inspect_image(data, max_pixels=10**8).width, thumb_of(
+        make_thumbnail(data, max_pixels=10**8)).size) == (20, (20, 40))
+
+
+@pytest.mark.parametrize(("size", "thumb"), [((30_000, 1), (320, 1)), ((1, 30_000), (1, 320)),
+                                             ((60_000_000, 1), (320, 1))])
+def test_long_thin_images_have_thumbnails(size: tuple[int, int], thumb: tuple[int, int]) -> None:
+    # The gateway bounds pixels only: its thumbnail is sized by the long side, so a strip
+    # costs its area, where the encoder (resizing the short side) refuses it.
+    data = blank_png(*size)
+    assert inspect_image(data, max_pixels=60_000_000).width == size[0]
+    assert thumb_of(make_thumbnail(data, max_pixels=60_000_000)).size == thumb
+
+
+@pytest.mark.parametrize("kind", ["rgba", "palette_trns", "grey16", "rgb16", "bilevel"])
+def test_large_images_are_reduced_before_conversion(kind: str, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    """Non-JPEG images are reduced by a whole factor toward the thumbnail size right after
+    decoding: the conversions and the LANCZOS step see a small image."""
+    import glimpse.gateway.images as images
+
+    seen: list[tuple[int, int]] = []
+    real_to_rgb = images.to_rgb
+    real_convert = Image.Image.convert
+
+    def to_rgb(img: Image.Image) -> Image.Image:
+        seen.append(img.size)
+        return real_to_rgb(img)
+
+    def convert(img: Image.Image, *args: Any, **kwargs: Any) -> Image.Image:
+        seen.append(img.size)
+        return real_convert(img, *args, **kwargs)
+
+    monkeypatch.setattr(images, "to_rgb", to_rgb)
+    data = blank_png(4000, 3000, kind)
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    thumb = thumb_of(make_thumbnail(data, max_pixels=10**8, thumbnail_size=320))
+    assert thumb.size == (320, 240)
+    after_reduce = seen[-1]  # the one conversion after the reduction
+    assert after_reduce[0] < 640 and after_reduce[1] < 480, seen
