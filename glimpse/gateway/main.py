@@ -7,9 +7,10 @@ upstream clients and the media store and keeps them on ``app.state.gateway``.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import cast
 
 import anyio
 from fastapi import FastAPI, Request, Response
@@ -77,7 +78,10 @@ def access_first(app: FastAPI) -> None:
     FastAPI decodes a JSON body before it runs the route's dependencies, so a malformed body
     sent without the key would get a 422 (and learn the body's rules) instead of the 401.
     """
-    answer_invalid = app.exception_handlers[RequestValidationError]
+    answer_invalid = cast(
+        Callable[[Request, Exception], Awaitable[Response]],
+        app.exception_handlers[RequestValidationError],  # install_error_handlers' (async)
+    )
     checks = {require_read, require_write}
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
