@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from glimpse.contracts.vectors import VectorEncoding, VectorLike
 
@@ -13,14 +14,60 @@ ItemStatus = Literal["added", "exists"]
 #: Largest item id: ids are SQLite INTEGERs (signed 64-bit), so a larger one can name nothing.
 MAX_ITEM_ID = 2**63 - 1
 
+#: An item's key: 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or
+#: digit. The gateway sends the file's sha256 as 64 lowercase hex digits.
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: Objects and arrays nested in ``meta``, the meta object itself counted.
+MAX_META_DEPTH = 8
+#: ``meta`` as compact JSON, in bytes.
+MAX_META_BYTES = 16 * 1024
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """Why ``meta`` cannot be stored (too deep, too large, not writable back as JSON), or None.
+
+    Checked at add time: meta that is stored but cannot be serialised back would fail every
+    search that hits the item, across restarts.
+    """
+    stack: list[tuple[Any, int]] = [(meta, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_META_DEPTH:
+            return f"nests objects and arrays more than {MAX_META_DEPTH} deep"
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+    try:
+        size = len(orjson.dumps(meta))
+    except orjson.JSONEncodeError as exc:
+        return f"cannot be written back as JSON ({exc})"
+    if size > MAX_META_BYTES:
+        return f"is {size} bytes of JSON; the limit is {MAX_META_BYTES}"
+    return None
+
 
 class IndexItemIn(BaseModel):
     """One item to add: its vector, its path, its idempotency key (the sha256 of the file)."""
 
     vector: VectorLike = Field(description="Float list, or base64 of little-endian float32.")
     path: str = Field(min_length=1, max_length=4096, description="Relative path of the image.")
-    key: str = Field(min_length=1, max_length=128, description="Idempotency key, e.g. sha256.")
-    meta: dict[str, Any] = Field(default_factory=dict, description="Free JSON stored with it.")
+    key: str = Field(
+        pattern=KEY_PATTERN,
+        description="Idempotency key: 1-128 letters, digits, '.', '_', ':' or '-' (the gateway "
+        "sends the file's lowercase sha256 hex).",
+    )
+    meta: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"Free JSON stored with it: at most {MAX_META_DEPTH} levels of objects and "
+        f"arrays, {MAX_META_BYTES} bytes as compact JSON.",
+    )
+
+    @field_validator("meta")
+    @classmethod
+    def _storable_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        problem = meta_problem(meta)
+        if problem is not None:
+            raise ValueError(f"meta {problem}")
+        return meta
 
 
 class AddItemsRequest(BaseModel):
@@ -109,7 +156,12 @@ class IndexStats(BaseModel):
 
 
 class RebuildRequest(BaseModel):
-    factory: str | None = Field(default=None, description="Faiss factory string to force.")
+    factory: str | None = Field(
+        default=None, max_length=200,
+        description="Faiss factory string to force from now on (docs/index.md lists the forms "
+        "accepted); 'auto' forgets a forced one (back to INDEX_FACTORY or the automatic rule); "
+        "null retrains with the one in force.",
+    )
     wait: bool = Field(default=False, description="Answer only when the new index is live.")
 
 

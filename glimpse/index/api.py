@@ -229,7 +229,9 @@ async def rebuild(service: Service, body: RebuildRequest | None = None) -> Rebui
     try:
         started, factory = await run_in_threadpool(service.rebuild, body.factory, body.wait)
     except ValueError as exc:
-        raise GlimpseError(ErrorType.validation_error, f"factory: {exc}.") from exc
+        # Shaped like a body validation error: the field and the sentence (factory.py).
+        details = [{"loc": ["body", "factory"], "msg": str(exc), "type": "value_error"}]
+        raise GlimpseError(ErrorType.validation_error, f"factory: {exc}.", details) from exc
     except RuntimeError as exc:
         raise GlimpseError(
             ErrorType.conflict, f"The training failed and the old index stays live: {exc}"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from glimpse.index.factory import AUTO, parse_factory
 
 
 class Settings(BaseSettings):
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
     factory: str | None = Field(
         default=None,
         description="Faiss factory string to train instead of the automatic IVF-PQ rule, "
-        "e.g. 'IVF4096,PQ32x8'.",
+        "e.g. 'IVF4096,PQ32x8' (docs/index.md lists the accepted forms); 'auto' = unset.",
     )
     nprobe: int | None = Field(
         default=None, ge=1, description="IVF lists visited per query; None = the documented rule."
@@ -129,3 +131,15 @@ class Settings(BaseSettings):
     omp_threads: int = Field(
         default=0, ge=0, description="OpenMP threads per Faiss call; 0 = Faiss's default."
     )
+
+    @model_validator(mode="after")
+    def _known_factory(self) -> Settings:
+        # Parsed at start, so a string Faiss would crash on stops the service with a sentence.
+        if self.factory == AUTO:
+            self.factory = None
+        if self.factory is not None:
+            try:
+                parse_factory(self.factory, self.dim)
+            except ValueError as exc:
+                raise ValueError(f"INDEX_FACTORY: {exc}") from None
+        return self

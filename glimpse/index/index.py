@@ -30,6 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from glimpse.index.factory import AUTO, parse_factory
 from glimpse.index.locks import RWLock
 from glimpse.index.store import Changes, Store
 from glimpse.index.structure import SelectionConfig, select_structure
@@ -120,8 +121,10 @@ def breadth_grid(live: LiveIndex) -> list[int]:
 def build_empty(factory: str, dim: int) -> faiss.Index:
     """An untrained inner-product index from a factory string, able to take our ids.
 
-    Raises ValueError with Faiss's reason when the string is not a valid factory.
+    Raises ValueError (factory.FactoryError) naming the problem when the string is not one the
+    service builds: it is parsed first, since Faiss accepts strings it then crashes on.
     """
+    parse_factory(factory, dim)
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -583,11 +586,14 @@ class VectorIndex:
 
     # -- training ------------------------------------------------------------------------------
 
-    def wanted_factory(self, n: int) -> str:
+    def wanted_factory(self, n: int, *, override: bool = True) -> str:
+        """The factory a training of ``n`` vectors builds: a rebuild's forced one (unless
+        ``override`` is False), else INDEX_FACTORY, else the automatic rule."""
         # Low-memory setting: half the code bytes (PQ16 at 512-d); the re-rank from the stored
         # vectors recovers what the coarser codes lose.
         per_byte = 16 if self.table.keep_vectors else 32
-        return (self.factory_override or self.factory_config
+        forced = self.factory_override if override else None
+        return (forced or self.factory_config
                 or auto_factory(n, self.dim, per_byte, hnsw_quantizer=self.gpu is None))
 
     def needs_training(self) -> bool:
@@ -649,6 +655,11 @@ class VectorIndex:
 
     def _train(self, factory: str | None, reason: str) -> None:
         started = time.perf_counter()
+        if factory == AUTO:
+            # Back to the automatic choice: the forced factory is forgotten (and so is it in
+            # the snapshot the after-swap hook writes).
+            self.factory_override = None
+            factory = None
         seq = self.applied_seq
         n = self.table.count
         self.selected = None
@@ -666,6 +677,7 @@ class VectorIndex:
             index = new.index
         else:
             chosen = factory or self.wanted_factory(n)
+            parse_factory(chosen, self.dim, items=n)  # enough items for its lists and codebooks
             log.info("training %s on %d vectors (%s)", chosen, n, reason)
             index = build_empty(chosen, self.dim)
             if not index.is_trained:
@@ -814,6 +826,7 @@ class VectorIndex:
         info: dict[str, Any] = {
             "kind": live.kind,
             "factory": live.factory,
+            "factory_override": self.factory_override,
             "nlist": live.nlist,
             "ntotal": live.ntotal,
             "trained_on": live.trained_on,

@@ -22,6 +22,7 @@ import numpy as np
 
 from glimpse.index import persistence
 from glimpse.index.config import Settings
+from glimpse.index.factory import AUTO, FactoryError, parse_factory
 from glimpse.index.index import (
     GpuRunner,
     LiveIndex,
@@ -169,6 +170,18 @@ def _disagreement(manifest: persistence.Manifest, store: Store) -> str | None:
     return None
 
 
+def _known_override(factory: str | None, dim: int) -> str | None:
+    """A snapshot's forced factory, if this service still builds it (else the automatic rule)."""
+    if factory is None:
+        return None
+    try:
+        parse_factory(factory, dim)
+    except FactoryError as exc:
+        log.warning("the snapshot's forced factory is dropped: %s", exc)
+        return None
+    return factory
+
+
 class IndexService:
     """Store + index + snapshots. ``open()`` loads; every method blocks."""
 
@@ -253,7 +266,7 @@ class IndexService:
         if loaded is not None:
             faiss_index, manifest = loaded
             live = LiveIndex(faiss_index, manifest.factory, trained_on=manifest.trained_on)
-            index.factory_override = manifest.factory_override
+            index.factory_override = _known_override(manifest.factory_override, s.dim)
             if manifest.search_defaults:
                 index.defaults.tuned = manifest.search_defaults
                 # A structure choice that missed its target kept the rule's defaults.
@@ -621,10 +634,18 @@ class IndexService:
             return {**summary, "applied": applied, "trials": result.trials}
 
     def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]:
-        """Start (or run) a training; (started, factory). Raises ValueError for a bad factory."""
+        """Start (or run) a training; (started, factory). ``factory``: a Faiss factory string
+        to force from now on, None for the one in force, ``"auto"`` to forget a forced one and
+        go back to INDEX_FACTORY or the automatic rule. Raises ValueError (naming the problem)
+        for a string the service does not build, or one the collection is too small for."""
         _, index = self._parts
-        chosen = factory or index.wanted_factory(index.table.count)
-        build_empty(chosen, index.dim)  # a bad factory string fails here, before any work
+        n = index.table.count
+        if factory == AUTO:
+            chosen = index.wanted_factory(n, override=False)
+        else:
+            chosen = index.wanted_factory(n) if factory is None else factory
+        # Parsed here, before any work: Faiss crashes on some strings it accepts (factory.py).
+        parse_factory(chosen, index.dim, items=n)
         if not index.start_training(factory, reason="rebuild requested"):
             return False, chosen
         if wait:

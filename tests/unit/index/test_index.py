@@ -50,7 +50,7 @@ def test_parameter_rules() -> None:
 
 
 def test_a_bad_factory_string_names_the_problem() -> None:
-    with pytest.raises(ValueError, match="not a Faiss factory string"):
+    with pytest.raises(ValueError, match="Nonsense is not a stage this service builds"):
         build_empty("IVF12,Nonsense", DIM)
 
 
