@@ -420,7 +420,6 @@ async def delete_image(image_id: ImageId, state: State) -> Response:
     async with state.key_locks.hold([sha]):
         await state.index.delete(image_id)
         state.records.drop(image_id)
-        state.key_ids.drop(sha)
         if SHA256_RE.match(sha):  # any other key never had media here (_media_key)
             original = (record.get("meta") or {}).get("original")
             await anyio.to_thread.run_sync(state.media.remove, sha, original)

@@ -178,17 +178,17 @@ async def ingest_files(state: GatewayState, uploads: Sequence[FormPart]) -> list
             first.duplicates.append(part)
 
     if unique:
-        missing = await state.index.keys_missing(list(unique))
-        known = [sha for sha in unique if sha not in missing]
-        await asyncio.gather(*(_resolve_known(state, unique[sha]) for sha in known))
-        # Known keys whose id is not remembered go the whole way: the index's add is
-        # idempotent by key, so it answers "exists" with the id and stores nothing new.
-        new = [p for p in unique.values() if p.status is None]
-        for part in new:
-            if part.problem is not None:
+        # One question for the whole batch: which keys have an item, and its id. Known keys are
+        # answered "exists" with that id and go no further.
+        ids = await state.index.key_ids(list(unique))
+        new = []
+        for sha256, part in unique.items():
+            if sha256 in ids:
+                part.status, part.id = "exists", ids[sha256]
+            elif part.problem is not None:
                 part.reject(part.problem)  # known bytes are answered "exists" all the same
-        new = [p for p in new if p.status is None]
-
+            else:
+                new.append(part)
         if new:
             await _embed_and_add(state, new)
 
@@ -198,25 +198,6 @@ async def ingest_files(state: GatewayState, uploads: Sequence[FormPart]) -> list
             dup.id, dup.error, dup.error_type = part.id, part.error, part.error_type
         part.data = b""
     return [p.answer() for p in parts]
-
-
-async def _resolve_known(state: GatewayState, part: Part) -> None:
-    """Answer "exists" for a known key whose id this gateway remembers and the index confirms."""
-    assert part.sha256 is not None
-    item_id = state.key_ids.get(part.sha256)
-    if item_id is None:
-        return
-    try:
-        record = await state.index.item(item_id)
-    except GlimpseError as exc:
-        if exc.status != 404:
-            raise
-        record = None
-    if record is None or record.get("key") != part.sha256:
-        state.key_ids.drop(part.sha256)  # deleted, or replaced behind our back
-        return
-    state.records.put(item_id, record)
-    part.status, part.id = "exists", item_id
 
 
 async def _store(state: GatewayState, parts: list[Part]) -> None:
@@ -242,8 +223,8 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
             await _embed_and_add_locked(state, parts, in_doubt)
         finally:
             # A packed copy that no item refers to is erased again: its part was not added (the
-            # encoder failed or refused it), or the index kept the item it had ("exists": a
-            # known key this gateway did not remember went the whole way, see ingest_files).
+            # encoder failed or refused it), or the index kept the item it had ("exists": another
+            # request added the key since this one asked).
             # Not the copies of an add that did not answer: the index may have committed them,
             # and their pack stays marked pending for the settling pass (glimpse/gateway/settle.py).
             doubt = {id(p) for p in in_doubt}
@@ -307,8 +288,6 @@ async def _embed_and_add_locked(
     in_doubt.clear()
     for (part, _), outcome in zip(to_add, added, strict=True):
         part.status, part.id = outcome["status"], int(outcome["id"])
-        assert part.sha256 is not None
-        state.key_ids.put(part.sha256, part.id)
 
 
 def _packs_of(parts: list[Part]) -> set[str]:

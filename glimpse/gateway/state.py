@@ -86,9 +86,6 @@ class GatewayState:
     media: MediaStore
     # Index records by id: serving a thumbnail should not cost an index round trip.
     records: LruCache[int, dict[str, Any]]
-    # sha256 -> id of what this gateway added, so a re-upload answers "exists" with its id
-    # without being embedded again (/v1/keys/missing says whether a key exists, not its id).
-    key_ids: LruCache[str, int]
     # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
     # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
     decode_limiter: anyio.CapacityLimiter
