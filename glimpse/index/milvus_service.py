@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.index.config import Settings
+from glimpse.index.gather import Search, SearchGatherer, by_everything
 from glimpse.index.milvus_store import (
     CollectionMismatch,
     MilvusStore,
@@ -42,75 +42,6 @@ _RETRY_S = 2.0
 _SPARE = 16
 
 
-class SearchGatherer:
-    """``calls`` threads, each sending Milvus the searches queued when it takes work: one search
-    call (all their queries) and one read of their rows. Milvus's CPU per call is mostly fixed
-    (proxy, query node, reduce: about 2 ms against about 0.5 ms a query at ef 128), so under
-    load this cuts its CPU per search; a lone search waits for nothing."""
-
-    def __init__(self, run: Callable[..., Records], calls: int, max_queries: int = 256) -> None:
-        self.run = run
-        self.max_queries = max_queries
-        self.calls = 0
-        self.requests = 0
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"index-milvus-{n}",
-                                          daemon=True) for n in range(calls)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,
-               exclude: Sequence[int]) -> Future[Records]:
-        future: Future[Records] = Future()
-        self._queue.put((queries, (k, nprobe, exact, tuple(exclude)), future))
-        return future
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(10)
-
-    def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            queries = len(first[0])
-            while queries < self.max_queries:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # another thread's stop: leave it for that one
-                    break
-                batch.append(item)
-                queries += len(item[0])
-            groups: dict[tuple[Any, ...], list[Any]] = {}
-            for item in batch:
-                groups.setdefault(item[1], []).append(item)
-            for (k, nprobe, exact, exclude), items in groups.items():
-                self._run_group(items, k, nprobe, exact, exclude)
-
-    def _run_group(self, items: list[Any], k: int, nprobe: int | None, exact: bool,
-                   exclude: tuple[int, ...]) -> None:
-        self.calls += 1
-        self.requests += len(items)
-        try:
-            records = self.run(np.vstack([item[0] for item in items]), k, nprobe=nprobe,
-                               exact=exact, exclude=exclude)
-        except BaseException as exc:  # noqa: BLE001 - each waiting request gets the error
-            for item in items:
-                item[2].set_exception(exc)
-            return
-        start = 0
-        for queries, _, future in items:
-            future.set_result(records[start : start + len(queries)])
-            start += len(queries)
-
-
 class MilvusIndexService:
     """The index over Milvus; ``open()`` connects (retrying); every method blocks."""
 
@@ -126,7 +57,9 @@ class MilvusIndexService:
         self.search_pool = ThreadPoolExecutor(
             max(16, 4 * (os.cpu_count() or 2)), thread_name_prefix="index-milvus"
         )
-        self.gatherer = (SearchGatherer(self.search_records, settings.milvus_search_calls)
+        self.gatherer = (SearchGatherer(self._run_gathered, key=by_everything,
+                                        threads=settings.milvus_search_calls, max_rows=256,
+                                        name="index-milvus")
                          if settings.milvus_search_calls > 0 else None)
 
     @property
@@ -187,9 +120,23 @@ class MilvusIndexService:
         exclude: Sequence[int] = (),
     ) -> Future[Records]:
         if self.gatherer is not None:
-            return self.gatherer.submit(queries, k, nprobe, exact, exclude)
+            return self.gatherer.submit(Search(queries, k, nprobe, exact, tuple(exclude)))
         return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
                                        exact=exact, exclude=exclude)
+
+    def _run_gathered(self, searches: Sequence[Search]) -> list[Records]:
+        """One Milvus search call (and one read of rows) for a group of gathered searches
+        (same k, nprobe, exactness and excluded ids); each search's rows of the answer."""
+        first = searches[0]
+        records = self.search_records(np.vstack([s.queries for s in searches]), first.k,
+                                      nprobe=first.nprobe, exact=first.exact,
+                                      exclude=first.exclude)
+        answers: list[Records] = []
+        start = 0
+        for search in searches:
+            answers.append(records[start : start + len(search.queries)])
+            start += len(search.queries)
+        return answers
 
     def search_params(self, limit: int, nprobe: int | None) -> dict[str, Any]:
         plan = self.store.plan

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 from glimpse.index import persistence
 from glimpse.index.config import Settings
 from glimpse.index.factory import AUTO, FactoryError, parse_factory
+from glimpse.index.gather import Search, SearchGatherer
 from glimpse.index.index import (
     GpuRunner,
     LiveIndex,
@@ -53,82 +53,6 @@ class SnapshotResult:
     seq: int
     bytes: int
     took_ms: float
-
-
-class SearchGatherer:
-    """One worker thread runs searches; those that queue up while one runs go into one Faiss
-    call together (per nprobe/exact group). A lone search waits for nothing."""
-
-    def __init__(self, index: VectorIndex, max_rows: int = 512) -> None:
-        self.index = index
-        self.max_rows = max_rows
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="index-search", daemon=True)
-        self.calls = 0
-        self.requests = 0
-        self._thread.start()
-
-    def submit(
-        self,
-        queries: np.ndarray,
-        k: int,
-        nprobe: int | None,
-        exact: bool,
-        finish: Callable[[np.ndarray, np.ndarray], Any],
-    ) -> Future[Any]:
-        """Queue a search; ``finish(scores, ids)`` runs on the worker thread and its value
-        resolves the future (so the event loop can await it without a thread of its own)."""
-        future: Future[Any] = Future()
-        self._queue.put((queries, k, nprobe, exact, future, finish))
-        return future
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            rows = len(first[0])
-            while rows < self.max_rows:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
-                rows += len(item[0])
-            groups: dict[tuple[Any, bool], list[Any]] = {}
-            for item in batch:
-                groups.setdefault((item[2], item[3]), []).append(item)
-            for (nprobe, exact), items in groups.items():
-                self._run_group(items, nprobe, exact)
-
-    def _run_group(self, items: list[Any], nprobe: int | None, exact: bool) -> None:
-        self.calls += 1
-        self.requests += len(items)
-        try:
-            queries = np.vstack([item[0] for item in items])
-            k = max(item[1] for item in items)
-            scores, ids = self.index.search_raw(queries, k, nprobe=nprobe, exact=exact)
-        except Exception as exc:
-            for item in items:
-                item[4].set_exception(exc)
-            return
-        start = 0
-        for item in items:
-            n = len(item[0])
-            try:
-                item[4].set_result(item[5](scores[start : start + n, : item[1]],
-                                           ids[start : start + n, : item[1]]))
-            except Exception as exc:
-                item[4].set_exception(exc)
-            start += n
 
 
 def _row_identity(store: Store, seq: int) -> dict[str, Any] | None:
@@ -293,7 +217,7 @@ class IndexService:
         )
         log.info("index loaded: %s", self.load_report)
         index.on_swap.append(self._after_swap)
-        self.gatherer = SearchGatherer(index)
+        self.gatherer = SearchGatherer(self._run_gathered)
         self._snapshot_thread = threading.Thread(
             target=self._snapshot_loop, name="index-snapshot", daemon=True
         )
@@ -421,8 +345,8 @@ class IndexService:
         searches are gathered, else on the search threads."""
         if self.gathering:
             assert self.gatherer is not None
-            return self.gatherer.submit(queries, k + len(exclude), nprobe, exact,
-                                        self._records_finisher(k, exclude))
+            return self.gatherer.submit(Search(queries, k + len(exclude), nprobe, exact,
+                                               finish=self._records_finisher(k, exclude)))
         return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
                                        exact=exact, exclude=exclude)
 
@@ -441,9 +365,30 @@ class IndexService:
         fetch = k + len(exclude)
         if self.gathering:
             assert self.gatherer is not None
-            return self.gatherer.submit(queries, fetch, nprobe, exact, finish).result()
+            return self.gatherer.submit(Search(queries, fetch, nprobe, exact,
+                                               finish=finish)).result()
         scores, ids = index.search_raw(queries, fetch, nprobe=nprobe, exact=exact)
         return finish(scores, ids)
+
+    def _run_gathered(self, searches: Sequence[Search]) -> list[Any]:
+        """One Faiss call for a group of gathered searches (same nprobe and exactness), then
+        each search's rows, cut to its k, through its finisher."""
+        _, index = self._parts
+        first = searches[0]
+        scores, ids = index.search_raw(np.vstack([s.queries for s in searches]),
+                                       max(s.k for s in searches), nprobe=first.nprobe,
+                                       exact=first.exact)
+        answers: list[Any] = []
+        start = 0
+        for search in searches:
+            rows = slice(start, start + len(search.queries))
+            start = rows.stop
+            assert search.finish is not None
+            try:
+                answers.append(search.finish(scores[rows, : search.k], ids[rows, : search.k]))
+            except Exception as exc:  # that search's failure only
+                answers.append(exc)
+        return answers
 
     @staticmethod
     def _hits_finisher(
