@@ -209,19 +209,35 @@ def orientation(img: Image.Image) -> int:
         return 1
 
 
+# Pixels of one band that _reduced converts and reduces at a time (about 4 MB of RGBA).
+_BAND_PIXELS = 1 << 20
+
+
 def _reduced(img: Image.Image, at_least: tuple[int, int]) -> Image.Image:
     """``img`` shrunk by the largest whole factor that keeps its width and height at least
     ``at_least`` (a box filter, as JPEG's DCT scaling is), so that every conversion after it
-    works on the small image: a 60-megapixel RGBA PNG would otherwise be copied at full size."""
-    factor = min(img.size[0] // max(1, at_least[0]), img.size[1] // max(1, at_least[1]))
+    works on the small image.
+
+    It goes band by band: a mode Image.reduce does not take is converted one band at a time,
+    and reduce itself premultiplies an alpha channel into a full-size copy, so a 60-megapixel
+    palette PNG with transparency costs its decoded 60 MB here, not the 240 MB of RGBA twice.
+    """
+    width, height = img.size
+    factor = min(width // max(1, at_least[0]), height // max(1, at_least[1]))
     if factor < 2:
         return img
-    if img.mode not in _REDUCIBLE:
-        img = img.convert(
-            "RGBA" if has_alpha(img) else "I" if img.mode.startswith("I;") else
-            "L" if img.mode == "1" else "RGB"
-        )
-    return img.reduce(factor)
+    mode = img.mode
+    if mode not in _REDUCIBLE:
+        mode = ("RGBA" if has_alpha(img) else "I" if mode.startswith("I;") else
+                "L" if mode == "1" else "RGB")
+    out = Image.new(mode, (-(-width // factor), -(-height // factor)))
+    rows = max(1, _BAND_PIXELS // (width * factor)) * factor
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows)))
+        if band.mode != mode:
+            band = band.convert(mode)
+        out.paste(band.reduce(factor), (0, top // factor))
+    return out
 
 
 def load_upright(img: Image.Image, at_least: tuple[int, int]) -> Image.Image:

@@ -287,3 +287,41 @@ def test_mistyped_exif_tags_do_not_fail_the_decode() -> None:
     mistyped = data[:at + 2] + b"\x00\x01" + data[at + 4:]
     img = decode_image(mistyped, LIMITS, 64)
     assert img.size == (20, 40)  # still turned upright
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P+transparency", "I;16", "1", "F", "LA"])
+def test_banded_reduction_equals_one_whole_reduce(mode: str, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    """_reduced converts and reduces band by band (so a 60 MP palette PNG with transparency
+    is never converted to RGBA whole); the result is the whole image's conversion and reduce,
+    the partial last band and column included."""
+    import glimpse.imaging as imaging
+
+    rng = np.random.default_rng(7)
+    rgb = Image.fromarray(rng.integers(0, 256, (203, 331, 3), dtype=np.uint8))
+    if mode == "P+transparency":
+        img = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+        img.info["transparency"] = 3
+    elif mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (203, 331), dtype=np.uint16))
+    elif mode == "F":
+        img = Image.fromarray(rng.random((203, 331), dtype=np.float32))
+    elif mode == "RGBA":
+        img = rgb.convert("RGBA")
+        img.putalpha(Image.fromarray(rng.integers(0, 256, (203, 331), dtype=np.uint8)))
+    else:
+        img = rgb.convert(mode)
+    monkeypatch.setattr(imaging, "_BAND_PIXELS", 331 * 7)  # bands of 6 rows: 34 of them
+    got = imaging._reduced(img, (100, 60))  # factor 3
+    target = {"P+transparency": "RGBA", "I;16": "I", "1": "L"}.get(mode, mode)
+    expected = img.convert(target).reduce(3)
+    assert got.mode == expected.mode and got.size == expected.size == (111, 68)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+@pytest.mark.parametrize("value", [6, 6.0, "6", b"\x06", (6, 1), 0, 9, -1, None])
+def test_an_orientation_of_any_type(value: object) -> None:
+    # A mistyped orientation tag holds a float, text, bytes or a tuple; only 2..8 turn.
+    from glimpse.imaging import orientation_of
+
+    assert orientation_of(value) == (6 if value in (6, 6.0) else 1)
