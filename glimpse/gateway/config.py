@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     record_cache_size: int = Field(
         20_000, ge=0, description="Image records (id -> path, sha256, type) kept in memory."
     )
+    record_ttl_s: float = Field(
+        5.0, ge=0, description="How long a kept image record is trusted: a delete through "
+        "another gateway is seen here within this time; 0: ask the index every time."
+    )
 
     @field_validator("encoder_url", "index_url")
     @classmethod

@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
             encoder=encoder,
             index=index,
             media=media,
-            records=LruCache(settings.record_cache_size),
+            records=LruCache(settings.record_cache_size, ttl=settings.record_ttl_s),
             decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
             io_pool=ThreadPoolExecutor(settings.io_workers, thread_name_prefix="media-io"),
         )

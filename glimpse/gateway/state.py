@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,22 +25,33 @@ V = TypeVar("V")
 
 
 class LruCache(Generic[K, V]):
-    """A bounded map that forgets the least recently used entry first."""
+    """A bounded map that forgets the least recently used entry first, and any entry older than
+    ``ttl`` seconds (None: kept until pushed out)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self, size: int, ttl: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self.ttl = ttl
+        self.clock = clock
+        self._items: OrderedDict[K, tuple[V, float]] = OrderedDict()
 
     def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
+        item = self._items.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if self.clock() >= expires:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
         return value
 
     def put(self, key: K, value: V) -> None:
-        if self.size <= 0:
+        if self.size <= 0 or self.ttl == 0:
             return
-        self._items[key] = value
+        expires = math.inf if self.ttl is None else self.clock() + self.ttl
+        self._items[key] = (value, expires)
         self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
@@ -84,7 +97,8 @@ class GatewayState:
     encoder: EncoderClient
     index: IndexClient
     media: MediaStore
-    # Index records by id: serving a thumbnail should not cost an index round trip.
+    # Index records by id: serving a thumbnail should not cost an index round trip. They expire
+    # (GATEWAY_RECORD_TTL_S), so a delete through another gateway is seen here within that.
     records: LruCache[int, dict[str, Any]]
     # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
     # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.

@@ -3,7 +3,9 @@ methods of the image routes, the order of the access check, and the offline API 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from fastapi.testclient import TestClient
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.gateway.config import Settings
 from glimpse.gateway.main import create_app
+from glimpse.gateway.state import LruCache
 from tests.support.procs import free_port
 
 KEY = "key-for-the-details"
@@ -46,11 +49,11 @@ def record(image_id: int, key: str, **meta: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[TestClient, FakeIndex]]:
+@contextmanager
+def fake_gateway(tmp_path: Path, **options: Any) -> Iterator[tuple[TestClient, FakeIndex]]:
     dead = f"http://127.0.0.1:{free_port()}"
     settings = Settings(
-        encoder_url=dead, index_url=dead, media_dir=tmp_path / "media", api_key=KEY
+        encoder_url=dead, index_url=dead, media_dir=tmp_path / "media", api_key=KEY, **options
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -61,6 +64,12 @@ def gateway(tmp_path: Path) -> Iterator[tuple[TestClient, FakeIndex]]:
         })
         state.index = index
         yield client, index
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[TestClient, FakeIndex]]:
+    with fake_gateway(tmp_path) as running:
+        yield running
 
 
 # F9 ------------------------------------------------------------------------------------------
@@ -140,3 +149,37 @@ def test_the_web_page_still_answers_every_other_path(
     assert client.get("/app.js").status_code == 200
     missing = client.get("/no-such-page")
     assert missing.status_code == 404 and missing.json()["error_type"] == "not_found"
+
+
+# Record cache (issue 25 F10) ------------------------------------------------------------------
+
+
+def test_cached_records_expire() -> None:
+    now = [0.0]
+    cache: LruCache[int, str] = LruCache(2, ttl=5.0, clock=lambda: now[0])
+    cache.put(1, "one")
+    now[0] = 4.9
+    assert cache.get(1) == "one"
+    now[0] = 5.0
+    assert cache.get(1) is None
+    cache.put(1, "one")
+    cache.put(2, "two")
+    cache.put(3, "three")  # over the size: the least recently used goes first
+    assert (cache.get(1), cache.get(2), cache.get(3)) == (None, "two", "three")
+    never: LruCache[int, str] = LruCache(2, ttl=0)
+    never.put(1, "one")
+    assert never.get(1) is None
+
+
+def test_a_record_deleted_elsewhere_is_seen_within_the_ttl(tmp_path: Path) -> None:
+    with fake_gateway(tmp_path, record_ttl_s=0.5) as (client, index):
+        etag = {"If-None-Match": '"' + "ab" * 32 + '"'}
+        assert client.get("/images/2/meta").status_code == 200
+        assert client.get("/images/2", headers=etag).status_code == 304
+        assert index.asked == 1  # kept
+        del index.records[2]  # deleted through another gateway
+        deadline = time.monotonic() + 0.5 + 0.25
+        while client.get("/images/2/meta").status_code == 200:
+            assert time.monotonic() < deadline, "the deleted record was still served"
+            time.sleep(0.02)
+        assert client.get("/images/2", headers=etag).status_code == 404
