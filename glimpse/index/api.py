@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -32,17 +32,12 @@ from glimpse.contracts.index import (
     TuneResponse,
 )
 from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vector, l2_normalize
+from glimpse.index.backend import IndexBackend
 from glimpse.index.config import Settings
-from glimpse.index.service import IndexService, NotTunable
+from glimpse.index.service import NotTunable
 from glimpse.index.store import NewItem
 
-if TYPE_CHECKING:
-    from glimpse.index.milvus_service import MilvusIndexService
-
-    # INDEX_BACKEND picks one (main.py); both offer what these routes call.
-    Backend = IndexService | MilvusIndexService
-else:
-    Backend = IndexService
+Backend = IndexBackend
 
 router = APIRouter()
 
@@ -50,13 +45,13 @@ _F16 = np.dtype("<f2")
 
 
 def service_of(request: Request) -> Backend:
-    service: Backend | None = getattr(request.app.state, "service", None)
+    service: Backend | None = request.app.state.service
     if service is None or not service.ready.is_set():
-        waiting = getattr(service, "waiting_for", None)
+        waiting = service.waiting_for if service is not None else None
         if waiting:  # the Milvus backend, still trying to reach Milvus
             raise GlimpseError(ErrorType.upstream_unavailable, waiting,
                                headers={"Retry-After": "1"})
-        error = getattr(request.app.state, "load_error", None)
+        error = request.app.state.load_error
         raise GlimpseError(
             ErrorType.not_ready,
             f"The index failed to load: {error}" if error else "The index is still loading.",
@@ -279,12 +274,10 @@ async def healthz() -> HealthResponse:
 @router.get("/readyz", response_model=ReadyResponse, tags=["ops"])
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 once the snapshot is loaded and the store replayed, 503 before."""
-    service: Backend | None = getattr(request.app.state, "service", None)
-    error = getattr(request.app.state, "load_error", None) or getattr(service, "waiting_for",
-                                                                     None)
+    service: Backend | None = request.app.state.service
+    error = request.app.state.load_error or (service.waiting_for if service else None)
     if service is not None and service.ready.is_set():
-        index = service.index
-        state = "training" if index is not None and index.training else "ok"
+        state = "training" if service.training else "ok"
         return JSONResponse(ReadyResponse(ready=True, checks={"index": state}).model_dump())
     checks = {"index": f"failed: {error}" if error else "loading"}
     return JSONResponse(ReadyResponse(ready=False, checks=checks).model_dump(), status_code=503)

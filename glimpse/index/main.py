@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -18,16 +17,14 @@ from glimpse.contracts.errors import install_error_handlers
 from glimpse.contracts.fastpath import FastRoutes
 from glimpse.contracts.observability import ServiceMetrics, install_metrics
 from glimpse.index.api import router, search
+from glimpse.index.backend import IndexBackend
 from glimpse.index.config import Settings
 from glimpse.index.service import IndexService
-
-if TYPE_CHECKING:
-    from glimpse.index.milvus_service import MilvusIndexService
 
 log = logging.getLogger("glimpse.index")
 
 
-def _make_service(settings: Settings) -> IndexService | MilvusIndexService:
+def _make_service(settings: Settings) -> IndexBackend:
     if settings.backend == "milvus":
         # Imported only here: pymilvus is the optional `milvus` extra.
         from glimpse.index.milvus_service import MilvusIndexService
@@ -36,7 +33,7 @@ def _make_service(settings: Settings) -> IndexService | MilvusIndexService:
     return IndexService(settings)
 
 
-async def _open(app: FastAPI, service: IndexService | MilvusIndexService) -> None:
+async def _open(app: FastAPI, service: IndexBackend) -> None:
     try:
         # SQLite reads, snapshot load and replay block for seconds at a million items.
         await asyncio.to_thread(service.open)
@@ -53,6 +50,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.service = service
     app.state.load_error = None
     if not isinstance(service, IndexService):
+        from glimpse.index.milvus_service import MilvusIndexService
+
+        assert isinstance(service, MilvusIndexService)
         # One attempt before serving: a collection that disagrees with the settings (dimension,
         # metric) fails the start here with a sentence naming both; an unreachable Milvus does
         # not (the service starts unready and keeps trying).
@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings()
+    app.state.service = None  # (the lifespan makes it)
+    app.state.load_error = None
     install_error_handlers(app)
     install_metrics(app, ServiceMetrics("index"))
     app.include_router(router)

@@ -1,7 +1,7 @@
 """INDEX_BACKEND=milvus: the index service's API over a Milvus collection (no local state).
 
-It offers the methods ``api.py`` calls on :class:`glimpse.index.service.IndexService`, so the
-HTTP contract is the same; milvus_store.py says how ids, dedup, deletes and consistency work.
+It is an :class:`glimpse.index.backend.IndexBackend`, as the Faiss backend is, so the HTTP
+contract is the same; milvus_store.py says how ids, dedup, deletes and consistency work.
 The default index, HNSW, scores
 with the exact vectors, so Milvus's order is the answer's. On IVF_PQ (codes alone recall about
 0.7 on real embeddings) searches ask Milvus for ``k × INDEX_RERANK`` candidates, fetch their
@@ -48,7 +48,6 @@ class MilvusIndexService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = MilvusStore(settings)
-        self.index = None  # no local index: /readyz has no training state to report
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.waiting_for: str | None = None
@@ -61,6 +60,10 @@ class MilvusIndexService:
                                         threads=settings.milvus_search_calls, max_rows=256,
                                         name="index-milvus")
                          if settings.milvus_search_calls > 0 else None)
+
+    @property
+    def training(self) -> bool:
+        return False  # Milvus builds its indexes itself
 
     @property
     def rerank(self) -> int:

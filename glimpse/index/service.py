@@ -125,6 +125,7 @@ class IndexService:
             max(2, os.cpu_count() or 2), thread_name_prefix="index-search"
         )
         self.load_error: str | None = None
+        self.waiting_for: str | None = None  # (nothing to wait for: the store is local)
         self.load_report: dict[str, Any] = {}
         self.store: Store | None = None
         self.index: VectorIndex | None = None
@@ -270,6 +271,10 @@ class IndexService:
             self.store.close()
         if self.gpu is not None:
             self.gpu.close()
+
+    @property
+    def training(self) -> bool:
+        return self.index is not None and self.index.training
 
     @property
     def _parts(self) -> tuple[Store, VectorIndex]:

@@ -1,0 +1,79 @@
+"""What the HTTP API needs of an index backend (INDEX_BACKEND picks one in main.py).
+
+Both ``IndexService`` (SQLite + Faiss in this process) and ``MilvusIndexService`` (a Milvus
+collection) offer it; every method blocks, and the routes call them from worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from glimpse.index.config import Settings
+from glimpse.index.store import AddOutcome, NewItem, Record
+
+if TYPE_CHECKING:
+    from glimpse.index.service import SnapshotResult
+
+Records = list[list[dict[str, Any]]]
+
+
+class ItemReader(Protocol):
+    """The item lookups the routes answer from the backend's store."""
+
+    def missing_keys(self, keys: Sequence[str]) -> list[str]: ...
+
+    def live_ids(self, keys: Sequence[str]) -> dict[str, int]: ...
+
+    def get(self, item_id: int) -> Record | None: ...
+
+    def get_vector(self, item_id: int) -> np.ndarray | None: ...
+
+
+class IndexBackend(Protocol):
+    """An index the routes can serve: writes, searches, item reads, ops and readiness."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def ready(self) -> threading.Event:
+        """Set once loaded (Faiss) or connected (Milvus)."""
+
+    @property
+    def waiting_for(self) -> str | None:
+        """Why the backend is not ready yet while it keeps trying (Milvus unreachable)."""
+
+    @property
+    def training(self) -> bool:
+        """A background training is running (what /readyz reports)."""
+
+    @property
+    def store(self) -> ItemReader | None:
+        """The items; None before ``open`` (Faiss)."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]: ...
+
+    def delete(self, item_id: int) -> bool: ...
+
+    def submit_search_records(
+        self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
+        exclude: Sequence[int] = (),
+    ) -> Future[Records]: ...
+
+    def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]: ...
+
+    def snapshot(self) -> SnapshotResult: ...
+
+    def tune(self, target: float, sample: int, k: int = 10, apply: bool = True
+             ) -> dict[str, Any]: ...
+
+    def stats(self) -> dict[str, Any]: ...
