@@ -49,7 +49,7 @@ def test_the_index_points_at_milvus_and_installs_the_client(milvus: dict[str, An
     assert index["environment"]["INDEX_MILVUS_URI"] == "${INDEX_MILVUS_URI:-http://milvus:19530}"
     assert index["depends_on"] == {"milvus": {"condition": "service_healthy"}}
     assert index["build"]["args"]["INDEX_EXTRAS"] == "milvus"
-    dockerfile = (ROOT / "glimpse.index" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "docker" / "index.Dockerfile").read_text()
     assert 'pip install ".[$INDEX_EXTRAS]"' in dockerfile
     assert "ARG INDEX_EXTRAS=\n" in dockerfile  # the default image stays Faiss-only
 
