@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("glimpse.encoder", "glimpse.index", "gateway")
+SERVICES = ("encoder_service", "index_service", "gateway")  # docs/openapi/<name>.json
 OUT_DIR = REPO / "docs" / "openapi"
 
 
 def openapi_document(service: str) -> dict[str, Any]:
     """The service's OpenAPI document, from an app built with default settings (no lifespan)."""
-    module = importlib.import_module(f"{service}.main")
+    module = importlib.import_module(f"glimpse.{service.removesuffix('_service')}.main")
     app = module.create_app()
     return app.openapi()  # type: ignore[no-any-return]
 

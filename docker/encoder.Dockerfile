@@ -9,6 +9,7 @@ FROM scratch AS src
 COPY glimpse/__init__.py /app/glimpse/__init__.py
 COPY glimpse/contracts /app/glimpse/contracts
 COPY glimpse/encoder /app/glimpse/encoder
+COPY glimpse/web /app/glimpse/web
 
 # --- builder: a virtualenv with the `encoder` extra, nothing else ---
 FROM ${PYTHON_IMAGE} AS builder
@@ -57,9 +58,7 @@ USER glimpse:glimpse
 EXPOSE 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/readyz', timeout=4)"]
-# On uvloop, image bodies read from the socket straight into one buffer (direct_body.py).
-CMD ["uvicorn", "glimpse.encoder.main:app", "--host", "0.0.0.0", "--port", "8001", \
-     "--loop", "uvloop", "--http", "glimpse.encoder.main:http_protocol"]
+CMD ["uvicorn", "glimpse.encoder.main:app", "--host", "0.0.0.0", "--port", "8001"]
 # The copies come last, the venv (the big layer) at the very end: on copy-based storage drivers
 # (vfs) every later step would copy it again. The files stay root-owned: the service cannot
 # change its own code. A code change re-copies the venv, it never re-downloads it.

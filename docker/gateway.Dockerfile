@@ -9,6 +9,7 @@ FROM scratch AS src
 COPY glimpse/__init__.py /app/glimpse/__init__.py
 COPY glimpse/contracts /app/glimpse/contracts
 COPY glimpse/gateway /app/glimpse/gateway
+COPY glimpse/web /app/glimpse/web
 COPY glimpse/frontend /app/glimpse/frontend
 COPY glimpse/cli /app/glimpse/cli
 

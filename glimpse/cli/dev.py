@@ -26,9 +26,6 @@ SERVICES = {
     "encoder": ("glimpse.encoder.main", 8001),
     "gateway": ("glimpse.gateway.main", 8000),
 }
-# uvicorn options beyond host and port, as each Dockerfile's command gives them: the encoder reads
-# image bodies straight into one buffer (glimpse/encoder/direct_body.py).
-OPTIONS = {"encoder": ["--loop", "uvloop", "--http", "glimpse.encoder.main:http_protocol"]}
 COLOURS = {"index": "\033[35m", "encoder": "\033[36m", "gateway": "\033[33m"}
 RESET = "\033[0m"
 
@@ -75,7 +72,7 @@ class Runner:
         module, port = SERVICES[name]
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", f"{module}:app",
-             "--host", self.host, "--port", str(port), *OPTIONS.get(name, [])],
+             "--host", self.host, "--port", str(port)],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

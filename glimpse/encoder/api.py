@@ -1,14 +1,16 @@
-"""HTTP routes of the encoder: embed texts, embed image files, info, health and readiness."""
+"""HTTP routes of the encoder: embed texts, embed image files, info, health, readiness and
+metrics, as one list of operations (``OPERATIONS``) that gives both the Starlette routes and
+the OpenAPI document (glimpse/web/openapi.py)."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from glimpse.contracts.bodies import form_body_openapi
 from glimpse.contracts.common import HealthResponse, ReadyResponse
@@ -18,40 +20,46 @@ from glimpse.contracts.encoder import (
     EmbedTextResponse,
     EncoderInfo,
 )
-from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
+from glimpse.contracts.errors import (
+    ERROR_RESPONSES,
+    ErrorType,
+    GlimpseError,
+    describe_validation_errors,
+)
 from glimpse.contracts.vectors import encode_vector
-from glimpse.encoder.direct_body import read_direct_body
 from glimpse.encoder.service import EncoderRuntime, not_ready
 from glimpse.web.forms import parse_form
+from glimpse.web.openapi import Operation
 
-router = APIRouter()
 
-
-async def get_runtime(request: Request) -> EncoderRuntime:
-    # async: FastAPI runs a plain-def dependency in its thread pool, a thread hand-off per
-    # request for two attribute reads.
+def get_runtime(request: Request) -> EncoderRuntime:
     runtime: EncoderRuntime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.warmed_up:
         raise not_ready()
     return runtime
 
 
-Runtime = Annotated[EncoderRuntime, Depends(get_runtime)]
-
-
 def _vector_json(vector: np.ndarray, encoding: str) -> Any:
     return encode_vector(vector) if encoding == "base64" else vector.tolist()
 
 
-@router.post(
-    "/v1/embed/text",
-    response_model=EmbedTextResponse,
-    responses=ERROR_RESPONSES,
-    tags=["embed"],
-)
-async def embed_text(body: EmbedTextRequest, runtime: Runtime) -> JSONResponse:
+def _text_request(raw: bytes) -> EmbedTextRequest:
+    """The JSON body validated, or a 422 naming each invalid field (as FastAPI names them)."""
+    try:
+        return EmbedTextRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        message, details = describe_validation_errors([
+            {**error, "loc": ("body", *error["loc"])}
+            for error in exc.errors(include_url=False, include_context=False)
+        ])
+        raise GlimpseError(ErrorType.validation_error, message, details) from None
+
+
+async def embed_text(request: Request) -> Response:
     """Unit-norm float32 CLIP vectors of the texts, in order."""
+    runtime = get_runtime(request)
     settings = runtime.settings
+    body = _text_request(await read_body(request, settings.max_request_bytes))
     if len(body.texts) > settings.max_texts:
         raise GlimpseError(
             ErrorType.payload_too_large,
@@ -67,8 +75,6 @@ async def embed_text(body: EmbedTextRequest, runtime: Runtime) -> JSONResponse:
                 f"{settings.max_text_chars}.",
             )
     vectors = await runtime.embed_texts(body.texts)
-    # Built by hand, not through the response model: re-validating thousands of floats per
-    # request would cost more than the small model's forward pass.
     return JSONResponse(
         {
             "model": runtime.encoder.name,
@@ -78,17 +84,14 @@ async def embed_text(body: EmbedTextRequest, runtime: Runtime) -> JSONResponse:
     )
 
 
-_MULTIPART_BODY = {
-    # The route reads its query itself (it is answered in front of FastAPI's stack), so its
-    # one query parameter is declared here for the OpenAPI document.
-    "parameters": [{
-        "name": "encoding", "in": "query", "required": False,
-        "description": "'float' lists or 'base64' float32.",
-        "schema": {"anyOf": [{"enum": ["float", "base64"], "type": "string"},
-                             {"type": "null"}], "title": "Encoding",
-                   "description": "'float' lists or 'base64' float32."},
-    }],
-} | form_body_openapi(
+# The image route's query parameter and multipart body, for the OpenAPI document.
+_ENCODING_QUERY = {
+    "name": "encoding", "in": "query", "required": False,
+    "description": "'float' lists or 'base64' float32.",
+    "schema": {"anyOf": [{"enum": ["float", "base64"], "type": "string"}, {"type": "null"}],
+               "title": "Encoding", "description": "'float' lists or 'base64' float32."},
+}
+_IMAGE_FORM = form_body_openapi(
     {
         "files": {
             "type": "array",
@@ -97,10 +100,10 @@ _MULTIPART_BODY = {
         }
     },
     {"encoding": {"type": "string", "enum": ["float", "base64"]}},
-)
+)["requestBody"]
 
 
-async def read_body(request: Request, limit: int) -> bytes | bytearray:
+async def read_body(request: Request, limit: int) -> bytes:
     """The request's whole body, refused with 413 past ``limit`` bytes: a declared
     Content-Length before anything is read, a body sent without one as it arrives."""
     length = request.headers.get("content-length")
@@ -109,21 +112,9 @@ async def read_body(request: Request, limit: int) -> bytes | bytearray:
             ErrorType.payload_too_large,
             f"The request body has {length} bytes; the limit is {limit}.",
         )
-    # Served by glimpse.encoder.serve, the body was read from the socket into one buffer
-    # (direct_body.py: no copies, no per-piece work on the event loop).
-    direct = await read_direct_body(request.scope)
-    if direct is not None:
-        return direct
-    # Straight from the server's receive: a Request's stream, a counting wrapper and the
-    # middleware stack's wrappers cost a Python call or more per 64 KiB chunk.
     chunks: list[bytes] = []
     received = 0
-    more = True
-    while more:
-        message = await request.receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
+    async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
             raise GlimpseError(
@@ -131,8 +122,7 @@ async def read_body(request: Request, limit: int) -> bytes | bytearray:
                 f"The request body has more than {limit} bytes; the limit is {limit}.",
             )
         chunks.append(chunk)
-        more = message.get("more_body", False)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[Any], str | None]:
@@ -141,7 +131,7 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     settings = runtime.settings
     # The whole body in memory (it is bounded), split in one pass.
     parts = parse_form(
-        bytes(await read_body(request, settings.max_request_bytes)),
+        await read_body(request, settings.max_request_bytes),
         request.headers.get("content-type"),
         max_files=settings.max_files,
         max_fields=16,
@@ -199,22 +189,13 @@ def _image_response(
     return Response(body.encode(), media_type="application/json")
 
 
-@router.post(
-    "/v1/embed/image",
-    response_model=EmbedImageResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=_MULTIPART_BODY,
-    tags=["embed"],
-)
 async def embed_image(request: Request) -> Response:
     """Unit-norm float32 CLIP vectors of the uploaded images, one slot per file.
 
     A file that cannot be used leaves null in its slot and its error beside it; the other
     files are embedded. When none can be, the answer is the first file's error (4xx).
     """
-    # The hot route, answered in front of FastAPI's stack (glimpse/encoder/main.py): it takes
-    # the request alone and reads its query and body itself.
-    runtime = await get_runtime(request)
+    runtime = get_runtime(request)
     contents, form_encoding = await _read_files(request, runtime)
     chosen = request.query_params.get("encoding") or form_encoding or "float"
     if chosen not in ("float", "base64"):
@@ -239,11 +220,11 @@ async def embed_image(request: Request) -> Response:
     return _image_response(runtime, results, errors, chosen)
 
 
-@router.get("/v1/info", response_model=EncoderInfo, responses=ERROR_RESPONSES, tags=["ops"])
-async def info(runtime: Runtime) -> EncoderInfo:
+async def info(request: Request) -> Response:
     """The model and the limits this encoder runs with."""
+    runtime = get_runtime(request)
     s = runtime.settings
-    return EncoderInfo(
+    answer = EncoderInfo(
         **runtime.info(),
         max_files=s.max_files,
         max_texts=s.max_texts,
@@ -255,20 +236,14 @@ async def info(runtime: Runtime) -> EncoderInfo:
             list(graphs.buckets) if (graphs := runtime.encoder.text_graphs) is not None else None
         ),
     )
+    return JSONResponse(answer.model_dump())
 
 
-@router.get("/healthz", response_model=HealthResponse, tags=["ops"])
-async def healthz() -> HealthResponse:
+async def healthz(request: Request) -> Response:
     """Liveness: the process answers (the model may still be loading)."""
-    return HealthResponse()
+    return JSONResponse(HealthResponse().model_dump())
 
 
-@router.get(
-    "/readyz",
-    response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "Not ready yet."}},
-    tags=["ops"],
-)
 async def readyz(request: Request) -> JSONResponse:
     """Ready once the model is loaded AND a warm-up text and image went through it."""
     runtime: EncoderRuntime | None = getattr(request.app.state, "runtime", None)
@@ -287,3 +262,22 @@ async def readyz(request: Request) -> JSONResponse:
             f"{k} {v}" for k, v in checks.items() if v != "ok"
         ) + ".", error_type=ErrorType.not_ready.value)
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text exposition of this service's metrics."""
+    return request.app.state.metrics.render()
+
+
+OPERATIONS = [
+    Operation("POST", "/v1/embed/text", embed_text, ("embed",), EmbedTextResponse,
+              body=EmbedTextRequest, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/embed/image", embed_image, ("embed",), EmbedImageResponse,
+              body=_IMAGE_FORM, responses=ERROR_RESPONSES, parameters=[_ENCODING_QUERY]),
+    Operation("GET", "/v1/info", info, ("ops",), EncoderInfo, responses=ERROR_RESPONSES),
+    Operation("GET", "/healthz", healthz, ("ops",), HealthResponse),
+    Operation("GET", "/readyz", readyz, ("ops",), ReadyResponse,
+              responses={503: {"model": ReadyResponse, "description": "Not ready yet."}}),
+    Operation("GET", "/metrics", prometheus_metrics, ("ops",),
+              answer_content={"text/plain": {"schema": {"type": "string"}}}),
+]

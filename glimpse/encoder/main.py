@@ -1,6 +1,7 @@
 """The encoder app: ``create_app(settings)``, ``app`` for ``uvicorn glimpse.encoder.main:app``,
-and ``serve`` (``python -m glimpse.encoder``), which runs it the way it is deployed.
+and ``serve`` (``python -m glimpse.encoder``), which runs the same under uvicorn.
 
+A plain Starlette app: its routes and its OpenAPI document come from the one list in api.py.
 Building ``app`` at import is cheap; the model is loaded in the lifespan.
 """
 
@@ -12,24 +13,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from glimpse.contracts.errors import install_error_handlers
-from glimpse.contracts.fastpath import FastRoutes
-from glimpse.contracts.observability import ServiceMetrics, install_metrics
-from glimpse.encoder.api import embed_image, router
+from glimpse.contracts.errors import ErrorType, GlimpseError, error_response, http_error_response
+from glimpse.contracts.observability import MetricsMiddleware, ServiceMetrics
+from glimpse.encoder.api import OPERATIONS
 from glimpse.encoder.config import Settings
-from glimpse.encoder.direct_body import direct_body_protocol
 from glimpse.encoder.model import ClipEncoder, ModelLoadError, load_encoder
 from glimpse.encoder.service import EncoderRuntime
+from glimpse.web.openapi import openapi_document, routes
 
 logger = logging.getLogger("glimpse.encoder")
 
-# The hot route: answered in front of FastAPI's stack, its body read directly by ``serve``.
-IMAGE_ROUTE = ("POST", "/v1/embed/image")
 
-
-async def _warm_up(app: FastAPI, runtime: EncoderRuntime) -> None:
+async def _warm_up(app: Starlette, runtime: EncoderRuntime) -> None:
     try:
         await runtime.warm_up()
     except Exception as exc:  # noqa: BLE001 - /readyz reports it; the service stays not ready
@@ -38,7 +39,7 @@ async def _warm_up(app: FastAPI, runtime: EncoderRuntime) -> None:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     try:
         # Loading takes seconds of blocking torch and disk work: off the event loop.
@@ -62,29 +63,58 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(runtime.close)
 
 
+async def _glimpse_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GlimpseError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # Starlette's own: no route (404), wrong method (405)
+    return http_error_response(request.method, request.url.path, exc)
+
+
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        ErrorType.internal_error,
+        f"Internal error while handling {request.method} {request.url.path}; see the service log.",
+    )
+
+
+class EncoderApp(Starlette):
+    """The Starlette app with its OpenAPI document (ci/export_openapi.py asks for it)."""
+
+    def openapi(self) -> dict[str, Any]:
+        return openapi_document(
+            "Glimpse encoder", "0.1.0",
+            "Text and image bytes to L2-normalised CLIP vectors, batched.", OPERATIONS,
+        )
+
+
 def create_app(
     settings: Settings | None = None,
     encoder_loader: Callable[[Settings], ClipEncoder] = load_encoder,
-) -> FastRoutes:
+) -> EncoderApp:
     """The encoder app; ``encoder_loader`` builds the model in the lifespan (tests and
     bench/bench_host.py pass their own)."""
-    app = FastAPI(
-        title="Glimpse encoder",
-        version="0.1.0",
-        summary="Text and image bytes to L2-normalised CLIP vectors, batched.",
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(app.openapi())
+
+    app = EncoderApp(
+        routes=[*routes(OPERATIONS), Route("/openapi.json", openapi_json, methods=["GET"])],
+        exception_handlers={
+            GlimpseError: _glimpse_error, HTTPException: _http_error, Exception: _unhandled,
+        },
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings()
     app.state.encoder_loader = encoder_loader
     app.state.runtime = None
     app.state.warmup_error = None
-    install_error_handlers(app)
-    install_metrics(app, ServiceMetrics("encoder"))
-    app.include_router(router)
-    # Image embedding is answered in front of FastAPI's middleware stack (contracts/fastpath.py):
-    # its ten layers each wrapped every body chunk and response message, a large share of
-    # the event loop's CPU per image (docs/encoder.md).
-    return FastRoutes(app, {IMAGE_ROUTE: embed_image})
+    app.state.metrics = ServiceMetrics("encoder")
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app)
+    return app
 
 
 def serve(
@@ -95,22 +125,10 @@ def serve(
     encoder_loader: Callable[[Settings], ClipEncoder] = load_encoder,
     **uvicorn_options: Any,
 ) -> None:
-    """Run the encoder under uvicorn as deployed: on uvloop, with image bodies read from the
-    socket straight into one buffer (direct_body.py); the same as ``uvicorn
-    glimpse.encoder.main:app --loop uvloop --http glimpse.encoder.main:http_protocol``.
-    Without ``--http`` uvicorn serves the same API through its own protocol, at more CPU per
-    image."""
+    """Run the encoder under uvicorn, as ``uvicorn glimpse.encoder.main:app`` does."""
     import uvicorn
 
-    settings = settings or Settings()
-    options: dict[str, Any] = {
-        "loop": "uvloop",
-        "http": direct_body_protocol({IMAGE_ROUTE}, settings.max_request_bytes),
-    } | uvicorn_options
-    uvicorn.run(create_app(settings, encoder_loader), host=host, port=port, **options)
+    uvicorn.run(create_app(settings, encoder_loader), host=host, port=port, **uvicorn_options)
 
 
 app = create_app()
-# uvicorn's --http for the app above (the Dockerfile's command): serve's protocol, with the
-# body limit of the settings the app was built with.
-http_protocol = direct_body_protocol({IMAGE_ROUTE}, app.state.settings.max_request_bytes)

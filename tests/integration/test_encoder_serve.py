@@ -1,8 +1,7 @@
-"""The encoder as deployed (the Dockerfile's ``uvicorn ... --loop uvloop --http
-glimpse.encoder.main:http_protocol``, and ``python -m glimpse.encoder``: image bodies read
-straight into one buffer by direct_body.py) answers image requests byte for byte as plain
-``uvicorn glimpse.encoder.main:app`` (uvicorn's own protocol) does: same vectors, same errors,
-both encodings, with bodies far larger than one socket read."""
+"""The encoder as deployed: the Dockerfile's plain ``uvicorn glimpse.encoder.main:app`` and
+``python -m glimpse.encoder`` answer image requests byte for byte alike (same vectors, same
+errors, both encodings, bodies far larger than one socket read), and a declared body over the
+limit is refused with 413 before it is read."""
 
 from __future__ import annotations
 
@@ -21,22 +20,16 @@ from PIL import Image
 from tests.integration.test_encoder_process import TINY_ENV
 from tests.support.procs import REPO, ServiceProcess
 
-DOCKERFILE_COMMAND = [
-    "-m", "uvicorn", "glimpse.encoder.main:app", "--loop", "uvloop",
-    "--http", "glimpse.encoder.main:http_protocol", "--log-level", "warning", "--host",
-]
 MODULE_COMMAND = ["-m", "glimpse.encoder", "--log-level", "warning", "--host"]
 
 
-class DeployedEncoder(ServiceProcess):
-    """The encoder started with ``command`` + host and port instead of plain uvicorn."""
-
-    command: list[str] = DOCKERFILE_COMMAND
+class ModuleEncoder(ServiceProcess):
+    """The encoder started as ``python -m glimpse.encoder`` instead of plain uvicorn."""
 
     def start(self, timeout: float = 60.0, wait_ready: bool = True) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, *self.command, "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, *MODULE_COMMAND, "127.0.0.1", "--port", str(self.port)],
             cwd=REPO, env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -78,15 +71,11 @@ def _declared_too_large(port: int) -> bytes:
         return answer
 
 
-class ModuleEncoder(DeployedEncoder):
-    command = MODULE_COMMAND
-
-
 def test_deployed_encoder_answers_as_uvicorn_does(tmp_path: Path) -> None:
     files = _files()
     assert sum(len(f[1][1]) for f in files) > 4 * 1024 * 1024
     answers = []
-    for process in (DeployedEncoder, ModuleEncoder, ServiceProcess):
+    for process in (ModuleEncoder, ServiceProcess):
         answer = []
         with process("glimpse.encoder.main", TINY_ENV, tmp_path / "encoder.log") as encoder:
             with httpx.Client(base_url=encoder.url, timeout=60) as client:
@@ -98,7 +87,7 @@ def test_deployed_encoder_answers_as_uvicorn_does(tmp_path: Path) -> None:
             too_large = _declared_too_large(encoder.port)
         assert too_large.startswith(b"HTTP/1.1 413 "), too_large
         answers.append([*answer, too_large.partition(b"\r\n\r\n")[2]])
-    assert answers[0] == answers[2] and answers[1] == answers[2]
+    assert answers[0] == answers[1]
     body = json.loads(answers[0][0])
     assert [e is None for e in body["embeddings"]] == [False] * 5 + [True]
     assert body["errors"][5]["error_type"] == "invalid_image"

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from skimage import data as skdata
+from starlette.testclient import TestClient
 
 from glimpse.encoder.config import Settings
 from glimpse.encoder.main import create_app

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
 
 from glimpse.contracts.errors import GlimpseError
 from glimpse.encoder.main import create_app
@@ -24,7 +24,7 @@ from tests.unit.encoder.conftest import encoded, jpeg_bytes, tiny_settings
 
 
 @pytest.fixture
-async def app() -> AsyncIterator[FastAPI]:
+async def app() -> AsyncIterator[Starlette]:
     application = create_app(tiny_settings(max_wait_ms=300.0, max_batch=32))
     async with application.router.lifespan_context(application):
         for _ in range(500):
@@ -34,7 +34,7 @@ async def app() -> AsyncIterator[FastAPI]:
         yield application
 
 
-def _client(app: FastAPI) -> httpx.AsyncClient:
+def _client(app: Starlette) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://encoder")
 
 
@@ -49,7 +49,7 @@ async def _embed_image(client: httpx.AsyncClient, blob: bytes) -> np.ndarray:
     return np.asarray(r.json()["embeddings"][0], dtype=np.float32)
 
 
-async def test_concurrent_single_requests_are_batched(app: FastAPI, photos) -> None:
+async def test_concurrent_single_requests_are_batched(app: Starlette, photos) -> None:
     blobs = [jpeg_bytes(p, quality=q) for p in photos.values() for q in (70, 80, 90, 95)]
     async with _client(app) as client:
         before = (await client.get("/metrics")).text
@@ -66,7 +66,7 @@ async def test_concurrent_single_requests_are_batched(app: FastAPI, photos) -> N
     np.testing.assert_allclose(np.linalg.norm(np.vstack(vectors), axis=1), 1.0, atol=1e-5)
 
 
-async def test_one_request_equals_single_requests(app: FastAPI, photos) -> None:
+async def test_one_request_equals_single_requests(app: Starlette, photos) -> None:
     blobs = [jpeg_bytes(p) for p in photos.values()]
     async with _client(app) as client:
         files = [("files", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)]
@@ -91,7 +91,7 @@ async def test_one_request_equals_single_requests(app: FastAPI, photos) -> None:
         np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
 
 
-async def test_a_reencoded_copy_is_nearer_than_any_other_photo(app: FastAPI, photos) -> None:
+async def test_a_reencoded_copy_is_nearer_than_any_other_photo(app: Starlette, photos) -> None:
     names = list(photos)
     originals = [encoded(Image.fromarray(photos[n]), "PNG") for n in names]
     copies = [
@@ -108,7 +108,7 @@ async def test_a_reencoded_copy_is_nearer_than_any_other_photo(app: FastAPI, pho
         assert similarity[i, i] > others.max(), f"{name}: {similarity[i]}"
 
 
-async def test_repeated_texts_come_from_the_cache(app: FastAPI) -> None:
+async def test_repeated_texts_come_from_the_cache(app: Starlette) -> None:
     async with _client(app) as client:
         first = (await client.post("/v1/embed/text", json={"texts": ["cached"]})).json()
         before = (await client.get("/metrics")).text
