@@ -417,12 +417,11 @@ async def delete_image(image_id: ImageId, state: State) -> Response:
     """Delete an image: it never comes back from a search, and its media is removed."""
     record = await _record(state, image_id)
     sha = str(record["key"])
-    async with state.key_locks.hold([sha]):
+    async with state.media.locks.hold([sha]):  # across processes: see ingest.py
         await state.index.delete(image_id)
         state.records.drop(image_id)
         if SHA256_RE.match(sha):  # any other key never had media here (_media_key)
-            original = (record.get("meta") or {}).get("original")
-            await anyio.to_thread.run_sync(state.media.remove, sha, original)
+            await anyio.to_thread.run_sync(state.media.remove, sha)
             state.media.invalidate_bytes()
     return Response(status_code=204)
 

@@ -83,15 +83,6 @@ class Settings(BaseSettings):
     fsync: bool = Field(
         True, description="fsync media files and their folder before the index add (durability)."
     )
-    pack_settle_after_s: float = Field(
-        900.0, ge=60.0, description="Age of a pack still marked pending (a crash, or an index "
-        "add that did not answer) before the settling pass erases the entries no item names: "
-        "longer than any add naming it can take to reach the index (glimpse/gateway/settle.py)."
-    )
-    pack_settle_interval_s: float = Field(
-        600.0, ge=0.0, description="Seconds between settling passes, the first soon after "
-        "start; 0: none."
-    )
 
     # Security.
     api_key: str | None = Field(
@@ -117,6 +108,13 @@ class Settings(BaseSettings):
     max_files_per_request: int = Field(64, ge=1, description="Files per /ingest request.")
     max_pixels: int = Field(
         60_000_000, ge=1, description="Largest image (width x height), checked before decoding."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers must arrive within this time, else 408 "
+        "(needs uvicorn's --http glimpse.gateway.security:SlowClientProtocol, as the image runs)."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next piece of a request body, else 408."
     )
     max_result_window: int = Field(
         1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."

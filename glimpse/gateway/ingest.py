@@ -1,16 +1,22 @@
 """Ingest: uploaded files to stored media and indexed vectors, one answer per file.
 
-The order of the steps is the crash-safety argument: media is written (atomically, fsynced;
-the encoder embeds meanwhile) before the index add, and the index acknowledges an add only
-once it is committed. A crash at any point therefore leaves at worst media without an index
-row (harmless; a re-ingest reuses it), never an indexed item without its media.
+A request holds the locks of its keys (media.KeyLocks, which hold across worker processes and
+gateways) from its one question to the index (``/v1/keys/ids``: which keys have an item, and
+its id) to its index add. Deletes and thumbnail makers take the same locks. So:
+
+- two ingests of the same bytes give one item: the second asks after the first added it;
+- media is written (atomically, fsynced; the encoder embeds meanwhile) before the index add,
+  and the index acknowledges an add only once it is committed: an acknowledged item has its
+  original, and a crash leaves at worst a file no item names (a re-ingest reuses it);
+- a delete never runs between a request's question and its add, so it cannot remove a file
+  an item is about to name;
+- a copy this request made for a part that was not added is removed before the locks go.
 
 The gateway reads each image's header only (its size, type and pixel count); the encoder
 decodes it and refuses what it cannot read. Thumbnails are made when first asked for
-(thumbnails.py), from the stored original: decoding and encoding one costs ~4.4 ms of
-CPU, ten times the rest of an image's ingest. Without stored originals
-(GATEWAY_STORE_ORIGINALS=false) the thumbnail is the one copy the gateway keeps, so it is made
-here, at ingest, as before.
+(thumbnails.py), from the stored original: one costs ten times the rest of an image's ingest
+(bench/bench_ingest.py). Without stored originals (GATEWAY_STORE_ORIGINALS=false) the thumbnail
+is the one copy the gateway keeps, so it is made here, at ingest.
 """
 
 from __future__ import annotations
@@ -48,15 +54,17 @@ class Part:
     info: ImageInfo | None = None  # from the header; None when the header is not an image's
     problem: GlimpseError | None = None  # why the header is refused, when it is
     thumbnail: bytes | None = None  # made at ingest only without stored originals
-    original: dict[str, Any] | None = None  # where the original was stored (its pack)
+    created: bool = False  # its first copy was made by this request (media.put_many)
     duplicates: list[Part] = field(default_factory=list)
 
     def reject(self, error: GlimpseError | dict[str, Any]) -> None:
         self.status = "rejected"
         if isinstance(error, GlimpseError):
-            self.error, self.error_type = error.message, error.error_type
+            message, self.error_type = error.message, error.error_type
         else:
-            self.error, self.error_type = str(error.get("error")), str(error.get("error_type"))
+            message, self.error_type = str(error.get("error")), str(error.get("error_type"))
+        # The sentence names the file: a batch's answers are often read one line at a time.
+        self.error = f"{self.path}: {message}"
 
     def answer(self) -> dict[str, Any]:
         return {
@@ -125,17 +133,17 @@ def thumbnail_type(state: GatewayState) -> str:
 
 
 def _store_media(state: GatewayState, parts: list[Part]) -> None:
-    """Write the parts' originals (one pack for them all) and thumbnails (when made), durably;
-    a part whose write fails is rejected. Parts left unrejected are durable on return."""
+    """Write the parts' originals and thumbnails (when made), durably; a part whose write fails
+    is rejected. Parts left unrejected are durable on return."""
     items = []
     for part in parts:
         assert part.sha256 is not None
         items.append((part.sha256, part.data, thumbnail_type(state), part.thumbnail))
-    errors, locations = state.media.put_many(items, pool=state.io_pool)
-    for part, error, location in zip(parts, errors, locations, strict=True):
+    errors, created = state.media.put_many(items, pool=state.io_pool)
+    for part, error, made in zip(parts, errors, created, strict=True):
         if error is not None:
             part.reject(_storage_error(error))
-        part.original = location
+        part.created = made
     state.media.invalidate_bytes()
 
 
@@ -178,19 +186,20 @@ async def ingest_files(state: GatewayState, uploads: Sequence[FormPart]) -> list
             first.duplicates.append(part)
 
     if unique:
-        # One question for the whole batch: which keys have an item, and its id. Known keys are
-        # answered "exists" with that id and go no further.
-        ids = await state.index.key_ids(list(unique))
-        new = []
-        for sha256, part in unique.items():
-            if sha256 in ids:
-                part.status, part.id = "exists", ids[sha256]
-            elif part.problem is not None:
-                part.reject(part.problem)  # known bytes are answered "exists" all the same
-            else:
-                new.append(part)
-        if new:
-            await _embed_and_add(state, new)
+        # Every writer of a key holds its lock (ingest, delete, thumbnails; in any process or
+        # gateway on this media folder), so the index's answer stays true while we hold them.
+        async with state.media.locks.hold(unique):
+            ids = await state.index.key_ids(list(unique))
+            new = []
+            for sha256, part in unique.items():
+                if sha256 in ids:
+                    part.status, part.id = "exists", ids[sha256]
+                elif part.problem is not None:
+                    part.reject(part.problem)  # known bytes are answered "exists" all the same
+                else:
+                    new.append(part)
+            if new:
+                await _embed_and_add(state, new)
 
     for part in unique.values():
         for dup in part.duplicates:
@@ -216,29 +225,22 @@ async def _store(state: GatewayState, parts: list[Part]) -> None:
 
 
 async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
-    keys = [p.sha256 for p in parts if p.sha256 is not None]
-    async with state.key_locks.hold(keys):
-        in_doubt: list[Part] = []  # sent in an index add that did not answer
-        try:
-            await _embed_and_add_locked(state, parts, in_doubt)
-        finally:
-            # A packed copy that no item refers to is erased again: its part was not added (the
-            # encoder failed or refused it), or the index kept the item it had ("exists": another
-            # request added the key since this one asked).
-            # Not the copies of an add that did not answer: the index may have committed them,
-            # and their pack stays marked pending for the settling pass (glimpse/gateway/settle.py).
-            doubt = {id(p) for p in in_doubt}
-            unreferenced = [
-                p for p in parts
-                if p.original is not None and p.status != "added" and id(p) not in doubt
-            ]
-            packs = _packs_of(parts)
-            if packs:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(
-                        _settle_copies, state, parts, unreferenced, packs, bool(in_doubt)
-                    )
-            state.packs_in_flight.difference_update(packs)
+    """Embed, store and add ``parts`` (new keys, their locks held by the caller); then remove
+    the copies this request made that no item names: parts the encoder or the media write
+    refused, or all of them when the encoder call failed. Not those sent in an add that did
+    not answer: the index may have committed it."""
+    in_doubt: list[Part] = []
+    try:
+        await _embed_and_add_locked(state, parts, in_doubt)
+    finally:
+        doubt = {id(p) for p in in_doubt}
+        unnamed = [
+            p for p in parts
+            if p.created and p.status not in ("added", "exists") and id(p) not in doubt
+        ]
+        if unnamed:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove_copies, state, unnamed)
 
 
 async def _embed_and_add_locked(
@@ -256,7 +258,6 @@ async def _embed_and_add_locked(
         # Even when the encoder failed: the writes finish before the keys are unlocked
         # (and a failed store raises from here).
         await stored
-        state.packs_in_flight.update(_packs_of(parts))
     to_add: list[tuple[Part, dict[str, Any]]] = []
     for part, vector, error in zip(parts, vectors, errors, strict=True):
         if part.status is not None:
@@ -276,9 +277,6 @@ async def _embed_and_add_locked(
             # GATEWAY_THUMBNAIL_FORMAT does not orphan thumbnails already made.
             "thumbnail_type": thumbnail_type(state),
         }
-        if part.original is not None:
-            meta["original"] = part.original
-        # The encoder's base64, checked and passed on as it came.
         item = {"vector": vector, "path": part.path, "key": part.sha256}
         to_add.append((part, {**item, "meta": meta}))
     if not to_add:
@@ -290,24 +288,11 @@ async def _embed_and_add_locked(
         part.status, part.id = outcome["status"], int(outcome["id"])
 
 
-def _packs_of(parts: list[Part]) -> set[str]:
-    return {str(p.original["pack"]) for p in parts if p.original is not None}
-
-
-def _settle_copies(
-    state: GatewayState, parts: list[Part], unreferenced: list[Part], packs: set[str],
-    in_doubt: bool,
-) -> None:
-    """Erase the packed copies of ``unreferenced``, which no item refers to; then, unless an
-    add is ``in_doubt``, mark each pack settled, removing one that no added item names."""
+def _remove_copies(state: GatewayState, parts: list[Part]) -> None:
     try:
-        for part in unreferenced:
+        for part in parts:
             assert part.sha256 is not None
-            state.media.erase_packed(part.sha256, part.original)
-        if not in_doubt:
-            named = _packs_of([p for p in parts if p.status == "added"])
-            for pack in packs:
-                state.media.settle_pack(pack, keep=pack in named)
-    except OSError as exc:  # the answers stand; the settling pass gives the space back later
-        logger.warning("packed copies no item refers to were not erased: %s", exc)
+            state.media.remove(part.sha256)
+    except OSError as exc:  # the answers stand; the bytes stay until the key is ingested again
+        logger.warning("copies no item names were not removed: %s", exc)
     state.media.invalidate_bytes()

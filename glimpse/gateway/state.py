@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
 import anyio
@@ -60,37 +58,6 @@ class LruCache(Generic[K, V]):
         self._items.pop(key, None)
 
 
-class KeyLocks:
-    """One asyncio lock per sha256, so an ingest and a delete of the same bytes never interleave
-    (a delete removing media that a concurrent ingest is about to index)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
-        ordered = sorted(set(keys))  # one global order: two holders can never deadlock
-        taken: list[str] = []
-        acquired: set[str] = set()
-        try:
-            for key in ordered:
-                lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-                self._locks[key] = (lock, users + 1)
-                taken.append(key)
-                await lock.acquire()
-                acquired.add(key)
-            yield
-        finally:
-            for key in taken:
-                lock, users = self._locks[key]
-                if key in acquired:
-                    lock.release()
-                if users <= 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-
 @dataclass
 class GatewayState:
     settings: Settings
@@ -103,9 +70,6 @@ class GatewayState:
     # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
     # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
     decode_limiter: anyio.CapacityLimiter
-    key_locks: KeyLocks = field(default_factory=KeyLocks)
-    # The packs of ingest requests that have not ended: the settling pass leaves them alone.
-    packs_in_flight: set[str] = field(default_factory=set)
     # Media fsyncs of one ingest batch run side by side here (the journal commits them as a
     # group); None: one after another.
     io_pool: ThreadPoolExecutor | None = None

@@ -5,8 +5,8 @@ rest of an image's ingest, and most images of a large collection are never shown
 GET of /images/{id}/thumbnail makes it from the stored original and keeps it in the media
 store, written like every media file (temporary file, fsync, rename): its ETag promises the
 same bytes for a year, so a torn file must never be kept. Later requests read it from disk.
-Requests for an image whose thumbnail is being made wait for that one (the key's lock) rather
-than make it again.
+Requests for an image whose thumbnail is being made wait for that one (the key's lock, held
+across worker processes) rather than make it again, and a delete never interleaves.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ async def thumbnail_of(
 ) -> Path | bytes | None:
     """The stored thumbnail's path, or the bytes of one made now, or None when the image has
     no original to make one from (or the original no longer decodes). ``original``: the
-    item's pack location (its meta's), when it has one."""
+    item's meta's, for originals an older version packed (MediaStore.find_original)."""
     path = await anyio.to_thread.run_sync(state.media.find_thumbnail, sha256, content_type)
     if path is not None:
         return path
     # The same lock as ingest and delete: one maker per image, and a delete never interleaves.
-    async with state.key_locks.hold([sha256]):
+    async with state.media.locks.hold([sha256]):
         return await anyio.to_thread.run_sync(
             _find_or_make,
             state,

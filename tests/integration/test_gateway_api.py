@@ -28,7 +28,6 @@ from PIL import Image
 from glimpse.contracts.gateway import ImageMeta, SearchResponse
 from glimpse.gateway.config import Settings
 from glimpse.gateway.main import create_app
-from glimpse.gateway.media import MediaStore
 from tests.support.stack import Stack, sample_photos, start_stack
 
 API_KEY = "test-key-0123456789"
@@ -238,17 +237,14 @@ def test_ingest_statuses_and_idempotency(client: httpx.Client, ingested: dict[st
 def test_a_gateway_that_never_saw_a_file_still_answers_its_id(
     stack: Stack, ingested: dict[str, int], photos: dict[str, bytes]
 ) -> None:
-    # A fresh gateway does not remember the id of a known key: the index's idempotent add
-    # answers "exists" with it, and no second row appears.
+    # A fresh gateway remembers nothing: the index's /v1/keys/ids answers the known key's id,
+    # and no second row appears.
     with local_gateway(stack) as fresh:
         before = fresh.get("/stats").json()["images"]
         files = [("files", ("elsewhere/rocket.jpg", photos["rocket.jpg"], "image/jpeg"))]
         items = fresh.post("/ingest", files=files).json()["items"]
         assert items[0]["status"] == "exists" and items[0]["id"] == ingested["rocket.jpg"]
         assert fresh.get("/stats").json()["images"] == before
-        # Its bytes went to a new pack on the way, and were erased there again: one copy.
-        packs = [p.read_bytes() for p in (stack.media_dir / "packs").rglob("*.pack")]
-        assert sum(blob.count(photos["rocket.jpg"]) for blob in packs) == 1
         assert fresh.get(f"/images/{items[0]['id']}").content == photos["rocket.jpg"]
 
 
@@ -268,9 +264,8 @@ def test_media_is_written_before_the_index_knows_it(client: httpx.Client, stack:
     data = noise_image(10)
     item = client.post("/ingest", files=[("files", ("m/x.jpg", data, "image/jpeg"))]).json()
     sha = item["items"][0]["sha256"]
-    # In a pack (glimpse/gateway/media.py): its entry's bytes, under a header naming the sha256.
-    packed = [p.read_bytes() for p in (stack.media_dir / "packs").rglob("*.pack")]
-    assert any(bytes.fromhex(sha) + data in blob for blob in packed)
+    # A file named by its sha256 (glimpse/gateway/media.py).
+    assert (stack.media_dir / "originals" / sha[:2] / sha[2:4] / sha).read_bytes() == data
     meta = client.get(f"/images/{item['items'][0]['id']}/meta").json()
     assert "original" not in meta  # where the store keeps it is not the API's
     # The thumbnail is made on its first request (glimpse/gateway/thumbnails.py), then kept.
@@ -280,48 +275,6 @@ def test_media_is_written_before_the_index_knows_it(client: httpx.Client, stack:
     assert thumbnail.is_file()
     leftovers = [n for _, _, names in os.walk(stack.media_dir) for n in names if n.endswith(".tmp")]
     assert leftovers == []
-
-
-def test_the_settling_pass_gives_back_what_no_item_refers_to(
-    stack: Stack, ingested: dict[str, int], photos: dict[str, bytes]
-) -> None:
-    """Packs a crash, or an index add that did not answer, left marked pending: the pass erases
-    each entry that the live item of its sha256 does not name, and removes a pack none names.
-    """
-    media = MediaStore(stack.media_dir)
-    committed, lost, gone = noise_image(40), noise_image(41), noise_image(42)
-    rocket = photos["rocket.jpg"]  # ingested again later: its item names another pack
-    digest = {d: hashlib.sha256(d).hexdigest() for d in (committed, lost, gone, rocket)}
-    mixed = media.write_pack([(digest[d], d) for d in (committed, lost, rocket)])
-    alone = media.write_pack([(digest[gone], gone)])
-    # The add of `committed` reached the index (its answer did not reach the gateway); the
-    # others never got there. The item is made the way the gateway makes it.
-    index = httpx.Client(base_url=stack.index.url)
-    vector = index.get(f"/v1/items/{ingested['rocket.jpg']}/vector",
-                       params={"encoding": "base64"}).json()["vector"]
-    added = index.post("/v1/items", json={"items": [{
-        "key": digest[committed], "path": "settle/committed.jpg", "vector": vector,
-        "meta": {"original": mixed[0]}}]}).json()["items"][0]
-    assert added["status"] == "added"
-    for location in (mixed[0], alone[0]):  # both marked an hour ago
-        os.utime(media.marker_path(location["pack"]), (time.time() - 3600,) * 2)
-    pending = [mixed[0]["pack"], alone[0]["pack"]]
-    assert set(pending) <= set(media.pending_packs(60))
-
-    with local_gateway(stack, pack_settle_interval_s=0.2) as gateway:
-        deadline = time.monotonic() + 20
-        while set(pending) & set(media.pending_packs(60)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not set(pending) & set(media.pending_packs(60))
-        # The pack one item names is kept, with only that entry readable.
-        entries, whole = media.pack_entries(mixed[0]["pack"])
-        assert whole and [e.sha256 for e in entries] == [digest[committed], None, None]
-        assert media.read_packed(digest[committed], mixed[0]) == committed
-        assert gateway.get(f"/images/{added['id']}").content == committed
-        assert gateway.get(f"/images/{ingested['rocket.jpg']}").content == rocket
-        # The pack nothing names is gone.
-        assert not (stack.media_dir / "packs" / alone[0]["pack"]).exists()
-    index.close()
 
 
 # Images --------------------------------------------------------------------------------------

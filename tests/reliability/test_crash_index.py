@@ -10,28 +10,23 @@ Two drivers, both against real processes and real SIGKILLs:
 Figures: acknowledged-but-missing 0, phantom 0, duplicate keys 0, Faiss count == live rows,
 failed starts 0; plus the number of kills and the restart times.
 
-The gateway driver then settles the packs the kills left pending (each add the index died
-under, glimpse/gateway/settle.py) and checks that every acknowledged item's original is still whole:
-the pass gives back only what no item names.
+The gateway driver runs the gateway as two worker processes, then checks that every
+acknowledged item's original is whole, and that no original file is left that no item names
+(each add the index died under was re-sent by the script, and reused its file).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import statistics
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from glimpse.gateway.config import Settings
-from glimpse.gateway.main import create_app
 from glimpse.gateway.media import MediaStore
 from tests.reliability._crash import Killer, Ledger, add_with_retries, audit_index, audit_summary
 from tests.reliability._services import IndexAPI, index_process, unit_vectors
@@ -112,42 +107,24 @@ class RecordingTransport(httpx.HTTPTransport):
         return response
 
 
-def _settle_and_check_originals(
-    stack: Any, index_url: str, media_dir: Path, images: Path, path_of: dict[str, str],
-    acked: dict[str, int], api: IndexAPI,
+def _check_originals(
+    media_dir: Path, images: Path, path_of: dict[str, str], acked: dict[str, int]
 ) -> dict[str, Any]:
-    """Run the settling pass over every pack the kills left pending (their markers aged past
-    GATEWAY_PACK_SETTLE_AFTER_S), in a gateway of its own; then read each acknowledged item's
-    original from where its record says it is."""
+    """Read each acknowledged item's original from the media store, and count the original
+    files whose key no acknowledged item has."""
     media = MediaStore(media_dir)
-    pending = media.pending_packs(0)
-    for pack in pending:
-        os.utime(media.marker_path(pack), (time.time() - 3600,) * 2)
-    blocks_before = sum(p.stat().st_blocks for p in (media_dir / "packs").rglob("*.pack"))
-    settings = Settings(encoder_url=stack.encoder.url, index_url=index_url, media_dir=media_dir,
-                        pack_settle_interval_s=0.2)
-    with TestClient(create_app(settings)):
-        deadline = time.monotonic() + 120
-        while media.pending_packs(60) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    blocks_after = sum(p.stat().st_blocks for p in (media_dir / "packs").rglob("*.pack"))
     unreadable = []
-    for key, item_id in acked.items():
-        record = api.http.get(f"/v1/items/{item_id}").json()
-        original = record.get("meta", {}).get("original")
-        data = (images / path_of[key]).read_bytes()
-        if media.read_packed(key, original) != data:
+    for key in acked:
+        path = media.original_path(key)
+        if not path.is_file() or path.read_bytes() != (images / path_of[key]).read_bytes():
             unreadable.append(path_of[key])
+    files = [p.name for p in (media_dir / "originals").rglob("*") if p.is_file()]
     return {
-        "packs_pending_after_kills": len(pending),
-        "packs_pending_after_settling": len(media.pending_packs(60)),
-        # Kept: some entry is named by an item (an add the index committed before it died
-        # without answering); removed: none is.
-        "pending_packs_kept": sum((media_dir / "packs" / p).exists() for p in pending),
-        "pack_bytes_given_back": (blocks_before - blocks_after) * 512,
         "originals_checked": len(acked),
         "originals_unreadable": len(unreadable),
         "originals_unreadable_first": unreadable[:3],
+        "original_files": len(files),
+        "original_files_no_item_names": sum(name not in acked for name in files),
     }
 
 
@@ -176,6 +153,7 @@ def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
         "GATEWAY_MEDIA_DIR": str(tmp_path / "media"),
         "GATEWAY_API_KEY": API_KEY,
         "GATEWAY_FSYNC": "false",
+        "WEB_CONCURRENCY": "2",  # uvicorn --workers 2, as GATEWAY_WORKERS=2 runs it
     }, tmp_path / "gateway.log").start(90, wait_ready=False)
     ledger = Ledger()
     transport = RecordingTransport(ledger)
@@ -222,14 +200,13 @@ def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
                 ledger.sent[key] = np.asarray(r.json()["vector"], dtype=np.float32)
             audit = audit_index(api, ledger, path_of_key=path_of.__getitem__,
                                 store_path=tmp_path / "index-data" / "items.sqlite3")
-            settled = _settle_and_check_originals(stack, index.url, tmp_path / "media", images,
-                                                  path_of, ledger.acked, api)
+            originals = _check_originals(tmp_path / "media", images, path_of, ledger.acked)
     finally:
         gateway.stop()
         index.kill()
     figure(**audit_summary(audit), **_restart_figures(killer), images=made,
            ingest_runs=runs, final_run=final.to_dict(), answers_recorded=transport.answers,
-           **settled)
+           **originals)
     assert killer.kills >= KILLS
     assert final.ok and final.added == 0, final.to_dict(with_failures=True)
     assert not never_acked, never_acked[:5]
@@ -237,5 +214,5 @@ def test_kill9_index_behind_the_gateway_while_ingest_script_retries(
     assert audit.acked == made, (audit.acked, made)
     assert audit.faiss_count is not None, "the index's /v1/stats names no Faiss count"
     assert audit.ok(), (audit_summary(audit), audit.detail, index.log_tail())
-    assert settled["packs_pending_after_settling"] == 0, settled
-    assert settled["originals_unreadable"] == 0, settled
+    assert originals["originals_unreadable"] == 0, originals
+    assert originals["original_files_no_item_names"] == 0, originals

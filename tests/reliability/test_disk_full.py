@@ -125,6 +125,7 @@ def test_gateway_media_on_a_full_disk(stack: Any, tmp_path: Path, tmpfs: Any,
         "GATEWAY_INDEX_URL": index.url,
         "GATEWAY_MEDIA_DIR": str(disk / "media"),
         "GATEWAY_API_KEY": API_KEY,
+        "WEB_CONCURRENCY": "2",  # uvicorn --workers 2, as GATEWAY_WORKERS=2 runs it
     }, tmp_path / "gateway.log").start(90)
     statuses: dict[str, int] = {}
     added: dict[int, bytes] = {}

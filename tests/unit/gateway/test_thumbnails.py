@@ -18,7 +18,6 @@ from PIL import Image
 import glimpse.gateway.thumbnails as thumbnails
 from glimpse.gateway.config import Settings
 from glimpse.gateway.media import MediaStore
-from glimpse.gateway.state import KeyLocks
 from glimpse.gateway.thumbnails import thumbnail_of
 
 
@@ -32,11 +31,15 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def put(store: MediaStore, data: bytes) -> None:
+    """Store an original; its location is its sha256, so the item's meta names none."""
+    assert store.put_many([(sha(data), data, "image/webp", None)])[0] == [None]
+
+
 def state_with(media: MediaStore) -> Any:
     return SimpleNamespace(
         settings=Settings(media_dir=media.root),
         media=media,
-        key_locks=KeyLocks(),
         decode_limiter=anyio.CapacityLimiter(2),
     )
 
@@ -44,12 +47,12 @@ def state_with(media: MediaStore) -> Any:
 async def test_the_first_request_makes_and_keeps_it(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
     data = jpeg()
-    at = store.put_original(sha(data), data)
-    made = await thumbnail_of(state_with(store), sha(data), "a.jpg", "image/webp", at)
+    put(store, data)
+    made = await thumbnail_of(state_with(store), sha(data), "a.jpg", "image/webp")
     assert isinstance(made, bytes)
     with Image.open(io.BytesIO(made)) as img:
         assert (img.format, img.size) == ("WEBP", (320, 240))
-    kept = await thumbnail_of(state_with(store), sha(data), "a.jpg", "image/webp", at)
+    kept = await thumbnail_of(state_with(store), sha(data), "a.jpg", "image/webp")
     assert isinstance(kept, Path) and kept.read_bytes() == made
 
 
@@ -58,7 +61,7 @@ async def test_concurrent_first_requests_make_it_once(
 ) -> None:
     store = MediaStore(tmp_path)
     data = jpeg()
-    at = store.put_original(sha(data), data)
+    put(store, data)
     calls = []
     real = thumbnails.make_thumbnail
 
@@ -69,7 +72,7 @@ async def test_concurrent_first_requests_make_it_once(
     monkeypatch.setattr(thumbnails, "make_thumbnail", counting)
     state = state_with(store)
     answers = await asyncio.gather(
-        *(thumbnail_of(state, sha(data), "a.jpg", "image/jpeg", at) for _ in range(6))
+        *(thumbnail_of(state, sha(data), "a.jpg", "image/jpeg") for _ in range(6))
     )
     assert len(calls) == 1
     first = next(a for a in answers if isinstance(a, bytes))
@@ -81,8 +84,8 @@ async def test_no_original_or_an_undecodable_one_gives_none(tmp_path: Path) -> N
     state = state_with(store)
     assert await thumbnail_of(state, "ab" * 32, "gone.jpg", "image/webp") is None
     truncated = jpeg()[:300]
-    at = store.put_original(sha(truncated), truncated)
-    assert await thumbnail_of(state, sha(truncated), "t.jpg", "image/webp", at) is None
+    put(store, truncated)
+    assert await thumbnail_of(state, sha(truncated), "t.jpg", "image/webp") is None
     assert store.find_thumbnail(sha(truncated), "image/webp") is None
 
 
@@ -105,12 +108,12 @@ async def test_a_failed_write_still_serves_the_thumbnail(
 ) -> None:
     store = MediaStore(tmp_path)
     data = jpeg()
-    at = store.put_original(sha(data), data)
+    put(store, data)
 
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store, "put_thumbnail", full)
-    made = await thumbnail_of(state_with(store), sha(data), "a.jpg", "image/webp", at)
+    made = await thumbnail_of(state_with(store), sha(data), "a.jpg", "image/webp")
     assert isinstance(made, bytes) and made[8:12] == b"WEBP"
     assert store.find_thumbnail(sha(data), "image/webp") is None
