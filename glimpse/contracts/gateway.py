@@ -115,3 +115,7 @@ class GatewayStats(BaseModel):
     index: dict[str, Any]
     model: dict[str, Any]
     media_bytes: int
+    max_result_window: int = Field(
+        description="The largest k + offset a search accepts (GATEWAY_MAX_RESULT_WINDOW): "
+        "results past it are never given, so a client that pages stops there."
+    )

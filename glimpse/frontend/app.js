@@ -26,6 +26,7 @@ const els = {
   moreError: $("more-error"),
   moreErrorText: $("more-error-text"),
   moreRetry: $("more-retry"),
+  end: $("end"),
   stats: $("stats"),
   dropzone: $("dropzone"),
   lightbox: $("lightbox"),
@@ -82,24 +83,30 @@ async function requestJson(path, init = {}) {
   return response.json();
 }
 
-/** One page of results for a query: {results, total_ms, timings, model}. */
-function fetchPage(query, offset, signal) {
+/** An error that asking again may cure: no answer, a timeout, overload, a server fault. A 4xx
+ * says the request itself is refused, so the page offers no "Try again" for it. */
+function isTransient(err) {
+  return err.status === 0 || err.status === 408 || err.status === 429 || err.status >= 500;
+}
+
+/** One page of ``k`` results for a query: {results, total_ms, timings, model}. */
+function fetchPage(query, offset, k, signal) {
   if (query.kind === "text") {
     return requestJson("search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query: query.text, k: PAGE_SIZE, offset }),
+      body: JSON.stringify({ query: query.text, k, offset }),
       signal,
     });
   }
   if (query.kind === "similar") {
-    const params = new URLSearchParams({ k: String(PAGE_SIZE), offset: String(offset) });
+    const params = new URLSearchParams({ k: String(k), offset: String(offset) });
     return requestJson(`images/${query.id}/similar?${params}`, { signal });
   }
   // An upload has no URL: each page sends the image again.
   const form = new FormData();
   form.append("file", query.upload.file, query.upload.file.name || "image");
-  form.append("k", String(PAGE_SIZE));
+  form.append("k", String(k));
   form.append("offset", String(offset));
   return requestJson("search/image", { method: "POST", body: form, signal });
 }
@@ -196,6 +203,7 @@ function run(query) {
   window.scrollTo({ top: 0 });
   els.more.hidden = true;
   els.moreError.hidden = true;
+  els.end.hidden = true;
   showQuery(query);
   if (query === null) {
     showHome();
@@ -224,6 +232,13 @@ function loadingText(query) {
   return `Searching by “${query.upload.file.name || "your image"}”…`;
 }
 
+/** The gateway gives no result past its window (k + offset, from GET stats); Infinity while
+ * it is unknown. */
+function resultWindow() {
+  const limit = Number(stats?.max_result_window);
+  return Number.isInteger(limit) && limit > 0 ? limit : Infinity;
+}
+
 async function loadPage() {
   if (state.loading || state.done || state.failed || state.query === null) return;
   const generation = state.generation;
@@ -233,14 +248,18 @@ async function loadPage() {
   els.grid.setAttribute("aria-busy", "true");
   if (!first) els.more.hidden = false;
   try {
-    const page = await fetchPage(query, state.offset, state.controller.signal);
+    // The first page does not wait for the window: it is far from it.
+    if (!first) await statsLoaded;
     if (generation !== state.generation) return;
-    state.offset += PAGE_SIZE;
+    const k = Math.min(PAGE_SIZE, resultWindow() - state.offset);
+    const page = await fetchPage(query, state.offset, k, state.controller.signal);
+    if (generation !== state.generation) return;
+    state.offset += k;
     if (first) state.firstPage = page;
     const fresh = page.results.filter((r) => !state.seen.has(r.id));
     fresh.forEach((r) => state.seen.add(r.id));
     // A short page is the last one; a page of nothing new means the server ignores the offset.
-    state.done = page.results.length < PAGE_SIZE || fresh.length === 0;
+    state.done = page.results.length < k || fresh.length === 0 || state.offset >= resultWindow();
     appendResults(fresh);
     if (state.results.length === 0) {
       setStatus("");
@@ -258,6 +277,7 @@ async function loadPage() {
       state.loading = false;
       els.grid.removeAttribute("aria-busy");
       els.more.hidden = true;
+      showEnd();
     }
   }
   if (generation !== state.generation) return;
@@ -287,14 +307,26 @@ function resultsText() {
 function showError(err, first) {
   const type = err.errorType ? ` (${err.errorType})` : "";
   const text = `${err.message}${type}`;
+  const retry = isTransient(err);
   if (first) {
     setStatus("");
-    showMessage(err.status === 0 ? "Cannot reach Glimpse" : "The search failed", text, { error: true, retry: true });
+    showMessage(err.status === 0 ? "Cannot reach Glimpse" : "The search failed", text, { error: true, retry });
   } else {
     // Shown where the user is looking: at the end of the grid.
     els.moreErrorText.textContent = `Loading more results failed: ${text}`;
+    els.moreRetry.hidden = !retry;
     els.moreError.hidden = false;
   }
+}
+
+/** The line under the last result once there are no more; at the window, it says why. */
+function showEnd() {
+  const shown = state.done && state.results.length > 0;
+  els.end.hidden = !shown;
+  if (!shown) return;
+  els.end.textContent = state.offset >= resultWindow()
+    ? `End of results: the ${state.offset.toLocaleString("en")} best matches are shown. Describe what you are looking for more closely to see others.`
+    : "End of results.";
 }
 
 function sentinelNearView() {
@@ -615,6 +647,8 @@ new IntersectionObserver(
 // The footer: the collection's size and the model
 
 let stats = null;
+// Settled (never rejected) when the footer has its answer; later pages wait for it.
+let statsLoaded = Promise.resolve();
 
 async function loadStats() {
   try {
@@ -642,6 +676,6 @@ function modelName(model) {
 // empty page; each search starts at the top instead.
 history.scrollRestoration = "manual";
 history.replaceState(history.state ?? {}, "", location.href);
+statsLoaded = loadStats();
 run(queryFromLocation());
-loadStats();
 document.documentElement.dataset.ready = "true";
