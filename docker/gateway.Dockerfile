@@ -47,7 +47,9 @@ USER glimpse:glimpse
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
-CMD ["uvicorn", "glimpse.gateway.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# GATEWAY_WORKERS worker processes (default: the CPU count); they share nothing but /media
+# (docs/ingest.md). A shell expands the default; the app's name is its $0.
+CMD ["sh", "-c", "exec uvicorn \"$0\" --host 0.0.0.0 --port 8000 --workers \"${GATEWAY_WORKERS:-$(nproc)}\"", "glimpse.gateway.main:app"]
 # The copies come last, the venv (the big layer) at the very end: on copy-based storage drivers
 # (vfs) every later step would copy it again. The files stay root-owned: the service cannot
 # change its own code. A code change re-copies the venv, it never re-downloads it.
