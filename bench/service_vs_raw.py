@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from glimpse.index.index import auto_nlist, auto_pq
+from glimpse.index.rules import auto_nlist, auto_pq
 from glimpse.index.tuning import recall_at_k
 
 Say = Callable[[str], None]

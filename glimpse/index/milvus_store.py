@@ -17,6 +17,9 @@ so the rules that make replicas agree are here:
 - Writes are acknowledged only once a Strong read sees them, so every later read, on any
   replica, may use Eventually consistency (Milvus serves reads from one delegator per shard whose
   time only moves forward): cheap reads, read-after-acknowledged-write across replicas.
+
+Over 400 lines: every Milvus call of the backend is here, so the rules above live in one file
+instead of being split between the code that writes and the code that reads.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from pymilvus.client.utils import check_status
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.index.config import Settings
-from glimpse.index.index import auto_nlist, auto_nprobe, auto_pq
+from glimpse.index.rules import auto_nlist, auto_nprobe, auto_pq
 from glimpse.index.store import AddOutcome, NewItem, Record
 
 ID_BITS = 53
@@ -144,7 +147,7 @@ class IndexPlan:
 
 def plan_index(settings: Settings, index_type: str | None = None,
                params: dict[str, Any] | None = None) -> IndexPlan:
-    """The Faiss backend's rules (glimpse/index/index.py) applied to one full segment, since
+    """The Faiss backend's rules (glimpse/index/rules.py) applied to one full segment, since
     Milvus trains an index per sealed segment, not per collection; explicit params win."""
     kind = index_type or settings.milvus_index_type
     rows = segment_rows(settings)

@@ -3,6 +3,10 @@
 Writes go store first (the acknowledgement waits for the SQLite commit), then the index, both
 under one writer lock so the index holds exactly the committed rows up to ``applied_seq``.
 Everything here blocks (SQLite, Faiss, fsync): the API calls it from worker threads.
+
+Over 400 lines: this is the one place where the store, the index, snapshots and tuning meet
+under the writer lock (load order, replay, after-swap hook); each part is a short method of
+that one lifecycle, and apart they would reach into each other's state.
 """
 
 from __future__ import annotations
@@ -23,14 +27,9 @@ from glimpse.index import persistence
 from glimpse.index.config import Settings
 from glimpse.index.factory import AUTO, FactoryError, parse_factory
 from glimpse.index.gather import Search, SearchGatherer
-from glimpse.index.index import (
-    GpuRunner,
-    LiveIndex,
-    VectorIndex,
-    breadth_grid,
-    build_empty,
-    release_free_memory,
-)
+from glimpse.index.index import VectorIndex
+from glimpse.index.live import GpuRunner, LiveIndex, build_empty, release_free_memory
+from glimpse.index.rules import breadth_grid
 from glimpse.index.store import AddOutcome, NewItem, Store
 from glimpse.index.structure import SelectionConfig
 from glimpse.index.tuning import excluding_self, tune_search
@@ -554,7 +553,7 @@ class IndexService:
             truth = excluding_self(exact, pick)(queries, k, 1, 0)
             result = tune_search(
                 excluding_self(approximate, pick), queries, truth, k=k, target=target,
-                nprobes=breadth_grid(live), reranks=(0, 2, 4, 8, 16, 24, 32, 48),
+                nprobes=breadth_grid(live.hnsw, live.nlist), reranks=(0, 2, 4, 8, 16, 24, 32, 48),
             )
             # A setting that misses the target is not applied: the rule's defaults (nprobe
             # nlist/64 and at least 16, re-rank 16) measured above 0.95 recall@10 in

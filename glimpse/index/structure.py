@@ -5,7 +5,7 @@ embeddings (37k × 384) it chose ``IVF512,PQ24x8`` and needed half the lists vis
 0.95, where ``IVF256,PQ48x4fs`` with a deep re-rank got there at a tenth of the cost. So the
 service does not trust one rule: it builds a few candidates on the collection itself, tunes each
 on held-out vectors, and keeps the cheapest that reaches the recall target
-(``VectorIndex._select``). This module only names the candidates and prices their memory.
+(``training.select_structure``). This module only names the candidates and prices their memory.
 
 Memory is the Faiss index alone (codes, ids, coarse centroids, graph links), per vector: the
 float16 re-rank table costs every candidate the same ``2·dim`` bytes (none in the low-memory
@@ -18,14 +18,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from glimpse.index.tuning import tune_search
-
-if TYPE_CHECKING:
-    from glimpse.index.index import LiveIndex, VectorIndex
+from glimpse.index.live import LiveIndex
 
 log = logging.getLogger("glimpse.index")
 
@@ -151,118 +148,3 @@ def one_query_ms(search: Any, queries: np.ndarray, k: int, nprobe: int, rerank: 
             search(row[None, :], k, nprobe, rerank)
         best = min(best, (time.thread_time() - start) * 1000.0 / max(1, len(queries)))
     return best
-
-
-def select_structure(index: VectorIndex, seq: int, n: int, config: SelectionConfig) -> Selection:
-    """Build each candidate that fits the memory budget on the collection's rows up to ``seq``
-    minus a held-out sample, tune its nprobe (efSearch) and re-rank depth on those held-out
-    queries against their exact neighbours, time its tuned setting one query at a time, and
-    keep the cheapest that reaches ``config.target``. None reaching: the rule's candidate, with
-    the rule's search defaults (reported ``reached: false``)."""
-    from glimpse.index.index import (
-        HNSW_QUANTIZER_MIN_NLIST,
-        auto_nlist,
-        auto_pq,
-        breadth_grid,
-    )
-
-    started = time.perf_counter()
-    per_byte = 16 if index.table.keep_vectors else 32
-    rule_m, rule_nbits = auto_pq(index.dim, n, per_byte)
-    every = candidates(n, index.dim, rule_nlist=auto_nlist(n), rule_m=rule_m,
-                       rule_nbits=rule_nbits, hnsw_quantizer_from=HNSW_QUANTIZER_MIN_NLIST)
-    budget = config.max_bytes_per_vector
-    fits = [c for c in every if c.bytes_per_vector <= budget]
-    report: list[dict[str, Any]] = [
-        {"factory": c.factory, "family": c.family, "bytes_per_vector": round(c.bytes_per_vector, 1),
-         "skipped": f"over INDEX_MAX_BYTES_PER_VECTOR ({budget:g})"}
-        for c in every if c.bytes_per_vector > budget
-    ]
-    if not fits:
-        # Nothing fits: the smallest, so that a training still happens; the report says so.
-        fits = [min(every, key=lambda c: c.bytes_per_vector)]
-        report = [r for r in report if r["factory"] != fits[0].factory]
-
-    # Held-out queries: drawn from the collection, then kept out of every candidate's training
-    # sample and lists, so none finds itself (a vector's own row flatters recall).
-    live_ids = index.table.live_ids()
-    rng = np.random.default_rng(n)
-    held = np.sort(rng.choice(live_ids, size=min(config.sample, len(live_ids) // 2),
-                              replace=False))
-    queries = index.stored_vectors(held)
-    k = config.k
-    truth = index.exact_ids(queries, k, held)
-    want = max(index.prepare_training(_empty(c.factory, index.dim)) for c in fits)
-    sample = index.training_vectors(want, n, exclude=held)
-
-    centroids: dict[int, np.ndarray] = {}
-    reaching: list[tuple[Any, Any, dict[str, Any]]] = []  # (search, built, record)
-    fallback: Any = None
-    timed = queries[: config.timed_queries]
-    for candidate in fits:
-        built_at = time.perf_counter()
-        live, held_ids, held_vectors = index.build_candidate(candidate.factory, sample, seq,
-                                                             held, centroids)
-        build_s = time.perf_counter() - built_at
-
-        def search(q: np.ndarray, kk: int, nprobe: int, rerank: int,
-                   live: LiveIndex = live) -> np.ndarray:
-            return index.candidate_ids(live, q, kk, nprobe, rerank)
-
-        index.limit_threads()
-        result = tune_search(search, queries, truth, k=k, target=config.target,
-                             nprobes=breadth_grid(live), reranks=config.reranks)
-        record: dict[str, Any] = {
-            "factory": candidate.factory, "family": candidate.family,
-            "bytes_per_vector": round(candidate.bytes_per_vector, 1),
-            "build_s": round(build_s, 2), "nprobe": result.nprobe, "rerank": result.rerank,
-            "recall_at_k": round(result.recall_at_k, 4), "reached": result.reached,
-            "settings_tried": len(result.trials),
-        }
-        if result.reached:
-            reaching.append((search, (live, held_ids, held_vectors), record))
-        if fallback is None:
-            fallback = (live, held_ids, held_vectors, record)
-        report.append(record)
-
-    # The reaching candidates are timed in turns, three rounds, each keeping its best: a load
-    # change on a shared machine then hits them all, instead of whichever was timed then.
-    for _ in range(3):
-        for search, _built, record in reaching:
-            ms = one_query_ms(search, timed, k, record["nprobe"], record["rerank"], passes=1)
-            record["one_query_ms"] = round(min(ms, record.get("one_query_ms", math.inf)), 4)
-    index.limit_threads()
-    best = min(reaching, key=lambda entry: entry[2]["one_query_ms"], default=None)
-    for record in report:
-        log.info("structure candidate: %s", record)
-
-    if best is not None:
-        _search, (live, held_ids, held_vectors), chosen = best
-        reached = [r for r in report if r.get("reached")]
-        why = (f"the cheapest one-query search ({chosen['one_query_ms']} ms) of the "
-               f"{len(reached)} of {len(fits)} candidates within {budget:g} B/vector that "
-               f"reached recall@{k} {config.target} on {len(held)} held-out vectors")
-    else:
-        live, held_ids, held_vectors, chosen = fallback
-        why = (f"no candidate within {budget:g} B/vector reached recall@{k} {config.target} on "
-               f"{len(held)} held-out vectors: the rule's structure, with the rule's defaults")
-    structure = {
-        "chosen": live.factory, "why": why, "target": config.target, "k": k,
-        "held_out": len(held), "max_bytes_per_vector": budget,
-        "took_s": round(time.perf_counter() - started, 2), "candidates": report,
-    }
-    summary = {
-        "nprobe": chosen["nprobe"], "rerank": chosen["rerank"],
-        "recall_at_k": chosen["recall_at_k"], "k": k,
-        "ms_per_query": chosen.get("one_query_ms"), "target": config.target,
-        "reached": best is not None, "sample": len(held), "at": time.time(),
-        "structure": structure,
-    }
-    log.info("chose %s: %s", live.factory, why)
-    return Selection(live, held_ids, held_vectors, summary)
-
-
-def _empty(factory: str, dim: int) -> Any:
-    from glimpse.index.index import build_empty
-
-    return build_empty(factory, dim)

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from glimpse.index.config import Settings
 from glimpse.index.factory import AUTO, FactoryError, parse_factory
-from glimpse.index.index import auto_factory, build_empty
+from glimpse.index.live import build_empty
+from glimpse.index.rules import auto_factory
 from glimpse.index.structure import candidates
 
 # Each with the words its refusal must contain. HNSW1 segfaults Faiss's first add, HNSW0

@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 
 from glimpse.index.config import Settings
-from glimpse.index.index import (
-    GpuRunner,
-    auto_factory,
-    auto_nlist,
-    auto_nprobe,
-    auto_pq,
-    build_empty,
-)
+from glimpse.index.live import GpuRunner, build_empty
 from glimpse.index.locks import RWLock
+from glimpse.index.rules import auto_factory, auto_nlist, auto_nprobe, auto_pq
 from glimpse.index.service import IndexService
 from glimpse.index.store import NewItem
 from tests.unit.index.helpers import as_stored, clustered, recall_at

@@ -14,7 +14,7 @@ import pytest
 
 from glimpse.index import persistence
 from glimpse.index.config import Settings
-from glimpse.index.index import build_empty
+from glimpse.index.live import build_empty
 from glimpse.index.service import IndexService
 from glimpse.index.store import NewItem
 from tests.unit.index.helpers import clustered

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from glimpse.index.config import Settings
-from glimpse.index.index import VectorIndex, build_empty
+from glimpse.index.index import VectorIndex
+from glimpse.index.live import build_empty
 from glimpse.index.service import IndexService
 from glimpse.index.store import NewItem
 from glimpse.index.structure import candidates
