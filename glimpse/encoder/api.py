@@ -4,13 +4,12 @@ the OpenAPI document (glimpse/web/openapi.py)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from glimpse.contracts.bodies import form_body_openapi
 from glimpse.contracts.common import HealthResponse, ReadyResponse
@@ -30,6 +29,7 @@ from glimpse.contracts.vectors import encode_vector
 from glimpse.encoder.service import EncoderRuntime, not_ready
 from glimpse.web.forms import parse_form
 from glimpse.web.openapi import Operation
+from glimpse.web.responses import OrjsonResponse
 
 
 def get_runtime(request: Request) -> EncoderRuntime:
@@ -39,8 +39,11 @@ def get_runtime(request: Request) -> EncoderRuntime:
     return runtime
 
 
-def _vector_json(vector: np.ndarray, encoding: str) -> Any:
-    return encode_vector(vector) if encoding == "base64" else vector.tolist()
+def _vector_json(vector: np.ndarray, encoding: str) -> np.ndarray | str:
+    """The vector as the answer carries it (orjson writes a float32 array as a list)."""
+    if encoding == "base64":
+        return encode_vector(vector)
+    return np.ascontiguousarray(vector, dtype=np.float32)
 
 
 def _text_request(raw: bytes) -> EmbedTextRequest:
@@ -75,7 +78,7 @@ async def embed_text(request: Request) -> Response:
                 f"{settings.max_text_chars}.",
             )
     vectors = await runtime.embed_texts(body.texts)
-    return JSONResponse(
+    return OrjsonResponse(
         {
             "model": runtime.encoder.name,
             "dim": runtime.encoder.dim,
@@ -169,26 +172,6 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     return contents, encoding
 
 
-def _image_response(
-    runtime: EncoderRuntime, results: list[Any], errors: list[Any], encoding: str
-) -> Response:
-    """The answer's JSON, written by hand: the vectors as base64 strings (or float lists)
-    need no escaping, and json.dumps of the whole body cost more per image than the rest of
-    the response. The same JSON as JSONResponse wrote (non-ASCII error text escaped)."""
-    enc = runtime.encoder
-    vectors = [
-        "null" if isinstance(r, GlimpseError)
-        else f'"{encode_vector(r)}"' if encoding == "base64"
-        else json.dumps(r.tolist(), separators=(",", ":"))
-        for r in results
-    ]
-    body = (
-        f'{{"model":{json.dumps(enc.name)},"dim":{enc.dim},"embeddings":[{",".join(vectors)}],'
-        f'"errors":{json.dumps(errors, separators=(",", ":"))}}}'
-    )
-    return Response(body.encode(), media_type="application/json")
-
-
 async def embed_image(request: Request) -> Response:
     """Unit-norm float32 CLIP vectors of the uploaded images, one slot per file.
 
@@ -217,7 +200,14 @@ async def embed_image(request: Request) -> Response:
         prefix = "" if len(results) == 1 else f"None of the {len(results)} files could be used; "
         prefix += "files[0]: " if len(results) > 1 else ""
         raise GlimpseError(first.error_type, prefix + first.message, {"errors": errors})
-    return _image_response(runtime, results, errors, chosen)
+    return OrjsonResponse({
+        "model": runtime.encoder.name,
+        "dim": runtime.encoder.dim,
+        "embeddings": [
+            None if isinstance(r, GlimpseError) else _vector_json(r, chosen) for r in results
+        ],
+        "errors": errors,
+    })
 
 
 async def info(request: Request) -> Response:
@@ -236,15 +226,15 @@ async def info(request: Request) -> Response:
             list(graphs.buckets) if (graphs := runtime.encoder.text_graphs) is not None else None
         ),
     )
-    return JSONResponse(answer.model_dump())
+    return OrjsonResponse(answer.model_dump())
 
 
 async def healthz(request: Request) -> Response:
     """Liveness: the process answers (the model may still be loading)."""
-    return JSONResponse(HealthResponse().model_dump())
+    return OrjsonResponse(HealthResponse().model_dump())
 
 
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> Response:
     """Ready once the model is loaded AND a warm-up text and image went through it."""
     runtime: EncoderRuntime | None = getattr(request.app.state, "runtime", None)
     warmup_error: str | None = getattr(request.app.state, "warmup_error", None)
@@ -261,7 +251,7 @@ async def readyz(request: Request) -> JSONResponse:
         body.update(error="The encoder is not ready: " + ", ".join(
             f"{k} {v}" for k, v in checks.items() if v != "ok"
         ) + ".", error_type=ErrorType.not_ready.value)
-    return JSONResponse(body, status_code=200 if ready else 503)
+    return OrjsonResponse(body, status_code=200 if ready else 503)
 
 
 async def prometheus_metrics(request: Request) -> Response:

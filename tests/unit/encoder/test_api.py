@@ -7,6 +7,7 @@ import re
 import time
 
 import numpy as np
+import orjson
 import pytest
 from PIL import Image
 from starlette.testclient import TestClient
@@ -236,26 +237,24 @@ def test_a_plain_starlette_app_whose_requests_are_counted(client: TestClient) ->
     assert (count(200), count(422)) == (ok + 1, refused + 1)
 
 
-def test_the_hand_written_answer_is_the_json_it_replaces() -> None:
-    import json
-    from types import SimpleNamespace
-
-    from fastapi.responses import JSONResponse
-
-    from glimpse.contracts.errors import ErrorType, GlimpseError
-    from glimpse.contracts.vectors import encode_vector
-    from glimpse.encoder.api import _image_response
-
-    runtime = SimpleNamespace(encoder=SimpleNamespace(name='tiny "model"', dim=3))
-    vector = np.asarray([0.6, 0.0, -0.8], np.float32)
-    bad = GlimpseError(ErrorType.invalid_image, "Bildfehler: ungültig \"x\"")
-    errors = [None, {"error": bad.message, "error_type": bad.error_type}]
-    for encoding in ("float", "base64"):
-        got = _image_response(runtime, [vector, bad], errors, encoding)  # type: ignore[arg-type]
-        assert got.media_type == "application/json"
-        expected = JSONResponse({
-            "model": 'tiny "model"', "dim": 3, "errors": errors,
-            "embeddings": [vector.tolist() if encoding == "float" else encode_vector(vector),
-                           None],
-        })
-        assert json.loads(got.body) == json.loads(expected.body)
+def test_every_answer_is_compact_orjson(client: TestClient, photos) -> None:
+    blob = jpeg_bytes(photos["coffee"])
+    answers = [
+        client.post("/v1/embed/image", files=_files(blob, b"junk")),
+        client.post("/v1/embed/image?encoding=base64", files=_files(blob)),
+        client.post("/v1/embed/text", json={"texts": ["ein Käfer 🐞"]}),
+        client.post("/v1/embed/text", json={"texts": []}),
+        client.post("/v1/embed/image", files=_files(b"junk")),
+        client.get("/v1/info"),
+        client.get("/readyz"),
+        client.get("/nope"),
+        client.put("/v1/info"),
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 200, 422, 422, 200, 200, 404, 405]
+    for r in answers:
+        assert r.headers["content-type"] == "application/json"
+        # float32 vectors as their shortest decimal form, text as UTF-8, no spaces.
+        assert r.content == orjson.dumps(r.json()), r.content[:200]
+    floats = answers[0].json()["embeddings"][0]
+    # At most 9 significant digits each (a float32's), not a float64's 17 as tolist() gave.
+    assert max(len(repr(abs(x)).replace("0.", "", 1)) for x in floats) <= 13
