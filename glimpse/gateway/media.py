@@ -4,6 +4,7 @@ Layout under ``media_dir``::
 
     originals/ab/cd/<sha256>            originals, as they came
     thumbnails/ab/cd/<sha256>.<ext>     longest side <= thumbnail_size, WebP or JPEG
+    checked/ab/cd/<sha256>              library mode: the library file last found to hash to it
     keys.lock                           the per-key locks (:class:`KeyLocks`)
     packs/<yyyy-mm>/<random>.pack       originals written by older versions (read only)
 
@@ -15,7 +16,8 @@ need no coordination to write; what needs a lock (an ingest and a delete of the 
 takes :class:`KeyLocks`, which holds across processes. docs/ingest.md has the argument.
 
 Files are found by sha256 only; the one place a client-given path is resolved is
-:meth:`MediaStore.library_path`, strictly inside the library.
+:meth:`MediaStore.library_path`, strictly inside the library, and a library file is served only
+once it hashed to the item's key (:meth:`MediaStore.library_original`).
 
 All methods of :class:`MediaStore` block (disk I/O); callers run them in a worker thread.
 """
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import struct
@@ -300,6 +303,9 @@ class MediaStore:
         ext = THUMBNAIL_EXT[content_type]
         return self.root / "thumbnails" / self._shard(sha256) / f"{sha256}.{ext}"
 
+    def _checked_path(self, sha256: str) -> Path:
+        return self.root / "checked" / self._shard(sha256) / sha256
+
     # Writes ------------------------------------------------------------------------------
 
     def put_thumbnail(self, sha256: str, content_type: str, data: bytes) -> None:
@@ -338,8 +344,8 @@ class MediaStore:
                                                                        strict=True)]
 
     def remove(self, sha256: str) -> None:
-        """Forget every file of ``sha256``: its original and thumbnails."""
-        paths = [self.original_path(sha256)]
+        """Forget every file of ``sha256``: its original, thumbnails and library check."""
+        paths = [self.original_path(sha256), self._checked_path(sha256)]
         paths += [self.thumbnail_path(sha256, ct) for ct in THUMBNAIL_EXT]
         for path in paths:
             path.unlink(missing_ok=True)
@@ -364,11 +370,41 @@ class MediaStore:
             return None
         return resolved
 
+    def library_original(self, sha256: str, relative: str) -> Path | None:
+        """The library file at ``relative`` if its bytes are ``sha256``'s, else None.
+
+        An upload names its own path, which may be any library file's: serving that file on
+        the name alone would hand out bytes nobody uploaded. So the file is hashed, and what
+        was found kept in ``checked/`` (its path, size, mtime and inode); a later read re-hashes
+        only when one of those differs.
+        """
+        path = self.library_path(relative)
+        if path is None:
+            return None
+        checked = self._checked_path(sha256)
+        try:
+            with open(path, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                seen = [str(path), info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev]
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(checked.read_bytes()) == seen:
+                        return path
+                hasher = hashlib.sha256()
+                while chunk := fh.read(1 << 20):
+                    hasher.update(chunk)
+        except OSError:
+            return None
+        if hasher.hexdigest() != sha256:
+            return None
+        with contextlib.suppress(OSError):  # a cache: without it the next read hashes again
+            write_atomic(checked, json.dumps(seen).encode(), fsync=False)
+        return path
+
     def find_original(
         self, sha256: str, relative: str, original: Any = None
     ) -> Path | bytes | None:
         """The original of an item: its file, else (``original``: the item's pack location) the
-        bytes an older version packed, else the library file."""
+        bytes an older version packed, else the library file when its bytes are the item's."""
         if self.store_originals:
             path = self.original_path(sha256)
             if path.is_file():
@@ -377,7 +413,7 @@ class MediaStore:
                 data = _read_packed(self.root / "packs", sha256, original)
                 if data is not None:
                     return data
-        return self.library_path(relative)
+        return self.library_original(sha256, relative)
 
     def find_thumbnail(self, sha256: str, content_type: str) -> Path | None:
         path = self.thumbnail_path(sha256, content_type)

@@ -271,3 +271,37 @@ def test_thumbnails_are_made_on_first_view_for_every_format(stack: Stack) -> Non
             again = client.get(url)
             assert again.status_code == 200 and again.content == first.content
             assert again.headers["etag"] == first.headers["etag"]
+
+
+def test_an_upload_named_like_a_library_file_never_serves_that_file(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 25 F7: in library mode an upload named like an existing library file (notes.txt)
+    was served with that file's real bytes. A library file is served only when it hashes to
+    the item's key; the upload's own thumbnail, made from the uploaded bytes, is still served."""
+    from fastapi.testclient import TestClient
+
+    from glimpse.gateway.config import Settings
+    from glimpse.gateway.main import create_app
+
+    library = tmp_path / "library"
+    library.mkdir()
+    private = b"the contents of a private file, never uploaded\n"
+    (library / "notes.txt").write_bytes(private)
+    (library / "mine.jpg").write_bytes(image_bytes(901))
+    settings = Settings(encoder_url=stack.encoder.url, index_url=stack.index.url,
+                        media_dir=tmp_path / "media", store_originals=False, library_dir=library)
+    with TestClient(create_app(settings)) as gateway:
+        files = [("files", ("notes.txt", image_bytes(900), "image/jpeg")),
+                 ("files", ("mine.jpg", image_bytes(901), "image/jpeg"))]
+        items = gateway.post("/ingest", files=files).json()["items"]
+        assert [i["status"] for i in items] == ["added", "added"], items
+        leak = gateway.get(f"/images/{items[0]['id']}")
+        assert leak.status_code == 404 and private not in leak.content
+        assert leak.json()["error_type"] == "not_found"
+        assert gateway.get(f"/images/{items[0]['id']}/thumbnail").status_code == 200
+        # The library file whose bytes are the upload's is served.
+        assert gateway.get(f"/images/{items[1]['id']}").content == image_bytes(901)
+        # A library file changed since: refused, until its bytes are the item's again.
+        (library / "mine.jpg").write_bytes(private)
+        assert gateway.get(f"/images/{items[1]['id']}").status_code == 404

@@ -1,12 +1,13 @@
 """MediaStore: a durable file per original and thumbnail, named by sha256; originals packed by
 older versions still read; per-key locks that hold across processes; strict library path
-resolution."""
+resolution, and a library file served only when it hashes to the item's key (issue 25, F7)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import hashlib
+import json
 import multiprocessing
 import os
 import stat
@@ -107,7 +108,7 @@ def test_a_failed_write_fails_its_original_and_keeps_nothing(
     assert files_under(tmp_path) == ["keys.lock"]  # made by setup
 
 
-def test_remove_forgets_every_file_of_a_key(tmp_path: Path) -> None:
+def test_remove_forgets_every_file_of_a_key(tmp_path: Path, library: Path) -> None:
     store = MediaStore(tmp_path / "media")
     digest = sha(b"y")
     store.put_many([(digest, b"y", "image/webp", b"thumb")])
@@ -352,3 +353,42 @@ def test_library_resolves_only_inside(library: Path, tmp_path: Path) -> None:
         "%2e%2e/secret.txt",
     ):
         assert store.library_path(bad) is None, bad
+
+
+def test_a_library_file_is_served_only_when_it_hashes_to_the_key(
+    library: Path, tmp_path: Path
+) -> None:
+    # F7: an upload named like a library file must not serve that file's bytes.
+    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
+    assert store.put_many([(sha(b"inside"), b"inside", "image/webp", None)]) == ([None], [True])
+    assert store.find_original(sha(b"inside"), "trip/a.jpg") == library / "trip" / "a.jpg"
+    assert store.find_original(sha(b"a small image"), "notes.txt") is None
+    assert store.find_original(sha(b"inside"), "notes.txt") is None
+    assert store.find_original(sha(b"private notes"), "trip/a.jpg") is None
+
+
+def test_a_library_check_is_kept_and_redone_when_the_file_changes(
+    library: Path, tmp_path: Path
+) -> None:
+    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
+    digest, path = sha(b"inside"), library / "trip" / "a.jpg"
+    assert store.library_original(digest, "trip/a.jpg") == path
+    checked = tmp_path / "media" / "checked" / digest[:2] / digest[2:4] / digest
+    info = path.stat()
+    assert json.loads(checked.read_bytes()) == [
+        str(path), info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev
+    ]
+    # Same size, new bytes, a new mtime: hashed again, and refused.
+    path.write_bytes(b"INSIDE")
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    assert store.library_original(digest, "trip/a.jpg") is None
+    # The bytes back: found again.
+    path.write_bytes(b"inside")
+    assert store.library_original(digest, "trip/a.jpg") == path
+    # While size, mtime and inode stay, the check is trusted without hashing.
+    checked.write_bytes(checked.read_bytes())
+    assert store.library_original(sha(b"other"), "trip/a.jpg") is None
+    other = tmp_path / "media" / "checked" / sha(b"other")[:2] / sha(b"other")[2:4]
+    other.mkdir(parents=True)
+    (other / sha(b"other")).write_bytes(checked.read_bytes())
+    assert store.library_original(sha(b"other"), "trip/a.jpg") == path
