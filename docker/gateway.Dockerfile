@@ -41,7 +41,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/media \
     GATEWAY_MEDIA_DIR=/media \
     GATEWAY_ENCODER_URL=http://encoder:8001 \
-    GATEWAY_INDEX_URL=http://index:8002
+    GATEWAY_INDEX_URL=http://index:8002 \
+    UVICORN_HTTP=glimpse.gateway.security:SlowClientProtocol
 WORKDIR /app
 USER glimpse:glimpse
 EXPOSE 8000

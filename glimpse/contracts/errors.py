@@ -34,6 +34,7 @@ class ErrorType(str, Enum):
     forbidden = "forbidden"
     not_found = "not_found"
     method_not_allowed = "method_not_allowed"
+    request_timeout = "request_timeout"
     conflict = "conflict"
     payload_too_large = "payload_too_large"
     image_too_large = "image_too_large"
@@ -56,6 +57,7 @@ STATUS_OF: dict[ErrorType, int] = {
     ErrorType.forbidden: 403,
     ErrorType.not_found: 404,
     ErrorType.method_not_allowed: 405,
+    ErrorType.request_timeout: 408,
     ErrorType.conflict: 409,
     ErrorType.payload_too_large: 413,
     ErrorType.image_too_large: 413,
@@ -76,6 +78,7 @@ _TYPE_OF_STATUS: dict[int, ErrorType] = {
     403: ErrorType.forbidden,
     404: ErrorType.not_found,
     405: ErrorType.method_not_allowed,
+    408: ErrorType.request_timeout,
     409: ErrorType.conflict,
     413: ErrorType.payload_too_large,
     415: ErrorType.unsupported_media_type,

@@ -109,15 +109,15 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         60_000_000, ge=1, description="Largest image (width x height), checked before decoding."
     )
+    max_result_window: int = Field(
+        1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
+    )
     header_timeout_s: float = Field(
         10.0, gt=0, description="A request's headers must arrive within this time, else 408 "
         "(needs uvicorn's --http glimpse.gateway.security:SlowClientProtocol, as the image runs)."
     )
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the next piece of a request body, else 408."
-    )
-    max_result_window: int = Field(
-        1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
     )
     decode_workers: int = Field(
         default_factory=lambda: os.cpu_count() or 4,

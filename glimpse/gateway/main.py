@@ -28,7 +28,7 @@ from glimpse.gateway.clients import EncoderClient, IndexClient, build_replicas
 from glimpse.gateway.config import Settings
 from glimpse.gateway.media import MediaStore
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
-from glimpse.gateway.security import BodySizeLimitMiddleware
+from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from glimpse.gateway.state import GatewayState, LruCache, get_state, require_read, require_write
 
 logger = logging.getLogger("glimpse.gateway")
@@ -100,7 +100,7 @@ def access_first(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
 
 
-def create_app(settings: Settings | None = None) -> FastRoutes:
+def create_app(settings: Settings | None = None) -> BodyTimeoutMiddleware:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -176,12 +176,13 @@ def create_app(settings: Settings | None = None) -> FastRoutes:
     app.router.default = StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False)
     app.add_exception_handler(405, _method_not_allowed)
     # The searches are answered in front of FastAPI's middleware stack (contracts/fastpath.py),
-    # with the same body limits.
-    return FastRoutes(
+    # with the same body limits; a stalled body is timed out in front of both.
+    fast = FastRoutes(
         app,
         {("POST", "/search/text"): search_text, ("POST", "/search/image"): search_image},
         body_limit_for(settings),
     )
+    return BodyTimeoutMiddleware(fast, settings.body_timeout_s)
 
 
 app = create_app()

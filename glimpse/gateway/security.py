@@ -1,21 +1,34 @@
-"""Request body limits and the API key.
+"""Request body limits, slow clients and the API key.
 
 The body limit is a pure ASGI middleware: it refuses a declared Content-Length over the limit
 before reading anything, and counts the bytes of every received chunk (chunked uploads have no
 Content-Length), so an oversize body is cut off at the limit instead of being spooled whole.
+
+Slow clients are timed out in two places, because uvicorn has only a keep-alive timeout: the
+headers by :class:`SlowClientProtocol`, uvicorn's own HTTP protocol with a deadline (an ASGI
+app is called only once the headers are in), the body by :class:`BodyTimeoutMiddleware`,
+which bounds each wait of the app for the next piece of the body (so a slow app that has not
+asked for more yet is never taken for a slow client).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
+import json
 from collections.abc import Callable
+from typing import Any
 
+import anyio
 from fastapi import HTTPException, Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.fastpath import counting_receive
+from glimpse.gateway.config import Settings
 
 
 class BodyTooLarge(HTTPException):
@@ -75,6 +88,119 @@ class BodySizeLimitMiddleware:
             headers={"Connection": "close"},
         )
         await error.response()(scope, receive, send)
+
+
+class BodyTimeout(HTTPException):
+    """Raised from ``receive`` when the client sends nothing more of its body in time; an
+    HTTPException for the same reason as :class:`BodyTooLarge`."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            status_code=408,
+            detail=f"The request body stopped arriving: nothing more came in {timeout:g} s.",
+            headers={"Connection": "close"},
+        )
+
+
+def timed_receive(receive: Receive, timeout: float) -> Receive:
+    """``receive`` that raises :class:`BodyTimeout` when a piece of the body takes longer than
+    ``timeout`` seconds; once the body is complete, waits (for a disconnect) are not bounded."""
+    complete = False
+
+    async def timed() -> Message:
+        nonlocal complete
+        if complete:
+            return await receive()
+        try:
+            with anyio.fail_after(timeout):
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout(timeout) from None
+        complete = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+    return timed
+
+
+class BodyTimeoutMiddleware:
+    """408 and the connection closed when a request's body stalls for ``timeout`` seconds.
+
+    It wraps the whole app, the searches answered in front of FastAPI included
+    (glimpse/gateway/main.py), and hands on the wrapped app's attributes (``state``, ...).
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            receive = timed_receive(receive, self.timeout)
+        await self.app(scope, receive, send)
+
+
+class SlowClientProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with a header timeout: a request's headers must be complete
+    within GATEWAY_HEADER_TIMEOUT_S of the connection or of the request's first byte, else the
+    client gets a 408 and the connection is closed (a client sending its headers a byte at a
+    time held a connection for as long as it liked). Run the gateway with
+    ``--http glimpse.gateway.security:SlowClientProtocol`` (or UVICORN_HTTP set to that).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = _header_timeout()
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_clock()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_header_clock()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_clock()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_clock()
+        super().connection_lost(exc)
+
+    def _start_header_clock(self) -> None:
+        if self.header_deadline is None:
+            self.header_deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _stop_header_clock(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _too_slow(self) -> None:
+        self.header_deadline = None
+        if self.transport.is_closing():
+            return
+        error = GlimpseError(
+            ErrorType.request_timeout,
+            "The request headers did not arrive in time: "
+            f"they took over {self.header_timeout:g} s.",
+        )
+        body = json.dumps(error.body()).encode()
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+@functools.cache
+def _header_timeout() -> float:
+    # Read once per process: the protocol is made per connection, outside the app.
+    return Settings().header_timeout_s
 
 
 def bearer_token(request: Request) -> str | None:

@@ -1,13 +1,23 @@
-"""The body limit middleware (declared and chunked bodies) and the API key check."""
+"""The body limit middleware (declared and chunked bodies), the body timeout and the API key
+check."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
 
 from glimpse.contracts.errors import GlimpseError, install_error_handlers
-from glimpse.gateway.security import BodySizeLimitMiddleware, check_api_key
+from glimpse.gateway.security import (
+    BodySizeLimitMiddleware,
+    BodyTimeoutMiddleware,
+    check_api_key,
+)
 
 LIMIT = 1000
 
@@ -95,3 +105,87 @@ def test_api_key(headers: dict[str, str], ok: bool) -> None:
 
 def test_no_key_configured_is_open() -> None:
     check_api_key(FakeRequest({}), None)  # type: ignore[arg-type]
+
+
+# The body timeout ------------------------------------------------------------------------------
+
+TIMEOUT = 0.2
+
+
+def timed_app() -> BodyTimeoutMiddleware:
+    app, _ = make_app()
+
+    @app.post("/json")
+    async def json_body(body: dict[str, int]) -> dict[str, int]:
+        return body
+
+    @app.get("/slow")
+    async def slow(request: Request) -> dict[str, bool]:
+        # A route that waits on receive() after the body (as a response watching for a
+        # disconnect does): that wait is not the client's body and must not time out.
+        await request.body()
+        try:
+            await asyncio.wait_for(request.receive(), TIMEOUT * 2)
+        except TimeoutError:
+            return {"ok": True}
+        return {"ok": False}
+
+    return BodyTimeoutMiddleware(app, TIMEOUT)
+
+
+async def call(app: Any, method: str, path: str, pieces: list[bytes], stall: bool) -> tuple[
+    int, dict[str, str], bytes, float
+]:
+    """Send the body in ``pieces``; with ``stall`` the client then sends nothing more."""
+    queue = list(pieces)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if queue:
+            body = queue.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(queue) or stall}
+        await asyncio.sleep(3600)  # a client that stalls (or, after the body, never leaves)
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    declared = sum(len(p) for p in pieces) * (2 if stall else 1)
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(declared).encode())],
+    }
+    started = time.perf_counter()
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    took = time.perf_counter() - started
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], headers, body, took
+
+
+@pytest.mark.parametrize("path", ["/echo", "/json"])
+async def test_a_body_that_stalls_is_answered_408(path: str) -> None:
+    app = timed_app()
+    status, headers, body, took = await call(app, "POST", path, [b'{"a": 1', b", "], stall=True)
+    assert status == 408
+    assert headers["connection"] == "close"
+    error = json.loads(body)
+    assert error["error_type"] == "request_timeout" and "0.2 s" in error["error"]
+    assert TIMEOUT <= took < TIMEOUT + 1.0
+
+
+async def test_a_body_that_keeps_coming_is_read() -> None:
+    app = timed_app()
+    status, _, body, _ = await call(app, "POST", "/json", [b'{"a": ', b"1}"], stall=False)
+    assert status == 200 and json.loads(body) == {"a": 1}
+
+
+async def test_waits_after_the_body_are_not_bounded() -> None:
+    app = timed_app()
+    status, _, body, took = await call(app, "GET", "/slow", [b""], stall=False)
+    assert status == 200 and json.loads(body) == {"ok": True}
+    assert took >= TIMEOUT * 2
