@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
@@ -150,7 +151,9 @@ def create_app(settings: Settings | None = None) -> BodyTimeoutMiddleware:
             await index.aclose()
             app.state.gateway.io_pool.shutdown(wait=True)
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the installed package, not a CDN, so
+    # they work offline.
+    app = FastAPIOffline(
         title="Glimpse",
         summary="Text-to-image and image-to-image search over your own image collection.",
         version="0.1.0",

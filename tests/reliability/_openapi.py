@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 
 READ_POSTS = {"/search/text", "/search/image", "/search"}
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc",
-              "/docs/oauth2-redirect", "/"}
+              "/docs/oauth2-redirect", "/static-offline-docs", "/"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 

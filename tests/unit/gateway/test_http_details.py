@@ -3,6 +3,7 @@ methods of the image routes, the order of the access check, and the offline API 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,7 +125,7 @@ def test_head_answers_like_get_without_a_body(
         ("POST", "/images/2/meta", "GET"),
         ("PUT", "/stats", "GET"),
         ("GET", "/admin/index/rebuild", "POST"),
-        ("POST", "/docs", "GET, HEAD"),
+        ("POST", "/docs", "GET"),
         ("POST", "/no-such-page", "GET, HEAD"),  # the web page's own
     ],
 )
@@ -183,3 +184,27 @@ def test_a_record_deleted_elsewhere_is_seen_within_the_ttl(tmp_path: Path) -> No
             assert time.monotonic() < deadline, "the deleted record was still served"
             time.sleep(0.02)
         assert client.get("/images/2", headers=etag).status_code == 404
+
+
+# Offline API docs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_need_nothing_from_another_host(
+    gateway: tuple[TestClient, FakeIndex], page: str
+) -> None:
+    client, _ = gateway
+    response = client.get(page)
+    assert response.status_code == 200
+    html = response.text
+    urls = re.findall(r"""(?:src|href|url)\s*[=:(]\s*['"]?([^'"\s)>]+)""", html)
+    assert urls, html
+    remote = [u for u in urls if "//" in u]
+    assert not remote, f"{page} loads from elsewhere: {remote}"
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert len(asset.content) > 0
+    scripts = [u for u in urls if u.endswith(".js")]
+    assert scripts and all("javascript" in client.get(u).headers["content-type"]
+                           for u in scripts), scripts
