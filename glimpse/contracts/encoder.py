@@ -23,6 +23,11 @@ class EmbedError(BaseModel):
     error_type: str
 
 
+class ImageSize(BaseModel):
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+
 class EmbedImageResponse(BaseModel):
     """One slot per uploaded file: an embedding, or null and an error in the same slot.
 
@@ -34,6 +39,11 @@ class EmbedImageResponse(BaseModel):
     dim: int
     embeddings: list[VectorLike | None]
     errors: list[EmbedError | None]
+    sizes: list[ImageSize | None] = Field(
+        default_factory=list,
+        description="Each file's width and height in pixels as displayed (its EXIF orientation "
+        "applied), null where its slot has no embedding.",
+    )
 
 
 class EncoderInfo(BaseModel):

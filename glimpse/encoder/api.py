@@ -173,7 +173,8 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
 
 
 async def embed_image(request: Request) -> Response:
-    """Unit-norm float32 CLIP vectors of the uploaded images, one slot per file.
+    """Unit-norm float32 CLIP vectors of the uploaded images, one slot per file, each with the
+    image's width and height as displayed.
 
     A file that cannot be used leaves null in its slot and its error beside it; the other
     files are embedded. When none can be, the answer is the first file's error (4xx).
@@ -187,9 +188,12 @@ async def embed_image(request: Request) -> Response:
         )
     slots = [i for i, c in enumerate(contents) if not isinstance(c, GlimpseError)]
     results: list[Any] = list(contents)
-    embedded = await runtime.embed_images([contents[i] for i in slots])
-    for slot, result in zip(slots, embedded, strict=True):
+    shown: list[tuple[int, int] | None] = []
+    embedded = await runtime.embed_images([contents[i] for i in slots], shown)
+    sizes: list[dict[str, int] | None] = [None] * len(results)
+    for slot, result, size in zip(slots, embedded, shown, strict=True):
         results[slot] = result
+        sizes[slot] = None if size is None else {"width": size[0], "height": size[1]}
     errors = [
         {"error": r.message, "error_type": r.error_type} if isinstance(r, GlimpseError) else None
         for r in results
@@ -207,6 +211,7 @@ async def embed_image(request: Request) -> Response:
             None if isinstance(r, GlimpseError) else _vector_json(r, chosen) for r in results
         ],
         "errors": errors,
+        "sizes": sizes,
     })
 
 

@@ -36,8 +36,13 @@ from glimpse.encoder.images import (
     prepare_pixels,
 )
 from glimpse.encoder.model import ClipEncoder, load_encoder
+from glimpse.imaging import decoder_errors, load_upright, open_checked, orientation, to_rgb
 
 logger = logging.getLogger("glimpse.encoder")
+
+
+# EXIF orientations that turn the picture a quarter: its width is shown as its height.
+_QUARTER_TURNS = frozenset((5, 6, 7, 8))
 
 
 class GpuJpeg(NamedTuple):
@@ -61,6 +66,9 @@ class _ImageJob:
         self.loop = loop
         self.done: asyncio.Future[list[np.ndarray | GlimpseError]] = loop.create_future()
         self.results: list[np.ndarray | GlimpseError | None] = [None] * count
+        # Each file's displayed (width, height), set where it is read: on the loop for a
+        # plain JPEG, in the decode pool for the rest.
+        self.sizes: list[tuple[int, int] | None] = [None] * count
         self._left = count
         self._errors = errors
         self._lock = threading.Lock()
@@ -303,12 +311,23 @@ class EncoderRuntime:
                 self._text_cache.popitem(last=False)
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
 
-    def _prepare_image(self, data: ImageBytes) -> torch.Tensor | GpuJpeg:
-        """Runs in the decode pool."""
+    def _prepare_image(self, data: ImageBytes) -> tuple[torch.Tensor | GpuJpeg, tuple[int, int]]:
+        """The model's input of one file and the file's displayed (width, height); runs in the
+        decode pool. The CPU path is prepare_pixels, keeping the size on the way."""
         with self.decode_seconds.time():
-            if self.gpu_decode and gpu_decodable_jpeg(data, self.limits) is not None:
-                return GpuJpeg(data)
-            return prepare_pixels(data, self.limits, self.encoder.image_size, self.preprocess)
+            if self.gpu_decode:
+                header = gpu_decodable_jpeg(data, self.limits)
+                if header is not None:  # upright: the size as stored is the size shown
+                    return GpuJpeg(data), (header.width, header.height)
+            img = open_checked(data, self.limits)
+            width, height = img.size  # read now: a JPEG's reduced decoding changes img.size
+            side = self.encoder.image_size
+            small = load_upright(img, (side, side))
+            if orientation(img) in _QUARTER_TURNS:
+                width, height = height, width
+            with decoder_errors(img):
+                rgb = to_rgb(small)
+            return self.preprocess(rgb), (width, height)
 
     def _prepare_chunk(
         self, job: _ImageJob, files: Sequence[ImageBytes], slots: Sequence[int]
@@ -320,7 +339,7 @@ class EncoderRuntime:
                 self.batcher.announce(-1)
                 continue
             try:
-                payload = self._prepare_image(files[slot])
+                payload, job.sizes[slot] = self._prepare_image(files[slot])
             except Exception as exc:  # noqa: BLE001 - one file's failure is that file's answer
                 self.batcher.announce(-1)
                 error = exc if isinstance(exc, GlimpseError) else _undecodable(exc)
@@ -339,9 +358,11 @@ class EncoderRuntime:
             job.track([slot], future)
 
     async def embed_images(
-        self, files: Sequence[ImageBytes]
+        self, files: Sequence[ImageBytes], sizes: list[tuple[int, int] | None] | None = None
     ) -> list[np.ndarray | GlimpseError]:
-        """One unit vector or one error per file, in order; decoding overlaps the model.
+        """One unit vector or one error per file, in order; decoding overlaps the model. With
+        ``sizes``, it is filled with each file's displayed (width, height) (as its EXIF
+        orientation turns it), None for a file that could not be read.
 
         The event loop's share is one job per request. When the device decodes, the loop reads
         each JPEG's header itself (jpeg_header.py: a few µs, less than handing the file to a
@@ -358,7 +379,12 @@ class EncoderRuntime:
             plain: list[int] = []
             to_pool: list[int] = []
             for i, data in enumerate(files):
-                (plain if plain_jpeg(data, self.limits) else to_pool).append(i)
+                header = plain_jpeg(data, self.limits)
+                if header is None:
+                    to_pool.append(i)
+                else:  # upright: the size as stored is the size shown
+                    plain.append(i)
+                    job.sizes[i] = (header.width, header.height)
         else:
             plain, to_pool = [], list(range(len(files)))
         self.batcher.announce(len(to_pool))
@@ -375,11 +401,17 @@ class EncoderRuntime:
             for lo, hi in itertools.pairwise(bounds):
                 self.pool.submit(self._prepare_chunk, job, files, to_pool[lo:hi])
                 submitted = hi
-            return await job.done
+            results = await job.done
         except BaseException:
             job.cancel()  # queued runs are skipped; chunks not yet started stop early
             self.batcher.announce(-(len(to_pool) - submitted))
             raise
+        if sizes is not None:
+            sizes[:] = [
+                None if isinstance(r, GlimpseError) else size
+                for r, size in zip(results, job.sizes, strict=True)
+            ]
+        return results
 
     def time_decoders(self, count: int = 64) -> tuple[float, float]:
         """Images/s of the two ways to turn ``count`` camera-like 640x480 JPEGs into model

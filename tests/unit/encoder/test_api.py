@@ -258,3 +258,27 @@ def test_every_answer_is_compact_orjson(client: TestClient, photos) -> None:
     floats = answers[0].json()["embeddings"][0]
     # At most 9 significant digits each (a float32's), not a float64's 17 as tolist() gave.
     assert max(len(repr(abs(x)).replace("0.", "", 1)) for x in floats) <= 13
+
+
+def _turned_jpeg(size: tuple[int, int], orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encoded(Image.new("RGB", size, (200, 40, 40)), "JPEG", exif=exif.tobytes())
+
+
+def test_each_image_is_answered_with_its_displayed_size(client: TestClient) -> None:
+    files = [
+        jpeg_bytes(Image.new("RGB", (300, 200), (10, 200, 30))),
+        _turned_jpeg((300, 200), 6),  # stored 300x200, shown turned a quarter: 200x300
+        _turned_jpeg((300, 200), 3),  # upside down: still 300x200
+        b"junk",
+        encoded(Image.new("RGBA", (40, 30)), "PNG"),
+    ]
+    body = client.post("/v1/embed/image", files=_files(*files)).json()
+    assert body["sizes"] == [
+        {"width": 300, "height": 200},
+        {"width": 200, "height": 300},
+        {"width": 300, "height": 200},
+        None,
+        {"width": 40, "height": 30},
+    ]

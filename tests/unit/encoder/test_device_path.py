@@ -52,7 +52,12 @@ async def test_a_mixed_request_keeps_its_slots(runtime: EncoderRuntime, photos) 
         plain[2][: len(plain[2]) // 2],  # truncated: the CPU decoder refuses it
         plain[3],
     ]
-    out = await runtime.embed_images(files)
+    sizes: list[tuple[int, int] | None] = []
+    out = await runtime.embed_images(files, sizes)
+    # Plain JPEGs sized from their header on the loop, the rest in the decode pool.
+    shown = [p.shape[1::-1] for p in photos.values()]
+    assert sizes == [shown[0], (rocket.width, rocket.height), shown[1],
+                     (rocket.width, rocket.height), None, None, shown[3]]
     kinds = [type(r).__name__ for r in out]
     assert kinds == ["ndarray", "ndarray", "ndarray", "ndarray", "GlimpseError",
                      "GlimpseError", "ndarray"]
