@@ -310,6 +310,20 @@ def test_original_thumbnail_and_meta_headers(
     assert record.path == "samples/astronaut.jpg" and record.bytes == len(photos["astronaut.jpg"])
 
 
+@pytest.mark.parametrize("suffix", ["", "/thumbnail"])
+def test_head_is_get_without_the_body(
+    client: httpx.Client, ingested: dict[str, int], suffix: str
+) -> None:
+    url = f"/images/{ingested['chelsea.jpg']}{suffix}"
+    got, head = client.get(url), client.head(url)
+    assert head.status_code == got.status_code == 200
+    assert head.content == b""
+    for name in ("content-type", "content-length", "etag", "cache-control"):
+        assert head.headers[name] == got.headers[name], name
+    cached = client.head(url, headers={"If-None-Match": got.headers["etag"]})
+    assert cached.status_code == 304
+
+
 def test_delete_is_final(client: httpx.Client) -> None:
     data = noise_image(20)
     item = client.post("/ingest", files=[("files", ("d/x.jpg", data, "image/jpeg"))]).json()
