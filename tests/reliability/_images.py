@@ -290,3 +290,186 @@ def long_thin_pngs() -> dict[str, bytes]:
         "strip_1x30000.png": blank_png(1, 30_000),
         "strip_60000000x1.png": blank_png(60_000_000, 1),
     }
+
+
+def tiff_entries(data: bytes) -> tuple[list[int], str]:
+    """Offsets of the 12-byte entries of the first TIFF IFD in ``data`` (a TIFF file, or the
+    EXIF block of a JPEG, PNG or WebP) and its byte order ('<' or '>'); none if there is no
+    readable one."""
+    for magic, order in ((b"II*\x00", "<"), (b"MM\x00*", ">")):
+        start = data.find(magic)
+        if start < 0 or start + 8 > len(data):
+            continue
+        ifd = start + struct.unpack_from(order + "I", data, start + 4)[0]
+        if ifd + 2 > len(data):
+            continue
+        count = struct.unpack_from(order + "H", data, ifd)[0]
+        entries = [ifd + 2 + 12 * i for i in range(count) if ifd + 14 + 12 * i <= len(data)]
+        return entries, order
+    return [], "<"
+
+
+def retyped_tag(data: bytes, entry: int, order: str, kind: int, count: int | None) -> bytes:
+    """``data`` with the TIFF entry at ``entry`` given another type (and count)."""
+    out = bytearray(data)
+    struct.pack_into(order + "H", out, entry + 2, kind)
+    if count is not None:
+        struct.pack_into(order + "I", out, entry + 4, count)
+    return bytes(out)
+
+
+def resized_header(data: bytes, width: int, height: int) -> bytes:
+    """``data`` whose header declares width x height, the pixel data left as it was: a PNG's
+    IHDR (its CRC fixed, so the decoder believes it), a JPEG's frame header, a WebP's canvas,
+    a TIFF's ImageWidth and ImageLength. Other bytes come back unchanged."""
+    out = bytearray(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        struct.pack_into(">II", out, 16, width & 0xFFFFFFFF, height & 0xFFFFFFFF)
+        struct.pack_into(">I", out, 29, zlib.crc32(bytes(out[12:29])))
+    elif data.startswith(b"\xff\xd8"):
+        for sof in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
+            at = data.find(sof)
+            if at > 0:
+                struct.pack_into(">HH", out, at + 5, height & 0xFFFF, width & 0xFFFF)
+                break
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            out[24:27] = ((width - 1) & 0xFFFFFF).to_bytes(3, "little")
+            out[27:30] = ((height - 1) & 0xFFFFFF).to_bytes(3, "little")
+        elif chunk == b"VP8 " and len(data) >= 30:
+            struct.pack_into("<HH", out, 26, width & 0x3FFF, height & 0x3FFF)
+        elif chunk == b"VP8L" and len(data) >= 25:
+            bits = ((width - 1) & 0x3FFF) | (((height - 1) & 0x3FFF) << 14)
+            bits |= int.from_bytes(data[21:25], "little") & ~((1 << 28) - 1)
+            out[21:25] = bits.to_bytes(4, "little")
+    else:
+        entries, order = tiff_entries(data)
+        for entry in entries:
+            tag, kind = struct.unpack_from(order + "HH", data, entry)
+            if tag in (256, 257):
+                value = width if tag == 256 else height
+                if kind == 3:
+                    struct.pack_into(order + "HH", out, entry + 8, value & 0xFFFF, 0)
+                else:
+                    struct.pack_into(order + "I", out, entry + 8, value & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def fuzz_seeds() -> dict[str, bytes]:
+    """Valid files of the four formats the image fuzzer mutates (JPEG, PNG, WebP, TIFF), in
+    the modes and with the EXIF blocks cameras and editors write."""
+    import numpy as np
+
+    base = gradient((48, 32), seed=5)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation
+    exif[0x0128] = 2  # resolution unit
+    exif[0x011A] = 72.0  # x resolution (a RATIONAL)
+    exif[0x010F] = "camera maker"
+    exif_bytes = exif.tobytes()
+    palette_t = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette_t.info["transparency"] = 0
+    grey16 = Image.fromarray(np.linspace(0, 65535, 48 * 32, dtype=np.uint16).reshape(32, 48))
+    floats = Image.fromarray(np.linspace(0, 1, 48 * 32, dtype=np.float32).reshape(32, 48))
+    return {
+        "exif.jpg": jpeg_bytes(base, quality=85, exif=exif_bytes),
+        "progressive.jpg": jpeg_bytes(base, progressive=True),
+        "cmyk.jpg": jpeg_bytes(base.convert("CMYK")),
+        "rgb.png": png_bytes(base),
+        "rgba_exif.png": png_bytes(rgba, exif=exif_bytes),
+        "palette_trns.png": png_bytes(palette_t),
+        "grey16.png": png_bytes(grey16),
+        "lossy.webp": save_bytes(base, "WEBP", quality=70),
+        "lossless_alpha.webp": save_bytes(rgba, "WEBP", lossless=True),
+        "exif.webp": save_bytes(base, "WEBP", exif=exif_bytes),
+        "rgb.tif": save_bytes(base, "TIFF"),
+        "deflate.tif": save_bytes(base, "TIFF", compression="tiff_deflate"),
+        "float.tif": save_bytes(floats, "TIFF"),
+        "cmyk.tif": save_bytes(base.convert("CMYK"), "TIFF"),
+    }
+
+
+# docs/reliability.md, "Decoding memory": the most an image at the pixel cap raises the
+# encoder's resident memory, per decode thread, in bytes per pixel of the cap (measured worst:
+# a deflated one-strip float TIFF, 8.0; the rest 1.2 to 4.7 since decoding reduces band by band).
+DECODE_BYTES_PER_PIXEL = 9
+
+
+class PeakGrowth:
+    """How far a process's resident memory rose above where it was on entry, read from the
+    kernel's high-water mark (VmHWM, reset on entry through clear_refs), so no short peak is
+    missed; where that reset is not allowed, a 5 ms sampler's peak."""
+
+    def __init__(self, pid: int) -> None:
+        from tests.reliability._upload import RssSampler
+
+        self.pid = pid
+        self.sampler = RssSampler(pid)
+        self.exact = False
+        self.growth = 0
+        self.peak = 0
+
+    def _status(self, field: str) -> int:
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} in /proc/{self.pid}/status")
+
+    def __enter__(self) -> PeakGrowth:
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as fh:
+                fh.write("5")
+            self.exact = True
+        except OSError:
+            self.exact = False
+        self.baseline = self._status("VmRSS")
+        self.sampler.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sampler.__exit__(*exc)
+        peak = self.sampler.peak
+        if self.exact:
+            peak = max(peak, self._status("VmHWM"))
+        self.peak = peak
+        self.growth = max(0, peak - self.baseline)
+
+
+def _zlib_zeros(total: int) -> bytes:
+    """A zlib stream of ``total`` zero bytes, compressed a few megabytes at a time."""
+    comp = zlib.compressobj(9)
+    block = bytes(1 << 22)
+    full, rest = divmod(total, len(block))
+    parts = [comp.compress(block) for _ in range(full)]
+    parts += [comp.compress(bytes(rest)), comp.flush()]
+    return b"".join(parts)
+
+
+@cache
+def cap_worst_cases(max_pixels: int) -> dict[str, bytes]:
+    """The images that cost the most to decode at the pixel cap: long and thin at the most
+    accepted aspect (32:1) and tall and thin, RGBA, palette with transparency, 16-bit grey and
+    RGB, bilevel, the square RGB, CMYK JPEG, and a float TIFF deflated in one strip. None holds
+    its pixels here but the JPEG, which Pillow must encode."""
+    import math
+
+    short = math.isqrt(max_pixels // 32)
+    wide = (32 * short, short)
+    side = math.isqrt(max_pixels)
+    cmyk = Image.new("CMYK", wide, (0, 40, 80, 0))
+    return {
+        "rgba_32to1_wide.png": blank_png(*wide, "rgba"),
+        "rgba_32to1_tall.png": blank_png(short, 32 * short, "rgba"),
+        "palette_trns_32to1.png": blank_png(*wide, "palette_trns"),
+        "grey16_32to1.png": blank_png(*wide, "grey16"),
+        "rgb16_32to1.png": blank_png(*wide, "rgb16"),
+        "bilevel_32to1.png": blank_png(*wide, "bilevel"),
+        "rgb_square.png": blank_png(side, side, "rgb"),
+        "cmyk_32to1.jpg": jpeg_bytes(cmyk, quality=90),
+        "float_32to1_deflate.tif": tiff_bytes(*wide, compression=8,
+                                              strip=_zlib_zeros(wide[0] * wide[1] * 4)),
+    }

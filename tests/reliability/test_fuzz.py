@@ -2,7 +2,11 @@
 
 Hypothesis, bounded by max_examples and a per-example deadline, no example database on disk.
 The decoders (the encoder's and the gateway's) are fuzzed in-process with mutated real images
-and plain random bytes: they must give an image or a 4xx GlimpseError, nothing else. The JSON
+and plain random bytes: they must give an image or a 4xx GlimpseError, nothing else. The same
+mutations of JPEG, PNG, WebP and TIFF files (byte flips, EXIF and TIFF tag types, truncation,
+header sizes) are posted through the encoder process, which must answer 200 or 4xx with its
+resident memory within the documented bound (issue 25); the files that found F2, F3, F4 and
+F8 stay as regression cases. The JSON
 endpoints of the gateway, the encoder and an index are fuzzed over HTTP with arbitrary JSON,
 JSON shaped like their bodies, and bytes that are not JSON at all.
 """
@@ -22,7 +26,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from glimpse.contracts.errors import GlimpseError
-from tests.reliability._images import malformed_images, odd_valid_images
+from tests.reliability._images import (
+    DECODE_BYTES_PER_PIXEL,
+    PeakGrowth,
+    float_tiffs,
+    fuzz_seeds,
+    gradient,
+    long_thin_pngs,
+    malformed_images,
+    mistyped_exif_jpeg,
+    odd_valid_images,
+    png_bytes,
+    resized_header,
+    retyped_tag,
+    tiff_entries,
+)
 from tests.reliability._services import index_process
 from tests.support.procs import ServiceProcess
 
@@ -33,18 +51,43 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
+# Issue 25's files, kept as seeds and as explicit cases (test_fuzz_regressions_through_the_
+# encoder): F2 and F3 long and thin PNGs, F4 a JPEG whose EXIF types ResolutionUnit as BYTE,
+# F8 float TIFFs (good and broken).
+REGRESSIONS: dict[str, bytes] = {
+    **long_thin_pngs(),
+    "f4_exif_resolution_unit_byte.jpg": mistyped_exif_jpeg(),
+    **{f"f8_{name}": data for name, data in float_tiffs().items()},
+}
+FORMAT_SEEDS = fuzz_seeds()
 SEEDS = [data for data, _ in odd_valid_images().values()] + [
     data for data, _ in malformed_images().values() if data
-]
+] + list(FORMAT_SEEDS.values()) + [d for n, d in REGRESSIONS.items() if "60000000" not in n]
+
+# Sides a mutated header declares: none, tiny, the 32:1 edge at 60 MP, over 16 and 31 bits.
+SIDES = st.sampled_from([0, 1, 2, 3, 31, 32, 33, 224, 1369, 7745, 30_000, 43_808, 65_535,
+                         65_536, 1 << 24, 60_000_000, (1 << 31) - 1, (1 << 32) - 1])
 
 
 @st.composite
-def mutated_images(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
+def mutated_images(draw: st.DrawFn, seeds: list[bytes] = SEEDS) -> bytes:
+    data = bytearray(draw(st.sampled_from(seeds)))
     for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["flip", "cut", "insert", "repeat", "zero"]))
+        op = draw(st.sampled_from(["flip", "cut", "insert", "repeat", "zero", "retype",
+                                   "resize"]))
         if not data:
             break
+        if op == "retype":  # an EXIF or TIFF tag given another type (F4, F8) and count
+            entries, order = tiff_entries(bytes(data))
+            if entries:
+                entry = draw(st.sampled_from(entries))
+                count = draw(st.sampled_from([None, 0, 1, 2, 7, 1 << 16, (1 << 32) - 1]))
+                data = bytearray(retyped_tag(bytes(data), entry, order,
+                                             draw(st.integers(0, 13)), count))
+            continue
+        if op == "resize":  # the header declares another size (F2, F3)
+            data = bytearray(resized_header(bytes(data), draw(SIDES), draw(SIDES)))
+            continue
         at = draw(st.integers(0, len(data) - 1))
         if op == "flip":
             data[at] ^= draw(st.integers(1, 255))
@@ -62,6 +105,8 @@ def mutated_images(draw: st.DrawFn) -> bytes:
 
 
 IMAGE_BYTES = st.one_of(mutated_images(), st.binary(max_size=2048))
+# What is posted to the encoder: the four formats of the issue, mutated.
+FORMAT_BYTES = mutated_images(list(FORMAT_SEEDS.values()))
 
 
 def _decoder_outcome(decode: Any, data: bytes) -> str:
@@ -108,6 +153,65 @@ def test_fuzz_gateway_image_checks(figure: Any) -> None:
 
     run()
     figure(examples=sum(seen.values()), outcomes=dict(seen), crashes=0)
+
+
+# The shared stack's encoder keeps the default ENCODER_MAX_PIXELS.
+ENCODER_MAX_PIXELS = 60_000_000
+# What each regression case must get from the encoder alone: F4 and a valid float TIFF are
+# pictures; the rest are refused as invalid_image.
+REGRESSION_PICTURES = ("f4_exif_resolution_unit_byte.jpg", "f8_float32.tif", "f8_float32_nan.tif")
+
+
+@pytest.mark.parametrize("name", list(REGRESSIONS))
+def test_fuzz_regressions_through_the_encoder(stack: Any, name: str) -> None:
+    with httpx.Client(base_url=stack.encoder.url, timeout=60) as enc:
+        r = enc.post("/v1/embed/image", files=[("files", (name, REGRESSIONS[name],
+                                                          "application/octet-stream"))])
+    if name in REGRESSION_PICTURES:
+        assert r.status_code == 200 and r.json()["embeddings"][0] is not None, r.text[:300]
+    else:
+        assert r.status_code == 422, (r.status_code, r.text[:300])
+        assert r.json()["error_type"] == "invalid_image", r.text[:300]
+
+
+def test_fuzz_images_through_the_encoder(stack: Any, figure: Any) -> None:
+    """Mutated JPEG, PNG, WebP and TIFF files posted to the encoder process, alone or beside a
+    good file: every answer 200 or 4xx, the good file always embedded, and the process's
+    resident memory within DECODE_BYTES_PER_PIXEL x the pixel cap (one decode thread)."""
+    good = png_bytes(gradient((40, 30), seed=77))
+    statuses: Counter[int] = Counter()
+    outcomes: Counter[str] = Counter()
+    failures: list[str] = []
+    with httpx.Client(base_url=stack.encoder.url, timeout=60) as enc, \
+            PeakGrowth(stack.encoder.proc.pid) as peak:
+
+        @settings(FUZZ, max_examples=3000, deadline=20_000)
+        @given(FORMAT_BYTES, st.booleans())
+        def run(data: bytes, beside_good: bool) -> None:
+            files = [("files", ("fuzzed", data, "application/octet-stream"))]
+            if beside_good:
+                files.append(("files", ("good.png", good, "image/png")))
+            r = enc.post("/v1/embed/image", files=files)
+            statuses[r.status_code] += 1
+            if r.status_code >= 500:
+                failures.append(f"{r.status_code} {data[:200]!r} -> {r.text[:300]}")
+            assert r.status_code < 500, failures[-1]
+            body = r.json()
+            if r.status_code != 200:
+                assert not beside_good and body["error_type"], r.text[:300]
+                outcomes[body["error_type"]] += 1
+                return
+            errors = body.get("errors") or [None] * len(files)
+            outcomes[errors[0]["error_type"] if errors[0] else "embedded"] += 1
+            if beside_good:
+                assert errors[1] is None and body["embeddings"][1] is not None, r.text[:300]
+
+        run()
+    bound = DECODE_BYTES_PER_PIXEL * ENCODER_MAX_PIXELS
+    figure(examples=sum(statuses.values()), statuses=dict(statuses), outcomes=dict(outcomes),
+           answers_5xx=len(failures), rss_growth_bytes=peak.growth, bound_bytes=bound,
+           exact_high_water_mark=peak.exact)
+    assert peak.growth <= bound, f"the encoder's memory rose by {peak.growth} bytes"
 
 
 JSON = st.recursive(
