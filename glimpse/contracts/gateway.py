@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -84,8 +84,12 @@ class IngestResponse(BaseModel):
     items: list[IngestItem]
 
 
+# A sha256 digest as /ingest/check takes it (either case); the gateway keys media by lower case.
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
 class IngestCheckRequest(StrictBody):
-    sha256: list[str] = Field(max_length=100_000)
+    sha256: list[Sha256Hex] = Field(max_length=100_000)
 
 
 class IngestCheckResponse(BaseModel):

@@ -120,7 +120,8 @@ def test_every_validation_error_names_its_field(
         ("/composite", {"terms": [{"image_id": True}]}, "terms.0.image_id: Input should be"),
         ("/composite", {"terms": [{"text": "a", "w": 1}]}, "terms.0.w: Extra inputs are not"),
         ("/composite", {"term": [{"text": "a"}]}, "term: Extra inputs are not permitted"),
-        ("/check", {"sha256": ["a"], "force": True}, "force: Extra inputs are not permitted"),
+        ("/check", {"sha256": ["a" * 64], "force": 1}, "force: Extra inputs are not permitted"),
+        ("/check", {"sha256": ["a" * 64, "zz"]}, "sha256.1: String should match pattern"),
     ],
 )
 def test_public_bodies_refuse_other_types_and_unknown_fields(
@@ -137,6 +138,7 @@ def test_public_bodies_still_take_what_they_document() -> None:
     # A float field takes a JSON integer: 1 and 1.0 are the same JSON number.
     terms = {"terms": [{"text": "cat", "weight": 1}, {"image_id": 3, "weight": -0.5}]}
     assert client.post("/composite", json=terms).status_code == 200
+    assert client.post("/check", json={"sha256": ["aB" * 32]}).status_code == 200
     # Form fields are text by nature: /search/image's k and offset arrive as strings.
     form = parse_fields(ImageSearchForm, {"k": "5", "offset": "40"})
     assert (form.k, form.offset) == (5, 40)
