@@ -449,6 +449,7 @@ async def stats(state: State) -> dict[str, Any]:
         "index": index_stats,
         "model": model,
         "media_bytes": media_bytes,
+        "max_result_window": state.settings.max_result_window,
         # How many replicas of each upstream there are and which are up (replicas.py).
         "upstreams": {
             "encoder": state.encoder.replicas.status(),
