@@ -8,6 +8,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM scratch AS src
 COPY glimpse/__init__.py /app/glimpse/__init__.py
 COPY glimpse/contracts /app/glimpse/contracts
+COPY glimpse/imaging.py /app/glimpse/imaging.py
 COPY glimpse/encoder /app/glimpse/encoder
 COPY glimpse/web /app/glimpse/web
 
