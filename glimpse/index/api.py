@@ -1,18 +1,29 @@
-"""HTTP routes of the index service (docs/architecture.md, "Internal APIs")."""
+"""HTTP routes of the index service (docs/architecture.md, "Internal APIs"), as one list of
+operations (``OPERATIONS``) that gives both the Starlette routes and the OpenAPI document
+(glimpse/web/openapi.py). Bodies are parsed with orjson and validated with the contract models;
+every answer is written by orjson (``OrjsonResponse``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.responses import JSONResponse
+import orjson
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 
-from glimpse.contracts.bodies import json_body_openapi, json_response, parse_json_body
 from glimpse.contracts.common import HealthResponse, ReadyResponse
-from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
+from glimpse.contracts.errors import (
+    ERROR_RESPONSES,
+    ErrorType,
+    GlimpseError,
+    describe_validation_errors,
+)
 from glimpse.contracts.index import (
     MAX_ITEM_ID,
     AddItemsRequest,
@@ -33,19 +44,65 @@ from glimpse.contracts.index import (
 )
 from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vector, l2_normalize
 from glimpse.index.backend import IndexBackend
-from glimpse.index.config import Settings
 from glimpse.index.service import NotTunable
 from glimpse.index.store import NewItem
+from glimpse.web.openapi import Operation
+from glimpse.web.responses import OrjsonResponse
 
-Backend = IndexBackend
-
-router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
 
 _F16 = np.dtype("<f2")
+# An id SQLite cannot hold (>= 2**63) is a 422 naming the bound, not an OverflowError inside
+# the store.
+_ITEM_ID: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0, le=MAX_ITEM_ID)])
+_ENCODING: TypeAdapter[VectorEncoding] = TypeAdapter(VectorEncoding)
 
 
-def service_of(request: Request) -> Backend:
-    service: Backend | None = request.app.state.service
+def _invalid(errors: list[Any], source: str) -> GlimpseError:
+    """A 422 naming each invalid field, located as FastAPI locates them (``body``, ``path``,
+    ``query``), so the sentence reads the same."""
+    message, details = describe_validation_errors(
+        [{**error, "loc": (source, *error["loc"])} for error in errors]
+    )
+    return GlimpseError(ErrorType.validation_error, message, details)
+
+
+async def _body(request: Request, model: type[M], *, optional: bool = False) -> M:
+    """The JSON body validated as ``model`` (an absent or null body is ``model()`` where the
+    body is optional), or a 422 naming the problem."""
+    raw = await request.body()
+    if optional and raw.strip() in (b"", b"null"):
+        return model()
+    if not raw:
+        raise _invalid([{"loc": (), "msg": "Field required", "type": "missing"}], "body")
+    try:
+        # orjson reads nesting deeper than pydantic's JSON parser allows, so a too-deep meta
+        # gets its own sentence (contracts/index.py) rather than a parse error.
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            # NaN and Infinity are not JSON, but Python's json.dumps writes them: read them,
+            # so that the answer names the value that is not finite, not a syntax error.
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise _invalid([{"loc": (), "msg": "JSON decode error", "type": "json_invalid",
+                             "ctx": {"error": str(exc)}}], "body") from None
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise _invalid(exc.errors(include_url=False, include_context=False), "body") from None
+
+
+def _item_id(request: Request) -> int:
+    try:
+        return _ITEM_ID.validate_python(request.path_params["item_id"], strict=False)
+    except ValidationError as exc:
+        raise _invalid([{**e, "loc": ("item_id",)} for e in
+                        exc.errors(include_url=False, include_context=False)], "path") from None
+
+
+def service_of(request: Request) -> IndexBackend:
+    service: IndexBackend | None = request.app.state.service
     if service is None or not service.ready.is_set():
         waiting = service.waiting_for if service is not None else None
         if waiting:  # the Milvus backend, still trying to reach Milvus
@@ -60,37 +117,25 @@ def service_of(request: Request) -> Backend:
     return service
 
 
-async def get_service(request: Request) -> Backend:
-    # async: FastAPI runs a plain-def dependency in its thread pool (a thread hand-off per
-    # request).
-    return service_of(request)
-
-
-Service = Annotated[Backend, Depends(get_service)]
-
-# Bounded so an id SQLite cannot hold (>= 2**63) is a 422 naming the bound, not an
-# OverflowError (a 500) inside the store.
-ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="Item id (0 to 2**63-1).")]
-
-
-def _settings(service: Backend) -> Settings:
-    return service.settings
-
-
 def _unit_f16(vectors: np.ndarray) -> np.ndarray:
     """Unit length, then float16 as stored: the index holds exactly what a restart reads back."""
     return l2_normalize(vectors).astype(_F16)
 
 
-@router.post("/v1/items", response_model=AddItemsResponse, responses=ERROR_RESPONSES,
-             tags=["items"])
-async def add_items(body: AddItemsRequest, service: Service) -> AddItemsResponse:
+def _not_found(item_id: int, deleted: bool = False) -> GlimpseError:
+    what = "was deleted" if deleted else "does not exist"
+    return GlimpseError(ErrorType.not_found, f"Item {item_id} {what}.")
+
+
+async def add_items(request: Request) -> Response:
     """Add a batch of items, idempotent by key; answered only after the store committed it.
 
-    The whole batch is checked first (dimension, NaN/Inf, zero vectors, limits): one bad item
-    rejects the batch and nothing is stored.
+    The whole batch is checked first (dimension, NaN/Inf, zero vectors, limits, meta, keys):
+    one bad item rejects the batch and nothing is stored.
     """
-    limit = _settings(service).max_batch
+    service = service_of(request)
+    body = await _body(request, AddItemsRequest)
+    limit = service.settings.max_batch
     if len(body.items) > limit:
         raise GlimpseError(
             ErrorType.payload_too_large,
@@ -105,20 +150,16 @@ async def add_items(body: AddItemsRequest, service: Service) -> AddItemsResponse
     ]
     # SQLite commit (fsync) and Faiss add block: a worker thread, not the event loop.
     outcomes = await run_in_threadpool(service.add, items)
-    return AddItemsResponse.model_validate(
+    return OrjsonResponse(
         {"items": [{"id": o.id, "key": o.key, "status": o.status} for o in outcomes]}
     )
 
 
-@router.post("/v1/search", response_model=IndexSearchResponse, responses=ERROR_RESPONSES,
-             tags=["search"], openapi_extra=json_body_openapi(IndexSearchRequest))
 async def search(request: Request) -> Response:
     """Top-k live items per query vector (scores are inner products of unit vectors)."""
-    # The hot path: the body is validated from its bytes and the answer serialised without a
-    # response model (glimpse/contracts/bodies.py says why); the checks and errors are the same.
     service = service_of(request)
-    body = parse_json_body(IndexSearchRequest, await request.body())
-    s = _settings(service)
+    body = await _body(request, IndexSearchRequest)
+    s = service.settings
     if len(body.vectors) > s.max_search_vectors:
         raise GlimpseError(
             ErrorType.payload_too_large,
@@ -144,50 +185,45 @@ async def search(request: Request) -> Response:
     # block); the event loop only awaits the result.
     future = service.submit_search_records(queries, body.k, nprobe=body.nprobe,
                                            exact=body.exact, exclude=body.exclude_ids)
-    results = await asyncio.wrap_future(future)
-    return json_response({"results": results})
+    return OrjsonResponse({"results": await asyncio.wrap_future(future)})
 
 
-@router.post("/v1/keys/missing", response_model=KeysMissingResponse,
-             responses=ERROR_RESPONSES, tags=["items"])
-async def keys_missing(body: KeysMissingRequest, service: Service) -> KeysMissingResponse:
+async def keys_missing(request: Request) -> Response:
     """The keys that name no live item (so a client uploads only those)."""
+    service = service_of(request)
+    body = await _body(request, KeysMissingRequest)
     assert service.store is not None
     missing = await run_in_threadpool(service.store.missing_keys, body.keys)
-    return KeysMissingResponse(missing=missing)
+    return OrjsonResponse({"missing": missing})
 
 
-@router.post("/v1/keys/ids", response_model=KeyIdsResponse, responses=ERROR_RESPONSES,
-             tags=["items"])
-async def key_ids(body: KeysMissingRequest, service: Service) -> KeyIdsResponse:
+async def key_ids(request: Request) -> Response:
     """The live item's id of each key that has one (keys with none are left out)."""
+    service = service_of(request)
+    body = await _body(request, KeysMissingRequest)
     assert service.store is not None
     ids = await run_in_threadpool(service.store.live_ids, body.keys)
-    return KeyIdsResponse(ids=ids)
+    return OrjsonResponse({"ids": ids})
 
 
-def _not_found(item_id: int, deleted: bool = False) -> GlimpseError:
-    what = "was deleted" if deleted else "does not exist"
-    return GlimpseError(ErrorType.not_found, f"Item {item_id} {what}.")
-
-
-@router.get("/v1/items/{item_id}", response_model=IndexItem, responses=ERROR_RESPONSES,
-            tags=["items"])
-async def get_item(item_id: ItemId, service: Service) -> IndexItem:
+async def get_item(request: Request) -> Response:
     """The stored record of a live item."""
+    item_id = _item_id(request)
+    service = service_of(request)
     assert service.store is not None
     record = await run_in_threadpool(service.store.get, item_id)
     if record is None or record.deleted:
         raise _not_found(item_id, record is not None)
-    return IndexItem(id=record.id, key=record.key, path=record.path, meta=record.meta,
-                     seq=record.seq, created_at=record.created_at)
+    return OrjsonResponse({"id": record.id, "key": record.key, "path": record.path,
+                           "meta": record.meta, "seq": record.seq,
+                           "created_at": record.created_at})
 
 
-@router.delete("/v1/items/{item_id}", status_code=204, responses=ERROR_RESPONSES,
-               tags=["items"])
-async def delete_item(item_id: ItemId, service: Service) -> Response:
+async def delete_item(request: Request) -> Response:
     """Delete an item: answered after the store committed it and the index dropped it, so no
     search started after this answer returns the id."""
+    item_id = _item_id(request)
+    service = service_of(request)
     deleted = await run_in_threadpool(service.delete, item_id)
     if not deleted:
         assert service.store is not None
@@ -196,31 +232,35 @@ async def delete_item(item_id: ItemId, service: Service) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/items/{item_id}/vector", response_model=ItemVector, responses=ERROR_RESPONSES,
-            tags=["items"])
-async def get_item_vector(
-    item_id: ItemId, service: Service, encoding: VectorEncoding = "float"
-) -> JSONResponse:
+async def get_item_vector(request: Request) -> Response:
     """The stored (unit, float16-rounded) vector of a live item, as floats or base64 float32."""
+    item_id = _item_id(request)
+    try:
+        encoding = _ENCODING.validate_python(request.query_params.get("encoding", "float"))
+    except ValidationError as exc:
+        raise _invalid([{**e, "loc": ("encoding",)} for e in
+                        exc.errors(include_url=False, include_context=False)], "query") from None
+    service = service_of(request)
     assert service.store is not None
     vector = await run_in_threadpool(service.store.get_vector, item_id)
     if vector is None:
         raise _not_found(item_id)
-    wire: Any = encode_vector(vector) if encoding == "base64" else vector.tolist()
-    return JSONResponse({"id": item_id, "dim": int(vector.shape[0]), "vector": wire})
+    wire: Any = (encode_vector(vector) if encoding == "base64"
+                 else np.ascontiguousarray(vector, dtype=np.float32))
+    return OrjsonResponse({"id": item_id, "dim": int(vector.shape[0]), "vector": wire})
 
 
-@router.get("/v1/stats", response_model=IndexStats, responses=ERROR_RESPONSES, tags=["ops"])
-async def stats(service: Service) -> IndexStats:
+async def stats(request: Request) -> Response:
     """Counts, the live index's kind and parameters, training and snapshot state."""
-    return IndexStats.model_validate(await run_in_threadpool(service.stats))
+    service = service_of(request)
+    info = IndexStats.model_validate(await run_in_threadpool(service.stats))
+    return OrjsonResponse(info.model_dump())
 
 
-@router.post("/v1/index/rebuild", response_model=RebuildResponse, responses=ERROR_RESPONSES,
-             tags=["ops"])
-async def rebuild(service: Service, body: RebuildRequest | None = None) -> RebuildResponse:
+async def rebuild(request: Request) -> Response:
     """Retrain now (optionally with a forced Faiss factory string) and swap the new index in."""
-    body = body or RebuildRequest()
+    service = service_of(request)
+    body = await _body(request, RebuildRequest, optional=True)
     try:
         started, factory = await run_in_threadpool(service.rebuild, body.factory, body.wait)
     except ValueError as exc:
@@ -233,13 +273,12 @@ async def rebuild(service: Service, body: RebuildRequest | None = None) -> Rebui
         ) from exc
     if not started:
         raise GlimpseError(ErrorType.conflict, "A training is running already; retry later.")
-    return RebuildResponse(status="done" if body.wait else "started", factory=factory)
+    return OrjsonResponse({"status": "done" if body.wait else "started", "factory": factory})
 
 
-@router.post("/v1/index/snapshot", response_model=SnapshotResponse, responses=ERROR_RESPONSES,
-             tags=["ops"])
-async def snapshot(service: Service) -> SnapshotResponse:
+async def snapshot(request: Request) -> Response:
     """Write a snapshot of the live index now (atomic; the old one stays until it is whole)."""
+    service = service_of(request)
     try:
         result = await run_in_threadpool(service.snapshot)
     except OSError as exc:
@@ -247,37 +286,82 @@ async def snapshot(service: Service) -> SnapshotResponse:
             ErrorType.insufficient_storage,
             f"The snapshot could not be written ({exc}); the previous snapshot is intact.",
         ) from exc
-    return SnapshotResponse(seq=result.seq, bytes=result.bytes, took_ms=result.took_ms)
+    return OrjsonResponse({"seq": result.seq, "bytes": result.bytes, "took_ms": result.took_ms})
 
 
-@router.post("/v1/index/tune", response_model=TuneResponse, responses=ERROR_RESPONSES,
-             tags=["ops"])
-async def tune(service: Service, body: TuneRequest | None = None) -> TuneResponse:
+async def tune(request: Request) -> Response:
     """Measure recall@k on a held-out sample of the stored vectors against exact search and
     apply the cheapest nprobe / re-rank depth that reaches the target (shown in /v1/stats)."""
-    body = body or TuneRequest()
+    service = service_of(request)
+    body = await _body(request, TuneRequest, optional=True)
     try:
         # Exact ground truth and dozens of trial searches: seconds of blocking numpy and Faiss.
         result = await run_in_threadpool(service.tune, body.target, body.sample, body.k,
                                          body.apply)
     except NotTunable as exc:
         raise GlimpseError(ErrorType.conflict, str(exc)) from exc
-    return TuneResponse.model_validate(result)
+    return OrjsonResponse(TuneResponse.model_validate(result).model_dump())
 
 
-@router.get("/healthz", response_model=HealthResponse, tags=["ops"])
-async def healthz() -> HealthResponse:
+async def healthz(request: Request) -> Response:
     """Liveness: the process answers (the index may still be loading)."""
-    return HealthResponse()
+    return OrjsonResponse(HealthResponse().model_dump())
 
 
-@router.get("/readyz", response_model=ReadyResponse, tags=["ops"])
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> Response:
     """Readiness: 200 once the snapshot is loaded and the store replayed, 503 before."""
-    service: Backend | None = request.app.state.service
+    service: IndexBackend | None = request.app.state.service
     error = request.app.state.load_error or (service.waiting_for if service else None)
     if service is not None and service.ready.is_set():
         state = "training" if service.training else "ok"
-        return JSONResponse(ReadyResponse(ready=True, checks={"index": state}).model_dump())
+        return OrjsonResponse(ReadyResponse(ready=True, checks={"index": state}).model_dump())
     checks = {"index": f"failed: {error}" if error else "loading"}
-    return JSONResponse(ReadyResponse(ready=False, checks=checks).model_dump(), status_code=503)
+    return OrjsonResponse(ReadyResponse(ready=False, checks=checks).model_dump(),
+                          status_code=503)
+
+
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text exposition of this service's metrics."""
+    return request.app.state.metrics.render()
+
+
+_ITEM_ID_PARAM = {
+    "name": "item_id", "in": "path", "required": True,
+    "description": "Item id (0 to 2**63-1).",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_ID, "title": "Item Id",
+               "description": "Item id (0 to 2**63-1)."},
+}
+_ENCODING_QUERY = {
+    "name": "encoding", "in": "query", "required": False,
+    "schema": {"enum": ["float", "base64"], "type": "string", "default": "float",
+               "title": "Encoding"},
+}
+
+OPERATIONS = [
+    Operation("POST", "/v1/items", add_items, ("items",), AddItemsResponse,
+              body=AddItemsRequest, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/search", search, ("search",), IndexSearchResponse,
+              body=IndexSearchRequest, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/keys/missing", keys_missing, ("items",), KeysMissingResponse,
+              body=KeysMissingRequest, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/keys/ids", key_ids, ("items",), KeyIdsResponse,
+              body=KeysMissingRequest, responses=ERROR_RESPONSES),
+    Operation("GET", "/v1/items/{item_id}", get_item, ("items",), IndexItem,
+              responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
+    Operation("DELETE", "/v1/items/{item_id}", delete_item, ("items",), status=204,
+              responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
+    Operation("GET", "/v1/items/{item_id}/vector", get_item_vector, ("items",), ItemVector,
+              responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM, _ENCODING_QUERY]),
+    Operation("GET", "/v1/stats", stats, ("ops",), IndexStats, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/index/rebuild", rebuild, ("ops",), RebuildResponse,
+              body=RebuildRequest, body_required=False, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/index/snapshot", snapshot, ("ops",), SnapshotResponse,
+              responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/index/tune", tune, ("ops",), TuneResponse,
+              body=TuneRequest, body_required=False, responses=ERROR_RESPONSES),
+    Operation("GET", "/healthz", healthz, ("ops",), HealthResponse),
+    Operation("GET", "/readyz", readyz, ("ops",), ReadyResponse,
+              responses={503: {"model": ReadyResponse, "description": "Not ready yet."}}),
+    Operation("GET", "/metrics", prometheus_metrics, ("ops",),
+              answer_content={"text/plain": {"schema": {"type": "string"}}}),
+]

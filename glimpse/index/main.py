@@ -1,5 +1,6 @@
 """The index app: ``create_app(settings)`` and ``app`` for ``uvicorn glimpse.index.main:app``.
 
+A plain Starlette app: its routes and its OpenAPI document come from the one list in api.py.
 Building ``app`` at import is cheap; the store and the snapshot are opened in the lifespan,
 in a thread, while /healthz already answers and /readyz says "loading".
 """
@@ -10,16 +11,21 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from glimpse.contracts.errors import install_error_handlers
-from glimpse.contracts.fastpath import FastRoutes
-from glimpse.contracts.observability import ServiceMetrics, install_metrics
-from glimpse.index.api import router, search
+from glimpse.contracts.observability import MetricsMiddleware, ServiceMetrics
+from glimpse.index.api import OPERATIONS
 from glimpse.index.backend import IndexBackend
 from glimpse.index.config import Settings
 from glimpse.index.service import IndexService
+from glimpse.web.handlers import EXCEPTION_HANDLERS
+from glimpse.web.openapi import openapi_document, routes
+from glimpse.web.responses import OrjsonResponse
 
 log = logging.getLogger("glimpse.index")
 
@@ -33,7 +39,7 @@ def _make_service(settings: Settings) -> IndexBackend:
     return IndexService(settings)
 
 
-async def _open(app: FastAPI, service: IndexBackend) -> None:
+async def _open(app: Starlette, service: IndexBackend) -> None:
     try:
         # SQLite reads, snapshot load and replay block for seconds at a million items.
         await asyncio.to_thread(service.open)
@@ -43,7 +49,7 @@ async def _open(app: FastAPI, service: IndexBackend) -> None:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # Raises at start for INDEX_DEVICE=cuda without GPU support: a clear error, not a 500 later.
     service = _make_service(settings)
@@ -66,21 +72,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(service.close)
 
 
-def create_app(settings: Settings | None = None) -> FastRoutes:
-    app = FastAPI(
-        title="Glimpse index",
-        version="0.1.0",
-        description="Vectors to top-k ids (Faiss IVF-PQ + re-rank), id to path store (SQLite).",
+class IndexApp(Starlette):
+    """The Starlette app with its OpenAPI document (ci/export_openapi.py asks for it)."""
+
+    def openapi(self) -> dict[str, Any]:
+        return openapi_document(
+            "Glimpse index", "0.1.0",
+            "Vectors to top-k ids (Faiss IVF-PQ + re-rank), id to path store (SQLite).",
+            OPERATIONS,
+        )
+
+
+def create_app(settings: Settings | None = None) -> IndexApp:
+    async def openapi_json(request: Request) -> Response:
+        return OrjsonResponse(app.openapi())
+
+    app = IndexApp(
+        routes=[*routes(OPERATIONS), Route("/openapi.json", openapi_json, methods=["GET"])],
+        exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings()
     app.state.service = None  # (the lifespan makes it)
     app.state.load_error = None
-    install_error_handlers(app)
-    install_metrics(app, ServiceMetrics("index"))
-    app.include_router(router)
-    # /v1/search is answered in front of FastAPI's middleware stack (glimpse/contracts/fastpath.py).
-    return FastRoutes(app, {("POST", "/v1/search"): search})
+    app.state.metrics = ServiceMetrics("index")
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app)
+    return app
 
 
 app = create_app()

@@ -29,7 +29,7 @@ Responses = Mapping[int | str, Mapping[str, Any]]
 class Operation:
     """One route: ``body`` is a model (a JSON body) or a whole OpenAPI ``requestBody``."""
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "DELETE"]
     path: str
     endpoint: Endpoint
     tags: tuple[str, ...]
@@ -38,6 +38,8 @@ class Operation:
     responses: Responses = field(default_factory=dict)
     parameters: Sequence[Mapping[str, Any]] = ()
     answer_content: Mapping[str, Any] | None = None  # the 200's content, when not a model's
+    status: int = 200  # the success status (204: no content)
+    body_required: bool = True
 
     @property
     def name(self) -> str:
@@ -75,11 +77,12 @@ def openapi_document(
 
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        answers: dict[str, Any] = {"200": {"description": "Successful Response"}}
+        ok = str(op.status)
+        answers: dict[str, Any] = {ok: {"description": "Successful Response"}}
         if op.answer is not None:
-            answers["200"]["content"] = json_content(op.answer, "serialization")
+            answers[ok]["content"] = json_content(op.answer, "serialization")
         elif op.answer_content is not None:
-            answers["200"]["content"] = dict(op.answer_content)
+            answers[ok]["content"] = dict(op.answer_content)
         for status, extra in op.responses.items():
             answers[str(status)] = {"description": extra["description"]}
             if extra.get("model") is not None:
@@ -95,7 +98,7 @@ def openapi_document(
             operation["parameters"] = [dict(p) for p in op.parameters]
         if isinstance(op.body, type):
             operation["requestBody"] = {
-                "required": True, "content": json_content(op.body, "validation")
+                "required": op.body_required, "content": json_content(op.body, "validation")
             }
         elif op.body is not None:
             operation["requestBody"] = dict(op.body)

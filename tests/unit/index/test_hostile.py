@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from glimpse.contracts.index import MAX_META_BYTES, MAX_META_DEPTH
+from glimpse.contracts.index import MAX_META_BYTES, MAX_META_DEPTH, IndexItemIn, meta_problem
 from tests.unit.index.helpers import b64, clustered, items_body, wait_trained
 
 DIM = 32
@@ -40,7 +40,6 @@ def _add(client: TestClient, *items: dict[str, Any]) -> Any:
     (_nested(300), f"more than {MAX_META_DEPTH} deep"),  # F5's reproducer
     ({"a": [[[[[[[[1]]]]]]]]}, "deep"),  # arrays count too
     ({"blob": "x" * MAX_META_BYTES}, f"the limit is {MAX_META_BYTES}"),
-    ({"big": 2**70}, "cannot be written back as JSON"),
 ])
 def test_meta_that_could_not_be_served_back_is_refused_at_add_time(
     client: TestClient, meta: dict[str, Any], words: str,
@@ -51,6 +50,13 @@ def test_meta_that_could_not_be_served_back_is_refused_at_add_time(
     assert body["error_type"] == "validation_error"
     assert "items.1.meta" in body["error"] and words in body["error"], body["error"]
     assert client.get("/v1/stats").json()["count"] == 0  # the batch stored nothing
+
+
+def test_meta_orjson_cannot_write_is_refused() -> None:
+    # (Over JSON such an integer arrives as a float; a Python caller can still pass one.)
+    assert "cannot be written back as JSON" in str(meta_problem({"big": 2**70}))
+    with pytest.raises(ValueError, match="meta cannot be written back as JSON"):
+        IndexItemIn(vector=[1.0], path="p", key="k", meta={"a": {"big": -(2**70)}})
 
 
 def test_meta_at_the_limits_is_stored_and_served_back(client: TestClient) -> None:
