@@ -58,6 +58,7 @@ def test_decode_memory_is_bounded_at_the_pixel_cap(stack: Any, figure: Any) -> N
     figure(
         bound_bytes=bound, exact_high_water_mark=exact, worst_case=worst,
         worst_growth_bytes=growth[worst], run_growth_bytes=highest - before,
+        encoder_rss_before_bytes=before,
         growth_mb={n: round(g / 1e6) for n, g in growth.items()},
         bytes_per_pixel={n: round(g / MAX_PIXELS, 2) for n, g in growth.items()},
     )
