@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httptools
+import orjson
 
 Body = bytes | Sequence[bytes]  # a sequence is sent piece by piece, never joined
 
@@ -65,7 +66,7 @@ class Reply:
 
 
 def json_body(value: Any) -> tuple[bytes, str]:
-    return json.dumps(value, separators=(",", ":")).encode(), "application/json"
+    return orjson.dumps(value), "application/json"
 
 
 def _quote(value: str) -> str:
