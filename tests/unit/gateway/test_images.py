@@ -313,7 +313,8 @@ def test_long_thin_images_have_thumbnails(size: tuple[int, int], thumb: tuple[in
 def test_large_images_are_reduced_before_conversion(kind: str, monkeypatch: pytest.MonkeyPatch
                                                      ) -> None:
     """Non-JPEG images are reduced by a whole factor toward the thumbnail size right after
-    decoding: the conversions and the LANCZOS step see a small image."""
+    decoding, band by band: no conversion (nor reduce's own premultiplied copy of an alpha
+    image) is made at full size, and the LANCZOS step sees a small image."""
     import glimpse.gateway.images as images
 
     seen: list[tuple[int, int]] = []
@@ -335,3 +336,4 @@ def test_large_images_are_reduced_before_conversion(kind: str, monkeypatch: pyte
     assert thumb.size == (320, 240)
     after_reduce = seen[-1]  # the one conversion after the reduction
     assert after_reduce[0] < 640 and after_reduce[1] < 480, seen
+    assert max(height for _, height in seen) < 3000 // 4, seen  # bands, never the whole
