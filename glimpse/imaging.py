@@ -227,7 +227,8 @@ def _reduced(img: Image.Image, at_least: tuple[int, int]) -> Image.Image:
     if factor < 2:
         return img
     mode = img.mode
-    if mode not in _REDUCIBLE:
+    # A transparent colour (tRNS) is an alpha channel the reduced image must keep.
+    if mode not in _REDUCIBLE or (has_alpha(img) and mode not in _ALPHA_MODES):
         mode = ("RGBA" if has_alpha(img) else "I" if mode.startswith("I;") else
                 "L" if mode == "1" else "RGB")
     out = Image.new(mode, (-(-width // factor), -(-height // factor)))

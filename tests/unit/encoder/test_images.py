@@ -289,7 +289,8 @@ def test_mistyped_exif_tags_do_not_fail_the_decode() -> None:
     assert img.size == (20, 40)  # still turned upright
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P+transparency", "I;16", "1", "F", "LA"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P+transparency", "RGB+transparency", "I;16",
+                                  "1", "F", "LA"])
 def test_banded_reduction_equals_one_whole_reduce(mode: str, monkeypatch: pytest.MonkeyPatch
                                                   ) -> None:
     """_reduced converts and reduces band by band (so a 60 MP palette PNG with transparency
@@ -302,6 +303,9 @@ def test_banded_reduction_equals_one_whole_reduce(mode: str, monkeypatch: pytest
     if mode == "P+transparency":
         img = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
         img.info["transparency"] = 3
+    elif mode == "RGB+transparency":
+        img = rgb.copy()
+        img.info["transparency"] = tuple(int(v) for v in np.asarray(rgb)[5, 5])
     elif mode == "I;16":
         img = Image.fromarray(rng.integers(0, 65536, (203, 331), dtype=np.uint16))
     elif mode == "F":
@@ -313,7 +317,8 @@ def test_banded_reduction_equals_one_whole_reduce(mode: str, monkeypatch: pytest
         img = rgb.convert(mode)
     monkeypatch.setattr(imaging, "_BAND_PIXELS", 331 * 7)  # bands of 6 rows: 34 of them
     got = imaging._reduced(img, (100, 60))  # factor 3
-    target = {"P+transparency": "RGBA", "I;16": "I", "1": "L"}.get(mode, mode)
+    target = {"P+transparency": "RGBA", "RGB+transparency": "RGBA", "I;16": "I", "1": "L"}.get(
+        mode, mode)
     expected = img.convert(target).reduce(3)
     assert got.mode == expected.mode and got.size == expected.size == (111, 68)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
