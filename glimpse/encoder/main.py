@@ -13,19 +13,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from glimpse.contracts.errors import ErrorType, GlimpseError, http_error_response
 from glimpse.contracts.observability import MetricsMiddleware, ServiceMetrics
 from glimpse.encoder.api import OPERATIONS
 from glimpse.encoder.config import Settings
 from glimpse.encoder.model import ClipEncoder, ModelLoadError, load_encoder
 from glimpse.encoder.service import EncoderRuntime
+from glimpse.web.handlers import EXCEPTION_HANDLERS
 from glimpse.web.openapi import openapi_document, routes
 from glimpse.web.responses import OrjsonResponse
 
@@ -65,32 +63,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(runtime.close)
 
 
-def _answer(error: GlimpseError) -> Response:
-    return OrjsonResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-async def _glimpse_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GlimpseError)
-    return _answer(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)  # Starlette's own: no route (404), wrong method (405)
-    # The sentence and error type the shared handler gives them, written by orjson.
-    shared = http_error_response(request.method, request.url.path, exc)
-    body = orjson.loads(shared.body)
-    return _answer(GlimpseError(body["error_type"], body["error"], status=shared.status_code,
-                                headers=exc.headers))
-
-
-async def _unhandled(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _answer(GlimpseError(
-        ErrorType.internal_error,
-        f"Internal error while handling {request.method} {request.url.path}; see the service log.",
-    ))
-
-
 class EncoderApp(Starlette):
     """The Starlette app with its OpenAPI document (ci/export_openapi.py asks for it)."""
 
@@ -113,9 +85,7 @@ def create_app(
 
     app = EncoderApp(
         routes=[*routes(OPERATIONS), Route("/openapi.json", openapi_json, methods=["GET"])],
-        exception_handlers={
-            GlimpseError: _glimpse_error, HTTPException: _http_error, Exception: _unhandled,
-        },
+        exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings()
