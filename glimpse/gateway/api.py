@@ -41,8 +41,6 @@ from glimpse.gateway.state import (
     ReadAccess,
     State,
     WriteAccess,
-    get_state,
-    require_read,
 )
 from glimpse.gateway.thumbnails import thumbnail_of
 from glimpse.web.forms import parse_form
@@ -100,16 +98,13 @@ async def _model_name(state: GatewayState) -> str:
     "/search/text",
     response_model=SearchResponse,
     tags=["search"],
+    dependencies=[ReadAccess],
     openapi_extra=json_body_openapi(TextSearchRequest),
 )
-async def search_text(request: Request) -> Response:
+async def search_text(request: Request, state: State) -> Response:
     """Images that match a text, best first."""
     started = time.perf_counter()
-    # The hot path, answered in front of FastAPI's stack (glimpse/gateway/main.py): it takes the
-    # request alone, checks access itself and validates the body from its bytes
-    # (glimpse/contracts/bodies.py says why).
-    state = await get_state(request)
-    await require_read(request, state)
+    # Validated from its bytes by pydantic's JSON parser, whatever the Content-Type says.
     body = parse_json_body(TextSearchRequest, await request.body())
     check_window(body.k, body.offset, state.settings.max_result_window)
     vector = (await state.encoder.embed_text([body.query]))[0]
@@ -124,14 +119,15 @@ _IMAGE_FORM = form_body_openapi(
 
 
 @router.post(
-    "/search/image", response_model=SearchResponse, tags=["search"], openapi_extra=_IMAGE_FORM
+    "/search/image",
+    response_model=SearchResponse,
+    tags=["search"],
+    dependencies=[ReadAccess],
+    openapi_extra=_IMAGE_FORM,
 )
-async def search_image(request: Request) -> Response:
+async def search_image(request: Request, state: State) -> Response:
     """Images that look like the uploaded one, best first."""
     started = time.perf_counter()
-    # The hot path, answered in front of FastAPI's stack like /search/text (main.py).
-    state = await get_state(request)
-    await require_read(request, state)
     # The body is bounded (the body limit of /search/image) and split in memory.
     parts = parse_form(
         await request.body(),
@@ -161,7 +157,7 @@ async def search_image(request: Request) -> Response:
     vectors, errors = await state.encoder.embed_images(
         [(
             file.filename or "query",
-            bytes(file.data),  # bytes already (no file_views): no copy
+            bytes(file.data),  # the part's one copy (it is a view of the body)
             file.content_type or "application/octet-stream",
         )]
     )

@@ -1,4 +1,4 @@
-"""The gateway app: ``uvicorn gateway.main:app`` (port 8000), or ``create_app(settings)``.
+"""The gateway app: ``uvicorn glimpse.gateway.main:app`` (port 8000), or ``create_app(settings)``.
 
 Building the app is cheap (no connections, no disk writes); the lifespan builds the pooled
 upstream clients and the media store and keeps them on ``app.state.gateway``.
@@ -22,9 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
 from glimpse.contracts.errors import GlimpseError, http_error_response, install_error_handlers
-from glimpse.contracts.fastpath import FastRoutes
 from glimpse.contracts.observability import ServiceMetrics, install_metrics
-from glimpse.gateway.api import router, search_image, search_text
+from glimpse.gateway.api import router
 from glimpse.gateway.clients import EncoderClient, IndexClient, build_replicas
 from glimpse.gateway.config import Settings
 from glimpse.gateway.media import MediaStore
@@ -101,7 +100,7 @@ def access_first(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
 
 
-def create_app(settings: Settings | None = None) -> BodyTimeoutMiddleware:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -161,10 +160,10 @@ def create_app(settings: Settings | None = None) -> BodyTimeoutMiddleware:
     )
     install_error_handlers(app)
     access_first(app)
-    # Added before the metrics middleware, so it sits inside it: the metrics count the 413s,
-    # and the limit's exception is raised straight into the route's body read (the metrics'
-    # BaseHTTPMiddleware would wrap it in an ExceptionGroup that FastAPI turns into a 400).
+    # Added before the metrics middleware, so they sit inside it: the metrics count the 413s
+    # and 408s, whose exceptions are raised straight into the route's body read.
     app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit_for(settings))
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout_s)
     metrics = ServiceMetrics("gateway")
     install_metrics(app, metrics)
 
@@ -178,14 +177,7 @@ def create_app(settings: Settings | None = None) -> BodyTimeoutMiddleware:
     # a mount at "/", it never claims an API path called with the wrong method (a 405 below).
     app.router.default = StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False)
     app.add_exception_handler(405, _method_not_allowed)
-    # The searches are answered in front of FastAPI's middleware stack (contracts/fastpath.py),
-    # with the same body limits; a stalled body is timed out in front of both.
-    fast = FastRoutes(
-        app,
-        {("POST", "/search/text"): search_text, ("POST", "/search/image"): search_image},
-        body_limit_for(settings),
-    )
-    return BodyTimeoutMiddleware(fast, settings.body_timeout_s)
+    return app
 
 
 app = create_app()

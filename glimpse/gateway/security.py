@@ -29,7 +29,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
-from glimpse.contracts.fastpath import counting_receive
 from glimpse.gateway.config import Settings
 
 
@@ -44,6 +43,25 @@ class BodyTooLarge(HTTPException):
         super().__init__(
             status_code=413, detail=f"The request body is larger than the limit of {limit} bytes."
         )
+
+
+def counting_receive(
+    receive: Receive, limit: int, too_large: Callable[[], Exception]
+) -> Receive:
+    """``receive`` that raises ``too_large()`` once the request's body passes ``limit`` bytes
+    (counted as it arrives, so a chunked body without Content-Length is cut off too)."""
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large()
+        return message
+
+    return counted
 
 
 class BodySizeLimitMiddleware:
@@ -136,18 +154,11 @@ def timed_receive(receive: Receive, timeout: float) -> Receive:
 
 
 class BodyTimeoutMiddleware:
-    """408 and the connection closed when a request's body stalls for ``timeout`` seconds.
-
-    It wraps the whole app, the searches answered in front of FastAPI included
-    (glimpse/gateway/main.py), and hands on the wrapped app's attributes (``state``, ...).
-    """
+    """408 and the connection closed when a request's body stalls for ``timeout`` seconds."""
 
     def __init__(self, app: ASGIApp, timeout: float) -> None:
         self.app = app
         self.timeout = timeout
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
