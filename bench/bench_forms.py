@@ -1,6 +1,8 @@
 """Multipart parse cost per 107 KiB file part: glimpse/web/forms.py (python-multipart and an
-adapter) against the hand parser it replaced (``git show 55ae10b:contracts/multipart.py``),
-side by side in one process, the two alternated so the machine's drift hits both alike.
+adapter; file parts are views of the body) against the hand parser it replaced (``git show
+55ae10b:contracts/multipart.py``), both as the gateway called it (a copy per part) and as the
+encoder did (``file_views``), side by side in one process, alternated so that the machine's
+drift hits all alike.
 
     python bench/bench_forms.py [--parts 8] [--rounds 21] [--csv bench/results/bench_forms.csv]
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -77,7 +80,12 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="append the two results to this CSV")
     args = parser.parse_args()
     body = form_body(args.parts)
-    variants = {"python-multipart + adapter": parse_form, "hand parser (55ae10b)": old_parse_form()}
+    old = old_parse_form()
+    variants = {
+        "python-multipart + adapter": parse_form,
+        "hand parser (55ae10b)": old,
+        "hand parser (55ae10b), file_views": functools.partial(old, file_views=True),
+    }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for parse in variants.values():  # warm-up
         per_part_us(parse, body, args.parts, 5)
@@ -89,7 +97,7 @@ def main() -> None:
     rows = []
     for name, values in samples.items():
         median = statistics.median(values)
-        print(f"{name:28s} {median:6.1f} µs per 107 KiB part "
+        print(f"{name:36s} {median:6.1f} µs per 107 KiB part "
               f"(range {min(values):.1f}-{max(values):.1f}, {len(values)} rounds)")
         rows.append({
             "date": datetime.date.today().isoformat(), "commit": commit,
