@@ -103,3 +103,14 @@ def test_deep_meta_and_odd_keys_are_refused_and_the_index_keeps_serving(
 def _alive_and_searching_k(api: IndexAPI, queries: np.ndarray, k: int) -> None:
     hits = api.search(queries, k)
     assert [len(row) for row in hits] == [k] * len(queries)
+
+
+def test_bad_factories_through_the_gateway_admin_route(stack: Any, writer: Any) -> None:
+    """F6 as it was found: through the gateway's /admin/index/rebuild, with the write key."""
+    for factory in BAD_FACTORIES[:6]:
+        r = writer.post("/admin/index/rebuild", json={"factory": factory, "wait": True})
+        assert r.status_code == 422, (factory, r.status_code, r.text)
+        assert r.json()["error_type"] == "validation_error" and "factory" in r.json()["error"]
+    assert stack.index.proc.poll() is None, stack.index.log_tail()
+    with IndexAPI(stack.index.url) as api:
+        assert api.stats()["training"] is False
