@@ -9,6 +9,7 @@ them in worker threads, never on an event loop.
 from __future__ import annotations
 
 import io
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -133,28 +134,41 @@ def open_checked(data: ImageBytes, limits: ImageLimits) -> Image.Image:
     return img
 
 
+def _release(img: Image.Image, exc: BaseException) -> None:
+    """Free what a failed decode of ``img`` holds. An error keeps its traceback's frames, and
+    with them the image and Pillow's decoder (which holds the image too), as long as the error
+    lives: a batch's errors wait for its answer, a reference cycle for the collector, and each
+    truncated 60 MP file would pin its pixels till then."""
+    img.close()  # the core image
+    vars(img).pop("_decoder", None)  # WebP's plugin: libwebp's decoder and its whole canvas
+    traceback.clear_frames(exc.__traceback__)  # the finished frames' locals (running ones stay)
+
+
+def _decode_error(img: Image.Image, exc: Exception) -> GlimpseError:
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return GlimpseError(ErrorType.image_too_large, f"The image is too large to decode: {exc}")
+    if isinstance(exc, MemoryError):
+        return GlimpseError(ErrorType.image_too_large, "The image is too large to decode.")
+    return GlimpseError(
+        ErrorType.invalid_image,
+        f"The image could not be decoded (truncated or corrupt {img.format}): "
+        f"{type(exc).__name__}: {exc}",
+    )
+
+
 @contextmanager
 def decoder_errors(img: Image.Image) -> Iterator[None]:
     """Whatever a decoder or a conversion raises inside is this image's error (invalid_image,
     or image_too_large when memory ran out), never the request's: Pillow's plugins raise
     OSError, ValueError, SyntaxError, TypeError, struct.error, IndexError, KeyError and more on
-    hostile files."""
+    hostile files. On any failure ``img`` is released (:func:`_release`)."""
     try:
         yield
-    except GlimpseError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise GlimpseError(
-            ErrorType.image_too_large, f"The image is too large to decode: {exc}"
-        ) from exc
-    except MemoryError as exc:
-        raise GlimpseError(ErrorType.image_too_large, "The image is too large to decode.") from exc
-    except Exception as exc:  # noqa: BLE001 - see the docstring
-        raise GlimpseError(
-            ErrorType.invalid_image,
-            f"The image could not be decoded (truncated or corrupt {img.format}): "
-            f"{type(exc).__name__}: {exc}",
-        ) from exc
+    except BaseException as exc:
+        _release(img, exc)
+        if isinstance(exc, GlimpseError) or not isinstance(exc, Exception):
+            raise
+        raise _decode_error(img, exc) from exc
 
 
 def has_alpha(img: Image.Image) -> bool:

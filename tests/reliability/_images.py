@@ -323,18 +323,18 @@ def resized_header(data: bytes, width: int, height: int) -> bytes:
     IHDR (its CRC fixed, so the decoder believes it), a JPEG's frame header, a WebP's canvas,
     a TIFF's ImageWidth and ImageLength. Other bytes come back unchanged."""
     out = bytearray(data)
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 33:
         struct.pack_into(">II", out, 16, width & 0xFFFFFFFF, height & 0xFFFFFFFF)
         struct.pack_into(">I", out, 29, zlib.crc32(bytes(out[12:29])))
     elif data.startswith(b"\xff\xd8"):
         for sof in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):
             at = data.find(sof)
-            if at > 0:
+            if 0 < at <= len(data) - 9:
                 struct.pack_into(">HH", out, at + 5, height & 0xFFFF, width & 0xFFFF)
                 break
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         chunk = data[12:16]
-        if chunk == b"VP8X":
+        if chunk == b"VP8X" and len(data) >= 30:
             out[24:27] = ((width - 1) & 0xFFFFFF).to_bytes(3, "little")
             out[27:30] = ((height - 1) & 0xFFFFFF).to_bytes(3, "little")
         elif chunk == b"VP8 " and len(data) >= 30:

@@ -330,3 +330,29 @@ def test_an_orientation_of_any_type(value: object) -> None:
     from glimpse.imaging import orientation_of
 
     assert orientation_of(value) == (6 if value in (6, 6.0) else 1)
+
+
+@pytest.mark.parametrize("kind", ["truncated RGBA PNG", "WebP with a resized canvas"])
+def test_a_failed_decode_frees_its_pixels_while_its_error_is_kept(kind: str) -> None:
+    """A batch keeps its files' errors until it answers, and an error keeps its traceback's
+    frames: each truncated 16 MP file pinned its 64 MB of pixels (Pillow's decoder, libwebp's
+    canvas) until then, found by the image fuzzer through the encoder process."""
+    from tests.reliability._images import blank_png, fuzz_seeds, resized_header
+
+    if kind.startswith("truncated"):
+        data = blank_png(4000, 4000, "rgba")[:-500]
+    else:
+        data = resized_header(fuzz_seeds()["lossless_alpha.webp"], 4000, 4000)
+
+    def rss() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
+
+    kept: list[GlimpseError] = []
+    before = rss()
+    for _ in range(6):
+        with pytest.raises(GlimpseError) as caught:
+            decode_image(data, ImageLimits(20_000_000, 60_000_000), 224)
+        kept.append(caught.value)
+    assert all(e.error_type == "invalid_image" for e in kept)
+    assert rss() - before < 64_000_000, f"{(rss() - before) / 1e6:.0f} MB kept by 6 errors"
