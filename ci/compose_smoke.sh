@@ -9,7 +9,7 @@
 #      the exact name the Dockerfiles use;
 #   3. `compose build` with the tiny test model (ENCODER_MODEL=glimpse-tiny, ENCODER_PRETRAINED=none,
 #      INDEX_DIM=64: no weights needed), `compose up -d`, waits for health;
-#   4. ingests sample photos through the published port (glimpse/cli/ingest.py from the host venv,
+#   4. ingests sample photos through the published port (glimpse.cli.ingest from the host venv,
 #      else curl), checks a text and an image search, and that their thumbnails load;
 #   5. `compose down` (volumes kept) and `up` again: the same images and hits are still there;
 #   6. `compose down -v`, prints the wall time of each phase and the image sizes.
@@ -528,10 +528,10 @@ PHOTOS="$WORK/photos"
 HOST_PY=python3
 [ -x "$ROOT/.venv/bin/python" ] && HOST_PY="$ROOT/.venv/bin/python"
 N="$(write_photos "$PHOTOS" "$HOST_PY")"
-if [ -f glimpse/cli/ingest.py ] && "$HOST_PY" -c 'import httpx' 2>/dev/null; then
-    log "ingesting $N photos with glimpse/cli/ingest.py"
-    "$HOST_PY" glimpse/cli/ingest.py "$PHOTOS" --url "http://127.0.0.1:$PORT" \
-        --report "$WORK/ingest-report.jsonl" --quiet || die "glimpse/cli/ingest.py failed"
+if [ -d glimpse/cli/ingest ] && "$HOST_PY" -c 'import httpx' 2>/dev/null; then
+    log "ingesting $N photos with glimpse.cli.ingest"
+    "$HOST_PY" -m glimpse.cli.ingest "$PHOTOS" --url "http://127.0.0.1:$PORT" \
+        --report "$WORK/ingest-report.jsonl" --quiet || die "glimpse.cli.ingest failed"
 else
     log "ingesting $N photos with one multipart POST /ingest"
     python3 "$WORK/check.py" "http://127.0.0.1:$PORT" ingest "$PHOTOS"
@@ -542,7 +542,7 @@ python3 "$WORK/check.py" "http://127.0.0.1:$PORT" searches "$PHOTOS" "$N" "$WORK
 # mounted folder, over the private network. Everything is there already: it must upload nothing.
 chmod -R a+rX "$WORK"
 compose run --rm --no-deps -T -v "$PHOTOS:/photos:ro" gateway \
-    python glimpse/cli/ingest.py /photos --url http://gateway:8000 --report /tmp/ingest-report.jsonl \
+    python -m glimpse.cli.ingest /photos --url http://gateway:8000 --report /tmp/ingest-report.jsonl \
     --json >"$WORK/run-ingest.json" || die "ingest through 'compose run' failed"
 python3 - "$WORK/run-ingest.json" "$N" <<'PY' || die "ingest through 'compose run' uploaded again"
 import json, sys

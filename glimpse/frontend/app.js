@@ -400,7 +400,7 @@ function showHome() {
   if (images === 0) {
     showMessage(
       "The collection is empty",
-      "Add photos with “python glimpse/cli/ingest.py YOUR_FOLDER” (or “make demo” for sample photos), then search them here.",
+      "Add photos with “glimpse ingest YOUR_FOLDER” (or “make demo” for sample photos), then search them here.",
     );
   } else {
     showMessage(

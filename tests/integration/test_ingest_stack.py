@@ -1,4 +1,4 @@
-"""glimpse/cli/ingest.py against the real services (index, encoder with the tiny model, gateway)
+"""glimpse/cli/ingest/ against the real services (index, encoder with the tiny model, gateway)
 as processes: exact counts, re-runs, resume after an interruption, an index outage, Ctrl-C
 on the command line, and the report."""
 

@@ -1,4 +1,4 @@
-"""glimpse/cli/ingest.py against a fake of the network (httpx.MockTransport) that answers like the
+"""glimpse/cli/ingest/ against a fake of the network (httpx.MockTransport) that answers like the
 gateway: the walk, the format sniffing, and the retry, backoff, bisect and resume logic.
 The same behaviour against the real services is in tests/integration/test_ingest_stack.py."""
 
