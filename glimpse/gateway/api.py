@@ -157,7 +157,7 @@ async def search_image(request: Request, state: State) -> Response:
     vectors, errors = await state.encoder.embed_images(
         [(
             file.filename or "query",
-            bytes(file.data),  # the part's one copy (it is a view of the body)
+            bytes(file.data),  # bytes already: no copy
             file.content_type or "application/octet-stream",
         )]
     )

@@ -98,7 +98,7 @@ def _read_part(form_part: FormPart, max_bytes: int) -> Part:
             )
         )
         return part
-    part.data = bytes(form_part.data)  # the part's one copy (it is a view of the body)
+    part.data = bytes(form_part.data)  # bytes already: no copy
     return part
 
 
