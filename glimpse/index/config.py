@@ -19,45 +19,8 @@ class Settings(BaseSettings):
     backend: Literal["faiss", "milvus"] = Field(
         default="faiss",
         description="faiss: the embedded index (SQLite + Faiss in this process); milvus: Milvus "
-        "holds vectors, keys, paths and meta, so several index replicas share one collection.",
-    )
-    milvus_uri: str = Field(
-        default="http://127.0.0.1:19530", description="Milvus endpoint (INDEX_BACKEND=milvus)."
-    )
-    milvus_token: str = Field(
-        default="", description="Milvus token ('user:password' or an API key); empty = none."
-    )
-    milvus_collection: str = Field(
-        default="glimpse", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
-        description="Milvus collection; created (with its index) on first start.",
-    )
-    milvus_index_type: Literal["HNSW", "IVF_PQ", "GPU_IVF_PQ"] = Field(
-        default="HNSW",
-        description="Milvus index built on a new collection's vectors. HNSW scores with the "
-        "exact vectors (no re-rank); IVF_PQ and GPU_IVF_PQ are re-ranked (INDEX_RERANK), which "
-        "costs Milvus ~3x the CPU per search (docs/scale.md).",
-    )
-    milvus_index_params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="JSON overriding the index parameters (nlist, m, nbits; HNSW: M, "
-        "efConstruction); unset ones follow the Faiss backend's rule on a full segment.",
-    )
-    milvus_segment_mb: int = Field(
-        default=512, ge=1,
-        description="Milvus's dataCoord.segment.maxSize: Milvus trains one index per segment, "
-        "so nlist/m/nbits follow the rule for a full segment's rows.",
-    )
-    milvus_ef: int = Field(
-        default=128, ge=1, description="HNSW ef per search (raised to the candidates wanted)."
-    )
-    milvus_timeout_s: float = Field(
-        default=10.0, gt=0, description="Deadline of each Milvus call; past it the answer is 503."
-    )
-    milvus_search_calls: int = Field(
-        default=2, ge=0,
-        description="Milvus search calls in flight per index replica; searches that arrive "
-        "meanwhile go to Milvus together in the next call (Milvus's CPU per call is mostly "
-        "fixed). 0 = no gathering: each search its own calls.",
+        "holds vectors, keys, paths and meta, so several index replicas share one collection "
+        "(its settings: MilvusSettings).",
     )
     data_dir: Path = Field(
         default=Path("data/index"), description="Where the SQLite store and snapshots live."
@@ -143,3 +106,46 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"INDEX_FACTORY: {exc}") from None
         return self
+
+
+class MilvusSettings(BaseSettings):
+    """The Milvus backend's settings (``INDEX_MILVUS_*``), read only when INDEX_BACKEND=milvus."""
+
+    model_config = SettingsConfigDict(env_prefix="INDEX_MILVUS_", env_nested_delimiter="__")
+
+    uri: str = Field(default="http://127.0.0.1:19530", description="Milvus endpoint.")
+    token: str = Field(
+        default="", description="Milvus token ('user:password' or an API key); empty = none."
+    )
+    collection: str = Field(
+        default="glimpse", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+        description="Milvus collection; created (with its index) on first start.",
+    )
+    index_type: Literal["HNSW", "IVF_PQ", "GPU_IVF_PQ"] = Field(
+        default="HNSW",
+        description="Milvus index built on a new collection's vectors. HNSW scores with the "
+        "exact vectors (no re-rank); IVF_PQ and GPU_IVF_PQ are re-ranked (INDEX_RERANK), which "
+        "costs Milvus ~3x the CPU per search (docs/scale.md).",
+    )
+    index_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON overriding the index parameters (nlist, m, nbits; HNSW: M, "
+        "efConstruction); unset ones follow the Faiss backend's rule on a full segment.",
+    )
+    segment_mb: int = Field(
+        default=512, ge=1,
+        description="Milvus's dataCoord.segment.maxSize: Milvus trains one index per segment, "
+        "so nlist/m/nbits follow the rule for a full segment's rows.",
+    )
+    ef: int = Field(
+        default=128, ge=1, description="HNSW ef per search (raised to the candidates wanted)."
+    )
+    timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline of each Milvus call; past it the answer is 503."
+    )
+    search_calls: int = Field(
+        default=2, ge=0,
+        description="Milvus search calls in flight per index replica; searches that arrive "
+        "meanwhile go to Milvus together in the next call (Milvus's CPU per call is mostly "
+        "fixed). 0 = no gathering: each search its own calls.",
+    )

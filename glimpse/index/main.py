@@ -21,7 +21,7 @@ from starlette.routing import Route
 from glimpse.contracts.observability import MetricsMiddleware, ServiceMetrics
 from glimpse.index.api import OPERATIONS
 from glimpse.index.backend import IndexBackend
-from glimpse.index.config import Settings
+from glimpse.index.config import MilvusSettings, Settings
 from glimpse.index.service import IndexService
 from glimpse.web.handlers import EXCEPTION_HANDLERS
 from glimpse.web.openapi import openapi_document, routes
@@ -30,12 +30,12 @@ from glimpse.web.responses import OrjsonResponse
 log = logging.getLogger("glimpse.index")
 
 
-def _make_service(settings: Settings) -> IndexBackend:
+def _make_service(settings: Settings, milvus: MilvusSettings | None) -> IndexBackend:
     if settings.backend == "milvus":
         # Imported only here: pymilvus is the optional `milvus` extra.
         from glimpse.index.milvus_service import MilvusIndexService
 
-        return MilvusIndexService(settings)
+        return MilvusIndexService(settings, milvus or MilvusSettings())
     return IndexService(settings)
 
 
@@ -52,7 +52,7 @@ async def _open(app: Starlette, service: IndexBackend) -> None:
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # Raises at start for INDEX_DEVICE=cuda without GPU support: a clear error, not a 500 later.
-    service = _make_service(settings)
+    service = _make_service(settings, app.state.milvus)
     app.state.service = service
     app.state.load_error = None
     if not isinstance(service, IndexService):
@@ -83,7 +83,10 @@ class IndexApp(Starlette):
         )
 
 
-def create_app(settings: Settings | None = None) -> IndexApp:
+def create_app(
+    settings: Settings | None = None, milvus: MilvusSettings | None = None
+) -> IndexApp:
+    """``milvus`` (read from INDEX_MILVUS_* when None) reaches only the Milvus backend."""
     async def openapi_json(request: Request) -> Response:
         return OrjsonResponse(app.openapi())
 
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> IndexApp:
         lifespan=lifespan,
     )
     app.state.settings = settings or Settings()
+    app.state.milvus = milvus
     app.state.service = None  # (the lifespan makes it)
     app.state.load_error = None
     app.state.metrics = ServiceMetrics("index")

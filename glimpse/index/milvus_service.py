@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
-from glimpse.index.config import Settings
+from glimpse.index.config import MilvusSettings, Settings
 from glimpse.index.gather import Search, SearchGatherer, by_everything
 from glimpse.index.milvus_store import (
     CollectionMismatch,
@@ -45,9 +45,10 @@ _SPARE = 16
 class MilvusIndexService:
     """The index over Milvus; ``open()`` connects (retrying); every method blocks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, milvus: MilvusSettings) -> None:
         self.settings = settings
-        self.store = MilvusStore(settings)
+        self.milvus = milvus
+        self.store = MilvusStore(settings, milvus)
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.waiting_for: str | None = None
@@ -57,9 +58,9 @@ class MilvusIndexService:
             max(16, 4 * (os.cpu_count() or 2)), thread_name_prefix="index-milvus"
         )
         self.gatherer = (SearchGatherer(self._run_gathered, key=by_everything,
-                                        threads=settings.milvus_search_calls, max_rows=256,
+                                        threads=milvus.search_calls, max_rows=256,
                                         name="index-milvus")
-                         if settings.milvus_search_calls > 0 else None)
+                         if milvus.search_calls > 0 else None)
 
     @property
     def training(self) -> bool:
@@ -81,7 +82,7 @@ class MilvusIndexService:
         except Exception as exc:  # noqa: BLE001 - any failure to reach Milvus: retry later
             text = (getattr(exc, "message", None) or str(exc) or type(exc).__name__)
             self.waiting_for = (
-                f"Milvus at {self.settings.milvus_uri} is unreachable "
+                f"Milvus at {self.milvus.uri} is unreachable "
                 f"({str(text).splitlines()[0][:200]}); the index service retries every "
                 f"{_RETRY_S:.0f} s."
             )
@@ -89,7 +90,7 @@ class MilvusIndexService:
         self.waiting_for = None
         self.ready.set()
         log.info("milvus backend ready: collection %r at %s, index %s %s",
-                 self.settings.milvus_collection, self.settings.milvus_uri,
+                 self.milvus.collection, self.milvus.uri,
                  self.store.plan.index_type, self.store.plan.params)
         return True
 
@@ -145,7 +146,7 @@ class MilvusIndexService:
         plan = self.store.plan
         if plan.index_type == "HNSW":
             # Milvus refuses an ef below the topk asked for.
-            return {"ef": max(self.settings.milvus_ef, limit)}
+            return {"ef": max(self.milvus.ef, limit)}
         chosen = nprobe or default_nprobe(plan, self.settings)
         return {"nprobe": max(1, min(int(chosen), plan.nlist or int(chosen)))}
 
@@ -270,10 +271,10 @@ class MilvusIndexService:
             "training": False,
             "snapshot_seq": 0,
             "seq": 0,
-            "milvus_uri": self.settings.milvus_uri,
-            "collection": self.settings.milvus_collection,
+            "milvus_uri": self.milvus.uri,
+            "collection": self.milvus.collection,
             "consistency": "writes acknowledged after a Strong read; reads Eventually",
-            "search_calls": self.settings.milvus_search_calls,
+            "search_calls": self.milvus.search_calls,
             "gathered_calls": self.gatherer.calls if self.gatherer else 0,
             "gathered_requests": self.gatherer.requests if self.gatherer else 0,
         }

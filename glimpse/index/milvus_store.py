@@ -50,7 +50,7 @@ from pymilvus.client.types import Status
 from pymilvus.client.utils import check_status
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
-from glimpse.index.config import Settings
+from glimpse.index.config import MilvusSettings, Settings
 from glimpse.index.rules import auto_nlist, auto_nprobe, auto_pq
 from glimpse.index.store import AddOutcome, NewItem, Record
 
@@ -145,24 +145,24 @@ class IndexPlan:
         return self.index_type in ("IVF_PQ", "GPU_IVF_PQ")
 
 
-def plan_index(settings: Settings, index_type: str | None = None,
+def plan_index(settings: Settings, milvus: MilvusSettings, index_type: str | None = None,
                params: dict[str, Any] | None = None) -> IndexPlan:
     """The Faiss backend's rules (glimpse/index/rules.py) applied to one full segment, since
     Milvus trains an index per sealed segment, not per collection; explicit params win."""
-    kind = index_type or settings.milvus_index_type
-    rows = segment_rows(settings)
+    kind = index_type or milvus.index_type
+    rows = segment_rows(settings, milvus)
     if kind == "HNSW":
         rule: dict[str, Any] = {"M": 16, "efConstruction": 256}
     else:
         m, nbits = auto_pq(settings.dim, rows)
         rule = {"nlist": auto_nlist(rows), "m": m, "nbits": nbits}
-    rule.update(settings.milvus_index_params if params is None else params)
+    rule.update(milvus.index_params if params is None else params)
     return IndexPlan(kind, rule)
 
 
-def segment_rows(settings: Settings) -> int:
+def segment_rows(settings: Settings, milvus: MilvusSettings) -> int:
     """Rows of a full segment: its size over the raw vector bytes (other fields are small)."""
-    return max(1, settings.milvus_segment_mb * (1 << 20) // (settings.dim * _VECTOR_BYTES))
+    return max(1, milvus.segment_mb * (1 << 20) // (settings.dim * _VECTOR_BYTES))
 
 
 def default_nprobe(plan: IndexPlan, settings: Settings) -> int:
@@ -173,15 +173,16 @@ def default_nprobe(plan: IndexPlan, settings: Settings) -> int:
 class MilvusStore:
     """One collection on one Milvus; every method blocks on gRPC (call from threads)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, milvus: MilvusSettings) -> None:
         self.settings = settings
-        self.uri = settings.milvus_uri
+        self.milvus = milvus
+        self.uri = milvus.uri
         # pymilvus 2.3 bounds its retries by ``timeout`` only when it is an int; a float
         # (10.0) leaves 75 retries with back-off, minutes of a caller waiting on a dead Milvus.
-        self.timeout = max(1, math.ceil(settings.milvus_timeout_s))
+        self.timeout = max(1, math.ceil(milvus.timeout_s))
         self.alias = f"glimpse-{id(self):x}"
         self._collection: Collection | None = None
-        self.plan = plan_index(settings)
+        self.plan = plan_index(settings, milvus)
         self._lock = threading.Lock()
 
     # -- connection and schema -------------------------------------------------------------------
@@ -192,10 +193,10 @@ class MilvusStore:
         with self._lock:
             if self._collection is not None:
                 return
-            s = self.settings
-            connections.connect(alias=self.alias, uri=s.milvus_uri, token=s.milvus_token or "",
+            m = self.milvus
+            connections.connect(alias=self.alias, uri=m.uri, token=m.token or "",
                                 timeout=self.timeout)
-            name = s.milvus_collection
+            name = m.collection
             if utility.has_collection(name, using=self.alias, timeout=self.timeout):
                 collection = Collection(name, using=self.alias)
                 self._check(collection)

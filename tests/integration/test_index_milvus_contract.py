@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pymilvus import Collection, connections, utility
 
+from glimpse.index.config import MilvusSettings
 from glimpse.index.main import create_app
 from tests.support.milvus import EmbeddedMilvus
 from tests.unit.index import test_api as suite
@@ -82,7 +83,9 @@ def make_client(
             collections.append(name)
             overrides = {"backend": "milvus", "milvus_uri": server.uri,
                          "milvus_collection": name, "milvus_timeout_s": 10, **overrides}
-        client = TestClient(create_app(settings(**overrides)))
+        milvus = MilvusSettings(**{key.removeprefix("milvus_"): overrides.pop(key)
+                                   for key in list(overrides) if key.startswith("milvus_")})
+        client = TestClient(create_app(settings(**overrides), milvus))
         client.__enter__()
         opened.append(client)
         wait_ready(client)
@@ -153,7 +156,7 @@ def test_milvus_sealed_segments_reach_high_recall(
     for start in range(0, len(x), 1000):
         r = client.post("/v1/items", json=items_body(x[start : start + 1000], start=start))
         assert r.status_code == 200
-    name = client.app.state.settings.milvus_collection  # type: ignore[attr-defined]
+    name = client.app.state.milvus.collection  # type: ignore[attr-defined]
     connections.connect(alias="seal", uri=milvus_server.uri)
     try:
         collection = Collection(name, using="seal")
