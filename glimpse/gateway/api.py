@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ConfigDict
 
 from glimpse.contracts.bodies import (
     form_body_openapi,
@@ -118,6 +119,11 @@ _IMAGE_FORM = form_body_openapi(
 )
 
 
+class _ImageSearchFields(ImageSearchForm):
+    # A field the form does not know is refused by name, as in a JSON body.
+    model_config = ConfigDict(extra="forbid")
+
+
 @router.post(
     "/search/image",
     response_model=SearchResponse,
@@ -139,14 +145,10 @@ async def search_image(request: Request, state: State) -> Response:
     # The last part of each name wins, as in a form's get(); a file where a field belongs is
     # passed as the part itself, which the validation refuses.
     form = {part.name: part for part in parts}
-    file = form.get("file")
+    file = form.pop("file", None)
     params = parse_fields(
-        ImageSearchForm,
-        {
-            name: part if part.is_file else part.text
-            for name, part in form.items()
-            if name in ImageSearchForm.model_fields
-        },
+        _ImageSearchFields,
+        {name: part if part.is_file else part.text for name, part in form.items()},
     )
     if file is None or not file.is_file:
         raise GlimpseError(
@@ -165,7 +167,7 @@ async def search_image(request: Request, state: State) -> Response:
         error = errors[0] or {}
         raise GlimpseError(
             str(error.get("error_type") or ErrorType.invalid_image.value),
-            str(error.get("error") or "The query image could not be read."),
+            f"file: {error.get('error') or 'The query image could not be read.'}",
         )
     return await _run_search(state, started, _ms(started), vectors[0], params.k, params.offset)
 

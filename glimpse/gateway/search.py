@@ -28,7 +28,8 @@ def combine_terms(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np
     if not np.isfinite(norm) or norm < 1e-6:
         raise GlimpseError(
             ErrorType.validation_error,
-            "The weighted terms cancel out (their sum has no direction); change the weights.",
+            "terms: The weighted terms cancel out (their sum has no direction); "
+            "change the weights.",
         )
     return (total / norm).astype(np.float32)
 

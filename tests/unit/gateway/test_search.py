@@ -38,6 +38,7 @@ def test_cancelling_terms_are_a_422() -> None:
     with pytest.raises(GlimpseError) as info:
         combine_terms([a, a], [1.0, -1.0])
     assert info.value.status == 422
+    assert info.value.message.startswith("terms: The weighted terms cancel out")
 
 
 def test_window() -> None:

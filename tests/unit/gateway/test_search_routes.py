@@ -135,6 +135,46 @@ def test_image_search_422s(open_gateway: tuple[TestClient, FakeEncoder]) -> None
     assert encoder.images == []
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"top_k": "5"}, ["top_k"]),
+        ({"k": "5", "colour": "red", "size": "big"}, ["colour", "size"]),
+    ],
+)
+def test_image_search_refuses_unknown_fields_by_name(
+    open_gateway: tuple[TestClient, FakeEncoder], fields: dict[str, str], named: list[str]
+) -> None:
+    client, encoder = open_gateway
+    r = client.post("/search/image", **image_form(**fields))
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["error_type"] == "validation_error"
+    assert body["error"].startswith(f"Invalid request: {named[0]}: Extra inputs are not permitted")
+    assert [d["loc"] for d in body["details"]] == [["body", name] for name in named]
+    assert encoder.images == []
+
+
+def test_an_unreadable_query_image_is_named_file(
+    open_gateway: tuple[TestClient, FakeEncoder],
+) -> None:
+    client, _ = open_gateway
+    r = client.post("/search/image", files={"file": ("q.jpg", b"not an image", "image/jpeg")})
+    assert r.status_code == 422
+    assert r.json() == {
+        "error": "file: The file is not a recognisable image (accepted: JPEG).",
+        "error_type": "invalid_image",
+    }
+
+
+def test_cancelling_terms_are_named_terms(open_gateway: tuple[TestClient, FakeEncoder]) -> None:
+    client, _ = open_gateway
+    terms = [{"text": "x", "weight": 1.0}, {"text": "y", "weight": -1.0}]
+    r = client.post("/search", json={"terms": terms})
+    assert r.status_code == 422
+    assert r.json()["error"].startswith("terms: The weighted terms cancel out"), r.json()
+
+
 @pytest.mark.parametrize("public_read", [True, False])
 def test_access_is_checked_before_the_body(tmp_path: Path, public_read: bool) -> None:
     with gateway(tmp_path, api_key=KEY, public_read=public_read) as (client, _):
