@@ -23,11 +23,22 @@ KEY = "key-for-the-searches"
 DIM = 4
 
 
-class FakeEncoder:
-    model = "fake-model"
-    replicas: Any = None
+class Fake:
+    """Answers what a test gives it; anything else (replica sets, limits) is the real
+    client's."""
 
-    def __init__(self) -> None:
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class FakeEncoder(Fake):
+    model = "fake-model"
+
+    def __init__(self, real: Any) -> None:
+        super().__init__(real)
         self.texts: list[str] = []
         self.images: list[tuple[str, bytes, str]] = []
 
@@ -49,9 +60,7 @@ class FakeEncoder:
         return {"model": self.model}
 
 
-class FakeIndex:
-    replicas: Any = None
-
+class FakeIndex(Fake):
     async def search(
         self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] = (),
         nprobe: int | None = None,
@@ -72,10 +81,8 @@ def gateway(tmp_path: Path, **options: Any) -> Iterator[tuple[TestClient, FakeEn
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         state = app.state.gateway
-        encoder, index = FakeEncoder(), FakeIndex()
-        # /metrics reports the real clients' replica sets.
-        encoder.replicas, index.replicas = state.encoder.replicas, state.index.replicas
-        state.encoder, state.index = encoder, index
+        encoder = FakeEncoder(state.encoder)
+        state.encoder, state.index = encoder, FakeIndex(state.index)
         yield client, encoder
 
 
