@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from glimpse.cli.ingest import DEFAULT_URL, ingest
+from glimpse.cli.ingest import DEFAULT_URL, ingest, probe
 
 # skimage.data functions whose images ship inside the package (others download on first use).
 SKIMAGE_SAMPLES = [
@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="keep the sample files in this folder (default: a temporary one)")
     args = p.parse_args(argv)
-    try:
-        httpx.get(args.url.rstrip("/") + "/healthz", timeout=5.0).raise_for_status()
-    except httpx.HTTPError as exc:
-        print(f"no Glimpse gateway answers at {args.url} ({exc}); start one with `make dev` "
-              "or `docker compose up`, or pass --url", file=sys.stderr)
+    # Before writing the samples; ingest() would say the same, only later.
+    with httpx.Client(base_url=args.url.rstrip("/")) as client:
+        problem = probe(client, args.url)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
 
     with tempfile.TemporaryDirectory(prefix="glimpse-demo-") as tmp:

@@ -2,7 +2,9 @@
 
     glimpse ingest DIR [DIR ...] --url http://localhost:8000 [--api-key KEY]
 
-The pipeline, one stage feeding the next so the encoder behind the gateway never waits:
+First the gateway is asked once (``GET /healthz``, a few seconds at most): when nothing
+answers at the URL, the run stops at once with the sentence ``glimpse demo`` prints too.
+Then the pipeline, one stage feeding the next so the encoder behind the gateway never waits:
 
 1. walk each folder (symlinks followed only while they stay inside the folder; a directory is
    entered once, so symlink loops end), keeping files whose extension names an image format;
@@ -13,15 +15,16 @@ The pipeline, one stage feeding the next so the encoder behind the gateway never
    fast the answers come back (:class:`InFlightWindow`), so a slow encoder is kept busy
    without being buried under requests the gateway would time out.
 
-Connection errors, 429, 503 and 504 are retried with exponential backoff and jitter, waiting at
-least what ``Retry-After`` asks. An answer saying a file itself is bad is never retried: the
-file goes to the report. A re-run uploads nothing already stored, so an interrupted run is
-resumed by running it again. The first Ctrl-C stops sending new batches, waits for those in
-flight and prints the summary; a second one stops at once.
+Once the gateway has answered, connection errors, 429, 503 and 504 are retried with
+exponential backoff and jitter, waiting at least what ``Retry-After`` asks. An answer saying a
+file itself is bad is never retried: the file goes to the report. A re-run uploads nothing
+already stored, so an interrupted run is resumed by running it again. The first Ctrl-C stops
+sending new batches, waits for those in flight and prints the summary; a second one stops at
+once.
 
 The modules: :mod:`.discover` (walk, hash, sniff, what is new), :mod:`.upload` (the gateway:
-check, batches, retries, the in-flight window), :mod:`.report` (counters, summary, the
-JSON-lines report), :mod:`.run` (``ingest()``, the stages wired together) and
+first contact, check, batches, retries, the in-flight window), :mod:`.report` (counters,
+summary, the JSON-lines report), :mod:`.run` (``ingest()``, the stages wired together) and
 :mod:`.cli` (argparse and ``main``). Importable: ``ingest(dirs, url, ...)`` returns an
 :class:`IngestSummary`. Only httpx and tqdm are needed, no other part of Glimpse, so it runs on
 any machine that can reach the gateway.
@@ -55,12 +58,14 @@ from glimpse.cli.ingest.upload import (
     InFlightWindow,
     RetryPolicy,
     parse_retry_after,
+    probe,
+    unreachable_sentence,
 )
 
 __all__ = [
     "CONTENT_TYPES", "DEFAULT_REPORT", "DEFAULT_URL", "EXIT_FATAL", "EXIT_INTERRUPTED",
     "EXIT_OK", "EXIT_SOME_FAILED", "IMAGE_EXTENSIONS", "Candidate", "Failure", "FatalError",
     "GaveUp", "InFlightWindow", "IngestSummary", "RetryPolicy", "build_parser",
-    "heic_supported", "ingest", "main", "parse_retry_after", "read_rejections", "sniff_image",
-    "walk_images", "write_report",
+    "heic_supported", "ingest", "main", "parse_retry_after", "probe", "read_rejections",
+    "sniff_image", "unreachable_sentence", "walk_images", "write_report",
 ]

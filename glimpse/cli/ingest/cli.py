@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ingest folders of images into a Glimpse gateway (resumable: re-run to "
         "continue; only new files are uploaded).",
         epilog="Exit status: 0 all ingested; 1 some files not ingested (see the report); "
-        "2 bad arguments or the gateway refused the run; 130 interrupted.",
+        "2 bad arguments, no gateway at --url, or the gateway refused the run; 130 interrupted.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to ingest, recursively")
     p.add_argument("--url", default=os.environ.get("GLIMPSE_URL", DEFAULT_URL),
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "keep it under the gateway's GATEWAY_ENCODER_TIMEOUT_S (%(default)s)")
     p.add_argument("--hash-workers", type=int, default=None, help="hashing threads")
     p.add_argument("--retries", type=int, default=10,
-                   help="tries per request on connection errors, 429, 503, 504 (%(default)s)")
+                   help="tries per request on connection errors, 429, 503, 504 once the "
+                   "gateway has answered (%(default)s)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for one answer (%(default)s)")
     p.add_argument("--report", default=DEFAULT_REPORT,

@@ -16,7 +16,7 @@ DEFAULT_REPORT = "ingest-report.jsonl"
 # Exit statuses of the command line.
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # the run finished; the report lists files it could not ingest
-EXIT_FATAL = 2  # bad arguments, or the gateway refused the whole run (URL, API key)
+EXIT_FATAL = 2  # bad arguments, no gateway, or the gateway refused the whole run (URL, API key)
 EXIT_INTERRUPTED = 130  # Ctrl-C or a batch limit; run again to resume
 
 
@@ -90,6 +90,9 @@ class IngestSummary:
         return max(0, self.images - done)
 
     def describe(self) -> str:
+        if self.error and not self.files:
+            # Stopped before the walk (no gateway, a folder that is not one): nothing to count.
+            return f"stopped: {self.error}"
         rate = self.images_done / self.elapsed_s if self.elapsed_s else 0.0
         lines = [
             f"{self.images} images ({self.skipped} other files skipped, "

@@ -24,12 +24,14 @@ from glimpse.cli.ingest.discover import (
 from glimpse.cli.ingest.report import IngestSummary, Tally, read_rejections, write_report
 from glimpse.cli.ingest.upload import (
     DEFAULT_URL,
+    PROBE_TIMEOUT_S,
     FatalError,
     GaveUp,
     InFlightWindow,
     RetryPolicy,
     Uploader,
     batches,
+    probe,
 )
 
 
@@ -69,6 +71,10 @@ def ingest(
 ) -> IngestSummary:
     """Ingest every image under ``dirs`` into the gateway at ``url``; see the package doc.
 
+    Before anything else the gateway is asked once (:func:`.upload.probe`, waiting at most
+    ``timeout_s`` or five seconds): when nothing answers, the run stops at once with
+    :func:`.upload.unreachable_sentence` as its ``error``. Later failures are retried.
+
     Up to ``concurrency`` upload requests are in flight, fewer while answers take longer than
     ``latency_target_s`` (see :class:`.upload.InFlightWindow`; keep it under the gateway's
     encoder timeout). ``max_batches`` stops after that many upload batches were sent (a partial
@@ -80,6 +86,7 @@ def ingest(
     (the same bytes would be rejected again) unless ``retry_rejected``.
     """
     summary = IngestSummary()
+    started = time.monotonic()
     stop = stop or threading.Event()
     for directory in dirs:
         if not Path(directory).is_dir():
@@ -94,6 +101,13 @@ def ingest(
         limits=httpx.Limits(max_connections=concurrency + 2),
         transport=transport,
     )
+    # Before the walk, which can take minutes on a large tree: no gateway is told in seconds.
+    summary.error = probe(client, url, min(timeout_s, PROBE_TIMEOUT_S))
+    if summary.error is not None:
+        client.close()
+        summary.elapsed_s = round(time.monotonic() - started, 3)
+        return summary
+
     # Walking is cheap next to hashing; doing it first gives the progress bar a total.
     candidates: list[Candidate] = []
     for directory in dirs:

@@ -1,4 +1,4 @@
-"""Talking to the gateway: ``/ingest/check``, and the uploads in batches,
+"""Talking to the gateway: the first contact, ``/ingest/check``, and the uploads in batches,
 with retries of transient failures and a number of requests in flight that adapts to how fast
 the answers come back."""
 
@@ -19,11 +19,31 @@ from glimpse.cli.ingest.report import Tally
 
 DEFAULT_URL = "http://localhost:8000"
 
+# How long the first contact may take: a gateway that is up answers /healthz at once, so a
+# longer wait only delays telling the user that none is there.
+PROBE_TIMEOUT_S = 5.0
 # Statuses worth another try: the gateway or its upstreams are busy, restarting or slow.
 RETRY_STATUSES = frozenset({429, 503, 504})
 # Statuses that say the whole run cannot work (wrong URL or key): stop instead of failing
 # every file one by one.
 FATAL_STATUSES = frozenset({401, 403, 404, 405})
+
+
+def unreachable_sentence(url: str, exc: Exception) -> str:
+    """What `glimpse ingest` and `glimpse demo` say when no gateway answers at ``url``."""
+    return (f"no Glimpse gateway answers at {url} ({exc}); start one with `make dev` "
+            "or `docker compose up`, or pass --url")
+
+
+def probe(client: httpx.Client, url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when anything answers HTTP at ``url`` (even an error: later requests judge it),
+    else :func:`unreachable_sentence`. Not retried: nothing has worked yet, so a refused or
+    silent connection is a wrong URL or a stopped gateway, not a passing failure."""
+    try:
+        client.get("/healthz", timeout=timeout_s)
+    except httpx.TransportError as exc:
+        return unreachable_sentence(url, exc)
+    return None
 
 
 @dataclass(frozen=True)

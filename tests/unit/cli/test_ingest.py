@@ -33,6 +33,7 @@ from glimpse.cli.ingest import (
     main,
     parse_retry_after,
     sniff_image,
+    unreachable_sentence,
     walk_images,
 )
 
@@ -81,6 +82,7 @@ class FakeGateway:
         self.check_faults: list[httpx.Response | Exception] = []
         self.ingest_calls: list[list[str]] = []
         self.check_calls = 0
+        self.health_calls = 0
         self.lock = threading.Lock()
         self.delay_s = 0.0
 
@@ -88,6 +90,9 @@ class FakeGateway:
         return httpx.MockTransport(self)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/healthz":  # open, like the gateway's
+            self.health_calls += 1
+            return httpx.Response(200, json={"status": "ok"})
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
             return httpx.Response(
                 401, json={"error": "This route needs an API key.", "error_type": "unauthorized"}
@@ -465,19 +470,92 @@ def test_command_line_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) ->
     assert "--batch-size must be at least 1" in capsys.readouterr().err
 
 
-def test_command_line_json_summary_when_the_gateway_is_unreachable(
+def free_port_url() -> str:
+    """A URL nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_nothing_listening_fails_at_once_with_the_sentence(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     make_tree(tmp_path / "p", 2)
-    with socket.socket() as sock:  # a port nobody listens on
+    report = tmp_path / "report.jsonl"
+    report.write_text('{"earlier": "run"}\n')
+    url = free_port_url()
+    started = time.monotonic()
+    # The default retries: ten tries with backoff would take about two minutes.
+    code = main([str(tmp_path / "p"), "--url", url, "--report", str(report)])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == EXIT_FATAL and elapsed < 5
+    assert f"no Glimpse gateway answers at {url} (" in err
+    assert "start one with `make dev` or `docker compose up`, or pass --url" in err
+    assert "images" not in err  # no summary of a run that never started
+    assert report.read_text() == '{"earlier": "run"}\n'  # the earlier report is kept
+
+
+def test_a_host_that_does_not_answer_fails_within_the_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_tree(tmp_path / "p", 2)
+    with socket.socket() as sock:  # the kernel accepts the connection, nobody answers
         sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    code = main([str(tmp_path / "p"), "--url", url, "--retries", "1", "--json", "--quiet",
-                 "--report", str(tmp_path / "report.jsonl")])
-    summary = json.loads(capsys.readouterr().out)
-    assert code == EXIT_FATAL
-    assert "unreachable" in summary["error"] and summary["failed"] == 2
-    assert len((tmp_path / "report.jsonl").read_text().splitlines()) == 2
+        started = time.monotonic()
+        code = main([str(tmp_path / "p"), "--url", url, "--timeout", "0.5", "--json",
+                     "--report", str(tmp_path / "report.jsonl")])
+        elapsed = time.monotonic() - started
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert code == EXIT_FATAL and elapsed < 4
+    assert summary["error"].startswith(f"no Glimpse gateway answers at {url} (")
+    assert summary["error"] in captured.err
+    assert (summary["images"], summary["failed"], summary["pending"]) == (0, 0, 0)
+
+
+def test_the_gateway_is_asked_once_before_anything_is_hashed(tmp_path: Path) -> None:
+    make_tree(tmp_path, 3)
+    gw = FakeGateway()
+    summary = run(tmp_path, gw)
+    assert (summary.added, gw.health_calls) == (3, 1)
+
+
+def test_an_error_answer_to_the_first_contact_lets_the_run_judge(tmp_path: Path) -> None:
+    make_tree(tmp_path, 2)
+    gw = FakeGateway()
+    real = gw.__call__
+
+    def no_healthz(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/healthz":
+            return httpx.Response(404, text="Not Found")
+        return real(request)
+
+    summary = ingest([tmp_path], "http://gateway.test", retry=FAST,
+                     transport=httpx.MockTransport(no_healthz))
+    assert summary.added == 2 and summary.exit_code == EXIT_OK
+
+
+def test_the_gateway_going_away_mid_run_is_retried_then_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_tree(tmp_path, 2)
+    gw = FakeGateway()
+    gw.check_faults = [httpx.ConnectError("[Errno 111] Connection refused")] * FAST.attempts
+    report = tmp_path / "report.jsonl"
+    summary = run(tmp_path, gw, report_path=report)
+    assert gw.check_calls == FAST.attempts and summary.retries == FAST.attempts - 1
+    assert summary.exit_code == EXIT_FATAL and summary.failed == 2
+    assert "unreachable" in (summary.error or "")
+    assert len(report.read_text().splitlines()) == 2
+
+
+def test_the_sentence_names_the_url_and_what_to_do() -> None:
+    sentence = unreachable_sentence("http://x:1", httpx.ConnectError("refused"))
+    assert sentence == ("no Glimpse gateway answers at http://x:1 (refused); start one with "
+                        "`make dev` or `docker compose up`, or pass --url")
 
 
 def test_a_missing_folder_is_an_error(tmp_path: Path) -> None:
