@@ -4,7 +4,7 @@ Two drivers, both against real processes and real SIGKILLs:
 
 - straight at the index (POST /v1/items in small batches, a client that retries every batch
   until it is acknowledged, some batches re-sending earlier keys), at least 20 kills;
-- through the gateway with glimpse/cli/ingest.py doing the retrying, at least 20 kills of the
+- through the gateway with glimpse/cli/ingest/ doing the retrying, at least 20 kills of the
   index behind it; every acknowledgement the script receives is recorded by its transport.
 
 Figures: acknowledged-but-missing 0, phantom 0, duplicate keys 0, Faiss count == live rows,
