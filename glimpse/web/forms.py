@@ -8,6 +8,7 @@ into :class:`FormPart` objects and turns every refusal into a 4xx with the error
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
@@ -62,6 +63,17 @@ def _decode(raw: bytes, charset: str) -> str:
         return raw.decode("latin-1")
 
 
+# Browsers and httpx write '"', CR and LF in a part's name and filename as exactly these
+# escapes (the WHATWG multipart/form-data encoding); any other '%' is the name's own.
+_NAME_ESCAPES = re.compile("%22|%0D|%0A")
+_NAME_CHARS = {"%22": '"', "%0D": "\r", "%0A": "\n"}
+
+
+def _decode_name(raw: bytes, charset: str) -> str:
+    """A part's name or filename as the sender's form had it."""
+    return _NAME_ESCAPES.sub(lambda m: _NAME_CHARS[m[0]], _decode(raw, charset))
+
+
 def parse_form(
     body: bytes, content_type: str | None, *, max_files: int, max_fields: int, max_field_bytes: int
 ) -> list[FormPart]:
@@ -96,7 +108,7 @@ def parse_form(
         _, options = parse_options_header(headers.get(b"content-disposition"))
         if b"name" not in options:
             raise _bad('The Content-Disposition header field "name" must be provided.')
-        name = _decode(options[b"name"], charset)
+        name = _decode_name(options[b"name"], charset)
         data = b"".join(chunks)  # the one slice itself when the part came in one piece
         if b"filename" in options:
             count["files"] += 1
@@ -104,7 +116,7 @@ def parse_form(
                 raise GlimpseError(ErrorType.payload_too_large,
                                    f"Too many files in one request; the limit is {max_files}.")
             kind = headers.get(b"content-type")
-            parts.append(FormPart(name, _decode(options[b"filename"], charset),
+            parts.append(FormPart(name, _decode_name(options[b"filename"], charset),
                                   kind.decode("latin-1") if kind is not None else None, data))
         else:
             count["fields"] += 1

@@ -234,6 +234,25 @@ def test_ingest_statuses_and_idempotency(client: httpx.Client, ingested: dict[st
     assert client.get("/stats").json()["images"] == before + 1
 
 
+def test_a_quote_in_a_file_name_is_kept(client: httpx.Client) -> None:
+    # httpx, like a browser, sends '"' as %22 and CR/LF as %0D/%0A in the part's filename.
+    files = [
+        ("files", ('quotes/say "cheese" 100%.jpg', noise_image(60), "image/jpeg")),
+        ("files", ("quotes/two\r\nlines.jpg", noise_image(61), "image/jpeg")),
+        ("files", ("quotes/literal%41.jpg", noise_image(62), "image/jpeg")),
+    ]
+    items = client.post("/ingest", files=files).json()["items"]
+    assert items[0]["status"] == "added", items[0]
+    assert items[0]["path"] == 'quotes/say "cheese" 100%.jpg'
+    meta = client.get(f"/images/{items[0]['id']}/meta").json()
+    assert meta["path"] == 'quotes/say "cheese" 100%.jpg'
+    # A line break is a control character, refused in a path by name.
+    assert items[1]["status"] == "rejected" and items[1]["error_type"] == "validation_error"
+    assert items[1]["path"] == "quotes/two\r\nlines.jpg"
+    # Only those three escapes are decoded.
+    assert items[2]["path"] == "quotes/literal%41.jpg"
+
+
 def test_a_gateway_that_never_saw_a_file_still_answers_its_id(
     stack: Stack, ingested: dict[str, int], photos: dict[str, bytes]
 ) -> None:
