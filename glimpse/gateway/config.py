@@ -125,10 +125,6 @@ class Settings(BaseSettings):
         description="Images decoded at once (validation, thumbnails) across requests; "
         "default: the CPU count (Pillow releases the GIL, so each thread uses a core).",
     )
-    io_workers: int = Field(
-        16, ge=1, description="Threads that write thumbnails at ingest when originals are not "
-        "stored (GATEWAY_STORE_ORIGINALS=false); originals are written by one thread per request."
-    )
     record_cache_size: int = Field(
         20_000, ge=0, description="Image records (id -> path, sha256, type) kept in memory."
     )

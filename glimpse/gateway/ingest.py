@@ -139,7 +139,7 @@ def _store_media(state: GatewayState, parts: list[Part]) -> None:
     for part in parts:
         assert part.sha256 is not None
         items.append((part.sha256, part.data, thumbnail_type(state), part.thumbnail))
-    errors, created = state.media.put_many(items, pool=state.io_pool)
+    errors, created = state.media.put_many(items)
     for part, error, made in zip(parts, errors, created, strict=True):
         if error is not None:
             part.reject(_storage_error(error))

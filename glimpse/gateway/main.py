@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import cast
 
@@ -141,14 +140,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media=media,
             records=LruCache(settings.record_cache_size, ttl=settings.record_ttl_s),
             decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
-            io_pool=ThreadPoolExecutor(settings.io_workers, thread_name_prefix="media-io"),
         )
         try:
             yield
         finally:
             await encoder.aclose()
             await index.aclose()
-            app.state.gateway.io_pool.shutdown(wait=True)
 
     # /docs and /redoc with their scripts served from the installed package, not a CDN, so
     # they work offline.

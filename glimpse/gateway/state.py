@@ -6,7 +6,6 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -70,9 +69,6 @@ class GatewayState:
     # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
     # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
     decode_limiter: anyio.CapacityLimiter
-    # Media fsyncs of one ingest batch run side by side here (the journal commits them as a
-    # group); None: one after another.
-    io_pool: ThreadPoolExecutor | None = None
 
 
 # The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in

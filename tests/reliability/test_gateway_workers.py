@@ -44,7 +44,7 @@ class Gateways:
                             headers={"Authorization": f"Bearer {API_KEY}"})
 
     def original(self, sha256: str) -> Path:
-        return self.media / "originals" / sha256[:2] / sha256[2:4] / sha256
+        return self.media / "originals" / sha256
 
     def live_ids(self, keys: list[str]) -> dict[str, int]:
         answer = httpx.post(self.index_url + "/v1/keys/ids", json={"keys": keys}, timeout=30)

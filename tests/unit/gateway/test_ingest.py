@@ -43,6 +43,7 @@ class Upstreams:
         self.asked: list[list[str]] = []
         self.embedded: list[str] = []
         self.added: list[dict[str, Any]] = []
+        self.limits = SimpleNamespace(max_pixels=10**6, max_bytes=10**6)  # the encoder's /v1/info
 
     async def key_ids(self, keys: list[str]) -> dict[str, int]:
         self.asked.append(list(keys))
@@ -70,7 +71,7 @@ class Upstreams:
 def state_with(media: MediaStore, upstreams: Upstreams | None = None) -> Any:
     upstreams = upstreams or Upstreams()
     return SimpleNamespace(
-        media=media, io_pool=None, encoder=upstreams, index=upstreams,
+        media=media, encoder=upstreams, index=upstreams,
         settings=SimpleNamespace(thumbnail_format="webp", max_files_per_request=64,
                                  max_file_bytes=10**6, max_pixels=10**6),
     )

@@ -10,10 +10,8 @@ import hashlib
 import json
 import multiprocessing
 import os
-import stat
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ def test_each_original_is_a_file_named_by_its_sha256(tmp_path: Path) -> None:
     assert errors == [None] * 3 and created == [True] * 3
     for data in datas:
         digest = sha(data)
-        path = tmp_path / "originals" / digest[:2] / digest[2:4] / digest
+        path = tmp_path / "originals" / digest
         assert path.read_bytes() == data
         assert store.find_original(digest, "ignored.jpg") == path
     assert store.total_bytes(max_age_s=0) == sum(len(d) for d in datas)
@@ -62,37 +60,48 @@ def test_the_same_bytes_again_are_left_as_they_are(tmp_path: Path) -> None:
     assert store.original_path(sha(b"x")).read_bytes() == b"x"
 
 
-def test_files_and_new_folders_are_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[str] = []
-    files: list[int] = []
-    real_dir, real_file = media_module._fsync_dir, media_module.os.fsync
+def test_files_are_synced_before_and_after_their_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_sync, real_replace, real_dir = (
+        media_module._sync_file_system, media_module.os.replace, media_module._fsync_dir
+    )
 
-    def record_dir(folder: Path | str) -> None:
-        synced.append(str(Path(folder).relative_to(tmp_path)))
+    def sync(fd: int) -> None:
+        events.append("sync")
+        real_sync(fd)
+
+    def replace(source: Any, target: Any) -> None:
+        events.append(f"rename {Path(target).name[:4]}")
+        real_replace(source, target)
+
+    def sync_dir(folder: Path | str) -> None:
+        events.append(f"fsync {Path(folder).relative_to(tmp_path)}")
         real_dir(folder)
-
-    def record_file(fd: int) -> None:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # not a folder's (_fsync_dir's own)
-            files.append(fd)
-        real_file(fd)
 
     store = MediaStore(tmp_path)
     store.setup()
-    monkeypatch.setattr(media_module, "_fsync_dir", record_dir)
-    monkeypatch.setattr(media_module.os, "fsync", record_file)
-    digest = sha(b"a")
-    store.put_many([(digest, b"a", "image/webp", None)])
-    shard = f"originals/{digest[:2]}"
-    # The file; the two new folders' entries; the file's entry in its folder.
-    assert len(files) == 1
-    assert sorted(synced) == sorted(["originals", shard, f"{shard}/{digest[2:4]}"])
-    synced.clear()
-    files.clear()
+    monkeypatch.setattr(media_module, "_sync_file_system", sync)
+    monkeypatch.setattr(media_module.os, "replace", replace)
+    monkeypatch.setattr(media_module, "_fsync_dir", sync_dir)
+    datas = (b"a", b"b", b"c")
+    store.put_many([(sha(d), d, "image/webp", None) for d in datas])
+    # One sync for the request's files, then their renames, then one sync for those.
+    assert events == ["sync", *(f"rename {sha(d)[:4]}" for d in datas), "sync"]
+    events.clear()
+    digest = sha(b"t")
+    store.put_thumbnail(digest, "image/webp", b"thumb")
+    shard = f"thumbnails/{digest[:2]}"
+    # New folders' entries are synced into their parents first.
+    assert events == [f"fsync {shard[:-3]}", f"fsync {shard}", "sync",
+                      f"rename {digest[:4]}", "sync"]
+    events.clear()
     MediaStore(tmp_path, fsync=False).put_many([(sha(b"d"), b"d", "image/webp", None)])
-    assert files == [] and synced == []
+    assert events == [f"rename {sha(b'd')[:4]}"]
 
 
-@pytest.mark.parametrize("failing", ["write", "fsync"])
+@pytest.mark.parametrize("failing", ["write", "sync"])
 def test_a_failed_write_fails_its_original_and_keeps_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
@@ -101,7 +110,10 @@ def test_a_failed_write_fails_its_original_and_keeps_nothing(
 
     store = MediaStore(tmp_path)
     store.setup()
-    monkeypatch.setattr(media_module.os, failing, fail)
+    if failing == "write":
+        monkeypatch.setattr(media_module.os, "write", fail)
+    else:
+        monkeypatch.setattr(media_module, "_sync_file_system", fail)
     errors, created = store.put_many([(sha(d), d, "image/webp", None) for d in (b"x", b"y")])
     assert all(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in errors)
     assert created == [False, False]
@@ -124,6 +136,17 @@ def _pack(entries: list[tuple[bytes, bytes]]) -> bytes:
     raw sha256), then its bytes."""
     header = struct.Struct("<4sIQ32s")
     return b"".join(header.pack(b"GLPK", 1, len(d), digest) + d for digest, d in entries)
+
+
+def test_originals_from_before_packs_are_still_found_and_removed(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    digest = sha(b"before packs")
+    path = tmp_path / "originals" / digest[:2] / digest[2:4] / digest
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"before packs")
+    assert store.find_original(digest, "x.jpg") == path
+    store.remove(digest)
+    assert not path.exists() and store.find_original(digest, "x.jpg") is None
 
 
 def test_originals_an_older_version_packed_are_still_read(tmp_path: Path) -> None:
@@ -172,8 +195,7 @@ def test_write_atomic_many_writes_all_and_reports_each_failure(
         (tmp_path / "a" / "3", b"three"),
         (tmp_path / "b" / "4", b""),
     ]
-    with ThreadPoolExecutor(4) as pool:
-        errors = write_atomic_many(files, fsync=fsync, pool=pool)
+    errors = write_atomic_many(files, fsync=fsync)
     assert [e is None for e in errors] == [True, False, True, True]
     assert isinstance(errors[1], OSError)
     for (path, data), error in zip(files, errors, strict=True):

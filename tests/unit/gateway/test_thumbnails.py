@@ -41,6 +41,7 @@ def state_with(media: MediaStore) -> Any:
         settings=Settings(media_dir=media.root),
         media=media,
         decode_limiter=anyio.CapacityLimiter(2),
+        encoder=SimpleNamespace(limits=SimpleNamespace(max_pixels=60_000_000)),  # its /v1/info
     )
 
 
