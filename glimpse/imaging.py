@@ -65,6 +65,12 @@ class ImageLimits:
     max_aspect_ratio: int | None = MAX_ASPECT_RATIO
 
 
+# The encoder's default limits; the gateway holds them only until the encoder's /v1/info answers.
+DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 60_000_000
+DEFAULT_LIMITS = ImageLimits(max_bytes=DEFAULT_MAX_FILE_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
+
+
 def too_many_pixels(width: int, height: int, max_pixels: int) -> GlimpseError:
     """The pixel cap's error (one sentence wherever a header is read)."""
     return GlimpseError(

@@ -52,6 +52,14 @@ class EncoderInfo(BaseModel):
     dim: int
     device: str
     precision: str
+    runtime: str = Field(
+        default="torch", description="What runs the model: 'onnx' (ONNX Runtime) or 'torch'."
+    )
+    runtime_note: str | None = Field(
+        default=None,
+        description="Why torch serves where ENCODER_RUNTIME asked for ONNX Runtime (e.g. the "
+        "export failed); null otherwise.",
+    )
     image_size: int
     max_batch: int
     max_wait_ms: float
@@ -59,6 +67,9 @@ class EncoderInfo(BaseModel):
     max_texts: int | None = Field(default=None, description="Most texts per text request.")
     max_text_chars: int | None = Field(default=None, description="Longest accepted text.")
     max_file_bytes: int | None = Field(default=None, description="Largest accepted file.")
+    max_pixels: int | None = Field(
+        default=None, description="Largest accepted image (width x height)."
+    )
     gpu_decode: bool = Field(default=False, description="JPEGs are decoded on the GPU.")
     decode_rates: dict[str, float] | None = Field(
         default=None,

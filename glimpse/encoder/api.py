@@ -225,6 +225,7 @@ async def info(request: Request) -> Response:
         max_texts=s.max_texts,
         max_text_chars=s.max_text_chars,
         max_file_bytes=s.max_file_bytes,
+        max_pixels=s.max_pixels,
         gpu_decode=runtime.gpu_decode,
         decode_rates=runtime.decode_rates,
         text_graph_batches=(

@@ -7,9 +7,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from glimpse.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
+
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 GpuDecode = Literal["auto", "on", "off"]
+Runtime = Literal["auto", "torch", "onnx"]
+OnnxQuantize = Literal["none", "int8"]
 
 
 class Settings(BaseSettings):
@@ -50,6 +54,18 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0, ge=0, description="torch intra-op threads on CPU; 0 picks from the CPU count."
     )
+    runtime: Runtime = Field(
+        default="auto",
+        description="What runs the model: auto (ONNX Runtime on a CPU, torch on CUDA), torch, "
+        "or onnx (the model exported once into the cache folder; torch if the export fails).",
+    )
+    onnx_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = the CPU count."
+    )
+    onnx_quantize: OnnxQuantize = Field(
+        default="none",
+        description="int8: ONNX Runtime runs int8 dynamically quantised weights (none: fp32).",
+    )
     gpu_decode: GpuDecode = Field(
         default="auto",
         description="JPEG decoding on the GPU (torchvision.io.decode_jpeg): auto = on CUDA, "
@@ -65,12 +81,15 @@ class Settings(BaseSettings):
         default=4096, ge=0, description="Text embeddings kept in the LRU cache (0 disables)."
     )
     max_file_bytes: int = Field(
-        default=20 * 1024 * 1024, ge=1, description="Largest accepted image file in bytes."
+        default=DEFAULT_MAX_FILE_BYTES,
+        ge=1,
+        description="Largest accepted image file in bytes; the gateway reads it from /v1/info.",
     )
     max_pixels: int = Field(
-        default=60_000_000,
+        default=DEFAULT_MAX_PIXELS,
         ge=1,
-        description="Largest accepted image in pixels (width x height), read from the header.",
+        description="Largest accepted image in pixels (width x height), read from the header; "
+        "the gateway reads it from /v1/info.",
     )
     max_request_bytes: int = Field(
         default=256 * 1024 * 1024,

@@ -44,6 +44,7 @@ from glimpse.gateway.http import (
     multipart_body,
 )
 from glimpse.gateway.replicas import Replica, ReplicaSet
+from glimpse.imaging import DEFAULT_LIMITS, ImageLimits
 
 FileField = tuple[str, tuple[str, bytes, str]]  # ("files", (filename, bytes, content type))
 
@@ -435,12 +436,54 @@ def checked_wire_vectors(values: Sequence[Any], dim: int) -> list[VectorLike | N
     return list(values)
 
 
+# How often the encoder's limits are asked for while no encoder answers.
+LIMITS_RETRY_S = 1.0
+
+
 class EncoderClient(Upstream):
-    """glimpse.encoder: text and image bytes to unit vectors."""
+    """glimpse.encoder: text and image bytes to unit vectors.
+
+    The encoder's file and pixel limits (``limits``, from its /v1/info) are the gateway's too:
+    it checks them before it decodes or sends anything. They are read at start (retried until
+    an encoder answers; the defaults stand meanwhile), again whenever a replica that was down
+    answers, and before /readyz first says ready. Replicas are meant to share their settings;
+    the last answer wins.
+    """
 
     def __init__(self, client: HttpPool | ReplicaSet, **options: float) -> None:
         super().__init__("encoder", client, **options)
         self.model: str | None = None
+        self.limits: ImageLimits = DEFAULT_LIMITS
+        self.limits_known = False
+        self._reading: asyncio.Task[None] | None = None
+        self.replicas.on_back = lambda replica: self.read_limits()
+
+    def read_limits(self) -> None:
+        """Read the limits in the background (one reading at a time), retrying until it works."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read_limits())
+
+    async def _read_limits(self) -> None:
+        while True:
+            try:
+                await self.info()
+                return
+            except GlimpseError:
+                await asyncio.sleep(LIMITS_RETRY_S)
+
+    async def aclose(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+        await super().aclose()
+
+    async def ready(self) -> tuple[bool, str]:
+        ok, line = await super().ready()
+        if ok and not self.limits_known:
+            try:
+                await self.info()
+            except GlimpseError as exc:
+                return False, f"its limits are not known yet ({exc.message})"
+        return ok, line
 
     async def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         body = await self.json(
@@ -480,6 +523,10 @@ class EncoderClient(Upstream):
     async def info(self) -> dict[str, Any]:
         info: dict[str, Any] = await self.json("GET", "/v1/info")
         self.model = info.get("model", self.model)
+        max_bytes, max_pixels = info.get("max_file_bytes"), info.get("max_pixels")
+        if isinstance(max_bytes, int) and isinstance(max_pixels, int):
+            self.limits = ImageLimits(max_bytes=max_bytes, max_pixels=max_pixels)
+            self.limits_known = True
         return info
 
 

@@ -95,20 +95,14 @@ class Settings(BaseSettings):
         PACKAGE_ROOT / "frontend", description="Static web page served at '/'."
     )
 
-    # Limits.
+    # Limits (an image's bytes and pixels are the encoder's: clients.EncoderClient.limits).
     max_body_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest request body of an /ingest call."
-    )
-    max_file_bytes: int = Field(
-        20 * 1024 * 1024, ge=1024, description="Largest single image (ingest part or query)."
     )
     max_json_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest body of any other route (JSON)."
     )
     max_files_per_request: int = Field(64, ge=1, description="Files per /ingest request.")
-    max_pixels: int = Field(
-        60_000_000, ge=1, description="Largest image (width x height), checked before decoding."
-    )
     max_result_window: int = Field(
         1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
     )

@@ -118,7 +118,7 @@ def _make_thumbnail(state: GatewayState, part: Part) -> None:
     try:
         part.thumbnail = make_thumbnail(
             part.data,
-            max_pixels=settings.max_pixels,
+            max_pixels=state.encoder.limits.max_pixels,
             thumbnail_size=settings.thumbnail_size,
             thumbnail_type=thumbnail_type(state),
             quality=settings.thumbnail_quality,
@@ -173,9 +173,10 @@ async def ingest_files(state: GatewayState, uploads: Sequence[FormPart]) -> list
             f"{len(uploads)} files in one request, more than the limit of "
             f"{settings.max_files_per_request}; send them in several requests.",
         )
-    parts = [_read_part(u, settings.max_file_bytes) for u in uploads]
+    limits = state.encoder.limits  # the encoder's (clients.py)
+    parts = [_read_part(u, limits.max_bytes or 0) for u in uploads]
     readable = [p for p in parts if p.status is None]
-    await anyio.to_thread.run_sync(_check_all, readable, settings.max_pixels)
+    await anyio.to_thread.run_sync(_check_all, readable, limits.max_pixels)
 
     # The same bytes twice in one request are one item: later copies share the first's outcome.
     unique: dict[str, Part] = {}

@@ -29,6 +29,7 @@ from glimpse.gateway.media import MediaStore
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
 from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from glimpse.gateway.state import GatewayState, LruCache, get_state, require_read, require_write
+from glimpse.imaging import DEFAULT_LIMITS, ImageLimits
 
 logger = logging.getLogger("glimpse.gateway")
 
@@ -36,14 +37,17 @@ logger = logging.getLogger("glimpse.gateway")
 _FORM_OVERHEAD = 64 * 1024
 
 
-def body_limit_for(settings: Settings) -> Callable[[str], int]:
-    """The largest body each path accepts: ingest batches, one query image, or JSON."""
+def body_limit_for(
+    settings: Settings, image_limits: Callable[[], ImageLimits]
+) -> Callable[[str], int]:
+    """The largest body each path accepts: ingest batches, one query image (the encoder's
+    file limit), or JSON."""
 
     def limit_for(path: str) -> int:
         if path == "/ingest":
             return settings.max_body_bytes
         if path == "/search/image":
-            return settings.max_file_bytes + _FORM_OVERHEAD
+            return (image_limits().max_bytes or 0) + _FORM_OVERHEAD
         return settings.max_json_bytes
 
     return limit_for
@@ -141,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             records=LruCache(settings.record_cache_size, ttl=settings.record_ttl_s),
             decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
         )
+        encoder.read_limits()
         try:
             yield
         finally:
@@ -159,7 +164,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     access_first(app)
     # Added before the metrics middleware, so they sit inside it: the metrics count the 413s
     # and 408s, whose exceptions are raised straight into the route's body read.
-    app.add_middleware(BodySizeLimitMiddleware, limit_for=body_limit_for(settings))
+    def image_limits() -> ImageLimits:
+        state = getattr(app.state, "gateway", None)  # None before the lifespan has run
+        return DEFAULT_LIMITS if state is None else state.encoder.limits
+
+    app.add_middleware(
+        BodySizeLimitMiddleware, limit_for=body_limit_for(settings, image_limits)
+    )
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout_s)
     metrics = ServiceMetrics("gateway")
     install_metrics(app, metrics)

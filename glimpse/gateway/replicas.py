@@ -141,6 +141,9 @@ class ReplicaSet:
         self._resolve_now = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        # Called when a replica that was down answers again (the encoder client re-reads its
+        # limits then: a restarted encoder may run with other settings).
+        self.on_back: Callable[[Replica], None] | None = None
 
     @classmethod
     def of(cls, pool: HttpPool, name: str = "upstream") -> ReplicaSet:
@@ -202,6 +205,8 @@ class ReplicaSet:
         replica.up = True
         replica.reason = ""
         replica.changed_at = time.monotonic()
+        if self.on_back is not None:
+            self.on_back(replica)
         if len(self.replicas) > 1:
             up = sum(r.up for r in self.replicas)
             logger.warning(

@@ -65,7 +65,7 @@ def _find_or_make(
     try:
         thumbnail = make_thumbnail(
             data,
-            max_pixels=settings.max_pixels,
+            max_pixels=state.encoder.limits.max_pixels,
             thumbnail_size=settings.thumbnail_size,
             thumbnail_type=content_type,
             quality=settings.thumbnail_quality,

@@ -28,6 +28,7 @@ from PIL import Image
 from glimpse.contracts.gateway import ImageMeta, SearchResponse
 from glimpse.gateway.config import Settings
 from glimpse.gateway.main import create_app
+from glimpse.imaging import ImageLimits
 from tests.support.stack import Stack, sample_photos, start_stack
 
 API_KEY = "test-key-0123456789"
@@ -425,7 +426,12 @@ def test_limits(client: httpx.Client, stack: Stack) -> None:
     )
     assert garbage.status_code == 422
 
-    with local_gateway(stack, max_files_per_request=2, max_file_bytes=4096) as gateway:
+    with local_gateway(stack, max_files_per_request=2) as gateway:
+        assert gateway.get("/readyz").status_code == 200  # the encoder's limits are read
+        encoder = gateway.app.state.gateway.encoder  # type: ignore[attr-defined]
+        assert encoder.limits_known and encoder.limits.max_bytes == 20 * 1024 * 1024
+        # As an encoder run with ENCODER_MAX_FILE_BYTES=4096 would answer /v1/info.
+        encoder.limits = ImageLimits(max_bytes=4096, max_pixels=encoder.limits.max_pixels)
         files = [("files", (f"l/{i}.jpg", noise_image(40 + i), "image/jpeg")) for i in range(3)]
         too_many = gateway.post("/ingest", files=files)
         assert too_many.status_code == 413 and too_many.json()["error_type"] == "payload_too_large"

@@ -113,7 +113,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         root,
         timeout=180.0,
         GATEWAY_API_KEY=API_KEY,
-        GATEWAY_MAX_FILE_BYTES=str(4 * 1024 * 1024),
+        # The gateway enforces the encoder's file limit (read from its /v1/info).
+        ENCODER_MAX_FILE_BYTES=str(4 * 1024 * 1024),
         GATEWAY_MAX_BODY_BYTES=str(16 * 1024 * 1024),
         GATEWAY_MAX_FILES_PER_REQUEST="16",
         GATEWAY_FSYNC="false",

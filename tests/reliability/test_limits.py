@@ -264,6 +264,25 @@ def test_index_limits_never_500(start_index: Any, tmp_path: Path) -> None:
         assert api.stats()["count"] == 0
 
 
+def test_gateway_enforces_the_encoders_file_limit(stack: Any, writer: httpx.Client) -> None:
+    """The shared stack's encoder runs with ENCODER_MAX_FILE_BYTES=4 MiB, the gateway with no
+    file limit of its own: it reads the encoder's from /v1/info and refuses a bigger file before
+    it reads the header or sends anything on."""
+    limit = 4 * 1024 * 1024
+    assert httpx.get(stack.encoder.url + "/v1/info", timeout=10).json()["max_file_bytes"] == limit
+    over = b"\x89PNG" + b"\x00" * (limit - 3)  # one byte over, and far under the 20 MiB default
+    answer = writer.post("/ingest", files=[("files", ("over.png", over, "image/png"))])
+    assert answer.status_code == 200, answer.text
+    item = answer.json()["items"][0]
+    assert (item["status"], item["error_type"]) == ("rejected", "payload_too_large"), item
+    assert f"more than the limit of {limit}" in item["error"]
+    under = writer.post("/ingest", files=[("files", ("under.png", over[:-1], "image/png"))])
+    assert under.json()["items"][0]["error_type"] != "payload_too_large"  # a bad PNG instead
+    query = over + b"\x00" * (128 * 1024)  # past the file limit and the form's framing
+    refused = writer.post("/search/image", files=[("file", ("q.png", query, "image/png"))])
+    assert refused.status_code == 413, refused.text
+
+
 def test_gateway_limits_never_500(writer: httpx.Client, figure: Any) -> None:
     png = png_bytes(gradient((8, 8)))
     many = [("files", (f"m/{i}.png", png_bytes(gradient((8, 8), seed=i)), "image/png"))

@@ -2,8 +2,8 @@
 
 Figure: 413 before the whole body is read (bytes the client got to send before the answer,
 against the body it meant to send), and the gateway's peak RSS growth while it happens.
-The gateway runs as a real process with small limits; its upstreams are not needed (the
-limit answers before anything is forwarded).
+The gateway runs as a real process with a small body limit; its upstreams are not needed (the
+limit answers before anything is forwarded), so a query image's limit is the encoder's default.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from glimpse.imaging import DEFAULT_MAX_FILE_BYTES
 from tests.reliability._upload import RssSampler, multipart_prefix, stream_upload
 from tests.support.procs import ServiceProcess, free_port
 
 MiB = 1024 * 1024
 BODY_LIMIT = 8 * MiB
-FILE_LIMIT = 2 * MiB
+FILE_LIMIT = DEFAULT_MAX_FILE_BYTES  # no encoder answers /v1/info here
 ATTEMPT = 256 * MiB  # what the client tries to send: 32x the limit
 BOUNDARY = "glimpse-reliability-boundary"
 MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -36,7 +37,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
             "GATEWAY_ENCODER_URL": dead,
             "GATEWAY_INDEX_URL": dead,
             "GATEWAY_MAX_BODY_BYTES": str(BODY_LIMIT),
-            "GATEWAY_MAX_FILE_BYTES": str(FILE_LIMIT),
         },
         root / "gateway.log",
     )

@@ -15,12 +15,15 @@ from starlette.requests import Request as StarletteRequest
 
 from glimpse.contracts.errors import GlimpseError
 from glimpse.contracts.vectors import encode_vector
+from glimpse.gateway import clients
 from glimpse.gateway.clients import (
+    EncoderClient,
     Upstream,
     build_client,
     checked_wire_vectors,
 )
 from glimpse.gateway.http import Reply, json_body
+from glimpse.imaging import DEFAULT_LIMITS, ImageLimits
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
 
@@ -309,3 +312,68 @@ def test_json_body_is_compact_json_of_checked_vectors() -> None:
     assert body == json.dumps({"items": items}, separators=(",", ":"),
                               ensure_ascii=False).encode()
     assert json.loads(body) == {"items": items}
+
+
+async def _until(condition: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_encoders_limits_are_read_at_start_and_when_it_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway holds no image limits of its own: it reads the encoder's /v1/info, retried
+    while the encoder is down, and again when a replica that was down answers."""
+    monkeypatch.setattr(clients, "LIMITS_RETRY_S", 0.02)
+    encoder = {"up": False, "max_file_bytes": 1000}
+
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        if not encoder["up"]:
+            await answer(writer, response(503, {"error": "Loading.", "error_type": "not_ready"}))
+        elif request.target.endswith("/v1/info"):
+            await answer(writer, response(200, {
+                "model": "m", "max_file_bytes": encoder["max_file_bytes"], "max_pixels": 5000,
+            }))
+        else:
+            await answer(writer, response(200, {}))
+
+    async with FakeUpstream(handler) as server:
+        client = EncoderClient(build_client(server.url, connect_timeout=1.0, read_timeout=5.0,
+                                            max_connections=4))
+        try:
+            client.read_limits()
+            await asyncio.sleep(0.1)  # retrying: the defaults stand meanwhile
+            assert (client.limits, client.limits_known) == (DEFAULT_LIMITS, False)
+            assert (await client.ready())[0] is False
+            encoder["up"] = True
+            await _until(lambda: client.limits_known)
+            assert (client.limits.max_bytes, client.limits.max_pixels) == (1000, 5000)
+
+            # Restarted with another ENCODER_MAX_FILE_BYTES: a call finds it down, a later one
+            # finds it back, and the limits are read again.
+            encoder["up"] = False
+            with pytest.raises(GlimpseError):
+                await client.request("GET", "/readyz")
+            encoder.update(up=True, max_file_bytes=2000)
+            await client.request("GET", "/readyz")
+            await _until(lambda: client.limits.max_bytes == 2000)
+        finally:
+            await client.aclose()
+
+
+async def test_readiness_waits_for_the_encoders_limits() -> None:
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        body = {"model": "m", "max_file_bytes": 77, "max_pixels": 88}
+        await answer(writer, response(200, body if request.target.endswith("/v1/info") else {}))
+
+    async with FakeUpstream(handler) as server:
+        client = EncoderClient(build_client(server.url, connect_timeout=1.0, read_timeout=5.0,
+                                            max_connections=4))
+        try:
+            assert client.limits_known is False
+            assert (await client.ready())[0] is True
+            assert client.limits == ImageLimits(max_bytes=77, max_pixels=88)
+        finally:
+            await client.aclose()

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from glimpse.gateway.config import Settings
 from glimpse.gateway.main import create_app
+from glimpse.imaging import DEFAULT_LIMITS
 from tests.support.procs import free_port
 from tests.unit.gateway.test_security import call
 
@@ -36,6 +37,7 @@ class Fake:
 
 class FakeEncoder(Fake):
     model = "fake-model"
+    limits = DEFAULT_LIMITS
 
     def __init__(self, real: Any) -> None:
         super().__init__(real)
