@@ -73,8 +73,8 @@ def _half_body(path: str) -> bytes:
 CASES = {
     "half_headers": b"POST /search/text HTTP/1.1\r\nHost: gateway\r\nContent-Ty",
     "nothing": b"",
-    "half_body_search": _half_body("/search/text"),  # answered in front of FastAPI
-    "half_body_ingest_check": _half_body("/ingest/check"),  # through FastAPI
+    "half_body_search": _half_body("/search/text"),  # reads its body itself
+    "half_body_ingest_check": _half_body("/ingest/check"),  # a body FastAPI reads
 }
 
 
