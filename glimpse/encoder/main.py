@@ -21,7 +21,8 @@ from starlette.routing import Route
 from glimpse.contracts.observability import MetricsMiddleware, ServiceMetrics
 from glimpse.encoder.api import OPERATIONS
 from glimpse.encoder.config import Settings
-from glimpse.encoder.model import ClipEncoder, ModelLoadError, load_encoder
+from glimpse.encoder.model import ClipEncoder, ModelLoadError
+from glimpse.encoder.onnx_runtime import load_serving_encoder
 from glimpse.encoder.service import EncoderRuntime
 from glimpse.web.handlers import EXCEPTION_HANDLERS
 from glimpse.web.openapi import openapi_document, routes
@@ -75,7 +76,7 @@ class EncoderApp(Starlette):
 
 def create_app(
     settings: Settings | None = None,
-    encoder_loader: Callable[[Settings], ClipEncoder] = load_encoder,
+    encoder_loader: Callable[[Settings], ClipEncoder] = load_serving_encoder,
 ) -> EncoderApp:
     """The encoder app; ``encoder_loader`` builds the model in the lifespan (tests and
     bench/bench_host.py pass their own)."""
@@ -102,7 +103,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8001,
-    encoder_loader: Callable[[Settings], ClipEncoder] = load_encoder,
+    encoder_loader: Callable[[Settings], ClipEncoder] = load_serving_encoder,
     **uvicorn_options: Any,
 ) -> None:
     """Run the encoder under uvicorn, as ``uvicorn glimpse.encoder.main:app`` does."""

@@ -120,6 +120,10 @@ class ClipEncoder:
     std: tuple[float, float, float]
     # The text tower as CUDA graphs (text_graphs.py); None runs it eagerly.
     text_graphs: TextGraphs | None = None
+    # Which runtime runs the forward passes (onnx_runtime.py), and why torch when ONNX Runtime
+    # was asked for but cannot serve.
+    runtime: str = "torch"
+    runtime_note: str | None = None
 
     @property
     def dtype(self) -> torch.dtype:

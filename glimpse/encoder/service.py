@@ -485,6 +485,8 @@ class EncoderRuntime:
             "dim": enc.dim,
             "device": enc.device,
             "precision": enc.precision,
+            "runtime": enc.runtime,
+            "runtime_note": enc.runtime_note,
             "image_size": enc.image_size,
             "max_batch": self.settings.max_batch,
             "max_wait_ms": self.settings.max_wait_ms,
