@@ -112,10 +112,13 @@ async def search_text(request: Request, state: State) -> Response:
     return await _run_search(state, started, _ms(started), vector, body.k, body.offset)
 
 
-# /search/image's body in OpenAPI: the image part and the ImageSearchForm fields.
+# /search/image's body in OpenAPI: the image part and the ImageSearchForm fields, no others.
 _IMAGE_FORM = form_body_openapi(
     {"file": {"type": "string", "format": "binary", "description": "The query image."}},
     ImageSearchForm.model_json_schema()["properties"],
+)
+_IMAGE_FORM["requestBody"]["content"]["multipart/form-data"]["schema"]["additionalProperties"] = (
+    False
 )
 
 
