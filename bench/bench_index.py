@@ -52,7 +52,7 @@ import psutil  # noqa: E402
 from bench import service_vs_raw  # noqa: E402
 from glimpse.contracts.vectors import encode_vector  # noqa: E402
 from glimpse.index.config import Settings  # noqa: E402
-from glimpse.index.service import IndexService  # noqa: E402
+from glimpse.index.service import TUNE_TARGET, IndexService  # noqa: E402
 from glimpse.index.store import NewItem  # noqa: E402
 from tests.support.procs import ServiceProcess  # noqa: E402
 
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             "exact": exact}
 
     # Tuning (what the service runs after each training) on its own held-out vectors.
-    target = service.settings.tune_target
+    target = TUNE_TARGET
     # (Not applied after a structure choice: the run goes on with the service's own choice.)
     tuned, t_tune = timed(lambda: service.tune(target, 300, apply=not structure))
     say(f"\ntuning to recall@10 {target} on 300 held-out stored vectors ({t_tune:.1f}s): "

@@ -14,6 +14,10 @@ ItemStatus = Literal["added", "exists"]
 #: Largest item id: ids are SQLite INTEGERs (signed 64-bit), so a larger one can name nothing.
 MAX_ITEM_ID = 2**63 - 1
 
+#: Largest k of one index search: beyond it a search costs more than any page needs; the
+#: gateway's GATEWAY_MAX_RESULT_WINDOW may not exceed it.
+MAX_K = 1000
+
 #: An item's key: 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or
 #: digit. The gateway sends the file's sha256 as 64 lowercase hex digits.
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"

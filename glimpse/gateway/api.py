@@ -67,7 +67,7 @@ async def _run_search(
 ) -> Response:
     t = time.perf_counter()
     hits = await state.index.search(
-        vector, k + offset, exclude_ids=exclude_ids or (), nprobe=state.settings.search_nprobe
+        vector, k + offset, exclude_ids=exclude_ids or ()
     )
     search_ms = _ms(t)
     body = search_answer(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from glimpse.contracts import index as index_contract
 from glimpse.gateway.replicas import split_urls
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
@@ -30,38 +28,10 @@ class Settings(BaseSettings):
         description="Base URL of glimpse.index; several (comma-separated) only for replicas "
         "that share their data (the Milvus backend).",
     )
-    resolve_interval_s: float = Field(
-        5.0,
-        ge=0,
-        description="How often upstream host names are resolved again to follow replicas that "
-        "come and go (one replica per address); 0: never, connect by name.",
-    )
-    replica_recheck_s: float = Field(
-        1.0, gt=0, description="How often a replica marked down is checked (/readyz) to return."
-    )
-    connect_timeout_s: float = Field(
-        1.0, gt=0, description="TCP connect timeout to an upstream; a refused connect is instant."
-    )
     encoder_timeout_s: float = Field(
-        60.0, gt=0, description="Read timeout for encoder calls (an ingest batch can be slow)."
+        60.0, gt=0, description="Read timeout for encoder calls (an ingest batch can be slow); "
+        "the other upstream timings are constants in main.py."
     )
-    index_timeout_s: float = Field(30.0, gt=0, description="Read timeout for index calls.")
-    upstream_patience_s: float = Field(
-        0.5,
-        gt=0,
-        description="After this long without an answer, probe the upstream's /healthz; a "
-        "stopped upstream then fails the request at once (503) instead of at the read timeout.",
-    )
-    probe_timeout_s: float = Field(
-        1.0, gt=0, description="How long that liveness probe waits for /healthz."
-    )
-    max_connections: int = Field(
-        100, ge=1, description="Pooled connections per upstream replica (keep-alive reuses them)."
-    )
-    search_nprobe: int | None = Field(
-        None, ge=1, description="IVF lists the index visits per search; None: the index default."
-    )
-
     # Media store.
     media_dir: Path = Field(
         Path("data/media"), description="Where originals and thumbnails are stored."
@@ -76,10 +46,6 @@ class Settings(BaseSettings):
     )
     thumbnail_size: int = Field(320, ge=32, le=1024, description="Longest side of a thumbnail.")
     thumbnail_format: Literal["webp", "jpeg"] = Field("webp", description="Thumbnail encoding.")
-    thumbnail_quality: int = Field(80, ge=1, le=100, description="Thumbnail encoder quality.")
-    thumbnail_webp_method: int = Field(
-        0, ge=0, le=6, description="WebP effort, 0 fastest .. 6 smallest (ingest's main CPU cost)."
-    )
     fsync: bool = Field(
         True, description="fsync media files and their folder before the index add (durability)."
     )
@@ -91,20 +57,15 @@ class Settings(BaseSettings):
     public_read: bool = Field(
         True, description="Search and image routes open without a key (false: they need it too)."
     )
-    frontend_dir: Path = Field(
-        PACKAGE_ROOT / "frontend", description="Static web page served at '/'."
-    )
-
     # Limits (an image's bytes and pixels are the encoder's: clients.EncoderClient.limits).
     max_body_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="Largest request body of an /ingest call."
     )
-    max_json_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest body of any other route (JSON)."
-    )
     max_files_per_request: int = Field(64, ge=1, description="Files per /ingest request.")
     max_result_window: int = Field(
-        1000, ge=1, description="Largest k + offset of a search (deeper pages are refused)."
+        1000, ge=1, le=index_contract.MAX_K,
+        description="Largest k + offset of a search (deeper pages are refused); at most the "
+        "index's largest k.",
     )
     header_timeout_s: float = Field(
         10.0, gt=0, description="A request's headers must arrive within this time, else 408 "
@@ -112,15 +73,6 @@ class Settings(BaseSettings):
     )
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the next piece of a request body, else 408."
-    )
-    decode_workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 4,
-        ge=1,
-        description="Images decoded at once (validation, thumbnails) across requests; "
-        "default: the CPU count (Pillow releases the GIL, so each thread uses a core).",
-    )
-    record_cache_size: int = Field(
-        20_000, ge=0, description="Image records (id -> path, sha256, type) kept in memory."
     )
     record_ttl_s: float = Field(
         5.0, ge=0, description="How long a kept image record is trusted: a delete through "

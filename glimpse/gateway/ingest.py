@@ -121,8 +121,6 @@ def _make_thumbnail(state: GatewayState, part: Part) -> None:
             max_pixels=state.encoder.limits.max_pixels,
             thumbnail_size=settings.thumbnail_size,
             thumbnail_type=thumbnail_type(state),
-            quality=settings.thumbnail_quality,
-            webp_method=settings.thumbnail_webp_method,
         )
     except GlimpseError as exc:
         part.reject(exc)

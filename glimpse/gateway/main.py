@@ -7,8 +7,10 @@ upstream clients and the media store and keeps them on ``app.state.gateway``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import cast
 
 import anyio
@@ -35,6 +37,28 @@ logger = logging.getLogger("glimpse.gateway")
 
 # Room for the multipart framing and the form fields around one query image.
 _FORM_OVERHEAD = 64 * 1024
+# Largest body of the JSON routes: a search or /ingest/check list is far smaller.
+MAX_JSON_BYTES = 4 * 1024 * 1024
+
+# Upstream calls. The patience and its /healthz probe are Upstream's (clients.py); these are
+# constants because no deployment has needed another value.
+# A refused connect is instant, so a longer wait only means a host that is gone.
+CONNECT_TIMEOUT_S = 1.0
+# An index call takes milliseconds; the timeout only bounds a stuck one.
+INDEX_TIMEOUT_S = 30.0
+# Per replica; keep-alive reuses them, so only bursts open more.
+MAX_CONNECTIONS = 100
+# Replicas that come and go by DNS (compose --scale) are followed within this.
+RESOLVE_INTERVAL_S = 5.0
+# A replica marked down is asked /readyz this often: one cheap call, and it returns quickly.
+RECHECK_S = 1.0
+# Image records (id -> path, sha256, type) kept per process, a few MB; GATEWAY_RECORD_TTL_S
+# bounds how stale one may be.
+RECORD_CACHE_SIZE = 20_000
+# Images decoded at once (validation, thumbnails): one per core, since Pillow releases the GIL.
+DECODE_WORKERS = os.cpu_count() or 4
+# The web page served at '/', shipped in the package.
+FRONTEND_DIR = Path(__file__).resolve().parents[1] / "frontend"
 
 
 def body_limit_for(
@@ -48,7 +72,7 @@ def body_limit_for(
             return settings.max_body_bytes
         if path == "/search/image":
             return (image_limits().max_bytes or 0) + _FORM_OVERHEAD
-        return settings.max_json_bytes
+        return MAX_JSON_BYTES
 
     return limit_for
 
@@ -120,30 +144,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return build_replicas(
                 urls,
                 name=name,
-                connect_timeout=settings.connect_timeout_s,
+                connect_timeout=CONNECT_TIMEOUT_S,
                 read_timeout=read_timeout,
-                max_connections=settings.max_connections,
-                resolve_interval=settings.resolve_interval_s,
-                recheck_interval=settings.replica_recheck_s,
+                max_connections=MAX_CONNECTIONS,
+                resolve_interval=RESOLVE_INTERVAL_S,
+                recheck_interval=RECHECK_S,
             )
 
         encoder = EncoderClient(
-            replicas("encoder", settings.encoder_url, settings.encoder_timeout_s),
-            patience=settings.upstream_patience_s,
-            probe_timeout=settings.probe_timeout_s,
+            replicas("encoder", settings.encoder_url, settings.encoder_timeout_s)
         )
-        index = IndexClient(
-            replicas("index", settings.index_url, settings.index_timeout_s),
-            patience=settings.upstream_patience_s,
-            probe_timeout=settings.probe_timeout_s,
-        )
+        index = IndexClient(replicas("index", settings.index_url, INDEX_TIMEOUT_S))
         app.state.gateway = GatewayState(
             settings=settings,
             encoder=encoder,
             index=index,
             media=media,
-            records=LruCache(settings.record_cache_size, ttl=settings.record_ttl_s),
-            decode_limiter=anyio.CapacityLimiter(settings.decode_workers),
+            records=LruCache(RECORD_CACHE_SIZE, ttl=settings.record_ttl_s),
+            decode_limiter=anyio.CapacityLimiter(DECODE_WORKERS),
         )
         encoder.read_limits()
         try:
@@ -183,7 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     # The web page answers the paths no API route matches; as the router's default rather than
     # a mount at "/", it never claims an API path called with the wrong method (a 405 below).
-    app.router.default = StaticFiles(directory=settings.frontend_dir, html=True, check_dir=False)
+    app.router.default = StaticFiles(directory=FRONTEND_DIR, html=True, check_dir=False)
     app.add_exception_handler(405, _method_not_allowed)
     return app
 

@@ -4,14 +4,14 @@
 each is a replica. A URL whose host name resolves to several addresses (compose's
 ``--scale encoder=3``, or containers sharing a network alias: Docker's DNS answers with every
 one) stands for one replica per address, and the name is resolved again every
-``GATEWAY_RESOLVE_INTERVAL_S`` so that replicas which come and go are followed. A name with a
+``RESOLVE_INTERVAL_S`` (main.py) so that replicas which come and go are followed. A name with a
 single address is connected to by name, exactly as when there were no replicas.
 
 A call goes to the replica that is up and has the fewest calls in flight, ties taken in turn
 (so a quiet gateway still alternates). The caller (``clients.py``) marks a replica down
 when it refuses a connection, drops one, answers 503 or stops answering; a down replica gets no
 calls while another is up, and a background check of its ``/readyz`` every
-``GATEWAY_REPLICA_RECHECK_S`` takes it back once it is ready. When every replica is down a call
+``RECHECK_S`` (main.py) takes it back once it is ready. When every replica is down a call
 still tries them (least recently tried first; ``clients.Upstream`` bounds how many): a single
 upstream then behaves as it always did, and an outage ends with the first call that succeeds.
 """

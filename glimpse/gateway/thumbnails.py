@@ -68,8 +68,6 @@ def _find_or_make(
             max_pixels=state.encoder.limits.max_pixels,
             thumbnail_size=settings.thumbnail_size,
             thumbnail_type=content_type,
-            quality=settings.thumbnail_quality,
-            webp_method=settings.thumbnail_webp_method,
         )
     except GlimpseError:
         return None

@@ -26,6 +26,7 @@ from glimpse.contracts.errors import (
 )
 from glimpse.contracts.index import (
     MAX_ITEM_ID,
+    MAX_K,
     AddItemsRequest,
     AddItemsResponse,
     IndexItem,
@@ -54,6 +55,11 @@ M = TypeVar("M", bound=BaseModel)
 _F16 = np.dtype("<f2")
 # An id SQLite cannot hold (>= 2**63) is a 422 naming the bound, not an OverflowError inside
 # the store.
+# Request limits: each bounds one request's memory and time, and no client needs more.
+MAX_BATCH = 4096  # items per add (the gateway sends at most its files per request)
+MAX_SEARCH_VECTORS = 1024  # query vectors per search
+MAX_NPROBE = 4096  # IVF lists a search may ask to visit
+
 _ITEM_ID: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0, le=MAX_ITEM_ID)])
 _ENCODING: TypeAdapter[VectorEncoding] = TypeAdapter(VectorEncoding)
 
@@ -135,11 +141,10 @@ async def add_items(request: Request) -> Response:
     """
     service = service_of(request)
     body = await _body(request, AddItemsRequest)
-    limit = service.settings.max_batch
-    if len(body.items) > limit:
+    if len(body.items) > MAX_BATCH:
         raise GlimpseError(
             ErrorType.payload_too_large,
-            f"The batch holds {len(body.items)} items; the limit is {limit} (INDEX_MAX_BATCH).",
+            f"The batch holds {len(body.items)} items; the limit is {MAX_BATCH}.",
         )
     vectors = decode_vectors([item.vector for item in body.items], service.settings.dim,
                              what="items")
@@ -160,25 +165,21 @@ async def search(request: Request) -> Response:
     service = service_of(request)
     body = await _body(request, IndexSearchRequest)
     s = service.settings
-    if len(body.vectors) > s.max_search_vectors:
+    if len(body.vectors) > MAX_SEARCH_VECTORS:
         raise GlimpseError(
             ErrorType.payload_too_large,
-            f"The search holds {len(body.vectors)} vectors; the limit is {s.max_search_vectors} "
-            "(INDEX_MAX_SEARCH_VECTORS).",
+            f"The search holds {len(body.vectors)} vectors; the limit is {MAX_SEARCH_VECTORS}.",
         )
-    if body.k > s.max_k:
+    if body.k > MAX_K:
+        raise GlimpseError(ErrorType.validation_error, f"k is {body.k}; the limit is {MAX_K}.")
+    if body.nprobe is not None and body.nprobe > MAX_NPROBE:
         raise GlimpseError(
-            ErrorType.validation_error, f"k is {body.k}; the limit is {s.max_k} (INDEX_MAX_K)."
+            ErrorType.validation_error, f"nprobe is {body.nprobe}; the limit is {MAX_NPROBE}."
         )
-    if body.nprobe is not None and body.nprobe > s.max_nprobe:
-        raise GlimpseError(
-            ErrorType.validation_error,
-            f"nprobe is {body.nprobe}; the limit is {s.max_nprobe} (INDEX_MAX_NPROBE).",
-        )
-    if len(body.exclude_ids) > s.max_k:
+    if len(body.exclude_ids) > MAX_K:
         raise GlimpseError(
             ErrorType.validation_error,
-            f"exclude_ids holds {len(body.exclude_ids)} ids; the limit is {s.max_k}.",
+            f"exclude_ids holds {len(body.exclude_ids)} ids; the limit is {MAX_K}.",
         )
     queries = l2_normalize(decode_vectors(body.vectors, s.dim, what="vectors"))
     # Faiss, the re-rank and SQLite run on the service's threads (they release the GIL or

@@ -74,12 +74,6 @@ class Settings(BaseSettings):
         description="After each training, tune nprobe and re-rank depth on a held-out sample "
         "(skipped when INDEX_NPROBE is set).",
     )
-    # The tuner measures recall on stored vectors, which shaped the centroids; real queries do a
-    # little worse (1M benchmark: 0.955 tuned, 0.949 on fresh queries), hence the margin over
-    # the 0.95 that users should get.
-    tune_target: float = Field(
-        default=0.96, gt=0, le=1, description="recall@10 the automatic tuning aims for."
-    )
     tune_sample: int = Field(default=300, ge=10, description="Held-out queries of a tuning.")
     max_bytes_per_vector: float = Field(
         default=128.0,
@@ -87,14 +81,6 @@ class Settings(BaseSettings):
         description="Most Faiss index bytes per vector (codes, ids, lists, graph; not the float16 "
         "re-rank vectors) of a structure the training may choose; HNSW needs ~dim + 280.",
     )
-    max_k: int = Field(default=1000, ge=1, description="Largest k a search may ask for.")
-    max_batch: int = Field(default=4096, ge=1, description="Most items per add request.")
-    max_search_vectors: int = Field(default=1024, ge=1, description="Most vectors per search.")
-    max_nprobe: int = Field(default=4096, ge=1, description="Largest nprobe a search may ask for.")
-    omp_threads: int = Field(
-        default=0, ge=0, description="OpenMP threads per Faiss call; 0 = Faiss's default."
-    )
-
     @model_validator(mode="after")
     def _known_factory(self) -> Settings:
         # Parsed at start, so a string Faiss would crash on stops the service with a sentence.

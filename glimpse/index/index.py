@@ -62,11 +62,9 @@ class VectorIndex(TrainingMixin):
         nprobe: int | None = None,
         rerank: int = 16,
         gpu: GpuRunner | None = None,
-        omp_threads: int = 0,
         selection: SelectionConfig | None = None,
     ) -> None:
         self.dim = dim
-        self.omp_threads = omp_threads
         self._fp16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
         self.store = store
         self.writer = writer

@@ -42,7 +42,6 @@ class SearchMixin:
     """The search half of ``VectorIndex``."""
 
     dim: int
-    omp_threads: int
     store: Store
     rw: RWLock
     table: VectorTable
@@ -54,12 +53,12 @@ class SearchMixin:
     def limit_threads(self, queries: int | None = None) -> None:
         """Set the calling thread's OpenMP team size (OpenMP's count is per thread): one thread
         for a search of a few queries, where waking a team costs more than it saves and
-        concurrent requests keep the cores busy anyway; else INDEX_OMP_THREADS (0: Faiss's
-        default)."""
+        concurrent requests keep the cores busy anyway; else OpenMP's own count
+        (OMP_NUM_THREADS, else the cores)."""
         if queries is not None and queries < _SMALL_SEARCH:
             faiss.omp_set_num_threads(1)
         else:
-            faiss.omp_set_num_threads(self.omp_threads or _OMP_DEFAULT)
+            faiss.omp_set_num_threads(_OMP_DEFAULT)
 
     def nprobe_for(self, live: LiveIndex, nprobe: int | None) -> int:
         if live.hnsw:

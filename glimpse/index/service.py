@@ -41,6 +41,10 @@ Records = list[list[dict[str, Any]]]
 
 
 LOW_MEMORY_RERANK = 32
+# recall@10 the automatic tuning aims for. The tuner measures recall on stored vectors, which
+# shaped the centroids; real queries do a little worse (bench_index on 1M), hence the margin
+# over the 0.95 that users should get.
+TUNE_TARGET = 0.96
 
 
 class NotTunable(Exception):
@@ -160,10 +164,9 @@ class IndexService:
             nprobe=s.nprobe,
             rerank=self.rerank,
             gpu=self.gpu,
-            omp_threads=s.omp_threads,
             # The structure is chosen by measurement where the search defaults are tuned.
             selection=SelectionConfig(
-                target=s.tune_target, sample=s.tune_sample,
+                target=TUNE_TARGET, sample=s.tune_sample,
                 max_bytes_per_vector=s.max_bytes_per_vector,
             ) if s.autotune and s.nprobe is None else None,
         )
@@ -512,7 +515,7 @@ class IndexService:
             index.defaults.tuned = selected
         elif s.autotune and s.nprobe is None and index.live.tunable:
             try:
-                self.tune(s.tune_target, s.tune_sample)
+                self.tune(TUNE_TARGET, s.tune_sample)
             except Exception:
                 log.exception("tuning after training failed; the rule's defaults stay")
         try:

@@ -31,7 +31,7 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
         "INDEX_SNAPSHOT_INTERVAL_S": "0",
         "INDEX_TRAIN_THRESHOLD": "1200",
         "INDEX_TUNE_SAMPLE": "40",
-        "INDEX_OMP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
     }
     env.update(extra)
     return env

@@ -63,8 +63,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
             **env,
             "GATEWAY_ENCODER_URL": ",".join(e.url for e in encoders),
             "GATEWAY_INDEX_URL": ",".join(i.url for i in indexes),
-            # Take a returning replica back quickly, so the test need not wait long for it.
-            "GATEWAY_REPLICA_RECHECK_S": "0.2",
         },
         root / "logs" / "gateway.log",
     )

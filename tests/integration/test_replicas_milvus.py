@@ -50,7 +50,6 @@ def stack(milvus_server: EmbeddedMilvus, collection_name: str, tmp_path: Path) -
             **env,
             "GATEWAY_ENCODER_URL": encoder.url,
             "GATEWAY_INDEX_URL": ",".join(i.url for i in indexes),
-            "GATEWAY_REPLICA_RECHECK_S": "0.2",
         },
         tmp_path / "gateway.log",
     )

@@ -31,7 +31,7 @@ def index_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {
         "INDEX_DATA_DIR": str(data_dir),
         "INDEX_DIM": str(DIM),
-        "INDEX_OMP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
         # Snapshots only when a test asks for them, so runs are reproducible.
         "INDEX_SNAPSHOT_INTERVAL_S": "0",
         "INDEX_SNAPSHOT_EVERY_WRITES": "0",

@@ -61,8 +61,8 @@ def gateways(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
         "GATEWAY_INDEX_URL": index.url,
         "GATEWAY_MEDIA_DIR": str(root / "media"),
         "GATEWAY_API_KEY": API_KEY,
-        # No record cache: a gateway must see another's delete at once for these checks.
-        "GATEWAY_RECORD_CACHE_SIZE": "0",
+        # No record kept: a gateway must see another's delete at once for these checks.
+        "GATEWAY_RECORD_TTL_S": "0",
     }
     a = ServiceProcess("glimpse.gateway.main", {**env, "WEB_CONCURRENCY": "2"}, root / "a.log")
     b = ServiceProcess("glimpse.gateway.main", env, root / "b.log")

@@ -19,6 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
+from glimpse.contracts.index import MAX_K
+from glimpse.index.api import MAX_BATCH, MAX_SEARCH_VECTORS
 from tests.reliability._images import gradient, png_bytes
 from tests.reliability._services import DIM, IndexAPI, unit_vectors, wait_until
 
@@ -214,21 +216,21 @@ def test_bad_vectors_are_refused_and_nothing_is_stored(start_index: Any, tmp_pat
 # #11 ----------------------------------------------------------------------------------------
 
 def test_index_limits_never_500(start_index: Any, tmp_path: Path) -> None:
-    proc = start_index(tmp_path / "limits", INDEX_MAX_BATCH="50", INDEX_MAX_K="100",
-                       INDEX_MAX_SEARCH_VECTORS="20")
+    proc = start_index(tmp_path / "limits")
     rng = np.random.default_rng(11)
     with IndexAPI(proc.url) as api:
-        v = unit_vectors(51, rng)
+        v = unit_vectors(max(MAX_BATCH, MAX_SEARCH_VECTORS) + 1, rng)
         cases = {
             "batch over max": lambda: api.add_raw(
-                [{"vector": x.tolist(), "key": f"b{i}", "path": "p"} for i, x in enumerate(v)]),
-            "k over max": lambda: api.search_raw(v[:1], k=101),
+                [{"vector": x.tolist(), "key": f"b{i}", "path": "p"}
+                 for i, x in enumerate(v[:MAX_BATCH + 1])]),
+            "k over max": lambda: api.search_raw(v[:1], k=MAX_K + 1),
             "k zero": lambda: api.search_raw(v[:1], k=0),
             "k negative": lambda: api.search_raw(v[:1], k=-5),
             "k huge": lambda: api.search_raw(v[:1], k=10**18),
             "k string": lambda: api.http.post(
                 "/v1/search", json={"vectors": [v[0].tolist()], "k": "x"}),
-            "too many query vectors": lambda: api.search_raw(v[:21], k=1),
+            "too many query vectors": lambda: api.search_raw(v[:MAX_SEARCH_VECTORS + 1], k=1),
             "nprobe zero": lambda: api.search_raw(v[:1], k=1, nprobe=0),
             "nprobe huge": lambda: api.search_raw(v[:1], k=1, nprobe=10**9),
             "no vectors": lambda: api.search_raw([], k=1),

@@ -89,7 +89,7 @@ def stack_env(root: Path, **env_overrides: str) -> dict[str, str]:
         "INDEX_DATA_DIR": str(root / "index"),
         # Faiss's OpenMP threads spin while idle; on a shared test machine that steals the
         # CPU the other services need.
-        "INDEX_OMP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
         "GATEWAY_MEDIA_DIR": str(root / "media"),
         **{k: str(v) for k, v in env_overrides.items()},
     }

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from glimpse.gateway import main
 from glimpse.gateway.config import Settings
 from glimpse.gateway.main import create_app
 from glimpse.imaging import DEFAULT_LIMITS
@@ -89,8 +90,11 @@ def gateway(tmp_path: Path, **options: Any) -> Iterator[tuple[TestClient, FakeEn
 
 
 @pytest.fixture
-def open_gateway(tmp_path: Path) -> Iterator[tuple[TestClient, FakeEncoder]]:
-    with gateway(tmp_path, max_json_bytes=2048) as running:
+def open_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TestClient, FakeEncoder]]:
+    monkeypatch.setattr(main, "MAX_JSON_BYTES", 2048)
+    with gateway(tmp_path) as running:
         yield running
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from glimpse.index import api as index_api
 from tests.unit.index.helpers import as_stored, b64, clustered, items_body
 
 DIM = 32
@@ -82,8 +83,12 @@ def test_a_bad_vector_rejects_the_whole_batch(
     assert _count(client) == 0
 
 
-def test_limits_and_empty_batches_are_refused(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(max_batch=4, max_k=50, max_search_vectors=2)
+def test_limits_and_empty_batches_are_refused(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in (("MAX_BATCH", 4), ("MAX_K", 50), ("MAX_SEARCH_VECTORS", 2)):
+        monkeypatch.setattr(index_api, name, value)
+    client = make_client()
     x = clustered(5, DIM)
     too_many = client.post("/v1/items", json=items_body(x))
     assert too_many.status_code == 413 and "limit is 4" in too_many.json()["error"]
