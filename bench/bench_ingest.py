@@ -29,17 +29,28 @@ image of each process, read with psutil around the run (the gateway's is the fig
 <= 400 us on a 2-core machine; its kernel part beside it), of ingest.py (this process) and of
 ingest.py against an instant fake gateway; then the gateway's CPU per thumbnail of a search
 page, at first view (made from the original when it is not there yet) and cached.
+
+    python bench/bench_ingest.py --instant --workers 2 --compare-old /tmp/old-main --runs 4
+
+measures images/s of the same ingest against the old code in a worktree (one with top-level
+packages and scripts/bench_ingest.py, e.g. ``git worktree add /tmp/old-main 55ae10b``: a single
+gateway process and its pack store), side by side in one run: each run starts fresh services
+on each side, in alternating order, on the same JPEGs; every run is printed, then the ratio of
+the medians (target: >= 0.80). ``--results FILE`` appends the runs as rows (bench/results/).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
 import io
 import json
 import os
 import random
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -236,13 +247,21 @@ def instant_services(
 
 
 def cpu_seconds(pid: int | None = None) -> tuple[float, float, float]:
-    """User + system CPU time of a process (all its threads), this one when ``pid`` is None,
-    its system part, and its main thread's (the event loop's, in the services)."""
-    process = psutil.Process(pid)
-    times = process.cpu_times()
-    main = next((t for t in process.threads() if t.id == process.pid), None)
-    loop = float(main.user_time + main.system_time) if main is not None else 0.0
-    return float(times.user + times.system), float(times.system), loop
+    """User + system CPU time of a process (all its threads) and of its child processes (a
+    service's uvicorn workers), this one when ``pid`` is None, the system part, and the main
+    threads' (the event loops', in the services)."""
+    root = psutil.Process(pid)
+    total = system = loop = 0.0
+    for process in [root, *(root.children(recursive=True) if pid is not None else [])]:
+        try:
+            times = process.cpu_times()
+            main = next((t for t in process.threads() if t.id == process.pid), None)
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+        system += times.system
+        loop += float(main.user_time + main.system_time) if main is not None else 0.0
+    return total, system, loop
 
 
 @dataclass
@@ -301,6 +320,7 @@ def instant_run(args: argparse.Namespace, workdir: Path, paths: list[Path]) -> i
         client_alone.count = client_rate(workdir / "images", args.batch_size,
                                          args.concurrency).images
     gateway_env = dict(kv.split("=", 1) for kv in args.gateway_env)
+    gateway_env.setdefault("WEB_CONCURRENCY", str(args.workers))  # uvicorn --workers
     with instant_services(workdir, gateway_env) as procs:
         gateway_url = procs["gateway"].url
         warmed = ingest([workdir / "warm-up"], gateway_url, batch_size=args.batch_size,
@@ -370,6 +390,133 @@ def instant_run(args: argparse.Namespace, workdir: Path, paths: list[Path]) -> i
     return 0
 
 
+# One measured ingest against the old code, run by its own interpreter in its worktree: its
+# services (scripts/bench_ingest.py's instant_services) and its client (scripts/ingest.py).
+_OLD_RUN = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from scripts.bench_ingest import Cost, instant_services, measured
+from scripts.ingest import ingest
+workdir, images, warm = Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+batch, concurrency = int(sys.argv[5]), int(sys.argv[6])
+with instant_services(workdir, {}) as procs:
+    url = procs["gateway"].url
+    ingest([warm], url, batch_size=batch, concurrency=concurrency)
+    pids = {role: p.proc.pid for role, p in procs.items()}
+    cost = Cost(0, 0.0, {})
+    with measured({**pids, "client": None}, cost):
+        summary = ingest([images], url, batch_size=batch, concurrency=concurrency)
+print(json.dumps({"added": summary.added, "seconds": cost.seconds,
+                  **{f"{role}_cpu_s": cpu for role, cpu in cost.cpu_s.items()}}))
+"""
+
+
+def _new_run(workdir: Path, images: Path, warm: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One measured ingest through this checkout's services (see :func:`_OLD_RUN`)."""
+    with instant_services(workdir, {"WEB_CONCURRENCY": str(args.workers)}) as procs:
+        url = procs["gateway"].url
+        ingest([warm], url, batch_size=args.batch_size, concurrency=args.concurrency)
+        cost = Cost(0, 0.0, {})
+        pids: dict[str, int | None] = {role: p.proc.pid for role, p in procs.items() if p.proc}
+        with measured({**pids, "client": None}, cost):
+            summary = ingest([images], url, batch_size=args.batch_size,
+                             concurrency=args.concurrency)
+    return {"added": summary.added, "seconds": cost.seconds,
+            **{f"{role}_cpu_s": cpu for role, cpu in cost.cpu_s.items()}}
+
+
+def _old_run(workdir: Path, images: Path, warm: Path, args: argparse.Namespace) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", _OLD_RUN, str(args.compare_old), str(workdir), str(images),
+         str(warm), str(args.batch_size), str(args.concurrency)],
+        cwd=args.compare_old, capture_output=True, text=True, timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the old code's run failed:\n{done.stderr[-3000:]}")
+    answer: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def compare_run(args: argparse.Namespace, workdir: Path, paths: list[Path]) -> int:
+    """This checkout's gateway (``--workers`` processes) against the old code's, alternated."""
+    warm = workdir / "warm-up"
+    generate(warm, 2 * args.batch_size, args.size, seed=1)
+    sides = {
+        f"glimpse, GATEWAY_WORKERS={args.workers}": _new_run,
+        "before: one gateway process, pack store (55ae10b)": _old_run,
+    }
+    runs: list[tuple[int, str, dict[str, float]]] = []
+    for n in range(args.runs):
+        order = list(sides) if n % 2 == 0 else list(reversed(sides))
+        for side in order:
+            run_dir = workdir / f"run{n}-{len(runs) % 2}"
+            run_dir.mkdir(parents=True)
+            result = sides[side](run_dir, workdir / "images", warm, args)
+            if result["added"] != len(paths):
+                print(f"{side}: run {n} added {result['added']} of {len(paths)}", file=sys.stderr)
+                return 1
+            runs.append((n, side, result))
+            print(f"run {n} {side}: {result['added'] / result['seconds']:.1f} images/s",
+                  file=sys.stderr)
+    load = os.getloadavg()[0]
+    print(f"ingest, instant encoder, {len(paths)} JPEGs {args.size[0]}x{args.size[1]}, batches "
+          f"of {args.batch_size}, {args.concurrency} in flight; cpus={os.cpu_count()}; "
+          f"load {load:.1f}")
+    roles = ("gateway", "client", "index", "encoder")
+    print(f"{'run':>4}  {'side':52}{'images/s':>10}  CPU us/image: "
+          + " ".join(f"{role:>8}" for role in roles))
+    for n, side, r in runs:
+        print(f"{n:>4}  {side:52}{r['added'] / r['seconds']:>10.1f}{'':15}"
+              + " ".join(f"{r[role + '_cpu_s'] / r['added'] * 1e6:>8.0f}" for role in roles))
+    medians = {side: statistics.median(r["added"] / r["seconds"] for _, s, r in runs if s == side)
+               for side in sides}
+    new, old = medians.values()
+    ratio = new / old
+    print(f"median images/s: {new:.1f} against {old:.1f}; ratio {ratio:.2f} "
+          f"({'meets' if ratio >= 0.8 else 'BELOW'} the 0.80 target)")
+    if args.results is not None:
+        _append_results(args, paths, runs, ratio, load)
+    return 0
+
+
+def _append_results(args: argparse.Namespace, paths: list[Path],
+                    runs: list[tuple[int, str, dict[str, float]]], ratio: float,
+                    load: float) -> None:
+    """The runs as rows of bench/results/ (README.md there): images/s and the gateway's CPU
+    per image of each run, in the order run, then the ratio of the medians."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], cwd=REPO, capture_output=True,
+                              text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "-"
+    dirty = " (the working tree had uncommitted changes)" if git("status", "--porcelain") else ""
+    today = time.strftime("%Y-%m-%d")
+    setup = (f"instant encoder, {args.size[0]}x{args.size[1]} JPEGs, batches of {args.batch_size}, "
+             f"{args.concurrency} in flight, {len(paths)} images")
+    command = (f"bench/bench_ingest.py --instant --workers {args.workers} --compare-old "
+               f"{args.compare_old} --runs {args.runs} --n {len(paths)}")
+    note = f"alternated; load {load:.1f} at the end{dirty}"
+    rows = []
+    for what, unit, value in (
+        (f"ingest images/s, {setup}", "images/s",
+         lambda r: f"{r['added'] / r['seconds']:.1f}"),
+        (f"gateway CPU per ingested image (all its processes), {setup}", "us",
+         lambda r: f"{r['gateway_cpu_s'] / r['added'] * 1e6:.0f}"),
+    ):
+        for n, side, r in runs:
+            variant = "glimpse" if side.startswith("glimpse") else side
+            first = command if not rows else ""
+            rows.append([today, commit, "dev-2core", what, variant, value(r), "", "", unit,
+                         first, f"{note}; run {n}"])
+    rows.append([today, commit, "dev-2core",
+                 f"ingest images/s, GATEWAY_WORKERS={args.workers} over one gateway process and "
+                 "the pack store, ratio of the medians", "glimpse", f"{ratio:.2f}", "",
+                 str(args.runs), "ratio", "", note])
+    with open(args.results, "a", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     w, _, h = text.lower().partition("x")
     return int(w), int(h)
@@ -396,6 +543,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="--instant: thumbnails of a search page to fetch (%(default)s)")
     p.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
                    help="--instant: a setting for the gateway process (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="--instant: the gateway's worker processes (%(default)s)")
+    p.add_argument("--compare-old", type=Path, default=None, metavar="WORKTREE",
+                   help="--instant: side by side with the old code in this worktree")
+    p.add_argument("--runs", type=int, default=4, help="--compare-old: runs per side")
+    p.add_argument("--results", type=Path, default=None,
+                   help="--compare-old: append the runs to this CSV (bench/results/)")
     args = p.parse_args(argv)
     if (args.gateway_url is None) != (args.encoder_url is None):
         p.error("--gateway-url and --encoder-url go together")
@@ -403,6 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--instant starts its own services")
     if any("=" not in kv for kv in args.gateway_env):
         p.error("--gateway-env takes KEY=VALUE")
+    if args.compare_old is not None and not args.instant:
+        p.error("--compare-old goes with --instant")
     # A plain `kill` must still stop the services this run started (the ExitStack below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -414,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         total_mb = sum(p.stat().st_size for p in paths) / 1e6
         print(f"generated {len(paths)} JPEGs {args.size[0]}x{args.size[1]} ({total_mb:.0f} MB) "
               f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        if args.compare_old is not None:
+            return compare_run(args, workdir, paths)
         if args.instant:
             return instant_run(args, workdir, paths)
 
