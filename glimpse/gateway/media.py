@@ -47,26 +47,6 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 THUMBNAIL_EXT = {"image/webp": "webp", "image/jpeg": "jpg"}
 
 
-def _fsync_dir(folder: Path | str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_folder(folder: Path, fsync: bool) -> None:
-    """Make ``folder`` and its missing parents, each new entry durable when ``fsync``."""
-    if folder.is_dir():
-        return
-    _make_folder(folder.parent, fsync)
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir()
-    if fsync:
-        # Also when another writer made it: it may not have synced the entry yet.
-        _fsync_dir(folder.parent)
-
-
 def _libc_syncfs() -> Callable[[int], int] | None:
     try:
         call = ctypes.CDLL(None, use_errno=True).syncfs
@@ -106,7 +86,7 @@ def write_atomic_many(
     once, the files renamed, and the file system synced once more: so when this returns,
     every file without an error is durable under its final name, and a crash leaves whole
     files or none. One syncfs for a request's files instead of an fsync of each file and
-    folder: a third of the CPU per file, twice the files per second (bench/bench_ingest.py).
+    folder: a third of the CPU per file, twice the files per second (docs/ingest.md).
     """
     errors: list[OSError | None] = [None] * len(files)
     staged: list[tuple[int, Path]] = []
@@ -118,7 +98,8 @@ def write_atomic_many(
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             try:
                 if path.parent not in made:
-                    _make_folder(path.parent, fsync)
+                    # Its entry is made durable by the sync below, with the files.
+                    path.parent.mkdir(parents=True, exist_ok=True)
                     made.add(path.parent)
                 if anchor is None:
                     anchor = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
@@ -181,8 +162,8 @@ class KeyLocks:
 
     Each key is one byte of one lock file, locked with Linux's open file description locks
     (``F_OFD_SETLK``): a lock per key without a file per key, whose creation and removal
-    would cost more than writing the original (bench/bench_ingest.py). Each :meth:`hold`
-    opens the file anew, so two holders in one process exclude each other too. Keys are taken
+    would cost more than writing the original (docs/ingest.md). Each :meth:`hold` opens the
+    file anew, so two holders in one process exclude each other too. Keys are taken
     in one global order (no deadlock), waiting without a thread (polling). Where the system
     has no such locks, one ``flock`` of the whole file stands for every key.
     """
@@ -300,7 +281,7 @@ class MediaStore:
 
     def setup(self) -> None:
         for folder in ("originals", "thumbnails"):
-            _make_folder(self.root / folder, self.fsync)
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
         # Made now, while the disk has room: a lock that cannot be taken would fail a request.
         os.close(os.open(self.locks.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
