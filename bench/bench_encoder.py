@@ -201,10 +201,9 @@ def start_service(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.
         "ENCODER_PRECISION": args.precision,
         "ENCODER_MAX_BATCH": str(args.max_batch),
         "ENCODER_MAX_WAIT_MS": str(args.max_wait_ms),
-        "ENCODER_TORCH_THREADS": str(args.torch_threads),
+        **({"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}),
         "ENCODER_DECODE_WORKERS": str(args.decode_workers),
         "ENCODER_GPU_DECODE": args.gpu_decode,
-        "ENCODER_MAX_FILES": str(max(256, args.files_per_request)),
         "PYTHONUNBUFFERED": "1",
     }
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it
@@ -321,10 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     from glimpse.encoder.config import Settings
     from glimpse.encoder.service import choose_threads
 
-    threads, workers = choose_threads(
-        Settings(torch_threads=args.torch_threads, decode_workers=args.decode_workers),
-        args.device,
-    )
+    threads, workers = choose_threads(Settings(decode_workers=args.decode_workers), args.device)
+    threads = args.torch_threads or threads
     print(f"# bench_encoder: {args.model} pretrained={args.pretrained} device={args.device} "
           f"precision={args.precision} cpus={os.cpu_count()} torch_threads={threads} "
           f"decode_workers={workers}", flush=True)

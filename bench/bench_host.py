@@ -280,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         port = int(sock.getsockname()[1])
     names_file = Path(f"/tmp/bench_host_threads_{os.getpid()}.json")
     env = {**os.environ, "BENCH_HOST_THREADS": str(names_file), "PYTHONUNBUFFERED": "1",
-           "ENCODER_MAX_FILES": str(max(256, args.files_per_request)),
            # What the service picks on CUDA (choose_threads); the stand-in reports "cpu".
            "ENCODER_DECODE_WORKERS": str(max(2, min(16, os.cpu_count() or 1)))}
     env.update(dict(item.split("=", 1) for item in args.env))

@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu" if args.model == "glimpse-tiny" else "auto"
         )
         with tempfile.TemporaryDirectory() as tmp, start_stack(
-            Path(tmp), timeout=600, ENCODER_TORCH_THREADS="1", **model_env
+            Path(tmp), timeout=600, **model_env
         ) as stack:
             urls = {"gateway": stack.gateway_url, "encoder": stack.encoder.url,
                     "index": stack.index.url}

@@ -79,6 +79,6 @@ class EncoderInfo(BaseModel):
     )
     text_graph_batches: list[int] | None = Field(
         default=None,
-        description="Batch sizes the text tower replays as CUDA graphs (ENCODER_CUDA_GRAPHS, "
+        description="Batch sizes the text tower replays as CUDA graphs (always "
         "on CUDA); a larger batch runs eagerly. Null when all text runs eagerly.",
     )

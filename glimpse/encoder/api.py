@@ -58,24 +58,29 @@ def _text_request(raw: bytes) -> EmbedTextRequest:
         raise GlimpseError(ErrorType.validation_error, message, details) from None
 
 
+# Request limits: each bounds one request's memory, and no client needs more.
+MAX_REQUEST_BYTES = 256 * 1024 * 1024  # an image request's body, refused before it is read
+MAX_FILES = 256  # image files per request (the gateway sends one /ingest request's files)
+MAX_TEXTS = 256
+MAX_TEXT_CHARS = 1000  # CLIP reads 77 tokens: a longer text adds nothing to its vector
+
+
 async def embed_text(request: Request) -> Response:
     """Unit-norm float32 CLIP vectors of the texts, in order."""
     runtime = get_runtime(request)
-    settings = runtime.settings
-    body = _text_request(await read_body(request, settings.max_request_bytes))
-    if len(body.texts) > settings.max_texts:
+    body = _text_request(await read_body(request, MAX_REQUEST_BYTES))
+    if len(body.texts) > MAX_TEXTS:
         raise GlimpseError(
             ErrorType.payload_too_large,
-            f"The request holds {len(body.texts)} texts; the limit is {settings.max_texts}.",
+            f"The request holds {len(body.texts)} texts; the limit is {MAX_TEXTS}.",
         )
     for i, text in enumerate(body.texts):
         if not text.strip():
             raise GlimpseError(ErrorType.validation_error, f"texts[{i}] is empty.")
-        if len(text) > settings.max_text_chars:
+        if len(text) > MAX_TEXT_CHARS:
             raise GlimpseError(
                 ErrorType.validation_error,
-                f"texts[{i}] has {len(text)} characters; the limit is "
-                f"{settings.max_text_chars}.",
+                f"texts[{i}] has {len(text)} characters; the limit is {MAX_TEXT_CHARS}.",
             )
     vectors = await runtime.embed_texts(body.texts)
     return OrjsonResponse(
@@ -134,9 +139,9 @@ async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[A
     settings = runtime.settings
     # The whole body in memory (it is bounded), split in one pass.
     parts = parse_form(
-        await read_body(request, settings.max_request_bytes),
+        await read_body(request, MAX_REQUEST_BYTES),
         request.headers.get("content-type"),
-        max_files=settings.max_files,
+        max_files=MAX_FILES,
         max_fields=16,
         max_field_bytes=64 * 1024,
     )
@@ -221,9 +226,9 @@ async def info(request: Request) -> Response:
     s = runtime.settings
     answer = EncoderInfo(
         **runtime.info(),
-        max_files=s.max_files,
-        max_texts=s.max_texts,
-        max_text_chars=s.max_text_chars,
+        max_files=MAX_FILES,
+        max_texts=MAX_TEXTS,
+        max_text_chars=MAX_TEXT_CHARS,
         max_file_bytes=s.max_file_bytes,
         max_pixels=s.max_pixels,
         gpu_decode=runtime.gpu_decode,

@@ -33,7 +33,6 @@ class Settings(BaseSettings):
     cache_dir: str | None = Field(
         default=None, description="Where hub weights are cached (open_clip's default if unset)."
     )
-    seed: int = Field(default=0, description="Seed of the random weights when pretrained=none.")
     device: Device = Field(default="auto", description="auto (cuda when present), cpu or cuda.")
     precision: Precision = Field(
         default="auto", description="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."
@@ -45,14 +44,8 @@ class Settings(BaseSettings):
         description="Most time the first input of a batch waits for company while other "
         "requests are still being decoded.",
     )
-    max_queue: int = Field(
-        default=4096, ge=1, description="Inputs waiting for the model before answering 429."
-    )
     decode_workers: int = Field(
         default=0, ge=0, description="Image decoding threads; 0 picks from the CPU count."
-    )
-    torch_threads: int = Field(
-        default=0, ge=0, description="torch intra-op threads on CPU; 0 picks from the CPU count."
     )
     runtime: Runtime = Field(
         default="auto",
@@ -72,11 +65,6 @@ class Settings(BaseSettings):
         "whichever of the GPU decoder and the CPU pool is measured faster at warm-up (on when "
         "warm-up is off); on; off.",
     )
-    cuda_graphs: bool = Field(
-        default=True,
-        description="On CUDA, replay the text tower as CUDA graphs for batches up to 64 "
-        "(checked against the eager model at start; eager if capture fails or disagrees).",
-    )
     text_cache_size: int = Field(
         default=4096, ge=0, description="Text embeddings kept in the LRU cache (0 disables)."
     )
@@ -91,14 +79,6 @@ class Settings(BaseSettings):
         description="Largest accepted image in pixels (width x height), read from the header; "
         "the gateway reads it from /v1/info.",
     )
-    max_request_bytes: int = Field(
-        default=256 * 1024 * 1024,
-        ge=1,
-        description="Largest image request body (Content-Length), refused before it is read.",
-    )
-    max_files: int = Field(default=256, ge=1, description="Most image files in one request.")
-    max_texts: int = Field(default=256, ge=1, description="Most texts in one request.")
-    max_text_chars: int = Field(default=1000, ge=1, description="Longest accepted text.")
     warmup: bool = Field(
         default=True, description="Run one text and one image forward before /readyz says ready."
     )

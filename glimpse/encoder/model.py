@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("glimpse.encoder.model")
 
 TINY_MODEL = "glimpse-tiny"
+# Seed of the random weights (ENCODER_PRETRAINED=none): they serve tests and demos, which only
+# need the same weights on every start, never other ones.
+RANDOM_WEIGHTS_SEED = 0
 _CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -197,7 +200,7 @@ def load_encoder(settings: Settings) -> ClipEncoder:
     # device) gives the same vectors as before.
     fork_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name,
@@ -226,7 +229,7 @@ def load_encoder(settings: Settings) -> ClipEncoder:
         name, settings.pretrained, device, precision, dim, image_size,
     )
     text_graphs = None
-    if device == "cuda" and settings.cuda_graphs:
+    if device == "cuda":
         text_graphs = try_capture(
             model.encode_text, tokenizer(list(_GRAPH_PROBE_TEXTS)), device, settings.max_batch
         )

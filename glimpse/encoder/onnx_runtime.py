@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from glimpse.encoder.config import Settings
-from glimpse.encoder.model import ClipEncoder, load_encoder
+from glimpse.encoder.model import RANDOM_WEIGHTS_SEED, ClipEncoder, load_encoder
 from glimpse.encoder.service import cpu_count
 
 logger = logging.getLogger("glimpse.encoder.onnx")
@@ -57,7 +57,7 @@ def weights_id(settings: Settings) -> str:
     the hub tag."""
     pretrained = settings.pretrained.strip()
     if pretrained.lower() in ("", "none"):
-        return f"none-seed{settings.seed}"
+        return f"none-seed{RANDOM_WEIGHTS_SEED}"
     if os.path.isfile(pretrained):
         return "sha256-" + _sha256(Path(pretrained))
     return f"tag-{pretrained}"

@@ -40,6 +40,10 @@ from glimpse.imaging import decoder_errors, load_upright, open_checked, orientat
 
 logger = logging.getLogger("glimpse.encoder")
 
+# Inputs waiting for the model before a request gets 429: a longer queue only makes clients
+# wait longer before they hear that the encoder is full.
+MAX_QUEUE = 4096
+
 
 # EXIF orientations that turn the picture a quarter: its width is shown as its height.
 _QUARTER_TURNS = frozenset((5, 6, 7, 8))
@@ -169,7 +173,9 @@ def choose_threads(settings: Settings, device: str) -> tuple[int, int]:
     inside the model's parallel regions. On a GPU the cores only decode.
     """
     cores = cpu_count()
-    torch_threads = settings.torch_threads or cores
+    # OpenMP's own variable, as torch itself reads it, so one setting bounds torch and Faiss.
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    torch_threads = int(omp) if omp.isdigit() and int(omp) > 0 else cores
     if settings.decode_workers:
         workers = settings.decode_workers
     elif device == "cuda":
@@ -203,7 +209,7 @@ class EncoderRuntime:
             self._run_batch,
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000.0,
-            max_queue=settings.max_queue,
+            max_queue=MAX_QUEUE,
             metrics=BatchMetrics(registry),
         )
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()

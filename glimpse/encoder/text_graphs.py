@@ -11,7 +11,7 @@ the smallest bucket that holds it, the unused rows keep whatever they held (ever
 computed on its own, so they cannot change the rows that are read back), and only its own rows
 are read. Larger batches run eagerly.
 
-Capture happens once, in ``load_encoder``, and only on CUDA (``ENCODER_CUDA_GRAPHS``). A model
+Capture happens once, in ``load_encoder``, and only on CUDA. A model
 whose text tower cannot be captured, or whose replayed output differs from the eager one on a
 probe, runs eagerly, with a warning in the log.
 """

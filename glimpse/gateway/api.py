@@ -23,6 +23,7 @@ from glimpse.contracts.common import HealthResponse, ReadyResponse
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from glimpse.contracts.gateway import (
     MAX_K,
+    RELEVANCE_FIELD,
     CompositeSearchRequest,
     GatewayStats,
     ImageMeta,
@@ -30,13 +31,14 @@ from glimpse.contracts.gateway import (
     IngestCheckRequest,
     IngestCheckResponse,
     IngestResponse,
+    Relevance,
     SearchResponse,
     TextSearchRequest,
 )
 from glimpse.contracts.index import RebuildRequest, RebuildResponse, SnapshotResponse
-from glimpse.gateway.ingest import ingest_files
+from glimpse.gateway.ingest import THUMBNAIL_TYPE, ingest_files
 from glimpse.gateway.media import SHA256_RE
-from glimpse.gateway.search import check_window, combine_terms, search_answer
+from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
 from glimpse.gateway.state import (
     GatewayState,
     ReadAccess,
@@ -63,15 +65,18 @@ async def _run_search(
     vector: Any,
     k: int,
     offset: int,
+    relevance: str,
     exclude_ids: list[int] | None = None,
 ) -> Response:
     t = time.perf_counter()
-    hits = await state.index.search(
-        vector, k + offset, exclude_ids=exclude_ids or ()
-    )
+    # More candidates than the page: the relevance cutoff reads the query's background off them.
+    asked = candidates_for(k, offset)
+    hits = await state.index.search(vector, asked, exclude_ids=exclude_ids or ())
     search_ms = _ms(t)
     body = search_answer(
         hits,
+        asked=asked,
+        relevance=relevance,
         k=k,
         offset=offset,
         encode_ms=vector_ms,
@@ -109,7 +114,9 @@ async def search_text(request: Request, state: State) -> Response:
     body = parse_json_body(TextSearchRequest, await request.body())
     check_window(body.k, body.offset, state.settings.max_result_window)
     vector = (await state.encoder.embed_text([body.query]))[0]
-    return await _run_search(state, started, _ms(started), vector, body.k, body.offset)
+    return await _run_search(
+        state, started, _ms(started), vector, body.k, body.offset, body.relevance
+    )
 
 
 # /search/image's body in OpenAPI: the image part and the ImageSearchForm fields, no others.
@@ -172,7 +179,9 @@ async def search_image(request: Request, state: State) -> Response:
             str(error.get("error_type") or ErrorType.invalid_image.value),
             f"file: {error.get('error') or 'The query image could not be read.'}",
         )
-    return await _run_search(state, started, _ms(started), vectors[0], params.k, params.offset)
+    return await _run_search(
+        state, started, _ms(started), vectors[0], params.k, params.offset, params.relevance
+    )
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess])
@@ -196,7 +205,8 @@ async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
     vectors = [next(text_iter) if t.text is not None else next(image_iter) for t in body.terms]
     query = combine_terms(vectors, [t.weight for t in body.terms])
     return await _run_search(
-        state, started, _ms(started), query, body.k, body.offset, sorted(set(image_ids))
+        state, started, _ms(started), query, body.k, body.offset, body.relevance,
+        sorted(set(image_ids)),
     )
 
 
@@ -211,12 +221,15 @@ async def similar(
     state: State,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
+    relevance: Annotated[Relevance, Query(description=RELEVANCE_FIELD.description)] = "all",
 ) -> Response:
     """More like this: neighbours of a stored image (the image itself left out)."""
     started = time.perf_counter()
     check_window(k, offset, state.settings.max_result_window)
     vector = await state.index.vector(image_id)
-    return await _run_search(state, started, _ms(started), vector, k, offset, [image_id])
+    return await _run_search(
+        state, started, _ms(started), vector, k, offset, relevance, [image_id]
+    )
 
 
 # Ingest -----------------------------------------------------------------------------------
@@ -372,7 +385,8 @@ async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> 
     record = await _record(state, image_id)
     meta = record.get("meta") or {}
     sha = _media_key(record, image_id, "thumbnail")
-    content_type = str(meta.get("thumbnail_type") or f"image/{state.settings.thumbnail_format}")
+    # A JPEG one was made by an older version configured for JPEG thumbnails.
+    content_type = str(meta.get("thumbnail_type") or THUMBNAIL_TYPE)
     if content_type not in ("image/webp", "image/jpeg"):
         raise _not_found(image_id, "thumbnail")
     etag = f'"{sha}-thumb"'

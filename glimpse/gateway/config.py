@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,7 +44,6 @@ class Settings(BaseSettings):
         "they are not stored (relative paths resolve strictly inside it).",
     )
     thumbnail_size: int = Field(320, ge=32, le=1024, description="Longest side of a thumbnail.")
-    thumbnail_format: Literal["webp", "jpeg"] = Field("webp", description="Thumbnail encoding.")
     fsync: bool = Field(
         True, description="fsync media files and their folder before the index add (durability)."
     )

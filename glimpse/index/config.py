@@ -43,12 +43,6 @@ class Settings(BaseSettings):
     train_threshold: int = Field(
         default=50_000, ge=1, description="Live items at which IVF-PQ is first trained."
     )
-    retrain_growth: float = Field(
-        default=4.0,
-        gt=1.0,
-        description="Retrain when the collection has grown this many times since the last "
-        "training (nlist then doubles under the sqrt rule).",
-    )
     snapshot_interval_s: float = Field(
         default=300.0, ge=0, description="Seconds between snapshots if there were writes; 0 = off."
     )

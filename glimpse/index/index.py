@@ -57,6 +57,8 @@ class VectorIndex(TrainingMixin):
         *,
         keep_vectors: bool = True,
         train_threshold: int = 50_000,
+        # Retrain when grown this many times since the last training: nlist doubles under the
+        # sqrt rule, so an earlier retraining would change little.
         retrain_growth: float = 4.0,
         factory: str | None = None,
         nprobe: int | None = None,

@@ -159,7 +159,6 @@ class IndexService:
             s.dim, store, self.writer,
             keep_vectors=s.vectors_in_memory,
             train_threshold=s.train_threshold,
-            retrain_growth=s.retrain_growth,
             factory=s.factory,
             nprobe=s.nprobe,
             rerank=self.rerank,

@@ -18,7 +18,7 @@ TINY_ENV = {
     "ENCODER_MODEL": "glimpse-tiny",
     "ENCODER_PRETRAINED": "none",
     "ENCODER_DEVICE": "cpu",
-    "ENCODER_TORCH_THREADS": "1",
+    "OMP_NUM_THREADS": "1",  # torch's threads
     "HF_HUB_OFFLINE": "1",
 }
 

@@ -22,7 +22,7 @@ TINY_ENCODER_ENV = {
     "ENCODER_MODEL": "glimpse-tiny",
     "ENCODER_PRETRAINED": "none",
     "ENCODER_DEVICE": "cpu",
-    "ENCODER_TORCH_THREADS": "1",
+    "OMP_NUM_THREADS": "1",  # torch's threads (and Faiss's)
 }
 
 

@@ -31,8 +31,7 @@ DURATION_S = 60.0
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # restarts take seconds each on a loaded machine
 def test_sixty_seconds_of_mixed_load(start_index: Any, tmp_path: Path, figure: Any) -> None:
-    proc = start_index(tmp_path / "data", INDEX_TRAIN_THRESHOLD="2000",
-                       INDEX_RETRAIN_GROWTH="1.6")
+    proc = start_index(tmp_path / "data", INDEX_TRAIN_THRESHOLD="2000")
     rng = np.random.default_rng(6)
     vectors: dict[int, np.ndarray] = {}
     deleted_at: dict[int, float] = {}

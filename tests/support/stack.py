@@ -36,8 +36,8 @@ TINY_ENCODER_ENV = {
     "ENCODER_MODEL": "glimpse-tiny",
     "ENCODER_PRETRAINED": "none",
     "ENCODER_DEVICE": "cpu",
-    # The test machine's cores are shared by several services and test runs.
-    "ENCODER_TORCH_THREADS": "1",
+    # The test machine's cores are shared by several services and test runs (torch's threads).
+    "OMP_NUM_THREADS": "1",
     "HF_HUB_OFFLINE": "1",
 }
 

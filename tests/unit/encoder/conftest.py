@@ -13,6 +13,7 @@ from PIL import Image
 from skimage import data as skdata
 from starlette.testclient import TestClient
 
+from glimpse.encoder import api as encoder_api
 from glimpse.encoder.config import Settings
 from glimpse.encoder.main import create_app
 
@@ -67,8 +68,11 @@ def photos() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     """One warmed-up tiny encoder app per test module (its lifespan runs in the client)."""
-    with TestClient(create_app(tiny_settings(max_files=8, max_texts=8, max_text_chars=100,
-                                             max_file_bytes=2_000_000,
-                                             max_pixels=4_000_000))) as c:
-        wait_ready(c)
-        yield c
+    with pytest.MonkeyPatch.context() as patch:
+        # Small request limits (module constants of api.py), so the tests can cross them.
+        for name, value in (("MAX_FILES", 8), ("MAX_TEXTS", 8), ("MAX_TEXT_CHARS", 100)):
+            patch.setattr(encoder_api, name, value)
+        with TestClient(create_app(tiny_settings(max_file_bytes=2_000_000,
+                                                 max_pixels=4_000_000))) as c:
+            wait_ready(c)
+            yield c

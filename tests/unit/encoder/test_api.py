@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from glimpse.encoder import api as encoder_api
 from glimpse.encoder.main import create_app
 from glimpse.encoder.model import ModelLoadError
 from glimpse.encoder.text_graphs import TextGraphs
@@ -141,7 +142,9 @@ def test_limits_give_4xx_never_5xx(client: TestClient, photos) -> None:
     )
 
 
-def test_a_body_without_a_length_is_counted_against_the_request_limit(photos) -> None:
+def test_a_body_without_a_length_is_counted_against_the_request_limit(
+    photos, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blob = jpeg_bytes(photos["coffee"])
     boundary = "b0undary"
     body = (
@@ -153,13 +156,15 @@ def test_a_body_without_a_length_is_counted_against_the_request_limit(photos) ->
     def chunked(data: bytes):  # an iterator: sent without Content-Length
         yield from (data[i : i + 4096] for i in range(0, len(data), 4096))
 
-    with TestClient(create_app(tiny_settings(max_request_bytes=len(body) - 1))) as small:
+    monkeypatch.setattr(encoder_api, "MAX_REQUEST_BYTES", len(body) - 1)
+    with TestClient(create_app(tiny_settings())) as small:
         wait_ready(small)
         r = small.post("/v1/embed/image", content=chunked(body), headers=headers)
         assert "content-length" not in {k.lower() for k in r.request.headers}
         error = _assert_error_body(r, 413, "payload_too_large")
         assert f"more than {len(body) - 1} bytes" in error["error"]
-    with TestClient(create_app(tiny_settings(max_request_bytes=len(body)))) as fits:
+    monkeypatch.setattr(encoder_api, "MAX_REQUEST_BYTES", len(body))
+    with TestClient(create_app(tiny_settings())) as fits:
         wait_ready(fits)
         r = fits.post("/v1/embed/image", content=chunked(body), headers=headers)
         assert r.status_code == 200, r.text

@@ -14,6 +14,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from glimpse.contracts.errors import GlimpseError
+from glimpse.encoder import service as service_module
 from glimpse.encoder.gpu_decode import gpu_prepare_batch
 from glimpse.encoder.images import ImageLimits
 from glimpse.encoder.model import load_encoder
@@ -22,8 +23,9 @@ from tests.unit.encoder.conftest import encoded, jpeg_bytes, tiny_settings
 
 
 @pytest.fixture
-async def runtime() -> AsyncIterator[EncoderRuntime]:
-    settings = tiny_settings(max_wait_ms=20.0, max_batch=8, max_queue=24, decode_workers=2)
+async def runtime(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EncoderRuntime]:
+    monkeypatch.setattr(service_module, "MAX_QUEUE", 24)
+    settings = tiny_settings(max_wait_ms=20.0, max_batch=8, decode_workers=2)
     rt = EncoderRuntime(settings, load_encoder(settings), CollectorRegistry())
     rt.gpu_decode = True  # as on CUDA: the device path, with torchvision's CPU decoder
     rt.batcher.start()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from glimpse.encoder import model as model_module
 from glimpse.encoder.images import ImageLimits, prepare_pixels
 from glimpse.encoder.model import ClipEncoder, ModelLoadError, load_encoder
 from tests.unit.encoder.conftest import TINY_DIM, jpeg_bytes, tiny_settings
@@ -50,19 +51,24 @@ def test_batch_equals_one_by_one_with_unit_norms(encoder: ClipEncoder, photos) -
     np.testing.assert_allclose(np.linalg.norm(single, axis=1), 1.0, atol=1e-5)
 
 
-def test_random_weights_are_seeded(encoder: ClipEncoder) -> None:
+def test_random_weights_are_seeded(encoder: ClipEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
     again = load_encoder(tiny_settings())
-    other = load_encoder(tiny_settings(seed=1))
+    monkeypatch.setattr(model_module, "RANDOM_WEIGHTS_SEED", 1)
+    other = load_encoder(tiny_settings())
     texts = ["same seed, same vectors"]
     np.testing.assert_array_equal(encoder.encode_texts(texts), again.encode_texts(texts))
     assert not np.allclose(encoder.encode_texts(texts), other.encode_texts(texts))
 
 
-def test_local_checkpoint_is_loaded(encoder: ClipEncoder, tmp_path) -> None:
+def test_local_checkpoint_is_loaded(
+    encoder: ClipEncoder, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "tiny.pt"
-    torch.save(load_encoder(tiny_settings(seed=7)).model.state_dict(), path)
+    with monkeypatch.context() as patch:  # weights other than the default seed's
+        patch.setattr(model_module, "RANDOM_WEIGHTS_SEED", 7)
+        torch.save(load_encoder(tiny_settings()).model.state_dict(), path)
+        seeded = load_encoder(tiny_settings())
     loaded = load_encoder(tiny_settings(pretrained=str(path)))
-    seeded = load_encoder(tiny_settings(seed=7))
     texts = ["weights from a file"]
     np.testing.assert_allclose(loaded.encode_texts(texts), seeded.encode_texts(texts), atol=1e-6)
 

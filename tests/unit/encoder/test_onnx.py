@@ -15,6 +15,7 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from glimpse.encoder import model as model_module
 from glimpse.encoder import onnx_runtime
 from glimpse.encoder.config import Settings
 from glimpse.encoder.images import ImageLimits, PixelRecipe, prepare_pixels
@@ -91,12 +92,14 @@ def test_second_load_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.Monkey
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp folder left
 
 
-def test_weights_are_part_of_the_key(tmp_path: Path) -> None:
-    seeded = _entry(load_serving_encoder(_settings(tmp_path, seed=0)))
-    other = _entry(load_serving_encoder(_settings(tmp_path, seed=1)))
+def test_weights_are_part_of_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeded = _entry(load_serving_encoder(_settings(tmp_path)))
+    for module in (model_module, onnx_runtime):  # the weights, and the key that names them
+        monkeypatch.setattr(module, "RANDOM_WEIGHTS_SEED", 1)
+    other = _entry(load_serving_encoder(_settings(tmp_path)))
     assert seeded != other
     checkpoint = tmp_path / "w.pt"
-    torch.save(load_encoder(_settings(tmp_path, seed=3)).model.state_dict(), checkpoint)
+    torch.save(load_encoder(_settings(tmp_path)).model.state_dict(), checkpoint)
     key = onnx_runtime.export_key(_settings(tmp_path, pretrained=str(checkpoint)), "none")
     assert key["weights"].startswith("sha256-")
 
@@ -160,7 +163,10 @@ def test_export_that_disagrees_with_torch_is_not_kept(
     real = onnx_runtime.export_towers
 
     def other_weights(encoder: ClipEncoder, folder: Path, quantize: str) -> None:
-        real(load_encoder(_settings(tmp_path, seed=5, runtime="torch")), folder, quantize)
+        with monkeypatch.context() as patch:  # weights other than the served ones
+            patch.setattr(model_module, "RANDOM_WEIGHTS_SEED", 5)
+            other = load_encoder(_settings(tmp_path, runtime="torch"))
+        real(other, folder, quantize)
 
     monkeypatch.setattr(onnx_runtime, "export_towers", other_weights)
     encoder = load_serving_encoder(_settings(tmp_path))

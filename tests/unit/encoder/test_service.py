@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
 from glimpse.contracts.errors import GlimpseError
+from glimpse.encoder import service as service_module
 from glimpse.encoder.main import create_app
 from glimpse.encoder.model import load_encoder
 from glimpse.encoder.service import EncoderRuntime, calibration_jpegs
@@ -184,8 +185,9 @@ def test_a_device_decoder_that_fails_its_timing_leaves_the_cpu_pool(monkeypatch)
 
 
 @pytest.fixture
-async def runtime() -> AsyncIterator[EncoderRuntime]:
-    settings = tiny_settings(max_wait_ms=50.0, max_batch=8, max_queue=6, decode_workers=3)
+async def runtime(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EncoderRuntime]:
+    monkeypatch.setattr(service_module, "MAX_QUEUE", 6)
+    settings = tiny_settings(max_wait_ms=50.0, max_batch=8, decode_workers=3)
     rt = EncoderRuntime(settings, load_encoder(settings), CollectorRegistry())
     rt.batcher.start()
     try:
@@ -228,7 +230,7 @@ async def test_a_full_queue_fails_the_request_and_leaves_nothing_announced(
     monkeypatch.setattr(runtime.batcher, "_runner", slow_run)
     blob = jpeg_bytes(photos["rocket"])
     with pytest.raises(GlimpseError) as caught:
-        await runtime.embed_images([blob] * 20)  # max_queue is 6
+        await runtime.embed_images([blob] * 20)  # MAX_QUEUE is 6 here
     assert caught.value.error_type == "overloaded"
     gate.set()
     for _ in range(200):
