@@ -37,6 +37,7 @@ from glimpse.contracts.gateway import (
 )
 from glimpse.contracts.index import RebuildRequest, RebuildResponse, SnapshotResponse
 from glimpse.gateway.ingest import THUMBNAIL_TYPE, ingest_files
+from glimpse.gateway.library import Libraries
 from glimpse.gateway.media import SHA256_RE
 from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
 from glimpse.gateway.state import (
@@ -410,6 +411,10 @@ async def image_meta(image_id: ImageId, state: State) -> dict[str, Any]:
     record = await _record(state, image_id)
     meta = dict(record.get("meta") or {})
     meta.pop("original", None)  # where the media store keeps it: the store's own business
+    if state.libraries is not None:  # every library path with these bytes (library.py)
+        meta["paths"] = await anyio.to_thread.run_sync(
+            state.libraries.paths, str(record.get("key"))
+        )
     return {
         **meta,
         "id": image_id,
@@ -493,6 +498,34 @@ async def admin_snapshot(state: State) -> Any:
 async def admin_rebuild(body: RebuildRequest, state: State) -> Any:
     """Ask the index to retrain now (optionally with a forced Faiss factory string)."""
     return await state.index.json("POST", "/v1/index/rebuild", json=body.model_dump())
+
+
+def _libraries(state: GatewayState) -> Libraries:
+    if state.libraries is None:
+        raise GlimpseError(
+            ErrorType.not_found, "No library is configured (GATEWAY_LIBRARIES is not set)."
+        )
+    return state.libraries
+
+
+@router.get("/admin/libraries", tags=["admin"], dependencies=[WriteAccess])
+async def admin_libraries(state: State) -> dict[str, Any]:
+    """Per library: files seen, indexed, pending, failed (with reasons), the last scan and the
+    watcher's kind."""
+    libraries = _libraries(state)
+    return {"libraries": await anyio.to_thread.run_sync(libraries.status)}
+
+
+@router.post(
+    "/admin/libraries/{name}/scan", status_code=202, tags=["admin"], dependencies=[WriteAccess]
+)
+async def admin_library_scan(
+    name: Annotated[str, Path(max_length=200, description="The library's name.")], state: State
+) -> dict[str, Any]:
+    """Ask for a scan of a library now (it runs in the background; see GET /admin/libraries)."""
+    library = _libraries(state).get(name)
+    library.rescan_requested.set()
+    return {"library": await anyio.to_thread.run_sync(library.status)}
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["ops"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,18 @@ class Settings(BaseSettings):
         None,
         description="Read-only root of the ingested folders; originals are served from it when "
         "they are not stored (relative paths resolve strictly inside it).",
+    )
+    libraries: str | None = Field(
+        None,
+        description="Photo folders indexed in place and kept in sync: name=/path, "
+        "comma-separated (docs/library.md).",
+    )
+    library_watch: Literal["auto", "inotify", "polling", "off"] = Field(
+        "auto", description="How libraries are watched; auto: polling on network filesystems."
+    )
+    library_exclude: str = Field(
+        "**/.thumbnails/**,*.tmp,*.part,*.crdownload",
+        description="Comma-separated globs of library paths skipped (hidden files always are).",
     )
     thumbnail_size: int = Field(320, ge=32, le=1024, description="Longest side of a thumbnail.")
     fsync: bool = Field(
@@ -83,7 +96,15 @@ class Settings(BaseSettings):
         split_urls(value)  # a bad URL fails at start, naming itself
         return value
 
-    @field_validator("api_key", "library_dir", mode="before")
+    @field_validator("libraries")
+    @classmethod
+    def _libraries(cls, value: str | None) -> str | None:
+        from glimpse.gateway.library import parse_libraries
+
+        parse_libraries(value)  # a bad entry fails at start, naming itself
+        return value
+
+    @field_validator("api_key", "library_dir", "libraries", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `GATEWAY_API_KEY=` in a compose file means "no key", not "the empty key".

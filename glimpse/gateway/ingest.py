@@ -161,9 +161,11 @@ async def _thumbnail_in_thread(state: GatewayState, part: Part) -> None:
     await anyio.to_thread.run_sync(_make_thumbnail, state, part, limiter=state.decode_limiter)
 
 
-async def ingest_files(state: GatewayState, uploads: Sequence[FormPart]) -> list[dict[str, Any]]:
+async def ingest_files(
+    state: GatewayState, uploads: Sequence[FormPart], *, in_place: bool = False
+) -> list[dict[str, Any]]:
     """One answer per uploaded file part, in order: added, exists (with the existing id) or
-    rejected."""
+    rejected. ``in_place``: library files (library.py), indexed where they are, not copied."""
     settings = state.settings
     if len(uploads) > settings.max_files_per_request:
         raise GlimpseError(
@@ -198,7 +200,7 @@ async def ingest_files(state: GatewayState, uploads: Sequence[FormPart]) -> list
                 else:
                     new.append(part)
             if new:
-                await _embed_and_add(state, new)
+                await _embed_and_add(state, new, in_place)
 
     for part in unique.values():
         for dup in part.duplicates:
@@ -223,14 +225,14 @@ async def _store(state: GatewayState, parts: list[Part]) -> None:
         await anyio.to_thread.run_sync(_store_media, state, valid)
 
 
-async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
+async def _embed_and_add(state: GatewayState, parts: list[Part], in_place: bool = False) -> None:
     """Embed, store and add ``parts`` (new keys, their locks held by the caller); then remove
     the copies this request made that no item names: parts the encoder or the media write
     refused, or all of them when the encoder call failed. Not those sent in an add that did
     not answer: the index may have committed it."""
     in_doubt: list[Part] = []
     try:
-        await _embed_and_add_locked(state, parts, in_doubt)
+        await _embed_and_add_locked(state, parts, in_doubt, in_place)
     finally:
         doubt = {id(p) for p in in_doubt}
         unnamed = [
@@ -243,12 +245,13 @@ async def _embed_and_add(state: GatewayState, parts: list[Part]) -> None:
 
 
 async def _embed_and_add_locked(
-    state: GatewayState, parts: list[Part], in_doubt: list[Part]
+    state: GatewayState, parts: list[Part], in_doubt: list[Part], in_place: bool = False
 ) -> None:
     # The encoder embeds the batch while the gateway stores it (it decodes the images
     # itself and answers an error for each it cannot). Only parts that both have a vector
     # and are durably stored go on to the index: media is on disk before the index add.
-    stored = asyncio.ensure_future(_store(state, parts))
+    # A library file stays where it is; its thumbnail is made when first asked for.
+    stored = asyncio.ensure_future(asyncio.sleep(0) if in_place else _store(state, parts))
     try:
         vectors, errors = await state.encoder.embed_images_wire(
             [(p.path, p.data, sniff_content_type(p.data)) for p in parts]

@@ -27,6 +27,7 @@ from glimpse.contracts.observability import ServiceMetrics, install_metrics
 from glimpse.gateway.api import router
 from glimpse.gateway.clients import EncoderClient, IndexClient, build_replicas
 from glimpse.gateway.config import Settings
+from glimpse.gateway.library import Libraries
 from glimpse.gateway.media import MediaStore
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
 from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddleware
@@ -164,9 +165,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             decode_limiter=anyio.CapacityLimiter(DECODE_WORKERS),
         )
         encoder.read_limits()
+        libraries = None
+        if settings.libraries:
+            libraries = Libraries.from_settings(app.state.gateway)
+            app.state.gateway.libraries = libraries
+            media.library_lookup = libraries.original
+            libraries.start()  # a library that cannot be read is reported, never fatal
         try:
             yield
         finally:
+            if libraries is not None:
+                await libraries.stop()
             await encoder.aclose()
             await index.aclose()
 

@@ -276,6 +276,8 @@ class MediaStore:
         self.library_dir = library_dir.resolve() if library_dir is not None else None
         self.fsync = fsync
         self.locks = KeyLocks(root / "keys.lock")
+        # GATEWAY_LIBRARIES' files by (sha256, shown path), checked (library.Libraries.original).
+        self.library_lookup: Callable[[str, str], Path | None] | None = None
         self._bytes_cache: tuple[float, int] | None = None
         self._bytes_lock = threading.Lock()
 
@@ -417,6 +419,10 @@ class MediaStore:
                 data = _read_packed(self.root / "packs", sha256, original)
                 if data is not None:
                     return data
+        if self.library_lookup is not None:
+            found = self.library_lookup(sha256, relative)
+            if found is not None:
+                return found
         return self.library_original(sha256, relative)
 
     def find_thumbnail(self, sha256: str, content_type: str) -> Path | None:

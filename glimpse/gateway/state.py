@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 import anyio
 from fastapi import Depends, Request
@@ -16,6 +16,9 @@ from glimpse.gateway.clients import EncoderClient, IndexClient
 from glimpse.gateway.config import Settings
 from glimpse.gateway.media import MediaStore
 from glimpse.gateway.security import check_api_key
+
+if TYPE_CHECKING:
+    from glimpse.gateway.library import Libraries
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -69,6 +72,8 @@ class GatewayState:
     # Decoding images for validation and thumbnails, one per core at most: a decoded 60 MP
     # PNG is ~180 MB, so an unbounded fan-out over a 64-file batch could take gigabytes.
     decode_limiter: anyio.CapacityLimiter
+    # GATEWAY_LIBRARIES' folders and their sync (library.py); None when none are set.
+    libraries: Libraries | None = None
 
 
 # The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in
