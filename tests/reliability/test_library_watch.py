@@ -1,0 +1,79 @@
+"""A watched library (watchdog's inotify observer, upstreams faked): adds, renames and deletes
+are followed; with the events lost (the observer stopped while 1,000 files are written, then
+the overflow event inotify gives) the catch-up rescan indexes every one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import EventsLostEvent
+
+from glimpse.gateway.library import Libraries, Library
+from tests.unit.gateway.test_library import gateway_state, png, sha
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def watched(tmp_path: Path) -> tuple[Libraries, Library, Path]:
+    state = gateway_state(tmp_path)
+    root = tmp_path / "lib"
+    root.mkdir()
+    library = Library("lib", root, state.media.root / "libraries", watch="inotify", settle_s=0.2)
+    libraries = Libraries(state, {"lib": library})
+    state.libraries = libraries
+    return libraries, library, root
+
+
+async def test_watcher_follows_adds_renames_deletes(tmp_path: Path) -> None:
+    libraries, library, root = watched(tmp_path)
+    up = libraries.gateway.index
+    libraries.start()
+    try:
+        await wait_for(lambda: library.watcher == "inotify" and library.last_scan is not None)
+        (root / "a.png").write_bytes(png(1))
+        (root / "sub").mkdir()
+        (root / "sub/b.png").write_bytes(png(2))
+        await wait_for(lambda: len(up.items) == 2)
+        item_id = {item["key"]: i for i, item in up.items.items()}[sha(png(1))]
+        embedded = len(up.embedded)
+
+        os.rename(root / "a.png", root / "sub/renamed.png")
+        await wait_for(lambda: libraries.paths(sha(png(1))) == ["lib/sub/renamed.png"])
+        assert item_id in up.items and len(up.embedded) == embedded  # same id, not re-encoded
+
+        (root / "sub/b.png").unlink()
+        await wait_for(lambda: len(up.items) == 1)
+        assert library.status()["indexed"] == 1
+    finally:
+        await libraries.stop()
+
+
+async def test_lost_events_caught_up_for_1000_files(tmp_path: Path) -> None:
+    libraries, library, root = watched(tmp_path)
+    up = libraries.gateway.index
+    libraries.start()
+    try:
+        await wait_for(lambda: library.watcher == "inotify" and library.last_scan is not None)
+        # The observer misses everything: stopped while the files are written.
+        await asyncio.to_thread(library.stop_watching)
+        for n in range(1000):
+            (root / f"d{n % 10}").mkdir(exist_ok=True)
+            (root / f"d{n % 10}/{n}.png").write_bytes(png(n))
+        await asyncio.sleep(0.3)
+        assert up.items == {}
+        library.notice(EventsLostEvent(str(root)))  # what watchdog gives for IN_Q_OVERFLOW
+        await wait_for(lambda: len(up.items) == 1000, timeout=120)
+        assert sorted(item["key"] for item in up.items.values()) == sorted(
+            sha(png(n)) for n in range(1000)
+        )
+        assert library.status()["indexed"] == 1000
+    finally:
+        await libraries.stop()
