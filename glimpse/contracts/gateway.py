@@ -11,11 +11,20 @@ from glimpse.contracts.common import StrictBody
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 
+# "auto": only the hits that clear the query's relevance cutoff; "all": the full ranking, each
+# hit marked (docs/relevance.md).
+Relevance = Literal["auto", "all"]
+RELEVANCE_DOC = (
+    "'auto' gives only the relevant hits (those above the query's adaptive cutoff); 'all' "
+    "gives the full ranking, each hit marked with 'relevant'."
+)
+
 
 class TextSearchRequest(StrictBody):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
+    relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
 
 
 class ImageSearchForm(BaseModel):
@@ -24,11 +33,13 @@ class ImageSearchForm(BaseModel):
 
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
+    relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
 
 
 class SearchResult(BaseModel):
     id: int
     score: float = Field(description="Cosine similarity with the query.")
+    relevant: bool = Field(description="Whether the hit clears the query's relevance cutoff.")
     path: str
     image_url: str
     thumbnail_url: str
@@ -43,6 +54,14 @@ class Timings(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
+    relevance: Relevance
+    relevant_count: int = Field(
+        description="How many of the query's candidates clear its relevance cutoff."
+    )
+    no_good_match: bool = Field(description="Nothing clears the cutoff: no good match.")
+    cutoff_score: float | None = Field(
+        description="The query's cutoff; null when too few images to judge (all relevant)."
+    )
     total_ms: float
     timings: Timings
     model: str
@@ -66,6 +85,7 @@ class CompositeSearchRequest(StrictBody):
     terms: list[SearchTerm] = Field(min_length=1, max_length=16)
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
+    relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
 
 
 IngestStatus = Literal["added", "exists", "rejected"]

@@ -23,7 +23,7 @@ from glimpse.contracts.common import HealthResponse, ReadyResponse
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from glimpse.contracts.gateway import (
     MAX_K,
-    RELEVANCE_FIELD,
+    RELEVANCE_DOC,
     CompositeSearchRequest,
     GatewayStats,
     ImageMeta,
@@ -222,7 +222,7 @@ async def similar(
     state: State,
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
-    relevance: Annotated[Relevance, Query(description=RELEVANCE_FIELD.description)] = "all",
+    relevance: Annotated[Relevance, Query(description=RELEVANCE_DOC)] = "all",
 ) -> Response:
     """More like this: neighbours of a stored image (the image itself left out)."""
     started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Query vectors and search answers: weighted terms, paging, the public result shape."""
+"""Query vectors and search answers: weighted terms, paging, relevance, the public result
+shape."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.gateway.relevance import CANDIDATES, Cutoff, cutoff
 
 
 def combine_terms(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -43,13 +45,19 @@ def check_window(k: int, offset: int, max_window: int) -> None:
         )
 
 
-def result_of(hit: dict[str, Any]) -> dict[str, Any]:
+def candidates_for(k: int, offset: int) -> int:
+    """How many hits to ask the index for: the page, and enough below it to judge relevance."""
+    return max(k + offset, CANDIDATES)
+
+
+def result_of(hit: dict[str, Any], relevant: bool) -> dict[str, Any]:
     """An index hit as a public SearchResult."""
     item_id = int(hit["id"])
     meta = hit.get("meta") or {}
     return {
         "id": item_id,
         "score": float(hit["score"]),
+        "relevant": relevant,
         "path": hit["path"],
         "image_url": f"/images/{item_id}",
         "thumbnail_url": f"/images/{item_id}/thumbnail",
@@ -61,6 +69,8 @@ def result_of(hit: dict[str, Any]) -> dict[str, Any]:
 def search_answer(
     hits: Sequence[dict[str, Any]],
     *,
+    asked: int,
+    relevance: str,
     k: int,
     offset: int,
     encode_ms: float,
@@ -68,9 +78,20 @@ def search_answer(
     total_ms: float,
     model: str,
 ) -> dict[str, Any]:
-    """The SearchResponse body for the page [offset, offset + k) of ``hits``."""
+    """The SearchResponse body for the page [offset, offset + k) of ``hits`` (the index's
+    answer to ``asked`` candidates): of the relevant ones when ``relevance`` is "auto", of all
+    of them, each marked, when it is "all"."""
+    cut: Cutoff = cutoff([float(h["score"]) for h in hits], complete=len(hits) < asked)
+    ranked = hits[: cut.relevant_count] if relevance == "auto" else hits
+    page = ranked[offset : offset + k]
     return {
-        "results": [result_of(h) for h in hits[offset : offset + k]],
+        "results": [
+            result_of(h, offset + i < cut.relevant_count) for i, h in enumerate(page)
+        ],
+        "relevance": relevance,
+        "relevant_count": cut.relevant_count,
+        "no_good_match": cut.no_good_match,
+        "cutoff_score": None if cut.score is None else round(cut.score, 6),
         "total_ms": round(total_ms, 3),
         "timings": {"encode_ms": round(encode_ms, 3), "search_ms": round(search_ms, 3)},
         "model": model,

@@ -53,14 +53,18 @@ def test_answer_pages_and_matches_the_public_shape() -> None:
         for i in range(5)
     ]
     body = search_answer(
-        hits, k=2, offset=1, encode_ms=1.0, search_ms=2.0, total_ms=3.5, model="m"
+        hits, asked=5, relevance="all", k=2, offset=1, encode_ms=1.0, search_ms=2.0,
+        total_ms=3.5, model="m",
     )
     parsed = SearchResponse.model_validate(body)
     assert [r.id for r in parsed.results] == [1, 2]
     assert parsed.results[0].image_url == "/images/1"
     assert parsed.results[0].thumbnail_url == "/images/1/thumbnail"
     assert (parsed.results[0].width, parsed.results[0].height) == (4, 3)
-    assert set(body) == {"results", "total_ms", "timings", "model"}
+    assert set(body) == {
+        "results", "relevance", "relevant_count", "no_good_match", "cutoff_score",
+        "total_ms", "timings", "model",
+    }
     assert set(body["results"][0]) == {
-        "id", "score", "path", "image_url", "thumbnail_url", "width", "height"
+        "id", "score", "relevant", "path", "image_url", "thumbnail_url", "width", "height"
     }
