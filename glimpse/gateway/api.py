@@ -503,7 +503,9 @@ async def admin_rebuild(body: RebuildRequest, state: State) -> Any:
 def _libraries(state: GatewayState) -> Libraries:
     if state.libraries is None:
         raise GlimpseError(
-            ErrorType.not_found, "No library is configured (GATEWAY_LIBRARIES is not set)."
+            ErrorType.not_found,
+            "No library is configured (GATEWAY_LIBRARIES is not set).",
+            {"libraries": []},
         )
     return state.libraries
 

@@ -537,7 +537,9 @@ class Libraries:
         if library is None:
             known = ", ".join(sorted(self.libraries)) or "none"
             raise GlimpseError(
-                ErrorType.not_found, f"No library is named {name!r} (configured: {known})."
+                ErrorType.not_found,
+                f"No library is named {name!r} (configured: {known}).",
+                {"name": name, "libraries": sorted(self.libraries)},
             )
         return library
 
