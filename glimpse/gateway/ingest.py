@@ -25,7 +25,7 @@ import asyncio
 import errno
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +199,8 @@ async def ingest_files(
                     part.reject(part.problem)  # known bytes are answered "exists" all the same
                 else:
                     new.append(part)
+            if not in_place and getattr(state, "libraries", None) is not None:
+                await anyio.to_thread.run_sync(_keep_uploaded_copies, state, unique.values())
             if new:
                 await _embed_and_add(state, new, in_place)
 
@@ -208,6 +210,24 @@ async def ingest_files(
             dup.id, dup.error, dup.error_type = part.id, part.error, part.error_type
         part.data = b""
     return [p.answer() for p in parts]
+
+
+def _keep_uploaded_copies(state: GatewayState, parts: Iterable[Part]) -> None:
+    """Store the originals of uploaded parts answered "exists" that have none: a library
+    indexed them in place (library.py), and the upload must outlive the library file."""
+    media = state.media
+    if not media.store_originals:
+        return
+    missing = [
+        p for p in parts
+        if p.status == "exists" and p.sha256 and not media.original_path(p.sha256).exists()
+    ]
+    if missing:
+        _store_media(state, missing)
+        for part in missing:  # answered "exists" all the same; a failed copy only logs
+            if part.status == "rejected":
+                logger.warning("upload of library bytes not kept: %s", part.error)
+                part.status, part.error, part.error_type = "exists", None, None
 
 
 async def _store(state: GatewayState, parts: list[Part]) -> None:

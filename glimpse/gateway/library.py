@@ -565,8 +565,9 @@ class Libraries:
             logger.error("library %s failed: %s", library.name, library.error)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(library.rescan_requested.wait(), 60)
-        library.rescan_requested.set()
-        watching = False
+        # Watched before the first scan: a file added while the scan walks past its folder is
+        # still reported (and one the scan took too is only compared again).
+        await anyio.to_thread.run_sync(library.start_watching, asyncio.get_running_loop())
         next_rescan = time.monotonic()
         while True:
             try:
@@ -574,11 +575,6 @@ class Libraries:
                     library.rescan_requested.clear()
                     await self.scan(library)
                     next_rescan = time.monotonic() + RESCAN_INTERVAL_S
-                if not watching:
-                    # Started after the first scan has been planned, so no event is missed
-                    # that the scan did not see (events during the scan reconcile again).
-                    library.start_watching(asyncio.get_running_loop())
-                    watching = True
                 await self.settle(library)
             except asyncio.CancelledError:
                 raise
@@ -586,7 +582,9 @@ class Libraries:
                 logger.exception("library %s: sync failed; retrying", library.name)
                 await asyncio.sleep(5)
             library.wake.clear()
-            wait = min(library.settle_s, 5.0) if library.dirty else RESCAN_INTERVAL_S
+            wait = max(0.0, next_rescan - time.monotonic())  # now, after a failed scan
+            if library.dirty:
+                wait = min(wait, library.settle_s, 5.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(_either(library.wake, library.rescan_requested), wait)
 
@@ -599,6 +597,15 @@ class Libraries:
         try:
             plan = await anyio.to_thread.run_sync(library.plan)
             stat_s = time.perf_counter() - clock
+            if plan.seen == 0 and plan.gone:
+                # An unmounted share looks like an empty folder: its items are kept.
+                library.error = (
+                    f"the library folder is empty but {len(plan.gone)} files were indexed; "
+                    "is it mounted? Nothing was deleted."
+                )
+                plan.gone = []
+            else:
+                library.error = None
             await self.apply(library, plan)
         finally:
             library.scanning = False

@@ -296,3 +296,40 @@ async def test_file_still_written_is_taken_once_stable(tmp_path: Path) -> None:
     await asyncio.sleep(0.4)
     await libraries.settle(library)
     assert state.index.paths() == ["lib/fresh.png"]
+
+
+async def test_uploaded_library_bytes_outlive_the_library_file(tmp_path: Path) -> None:
+    from glimpse.gateway.ingest import ingest_files
+    from glimpse.web.forms import FormPart
+
+    state = gateway_state(tmp_path)
+    root = tmp_path / "lib"
+    old(root / "a.png", png(1))
+    libraries = make(state, lib=root)
+    library = libraries.libraries["lib"]
+    await libraries.scan(library)
+    assert not state.media.original_path(sha(png(1))).exists()  # in place
+    [answer] = await ingest_files(state, [FormPart("files", "up/a.png", None, png(1))])
+    assert answer["status"] == "exists"
+    assert state.media.original_path(sha(png(1))).read_bytes() == png(1)  # the upload's copy
+    (root / "a.png").unlink()
+    await libraries.scan(library)
+    assert state.index.deleted == [] and answer["id"] in state.index.items
+
+
+async def test_an_emptied_folder_deletes_nothing(tmp_path: Path) -> None:
+    state = gateway_state(tmp_path)
+    root = tmp_path / "lib"
+    old(root / "a.png", png(1))
+    old(root / "b/c.png", png(2))
+    libraries = make(state, lib=root)
+    library = libraries.libraries["lib"]
+    await libraries.scan(library)
+    for path in (root / "a.png", root / "b/c.png"):
+        path.unlink()  # what an unmounted share looks like
+    await libraries.scan(library)
+    assert state.index.deleted == [] and library.status()["indexed"] == 2
+    assert "mounted" in (library.error or "") and library.status()["status"] == "failed"
+    old(root / "a.png", png(1))
+    await libraries.scan(library)  # one file back: the other is gone for real
+    assert library.error is None and len(state.index.deleted) == 1
