@@ -52,9 +52,6 @@ class Settings(BaseSettings):
         description="What runs the model: auto (ONNX Runtime on a CPU, torch on CUDA), torch, "
         "or onnx (the model exported once into the cache folder; torch if the export fails).",
     )
-    onnx_threads: int = Field(
-        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = the CPU count."
-    )
     onnx_quantize: OnnxQuantize = Field(
         default="none",
         description="int8: ONNX Runtime runs int8 dynamically quantised weights (none: fp32).",

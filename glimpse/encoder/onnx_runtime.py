@@ -30,7 +30,7 @@ import torch
 
 from glimpse.encoder.config import Settings
 from glimpse.encoder.model import RANDOM_WEIGHTS_SEED, ClipEncoder, load_encoder
-from glimpse.encoder.service import cpu_count
+from glimpse.encoder.service import choose_threads
 
 logger = logging.getLogger("glimpse.encoder.onnx")
 
@@ -242,7 +242,8 @@ def _session(path: Path, threads: int) -> Any:
 
 
 def onnx_threads(settings: Settings) -> int:
-    return settings.onnx_threads or cpu_count()
+    """As many as torch would use on the CPU (OMP_NUM_THREADS, else every core)."""
+    return choose_threads(settings, "cpu")[0]
 
 
 def load_sessions(encoder: ClipEncoder, settings: Settings) -> tuple[Any, Any, Path]:

@@ -216,3 +216,13 @@ def test_concurrent_starts_share_one_whole_entry(tmp_path: Path) -> None:
     assert len(entries) == 1 and not entries[0].name.startswith(".")
     key = onnx_runtime.export_key(_settings(tmp_path), "none")
     assert onnx_runtime._valid(entries[0], key) is None
+
+
+def test_int8_keeps_the_vectors(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    settings = _settings(tmp_path, onnx_quantize="int8")
+    int8 = load_serving_encoder(settings)
+    fp32 = load_serving_encoder(_settings(tmp_path))
+    assert _entry(int8) != _entry(fp32)  # its own cache entry
+    pixels = _pixels(fp32, photos)
+    assert np.min(np.sum(int8.encode_pixels(pixels) * fp32.encode_pixels(pixels), axis=1)) >= 0.99
+    assert np.min(np.sum(int8.encode_texts(TEXTS) * fp32.encode_texts(TEXTS), axis=1)) >= 0.99
