@@ -35,7 +35,7 @@ RUN set -eu; \
     if [ -n "$PIP_CERT_FILE" ]; then export PIP_CERT="$PIP_CERT_FILE"; fi; \
     /opt/venv/bin/pip install '.[encoder]'; \
     /opt/venv/bin/pip uninstall -y glimpse; \
-    /opt/venv/bin/python -c "import torch, open_clip; print('torch', torch.__version__)"
+    /opt/venv/bin/python -c "import torch, open_clip, onnx, onnxruntime; print('torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
 
 # --- final image: the venv and the code; no compiler, no pip cache; runs as uid 10001 ---
 FROM ${PYTHON_IMAGE}
