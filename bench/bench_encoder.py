@@ -57,7 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=192, help="images per measurement")
     p.add_argument("--distinct", type=int, default=64, help="distinct JPEGs (cycled)")
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--clients", type=int, default=8, help="image requests in flight")
     p.add_argument("--files-per-request", type=int, default=8)
     p.add_argument("--text-queries", type=int, default=30)
@@ -200,7 +199,6 @@ def start_service(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.
         "ENCODER_DEVICE": args.device,
         "ENCODER_PRECISION": args.precision,
         "ENCODER_MAX_BATCH": str(args.max_batch),
-        "ENCODER_MAX_WAIT_MS": str(args.max_wait_ms),
         **({"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}),
         "ENCODER_DECODE_WORKERS": str(args.decode_workers),
         "ENCODER_GPU_DECODE": args.gpu_decode,

@@ -38,12 +38,6 @@ class Settings(BaseSettings):
         default="auto", description="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."
     )
     max_batch: int = Field(default=64, ge=1, description="Most inputs in one forward pass.")
-    max_wait_ms: float = Field(
-        default=5.0,
-        ge=0.0,
-        description="Most time the first input of a batch waits for company while other "
-        "requests are still being decoded.",
-    )
     decode_workers: int = Field(
         default=0, ge=0, description="Image decoding threads; 0 picks from the CPU count."
     )

@@ -68,7 +68,6 @@ class Settings(BaseSettings):
         description="After each training, tune nprobe and re-rank depth on a held-out sample "
         "(skipped when INDEX_NPROBE is set).",
     )
-    tune_sample: int = Field(default=300, ge=10, description="Held-out queries of a tuning.")
     max_bytes_per_vector: float = Field(
         default=128.0,
         gt=0,

@@ -23,7 +23,6 @@ def test_concurrent_search_add_delete_has_no_error_and_no_deleted_hit(tmp_path: 
         "INDEX_DIM": str(DIM),
         "INDEX_TRAIN_THRESHOLD": "1500",  # crossed during the run: a swap under load
         "INDEX_SNAPSHOT_EVERY_WRITES": "500",
-        "INDEX_TUNE_SAMPLE": "40",
     }
     errors: list[str] = []
     deleted: dict[int, float] = {}  # id -> time its delete was acknowledged

@@ -30,7 +30,6 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
         "INDEX_SNAPSHOT_EVERY_WRITES": "300",
         "INDEX_SNAPSHOT_INTERVAL_S": "0",
         "INDEX_TRAIN_THRESHOLD": "1200",
-        "INDEX_TUNE_SAMPLE": "40",
         "OMP_NUM_THREADS": "1",
     }
     env.update(extra)

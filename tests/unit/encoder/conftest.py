@@ -25,7 +25,6 @@ def tiny_settings(**overrides: object) -> Settings:
         "model": "glimpse-tiny",
         "pretrained": "none",
         "device": "cpu",
-        "max_wait_ms": 2.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -25,7 +25,8 @@ from tests.unit.encoder.conftest import encoded, jpeg_bytes, tiny_settings
 @pytest.fixture
 async def runtime(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EncoderRuntime]:
     monkeypatch.setattr(service_module, "MAX_QUEUE", 24)
-    settings = tiny_settings(max_wait_ms=20.0, max_batch=8, decode_workers=2)
+    monkeypatch.setattr(service_module, "MAX_WAIT_MS", 20.0)
+    settings = tiny_settings(max_batch=8, decode_workers=2)
     rt = EncoderRuntime(settings, load_encoder(settings), CollectorRegistry())
     rt.gpu_decode = True  # as on CUDA: the device path, with torchvision's CPU decoder
     rt.batcher.start()

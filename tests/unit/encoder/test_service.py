@@ -25,8 +25,9 @@ from tests.unit.encoder.conftest import encoded, jpeg_bytes, tiny_settings
 
 
 @pytest.fixture
-async def app() -> AsyncIterator[Starlette]:
-    application = create_app(tiny_settings(max_wait_ms=300.0, max_batch=32))
+async def app(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Starlette]:
+    monkeypatch.setattr(service_module, "MAX_WAIT_MS", 300.0)
+    application = create_app(tiny_settings(max_batch=32))
     async with application.router.lifespan_context(application):
         for _ in range(500):
             if application.state.runtime.warmed_up:
@@ -187,7 +188,8 @@ def test_a_device_decoder_that_fails_its_timing_leaves_the_cpu_pool(monkeypatch)
 @pytest.fixture
 async def runtime(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EncoderRuntime]:
     monkeypatch.setattr(service_module, "MAX_QUEUE", 6)
-    settings = tiny_settings(max_wait_ms=50.0, max_batch=8, decode_workers=3)
+    monkeypatch.setattr(service_module, "MAX_WAIT_MS", 50.0)
+    settings = tiny_settings(max_batch=8, decode_workers=3)
     rt = EncoderRuntime(settings, load_encoder(settings), CollectorRegistry())
     rt.batcher.start()
     try:
