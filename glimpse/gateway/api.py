@@ -415,10 +415,15 @@ async def image_meta(image_id: ImageId, state: State) -> dict[str, Any]:
         meta["paths"] = await anyio.to_thread.run_sync(
             state.libraries.paths, str(record.get("key"))
         )
+    path = record["path"]
+    if meta.get("paths") and path not in meta["paths"] and "/" in path:
+        library = path.split("/", 1)[0]
+        if state.libraries is not None and library in state.libraries.libraries:
+            path = meta["paths"][0]  # moved since it was indexed: where it is now
     return {
         **meta,
         "id": image_id,
-        "path": record["path"],
+        "path": path,
         "sha256": record["key"],
         "width": int(meta.get("width", 0)),
         "height": int(meta.get("height", 0)),

@@ -108,3 +108,21 @@ def test_scan_route_and_errors(stack: tuple[Stack, Path]) -> None:
     with s.client() as anonymous:
         assert anonymous.get("/admin/libraries").status_code == 401
         assert anonymous.post("/admin/libraries/photos/scan").status_code == 401
+
+
+def test_moved_file_keeps_its_id_and_shows_its_new_path(stack: tuple[Stack, Path]) -> None:
+    s, photos = stack
+    with s.client(KEY) as client:
+        wait_indexed(client, 4)  # with test_scan_route_and_errors' new file
+        found = client.post("/search/text", json={"query": "a photo", "k": 10}).json()
+        two = next(h for h in found["results"] if h["path"] == "photos/two.jpg")
+        (photos / "moved").mkdir()
+        os.rename(photos / "two.jpg", photos / "moved/two.jpg")
+        deadline = time.monotonic() + 60
+        while (meta := client.get(f"/images/{two['id']}/meta").json())["path"] != (
+            "photos/moved/two.jpg"
+        ):
+            assert time.monotonic() < deadline, meta
+            time.sleep(0.2)
+        assert meta["paths"] == ["photos/moved/two.jpg"]
+        assert client.get(f"/images/{two['id']}").content == jpeg(2)

@@ -9,8 +9,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from watchdog.events import EventsLostEvent
 
+import glimpse.gateway.library as library_module
 from glimpse.gateway.library import Libraries, Library
 from tests.unit.gateway.test_library import gateway_state, png, sha
 
@@ -75,5 +77,26 @@ async def test_lost_events_caught_up_for_1000_files(tmp_path: Path) -> None:
             sha(png(n)) for n in range(1000)
         )
         assert library.status()["indexed"] == 1000
+    finally:
+        await libraries.stop()
+
+
+async def test_polling_watcher_follows_adds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(library_module, "POLL_INTERVAL_S", 0.2)
+    state = gateway_state(tmp_path)
+    root = tmp_path / "nas"
+    root.mkdir()
+    library = Library("nas", root, state.media.root / "libraries", watch="polling", settle_s=0.2)
+    libraries = Libraries(state, {"nas": library})
+    up = state.index
+    libraries.start()
+    try:
+        await wait_for(lambda: library.watcher == "polling" and library.last_scan is not None)
+        (root / "a.png").write_bytes(png(1))
+        await wait_for(lambda: len(up.items) == 1)
+        (root / "a.png").unlink()
+        await wait_for(lambda: len(up.items) == 0)
     finally:
         await libraries.stop()
