@@ -20,6 +20,7 @@ const els = {
   messageTitle: $("message-title"),
   messageText: $("message-text"),
   retry: $("retry"),
+  showClosest: $("show-closest"),
   grid: $("results"),
   sentinel: $("sentinel"),
   more: $("more"),
@@ -89,18 +90,21 @@ function isTransient(err) {
   return err.status === 0 || err.status === 408 || err.status === 429 || err.status >= 500;
 }
 
-/** One page of ``k`` results for a query: {results, total_ms, timings, model}. */
+/** One page of ``k`` results for a query: {results, relevant_count, no_good_match, ...}.
+ * The page asks for the relevant hits only ("auto"), unless the user chose to see the closest
+ * anyway (query.all). */
 function fetchPage(query, offset, k, signal) {
+  const relevance = query.all ? "all" : "auto";
   if (query.kind === "text") {
     return requestJson("search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query: query.text, k, offset }),
+      body: JSON.stringify({ query: query.text, k, offset, relevance }),
       signal,
     });
   }
   if (query.kind === "similar") {
-    const params = new URLSearchParams({ k: String(k), offset: String(offset) });
+    const params = new URLSearchParams({ k: String(k), offset: String(offset), relevance });
     return requestJson(`images/${query.id}/similar?${params}`, { signal });
   }
   // An upload has no URL: each page sends the image again.
@@ -108,13 +112,15 @@ function fetchPage(query, offset, k, signal) {
   form.append("file", query.upload.file, query.upload.file.name || "image");
   form.append("k", String(k));
   form.append("offset", String(offset));
+  form.append("relevance", relevance);
   return requestJson("search/image", { method: "POST", body: form, signal });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Queries and the URL
 //
-// A query is {kind: "text", text} | {kind: "similar", id} | {kind: "image", upload} | null.
+// A query is {kind: "text", text} | {kind: "similar", id} | {kind: "image", upload} | null,
+// with all: true when it shows the closest images whether or not they are good matches.
 // Text and "similar" queries live in the URL (?q=..., ?similar=<id>) so links can be shared and
 // the back button works. An upload cannot be put in a URL: its history entry carries a token that
 // names the upload kept in memory for as long as the page lives.
@@ -126,23 +132,25 @@ const KEPT_UPLOADS = 20;
 
 function urlFor(query) {
   const base = location.pathname;
-  if (query?.kind === "text") return `${base}?${new URLSearchParams({ q: query.text })}`;
-  if (query?.kind === "similar") return `${base}?${new URLSearchParams({ similar: String(query.id) })}`;
+  const all = query?.all ? { all: "1" } : {};
+  if (query?.kind === "text") return `${base}?${new URLSearchParams({ q: query.text, ...all })}`;
+  if (query?.kind === "similar") return `${base}?${new URLSearchParams({ similar: String(query.id), ...all })}`;
   return base;
 }
 
 function historyStateFor(query) {
-  return query?.kind === "image" ? { upload: query.upload.token } : {};
+  return query?.kind === "image" ? { upload: query.upload.token, all: query.all === true } : {};
 }
 
 function queryFromLocation() {
   const params = new URLSearchParams(location.search);
+  const all = params.get("all") === "1";
   const text = (params.get("q") || "").trim();
-  if (text) return { kind: "text", text };
+  if (text) return { kind: "text", text, all };
   const similar = params.get("similar");
-  if (similar !== null && /^\d+$/.test(similar)) return { kind: "similar", id: Number(similar) };
+  if (similar !== null && /^\d+$/.test(similar)) return { kind: "similar", id: Number(similar), all };
   const token = history.state?.upload;
-  if (token && uploads.has(token)) return { kind: "image", upload: uploads.get(token) };
+  if (token && uploads.has(token)) return { kind: "image", upload: uploads.get(token), all: history.state?.all === true };
   return null;
 }
 
@@ -261,7 +269,10 @@ async function loadPage() {
     // A short page is the last one; a page of nothing new means the server ignores the offset.
     state.done = page.results.length < k || fresh.length === 0 || state.offset >= resultWindow();
     appendResults(fresh);
-    if (state.results.length === 0) {
+    if (state.results.length === 0 && page.no_good_match && !query.all) {
+      setStatus("No good match");
+      showMessage("No good match", noGoodMatchText(query), { closest: true });
+    } else if (state.results.length === 0) {
       setStatus("");
       showMessage("No results", emptyText(query));
     } else {
@@ -294,6 +305,21 @@ function emptyText(query) {
   return "The collection has no other images to compare with.";
 }
 
+function noGoodMatchText(query) {
+  const what = query.kind === "text" ? `“${query.text}”` : "this image";
+  return `Nothing in the collection is a good match for ${what}: no image stands out from the rest.`;
+}
+
+/** The same query, showing the closest images even though none is a good match; it takes the
+ * query's place in the history, so Back goes to the query before. */
+function showClosest(event) {
+  event.preventDefault();
+  if (!state.query) return;
+  const query = { ...state.query, all: true };
+  history.replaceState(historyStateFor(query), "", urlFor(query));
+  run(query);
+}
+
 function resultsText() {
   const n = state.results.length;
   const page = state.firstPage;
@@ -301,7 +327,8 @@ function resultsText() {
     state.query.kind === "text" ? ` for “${state.query.text}”` :
     state.query.kind === "similar" ? " similar to the chosen image" : " like your image";
   const ms = page ? ` · ${Math.round(page.total_ms)} ms` : "";
-  return `${n}${state.done ? "" : "+"} result${n === 1 ? "" : "s"}${what}${ms}`;
+  const weak = state.query.all && page?.no_good_match ? " (no good match: the closest shown)" : "";
+  return `${n}${state.done ? "" : "+"} result${n === 1 ? "" : "s"}${what}${weak}${ms}`;
 }
 
 function showError(err, first) {
@@ -381,16 +408,19 @@ function setStatus(text, { busy = false } = {}) {
   els.status.classList.toggle("busy", busy);
 }
 
-function showMessage(title, text, { error = false, retry = false } = {}) {
+function showMessage(title, text, { error = false, retry = false, closest = false } = {}) {
   els.messageTitle.textContent = title;
   els.messageText.textContent = text;
   els.message.classList.toggle("error", error);
   els.retry.hidden = !retry;
+  els.showClosest.hidden = !closest;
+  if (closest && state.query) els.showClosest.href = urlFor({ ...state.query, all: true });
   els.message.hidden = false;
 }
 
 function hideMessage() {
   els.message.hidden = true;
+  els.showClosest.hidden = true;
 }
 
 function showHome() {
@@ -582,6 +612,7 @@ els.chipClear.addEventListener("click", () => {
 });
 
 els.retry.addEventListener("click", () => run(state.query));
+els.showClosest.addEventListener("click", showClosest);
 els.moreRetry.addEventListener("click", () => {
   state.failed = false;
   els.moreError.hidden = true;

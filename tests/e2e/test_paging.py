@@ -64,8 +64,11 @@ def test_scrolling_ends_cleanly_at_the_result_window(
 
     ids = result_ids(page)
     assert len(ids) == len(set(ids)) == WINDOW
-    # The last page asks for what is left of the window, and nothing is asked past it.
-    assert asked == [(PAGE_SIZE, 0), (WINDOW - PAGE_SIZE, PAGE_SIZE)]
+    # The last page asks for what is left of the window, and nothing is asked past it (the
+    # first ask may be the relevant-only one, before "Show closest anyway").
+    assert asked[-2:] == [(PAGE_SIZE, 0), (WINDOW - PAGE_SIZE, PAGE_SIZE)]
+    assert asked[:-2] in ([], [(PAGE_SIZE, 0)])
+    count = len(asked)
     end = page.inner_text("#end")
     assert end.startswith("End of results") and f"the {WINDOW} best matches" in end
     assert page.is_hidden("#more-error") and page.is_hidden("#message")
@@ -73,7 +76,7 @@ def test_scrolling_ends_cleanly_at_the_result_window(
     # Scrolling on at the end asks for nothing more.
     scroll_to_end(page)
     page.wait_for_timeout(500)
-    assert len(asked) == 2
+    assert len(asked) == count
     page.evaluate("document.activeElement.blur()")
     page.screenshot(path=str(artifacts / "paging-end.png"), animations="disabled")
 
