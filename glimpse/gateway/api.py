@@ -532,6 +532,8 @@ async def admin_library_scan(
     """Ask for a scan of a library now (it runs in the background; see GET /admin/libraries)."""
     library = _libraries(state).get(name)
     library.rescan_requested.set()
+    # Seen by the process that syncs the library when it is another one (library.py).
+    await anyio.to_thread.run_sync(library.state.set_info, "scan_requested", 1)
     return {"library": await anyio.to_thread.run_sync(library.status)}
 
 

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import fnmatch
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -64,6 +66,9 @@ RESCAN_INTERVAL_S = 3600.0
 SETTLE_S = 2.0
 # How often a polling observer (network filesystems) compares the folder with its last look.
 POLL_INTERVAL_S = 30.0
+# How often a process that does not sync a library checks whether its owner is gone, and the
+# owner checks for a scan asked of another process.
+OWNER_RETRY_S = 10.0
 # Files per ingest call: the gateway's per-request limit, and bytes read at once stay bounded.
 BATCH_FILES = 32
 BATCH_BYTES = 64 * 1024 * 1024
@@ -264,6 +269,8 @@ class Library:
         self.watch_setting = watch
         self.settle_s = settle_s
         self.state = StateFile(state_dir / f"{name}.sqlite")
+        self._owner_path = state_dir / f"{name}.owner"
+        self._owner_fd: int | None = None
         self.error: str | None = None
         self.watcher: str = "off"
         self.last_scan: dict[str, Any] | None = None
@@ -275,6 +282,24 @@ class Library:
         self.observer: BaseObserver | None = None
 
     # The folder -------------------------------------------------------------------------
+
+    def try_own(self) -> bool:
+        """Whether this process syncs the library: one process per media folder does (a lock
+        that ends with its holder), the others (workers, gateways) serve from its records."""
+        if self._owner_fd is None:
+            fd = os.open(self._owner_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            self._owner_fd = fd
+        return True
+
+    def disown(self) -> None:
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)
+            self._owner_fd = None
 
     def check_root(self) -> bool:
         """Whether the folder can be read; else ``error`` says why."""
@@ -442,20 +467,37 @@ class Library:
 
     # Status -----------------------------------------------------------------------------
 
+    def publish(self) -> None:
+        """Write what the status shows to the state file, for the other processes."""
+        self.state.set_info("shared", json.dumps({
+            "error": self.error, "scanning": self.scanning, "last_scan": self.last_scan,
+            "pending": len(self.pending) + len(self.dirty), "watcher": self.watcher,
+        }))
+
     def status(self) -> dict[str, Any]:
         counts = self.state.counts()
+        if self._owner_fd is not None:
+            shared: dict[str, Any] = {
+                "error": self.error, "scanning": self.scanning, "last_scan": self.last_scan,
+                "pending": len(self.pending) + len(self.dirty), "watcher": self.watcher,
+            }
+        else:  # another process syncs it: what it last wrote
+            shared = json.loads(self.state.get_info("shared") or "{}")
+            shared.setdefault("error", self.error)
+        error = shared.get("error")
         return {
             "name": self.name,
             "path": str(self.configured_root),
-            "status": "failed" if self.error else ("scanning" if self.scanning else "ok"),
-            "error": self.error,
+            "status": "failed" if error else ("scanning" if shared.get("scanning") else "ok"),
+            "error": error,
             "files_seen": sum(counts.values()) + len(self.pending),
             "indexed": counts.get("indexed", 0),
-            "pending": len(self.pending) + len(self.dirty),
+            "pending": shared.get("pending", 0),
             "failed": counts.get("failed", 0),
             "failures": self.state.failures(),
-            "last_scan": self.last_scan,
-            "watcher": self.watcher,
+            "last_scan": shared.get("last_scan"),
+            "watcher": shared.get("watcher", "off"),
+            "synced_here": self._owner_fd is not None,
         }
 
 
@@ -557,12 +599,17 @@ class Libraries:
                 await task
         for library in self.libraries.values():
             await anyio.to_thread.run_sync(library.stop_watching)
+            library.disown()
             library.state.close()
 
     async def _run(self, library: Library) -> None:
-        """Check the folder (again every minute while it fails), scan, watch, keep up."""
+        """Own the library (else wait: another process syncs it), check the folder (again every
+        minute while it fails), watch, scan, keep up."""
+        while not await anyio.to_thread.run_sync(library.try_own):
+            await asyncio.sleep(OWNER_RETRY_S)  # the owner may die; then one of us takes over
         while not await anyio.to_thread.run_sync(library.check_root):
             logger.error("library %s failed: %s", library.name, library.error)
+            await anyio.to_thread.run_sync(library.publish)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(library.rescan_requested.wait(), 60)
         # Watched before the first scan: a file added while the scan walks past its folder is
@@ -581,12 +628,18 @@ class Libraries:
             except Exception:  # an upstream down, a disk error: the next round tries again
                 logger.exception("library %s: sync failed; retrying", library.name)
                 await asyncio.sleep(5)
+            await anyio.to_thread.run_sync(library.publish)
             library.wake.clear()
             wait = max(0.0, next_rescan - time.monotonic())  # now, after a failed scan
             if library.dirty:
                 wait = min(wait, library.settle_s, 5.0)
+            # A scan asked of another process is seen through the state file.
+            wait = min(wait, OWNER_RETRY_S)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(_either(library.wake, library.rescan_requested), wait)
+            if await anyio.to_thread.run_sync(library.state.get_info, "scan_requested"):
+                await anyio.to_thread.run_sync(library.state.set_info, "scan_requested", 0)
+                library.rescan_requested.set()
 
     # Work -------------------------------------------------------------------------------
 
@@ -617,6 +670,7 @@ class Libraries:
             "changed": len(plan.changed),
             "gone": len(plan.gone),
         }
+        await anyio.to_thread.run_sync(library.publish)
         return library.last_scan
 
     async def settle(self, library: Library) -> None:

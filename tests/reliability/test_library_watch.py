@@ -100,3 +100,43 @@ async def test_polling_watcher_follows_adds(
         await wait_for(lambda: len(up.items) == 0)
     finally:
         await libraries.stop()
+
+
+async def test_one_process_syncs_a_library_the_other_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(library_module, "OWNER_RETRY_S", 0.2)
+    state = gateway_state(tmp_path)
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "a.png").write_bytes(png(1))
+    os.utime(root / "a.png", (1_000_000, 1_000_000))
+    # Two gateways (or workers) on one media folder: each its own Libraries, one index.
+    pair = []
+    for _ in range(2):
+        library = Library("lib", root, state.media.root / "libraries", watch="off")
+        pair.append((Libraries(state, {"lib": library}), library))
+    owners: list[Library] = []
+    for libraries, _ in pair:
+        libraries.start()
+    try:
+        await wait_for(lambda: all(lib.status()["indexed"] == 1 for _, lib in pair))
+        owners = [lib for _, lib in pair if lib.status()["synced_here"]]
+        assert len(owners) == 1
+        other = next(lib for _, lib in pair if lib is not owners[0])
+        assert other.status()["last_scan"]["files"] == 1  # the owner's, through the state file
+        # A scan asked of the process that does not sync it reaches the owner.
+        (root / "b.png").write_bytes(png(2))
+        os.utime(root / "b.png", (1_000_000, 1_000_000))
+        other.rescan_requested.set()
+        other.state.set_info("scan_requested", 1)
+        await wait_for(lambda: other.status()["indexed"] == 2)
+        assert len(state.index.items) == 2 and len(state.index.embedded) == 2
+        # The owner stops: the other takes over.
+        owner_libraries = next(libs for libs, lib in pair if lib is owners[0])
+        await owner_libraries.stop()
+        await wait_for(lambda: other.status()["synced_here"])
+    finally:
+        for libraries, library in pair:
+            if library is not owners[0]:
+                await libraries.stop()
