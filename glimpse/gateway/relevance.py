@@ -48,12 +48,12 @@ class Cutoff:
         return self.relevant_count == 0
 
 
-def cutoff(scores: Sequence[float], *, complete: bool) -> Cutoff:
+def cutoff(scores: Sequence[float], *, complete: bool, alpha: float = ALPHA) -> Cutoff:
     """The cutoff of a query from its candidates' scores, best first.
 
     ``complete`` says the candidates are the whole collection (the index had no more), so their
     far end is the bulk of the distribution, not its near tail, and only the nearer half is
-    fitted.
+    fitted. ``alpha`` is ALPHA unless a measurement asks for another.
     """
     s = np.asarray(scores, dtype=np.float64)
     n = len(s)
@@ -66,5 +66,5 @@ def cutoff(scores: Sequence[float], *, complete: bool) -> Cutoff:
     slope, intercept = np.polyfit(np.log(ranks), np.log(distance), 1)
     # A background whose distances do not grow with rank has no scale to stand out from.
     slope = max(float(slope), 0.0)
-    threshold = 1.0 - math.exp(float(intercept) + slope * math.log(ALPHA))
+    threshold = 1.0 - math.exp(float(intercept) + slope * math.log(alpha))
     return Cutoff(score=threshold, relevant_count=int(np.count_nonzero(s > threshold)))
