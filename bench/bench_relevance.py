@@ -304,10 +304,18 @@ def main(argv: list[str] | None = None) -> int:
                 "recall_ceiling": round(o.ceiling, 3),
             })
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # One row per figure, in the format of bench/results/README.md (bench/results_table.py).
+    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": "-", "machine": f"{os.cpu_count()} cores"}
     with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=[*stamp, "what", "variant", "value", "unit"])
         writer.writeheader()
-        writer.writerows(rows)
+        for r in rows:
+            what = (f"{r['set']}, {r['model']}, {r['collection']} items, "
+                    f"{r['queries_with_copies']} queries with copies, "
+                    f"{r['queries_without']} without")
+            for figure in ("precision", "recall", "no_good_match_rate", "recall_ceiling"):
+                writer.writerow({**stamp, "what": f"relevance cutoff {figure}: {what}",
+                                 "variant": r["method"], "value": r[figure], "unit": "ratio"})
     print("| set | model | collection | queries (with copies / without) | method "
           "| precision | recall | no good match | recall ceiling |")
     print("|---|---|---|---|---|---|---|---|---|")
