@@ -100,7 +100,10 @@ def test_text_search_shape(client: httpx.Client, ingested: dict[str, int]) -> No
     assert response.status_code == 200
     body = response.json()
     SearchResponse.model_validate(body)
-    assert set(body) == {"results", "total_ms", "timings", "model"}
+    assert set(body) == {
+        "results", "relevance", "relevant_count", "no_good_match", "cutoff_score",
+        "total_ms", "timings", "model",
+    }
     assert body["model"] == "glimpse-tiny"
     assert set(body["timings"]) == {"encode_ms", "search_ms"}
     results = body["results"]
