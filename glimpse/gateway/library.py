@@ -431,9 +431,13 @@ class Library:
 
     def notice(self, event: FileSystemEvent) -> None:
         """An observer's event, on the event loop."""
-        if event.event_type == EVENT_TYPE_EVENTS_LOST or event.is_directory:
+        if event.event_type == EVENT_TYPE_EVENTS_LOST or (
+            event.is_directory and event.event_type in ("created", "moved", "deleted")
+        ):
             # Lost events, or a folder made, moved or removed: a stat-only rescan catches up.
             self.rescan_requested.set()
+        elif event.is_directory:
+            return  # a folder's own mtime: its files' events say what changed
         else:
             now = time.monotonic()
             for raw in (event.src_path, getattr(event, "dest_path", "") or ""):

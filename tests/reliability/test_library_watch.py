@@ -140,3 +140,17 @@ async def test_one_process_syncs_a_library_the_other_serves(
         for libraries, library in pair:
             if library is not owners[0]:
                 await libraries.stop()
+
+
+async def test_a_file_event_does_not_rescan_the_library(tmp_path: Path) -> None:
+    libraries, library, root = watched(tmp_path)
+    up = libraries.gateway.index
+    libraries.start()
+    try:
+        await wait_for(lambda: library.watcher == "inotify" and library.last_scan is not None)
+        first = library.last_scan
+        (root / "a.png").write_bytes(png(1))  # also its folder's "modified" event
+        await wait_for(lambda: len(up.items) == 1)
+        assert library.last_scan is first
+    finally:
+        await libraries.stop()
