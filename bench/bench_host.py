@@ -103,7 +103,8 @@ def serve(port: int) -> None:
     from glimpse.encoder.config import Settings
 
     device = make_instant_device()
-    settings = Settings(device="cpu", gpu_decode="on", warmup=False)
+    encoder_main.WARMUP = False  # the stand-in device needs no warm-up
+    settings = Settings(device="cpu", gpu_decode="on")
     signal.signal(signal.SIGUSR1, _name_threads)
     if hasattr(encoder_main, "serve"):  # as deployed (python -m glimpse.encoder)
         encoder_main.serve(settings, host="127.0.0.1", port=port,

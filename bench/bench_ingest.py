@@ -579,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gateway_url, encoder_url = args.gateway_url, args.encoder_url
         else:
             t0 = time.perf_counter()
-            env = {"ENCODER_WARMUP": "true"}
+            env: dict[str, str] = {}
             gateway_url, encoder_url = stack.enter_context(
                 services(workdir, args.model, args.pretrained, env)
             )

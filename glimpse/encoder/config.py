@@ -70,6 +70,3 @@ class Settings(BaseSettings):
         description="Largest accepted image in pixels (width x height), read from the header; "
         "the gateway reads it from /v1/info.",
     )
-    warmup: bool = Field(
-        default=True, description="Run one text and one image forward before /readyz says ready."
-    )

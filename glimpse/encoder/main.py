@@ -30,6 +30,10 @@ from glimpse.web.responses import OrjsonResponse
 
 logger = logging.getLogger("glimpse.encoder")
 
+# A text and an image go through the model before /readyz says ready, so the first real
+# request does not pay for lazy initialisation (tests and stand-in benchmarks turn it off).
+WARMUP = True
+
 
 async def _warm_up(app: Starlette, runtime: EncoderRuntime) -> None:
     try:
@@ -52,7 +56,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         raise
     app.state.runtime = runtime
     warm_task: asyncio.Task[None] | None = None
-    if settings.warmup:
+    if WARMUP:
         warm_task = asyncio.create_task(_warm_up(app, runtime))
     else:
         runtime.warmed_up = True

@@ -78,10 +78,6 @@ class Settings(BaseSettings):
         description="Largest k + offset of a search (deeper pages are refused); at most the "
         "index's largest k.",
     )
-    header_timeout_s: float = Field(
-        10.0, gt=0, description="A request's headers must arrive within this time, else 408 "
-        "(needs uvicorn's --http glimpse.gateway.security:SlowClientProtocol, as the image runs)."
-    )
     body_timeout_s: float = Field(
         30.0, gt=0, description="Longest wait for the next piece of a request body, else 408."
     )

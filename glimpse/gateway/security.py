@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import sys
@@ -29,7 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
-from glimpse.gateway.config import Settings
 
 
 class BodyTooLarge(HTTPException):
@@ -166,9 +164,14 @@ class BodyTimeoutMiddleware:
         await self.app(scope, receive, send)
 
 
+# A request's headers must be complete within this: a few hundred bytes, so even a slow link
+# sends them in a fraction of it, while a client that trickles them is cut early.
+HEADER_TIMEOUT_S = 10.0
+
+
 class SlowClientProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with a header timeout: a request's headers must be complete
-    within GATEWAY_HEADER_TIMEOUT_S of the connection or of the request's first byte, else the
+    within HEADER_TIMEOUT_S of the connection or of the request's first byte, else the
     client gets a 408 and the connection is closed (a client sending its headers a byte at a
     time held a connection for as long as it liked). Run the gateway with
     ``--http glimpse.gateway.security:SlowClientProtocol`` (or UVICORN_HTTP set to that).
@@ -176,7 +179,7 @@ class SlowClientProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout = _header_timeout()
+        self.header_timeout = HEADER_TIMEOUT_S
         self.header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -219,12 +222,6 @@ class SlowClientProtocol(HttpToolsProtocol):
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
         )
         self.transport.close()
-
-
-@functools.cache
-def _header_timeout() -> float:
-    # Read once per process: the protocol is made per connection, outside the app.
-    return Settings().header_timeout_s
 
 
 def bearer_token(request: Request) -> str | None:

@@ -116,9 +116,6 @@ class MilvusSettings(BaseSettings):
         description="Milvus's dataCoord.segment.maxSize: Milvus trains one index per segment, "
         "so nlist/m/nbits follow the rule for a full segment's rows.",
     )
-    ef: int = Field(
-        default=128, ge=1, description="HNSW ef per search (raised to the candidates wanted)."
-    )
     timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of each Milvus call; past it the answer is 503."
     )

@@ -40,6 +40,8 @@ MAX_TOPK = 16_384  # Milvus's limit on one search's topk
 _RETRY_S = 2.0
 # Exact search and ghost rows (a tombstoned id still in the collection): a few spare hits.
 _SPARE = 16
+# HNSW's ef when no nprobe is given: the real sets' recall was measured with it (docs/scale.md).
+HNSW_EF = 128
 
 
 class MilvusIndexService:
@@ -145,8 +147,9 @@ class MilvusIndexService:
     def search_params(self, limit: int, nprobe: int | None) -> dict[str, Any]:
         plan = self.store.plan
         if plan.index_type == "HNSW":
-            # Milvus refuses an ef below the topk asked for.
-            return {"ef": max(self.milvus.ef, limit)}
+            # As on Faiss, nprobe (per search, else INDEX_NPROBE) is HNSW's ef; Milvus refuses
+            # an ef below the topk asked for.
+            return {"ef": max(nprobe or self.settings.nprobe or HNSW_EF, limit)}
         chosen = nprobe or default_nprobe(plan, self.settings)
         return {"nprobe": max(1, min(int(chosen), plan.nlist or int(chosen)))}
 
@@ -246,8 +249,8 @@ class MilvusIndexService:
     def tune(self, target: float, sample: int, k: int = 10, apply: bool = True
              ) -> dict[str, Any]:
         raise NotTunable(
-            "The Milvus backend has no automatic tuning: set INDEX_NPROBE (IVF) or "
-            "INDEX_MILVUS_EF (HNSW), or pass nprobe per search."
+            "The Milvus backend has no automatic tuning: set INDEX_NPROBE (IVF lists, or "
+            "HNSW's ef), or pass nprobe per search."
         )
 
     # -- reporting -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
 from glimpse.contracts.errors import GlimpseError
+from glimpse.encoder import main as encoder_main
 from glimpse.encoder import service as service_module
 from glimpse.encoder.main import create_app
 from glimpse.encoder.model import load_encoder
@@ -124,8 +125,9 @@ async def test_repeated_texts_come_from_the_cache(app: Starlette) -> None:
     assert "glimpse_encoder_text_cache_hits_total 1.0" in after
 
 
-async def test_text_cache_is_bounded() -> None:
-    application = create_app(tiny_settings(text_cache_size=2, warmup=False))
+async def test_text_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoder_main, "WARMUP", False)
+    application = create_app(tiny_settings(text_cache_size=2))
     async with application.router.lifespan_context(application), _client(application) as c:
         r = await c.post("/v1/embed/text", json={"texts": ["a", "b", "c", "d"]})
         assert r.status_code == 200
