@@ -69,6 +69,13 @@ POLL_INTERVAL_S = 30.0
 # How often a process that does not sync a library checks whether its owner is gone, and the
 # owner checks for a scan asked of another process.
 OWNER_RETRY_S = 10.0
+# A file an upstream or disk fault kept from being indexed is tried again after this long.
+RETRY_S = 30.0
+# Refusals that are the file's own: recorded failed, not tried again until it changes.
+PERMANENT_ERRORS = frozenset(
+    {"validation_error", "invalid_image", "payload_too_large", "image_too_large",
+     "unsupported_media_type", "bad_request"}
+)
 # Files per ingest call: the gateway's per-request limit, and bytes read at once stay bounded.
 BATCH_FILES = 32
 BATCH_BYTES = 64 * 1024 * 1024
@@ -685,8 +692,14 @@ class Libraries:
             return
         for path in ready:
             del library.dirty[path]
-        plan = await anyio.to_thread.run_sync(library.plan, ready)
-        await self.apply(library, plan)
+        try:
+            plan = await anyio.to_thread.run_sync(library.plan, ready)
+            await self.apply(library, plan)
+        except Exception:
+            later = time.monotonic() + RETRY_S
+            for path in ready:  # not lost: looked at again once the fault may have passed
+                library.dirty.setdefault(path, later)
+            raise
 
     async def apply(self, library: Library, plan: ScanPlan) -> None:
         """Ingest the changed files, then forget the gone ones (in that order, so a file
@@ -747,6 +760,11 @@ class Libraries:
             for (read, _), answer in zip(uploads, answers, strict=True):
                 if answer["status"] in ("added", "exists"):
                     row = Row(read.size, read.mtime_ns, read.sha256, answer["id"], "indexed", None)
+                elif answer.get("error_type") not in PERMANENT_ERRORS:
+                    # An upstream or disk fault, not the file's: tried again later, unrecorded.
+                    library.dirty[read.relative] = time.monotonic() + RETRY_S
+                    read.data = b""
+                    continue
                 else:
                     row = Row(read.size, read.mtime_ns, read.sha256, None, "failed",
                               answer.get("error"))

@@ -333,3 +333,30 @@ async def test_an_emptied_folder_deletes_nothing(tmp_path: Path) -> None:
     old(root / "a.png", png(1))
     await libraries.scan(library)  # one file back: the other is gone for real
     assert library.error is None and len(state.index.deleted) == 1
+
+
+async def test_an_upstream_fault_is_retried_not_recorded(tmp_path: Path) -> None:
+    class Flaky(FakeUpstreams):
+        down = True
+
+        async def embed_images_wire(
+            self, files: list[tuple[str, bytes, str]]
+        ) -> tuple[list[str | None], list[dict[str, str] | None]]:
+            if self.down:
+                fault = {"error": "the encoder failed", "error_type": "upstream_error"}
+                return [None] * len(files), [fault] * len(files)
+            return await super().embed_images_wire(files)
+
+    up = Flaky()
+    state = gateway_state(tmp_path, up)
+    root = tmp_path / "lib"
+    old(root / "a.png", png(1))
+    libraries = make(state, lib=root)
+    library = libraries.libraries["lib"]
+    await libraries.scan(library)
+    assert library.status()["failed"] == 0 and library.state.get("a.png") is None
+    assert "a.png" in library.dirty
+    up.down = False
+    library.dirty["a.png"] = 0.0  # its retry time has come
+    await libraries.settle(library)
+    assert library.status()["indexed"] == 1
