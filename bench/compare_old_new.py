@@ -5,7 +5,7 @@ against raw Faiss, and the gateway's search overhead, for the code before the re
 (a worktree of 55ae10b: top-level packages, scripts/) and after it (a worktree of the new
 HEAD: glimpse/, bench/). Both run with this interpreter; each side gets ``PYTHONPATH`` set to
 its worktree and runs from it, so its services import its own code (checked and printed
-before every run, because the venv also has /work/main installed in editable mode).
+before the runs, because the venv also has /work/main installed in editable mode).
 
 Runs alternate old, new, old, new... so that load from other processes on a shared machine
 hits both sides alike. Every run is kept: one row per quantity and run goes to the CSV under
@@ -14,8 +14,11 @@ bench/results/ (the format in bench/results/README.md), and each run's own JSON 
     git worktree add /tmp/bench-old 55ae10b && git worktree add /tmp/bench-new HEAD
     python bench/compare_old_new.py encoder --pairs 4 -- --model glimpse-tiny
     python bench/compare_old_new.py search --pairs 4 -- --requests 200 --images 300
-    python bench/compare_old_new.py index --pairs 4 -- --base data/real/docstrings.npy \\
-        --queries data/real/docstrings_queries.npy --in-process-only
+    python bench/real_sets.py --sets docstrings --limit 8000 --queries 500
+    python bench/compare_old_new.py index --label docstrings-7500 --pairs 4 -- \\
+        --base data/real/docstrings.npy --queries data/real/docstrings_queries.npy \\
+        --raw on --in-process-only
+    python bench/compare_old_new.py summary       # every run, medians, new / old
 """
 
 from __future__ import annotations
@@ -170,13 +173,16 @@ def write_csv(logs: Path, out: Path) -> None:
         for m in metas:
             stamp = stamp_of(m["bench"], m["label"], m["pair"], m["side"])
             data = json.loads((logs / f"{stamp}.json").read_text())
+            command = m["command"]
+            if m["label"]:
+                command = command.replace(" -- ", f" --label {m['label']} -- ", 1)
             for what, value, unit in VALUES[m["bench"]](data):
                 if m["label"] and m["label"] not in what:
                     what = f"{m['label']}: {what}"
                 writer.writerow({
                     "date": m["date"], "commit": m["commit"], "machine": "dev-2core",
                     "what": what, "variant": f"{m['side']} ({m['commit']})",
-                    "value": f"{value:.4g}", "unit": unit, "command": m["command"],
+                    "value": f"{value:.4g}", "unit": unit, "command": command,
                     "note": f"{m['host']}; pair {m['pair']}; load {m['load']:.2f} at start; "
                             f"{m['wall']:.0f}s",
                 })
