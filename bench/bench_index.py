@@ -464,8 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Restart as a real process: load the snapshot, never train.
     results_http = {}
-    for label, env in (("gather off (default)", {"INDEX_GATHER_SEARCHES": "false"}),
-                       ("gather on", {"INDEX_GATHER_SEARCHES": "true"})):
+    for label, env in (("restart", {}),):
         proc, ready_s, _ = start_process(data_dir, dim, tmp / "index.log", **env)
         try:
             with httpx.Client(base_url=proc.url, timeout=60) as client:
@@ -544,7 +543,7 @@ def restart_only(args: argparse.Namespace) -> int:
     service.close()
     proc, _, rss_empty = start_process(tmp / "empty", args.dim, tmp / "empty.log")
     proc.stop()
-    runs = (("gather off (default)", {"INDEX_GATHER_SEARCHES": "false"}),
+    runs = (("restart", {}),
             ("low-memory (INDEX_VECTORS_IN_MEMORY=false)", {"INDEX_VECTORS_IN_MEMORY": "false"}),
             ("vectors file removed: read from SQLite as before", {}))
     for label, env in runs:

@@ -58,11 +58,6 @@ class Settings(BaseSettings):
         "setting: re-rank reads them from SQLite, the automatic factory uses half the PQ code "
         "bytes (PQ16 at 512-d), starts read the ids from the snapshot's vectors file.",
     )
-    gather_searches: bool | None = Field(
-        default=None,
-        description="Gather concurrent searches into one Faiss call on one thread; None = on "
-        "for cuda (one GPU owner thread anyway), off for cpu (measured slower, docs/index.md).",
-    )
     autotune: bool = Field(
         default=True,
         description="After each training, tune nprobe and re-rank depth on a held-out sample "

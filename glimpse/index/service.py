@@ -361,10 +361,9 @@ class IndexService:
 
     @property
     def gathering(self) -> bool:
-        gather = self.settings.gather_searches
-        if gather is None:
-            gather = self.settings.device == "cuda"
-        return self.gatherer is not None and gather
+        # Only on a GPU, whose calls go through one owner thread anyway; on a CPU one thread
+        # for every search was measured slower (docs/index.md).
+        return self.gatherer is not None and self.settings.device == "cuda"
 
     def _run(
         self, queries: np.ndarray, k: int, nprobe: int | None, exact: bool,

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from glimpse.index import api as index_api
+from glimpse.index.service import IndexService
 from tests.unit.index.helpers import as_stored, b64, clustered, items_body
 
 DIM = 32
@@ -232,13 +233,16 @@ def test_disk_full_answers_507_and_acknowledges_nothing(client: TestClient) -> N
 
 
 def test_searches_answer_the_same_with_gathering_off(
-    make_client: Callable[..., TestClient], tmp_path: Path
+    make_client: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     x = clustered(300, DIM)
     q = {"vectors": [b64(v) for v in clustered(5, DIM, seed=8)], "k": 7, "exclude_ids": [3]}
     answers = []
     for gather in (True, False):
-        client = make_client(gather_searches=gather, data_dir=tmp_path / str(gather))
+        # Gathering is for CUDA; here it is switched on for the CPU index by hand.
+        monkeypatch.setattr(IndexService, "gathering",
+                            property(lambda self, on=gather: self.gatherer is not None and on))
+        client = make_client(data_dir=tmp_path / str(gather))
         client.post("/v1/items", json=items_body(x))
         answers.append(client.post("/v1/search", json=q).json())
     assert answers[0] == answers[1] and len(answers[0]["results"][0]) == 7
