@@ -131,9 +131,8 @@ def ends_with_eoi(data: ImageBytes) -> bool:
 
 
 def plain_jpeg(data: ImageBytes, limits: ImageLimits) -> JpegHeader | None:
-    """The header of a JPEG the device decoder can take as is, read without Pillow (a few
-    µs); None when it is not one or the quick reader is not sure (gpu_decodable_jpeg
-    then asks Pillow)."""
+    """The header of a JPEG the device decoder can take as is, read without Pillow; None when
+    it is not one or the quick reader is not sure (gpu_decodable_jpeg then asks Pillow)."""
     header = scan_plain_jpeg(data)
     ratio = limits.max_aspect_ratio
     if (

@@ -2,9 +2,9 @@
 
 When the GPU decodes, the host's only per-image work is to look at the header: is this a plain
 upright baseline JPEG nvJPEG can take, and how large is it. Pillow's ``Image.open`` answers
-that at ~100 µs of CPU per camera JPEG (it builds an image object and parses every
-quantisation table into Python lists), which alone would cap one process near 10,000
-images/s. This walks the marker segments up to the start of the scan in a few µs.
+that too, but builds an image object and parses every quantisation table into Python lists,
+which alone would cap one process's images/s on a GPU (bench/bench_host.py). This walks the
+marker segments up to the start of the scan.
 
 It answers only for what it fully understands and leaves the rest to Pillow: ``None`` means
 "ask Pillow" (which also names the error of a bad file), never "refuse".

@@ -53,9 +53,7 @@ _QUARTER_TURNS = frozenset((5, 6, 7, 8))
 
 
 class GpuJpeg(NamedTuple):
-    """An image payload left as JPEG bytes for the device decoder (see gpu_decode.py). (A
-    named tuple: made once per file on the event loop; 0.50 µs against a frozen
-    dataclass's 0.64 µs, measured here.)"""
+    """An image payload left as JPEG bytes for the device decoder (see gpu_decode.py)."""
 
     data: ImageBytes
 
@@ -374,9 +372,9 @@ class EncoderRuntime:
         orientation turns it), None for a file that could not be read.
 
         The event loop's share is one job per request. When the device decodes, the loop reads
-        each JPEG's header itself (jpeg_header.py: a few µs, less than handing the file to a
-        thread) and queues the plain ones as runs of up to max_batch files; the model thread
-        answers each run at once. Other files go to the decode pool in at most
+        each JPEG's header itself (jpeg_header.py: cheaper than handing the file to a thread,
+        bench/bench_host.py) and queues the plain ones as runs of up to max_batch files; the
+        model thread answers each run at once. Other files go to the decode pool in at most
         ``decode_workers`` chunks. (Per file, an executor call, a task, a future and two
         thread-safe wake-ups cost more than everything else the service did per image,
         measured with an instant stand-in for the device: docs/encoder.md.)

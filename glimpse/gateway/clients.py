@@ -417,7 +417,7 @@ def checked_wire_vectors(values: Sequence[Any], dim: int) -> list[VectorLike | N
     :func:`decode_vectors` makes (``dim`` values each, all finite).
 
     Ingest passes the encoder's vectors on to the index as they came: decoding each to an
-    array and encoding it again cost ~40 us of the event loop's CPU per image. The base64
+    array and encoding it again cost event-loop CPU per image (bench/bench_ingest.py). The base64
     form (what the gateway asks for) is checked for the whole batch at once; anything else,
     or anything that fails, goes through decode_vectors, which names the problem.
     """

@@ -3,10 +3,10 @@
 
 The pixel count is checked from the header before any decoding, so a decompression bomb costs
 a header read; unlike the encoder, no aspect ratio is refused here (a thumbnail is sized by its
-long side). Ingest reads headers only (:func:`inspect_image`, ~40 us for a 640x480 JPEG):
-the encoder decodes every image anyway and rejects what it cannot read, and a thumbnail
-(decode + WebP, ~4.4 ms) is made when it is first asked for (glimpse/gateway/thumbnails.py). Every
-function here blocks on CPU; callers run it in a worker thread.
+long side). Ingest reads headers only (:func:`inspect_image`): the encoder decodes every image
+anyway and rejects what it cannot read, and a thumbnail (a decode and a WebP encode, the
+costliest step of an image's ingest in bench/bench_ingest.py) is made when it is first asked
+for (thumbnails.py). Every function here blocks on CPU; callers run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ _XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 def _jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) of a plainly made JPEG, or None for anything else.
 
-    Pillow's JPEG header parser costs ~40 us of CPU per photo (a 640x480 camera-like JPEG
-    here), holding the GIL; this walk of the segments costs ~9 us. It answers only where
+    Pillow's JPEG header parser holds the GIL several times as long as this walk of the
+    segments (bench/bench_ingest.py). It answers only where
     Pillow would open the file without complaint and read the same size and orientation:
     segments back to back up to the first scan, one frame header of 8-bit samples and at
     least one pixel, DQT tables whole, and none of the APP segments that Pillow parses

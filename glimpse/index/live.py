@@ -65,8 +65,8 @@ class LiveIndex:
         self.ivf = faiss.try_extract_index_ivf(self.index)
 
     # kind, hnsw, exact and nlist are read on every search and never change for one Faiss
-    # index, but each asks SWIG (downcasts, attribute reads): ~25 µs of a 0.1 ms search when
-    # recomputed per call, so each is worked out once.
+    # index, but each asks SWIG (downcasts, attribute reads), a visible part of a one-query
+    # search when recomputed per call (bench/bench_index.py), so each is worked out once.
     @functools.cached_property
     def hnsw(self) -> bool:
         """A graph (no lists): its ``nprobe`` is HNSW's efSearch."""

@@ -31,8 +31,8 @@ def auto_pq(dim: int, n: int, dims_per_byte: int = 16) -> tuple[int, int]:
 
 
 # From this many lists on, the coarse quantizer is an HNSW graph over the centroids instead of
-# a flat scan of all of them: at 4096 lists × 512-d the flat scan alone took 389 µs of a
-# one-query search, HNSW32 (efSearch 32) 61 µs with 0.998 of the same 8 lists (docs/index.md).
+# a flat scan of all of them: at 4096 lists the flat scan alone was most of a one-query search,
+# and HNSW32 found nearly all of the same lists in a sixth of its time (bench/bench_index.py).
 HNSW_QUANTIZER_MIN_NLIST = 1024
 
 

@@ -129,8 +129,7 @@ class SearchMixin:
         :meth:`remove`, under the write lock this search's read lock excludes (HNSW cannot, a
         GPU copy does not, and a training candidate is behind on deletes: those go through
         ``_approximate`` and get the mask). Faiss's ``search_c`` is called with the result
-        arrays made here, as its Python wrapper would, less its checks. Together ~10 µs less
-        of a ~0.1 ms search."""
+        arrays made here, as its Python wrapper would, less its checks (bench/bench_index.py)."""
         kk = min(k, live.ntotal)
         n = len(queries)
         if kk == 0:
@@ -202,8 +201,8 @@ class SearchMixin:
 
     def widen(self, half: np.ndarray) -> np.ndarray:
         """float16 vectors (any leading shape) as float32, decoded by Faiss's fp16 scalar
-        quantizer: bit-identical to numpy's astype, 2.5 times as fast (86 against 215 µs for
-        a 240 × 512 re-rank), and without the GIL."""
+        quantizer: bit-identical to numpy's astype, faster for a re-rank's rows
+        (bench/bench_index.py), and without the GIL."""
         rows = np.ascontiguousarray(half, dtype=np.float16).reshape(-1, self.dim)
         out = np.empty(rows.shape, dtype=_F32)
         self._fp16.sa_decode(rows.view(np.uint8), out)
