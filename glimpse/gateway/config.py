@@ -36,14 +36,6 @@ class Settings(BaseSettings):
     media_dir: Path = Field(
         Path("data/media"), description="Where originals and thumbnails are stored."
     )
-    store_originals: bool = Field(
-        True, description="Keep a content-addressed copy of each original (false: thumbnails only)."
-    )
-    library_dir: Path | None = Field(
-        None,
-        description="Read-only root of the ingested folders; originals are served from it when "
-        "they are not stored (relative paths resolve strictly inside it).",
-    )
     libraries: str | None = Field(
         None,
         description="Photo folders indexed in place and kept in sync: name=/path, "
@@ -100,18 +92,14 @@ class Settings(BaseSettings):
         parse_libraries(value)  # a bad entry fails at start, naming itself
         return value
 
-    @field_validator("api_key", "library_dir", "libraries", mode="before")
+    @field_validator("api_key", "libraries", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `GATEWAY_API_KEY=` in a compose file means "no key", not "the empty key".
         return None if value == "" else value
 
     @model_validator(mode="after")
-    def _library_needed(self) -> Settings:
-        if not self.store_originals and self.library_dir is None:
-            raise ValueError(
-                "GATEWAY_STORE_ORIGINALS=false needs GATEWAY_LIBRARY_DIR to serve originals from"
-            )
+    def _key_long_enough(self) -> Settings:
         if self.api_key is not None and len(self.api_key) < 8:
             raise ValueError("GATEWAY_API_KEY must be at least 8 characters long")
         return self

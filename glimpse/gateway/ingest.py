@@ -15,8 +15,7 @@ its id) to its index add. Deletes and thumbnail makers take the same locks. So:
 The gateway reads each image's header only (its size, type and pixel count); the encoder
 decodes it and refuses what it cannot read. Thumbnails are made when first asked for
 (thumbnails.py), from the stored original: one costs ten times the rest of an image's ingest
-(bench/bench_ingest.py). Without stored originals (GATEWAY_STORE_ORIGINALS=false) the thumbnail
-is the one copy the gateway keeps, so it is made here, at ingest.
+(bench/bench_ingest.py).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from typing import Any
 import anyio
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
-from glimpse.gateway.images import ImageInfo, inspect_image, make_thumbnail, sniff_content_type
+from glimpse.gateway.images import ImageInfo, inspect_image, sniff_content_type
 from glimpse.gateway.media import safe_relative_path
 from glimpse.gateway.state import GatewayState
 from glimpse.web.forms import FormPart
@@ -53,7 +52,6 @@ class Part:
     error_type: str | None = None
     info: ImageInfo | None = None  # from the header; None when the header is not an image's
     problem: GlimpseError | None = None  # why the header is refused, when it is
-    thumbnail: bytes | None = None  # made at ingest only without stored originals
     created: bool = False  # its first copy was made by this request (media.put_many)
     duplicates: list[Part] = field(default_factory=list)
 
@@ -113,30 +111,17 @@ def _check_all(parts: list[Part], max_pixels: int) -> None:
             part.problem = exc
 
 
-def _make_thumbnail(state: GatewayState, part: Part) -> None:
-    settings = state.settings
-    try:
-        part.thumbnail = make_thumbnail(
-            part.data,
-            max_pixels=state.encoder.limits.max_pixels,
-            thumbnail_size=settings.thumbnail_size,
-            thumbnail_type=THUMBNAIL_TYPE,
-        )
-    except GlimpseError as exc:
-        part.reject(exc)
-
-
 # Every browser shows WebP, at smaller files than JPEG of the same look.
 THUMBNAIL_TYPE = "image/webp"
 
 
 def _store_media(state: GatewayState, parts: list[Part]) -> None:
-    """Write the parts' originals and thumbnails (when made), durably; a part whose write fails
-    is rejected. Parts left unrejected are durable on return."""
+    """Write the parts' originals, durably; a part whose write fails is rejected. Parts left
+    unrejected are durable on return."""
     items = []
     for part in parts:
         assert part.sha256 is not None
-        items.append((part.sha256, part.data, THUMBNAIL_TYPE, part.thumbnail))
+        items.append((part.sha256, part.data))
     errors, created = state.media.put_many(items)
     for part, error, made in zip(parts, errors, created, strict=True):
         if error is not None:
@@ -155,10 +140,6 @@ def _storage_error(exc: OSError) -> GlimpseError:
         ErrorType.internal_error,
         f"The file could not be written to the media store ({exc.strerror or exc}).",
     )
-
-
-async def _thumbnail_in_thread(state: GatewayState, part: Part) -> None:
-    await anyio.to_thread.run_sync(_make_thumbnail, state, part, limiter=state.decode_limiter)
 
 
 async def ingest_files(
@@ -216,8 +197,6 @@ def _keep_uploaded_copies(state: GatewayState, parts: Iterable[Part]) -> None:
     """Store the originals of uploaded parts answered "exists" that have none: a library
     indexed them in place (library.py), and the upload must outlive the library file."""
     media = state.media
-    if not media.store_originals:
-        return
     missing = [
         p for p in parts
         if p.status == "exists" and p.sha256 and not media.original_path(p.sha256).exists()
@@ -231,14 +210,7 @@ def _keep_uploaded_copies(state: GatewayState, parts: Iterable[Part]) -> None:
 
 
 async def _store(state: GatewayState, parts: list[Part]) -> None:
-    """Store ``parts`` (rejecting those whose write fails), off the event loop; without stored
-    originals, thumbnail them first (rejecting those that do not decode)."""
-    if not state.media.store_originals:
-        # Pillow decodes, resizes and encodes in C with the GIL released: one thread per
-        # image, up to decode_workers at once across requests.
-        async with anyio.create_task_group() as tg:
-            for part in parts:
-                tg.start_soon(_thumbnail_in_thread, state, part)
+    """Store ``parts`` (rejecting those whose write fails), off the event loop."""
     valid = [p for p in parts if p.status is None]
     if valid:
         # Disk writes and fsyncs block.

@@ -788,7 +788,7 @@ class Libraries:
 
     def _held_elsewhere(self, sha256: str) -> bool:
         media = self.gateway.media
-        if media.store_originals and media.original_path(sha256).is_file():
+        if media.original_path(sha256).is_file():
             return True  # uploaded as well
         return any(lib.state.paths_of(sha256) for lib in self.libraries.values())
 

@@ -133,12 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        media = MediaStore(
-            settings.media_dir,
-            store_originals=settings.store_originals,
-            library_dir=settings.library_dir,
-            fsync=settings.fsync,
-        )
+        media = MediaStore(settings.media_dir, fsync=settings.fsync)
         media.setup()
         # One replica set per upstream (replicas.py); max_connections is per replica.
         def replicas(name: str, urls: str, read_timeout: float) -> ReplicaSet:

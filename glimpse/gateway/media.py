@@ -4,7 +4,6 @@ Layout under ``media_dir``::
 
     originals/<sha256>                  originals, as they came (older versions: ab/cd/<sha256>)
     thumbnails/ab/cd/<sha256>.<ext>     longest side <= thumbnail_size, WebP or JPEG
-    checked/ab/cd/<sha256>              library mode: the library file last found to hash to it
     keys.lock                           the per-key locks (:class:`KeyLocks`)
     packs/<yyyy-mm>/<random>.pack       originals written by older versions (read only)
 
@@ -18,9 +17,8 @@ gateways sharing the volume need no coordination to write; what needs a lock (an
 delete of the same bytes) takes :class:`KeyLocks`, which holds across processes.
 docs/ingest.md has the argument.
 
-Files are found by sha256 only; the one place a client-given path is resolved is
-:meth:`MediaStore.library_path`, strictly inside the library, and a library file is served only
-once it hashed to the item's key (:meth:`MediaStore.library_original`).
+Files are found by sha256 only; a library file (library.py) is served only once it hashed to
+the item's key.
 
 All methods of :class:`MediaStore` block (disk I/O); callers run them in a worker thread.
 """
@@ -32,7 +30,6 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
-import json
 import os
 import re
 import struct
@@ -267,13 +264,9 @@ class MediaStore:
         self,
         root: Path,
         *,
-        store_originals: bool = True,
-        library_dir: Path | None = None,
         fsync: bool = True,
     ) -> None:
         self.root = root
-        self.store_originals = store_originals
-        self.library_dir = library_dir.resolve() if library_dir is not None else None
         self.fsync = fsync
         self.locks = KeyLocks(root / "keys.lock")
         # GATEWAY_LIBRARIES' files by (sha256, shown path), checked (library.Libraries.original).
@@ -307,103 +300,36 @@ class MediaStore:
         ext = THUMBNAIL_EXT[content_type]
         return self.root / "thumbnails" / self._shard(sha256) / f"{sha256}.{ext}"
 
-    def _checked_path(self, sha256: str) -> Path:
-        return self.root / "checked" / self._shard(sha256) / sha256
-
     # Writes ------------------------------------------------------------------------------
 
     def put_thumbnail(self, sha256: str, content_type: str, data: bytes) -> None:
         write_atomic(self.thumbnail_path(sha256, content_type), data, fsync=self.fsync)
 
     def put_many(
-        self, items: Sequence[tuple[str, bytes, str, bytes | None]]
+        self, items: Sequence[tuple[str, bytes]]
     ) -> tuple[list[OSError | None], list[bool]]:
-        """Store (sha256, original, thumbnail type, thumbnail or None) of many images at once:
-        the original (when originals are stored) and the thumbnail (when given) each in its
-        own file, made durable together (:func:`write_atomic_many`).
+        """Store the originals of many images, (sha256, bytes) each, in their own files made
+        durable together (:func:`write_atomic_many`).
 
-        One error (or None) per item, and whether this call made the item's first copy (its
-        original, or without stored originals its thumbnail): a copy that was already there
-        is left as it is, since an item, or an add that did not answer, may name it. When it
-        returns, every item without an error is durable.
+        One error (or None) per item, and whether this call made the original: one that was
+        already there is left as it is, since an item, or an add that did not answer, may name
+        it. When it returns, every item without an error is durable.
         """
-        errors: list[OSError | None] = [None] * len(items)
-        created = [False] * len(items)
-        files: list[tuple[Path, bytes]] = []
-        owner: list[int] = []
-        for n, (sha256, original, thumbnail_type, thumbnail) in enumerate(items):
-            if self.store_originals:
-                first = self.original_path(sha256)
-                files.append((first, original))
-                owner.append(n)
-            else:
-                first = self.thumbnail_path(sha256, thumbnail_type)
-            created[n] = not first.exists()
-            if thumbnail is not None:
-                files.append((self.thumbnail_path(sha256, thumbnail_type), thumbnail))
-                owner.append(n)
-        for n, error in zip(owner, write_atomic_many(files, fsync=self.fsync), strict=True):
-            errors[n] = errors[n] or error
+        paths = [self.original_path(sha256) for sha256, _ in items]
+        created = [not path.exists() for path in paths]
+        files = [(path, data) for path, (_, data) in zip(paths, items, strict=True)]
+        errors = write_atomic_many(files, fsync=self.fsync)
         return errors, [made and error is None for made, error in zip(created, errors,
                                                                        strict=True)]
 
     def remove(self, sha256: str) -> None:
-        """Forget every file of ``sha256``: its original, thumbnails and library check."""
+        """Forget every file of ``sha256``: its original and thumbnails."""
         paths = [self.original_path(sha256), self._older_original_path(sha256)]
-        paths.append(self._checked_path(sha256))
         paths += [self.thumbnail_path(sha256, ct) for ct in THUMBNAIL_EXT]
         for path in paths:
             path.unlink(missing_ok=True)
 
     # Reads -------------------------------------------------------------------------------
-
-    def library_path(self, relative: str) -> Path | None:
-        """The file at ``relative`` inside the library, or None if it is not strictly inside.
-
-        Symlinks are resolved before the check, so a link that points outside is refused.
-        """
-        if self.library_dir is None:
-            return None
-        clean = safe_relative_path(relative)
-        if clean is None:
-            return None
-        try:
-            resolved = (self.library_dir / clean).resolve(strict=True)
-        except (OSError, RuntimeError):
-            return None
-        if not resolved.is_relative_to(self.library_dir) or not resolved.is_file():
-            return None
-        return resolved
-
-    def library_original(self, sha256: str, relative: str) -> Path | None:
-        """The library file at ``relative`` if its bytes are ``sha256``'s, else None.
-
-        An upload names its own path, which may be any library file's: serving that file on
-        the name alone would hand out bytes nobody uploaded. So the file is hashed, and what
-        was found kept in ``checked/`` (its path, size, mtime and inode); a later read re-hashes
-        only when one of those differs.
-        """
-        path = self.library_path(relative)
-        if path is None:
-            return None
-        checked = self._checked_path(sha256)
-        try:
-            with open(path, "rb") as fh:
-                info = os.fstat(fh.fileno())
-                seen = [str(path), info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev]
-                with contextlib.suppress(OSError, ValueError):
-                    if json.loads(checked.read_bytes()) == seen:
-                        return path
-                hasher = hashlib.sha256()
-                while chunk := fh.read(1 << 20):
-                    hasher.update(chunk)
-        except OSError:
-            return None
-        if hasher.hexdigest() != sha256:
-            return None
-        with contextlib.suppress(OSError):  # a cache: without it the next read hashes again
-            write_atomic(checked, json.dumps(seen).encode(), fsync=False)
-        return path
 
     def find_original(
         self, sha256: str, relative: str, original: Any = None
@@ -411,19 +337,16 @@ class MediaStore:
         """The original of an item: its file (where this version, or one before packs, kept
         it), else the bytes an older version packed (``original``: the item's pack location),
         else the library file when its bytes are the item's."""
-        if self.store_originals:
-            for path in (self.original_path(sha256), self._older_original_path(sha256)):
-                if path.is_file():
-                    return path
-            if original is not None:
-                data = _read_packed(self.root / "packs", sha256, original)
-                if data is not None:
-                    return data
+        for path in (self.original_path(sha256), self._older_original_path(sha256)):
+            if path.is_file():
+                return path
+        if original is not None:
+            data = _read_packed(self.root / "packs", sha256, original)
+            if data is not None:
+                return data
         if self.library_lookup is not None:
-            found = self.library_lookup(sha256, relative)
-            if found is not None:
-                return found
-        return self.library_original(sha256, relative)
+            return self.library_lookup(sha256, relative)
+        return None
 
     def find_thumbnail(self, sha256: str, content_type: str) -> Path | None:
         path = self.thumbnail_path(sha256, content_type)

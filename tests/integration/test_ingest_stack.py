@@ -276,9 +276,11 @@ def test_thumbnails_are_made_on_first_view_for_every_format(stack: Stack) -> Non
 def test_an_upload_named_like_a_library_file_never_serves_that_file(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """Issue 25 F7: in library mode an upload named like an existing library file (notes.txt)
-    was served with that file's real bytes. A library file is served only when it hashes to
-    the item's key; the upload's own thumbnail, made from the uploaded bytes, is still served."""
+    """Issue 25 F7: an upload named like an existing library file (lib/notes.txt) was served
+    with that file's real bytes. With GATEWAY_LIBRARIES an upload keeps its own copy, and a
+    library file is served only when its bytes are the item's."""
+    import os
+
     from fastapi.testclient import TestClient
 
     from glimpse.gateway.config import Settings
@@ -289,19 +291,27 @@ def test_an_upload_named_like_a_library_file_never_serves_that_file(
     private = b"the contents of a private file, never uploaded\n"
     (library / "notes.txt").write_bytes(private)
     (library / "mine.jpg").write_bytes(image_bytes(901))
+    for name in ("notes.txt", "mine.jpg"):  # settled: not a file still being written
+        os.utime(library / name, (time.time() - 60, time.time() - 60))
+    media = tmp_path / "media"
     settings = Settings(encoder_url=stack.encoder.url, index_url=stack.index.url,
-                        media_dir=tmp_path / "media", store_originals=False, library_dir=library)
+                        media_dir=media, libraries=f"lib={library}", library_watch="off")
     with TestClient(create_app(settings)) as gateway:
-        files = [("files", ("notes.txt", image_bytes(900), "image/jpeg")),
-                 ("files", ("mine.jpg", image_bytes(901), "image/jpeg"))]
+        deadline = time.monotonic() + 60
+        while (lib := gateway.get("/admin/libraries").json()["libraries"][0])["indexed"] != 1 \
+                or lib["pending"]:
+            assert time.monotonic() < deadline, lib
+            time.sleep(0.1)
+        files = [("files", ("lib/notes.txt", image_bytes(900), "image/jpeg")),
+                 ("files", ("lib/mine.jpg", image_bytes(902), "image/jpeg"))]
         items = gateway.post("/ingest", files=files).json()["items"]
         assert [i["status"] for i in items] == ["added", "added"], items
-        leak = gateway.get(f"/images/{items[0]['id']}")
-        assert leak.status_code == 404 and private not in leak.content
-        assert leak.json()["error_type"] == "not_found"
-        assert gateway.get(f"/images/{items[0]['id']}/thumbnail").status_code == 200
-        # The library file whose bytes are the upload's is served.
-        assert gateway.get(f"/images/{items[1]['id']}").content == image_bytes(901)
-        # A library file changed since: refused, until its bytes are the item's again.
-        (library / "mine.jpg").write_bytes(private)
-        assert gateway.get(f"/images/{items[1]['id']}").status_code == 404
+        for item, sent in zip(items, (900, 902), strict=True):
+            served = gateway.get(f"/images/{item['id']}")
+            assert served.status_code == 200 and served.content == image_bytes(sent)
+        # Its stored copy lost, an upload is not served at all: never the library file.
+        for item in items:
+            (media / "originals" / item["sha256"]).unlink()
+            leak = gateway.get(f"/images/{item['id']}")
+            assert leak.status_code == 404 and leak.json()["error_type"] == "not_found"
+            assert private not in leak.content and image_bytes(901) not in leak.content

@@ -2,16 +2,19 @@
 
 Attacks: '../' and its encoded forms, absolute paths, backslashes, NUL, symlinks out of the
 library; on the web page's static files, on the image routes, on ingest file names, and on
-the library mode (GATEWAY_STORE_ORIGINALS=false), which is the one place a stored path is
-resolved on disk. Figure: every answer is 404 or 422 (or a protocol-level 400), and not one
-byte of a secret file appears in any answer.
+a library (GATEWAY_LIBRARIES), which is the one place a path is resolved on disk. Figure:
+every answer is 404 or 422 (or a protocol-level 400), and not one byte of a secret file
+appears in any answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
+import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,19 +156,21 @@ def test_ingest_refuses_unsafe_file_names(writer: httpx.Client, stack: Any,
 @pytest.fixture
 def library_gateway(stack: Any, tmp_path: Path, secret: tuple[Path, bytes]
                     ) -> Iterator[tuple[ServiceProcess, Path]]:
-    """A gateway that serves originals from a library folder (nothing copied), beside the
-    shared encoder and index: the one mode where a stored path is resolved on disk."""
+    """A gateway indexing a library folder in place (nothing copied), beside the shared
+    encoder and index: the one place a path is resolved on disk."""
     library = tmp_path / "library"
     (library / "sub").mkdir(parents=True)
     (library / "inside.png").write_bytes(png_bytes(gradient((30, 20), seed=301)))
+    settled = time.time() - 60  # not a file still being written
+    os.utime(library / "inside.png", (settled, settled))
     (library / "sub" / "link.png").symlink_to(secret[0])
     (library / "dirlink").symlink_to(secret[0].parent, target_is_directory=True)
     proc = ServiceProcess("glimpse.gateway.main", {
         "GATEWAY_ENCODER_URL": stack.encoder.url,
         "GATEWAY_INDEX_URL": stack.index.url,
         "GATEWAY_MEDIA_DIR": str(tmp_path / "media"),
-        "GATEWAY_STORE_ORIGINALS": "false",
-        "GATEWAY_LIBRARY_DIR": str(library),
+        "GATEWAY_LIBRARIES": f"lib={library}",
+        "GATEWAY_LIBRARY_WATCH": "off",
         "GATEWAY_API_KEY": API_KEY,
         "GATEWAY_FSYNC": "false",
     }, tmp_path / "library-gateway.log")
@@ -182,22 +187,21 @@ def test_library_mode_serves_nothing_outside_the_library(
     secret_path, token = secret
     auth = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=gateway.url, headers=auth, timeout=30) as gw:
-        inside = gw.post("/ingest", files=[("files", (
-            "inside.png", (library / "inside.png").read_bytes(), "image/png"))])
-        item = inside.json()["items"][0]
-        assert item["status"] in ("added", "exists"), item
-        served = gw.get(f"/images/{item['id']}")
+        # The scan takes inside.png only: the symlink and the symlinked folder lead outside.
+        deadline = time.monotonic() + 60
+        while (lib := gw.get("/admin/libraries").json()["libraries"][0])["indexed"] != 1 \
+                or lib["pending"]:
+            assert time.monotonic() < deadline, lib
+            time.sleep(0.1)
+        found = gw.post("/search/text", json={"query": "a photo", "k": 1000}).json()["results"]
+        taken = {hit["path"]: hit["id"] for hit in found if hit["path"].startswith("lib/")}
+        assert list(taken) == ["lib/inside.png"], taken
+        served = gw.get(f"/images/{taken['lib/inside.png']}")
         assert served.status_code == 200 and served.content == (library / "inside.png").read_bytes()
-
-        # The secret's bytes ingested under names that resolve outside the library: a
-        # symlink, a symlinked folder. The ingest may accept the bytes, never serve the file.
+        secret_key = hashlib.sha256(secret_path.read_bytes()).hexdigest()
+        asked = gw.post("/ingest/check", json={"sha256": [secret_key]}).json()
+        assert asked["missing"] == [secret_key]  # the secret was never indexed
         attempts = {}
-        for name in ("sub/link.png", "dirlink/secret.png"):
-            r = gw.post("/ingest", files=[("files", (name, secret_path.read_bytes(),
-                                                     "image/png"))])
-            got = r.json()["items"][0]
-            if got.get("id") is not None:
-                attempts[name] = gw.get(f"/images/{got['id']}")
         # Rows written straight into the index with hostile paths (an index is internal, but
         # its paths must still never reach the disk unchecked).
         rng = np.random.default_rng(15)

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 import glimpse.gateway.media as media_module
-from glimpse.gateway.images import make_thumbnail
 from glimpse.gateway.ingest import Part, _check_all, _store_media, ingest_files
 from glimpse.gateway.media import MediaStore
 
@@ -112,7 +111,7 @@ async def test_a_failed_encoder_call_leaves_no_copy_it_made(tmp_path: Path) -> N
     store = MediaStore(tmp_path)
     there, fresh = png(1), png(2)
     # Bytes already stored (an earlier add that did not answer may name them) stay.
-    store.put_many([(sha(there), there, "image/webp", None)])
+    store.put_many([(sha(there), there)])
     state = state_with(store, Upstreams(encoder_down=True))
     with pytest.raises(OSError, match="encoder"):
         await ingest_files(state, [upload("a.png", there), upload("b.png", fresh)])
@@ -161,19 +160,6 @@ def test_the_original_is_kept_and_no_thumbnail_is_made(tmp_path: Path) -> None:
     assert part.status is None and part.created
     assert store.original_path(sha(data)).read_bytes() == data
     assert store.find_thumbnail(sha(data), "image/webp") is None
-
-
-def test_a_thumbnail_made_at_ingest_is_kept_too(tmp_path: Path) -> None:
-    # Without stored originals the thumbnail is made at ingest: the one copy kept.
-    data = png()
-    store = MediaStore(tmp_path, store_originals=False, library_dir=tmp_path)
-    part = Part(path="a.png", data=data, sha256="cd" * 32)
-    part.thumbnail = make_thumbnail(data, max_pixels=10**6)
-    _store_media(state_with(store), [part])
-    assert part.status is None and part.created
-    assert not (tmp_path / "originals").exists()
-    thumbnail = store.find_thumbnail("cd" * 32, "image/webp")
-    assert thumbnail is not None and thumbnail.read_bytes() == part.thumbnail
 
 
 def test_check_all_hashes_and_reads_each_header() -> None:

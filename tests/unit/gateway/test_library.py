@@ -259,6 +259,31 @@ async def test_changed_file_is_not_served_for_the_old_key(tmp_path: Path) -> Non
     assert libraries.original(sha(png(1)), "lib/a.png") is not None
     (root / "a.png").write_bytes(png(2))
     assert libraries.original(sha(png(1)), "lib/a.png") is None
+    from glimpse.gateway.thumbnails import thumbnail_of
+
+    assert await thumbnail_of(state, sha(png(1)), "lib/a.png", "image/webp") is None
+    (root / "a.png").write_bytes(png(1))
+    assert isinstance(await thumbnail_of(state, sha(png(1)), "lib/a.png", "image/webp"), bytes)
+
+
+async def test_an_upload_named_like_a_library_file_never_serves_it(tmp_path: Path) -> None:
+    # Issue 25 F7: an upload names its own path, which may be any library file's.
+    from glimpse.gateway.ingest import ingest_files
+    from glimpse.web.forms import FormPart
+
+    state = gateway_state(tmp_path)
+    root = tmp_path / "lib"
+    private = old(root / "private.png", png(5))
+    libraries = make(state, lib=root)
+    await libraries.scan(libraries.libraries["lib"])
+    [answer] = await ingest_files(state, [FormPart("files", "lib/private.png", None, png(6))])
+    assert answer["status"] == "added"
+    media = state.media
+    assert media.find_original(sha(png(6)), "lib/private.png") == media.original_path(sha(png(6)))
+    media.remove(sha(png(6)))  # its stored copy lost: nothing is served, not the library file
+    assert media.find_original(sha(png(6)), "lib/private.png") is None
+    assert media.find_original(sha(png(6)), "private.png") is None
+    assert media.find_original(sha(png(5)), "lib/private.png") == private
 
 
 async def test_unreadable_library_reported_others_work(tmp_path: Path) -> None:

@@ -1,13 +1,12 @@
 """MediaStore: a durable file per original and thumbnail, named by sha256; originals packed by
-older versions still read; per-key locks that hold across processes; strict library path
-resolution, and a library file served only when it hashes to the item's key (issue 25, F7)."""
+older versions still read; per-key locks that hold across processes (library files are
+test_library's)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import hashlib
-import json
 import multiprocessing
 import os
 import struct
@@ -39,7 +38,7 @@ def test_each_original_is_a_file_named_by_its_sha256(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
     store.setup()
     datas = [b"first image", b"", b"third" * 1000]
-    errors, created = store.put_many([(sha(d), d, "image/webp", None) for d in datas])
+    errors, created = store.put_many([(sha(d), d) for d in datas])
     assert errors == [None] * 3 and created == [True] * 3
     for data in datas:
         digest = sha(data)
@@ -54,8 +53,8 @@ def test_the_same_bytes_again_are_left_as_they_are(tmp_path: Path) -> None:
     # A copy already there may be named by an item (or an add that did not answer): the
     # caller must not remove it on a failure of its own, so put_many says it did not make it.
     store = MediaStore(tmp_path)
-    assert store.put_many([(sha(b"x"), b"x", "image/webp", None)]) == ([None], [True])
-    errors, created = store.put_many([(sha(b"x"), b"x", "image/webp", None)] * 2)
+    assert store.put_many([(sha(b"x"), b"x")]) == ([None], [True])
+    errors, created = store.put_many([(sha(b"x"), b"x")] * 2)
     assert errors == [None, None] and created == [False, False]
     assert store.original_path(sha(b"x")).read_bytes() == b"x"
 
@@ -79,7 +78,7 @@ def test_files_are_synced_before_and_after_their_rename(
     monkeypatch.setattr(media_module, "_sync_file_system", sync)
     monkeypatch.setattr(media_module.os, "replace", replace)
     datas = (b"a", b"b", b"c")
-    store.put_many([(sha(d), d, "image/webp", None) for d in datas])
+    store.put_many([(sha(d), d) for d in datas])
     # One sync for the request's files, then their renames, then one sync for those.
     assert events == ["sync", *(f"rename {sha(d)[:4]}" for d in datas), "sync"]
     events.clear()
@@ -88,7 +87,7 @@ def test_files_are_synced_before_and_after_their_rename(
     assert events == ["sync", f"rename {digest[:4]}", "sync"]
     assert store.find_thumbnail(digest, "image/webp") is not None
     events.clear()
-    MediaStore(tmp_path, fsync=False).put_many([(sha(b"d"), b"d", "image/webp", None)])
+    MediaStore(tmp_path, fsync=False).put_many([(sha(b"d"), b"d")])
     assert events == [f"rename {sha(b'd')[:4]}"]
 
 
@@ -105,16 +104,17 @@ def test_a_failed_write_fails_its_original_and_keeps_nothing(
         monkeypatch.setattr(media_module.os, "write", fail)
     else:
         monkeypatch.setattr(media_module, "_sync_file_system", fail)
-    errors, created = store.put_many([(sha(d), d, "image/webp", None) for d in (b"x", b"y")])
+    errors, created = store.put_many([(sha(d), d) for d in (b"x", b"y")])
     assert all(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in errors)
     assert created == [False, False]
     assert files_under(tmp_path) == ["keys.lock"]  # made by setup
 
 
-def test_remove_forgets_every_file_of_a_key(tmp_path: Path, library: Path) -> None:
+def test_remove_forgets_every_file_of_a_key(tmp_path: Path) -> None:
     store = MediaStore(tmp_path / "media")
     digest = sha(b"y")
-    store.put_many([(digest, b"y", "image/webp", b"thumb")])
+    store.put_many([(digest, b"y")])
+    store.put_thumbnail(digest, "image/webp", b"thumb")
     store.put_thumbnail(digest, "image/jpeg", b"jpeg thumb")
     store.remove(digest)
     assert files_under(tmp_path / "media") == []
@@ -195,25 +195,6 @@ def test_write_atomic_many_writes_all_and_reports_each_failure(
     assert sorted(os.listdir(tmp_path / "a")) == ["1", "3"]  # no temporary files left
 
 
-def test_put_many_keeps_thumbnails_when_given(tmp_path: Path) -> None:
-    store = MediaStore(tmp_path)
-    items = [(sha(d), d, "image/webp", b"thumb " + d) for d in (b"x", b"y")]
-    items.append((sha(b"z"), b"z", "image/jpeg", None))
-    assert store.put_many(items) == ([None] * 3, [True] * 3)
-    for digest, data, thumb_type, thumb in items:
-        assert store.original_path(digest).read_bytes() == data
-        found = store.find_thumbnail(digest, thumb_type)
-        assert (found.read_bytes() if found else None) == thumb
-
-
-def test_without_stored_originals_the_thumbnail_is_the_first_copy(tmp_path: Path) -> None:
-    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=tmp_path)
-    assert store.put_many([(sha(b"q"), b"q", "image/webp", b"t")]) == ([None], [True])
-    assert store.put_many([(sha(b"q"), b"q", "image/webp", b"t")]) == ([None], [False])
-    assert not (tmp_path / "media" / "originals").exists()
-    assert store.find_thumbnail(sha(b"q"), "image/webp") is not None
-
-
 def test_not_a_digest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         MediaStore(tmp_path).original_path("../../etc/passwd")
@@ -221,9 +202,9 @@ def test_not_a_digest_is_refused(tmp_path: Path) -> None:
 
 def test_total_bytes_is_cached_until_invalidated(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
-    store.put_many([(sha(b"abc"), b"abc", "image/webp", None)])
+    store.put_many([(sha(b"abc"), b"abc")])
     assert store.total_bytes() == 3
-    store.put_many([(sha(b"defg"), b"defg", "image/webp", None)])
+    store.put_many([(sha(b"defg"), b"defg")])
     assert store.total_bytes() == 3
     store.invalidate_bytes()
     assert store.total_bytes() == 7
@@ -336,72 +317,3 @@ async def test_two_holders_in_one_process_take_turns(tmp_path: Path) -> None:
 )
 def test_safe_relative_path(name: str, clean: str | None) -> None:
     assert safe_relative_path(name) == clean
-
-
-@pytest.fixture
-def library(tmp_path: Path) -> Path:
-    lib = tmp_path / "library"
-    (lib / "trip").mkdir(parents=True)
-    (lib / "trip" / "a.jpg").write_bytes(b"inside")
-    (lib / "notes.txt").write_bytes(b"private notes")
-    (tmp_path / "secret.txt").write_bytes(b"outside")
-    (lib / "escape.jpg").symlink_to(tmp_path / "secret.txt")
-    (lib / "inner-link.jpg").symlink_to(lib / "trip" / "a.jpg")
-    (lib / "dirlink").symlink_to(tmp_path)
-    return lib
-
-
-def test_library_resolves_only_inside(library: Path, tmp_path: Path) -> None:
-    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
-    assert store.library_path("trip/a.jpg") == (library / "trip" / "a.jpg").resolve()
-    assert store.library_path("inner-link.jpg") == (library / "trip" / "a.jpg").resolve()
-    for bad in (
-        "../secret.txt",
-        "trip/../../secret.txt",
-        str(tmp_path / "secret.txt"),
-        "escape.jpg",
-        "dirlink/secret.txt",
-        "trip",
-        "missing.jpg",
-        "%2e%2e/secret.txt",
-    ):
-        assert store.library_path(bad) is None, bad
-
-
-def test_a_library_file_is_served_only_when_it_hashes_to_the_key(
-    library: Path, tmp_path: Path
-) -> None:
-    # F7: an upload named like a library file must not serve that file's bytes.
-    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
-    assert store.put_many([(sha(b"inside"), b"inside", "image/webp", None)]) == ([None], [True])
-    assert store.find_original(sha(b"inside"), "trip/a.jpg") == library / "trip" / "a.jpg"
-    assert store.find_original(sha(b"a small image"), "notes.txt") is None
-    assert store.find_original(sha(b"inside"), "notes.txt") is None
-    assert store.find_original(sha(b"private notes"), "trip/a.jpg") is None
-
-
-def test_a_library_check_is_kept_and_redone_when_the_file_changes(
-    library: Path, tmp_path: Path
-) -> None:
-    store = MediaStore(tmp_path / "media", store_originals=False, library_dir=library)
-    digest, path = sha(b"inside"), library / "trip" / "a.jpg"
-    assert store.library_original(digest, "trip/a.jpg") == path
-    checked = tmp_path / "media" / "checked" / digest[:2] / digest[2:4] / digest
-    info = path.stat()
-    assert json.loads(checked.read_bytes()) == [
-        str(path), info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev
-    ]
-    # Same size, new bytes, a new mtime: hashed again, and refused.
-    path.write_bytes(b"INSIDE")
-    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
-    assert store.library_original(digest, "trip/a.jpg") is None
-    # The bytes back: found again.
-    path.write_bytes(b"inside")
-    assert store.library_original(digest, "trip/a.jpg") == path
-    # While size, mtime and inode stay, the check is trusted without hashing.
-    checked.write_bytes(checked.read_bytes())
-    assert store.library_original(sha(b"other"), "trip/a.jpg") is None
-    other = tmp_path / "media" / "checked" / sha(b"other")[:2] / sha(b"other")[2:4]
-    other.mkdir(parents=True)
-    (other / sha(b"other")).write_bytes(checked.read_bytes())
-    assert store.library_original(sha(b"other"), "trip/a.jpg") == path
