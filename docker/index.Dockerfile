@@ -8,6 +8,7 @@ FROM scratch AS src
 COPY glimpse/__init__.py /app/glimpse/__init__.py
 COPY glimpse/contracts /app/glimpse/contracts
 COPY glimpse/index /app/glimpse/index
+COPY glimpse/web /app/glimpse/web
 
 FROM ${PYTHON_IMAGE} AS builder
 # The Faiss wheel: faiss-cpu (what the `index` extra names) or a GPU build such as faiss-gpu-cu12,
