@@ -169,7 +169,8 @@ def library_gateway(stack: Any, tmp_path: Path, secret: tuple[Path, bytes]
         "GATEWAY_ENCODER_URL": stack.encoder.url,
         "GATEWAY_INDEX_URL": stack.index.url,
         "GATEWAY_MEDIA_DIR": str(tmp_path / "media"),
-        "GATEWAY_LIBRARIES": f"lib={library}",
+        # A name of its own: the shared index holds other tests' "lib/" items.
+        "GATEWAY_LIBRARIES": f"traversal={library}",
         "GATEWAY_LIBRARY_WATCH": "off",
         "GATEWAY_API_KEY": API_KEY,
         "GATEWAY_FSYNC": "false",
@@ -194,9 +195,10 @@ def test_library_mode_serves_nothing_outside_the_library(
             assert time.monotonic() < deadline, lib
             time.sleep(0.1)
         found = gw.post("/search/text", json={"query": "a photo", "k": 1000}).json()["results"]
-        taken = {hit["path"]: hit["id"] for hit in found if hit["path"].startswith("lib/")}
-        assert list(taken) == ["lib/inside.png"], taken
-        served = gw.get(f"/images/{taken['lib/inside.png']}")
+        taken = {hit["path"]: hit["id"] for hit in found
+                 if hit["path"].startswith("traversal/")}
+        assert list(taken) == ["traversal/inside.png"], taken
+        served = gw.get(f"/images/{taken['traversal/inside.png']}")
         assert served.status_code == 200 and served.content == (library / "inside.png").read_bytes()
         secret_key = hashlib.sha256(secret_path.read_bytes()).hexdigest()
         asked = gw.post("/ingest/check", json={"sha256": [secret_key]}).json()
