@@ -355,4 +355,6 @@ def test_a_failed_decode_frees_its_pixels_while_its_error_is_kept(kind: str) -> 
             decode_image(data, ImageLimits(20_000_000, 60_000_000), 224)
         kept.append(caught.value)
     assert all(e.error_type == "invalid_image" for e in kept)
-    assert rss() - before < 64_000_000, f"{(rss() - before) / 1e6:.0f} MB kept by 6 errors"
+    # Kept pixels would be 6 x 64 MB; the allocator may hold on to one freed buffer (a CI run
+    # saw 64 MB), so the bound sits between the two.
+    assert rss() - before < 160_000_000, f"{(rss() - before) / 1e6:.0f} MB kept by 6 errors"
