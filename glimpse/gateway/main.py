@@ -24,12 +24,12 @@ from starlette.routing import BaseRoute, Match
 
 from glimpse.contracts.errors import GlimpseError, http_error_response, install_error_handlers
 from glimpse.contracts.observability import ServiceMetrics, install_metrics
-from glimpse.gateway.api import router
 from glimpse.gateway.clients import EncoderClient, IndexClient, build_replicas
 from glimpse.gateway.config import Settings
 from glimpse.gateway.library import Libraries
 from glimpse.gateway.media import MediaStore
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
+from glimpse.gateway.routes import router
 from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from glimpse.gateway.state import GatewayState, LruCache, get_state, require_read, require_write
 from glimpse.imaging import DEFAULT_LIMITS, ImageLimits

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 import anyio
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from glimpse.gateway.clients import EncoderClient, IndexClient
 from glimpse.gateway.config import Settings
@@ -101,3 +101,6 @@ async def require_read(request: Request, state: State) -> None:
 
 WriteAccess = Depends(require_write)
 ReadAccess = Depends(require_read)
+
+# An image's id in a route's path.
+ImageId = Annotated[int, Path(ge=0, le=2**62, description="The image's id.")]

@@ -1,0 +1,11 @@
+"""The gateway's public routes, a module per concern."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from glimpse.gateway.routes import admin, images, ingest, ops, search
+
+router = APIRouter()
+for _concern in (search, ingest, images, admin, ops):
+    router.include_router(_concern.router)

@@ -1,0 +1,214 @@
+"""The search routes: by text, by image, by weighted terms, and more like a stored image."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import ConfigDict
+
+from glimpse.contracts.bodies import (
+    form_body_openapi,
+    json_body_openapi,
+    json_response,
+    parse_fields,
+    parse_json_body,
+)
+from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
+from glimpse.contracts.gateway import (
+    MAX_K,
+    RELEVANCE_DOC,
+    CompositeSearchRequest,
+    ImageSearchForm,
+    Relevance,
+    SearchResponse,
+    TextSearchRequest,
+)
+from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
+from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State
+from glimpse.web.forms import parse_form
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+async def _run_search(
+    state: GatewayState,
+    started: float,
+    vector_ms: float,
+    vector: Any,
+    k: int,
+    offset: int,
+    relevance: str,
+    exclude_ids: list[int] | None = None,
+) -> Response:
+    t = time.perf_counter()
+    # More candidates than the page: the relevance cutoff reads the query's background off them.
+    asked = candidates_for(k, offset)
+    hits = await state.index.search(vector, asked, exclude_ids=exclude_ids or ())
+    search_ms = _ms(t)
+    body = search_answer(
+        hits,
+        asked=asked,
+        relevance=relevance,
+        k=k,
+        offset=offset,
+        encode_ms=vector_ms,
+        search_ms=search_ms,
+        total_ms=_ms(started),
+        model=await _model_name(state),
+    )
+    # Already the SearchResponse shape; skipping re-validation keeps the gateway's overhead low.
+    return json_response(body)
+
+
+async def _model_name(state: GatewayState) -> str:
+    if state.encoder.model is None:
+        try:
+            await state.encoder.info()
+        except GlimpseError:
+            return "unknown"
+    return state.encoder.model or "unknown"
+
+
+@router.post(
+    "/search/text",
+    response_model=SearchResponse,
+    tags=["search"],
+    dependencies=[ReadAccess],
+    openapi_extra=json_body_openapi(TextSearchRequest),
+)
+async def search_text(request: Request, state: State) -> Response:
+    """Images that match a text, best first."""
+    started = time.perf_counter()
+    # Validated from its bytes by pydantic's JSON parser, whatever the Content-Type says.
+    body = parse_json_body(TextSearchRequest, await request.body())
+    check_window(body.k, body.offset, state.settings.max_result_window)
+    vector = (await state.encoder.embed_text([body.query]))[0]
+    return await _run_search(
+        state, started, _ms(started), vector, body.k, body.offset, body.relevance
+    )
+
+
+# /search/image's body in OpenAPI: the image part and the ImageSearchForm fields, no others.
+_IMAGE_FORM = form_body_openapi(
+    {"file": {"type": "string", "format": "binary", "description": "The query image."}},
+    ImageSearchForm.model_json_schema()["properties"],
+)
+_IMAGE_FORM["requestBody"]["content"]["multipart/form-data"]["schema"]["additionalProperties"] = (
+    False
+)
+
+
+class _ImageSearchFields(ImageSearchForm):
+    # A field the form does not know is refused by name, as in a JSON body.
+    model_config = ConfigDict(extra="forbid")
+
+
+@router.post(
+    "/search/image",
+    response_model=SearchResponse,
+    tags=["search"],
+    dependencies=[ReadAccess],
+    openapi_extra=_IMAGE_FORM,
+)
+async def search_image(request: Request, state: State) -> Response:
+    """Images that look like the uploaded one, best first."""
+    started = time.perf_counter()
+    # The body is bounded (the body limit of /search/image) and split in memory.
+    parts = parse_form(
+        await request.body(),
+        request.headers.get("content-type"),
+        max_files=1,
+        max_fields=8,
+        max_field_bytes=1024 * 1024,
+    )
+    # The last part of each name wins, as in a form's get(); a file where a field belongs is
+    # passed as the part itself, which the validation refuses.
+    form = {part.name: part for part in parts}
+    file = form.pop("file", None)
+    params = parse_fields(
+        _ImageSearchFields,
+        {name: part if part.is_file else part.text for name, part in form.items()},
+    )
+    if file is None or not file.is_file:
+        raise GlimpseError(
+            ErrorType.validation_error,
+            "Invalid request: file: send the query image as a file part named 'file'.",
+        )
+    check_window(params.k, params.offset, state.settings.max_result_window)
+    vectors, errors = await state.encoder.embed_images(
+        [
+            (
+                file.filename or "query",
+                bytes(file.data),  # bytes already: no copy
+                file.content_type or "application/octet-stream",
+            )
+        ]
+    )
+    if vectors[0] is None:
+        error = errors[0] or {}
+        raise GlimpseError(
+            str(error.get("error_type") or ErrorType.invalid_image.value),
+            f"file: {error.get('error') or 'The query image could not be read.'}",
+        )
+    return await _run_search(
+        state, started, _ms(started), vectors[0], params.k, params.offset, params.relevance
+    )
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[ReadAccess])
+async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
+    """Weighted texts and stored images combined into one query; negative weights steer away.
+
+    Images used as terms are left out of the results.
+    """
+    started = time.perf_counter()
+    check_window(body.k, body.offset, state.settings.max_result_window)
+    texts = [t.text for t in body.terms if t.text is not None]
+    image_ids = [t.image_id for t in body.terms if t.image_id is not None]
+
+    async def text_vectors() -> list[Any]:
+        return list(await state.encoder.embed_text(texts)) if texts else []
+
+    got_texts, *got_images = await asyncio.gather(
+        text_vectors(), *(state.index.vector(i) for i in image_ids)
+    )
+    text_iter, image_iter = iter(got_texts), iter(got_images)
+    vectors = [next(text_iter) if t.text is not None else next(image_iter) for t in body.terms]
+    query = combine_terms(vectors, [t.weight for t in body.terms])
+    return await _run_search(
+        state,
+        started,
+        _ms(started),
+        query,
+        body.k,
+        body.offset,
+        body.relevance,
+        sorted(set(image_ids)),
+    )
+
+
+@router.get(
+    "/images/{image_id}/similar",
+    response_model=SearchResponse,
+    tags=["search"],
+    dependencies=[ReadAccess],
+)
+async def similar(
+    image_id: ImageId,
+    state: State,
+    k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    relevance: Annotated[Relevance, Query(description=RELEVANCE_DOC)] = "all",
+) -> Response:
+    """More like this: neighbours of a stored image (the image itself left out)."""
+    started = time.perf_counter()
+    check_window(k, offset, state.settings.max_result_window)
+    vector = await state.index.vector(image_id)
+    return await _run_search(state, started, _ms(started), vector, k, offset, relevance, [image_id])
