@@ -392,7 +392,7 @@ def fuzz_seeds() -> dict[str, bytes]:
     }
 
 
-# docs/reliability.md, "Decoding memory": the most an image at the pixel cap raises the
+# docs/encoder.md, "Decoding memory": the most an image at the pixel cap raises the
 # encoder's resident memory, per decode thread, in bytes per pixel of the cap (measured worst:
 # a float TIFF deflated in one strip, 8.4, its image beside libtiff's strip buffer).
 DECODE_BYTES_PER_PIXEL = 10

@@ -2,7 +2,7 @@
 
 Each test records the figure RELIABILITY.md asks for with ``figure(...)``; the values land in
 ``artifacts/reliability/<test>.json`` (git-ignored) and in the JUnit properties, which is
-where docs/reliability.md takes its numbers from.
+where bench/results/reliability.csv (docs/results.md) takes its numbers from.
 """
 
 from __future__ import annotations

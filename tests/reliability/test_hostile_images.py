@@ -1,5 +1,5 @@
 """Issue 25, the image part, through the real processes: what an image may cost the encoder's
-memory at the pixel cap (docs/reliability.md, "Decoding memory"), and one hostile file in a
+memory at the pixel cap (docs/encoder.md, "Decoding memory"), and one hostile file in a
 batch is that file's failure alone, named in its answer, never the request's 5xx.
 
 Hostile files: F2 (60,000,000 x 1 PNG, within the pixel cap), F3 (the 109-byte 30,000 x 1
