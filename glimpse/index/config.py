@@ -99,7 +99,7 @@ class MilvusSettings(BaseSettings):
         default="HNSW",
         description="Milvus index built on a new collection's vectors. HNSW scores with the "
         "exact vectors (no re-rank); IVF_PQ and GPU_IVF_PQ are re-ranked (INDEX_RERANK), which "
-        "costs Milvus ~3x the CPU per search (docs/scale.md).",
+        "costs Milvus ~3x the CPU per search (docs/index.md).",
     )
     index_params: dict[str, Any] = Field(
         default_factory=dict,

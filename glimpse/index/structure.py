@@ -116,7 +116,7 @@ class SelectionConfig:
     sample: int = 300
     max_bytes_per_vector: float = 128.0
     k: int = 10
-    # 4-bit fast-scan codes need a deeper re-rank than 8-bit ones (docs/faiss.md §1).
+    # 4-bit fast-scan codes need a deeper re-rank than 8-bit ones (docs/index.md, "Why re-rank").
     reranks: tuple[int, ...] = (0, 2, 4, 8, 16, 24, 32, 48)
     # Queries timed one at a time per candidate: a one-query search is what users send.
     timed_queries: int = 100
