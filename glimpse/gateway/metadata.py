@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 from PIL import ExifTags, Image, IptcImagePlugin
 
+from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.index import MAX_META_BYTES
 
 logger = logging.getLogger("glimpse.gateway")
@@ -286,3 +287,34 @@ def _fit(meta: dict[str, Any]) -> None:
             del meta["title"]
         else:
             return
+
+
+def extract_all(files: list[tuple[bytes, str, float | None]]) -> list[dict[str, Any]]:
+    """:func:`extract_metadata` of each (bytes, path, mtime): one thread hop per request."""
+    return [extract_metadata(data, path, mtime) for data, path, mtime in files]
+
+
+MTIMES_DOC = (
+    "Optional: a JSON object of each file's relative path to its modification time in Unix "
+    "seconds, the date taken of a file whose EXIF has none."
+)
+
+
+def parse_mtimes(text: str | None) -> dict[str, float]:
+    """The ``mtimes`` form field of /ingest (MTIMES_DOC); a 422 naming it when malformed."""
+    if text is None:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 2**35
+        for t in value.values()
+    ):
+        raise GlimpseError(
+            ErrorType.validation_error,
+            "Invalid request: mtimes: send a JSON object of relative path to Unix seconds "
+            "(a number from 0).",
+        )
+    return {str(path): float(t) for path, t in value.items()}

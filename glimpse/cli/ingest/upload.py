@@ -5,6 +5,7 @@ the answers come back."""
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import threading
 import time
@@ -237,9 +238,11 @@ class Uploader:
         parts = []
         sent: list[Hashed] = []
         size = 0
+        mtimes: dict[str, float] = {}  # the date taken of files whose EXIF has none
         for item in batch:
             try:
                 data = item.candidate.path.read_bytes()
+                mtimes[item.candidate.relative] = item.candidate.path.stat().st_mtime
             except OSError as exc:
                 self._fail(item, "failed", "unreadable", f"could not read the file: {exc}", False)
                 continue
@@ -249,7 +252,8 @@ class Uploader:
         if not sent:
             return
         try:
-            resp = self.request("POST", "/ingest", window=self.window, files=parts)
+            resp = self.request("POST", "/ingest", window=self.window, files=parts,
+                                data={"mtimes": json.dumps(mtimes)})
         except GaveUp as exc:
             for item in sent:
                 self._fail(item, "failed", "unavailable", str(exc))

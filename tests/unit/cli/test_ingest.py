@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import socket
 import subprocess
@@ -66,7 +67,17 @@ def make_tree(root: Path, n: int, seed: int = 0) -> list[str]:
 def parse_files(request: httpx.Request) -> list[tuple[str, bytes]]:
     head = b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n"
     msg = BytesParser(policy=policy.HTTP).parsebytes(head + request.read())
-    return [(part.get_filename(), part.get_payload(decode=True)) for part in msg.iter_parts()]
+    return [(part.get_filename(), part.get_payload(decode=True)) for part in msg.iter_parts()
+            if part.get_filename() is not None]
+
+
+def parse_mtimes(request: httpx.Request) -> dict[str, float]:
+    """The ``mtimes`` field of an /ingest body (the files' modification times)."""
+    head = b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n"
+    msg = BytesParser(policy=policy.HTTP).parsebytes(head + request.read())
+    fields = [p for p in msg.iter_parts() if p.get_param("name", header="content-disposition")
+              == "mtimes"]
+    return dict(json.loads(fields[0].get_payload(decode=True))) if fields else {}
 
 
 class FakeGateway:
@@ -626,3 +637,23 @@ def test_gateway_timeouts_midway_are_retried(tmp_path: Path) -> None:
     gw.faults = [None] * 12 + [timeout] * 3
     summary = run(tmp_path, gw, batch_size=1, concurrency=4)
     assert summary.added == 30 and summary.retries == 3
+
+
+def test_each_upload_sends_the_files_modification_times(tmp_path: Path) -> None:
+    """The date taken of a file without EXIF is its mtime, which only the client can read."""
+    rels = make_tree(tmp_path, 3)
+    os_times = {rel: 1_600_000_000 + n * 86_400 for n, rel in enumerate(rels)}
+    for rel, when in os_times.items():
+        os.utime(tmp_path / rel, (when, when))
+    sent: dict[str, float] = {}
+    gw = FakeGateway()
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/ingest":
+            sent.update(parse_mtimes(request))
+        return gw(request)
+
+    summary = ingest([tmp_path], "http://gateway.test", transport=httpx.MockTransport(recording),
+                     retry=FAST)
+    assert summary.added == 3
+    assert sent == {rel: float(when) for rel, when in os_times.items()}
