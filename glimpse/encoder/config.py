@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from glimpse.encoder.presets import PRESETS
 from glimpse.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -23,12 +24,15 @@ class Settings(BaseSettings):
 
     model: str = Field(
         default="ViT-B-32",
-        description="open_clip model name; 'glimpse-tiny' is the tiny test model shipped here.",
+        description="A preset (" + ", ".join(PRESETS) + ": model, weights and dimension "
+        "together; glimpse/encoder/presets.py) or any open_clip model name; 'glimpse-tiny' is "
+        "the tiny test model shipped here.",
     )
     pretrained: str = Field(
         default="laion2b_s34b_b79k",
         description="Weights: an open_clip tag (fetched from the hub once, then cached), "
-        "a local checkpoint path, or 'none' for seeded random weights.",
+        "a local checkpoint path, or 'none' for seeded random weights. With a preset, unset "
+        "means the preset's weights, and a value set here wins.",
     )
     cache_dir: str | None = Field(
         default=None, description="Where hub weights are cached (open_clip's default if unset)."
@@ -70,3 +74,14 @@ class Settings(BaseSettings):
         description="Largest accepted image in pixels (width x height), read from the header; "
         "the gateway reads it from /v1/info.",
     )
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> Settings:
+        # A preset name becomes its open_clip model here, so everything downstream (the ONNX
+        # export, /v1/info, the index) sees the real model, and explicit weights still win.
+        preset = PRESETS.get(self.model)
+        if preset is not None:
+            self.model = preset.model
+            if "pretrained" not in self.model_fields_set:
+                self.pretrained = preset.pretrained
+        return self

@@ -20,9 +20,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.utils import reparameterize_model
 
 from glimpse.encoder.config import Settings
 from glimpse.encoder.images import ImageBytes, ImageLimits
+from glimpse.encoder.presets import PRESETS
 from glimpse.encoder.text_graphs import TextGraphs, try_capture
 
 if TYPE_CHECKING:
@@ -187,8 +189,9 @@ def load_encoder(settings: Settings) -> ClipEncoder:
     name = settings.model
     if name not in open_clip.list_models() and ":" not in name:
         raise ModelLoadError(
-            f"Unknown open_clip model {name!r}. Set ENCODER_MODEL to one of open_clip's models "
-            f"(e.g. 'ViT-B-32') or to {TINY_MODEL!r} for the tiny test model."
+            f"Unknown open_clip model {name!r}. Set ENCODER_MODEL to a preset "
+            f"({', '.join(PRESETS)}), to one of open_clip's models (e.g. 'ViT-B-32') or to "
+            f"{TINY_MODEL!r} for the tiny test model."
         )
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
@@ -208,6 +211,9 @@ def load_encoder(settings: Settings) -> ClipEncoder:
                 precision=precision,
                 device="cpu",
                 cache_dir=settings.cache_dir,
+                # A Hugging Face text tower (the multilingual preset) would otherwise fetch its
+                # own base weights that random weights then ignore.
+                pretrained_text=not random_weights,
             )
         except ModelLoadError:
             raise
@@ -215,6 +221,9 @@ def load_encoder(settings: Settings) -> ClipEncoder:
             if random_weights:
                 raise ModelLoadError(f"Cannot build open_clip model {name!r}: {exc}") from exc
             raise _load_error(settings, exc) from exc
+    # MobileCLIP's MobileOne blocks train as parallel branches and fuse into one convolution
+    # for inference: the same vectors, fewer operations; a no-op for other models.
+    reparameterize_model(model.eval(), inplace=True)
     model = model.to(device).eval()
     tokenizer = _tokenizer(name)
     visual = model.visual
