@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glimpse.contracts.vectors import VectorEncoding, VectorLike
 
@@ -72,6 +72,33 @@ class IndexItemIn(BaseModel):
         if problem is not None:
             raise ValueError(f"meta {problem}")
         return meta
+
+
+class UpdateItemRequest(BaseModel):
+    """A live item's new path and/or meta (a library file moved or renamed); a field left out
+    keeps its value. The vector and the id stay."""
+
+    path: str | None = Field(default=None, min_length=1, max_length=4096,
+                             description="Relative path of the image.")
+    meta: dict[str, Any] | None = Field(
+        default=None,
+        description=f"Replaces the stored meta whole: at most {MAX_META_DEPTH} levels of "
+        f"objects and arrays, {MAX_META_BYTES} bytes as compact JSON.",
+    )
+
+    @field_validator("meta")
+    @classmethod
+    def _storable_meta(cls, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if meta is None else meta_problem(meta)
+        if problem is not None:
+            raise ValueError(f"meta {problem}")
+        return meta
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateItemRequest:
+        if self.path is None and self.meta is None:
+            raise ValueError("give path, meta or both")
+        return self
 
 
 class AddItemsRequest(BaseModel):

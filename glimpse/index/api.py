@@ -42,6 +42,7 @@ from glimpse.contracts.index import (
     SnapshotResponse,
     TuneRequest,
     TuneResponse,
+    UpdateItemRequest,
 )
 from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vector, l2_normalize
 from glimpse.index.backend import IndexBackend
@@ -220,6 +221,22 @@ async def get_item(request: Request) -> Response:
                            "created_at": record.created_at})
 
 
+async def update_item(request: Request) -> Response:
+    """Set a live item's path and/or meta (a library file moved or renamed); its record after.
+    Committed like an add before the answer; the id and the vector stay."""
+    item_id = _item_id(request)
+    service = service_of(request)
+    body = await _body(request, UpdateItemRequest)
+    record = await run_in_threadpool(service.update, item_id, body.path, body.meta)
+    if record is None:
+        assert service.store is not None
+        known = await run_in_threadpool(service.store.get, item_id)
+        raise _not_found(item_id, known is not None)
+    return OrjsonResponse({"id": record.id, "key": record.key, "path": record.path,
+                           "meta": record.meta, "seq": record.seq,
+                           "created_at": record.created_at})
+
+
 async def delete_item(request: Request) -> Response:
     """Delete an item: answered after the store committed it and the index dropped it, so no
     search started after this answer returns the id."""
@@ -349,6 +366,8 @@ OPERATIONS = [
               body=KeysMissingRequest, responses=ERROR_RESPONSES),
     Operation("GET", "/v1/items/{item_id}", get_item, ("items",), IndexItem,
               responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
+    Operation("PATCH", "/v1/items/{item_id}", update_item, ("items",), IndexItem,
+              body=UpdateItemRequest, responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
     Operation("DELETE", "/v1/items/{item_id}", delete_item, ("items",), status=204,
               responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
     Operation("GET", "/v1/items/{item_id}/vector", get_item_vector, ("items",), ItemVector,

@@ -64,6 +64,10 @@ class IndexBackend(Protocol):
 
     def delete(self, item_id: int) -> bool: ...
 
+    def update(self, item_id: int, path: str | None, meta: dict[str, Any] | None
+               ) -> Record | None:
+        """Set a live item's path and/or meta (None keeps it); its record, None if not live."""
+
     def submit_search_records(
         self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
         exclude: Sequence[int] = (),

@@ -30,7 +30,7 @@ from glimpse.index.milvus_store import (
     default_nprobe,
 )
 from glimpse.index.service import NotTunable
-from glimpse.index.store import AddOutcome, NewItem
+from glimpse.index.store import AddOutcome, NewItem, Record
 
 log = logging.getLogger("glimpse.index")
 
@@ -118,6 +118,10 @@ class MilvusIndexService:
 
     def delete(self, item_id: int) -> bool:
         return self.store.delete(item_id) is True
+
+    def update(self, item_id: int, path: str | None, meta: dict[str, Any] | None
+               ) -> Record | None:
+        return self.store.update(item_id, path, meta)
 
     # -- search ----------------------------------------------------------------------------------
 

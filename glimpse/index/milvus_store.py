@@ -451,6 +451,25 @@ class MilvusStore:
         self._await_visible([item_id], "delete")
         return True
 
+    def update(self, item_id: int, path: str | None, meta: dict[str, Any] | None
+               ) -> Record | None:
+        """Rewrite a live item's row with a new path and/or meta (None keeps it); the record
+        after, or None when not live. A delete racing it wins: its tombstone makes the
+        rewritten row a ghost."""
+        rows = self.rows_of_ids([item_id], FIELDS, "item read before an update")
+        row = rows.get(item_id)
+        if row is None or -item_id in rows:
+            return None
+        new_path = str(row["path"]) if path is None else path
+        new_meta = dict(row["meta"] or {}) if meta is None else meta
+        created = float(row["created_at"])
+        data = [[item_id], [str(row["key"])], [new_path], [new_meta], [created],
+                np.asarray(row["vector"], dtype=np.float32).reshape(1, -1)]
+        self._upsert(data, "update")
+        self._await_visible([item_id], "update")
+        return Record(item_id, str(row["key"]), new_path, new_meta, int(created * 1e6), created,
+                      False)
+
     def _upsert(self, data: list[Any], what: str) -> None:
         try:
             self.collection.upsert(data, timeout=self.timeout)

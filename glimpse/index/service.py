@@ -30,7 +30,7 @@ from glimpse.index.gather import Search, SearchGatherer
 from glimpse.index.index import VectorIndex
 from glimpse.index.live import GpuRunner, LiveIndex, build_empty, release_free_memory
 from glimpse.index.rules import breadth_grid
-from glimpse.index.store import AddOutcome, NewItem, Store
+from glimpse.index.store import AddOutcome, NewItem, Record, Store
 from glimpse.index.structure import SelectionConfig
 from glimpse.index.tuning import excluding_self, tune_search
 
@@ -306,6 +306,15 @@ class IndexService:
             self._deleted += 1
             self._wrote(1)
         return True
+
+    def update(self, item_id: int, path: str | None, meta: dict[str, Any] | None
+               ) -> Record | None:
+        """Set a live item's path and/or meta; its record after, or None when not live."""
+        store, _ = self._parts
+        with self.writer:  # ordered with deletes: a deleted item is never updated back
+            if not store.update(item_id, path, meta):
+                return None
+        return store.get(item_id)
 
     def _wrote(self, n: int) -> None:
         if n == 0:

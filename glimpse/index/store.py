@@ -228,6 +228,23 @@ class Store:
         self._last_seq = seq
         return True
 
+    def update(self, item_id: int, path: str | None, meta: dict[str, Any] | None) -> bool:
+        """Set a live item's path and/or meta (None keeps it); False when not live.
+
+        The row keeps its sequence number: seqs order the vector writes that the index replays,
+        and neither the index nor a snapshot holds paths or meta (searches read them here).
+        """
+        try:
+            cur = self._writer.execute(
+                "UPDATE items SET path = COALESCE(?, path), meta = COALESCE(?, meta) "
+                "WHERE id = ? AND deleted = 0",
+                (path, None if meta is None else json.dumps(meta, separators=(",", ":")),
+                 item_id),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError("update", exc) from exc
+        return cur.rowcount > 0
+
     # -- reads (any thread) -------------------------------------------------------------------
 
     @staticmethod

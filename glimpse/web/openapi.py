@@ -29,7 +29,7 @@ Responses = Mapping[int | str, Mapping[str, Any]]
 class Operation:
     """One route: ``body`` is a model (a JSON body) or a whole OpenAPI ``requestBody``."""
 
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "PATCH", "DELETE"]
     path: str
     endpoint: Endpoint
     tags: tuple[str, ...]
