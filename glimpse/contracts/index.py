@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from glimpse.contracts.filters import FILTERS_DOC, Filters
 from glimpse.contracts.vectors import VectorEncoding, VectorLike
 
 ItemStatus = Literal["added", "exists"]
@@ -123,6 +124,7 @@ class IndexSearchRequest(BaseModel):
     exclude_ids: list[Annotated[int, Field(ge=0, le=MAX_ITEM_ID)]] = Field(
         default_factory=list, description="Ids never returned (e.g. the query image itself)."
     )
+    filters: Filters = Field(default=None, description=FILTERS_DOC)
 
 
 class IndexHit(BaseModel):

@@ -186,7 +186,8 @@ async def search(request: Request) -> Response:
     # Faiss, the re-rank and SQLite run on the service's threads (they release the GIL or
     # block); the event loop only awaits the result.
     future = service.submit_search_records(queries, body.k, nprobe=body.nprobe,
-                                           exact=body.exact, exclude=body.exclude_ids)
+                                           exact=body.exact, exclude=body.exclude_ids,
+                                           filters=body.filters)
     return OrjsonResponse({"results": await asyncio.wrap_future(future)})
 
 

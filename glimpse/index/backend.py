@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from glimpse.contracts.filters import SearchFilters
 from glimpse.index.config import Settings
 from glimpse.index.store import AddOutcome, NewItem, Record
 
@@ -70,7 +71,7 @@ class IndexBackend(Protocol):
 
     def submit_search_records(
         self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
-        exclude: Sequence[int] = (),
+        exclude: Sequence[int] = (), filters: SearchFilters | None = None,
     ) -> Future[Records]: ...
 
     def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]: ...

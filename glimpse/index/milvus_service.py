@@ -22,7 +22,9 @@ from typing import Any, NoReturn
 import numpy as np
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.contracts.filters import SearchFilters
 from glimpse.index.config import MilvusSettings, Settings
+from glimpse.index.filters import matches, milvus_expr
 from glimpse.index.gather import Search, SearchGatherer, by_everything
 from glimpse.index.milvus_store import (
     CollectionMismatch,
@@ -127,12 +129,12 @@ class MilvusIndexService:
 
     def submit_search_records(
         self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
-        exclude: Sequence[int] = (),
+        exclude: Sequence[int] = (), filters: SearchFilters | None = None,
     ) -> Future[Records]:
-        if self.gatherer is not None:
+        if self.gatherer is not None and filters is None:
             return self.gatherer.submit(Search(queries, k, nprobe, exact, tuple(exclude)))
         return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
-                                       exact=exact, exclude=exclude)
+                                       exact=exact, exclude=exclude, filters=filters)
 
     def _run_gathered(self, searches: Sequence[Search]) -> list[Records]:
         """One Milvus search call (and one read of rows) for a group of gathered searches
@@ -159,17 +161,28 @@ class MilvusIndexService:
 
     def search_records(
         self, queries: np.ndarray, k: int, *, nprobe: int | None = None, exact: bool = False,
-        exclude: Sequence[int] = (),
+        exclude: Sequence[int] = (), filters: SearchFilters | None = None,
     ) -> Records:
-        """Top ``k`` live hits per unit query with path and meta, score descending."""
+        """Top ``k`` live hits per unit query with path and meta, score descending, among
+        those passing ``filters`` (a Milvus expression, filters.py)."""
         rescore = exact or self.rerank > 0
+        where = milvus_expr(filters) if filters is not None else ""
+        # near's expression is its bounding box: twice the candidates, the circle kept below.
+        spread = 2 if filters is not None and filters.near is not None else 1
         if exact:
-            candidates = self._exact_candidates(queries, k + _SPARE, exclude)
+            candidates = self._exact_candidates(queries, spread * k + _SPARE, exclude, where)
         else:
-            limit = min(MAX_TOPK, k * max(1, self.rerank) + _SPARE)
+            limit = min(MAX_TOPK, spread * k * max(1, self.rerank) + _SPARE)
             candidates = self.store.search_candidates(
-                queries, limit, self.search_params(limit, nprobe), exclude
+                queries, limit, self.search_params(limit, nprobe), exclude, where
             )
+        if spread > 1:
+            assert filters is not None
+            rows = self.store.rows_of_ids([i for row in candidates for i, _ in row],
+                                          ("id", "path", "meta"), "search")
+            candidates = [[(i, s) for i, s in row if i in rows
+                           and matches(filters, rows[i]["path"], rows[i]["meta"] or {})]
+                          for row in candidates]
         if rescore:
             # Every candidate's exact vector, in one query: the re-rank needs them all.
             ids = [i for row in candidates for i, _ in row]
@@ -212,13 +225,13 @@ class MilvusIndexService:
                 return rows
             rows.update(self.store.rows_of_ids(wanted, ("id", "path", "meta"), "search"))
 
-    def _exact_candidates(self, queries: np.ndarray, want: int, exclude: Sequence[int]
-                          ) -> list[list[tuple[int, float]]]:
+    def _exact_candidates(self, queries: np.ndarray, want: int, exclude: Sequence[int],
+                          where: str = "") -> list[list[tuple[int, float]]]:
         """Every vector scored (a full scan of the collection: tests and recall checks)."""
         skip = np.asarray(sorted(set(exclude)), dtype=np.int64)
         best_ids = np.zeros((len(queries), 0), dtype=np.int64)
         best_scores = np.zeros((len(queries), 0), dtype=np.float32)
-        for ids, vectors in self.store.scan():
+        for ids, vectors in self.store.scan(where=where):
             keep = ~np.isin(ids, skip)
             ids, vectors = ids[keep], vectors[keep]
             scores = queries.astype(np.float32) @ vectors.T

@@ -496,11 +496,15 @@ class MilvusStore:
     # -- search -----------------------------------------------------------------------------------
 
     def search_candidates(self, queries: np.ndarray, limit: int, params: dict[str, Any],
-                          exclude: Sequence[int]) -> list[list[tuple[int, float]]]:
-        """Milvus's top ``limit`` (id, score) per query, tombstones and ``exclude`` filtered."""
+                          exclude: Sequence[int], where: str = ""
+                          ) -> list[list[tuple[int, float]]]:
+        """Milvus's top ``limit`` (id, score) per query, tombstones and ``exclude`` filtered,
+        among the rows ``where`` (an expression: filters.milvus_expr) holds for."""
         expr = "id > 0"
         if exclude:
             expr += f" and id not in {_ints(exclude)}"
+        if where:
+            expr += f" and ({where})"
         try:
             results = self.collection.search(
                 queries, "vector", {"metric_type": "IP", "params": params}, limit=limit,
@@ -510,11 +514,13 @@ class MilvusStore:
             raise MilvusUnavailable(self.uri, "search", exc, stored=True) from exc
         return [list(zip(hits.ids, hits.distances, strict=True)) for hits in results]
 
-    def scan(self, batch: int = 4096) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of every row with a positive id, a batch at a time (exact search)."""
+    def scan(self, batch: int = 4096, where: str = "") -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of every row with a positive id (and ``where``), a batch at a time
+        (exact search)."""
         try:
             iterator = self.collection.query_iterator(
-                batch_size=batch, expr="id > 0", output_fields=["id", "vector"],
+                batch_size=batch, expr=f"id > 0 and ({where})" if where else "id > 0",
+                output_fields=["id", "vector"],
                 timeout=self.timeout, consistency_level="Eventually",
             )
             while True:

@@ -23,9 +23,11 @@ from typing import Any
 import faiss
 import numpy as np
 
+from glimpse.contracts.filters import SearchFilters
 from glimpse.index import persistence
 from glimpse.index.config import Settings
 from glimpse.index.factory import AUTO, FactoryError, parse_factory
+from glimpse.index.filters import search as filters_search
 from glimpse.index.gather import Search, SearchGatherer
 from glimpse.index.index import VectorIndex
 from glimpse.index.live import GpuRunner, LiveIndex, build_empty, release_free_memory
@@ -358,9 +360,15 @@ class IndexService:
         nprobe: int | None = None,
         exact: bool = False,
         exclude: Sequence[int] = (),
+        filters: SearchFilters | None = None,
     ) -> Future[Records]:
         """:meth:`search_records` as a future (does not block): on the gathering thread when
-        searches are gathered, else on the search threads."""
+        searches are gathered, else on the search threads. ``filters``: filters.py."""
+        if filters is not None:  # never gathered: each search has its own selector
+            store, index = self._parts
+            finish = self._records_finisher(k, exclude)
+            return self.search_pool.submit(lambda: finish(*filters_search(
+                store, index, queries, k, filters, nprobe=nprobe, exact=exact, exclude=exclude)))
         if self.gathering:
             assert self.gatherer is not None
             return self.gatherer.submit(Search(queries, k + len(exclude), nprobe, exact,

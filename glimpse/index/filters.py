@@ -1,0 +1,330 @@
+"""Searches narrowed by ``filters`` (glimpse/contracts/filters.py), in both backends.
+
+One meaning, written three ways: :func:`matches` (a Python predicate over one item's meta: the
+reference the others are tested against), :func:`sql_where` (the Faiss backend asks its SQLite
+store for the matching ids) and :func:`milvus_expr` (a boolean expression over Milvus's JSON
+``meta`` field). ``near`` is a great-circle distance, which neither SQLite nor Milvus 2.3 can
+compute: both select the circle's bounding box and :func:`matches` keeps what is inside.
+
+The Faiss backend searches with the filter, not after it (:func:`search`): the matching ids
+become a bitmap ``IDSelector``, so every hit answered matches and k hits come back whenever k
+items match. It chooses by the filter's share of the live items:
+
+- a share up to ``EXACT_SHARE`` (or few rows, or an exact or graph index): the table's float16
+  rows of the matching ids only, scanned exactly: recall 1;
+- a broader one: the IVF lists with the selector, ``nprobe`` widened by ``1 / share`` so the
+  matching candidates seen are about those of an unfiltered search, then the usual re-rank.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from glimpse.contracts.filters import SearchFilters
+
+if TYPE_CHECKING:
+    from glimpse.index.index import VectorIndex
+    from glimpse.index.store import Store
+
+EARTH_RADIUS_KM = 6371.0088
+# Below this share of the live items an exact scan of the matching rows reads fewer bytes than
+# the widened IVF search (bench/bench_filters.py measures both).
+EXACT_SHARE = 0.02
+# At most this many matching rows are always scanned exactly, whatever their share.
+EXACT_ROWS = 20_000
+_KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180.0
+_F32 = np.float32
+
+
+def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = (math.sin((p2 - p1) / 2) ** 2
+         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def near_box(f: SearchFilters) -> tuple[float, float, float, float] | None:
+    """(south, west, north, east) around ``f.near``'s circle; west > east crosses the 180th
+    meridian; west -180 and east 180 when the circle holds a pole or spans every longitude."""
+    if f.near is None:
+        return None
+    lat, lon, r = f.near.lat, f.near.lon, f.near.radius_km
+    dlat = r / _KM_PER_DEGREE
+    south, north = max(-90.0, lat - dlat), min(90.0, lat + dlat)
+    if south <= -90.0 or north >= 90.0:
+        return south, -180.0, north, 180.0
+    # The widest longitude span of the circle (at its tangent latitude).
+    ratio = math.sin(r / EARTH_RADIUS_KM) / math.cos(math.radians(lat))
+    if ratio >= 1.0:
+        return south, -180.0, north, 180.0
+    dlon = math.degrees(math.asin(ratio))
+    west, east = lon - dlon, lon + dlon
+    return south, (west + 540.0) % 360.0 - 180.0, north, (east + 540.0) % 360.0 - 180.0
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _in_lon(lon: float, west: float, east: float) -> bool:
+    return west <= lon <= east if west <= east else lon >= west or lon <= east
+
+
+def matches(f: SearchFilters, path: str, meta: dict[str, Any]) -> bool:
+    """Whether an item at ``path`` with ``meta`` passes ``f`` (the reference meaning of every
+    field). The folder is read from the path, which a library's move or rename updates."""
+    after, before = f.taken_bounds()
+    taken = _number(meta.get("taken_ts"))
+    if (after is not None or before is not None) and taken is None:
+        return False
+    if taken is not None and ((after is not None and taken < after)
+                              or (before is not None and taken >= before)):
+        return False
+    if f.folder is not None and not any(path.startswith(p + "/") for p in f.folder):
+        return False
+    camera = meta.get("camera")
+    if f.camera is not None and not (isinstance(camera, str) and f.camera in camera):
+        return False
+    words = meta.get("keywords")
+    if f.keyword is not None and not (
+            isinstance(words, list) and any(w in words for w in f.keyword)):
+        return False
+    lat, lon = _number(meta.get("lat")), _number(meta.get("lon"))
+    located = lat is not None and lon is not None
+    if f.has_location is not None and located != f.has_location:
+        return False
+    if f.bbox is not None or f.near is not None:
+        if lat is None or lon is None:
+            return False
+        b = f.bbox
+        if b is not None and not (b.south <= lat <= b.north and _in_lon(lon, b.west, b.east)):
+            return False
+        n = f.near
+        if n is not None and distance_km(n.lat, n.lon, lat, lon) > n.radius_km:
+            return False
+    if f.type is not None and meta.get("file_type") not in f.type:
+        return False
+    width = _number(meta.get("width"))
+    return f.min_width is None or (width is not None and width >= f.min_width)
+
+
+# -- SQLite (the Faiss backend's store) -------------------------------------------------------
+
+
+def _j(field: str) -> str:
+    return f"json_extract(meta, '$.{field}')"
+
+
+def _sql_box(box: tuple[float, float, float, float], out: list[str], args: list[Any]) -> None:
+    south, west, north, east = box
+    out.append(f"{_j('lat')} BETWEEN ? AND ?")
+    args += [south, north]
+    glue = "AND" if west <= east else "OR"
+    out.append(f"({_j('lon')} >= ? {glue} {_j('lon')} <= ?)")
+    args += [west, east]
+
+
+def sql_where(f: SearchFilters) -> tuple[str, list[Any]]:
+    """A WHERE clause over the store's ``items`` rows and its arguments: the live items that
+    pass ``f``, except ``near``'s exact distance (its bounding box only)."""
+    out: list[str] = ["deleted = 0"]
+    args: list[Any] = []
+    after, before = f.taken_bounds()
+    if after is not None:
+        out.append(f"{_j('taken_ts')} >= ?")
+        args.append(after)
+    if before is not None:
+        out.append(f"{_j('taken_ts')} < ?")
+        args.append(before)
+    if f.folder is not None:
+        # substr counts characters, as len() does.
+        out.append("(" + " OR ".join("substr(path, 1, ?) = ?" for _ in f.folder) + ")")
+        for p in f.folder:
+            args += [len(p) + 1, p + "/"]
+    if f.camera is not None:
+        out.append(f"instr({_j('camera')}, ?) > 0")
+        args.append(f.camera)
+    if f.keyword is not None:
+        marks = ",".join("?" * len(f.keyword))
+        out.append("EXISTS (SELECT 1 FROM json_each(meta, '$.keywords') "
+                   f"WHERE value IN ({marks}))")
+        args += f.keyword
+    if f.has_location is not None:
+        out.append(f"{_j('lat')} IS {'NOT ' if f.has_location else ''}NULL")
+    if f.bbox is not None:
+        _sql_box((f.bbox.south, f.bbox.west, f.bbox.north, f.bbox.east), out, args)
+    box = near_box(f)
+    if box is not None:
+        _sql_box(box, out, args)
+    if f.type is not None:
+        out.append(f"{_j('file_type')} IN ({','.join('?' * len(f.type))})")
+        args += f.type
+    if f.min_width is not None:
+        out.append(f"{_j('width')} >= ?")
+        args.append(f.min_width)
+    return " AND ".join(out), args
+
+
+class _Readers(threading.local):
+    """A read-only connection per thread and store file (WAL lets it read beside the writer)."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[Path, sqlite3.Connection] = {}
+
+
+_readers = _Readers()
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    conn = _readers.by_path.get(path)
+    if conn is None:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        _readers.by_path[path] = conn
+    return conn
+
+
+def matching_ids(store: Store, f: SearchFilters) -> np.ndarray:
+    """Ids of the live items of ``store`` that pass ``f``, ascending."""
+    where, args = sql_where(f)
+    conn = _reader(store.path)
+    if f.near is None:
+        rows = conn.execute(f"SELECT id FROM items WHERE {where}", args).fetchall()
+        return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+    n = f.near
+    rows = conn.execute(f"SELECT id, {_j('lat')}, {_j('lon')} FROM items WHERE {where}",
+                        args).fetchall()
+    inside = [r[0] for r in rows
+              if distance_km(n.lat, n.lon, float(r[1]), float(r[2])) <= n.radius_km]
+    return np.sort(np.asarray(inside, dtype=np.int64))
+
+
+def search(
+    store: Store, index: VectorIndex, queries: np.ndarray, k: int, f: SearchFilters, *,
+    nprobe: int | None = None, exact: bool = False, exclude: Any = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` (scores, ids) per unit query among the live items passing ``f``, excluded ids
+    left out; id -1 where fewer match. The path is chosen as the module docstring says."""
+    queries = np.ascontiguousarray(queries, dtype=_F32)
+    wanted = matching_ids(store, f)
+    index.limit_threads(len(queries))
+    with index.rw.read():
+        table, live = index.table, index.live
+        mask = np.zeros(table.capacity, dtype=bool)
+        mask[wanted[wanted < table.capacity]] = True
+        mask &= table.live
+        skip = np.asarray(list(exclude), dtype=np.int64)
+        mask[skip[(skip >= 0) & (skip < table.capacity)]] = False
+        count = int(mask.sum())
+        if count == 0:
+            return np.full((len(queries), 0), -np.inf, _F32), np.full((len(queries), 0), -1)
+        share = count / max(1, table.count)
+        scan = table.scan_index
+        if scan is None:  # low-memory setting: the matching rows read from the store
+            return _scan_store(index, store, queries, k, np.flatnonzero(mask))
+        bitmap = np.packbits(mask, bitorder="little")  # referenced until the search returns
+        selector = faiss.IDSelectorBitmap(table.capacity, faiss.swig_ptr(bitmap))
+        if exact or live.ivf is None or share <= EXACT_SHARE or count <= EXACT_ROWS:
+            params = faiss.SearchParameters()
+            params.sel = selector
+            return scan.search(queries, min(k, count), params=params)
+        return _ivf(index, queries, k, selector, share, nprobe)
+
+
+def _ivf(index: VectorIndex, queries: np.ndarray, k: int, selector: Any, share: float,
+         nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The IVF lists searched with ``selector``, nprobe widened by ``1 / share``, re-ranked
+    with the table's rows as an unfiltered search is (caller holds the read lock)."""
+    live, table = index.live, index.table
+    assert live.nlist is not None and table.scan_index is not None
+    breadth = min(live.nlist, math.ceil(index.nprobe_for(live, nprobe) / share))
+    base = live.search_params(breadth)  # the cached one carries the quantizer's parameters
+    params = faiss.SearchParametersIVF()
+    params.nprobe = breadth
+    params.sel = selector
+    if base.quantizer_params is not None:
+        params.quantizer_params = base.quantizer_params
+    rerank = index.defaults.rerank
+    if rerank <= 0:
+        return live.index.search(queries, k, params=params)
+    refine, _ = live.refine(table.scan_index, breadth, rerank)
+    refine_params = faiss.IndexRefineSearchParameters()
+    refine_params.k_factor = float(rerank)
+    refine_params.base_index_params = params
+    scores, ids = refine.search(queries, k, params=refine_params)
+    scores[ids < 0] = -np.inf
+    return scores, ids
+
+
+def _scan_store(index: VectorIndex, store: Store, queries: np.ndarray, k: int,
+                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of the matching rows read from the store (no vectors in memory)."""
+    found = store.vectors_of(ids.tolist())
+    have = np.asarray(sorted(found), dtype=np.int64)
+    scores = queries @ index.widen(np.stack([found[int(i)] for i in have])).T
+    kk = min(k, len(have))
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+    return np.take_along_axis(scores, top, axis=1).astype(_F32), have[top]
+
+
+# -- Milvus -----------------------------------------------------------------------------------
+
+
+def _m(field: str) -> str:
+    return f'meta["{field}"]'
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _like(text: str) -> str:
+    """``text`` as a literal part of a Milvus ``like`` pattern ('%' and '_' escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _milvus_box(box: tuple[float, float, float, float], out: list[str]) -> None:
+    south, west, north, east = box
+    out.append(f"{_m('lat')} >= {south!r} and {_m('lat')} <= {north!r}")
+    glue = "and" if west <= east else "or"
+    out.append(f"({_m('lon')} >= {west!r} {glue} {_m('lon')} <= {east!r})")
+
+
+def milvus_expr(f: SearchFilters) -> str:
+    """A Milvus boolean expression over the ``meta`` JSON field: the items that pass ``f``,
+    except ``near``'s exact distance (its bounding box only; :func:`matches` finishes it)."""
+    out: list[str] = []
+    after, before = f.taken_bounds()
+    if after is not None:
+        out.append(f"{_m('taken_ts')} >= {after!r}")
+    if before is not None:
+        out.append(f"{_m('taken_ts')} < {before!r}")
+    if f.folder is not None:
+        out.append("(" + " or ".join(f"path like {_quote(_like(p) + '/%')}"
+                                     for p in f.folder) + ")")
+    if f.camera is not None:
+        out.append(f"{_m('camera')} like {_quote('%' + _like(f.camera) + '%')}")
+    if f.keyword is not None:
+        out.append(f"json_contains_any({_m('keywords')}, [{', '.join(map(_quote, f.keyword))}])")
+    if f.has_location is not None:
+        located = f"{_m('lat')} >= -90.0"  # a missing key compares false
+        out.append(located if f.has_location else f"not ({located})")
+    if f.bbox is not None:
+        _milvus_box((f.bbox.south, f.bbox.west, f.bbox.north, f.bbox.east), out)
+    box = near_box(f)
+    if box is not None:
+        _milvus_box(box, out)
+    if f.type is not None:
+        out.append(f"{_m('file_type')} in [{', '.join(map(_quote, f.type))}]")
+    if f.min_width is not None:
+        out.append(f"{_m('width')} >= {f.min_width}")
+    return " and ".join(out)
