@@ -13,7 +13,8 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+import orjson
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from glimpse.contracts.common import StrictBody
 
@@ -156,9 +157,28 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
     return dict(walk(schema))
 
 
-FILTERS_DOC = "Narrow the search (every field optional; see SearchFilters)."
+FILTERS_DOC = (
+    "Narrow the search: taken_after / taken_before, folder, camera, keyword, has_location, "
+    "near, bbox, type, min_width (each optional; fields combine with AND)."
+)
+_SCHEMA = _inlined(SearchFilters.model_json_schema())
 #: The ``filters`` field of a search body, documented inline.
-Filters = Annotated[
+Filters = Annotated[SearchFilters | None, WithJsonSchema({"anyOf": [_SCHEMA, {"type": "null"}]})]
+
+
+def _json_text(value: Any) -> Any:
+    """A form field's text parsed as JSON (a form carries the filters object as text)."""
+    if isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"filters is not JSON ({exc})") from None
+    return value
+
+
+#: The ``filters`` field of a form (/search/image): the same object, sent as JSON text.
+FormFilters = Annotated[
     SearchFilters | None,
-    WithJsonSchema({"anyOf": [_inlined(SearchFilters.model_json_schema()), {"type": "null"}]}),
+    BeforeValidator(_json_text),
+    WithJsonSchema({"type": "string", "description": "JSON of the filters object."}),
 ]

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from glimpse.contracts.common import StrictBody
+from glimpse.contracts.filters import FILTERS_DOC, Filters, FormFilters
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
@@ -25,6 +26,7 @@ class TextSearchRequest(StrictBody):
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
+    filters: Filters = Field(default=None, description=FILTERS_DOC)
 
 
 class ImageSearchForm(BaseModel):
@@ -34,6 +36,7 @@ class ImageSearchForm(BaseModel):
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
+    filters: FormFilters = Field(default=None, description=FILTERS_DOC)
 
 
 class SearchResult(BaseModel):
@@ -86,6 +89,7 @@ class CompositeSearchRequest(StrictBody):
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
+    filters: Filters = Field(default=None, description=FILTERS_DOC)
 
 
 IngestStatus = Literal["added", "exists", "rejected"]

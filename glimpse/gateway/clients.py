@@ -543,10 +543,13 @@ class IndexClient(Upstream):
         *,
         exclude_ids: Sequence[int] = (),
         nprobe: int | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"vectors": [encode_vector(vector)], "k": k}
         if exclude_ids:
             body["exclude_ids"] = list(exclude_ids)
+        if filters:
+            body["filters"] = filters
         if nprobe is not None:
             body["nprobe"] = nprobe
         answer = await self.json("POST", "/v1/search", json=body)

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from PIL import ExifTags, Image, IptcImagePlugin
+from PIL import ExifTags, Image, ImageFile, IptcImagePlugin
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.index import MAX_META_BYTES
@@ -91,7 +91,8 @@ def _exif_time(value: Any, offset: Any) -> tuple[datetime, str | None] | None:
     match = _EXIF_DATE.match(text or "")
     if match is None:
         return None
-    when = datetime(*(int(g) for g in match.groups()))  # ValueError on month 13 and the like
+    year, month, day, hour, minute, second = (int(g) for g in match.groups())
+    when = datetime(year, month, day, hour, minute, second)  # ValueError on month 13 and such
     if not 1800 <= when.year <= 2200:
         raise ValueError(f"year {when.year}")
     off = _OFFSET.match(_text(offset, 16) or "")
@@ -201,6 +202,8 @@ class _Reader:
             self.meta["file_type"] = self.image.format.lower()
 
     def iptc(self) -> None:
+        if not isinstance(self.image, ImageFile.ImageFile):
+            return
         info = IptcImagePlugin.getiptcinfo(self.image) or {}
         raw = info.get(_IPTC_KEYWORDS)
         words = raw if isinstance(raw, list) else [raw] if raw is not None else []

@@ -17,6 +17,7 @@ from glimpse.contracts.bodies import (
     parse_json_body,
 )
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
+from glimpse.contracts.filters import SearchFilters
 from glimpse.contracts.gateway import (
     MAX_K,
     RELEVANCE_DOC,
@@ -46,11 +47,14 @@ async def _run_search(
     offset: int,
     relevance: str,
     exclude_ids: list[int] | None = None,
+    filters: SearchFilters | None = None,
 ) -> Response:
     t = time.perf_counter()
     # More candidates than the page: the relevance cutoff reads the query's background off them.
     asked = candidates_for(k, offset)
-    hits = await state.index.search(vector, asked, exclude_ids=exclude_ids or ())
+    hits = await state.index.search(
+        vector, asked, exclude_ids=exclude_ids or (),
+        filters=filters.model_dump(exclude_none=True) if filters is not None else None)
     search_ms = _ms(t)
     body = search_answer(
         hits,
@@ -91,7 +95,8 @@ async def search_text(request: Request, state: State) -> Response:
     check_window(body.k, body.offset, state.settings.max_result_window)
     vector = (await state.encoder.embed_text([body.query]))[0]
     return await _run_search(
-        state, started, _ms(started), vector, body.k, body.offset, body.relevance
+        state, started, _ms(started), vector, body.k, body.offset, body.relevance,
+        filters=body.filters,
     )
 
 
@@ -158,7 +163,8 @@ async def search_image(request: Request, state: State) -> Response:
             f"file: {error.get('error') or 'The query image could not be read.'}",
         )
     return await _run_search(
-        state, started, _ms(started), vectors[0], params.k, params.offset, params.relevance
+        state, started, _ms(started), vectors[0], params.k, params.offset, params.relevance,
+        filters=params.filters,
     )
 
 
@@ -191,6 +197,7 @@ async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
         body.offset,
         body.relevance,
         sorted(set(image_ids)),
+        body.filters,
     )
 
 
