@@ -582,6 +582,12 @@ class IndexClient(Upstream):
     async def delete(self, item_id: int) -> None:
         await self.request("DELETE", f"/v1/items/{item_id}", idempotent=False)
 
+    async def update(self, item_id: int, *, path: str) -> dict[str, Any]:
+        """The item shows ``path`` from now on (its file moved); its record after."""
+        record: dict[str, Any] = await self.json("PATCH", f"/v1/items/{item_id}",
+                                                 json={"path": path})
+        return record
+
     async def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = await self.json("GET", "/v1/stats")
         return stats

@@ -284,6 +284,8 @@ class Library:
         self.scanning = False
         self.dirty: dict[str, float] = {}  # relative path -> when it was last reported
         self.pending: set[str] = set()
+        # Items whose shown path a rename left behind: (id, old shown path, new shown path).
+        self.renamed: list[tuple[int, str, str]] = []
         self.rescan_requested = asyncio.Event()
         self.wake = asyncio.Event()
         self.observer: BaseObserver | None = None
@@ -475,6 +477,8 @@ class Library:
         now = self._stat(new)
         if row is not None and now is not None and (row.size, row.mtime_ns) == now[1:]:
             self.state.rename(old, new)
+            if row.id is not None and row.status == "indexed":
+                self.renamed.append((row.id, f"{self.name}/{old}", f"{self.name}/{new}"))
 
     # Status -----------------------------------------------------------------------------
 
@@ -686,6 +690,10 @@ class Libraries:
 
     async def settle(self, library: Library) -> None:
         """Reconcile the paths events named that have been quiet for ``settle_s``."""
+        while library.renamed:  # taken off only once the index has the new path
+            item_id, gone, new = library.renamed[0]
+            await self._repoint(item_id, gone, prefer=new)
+            library.renamed.pop(0)
         cutoff = time.monotonic() - library.settle_s
         ready = [p for p, t in library.dirty.items() if t <= cutoff]
         if not ready:
@@ -729,7 +737,7 @@ class Libraries:
         )
         rows: list[tuple[str, Row]] = []
         uploads: list[tuple[_Read, FormPart]] = []
-        replaced: list[tuple[str, int]] = []  # (sha256, id) a changed file held before
+        replaced: list[tuple[str, int, str]] = []  # (sha256, id, path) a changed file held
         gone: list[str] = []
         for read in reads:
             if read.error == "gone":
@@ -749,7 +757,7 @@ class Libraries:
                                                 old.status, old.error)))
                 continue
             if old is not None and old.sha256 and old.id is not None and old.status == "indexed":
-                replaced.append((old.sha256, old.id))
+                replaced.append((old.sha256, old.id, read.relative))
             name = f"{library.name}/{read.relative}"
             uploads.append((read, FormPart("files", name, None, read.data)))
         if uploads:
@@ -772,8 +780,8 @@ class Libraries:
                 read.data = b""
         if rows:
             await anyio.to_thread.run_sync(library.state.put, rows)
-        for sha256, item_id in replaced:
-            await self._release(sha256, item_id)
+        for sha256, item_id, relative in replaced:
+            await self._release(sha256, item_id, f"{library.name}/{relative}")
         if gone:
             await self._forget(library, gone)
 
@@ -782,9 +790,9 @@ class Libraries:
         is deleted."""
         rows = [(p, library.state.get(p)) for p in paths]
         await anyio.to_thread.run_sync(library.state.remove, paths)
-        for _, row in rows:
+        for path, row in rows:
             if row is not None and row.sha256 and row.id is not None and row.status == "indexed":
-                await self._release(row.sha256, row.id)
+                await self._release(row.sha256, row.id, f"{library.name}/{path}")
 
     def _held_elsewhere(self, sha256: str) -> bool:
         media = self.gateway.media
@@ -792,16 +800,42 @@ class Libraries:
             return True  # uploaded as well
         return any(lib.state.paths_of(sha256) for lib in self.libraries.values())
 
-    async def _release(self, sha256: str, item_id: int) -> None:
+    async def _release(self, sha256: str, item_id: int, gone: str) -> None:
+        """``gone`` (a library path) no longer holds ``sha256``'s bytes: the item is deleted
+        when nothing else holds them, else it shows a path that still does."""
         gateway = self.gateway
         async with gateway.media.locks.hold([sha256]):
             if await anyio.to_thread.run_sync(self._held_elsewhere, sha256):
+                await self._repoint(item_id, gone)
                 return
             with contextlib.suppress(GlimpseError):  # already deleted (by DELETE /images)
                 await gateway.index.delete(item_id)
             gateway.records.drop(item_id)
             await anyio.to_thread.run_sync(gateway.media.remove, sha256)
             gateway.media.invalidate_bytes()
+
+    async def _repoint(self, item_id: int, gone: str, prefer: str | None = None) -> None:
+        """An item that shows ``gone`` shows a library path its bytes are at now (``prefer``
+        when it is one: a rename's new path), so searches answer where the file is. An item
+        showing another path (a copy still there, an upload's) keeps it."""
+        gateway = self.gateway
+        try:
+            record = await gateway.index.item(item_id)
+        except GlimpseError as exc:
+            if exc.error_type == ErrorType.not_found:
+                return  # deleted meanwhile (DELETE /images/{id})
+            raise
+        if record.get("path") != gone:
+            return
+        paths = await anyio.to_thread.run_sync(self.paths, str(record.get("key")))
+        if not paths:
+            return
+        try:
+            await gateway.index.update(item_id, path=prefer if prefer in paths else paths[0])
+        except GlimpseError as exc:
+            if exc.error_type != ErrorType.not_found:
+                raise
+        gateway.records.drop(item_id)
 
     # Serving ----------------------------------------------------------------------------
 

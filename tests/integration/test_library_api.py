@@ -126,3 +126,11 @@ def test_moved_file_keeps_its_id_and_shows_its_new_path(stack: tuple[Stack, Path
             time.sleep(0.2)
         assert meta["paths"] == ["photos/moved/two.jpg"]
         assert client.get(f"/images/{two['id']}").content == jpeg(2)
+        # The index holds the new path: a search answers it (the same id).
+        while (hit := next(h for h in client.post(
+                "/search/text", json={"query": "a photo", "k": 10}).json()["results"]
+                if h["id"] == two["id"]))["path"] != "photos/moved/two.jpg":
+            assert time.monotonic() < deadline, hit
+            time.sleep(0.2)
+        record = httpx.get(f"{s.index.url}/v1/items/{two['id']}").json()
+        assert record["path"] == "photos/moved/two.jpg"

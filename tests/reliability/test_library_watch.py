@@ -50,6 +50,7 @@ async def test_watcher_follows_adds_renames_deletes(tmp_path: Path) -> None:
         os.rename(root / "a.png", root / "sub/renamed.png")
         await wait_for(lambda: libraries.paths(sha(png(1))) == ["lib/sub/renamed.png"])
         assert item_id in up.items and len(up.embedded) == embedded  # same id, not re-encoded
+        await wait_for(lambda: up.items[item_id]["path"] == "lib/sub/renamed.png")
 
         (root / "sub/b.png").unlink()
         await wait_for(lambda: len(up.items) == 1)

@@ -16,8 +16,10 @@ from typing import Any
 import anyio
 import pytest
 from PIL import Image
+from watchdog.events import FileMovedEvent
 
 import glimpse.gateway.library as library_module
+from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.gateway.library import (
     Libraries,
     Library,
@@ -70,6 +72,16 @@ class FakeUpstreams:
     async def delete(self, item_id: int) -> None:
         self.deleted.append(item_id)
         self.items.pop(item_id, None)
+
+    async def item(self, item_id: int) -> dict[str, Any]:
+        if item_id not in self.items:
+            raise GlimpseError(ErrorType.not_found, f"Item {item_id} does not exist.")
+        return {"id": item_id, **self.items[item_id]}
+
+    async def update(self, item_id: int, *, path: str) -> dict[str, Any]:
+        await self.item(item_id)
+        self.items[item_id]["path"] = path
+        return {"id": item_id, **self.items[item_id]}
 
     def paths(self) -> list[str]:
         return sorted(item["path"] for item in self.items.values())
@@ -200,8 +212,47 @@ async def test_touched_changed_moved_deleted(tmp_path: Path) -> None:
     assert {item["key"]: i for i, item in up.items.items()}[sha(png(3))] == ids[sha(png(3))]
     assert libraries.paths(sha(png(3))) == ["lib/sub/moved.png"]
     assert libraries.paths(sha(png(5))) == ["lib/dup2.png"]
+    # The index shows where the bytes are now (what a search answers).
+    assert up.items[ids[sha(png(3))]]["path"] == "lib/sub/moved.png"
+    assert up.items[ids[sha(png(5))]]["path"] == "lib/dup2.png"
     assert ids[sha(png(5))] in up.items
     assert library.state.get("t.png").mtime_ns == 1_000_000 * 10**9  # type: ignore[union-attr]
+
+
+async def test_a_rename_moves_the_shown_path_not_a_copys(tmp_path: Path) -> None:
+    state = gateway_state(tmp_path)
+    root = tmp_path / "lib"
+    old(root / "a.png", png(1))
+    old(root / "b.png", png(2))
+    old(root / "b2.png", png(2))
+    libraries = make(state, lib=root)
+    library = libraries.libraries["lib"]
+    await libraries.scan(library)
+    up = state.index
+    ids = {item["key"]: i for i, item in up.items.items()}
+    shown = up.items[ids[sha(png(2))]]["path"]
+    copy = "b2.png" if shown == "lib/b.png" else "b.png"  # the one the item does not show
+    up.embedded.clear()
+    (root / "sub").mkdir()
+    for name, new in (("a.png", "sub/a2.png"), (copy, "sub/copy.png")):
+        os.rename(root / name, root / new)
+        library.notice(FileMovedEvent(str(root / name), str(root / new)))
+
+    failing = up.update
+    up.update = _unavailable  # type: ignore[method-assign]
+    with pytest.raises(GlimpseError):
+        await libraries.settle(library)
+    assert len(library.renamed) == 2  # kept for the next round
+    up.update = failing  # type: ignore[method-assign]
+    await libraries.settle(library)
+    assert library.renamed == []
+    assert up.items[ids[sha(png(1))]]["path"] == "lib/sub/a2.png"
+    assert up.items[ids[sha(png(2))]]["path"] == shown
+    assert up.embedded == [] and up.deleted == []
+
+
+async def _unavailable(item_id: int, *, path: str) -> dict[str, Any]:
+    raise GlimpseError(ErrorType.upstream_unavailable, "The index service is not ready.")
 
 
 async def test_failures_recorded_once_until_changed(tmp_path: Path) -> None:
