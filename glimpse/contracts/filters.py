@@ -25,6 +25,14 @@ DATE_DOC = (
     "'YYYY-MM-DDTHH:MM[:SS]'."
 )
 EARTH_HALF_CIRCUMFERENCE_KM = 20_000.0
+_WORD_BREAKS = re.compile(r"[\s,;:/()\[\]\"']+")
+
+
+def camera_words(text: str) -> list[str]:
+    """The words of a camera's make and model, lower case, each once, in order: what meta's
+    ``camera`` holds and what the camera filter matches (Milvus 2.3 matches list elements,
+    not parts of a string)."""
+    return list(dict.fromkeys(w for w in _WORD_BREAKS.split(text.lower()) if w))
 
 
 def date_start(value: str) -> float:
@@ -86,7 +94,8 @@ class SearchFilters(StrictBody):
         "relative, without '..'.")
     camera: str | None = Field(
         default=None, min_length=1, max_length=100,
-        description="Part of the camera's make and model, any case ('pixel').")
+        description="Words of the camera's make and model, any case ('pixel', 'eos r5'): an "
+        "item whose camera has every word matches.")
     keyword: list[Keyword] | None = Field(
         default=None, min_length=1, max_length=16,
         description="IPTC/XMP keywords, any case; an item with any of them matches.")
@@ -118,8 +127,10 @@ class SearchFilters(StrictBody):
 
     @field_validator("camera")
     @classmethod
-    def _lower(cls, camera: str | None) -> str | None:
-        return camera.lower() if camera is not None else None
+    def _words(cls, camera: str | None) -> str | None:
+        if camera is not None and not camera_words(camera):
+            raise ValueError("needs a word of a camera's make or model")
+        return " ".join(camera_words(camera)) if camera is not None else None
 
     @field_validator("keyword")
     @classmethod

@@ -13,8 +13,8 @@ Field names are flat, so both index backends can filter on them (glimpse/index/f
   clock as Unix seconds read as if it were UTC (what date filters compare, so "June" means the
   photo's own June wherever it was taken); ``taken_offset``: the UTC offset when EXIF gives one;
   ``taken_source``: "exif" or "mtime".
-- ``camera_make``, ``camera_model`` as written; ``camera``: both, lower case (what the camera
-  filter matches); ``lens``.
+- ``camera_make``, ``camera_model`` as written; ``camera``: the words of both, lower case
+  (what the camera filter matches); ``lens``.
 - ``lat``, ``lon`` (degrees, WGS 84); ``orientation`` (EXIF 1-8); ``file_type`` ("jpeg", ...).
 - ``folder``: the path's folder ("" at the top); ``keywords`` (lower case, unique), ``title``,
   ``description``.
@@ -36,6 +36,7 @@ import orjson
 from PIL import ExifTags, Image, ImageFile, IptcImagePlugin
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.contracts.filters import camera_words
 from glimpse.contracts.index import MAX_META_BYTES
 
 logger = logging.getLogger("glimpse.gateway")
@@ -172,8 +173,8 @@ class _Reader:
         # Models often repeat the make ("Canon" + "Canon EOS R5"): said once.
         both = model if make and model and model.lower().startswith(make.lower()) else " ".join(
             v for v in (make, model) if v)
-        if both:
-            self.meta["camera"] = both.lower()
+        if both and camera_words(both):
+            self.meta["camera"] = camera_words(both)
 
     def lens(self) -> None:
         ifd = self.exif.get_ifd(ExifTags.IFD.Exif)

@@ -93,7 +93,8 @@ def matches(f: SearchFilters, path: str, meta: dict[str, Any]) -> bool:
     if f.folder is not None and not any(path.startswith(p + "/") for p in f.folder):
         return False
     camera = meta.get("camera")
-    if f.camera is not None and not (isinstance(camera, str) and f.camera in camera):
+    if f.camera is not None and not (
+            isinstance(camera, list) and all(w in camera for w in f.camera.split())):
         return False
     words = meta.get("keywords")
     if f.keyword is not None and not (
@@ -152,8 +153,9 @@ def sql_where(f: SearchFilters) -> tuple[str, list[Any]]:
         for p in f.folder:
             args += [len(p) + 1, p + "/"]
     if f.camera is not None:
-        out.append(f"instr({_j('camera')}, ?) > 0")
-        args.append(f.camera)
+        for word in f.camera.split():
+            out.append("EXISTS (SELECT 1 FROM json_each(meta, '$.camera') WHERE value = ?)")
+            args.append(word)
     if f.keyword is not None:
         marks = ",".join("?" * len(f.keyword))
         out.append("EXISTS (SELECT 1 FROM json_each(meta, '$.keywords') "
@@ -287,9 +289,18 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _like(text: str) -> str:
-    """``text`` as a literal part of a Milvus ``like`` pattern ('%' and '_' escaped)."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _prefix_pattern(prefix: str) -> str:
+    """A Milvus 2.3 ``like`` pattern of the strings starting with ``prefix``. It has no escape
+    for '%' and '_': a prefix holding one is cut before it (a wider match; see
+    :func:`milvus_is_wider`)."""
+    cut = min((i for i in (prefix.find("%"), prefix.find("_")) if i >= 0), default=len(prefix))
+    return _quote(prefix[:cut] + "%")
+
+
+def milvus_is_wider(f: SearchFilters) -> bool:
+    """Whether :func:`milvus_expr` keeps more than ``f`` does (``near``'s box, a folder
+    holding a wildcard), so that :func:`matches` must check what Milvus answers."""
+    return f.near is not None or any("%" in p or "_" in p for p in f.folder or ())
 
 
 def _milvus_box(box: tuple[float, float, float, float], out: list[str]) -> None:
@@ -300,8 +311,8 @@ def _milvus_box(box: tuple[float, float, float, float], out: list[str]) -> None:
 
 
 def milvus_expr(f: SearchFilters) -> str:
-    """A Milvus boolean expression over the ``meta`` JSON field: the items that pass ``f``,
-    except ``near``'s exact distance (its bounding box only; :func:`matches` finishes it)."""
+    """A Milvus boolean expression over ``path`` and the ``meta`` JSON field: the items that
+    pass ``f``, or more where :func:`milvus_is_wider` says so."""
     out: list[str] = []
     after, before = f.taken_bounds()
     if after is not None:
@@ -309,10 +320,11 @@ def milvus_expr(f: SearchFilters) -> str:
     if before is not None:
         out.append(f"{_m('taken_ts')} < {before!r}")
     if f.folder is not None:
-        out.append("(" + " or ".join(f"path like {_quote(_like(p) + '/%')}"
+        out.append("(" + " or ".join(f"path like {_prefix_pattern(p + '/')}"
                                      for p in f.folder) + ")")
     if f.camera is not None:
-        out.append(f"{_m('camera')} like {_quote('%' + _like(f.camera) + '%')}")
+        words = ", ".join(map(_quote, f.camera.split()))
+        out.append(f"json_contains_all({_m('camera')}, [{words}])")
     if f.keyword is not None:
         out.append(f"json_contains_any({_m('keywords')}, [{', '.join(map(_quote, f.keyword))}])")
     if f.has_location is not None:

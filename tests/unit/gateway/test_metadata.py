@@ -67,7 +67,7 @@ def test_exif_fields() -> None:
     assert meta["taken_ts"] == wall_clock_ts(datetime(2023, 6, 14, 10, 22, 3))
     assert meta["taken_offset"] == "+02:00" and meta["taken_source"] == "exif"
     assert (meta["camera_make"], meta["camera_model"]) == ("Canon", "Canon EOS R5")
-    assert meta["camera"] == "canon eos r5"  # the make said once
+    assert meta["camera"] == ["canon", "eos", "r5"]  # the make said once
     assert meta["lens"] == "RF24-105mm F4 L IS USM"
     assert meta["lat"] == pytest.approx(-33.8585333) and meta["lon"] == pytest.approx(151.21)
     assert meta["orientation"] == 6 and meta["file_type"] == "jpeg"

@@ -16,13 +16,20 @@ from fastapi.testclient import TestClient
 
 import glimpse.index.filters as filters
 from glimpse.contracts.filters import SearchFilters, date_start
-from glimpse.index.filters import distance_km, matches, matching_ids, milvus_expr, near_box
+from glimpse.index.filters import (
+    distance_km,
+    matches,
+    matching_ids,
+    milvus_expr,
+    milvus_is_wider,
+    near_box,
+)
 from glimpse.index.store import NewItem, Store
 from tests.unit.index.helpers import as_stored, b64, clustered
 
 DIM = 32
 FOLDERS = ["A", "A/B", "A/B/C", "AB", "D", "D/A", ""]
-CAMERAS = ["google pixel 7", "canon eos r5", "apple iphone 12"]
+CAMERAS = [["google", "pixel", "7"], ["canon", "eos", "r5"], ["apple", "iphone", "12"]]
 WORDS = ["beach", "zanzibar", "sand & sea", "100%_sure", "x"]
 
 
@@ -55,7 +62,7 @@ def random_filter(rng: random.Random) -> SearchFilters:
     if rng.random() < 0.3:
         body["folder"] = rng.sample(["A", "A/B", "D", "AB", "A/B/C"], rng.randint(1, 2))
     if rng.random() < 0.3:
-        body["camera"] = rng.choice(["Pixel", "canon", "EOS R5", "nokia"])
+        body["camera"] = rng.choice(["Pixel", "canon", "EOS R5", "nokia", "pixel 12"])
     if rng.random() < 0.3:
         body["keyword"] = rng.sample(WORDS, rng.randint(1, 2))
     if rng.random() < 0.2:
@@ -125,11 +132,12 @@ def test_near_box_holds_its_circle() -> None:
 
 
 def test_milvus_expressions_escape_their_values() -> None:
-    f = SearchFilters.model_validate({"folder": ['Say "hi"\\50%_off'], "camera": "a_b%"})
+    f = SearchFilters.model_validate({"folder": ['Say "hi"\\50%_off'], "camera": "a\\b Pro"})
     expr = milvus_expr(f)
-    assert 'path like "Say \\"hi\\"\\\\\\\\50\\\\%\\\\_off/%"' in expr
-    assert 'meta["camera"] like "%a\\\\_b\\\\%%"' in expr
+    assert 'path like "Say \\"hi\\"\\\\50%"' in expr  # cut before the wildcard
+    assert 'json_contains_all(meta["camera"], ["a\\\\b", "pro"])' in expr
     assert milvus_expr(SearchFilters()) == ""
+    assert milvus_is_wider(f) and not milvus_is_wider(SearchFilters(folder=["plain"]))
 
 
 # -- through the index service --------------------------------------------------------------
