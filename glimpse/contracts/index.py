@@ -125,6 +125,9 @@ class IndexSearchRequest(BaseModel):
         default_factory=list, description="Ids never returned (e.g. the query image itself)."
     )
     filters: Filters = Field(default=None, description=FILTERS_DOC)
+    space: str | None = Field(
+        default=None, description="The named space to search (default: the active one)."
+    )
 
 
 class IndexHit(BaseModel):
@@ -136,6 +139,7 @@ class IndexHit(BaseModel):
 
 class IndexSearchResponse(BaseModel):
     results: list[list[IndexHit]]
+    space: str | None = Field(default=None, description="The space that answered.")
 
 
 class KeysMissingRequest(BaseModel):
@@ -229,3 +233,45 @@ class TuneResponse(BaseModel):
     applied: bool
     sample: int
     trials: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class SpaceInfo(BaseModel):
+    """One named space: a model's vectors over the shared items."""
+
+    name: str
+    dim: int
+    count: int = Field(description="Live items with a vector in this space.")
+    active: bool = Field(description="Searches that name no space are answered from it.")
+    kind: str = Field(description="Its index structure (exact, ivf, hnsw...).")
+    built_in: bool = Field(description="The items' own vectors (INDEX_DIM); never dropped.")
+
+
+class SpacesResponse(BaseModel):
+    spaces: list[SpaceInfo]
+    active: str
+
+
+class CreateSpaceRequest(BaseModel):
+    name: str = Field(description="1 to 63 letters, digits or '_', starting with a letter.")
+    dim: int = Field(ge=1, description="The dimension of the space's vectors.")
+
+
+class SpaceVectorsRequest(BaseModel):
+    """Vectors of existing items in one space; ``ids[i]`` is the item of ``vectors[i]``."""
+
+    ids: list[Annotated[int, Field(ge=0, le=MAX_ITEM_ID)]] = Field(min_length=1)
+    vectors: list[VectorLike] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> SpaceVectorsRequest:
+        if len(self.ids) != len(self.vectors):
+            raise ValueError(f"ids holds {len(self.ids)} ids but vectors holds "
+                             f"{len(self.vectors)} vectors; they must pair up")
+        return self
+
+
+class SpaceVectorsResponse(BaseModel):
+    space: str
+    added: list[int] = Field(description="Ids whose vector was stored now.")
+    exists: list[int] = Field(description="Ids that had a vector in the space (kept as is).")
+    missing: list[int] = Field(description="Ids with no live item (nothing stored).")

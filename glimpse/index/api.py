@@ -29,6 +29,7 @@ from glimpse.contracts.index import (
     MAX_K,
     AddItemsRequest,
     AddItemsResponse,
+    CreateSpaceRequest,
     IndexItem,
     IndexSearchRequest,
     IndexSearchResponse,
@@ -40,6 +41,10 @@ from glimpse.contracts.index import (
     RebuildRequest,
     RebuildResponse,
     SnapshotResponse,
+    SpaceInfo,
+    SpacesResponse,
+    SpaceVectorsRequest,
+    SpaceVectorsResponse,
     TuneRequest,
     TuneResponse,
     UpdateItemRequest,
@@ -165,7 +170,6 @@ async def search(request: Request) -> Response:
     """Top-k live items per query vector (scores are inner products of unit vectors)."""
     service = service_of(request)
     body = await _body(request, IndexSearchRequest)
-    s = service.settings
     if len(body.vectors) > MAX_SEARCH_VECTORS:
         raise GlimpseError(
             ErrorType.payload_too_large,
@@ -182,13 +186,15 @@ async def search(request: Request) -> Response:
             ErrorType.validation_error,
             f"exclude_ids holds {len(body.exclude_ids)} ids; the limit is {MAX_K}.",
         )
-    queries = l2_normalize(decode_vectors(body.vectors, s.dim, what="vectors"))
+    # The space is resolved once: an activation meanwhile does not mix two spaces in one answer.
+    space, dim = service.space_of(body.space)
+    queries = l2_normalize(decode_vectors(body.vectors, dim, what="vectors"))
     # Faiss, the re-rank and SQLite run on the service's threads (they release the GIL or
     # block); the event loop only awaits the result.
-    future = service.submit_search_records(queries, body.k, nprobe=body.nprobe,
-                                           exact=body.exact, exclude=body.exclude_ids,
-                                           filters=body.filters)
-    return OrjsonResponse({"results": await asyncio.wrap_future(future)})
+    future = service.submit_space_search(space, queries, body.k, nprobe=body.nprobe,
+                                         exact=body.exact, exclude=body.exclude_ids,
+                                         filters=body.filters)
+    return OrjsonResponse({"results": await asyncio.wrap_future(future), "space": space})
 
 
 async def keys_missing(request: Request) -> Response:
@@ -322,6 +328,64 @@ async def tune(request: Request) -> Response:
     return OrjsonResponse(TuneResponse.model_validate(result).model_dump())
 
 
+# -- named spaces (spaces.py) -----------------------------------------------------------------
+
+
+async def _listing(service: IndexBackend) -> dict[str, Any]:
+    spaces = await run_in_threadpool(service.list_spaces)
+    active = next(s["name"] for s in spaces if s["active"])
+    return SpacesResponse.model_validate({"spaces": spaces, "active": active}).model_dump()
+
+
+async def list_spaces(request: Request) -> Response:
+    """Every space with its dimension, item count and structure; which one is active."""
+    return OrjsonResponse(await _listing(service_of(request)))
+
+
+async def create_space(request: Request) -> Response:
+    """A new, empty space of ``dim``-d vectors over the existing items."""
+    service = service_of(request)
+    body = await _body(request, CreateSpaceRequest)
+    await run_in_threadpool(service.create_space, body.name, body.dim)
+    created = next(s for s in await run_in_threadpool(service.list_spaces)
+                   if s["name"] == body.name)
+    return OrjsonResponse(SpaceInfo.model_validate(created).model_dump(), status_code=201)
+
+
+def _space_name(request: Request) -> str:
+    return str(request.path_params["name"])
+
+
+async def add_space_vectors(request: Request) -> Response:
+    """Store vectors of existing items in a space; an item that has one keeps it (a resumed
+    re-encoding may send it again). Committed before the answer, like an add."""
+    service = service_of(request)
+    name = _space_name(request)
+    body = await _body(request, SpaceVectorsRequest)
+    if len(body.ids) > MAX_BATCH:
+        raise GlimpseError(ErrorType.payload_too_large,
+                           f"The batch holds {len(body.ids)} vectors; the limit is {MAX_BATCH}.")
+    _, dim = service.space_of(name)
+    stored = l2_normalize(decode_vectors(body.vectors, dim, what="vectors")).astype(_F16)
+    outcome = await run_in_threadpool(service.add_space_vectors, name, body.ids, stored)
+    return OrjsonResponse(SpaceVectorsResponse(space=name, **outcome).model_dump())
+
+
+async def activate_space(request: Request) -> Response:
+    """Make a space the one searches without a space name are answered from (atomic: each
+    search sees the old space or the new one)."""
+    service = service_of(request)
+    await run_in_threadpool(service.activate_space, _space_name(request))
+    return OrjsonResponse(await _listing(service))
+
+
+async def drop_space(request: Request) -> Response:
+    """Drop a space that is neither active nor built in, with its vectors."""
+    service = service_of(request)
+    await run_in_threadpool(service.drop_space, _space_name(request))
+    return Response(status_code=204)
+
+
 async def healthz(request: Request) -> Response:
     """Liveness: the process answers (the index may still be loading)."""
     return OrjsonResponse(HealthResponse().model_dump())
@@ -356,6 +420,11 @@ _ENCODING_QUERY = {
                "title": "Encoding"},
 }
 
+_NAME_PARAM = {
+    "name": "name", "in": "path", "required": True, "description": "The space's name.",
+    "schema": {"type": "string", "title": "Name"},
+}
+
 OPERATIONS = [
     Operation("POST", "/v1/items", add_items, ("items",), AddItemsResponse,
               body=AddItemsRequest, responses=ERROR_RESPONSES),
@@ -380,6 +449,17 @@ OPERATIONS = [
               responses=ERROR_RESPONSES),
     Operation("POST", "/v1/index/tune", tune, ("ops",), TuneResponse,
               body=TuneRequest, body_required=False, responses=ERROR_RESPONSES),
+    Operation("GET", "/v1/spaces", list_spaces, ("spaces",), SpacesResponse,
+              responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/spaces", create_space, ("spaces",), SpaceInfo, status=201,
+              body=CreateSpaceRequest, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/spaces/{name}/vectors", add_space_vectors, ("spaces",),
+              SpaceVectorsResponse, body=SpaceVectorsRequest, responses=ERROR_RESPONSES,
+              parameters=[_NAME_PARAM]),
+    Operation("POST", "/v1/spaces/{name}/activate", activate_space, ("spaces",),
+              SpacesResponse, responses=ERROR_RESPONSES, parameters=[_NAME_PARAM]),
+    Operation("DELETE", "/v1/spaces/{name}", drop_space, ("spaces",), status=204,
+              responses=ERROR_RESPONSES, parameters=[_NAME_PARAM]),
     Operation("GET", "/healthz", healthz, ("ops",), HealthResponse),
     Operation("GET", "/readyz", readyz, ("ops",), ReadyResponse,
               responses={503: {"model": ReadyResponse, "description": "Not ready yet."}}),

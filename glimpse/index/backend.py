@@ -74,6 +74,29 @@ class IndexBackend(Protocol):
         exclude: Sequence[int] = (), filters: SearchFilters | None = None,
     ) -> Future[Records]: ...
 
+    # Named spaces (spaces.py): another model's vectors over the same items, one active.
+
+    def space_of(self, name: str | None) -> tuple[str, int]:
+        """The space ``name`` (the active one for None) and its dimension; 404 if unknown."""
+
+    def list_spaces(self) -> list[dict[str, Any]]: ...
+
+    def create_space(self, name: str, dim: int) -> None: ...
+
+    def add_space_vectors(self, name: str, ids: Sequence[int], vectors: np.ndarray
+                          ) -> dict[str, list[int]]:
+        """Unit float16 ``vectors`` of existing ``ids``; the ids by outcome (added, exists,
+        missing)."""
+
+    def activate_space(self, name: str) -> None: ...
+
+    def drop_space(self, name: str) -> None: ...
+
+    def submit_space_search(
+        self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+        exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
+    ) -> Future[Records]: ...
+
     def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]: ...
 
     def snapshot(self) -> SnapshotResult: ...

@@ -184,6 +184,10 @@ class MilvusStore:
         self._collection: Collection | None = None
         self.plan = plan_index(settings, milvus)
         self._lock = threading.Lock()
+        # Imported here: milvus_spaces.py builds on this module.
+        from glimpse.index.milvus_spaces import MilvusSpaces
+
+        self.spaces = MilvusSpaces(self, settings, milvus)
 
     # -- connection and schema -------------------------------------------------------------------
 
@@ -449,6 +453,7 @@ class MilvusStore:
         self._upsert(data, "delete")
         self._delete_rows([item_id])
         self._await_visible([item_id], "delete")
+        self.spaces.forget(item_id)
         return True
 
     def update(self, item_id: int, path: str | None, meta: dict[str, Any] | None

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
 
+from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import SearchFilters
 from glimpse.index import persistence
 from glimpse.index.config import Settings
@@ -32,6 +33,15 @@ from glimpse.index.gather import Search, SearchGatherer
 from glimpse.index.index import VectorIndex
 from glimpse.index.live import GpuRunner, LiveIndex, build_empty, release_free_memory
 from glimpse.index.rules import breadth_grid
+from glimpse.index.spaces import (
+    BUILTIN,
+    ActiveSpace,
+    Space,
+    SpaceStore,
+    check_new_space,
+    load_index,
+    unknown_space,
+)
 from glimpse.index.store import AddOutcome, NewItem, Record, Store
 from glimpse.index.structure import SelectionConfig
 from glimpse.index.tuning import excluding_self, tune_search
@@ -147,6 +157,9 @@ class IndexService:
         self._stop = threading.Event()
         self._snap_wanted = threading.Event()
         self._snapshot_thread: threading.Thread | None = None
+        # Named spaces (spaces.py), by name; the built-in one is ``self.index``.
+        self.spaces: dict[str, Space] = {}
+        self.active: ActiveSpace | None = None
         self.gpu: GpuRunner | None = None
         if settings.device == "cuda":
             # Fail at start with a clear sentence, not at the first search.
@@ -224,6 +237,7 @@ class IndexService:
         )
         log.info("index loaded: %s", self.load_report)
         index.on_swap.append(self._after_swap)
+        self._open_spaces(store)
         self.gatherer = SearchGatherer(self._run_gathered)
         self._snapshot_thread = threading.Thread(
             target=self._snapshot_loop, name="index-snapshot", daemon=True
@@ -264,6 +278,8 @@ class IndexService:
             self._snapshot_thread.join(30)
         if self.index is not None:
             self.index.wait_training(60)
+        for space in list(self.spaces.values()):
+            space.index.wait_training(60)
         if self.gatherer is not None:
             self.gatherer.close()
         self.search_pool.shutdown(wait=True)
@@ -305,6 +321,8 @@ class IndexService:
             if not store.delete(item_id):
                 return False
             index.remove(np.asarray([item_id], dtype=np.int64), store.last_seq)
+            for space in self.spaces.values():
+                space.index.remove(np.asarray([item_id], dtype=np.int64), store.last_seq)
             self._deleted += 1
             self._wrote(1)
         return True
@@ -448,6 +466,116 @@ class IndexService:
             ]
 
         return finish
+
+    # -- named spaces (spaces.py) ---------------------------------------------------------------
+
+    def _space_index(self, name: str, dim: int) -> Space:
+        store, _ = self._parts
+        view = SpaceStore(store, name, dim)
+        s = self.settings
+        # The automatic structure rule, not INDEX_FACTORY: that string names the built-in
+        # dimension's sub-quantizers, which another dimension may not divide.
+        index = VectorIndex(
+            dim, cast(Store, view), self.writer, keep_vectors=s.vectors_in_memory,
+            train_threshold=s.train_threshold, rerank=self.rerank,
+        )
+        return Space(name, dim, view, index)
+
+    def _open_spaces(self, store: Store) -> None:
+        for name, dim in store.spaces().items():
+            space = self._space_index(name, dim)
+            load_index(space.index, space.view, store.last_seq)
+            self.spaces[name] = space
+            if space.index.needs_training():
+                space.index.start_training(reason=f"space {name!r} loaded")
+        self.active = ActiveSpace(store, [BUILTIN, *self.spaces])
+
+    def space_of(self, name: str | None) -> tuple[str, int]:
+        """The space a request names (the active one for None) and its dimension."""
+        assert self.active is not None, "service not opened"
+        chosen = self.active.name if name is None else name
+        if chosen == BUILTIN:
+            return chosen, self.settings.dim
+        space = self.spaces.get(chosen)
+        if space is None:
+            raise unknown_space(chosen, [BUILTIN, *self.spaces])
+        return chosen, space.dim
+
+    def list_spaces(self) -> list[dict[str, Any]]:
+        store, index = self._parts
+        active = self.space_of(None)[0]
+        out = [{"name": BUILTIN, "dim": self.settings.dim, "count": index.table.count,
+                "active": active == BUILTIN, "kind": index.live.kind, "built_in": True}]
+        for space in list(self.spaces.values()):
+            out.append({"name": space.name, "dim": space.dim, "count": space.index.table.count,
+                        "active": active == space.name, "kind": space.index.live.kind,
+                        "built_in": False})
+        return out
+
+    def create_space(self, name: str, dim: int) -> None:
+        store, _ = self._parts
+        with self.writer:
+            check_new_space(name, dim, {n: sp.dim for n, sp in self.spaces.items()})
+            store.create_space(name, dim)
+            space = self._space_index(name, dim)
+            load_index(space.index, space.view, store.last_seq)
+            self.spaces[name] = space
+
+    def add_space_vectors(self, name: str, ids: Sequence[int], vectors: np.ndarray
+                          ) -> dict[str, list[int]]:
+        """Store and index ``name``'s unit float16 vectors of existing items; the ids by
+        outcome (added, exists, missing)."""
+        store, _ = self._parts
+        with self.writer:
+            space = self.spaces.get(name)
+            if space is None:
+                raise unknown_space(name, [BUILTIN, *self.spaces])
+            outcome, added, stored = store.add_space_vectors(name, space.dim, ids, vectors)
+            space.index.add(added, stored, store.last_seq)
+            self._wrote(len(added))
+        if space.index.needs_training():
+            space.index.start_training(reason=f"{space.index.table.count} items in {name!r}")
+        return outcome
+
+    def activate_space(self, name: str) -> None:
+        store, _ = self._parts
+        with self.writer:  # ordered with a drop of the same space
+            self.space_of(name)
+            assert self.active is not None
+            self.active.set(store, name)
+
+    def drop_space(self, name: str) -> None:
+        store, _ = self._parts
+        with self.writer:
+            self.space_of(name)
+            if name == BUILTIN:
+                raise GlimpseError(ErrorType.conflict, f"Space {name!r} is the items' own "
+                                   "vectors; it cannot be dropped.")
+            if self.space_of(None)[0] == name:
+                raise GlimpseError(ErrorType.conflict, f"Space {name!r} is active; activate "
+                                   "another space before dropping it.")
+            store.drop_space(name)
+            space = self.spaces.pop(name)
+        space.index.wait_training(60)
+
+    def submit_space_search(
+        self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+        exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
+    ) -> Future[Records]:
+        """:meth:`submit_search_records` in the space ``name`` (resolved by :meth:`space_of`)."""
+        if name == BUILTIN:
+            return self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,
+                                              exclude=exclude, filters=filters)
+        space = self.spaces.get(name)
+        if space is None:
+            raise unknown_space(name, [BUILTIN, *self.spaces])
+        finish = self._records_finisher(k, exclude)
+        if filters is not None:
+            return self.search_pool.submit(lambda: finish(*filters_search(
+                cast(Store, space.view), space.index, queries, k, filters, nprobe=nprobe,
+                exact=exact, exclude=exclude)))
+        return self.search_pool.submit(lambda: finish(*space.index.search_raw(
+            queries, k + len(exclude), nprobe=nprobe, exact=exact)))
 
     # -- snapshots and training ----------------------------------------------------------------
 

@@ -39,6 +39,19 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE UNIQUE INDEX IF NOT EXISTS items_live_key ON items(key) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS items_seq ON items(seq);
 CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Named spaces (spaces.py): another model's vectors over the same items, one row per item.
+-- Their writes take sequence numbers from the same counter as the items'.
+CREATE TABLE IF NOT EXISTS spaces (
+    name TEXT PRIMARY KEY, dim INTEGER NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS space_vectors (
+    space TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (space, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS space_vectors_seq ON space_vectors(space, seq);
 """
 
 _F16 = np.dtype("<f2")
@@ -121,9 +134,10 @@ class Store:
                 f"The store at {path} holds {row[0]}-dimensional vectors but INDEX_DIM is {dim}; "
                 "use another INDEX_DATA_DIR or set INDEX_DIM to match."
             )
-        self._last_seq = int(
-            self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0]
-        )
+        self._last_seq = int(self._writer.execute(
+            "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM items), "
+            "(SELECT COALESCE(MAX(seq), 0) FROM space_vectors))"
+        ).fetchone()[0])
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -389,3 +403,154 @@ class Store:
             deleted_ids=np.asarray(deleted, dtype=np.int64),
             last_seq=int(rows[-1][3]) if rows else seq,
         )
+
+    # -- named spaces (spaces.py; writes under the service's write mutex) ---------------------
+
+    def spaces(self) -> dict[str, int]:
+        """Each named space's dimension, by name."""
+        rows = self._reader().execute("SELECT name, dim FROM spaces ORDER BY created_at")
+        return {str(name): int(dim) for name, dim in rows}
+
+    def create_space(self, name: str, dim: int) -> None:
+        try:
+            with self._writer:
+                self._writer.execute("INSERT INTO spaces(name, dim, created_at) VALUES (?, ?, ?)",
+                                     (name, dim, time.time()))
+        except sqlite3.Error as exc:
+            raise StorageError("new space", exc) from exc
+
+    def drop_space(self, name: str) -> None:
+        """The space and its vectors, in one transaction."""
+        try:
+            with self._writer:
+                self._writer.execute("DELETE FROM space_vectors WHERE space = ?", (name,))
+                self._writer.execute("DELETE FROM spaces WHERE name = ?", (name,))
+        except sqlite3.Error as exc:
+            raise StorageError("space drop", exc) from exc
+
+    def info(self, name: str) -> str | None:
+        row = self._reader().execute("SELECT value FROM info WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_info(self, name: str, value: str) -> None:
+        try:
+            with self._writer:
+                self._writer.execute("INSERT OR REPLACE INTO info(name, value) VALUES (?, ?)",
+                                     (name, value))
+        except sqlite3.Error as exc:
+            raise StorageError("setting", exc) from exc
+
+    def add_space_vectors(
+        self, space: str, dim: int, ids: Sequence[int], vectors: np.ndarray
+    ) -> tuple[dict[str, list[int]], np.ndarray, np.ndarray]:
+        """Store ``space``'s float16 vectors of live items in one transaction; an id that has
+        one already is left as it is ("exists": a resumed re-encoding sends it again), an id
+        with no live item is "missing". Returns the ids by outcome and the (ids, vectors)
+        newly stored."""
+        conn = self._writer
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        live: set[int] = set()
+        have: set[int] = set()
+        for start in range(0, len(wanted), _IN_LIMIT):
+            part = wanted[start : start + _IN_LIMIT]
+            marks = ",".join("?" * len(part))
+            live.update(int(r[0]) for r in conn.execute(
+                f"SELECT id FROM items WHERE deleted = 0 AND id IN ({marks})", part))
+            have.update(int(r[0]) for r in conn.execute(
+                f"SELECT id FROM space_vectors WHERE space = ? AND id IN ({marks})",
+                (space, *part)))
+        outcome: dict[str, list[int]] = {"added": [], "exists": [], "missing": []}
+        rows: list[int] = []
+        seq = self._last_seq
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for row, item_id in enumerate(int(i) for i in ids):
+                    if item_id not in live:
+                        outcome["missing"].append(item_id)
+                    elif item_id in have:
+                        outcome["exists"].append(item_id)
+                    else:
+                        seq += 1
+                        conn.execute(
+                            "INSERT INTO space_vectors(space, id, vector, seq) VALUES (?, ?, ?, ?)",
+                            (space, item_id, _blob(vectors[row]), seq),
+                        )
+                        have.add(item_id)
+                        outcome["added"].append(item_id)
+                        rows.append(row)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError("space vectors", exc) from exc
+        self._last_seq = seq
+        added = np.asarray(outcome["added"], dtype=np.int64)
+        return outcome, added, np.asarray(vectors[rows], dtype=_F16).reshape(len(rows), dim)
+
+    def space_iter_live(
+        self, space: str, dim: int, max_seq: int | None = None, chunk: int = _CHUNK
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float16 vectors) of ``space`` for the live items, in id order."""
+        sql = ("SELECT v.id, v.vector FROM space_vectors v JOIN items i ON i.id = v.id "
+               "WHERE v.space = ? AND i.deleted = 0")
+        params: tuple[Any, ...] = (space,)
+        if max_seq is not None:
+            sql += " AND v.seq <= ?"
+            params = (space, max_seq)
+        conn = self._connect()
+        try:
+            cur = conn.execute(sql + " ORDER BY v.id", params)
+            while rows := cur.fetchmany(chunk):
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                blob = b"".join(r[1] for r in rows)
+                yield ids, np.frombuffer(blob, dtype=_F16).reshape(len(rows), dim)
+        finally:
+            conn.close()
+
+    def space_changes_since(self, space: str, dim: int, seq: int) -> Changes:
+        """``space``'s vectors written after ``seq`` (of items still live) and the items deleted
+        after it (some may have no vector in the space: removing them is a no-op)."""
+        conn = self._reader()
+        added = conn.execute(
+            "SELECT v.id, v.vector, v.seq FROM space_vectors v JOIN items i ON i.id = v.id "
+            "WHERE v.space = ? AND v.seq > ? AND i.deleted = 0 ORDER BY v.seq", (space, seq)
+        ).fetchall()
+        deleted = conn.execute(
+            "SELECT id, seq FROM items WHERE deleted = 1 AND seq > ? ORDER BY seq", (seq,)
+        ).fetchall()
+        last = max([seq] + [int(r[2]) for r in added] + [int(r[1]) for r in deleted])
+        vectors = (np.frombuffer(b"".join(r[1] for r in added), dtype=_F16).reshape(-1, dim)
+                   if added else np.zeros((0, dim), dtype=_F16))
+        return Changes(
+            added_ids=np.asarray([int(r[0]) for r in added], dtype=np.int64),
+            added_vectors=vectors,
+            deleted_ids=np.asarray([int(r[0]) for r in deleted], dtype=np.int64),
+            last_seq=last,
+        )
+
+    def space_vectors_of(self, space: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """float16 vectors of ``space`` for the live items among ``ids``."""
+        out: dict[int, np.ndarray] = {}
+        unique = list(dict.fromkeys(int(i) for i in ids))
+        conn = self._reader()
+        for start in range(0, len(unique), _IN_LIMIT):
+            part = unique[start : start + _IN_LIMIT]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                "SELECT v.id, v.vector FROM space_vectors v JOIN items i ON i.id = v.id "
+                f"WHERE v.space = ? AND i.deleted = 0 AND v.id IN ({marks})", (space, *part)
+            )
+            for item_id, blob in rows:
+                out[int(item_id)] = np.frombuffer(blob, dtype=_F16)
+        return out
+
+    def space_count(self, space: str) -> int:
+        """Live items with a vector in ``space``."""
+        row = self._reader().execute(
+            "SELECT COUNT(*) FROM space_vectors v JOIN items i ON i.id = v.id "
+            "WHERE v.space = ? AND i.deleted = 0", (space,)
+        ).fetchone()
+        return int(row[0])
