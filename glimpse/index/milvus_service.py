@@ -24,7 +24,7 @@ import numpy as np
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import SearchFilters
 from glimpse.index.config import MilvusSettings, Settings
-from glimpse.index.filters import matches, milvus_expr
+from glimpse.index.filters import matches, milvus_expr, milvus_is_wider
 from glimpse.index.gather import Search, SearchGatherer, by_everything
 from glimpse.index.milvus_spaces import MilvusSpacesMixin
 from glimpse.index.milvus_store import (
@@ -168,8 +168,8 @@ class MilvusIndexService(MilvusSpacesMixin):
         those passing ``filters`` (a Milvus expression, filters.py)."""
         rescore = exact or self.rerank > 0
         where = milvus_expr(filters) if filters is not None else ""
-        # near's expression is its bounding box: twice the candidates, the circle kept below.
-        spread = 2 if filters is not None and filters.near is not None else 1
+        # A wider expression (near's box, say): twice the candidates, the filter checked below.
+        spread = 2 if filters is not None and milvus_is_wider(filters) else 1
         if exact:
             candidates = self._exact_candidates(queries, spread * k + _SPARE, exclude, where)
         else:
