@@ -1,10 +1,11 @@
 """Searches narrowed by ``filters`` (glimpse/contracts/filters.py), in both backends.
 
-One meaning, written three ways: :func:`matches` (a Python predicate over one item's meta: the
-reference the others are tested against), :func:`sql_where` (the Faiss backend asks its SQLite
-store for the matching ids) and :func:`milvus_expr` (a boolean expression over Milvus's JSON
-``meta`` field). ``near`` is a great-circle distance, which neither SQLite nor Milvus 2.3 can
-compute: both select the circle's bounding box and :func:`matches` keeps what is inside.
+One meaning, written three ways: :func:`matches` (a Python predicate over one item's path and
+meta: the reference the others are tested against), :func:`matching_mask` (numpy over the
+Faiss backend's in-memory columns of its store, filter_table.py) and :func:`milvus_expr` (a
+boolean expression over Milvus's ``path`` and JSON ``meta``; where Milvus 2.3 cannot say it
+exactly, ``near``'s circle or a folder holding a wildcard, it says more and :func:`matches`
+checks the hits).
 
 The Faiss backend searches with the filter, not after it (:func:`search`): the matching ids
 become a bitmap ``IDSelector``, so every hit answered matches and k hits come back whenever k
@@ -19,15 +20,14 @@ items match. It chooses by the filter's share of the live items:
 from __future__ import annotations
 
 import math
-import sqlite3
-import threading
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
 from glimpse.contracts.filters import SearchFilters
+from glimpse.index.filter_table import FilterTable, table_of
 
 if TYPE_CHECKING:
     from glimpse.index.index import VectorIndex
@@ -119,95 +119,80 @@ def matches(f: SearchFilters, path: str, meta: dict[str, Any]) -> bool:
     return f.min_width is None or (width is not None and width >= f.min_width)
 
 
-# -- SQLite (the Faiss backend's store) -------------------------------------------------------
+# -- the Faiss backend: a mask over the store's items ----------------------------------------
 
 
-def _j(field: str) -> str:
-    return f"json_extract(meta, '$.{field}')"
+def _in_lon_array(lon: np.ndarray, west: float, east: float) -> np.ndarray:
+    if west <= east:
+        return (lon >= west) & (lon <= east)
+    return (lon >= west) | (lon <= east)
 
 
-def _sql_box(box: tuple[float, float, float, float], out: list[str], args: list[Any]) -> None:
-    south, west, north, east = box
-    out.append(f"{_j('lat')} BETWEEN ? AND ?")
-    args += [south, north]
-    glue = "AND" if west <= east else "OR"
-    out.append(f"({_j('lon')} >= ? {glue} {_j('lon')} <= ?)")
-    args += [west, east]
+def _distance_km_array(lat: float, lon: float, lats: np.ndarray, lons: np.ndarray
+                       ) -> np.ndarray:
+    p1, p2 = math.radians(lat), np.radians(lats)
+    a = (np.sin((p2 - p1) / 2) ** 2
+         + math.cos(p1) * np.cos(p2) * np.sin(np.radians(lons - lon) / 2) ** 2)
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.minimum(1.0, np.sqrt(a)))
 
 
-def sql_where(f: SearchFilters) -> tuple[str, list[Any]]:
-    """A WHERE clause over the store's ``items`` rows and its arguments: the live items that
-    pass ``f``, except ``near``'s exact distance (its bounding box only)."""
-    out: list[str] = ["deleted = 0"]
-    args: list[Any] = []
+def _mask(t: FilterTable, f: SearchFilters) -> np.ndarray:
+    """Items of ``t`` passing ``f``, by id (caller holds ``t.lock``, refreshed)."""
+    m = t.present.copy()
+    fl, codes, values = t.floats, t.codes, t.values
+
+    def coded(name: str, test: Callable[[Any], bool]) -> None:
+        nonlocal m
+        m &= np.isin(codes[name], values[name].passing(test))
+
     after, before = f.taken_bounds()
-    if after is not None:
-        out.append(f"{_j('taken_ts')} >= ?")
-        args.append(after)
-    if before is not None:
-        out.append(f"{_j('taken_ts')} < ?")
-        args.append(before)
+    with np.errstate(invalid="ignore"):  # NaN (no value) compares false: no match
+        if after is not None:
+            m &= fl["taken_ts"] >= after
+        if before is not None:
+            m &= fl["taken_ts"] < before
+        if f.min_width is not None:
+            m &= fl["width"] >= f.min_width
+        lat, lon = fl["lat"], fl["lon"]
+        if f.has_location is not None:
+            located = ~(np.isnan(lat) | np.isnan(lon))
+            m &= located if f.has_location else ~located
+        boxes = [] if f.bbox is None else [(f.bbox.south, f.bbox.west, f.bbox.north,
+                                            f.bbox.east)]
+        box = near_box(f)
+        for south, west, north, east in boxes + ([box] if box is not None else []):
+            m &= (lat >= south) & (lat <= north) & _in_lon_array(lon, west, east)
     if f.folder is not None:
-        # substr counts characters, as len() does.
-        out.append("(" + " OR ".join("substr(path, 1, ?) = ?" for _ in f.folder) + ")")
-        for p in f.folder:
-            args += [len(p) + 1, p + "/"]
+        prefixes = [p + "/" for p in f.folder]
+        coded("folder", lambda d: any((d + "/").startswith(p) for p in prefixes))
     if f.camera is not None:
-        for word in f.camera.split():
-            out.append("EXISTS (SELECT 1 FROM json_each(meta, '$.camera') WHERE value = ?)")
-            args.append(word)
+        words = f.camera.split()
+        coded("camera", lambda have: all(w in have for w in words))
     if f.keyword is not None:
-        marks = ",".join("?" * len(f.keyword))
-        out.append("EXISTS (SELECT 1 FROM json_each(meta, '$.keywords') "
-                   f"WHERE value IN ({marks}))")
-        args += f.keyword
-    if f.has_location is not None:
-        out.append(f"{_j('lat')} IS {'NOT ' if f.has_location else ''}NULL")
-    if f.bbox is not None:
-        _sql_box((f.bbox.south, f.bbox.west, f.bbox.north, f.bbox.east), out, args)
-    box = near_box(f)
-    if box is not None:
-        _sql_box(box, out, args)
+        keywords = f.keyword
+        coded("keywords", lambda have: any(w in have for w in keywords))
     if f.type is not None:
-        out.append(f"{_j('file_type')} IN ({','.join('?' * len(f.type))})")
-        args += f.type
-    if f.min_width is not None:
-        out.append(f"{_j('width')} >= ?")
-        args.append(f.min_width)
-    return " AND ".join(out), args
+        types = f.type
+        coded("file_type", lambda v: v in types)
+    if f.near is not None:
+        n = f.near
+        inside = np.flatnonzero(m)
+        far = _distance_km_array(n.lat, n.lon, lat[inside], lon[inside]) > n.radius_km
+        m[inside[far]] = False
+    return m
 
 
-class _Readers(threading.local):
-    """A read-only connection per thread and store file (WAL lets it read beside the writer)."""
-
-    def __init__(self) -> None:
-        self.by_path: dict[Path, sqlite3.Connection] = {}
-
-
-_readers = _Readers()
-
-
-def _reader(path: Path) -> sqlite3.Connection:
-    conn = _readers.by_path.get(path)
-    if conn is None:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        _readers.by_path[path] = conn
-    return conn
+def matching_mask(store: Store, f: SearchFilters) -> np.ndarray:
+    """Items of ``store`` passing ``f``, as a mask by id (deleted ones false)."""
+    t = table_of(store.path)
+    with t.lock:
+        t.refresh()
+        return _mask(t, f)
 
 
 def matching_ids(store: Store, f: SearchFilters) -> np.ndarray:
     """Ids of the live items of ``store`` that pass ``f``, ascending."""
-    where, args = sql_where(f)
-    conn = _reader(store.path)
-    if f.near is None:
-        rows = conn.execute(f"SELECT id FROM items WHERE {where}", args).fetchall()
-        return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
-    n = f.near
-    rows = conn.execute(f"SELECT id, {_j('lat')}, {_j('lon')} FROM items WHERE {where}",
-                        args).fetchall()
-    inside = [r[0] for r in rows
-              if distance_km(n.lat, n.lon, float(r[1]), float(r[2])) <= n.radius_km]
-    return np.sort(np.asarray(inside, dtype=np.int64))
+    return np.flatnonzero(matching_mask(store, f)).astype(np.int64)
 
 
 def search(
@@ -217,12 +202,13 @@ def search(
     """Top ``k`` (scores, ids) per unit query among the live items passing ``f``, excluded ids
     left out; id -1 where fewer match. The path is chosen as the module docstring says."""
     queries = np.ascontiguousarray(queries, dtype=_F32)
-    wanted = matching_ids(store, f)
+    wanted = matching_mask(store, f)
     index.limit_threads(len(queries))
     with index.rw.read():
         table, live = index.table, index.live
         mask = np.zeros(table.capacity, dtype=bool)
-        mask[wanted[wanted < table.capacity]] = True
+        common = min(len(wanted), table.capacity)
+        mask[:common] = wanted[:common]
         mask &= table.live
         skip = np.asarray(list(exclude), dtype=np.int64)
         mask[skip[(skip >= 0) & (skip < table.capacity)]] = False

@@ -87,23 +87,34 @@ def metas() -> list[dict[str, Any]]:
     return [random_meta(rng) for _ in range(3000)]
 
 
-def test_sql_agrees_with_the_reference_predicate(tmp_path: Path,
-                                                 metas: list[dict[str, Any]]) -> None:
+def test_the_columns_follow_the_store_and_agree_with_the_reference(
+        tmp_path: Path, metas: list[dict[str, Any]]) -> None:
+    """Random filters over random metas, before and after adds, deletes and updates of path
+    and meta (which keep their rows' sequence numbers)."""
     store = Store(tmp_path / "items.db", DIM)
     vectors = clustered(len(metas), DIM).astype(np.float16)
-    _, ids, _ = store.add([NewItem(f"k{i}", path_of(i, m), m, v)
-                           for i, (m, v) in enumerate(zip(metas, vectors, strict=True))])
-    store.delete(int(ids[0]))
-    rng = random.Random(1)
-    nonempty = 0
-    for _ in range(300):
-        f = random_filter(rng)
-        expected = [int(i) for n, (i, m) in enumerate(zip(ids, metas, strict=True))
-                    if matches(f, path_of(n, m), m) and i != ids[0]]
-        got = matching_ids(store, f).tolist()
-        assert got == expected, f
-        nonempty += bool(expected)
-    assert nonempty > 100  # the filters were not all empty
+    half = len(metas) // 2
+    rows = {}  # id -> (path, meta) of the live items
+    for part in (range(half), range(half, len(metas))):
+        _, ids, _ = store.add([NewItem(f"k{n}", path_of(n, metas[n]), metas[n], vectors[n])
+                               for n in part])
+        rows.update({int(i): (path_of(n, metas[n]), metas[n]) for i, n in zip(ids, part,
+                                                                                strict=True)})
+        rng = random.Random(len(rows))
+        for item_id in rng.sample(sorted(rows), 50):
+            store.delete(item_id)
+            del rows[item_id]
+        for item_id in rng.sample(sorted(rows), 50):
+            path, meta = f"moved/{rng.choice(FOLDERS)}/{item_id}.jpg", random_meta(rng)
+            assert store.update(item_id, path, meta)
+            rows[item_id] = (path, meta)
+        nonempty = 0
+        for _ in range(150):
+            f = random_filter(rng)
+            expected = [i for i, (p, m) in sorted(rows.items()) if matches(f, p, m)]
+            assert matching_ids(store, f).tolist() == expected, f
+            nonempty += bool(expected)
+        assert nonempty > 50  # the filters were not all empty
     store.close()
 
 
