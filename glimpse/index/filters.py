@@ -11,8 +11,9 @@ The Faiss backend searches with the filter, not after it (:func:`search`): the m
 become a bitmap ``IDSelector``, so every hit answered matches and k hits come back whenever k
 items match. It chooses by the filter's share of the live items:
 
-- a share up to ``EXACT_SHARE`` (or few rows, or an exact or graph index): the table's float16
-  rows of the matching ids only, scanned exactly: recall 1;
+- up to ``EXACT_ROWS`` matching items: their float16 rows gathered and scored exactly;
+- a share up to ``EXACT_SHARE`` (or an exact or graph index): Faiss's exact scan of the
+  table's rows past the selector (both exact: recall 1);
 - a broader one: the IVF lists with the selector, ``nprobe`` widened by ``1 / share`` so the
   matching candidates seen are about those of an unfiltered search, then the usual re-rank.
 """
@@ -34,11 +35,11 @@ if TYPE_CHECKING:
     from glimpse.index.store import Store
 
 EARTH_RADIUS_KM = 6371.0088
-# Below this share of the live items an exact scan of the matching rows reads fewer bytes than
-# the widened IVF search (bench/bench_filters.py measures both).
+# Up to this share of the live items, Faiss's exact scan past the selector costs less than the
+# IVF search widened by 1 / share.
 EXACT_SHARE = 0.02
-# At most this many matching rows are always scanned exactly, whatever their share.
-EXACT_ROWS = 20_000
+# Up to this many matching items, gathering their rows costs less than any scan.
+EXACT_ROWS = 2_000
 _KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180.0
 _F32 = np.float32
 
@@ -219,9 +220,11 @@ def search(
         scan = table.scan_index
         if scan is None:  # low-memory setting: the matching rows read from the store
             return _scan_store(index, store, queries, k, np.flatnonzero(mask))
+        if count <= EXACT_ROWS and table.vectors is not None:
+            return _scan_rows(index, queries, k, np.flatnonzero(mask))
         bitmap = np.packbits(mask, bitorder="little")  # referenced until the search returns
         selector = faiss.IDSelectorBitmap(table.capacity, faiss.swig_ptr(bitmap))
-        if exact or live.ivf is None or share <= EXACT_SHARE or count <= EXACT_ROWS:
+        if exact or live.ivf is None or share <= EXACT_SHARE:
             params = faiss.SearchParameters()
             params.sel = selector
             return scan.search(queries, min(k, count), params=params)
@@ -253,15 +256,30 @@ def _ivf(index: VectorIndex, queries: np.ndarray, k: int, selector: Any, share: 
     return scores, ids
 
 
+def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    kk = min(k, len(ids))
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    order = np.take_along_axis(-scores, part, axis=1).argsort(axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    return np.take_along_axis(scores, best, axis=1).astype(_F32), ids[best]
+
+
+def _scan_rows(index: VectorIndex, queries: np.ndarray, k: int, ids: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of the rows ``ids`` of the table, gathered (caller holds the read lock):
+    for a few thousand rows, faster than Faiss's scan of every row past the selector."""
+    assert index.table.vectors is not None
+    return _top(queries @ index.widen(index.table.vectors[ids]).T, ids, k)
+
+
 def _scan_store(index: VectorIndex, store: Store, queries: np.ndarray, k: int,
                 ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of the matching rows read from the store (no vectors in memory)."""
     found = store.vectors_of(ids.tolist())
+    if not found:  # deleted meanwhile
+        return np.full((len(queries), 0), -np.inf, _F32), np.full((len(queries), 0), -1)
     have = np.asarray(sorted(found), dtype=np.int64)
-    scores = queries @ index.widen(np.stack([found[int(i)] for i in have])).T
-    kk = min(k, len(have))
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-    return np.take_along_axis(scores, top, axis=1).astype(_F32), have[top]
+    return _top(queries @ index.widen(np.stack([found[int(i)] for i in have])).T, have, k)
 
 
 # -- Milvus -----------------------------------------------------------------------------------
