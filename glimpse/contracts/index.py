@@ -275,3 +275,18 @@ class SpaceVectorsResponse(BaseModel):
     added: list[int] = Field(description="Ids whose vector was stored now.")
     exists: list[int] = Field(description="Ids that had a vector in the space (kept as is).")
     missing: list[int] = Field(description="Ids with no live item (nothing stored).")
+
+
+class PendingItem(BaseModel):
+    id: int
+    key: str
+    path: str
+
+
+class SpacePending(BaseModel):
+    """What a re-encoding into a space has left: a page of items in id order, and progress."""
+
+    space: str
+    items: list[PendingItem] = Field(description="Live items with no vector in the space yet.")
+    done: int = Field(description="Live items with a vector in the space.")
+    total: int = Field(description="Live items.")

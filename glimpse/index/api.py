@@ -42,6 +42,7 @@ from glimpse.contracts.index import (
     RebuildResponse,
     SnapshotResponse,
     SpaceInfo,
+    SpacePending,
     SpacesResponse,
     SpaceVectorsRequest,
     SpaceVectorsResponse,
@@ -371,6 +372,29 @@ async def add_space_vectors(request: Request) -> Response:
     return OrjsonResponse(SpaceVectorsResponse(space=name, **outcome).model_dump())
 
 
+MAX_PENDING_PAGE = 1000
+_PAGE: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1, le=MAX_PENDING_PAGE)])
+
+
+def _query_int(request: Request, name: str, adapter: TypeAdapter[int], default: int) -> int:
+    try:
+        return adapter.validate_python(request.query_params.get(name, default), strict=False)
+    except ValidationError as exc:
+        raise _invalid([{**e, "loc": (name,)} for e in
+                        exc.errors(include_url=False, include_context=False)], "query") from None
+
+
+async def space_pending(request: Request) -> Response:
+    """A page of the live items with no vector in the space yet, in id order past ``after``,
+    with how many have one: a re-encoding resumes from what the index holds."""
+    service = service_of(request)
+    name = _space_name(request)
+    after = _query_int(request, "after", _ITEM_ID, 0)
+    limit = _query_int(request, "limit", _PAGE, 256)
+    page = await run_in_threadpool(service.space_pending, name, after, limit)
+    return OrjsonResponse(SpacePending(space=name, **page).model_dump())
+
+
 async def activate_space(request: Request) -> Response:
     """Make a space the one searches without a space name are answered from (atomic: each
     search sees the old space or the new one)."""
@@ -425,6 +449,17 @@ _NAME_PARAM = {
     "schema": {"type": "string", "title": "Name"},
 }
 
+_AFTER_QUERY = {
+    "name": "after", "in": "query", "required": False,
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ITEM_ID, "default": 0,
+               "title": "After", "description": "Only items with a larger id."},
+}
+_LIMIT_QUERY = {
+    "name": "limit", "in": "query", "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PENDING_PAGE, "default": 256,
+               "title": "Limit"},
+}
+
 OPERATIONS = [
     Operation("POST", "/v1/items", add_items, ("items",), AddItemsResponse,
               body=AddItemsRequest, responses=ERROR_RESPONSES),
@@ -456,6 +491,8 @@ OPERATIONS = [
     Operation("POST", "/v1/spaces/{name}/vectors", add_space_vectors, ("spaces",),
               SpaceVectorsResponse, body=SpaceVectorsRequest, responses=ERROR_RESPONSES,
               parameters=[_NAME_PARAM]),
+    Operation("GET", "/v1/spaces/{name}/pending", space_pending, ("spaces",), SpacePending,
+              responses=ERROR_RESPONSES, parameters=[_NAME_PARAM, _AFTER_QUERY, _LIMIT_QUERY]),
     Operation("POST", "/v1/spaces/{name}/activate", activate_space, ("spaces",),
               SpacesResponse, responses=ERROR_RESPONSES, parameters=[_NAME_PARAM]),
     Operation("DELETE", "/v1/spaces/{name}", drop_space, ("spaces",), status=204,

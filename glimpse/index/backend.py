@@ -88,6 +88,10 @@ class IndexBackend(Protocol):
         """Unit float16 ``vectors`` of existing ``ids``; the ids by outcome (added, exists,
         missing)."""
 
+    def space_pending(self, name: str, after: int, limit: int) -> dict[str, Any]:
+        """{"items": [{id, key, path}] of live items past ``after`` with no vector in the
+        space, in id order; "done": items with one; "total": live items}."""
+
     def activate_space(self, name: str) -> None: ...
 
     def drop_space(self, name: str) -> None: ...

@@ -221,6 +221,38 @@ class MilvusSpaces:
                 raise self._failed("space vectors write", exc, None) from exc
         return outcome
 
+    def pending(self, name: str, after: int, limit: int) -> dict[str, Any]:
+        """Live items past id ``after`` with no vector in ``name`` (in id order: the items'
+        collection is read with a query iterator, which walks the primary key)."""
+        live, _ = self.store.counts()
+        if name == BUILTIN:
+            self.dim_of(name)
+            return {"items": [], "done": live, "total": live}
+        _, dim = self.dim_of(name)
+        collection = self.collection(name, dim)
+        found: list[dict[str, Any]] = []
+        try:
+            iterator = self.store.collection.query_iterator(
+                batch_size=1000, expr=f"id > {int(after)}", output_fields=["id", "key", "path"],
+                timeout=self.store.timeout, consistency_level="Eventually")
+            while len(found) < limit:
+                rows = iterator.next()
+                if not rows:
+                    break
+                ids = [int(r["id"]) for r in rows]
+                dead = {-int(r["id"]) for r in self.store.rows_of_ids(
+                    [-i for i in ids], ("id",), "space progress").values()}
+                have = {int(r["id"]) for r in collection.query(
+                    f"id in {_ints(ids)}", output_fields=["id"], timeout=self.store.timeout,
+                    consistency_level="Eventually")}
+                found.extend({"id": int(r["id"]), "key": str(r["key"]), "path": str(r["path"])}
+                             for r in rows if int(r["id"]) not in have | dead)
+            iterator.close()
+        except _FAILURES as exc:
+            raise self._failed("space progress", exc, True) from exc
+        found.sort(key=lambda r: r["id"])
+        return {"items": found[:limit], "done": self.count(name, dim), "total": live}
+
     def activate(self, name: str) -> None:
         self.dim_of(name)
         self._put(_ACTIVE_ROW, 0, name)
@@ -334,6 +366,9 @@ class MilvusSpacesMixin:
     def add_space_vectors(self, name: str, ids: Sequence[int], vectors: np.ndarray
                           ) -> dict[str, list[int]]:
         return self.store.spaces.add_vectors(name, ids, vectors)
+
+    def space_pending(self, name: str, after: int, limit: int) -> dict[str, Any]:
+        return self.store.spaces.pending(name, after, limit)
 
     def activate_space(self, name: str) -> None:
         self.store.spaces.activate(name)

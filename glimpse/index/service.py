@@ -537,6 +537,17 @@ class IndexService:
             space.index.start_training(reason=f"{space.index.table.count} items in {name!r}")
         return outcome
 
+    def space_pending(self, name: str, after: int, limit: int) -> dict[str, Any]:
+        """The live items with no vector in ``name`` yet (a page past id ``after``), how many
+        have one and how many there are."""
+        store, index = self._parts
+        self.space_of(name)
+        if name == BUILTIN:  # every item has its own vector
+            return {"items": [], "done": index.table.count, "total": index.table.count}
+        page = store.space_pending(name, after, limit)
+        return {"items": [{"id": i, "key": k, "path": p} for i, k, p in page],
+                "done": self.spaces[name].index.table.count, "total": index.table.count}
+
     def activate_space(self, name: str) -> None:
         store, _ = self._parts
         with self.writer:  # ordered with a drop of the same space

@@ -554,3 +554,13 @@ class Store:
             "WHERE v.space = ? AND i.deleted = 0", (space,)
         ).fetchone()
         return int(row[0])
+
+    def space_pending(self, space: str, after: int, limit: int) -> list[tuple[int, str, str]]:
+        """(id, key, path) of live items past id ``after`` with no vector in ``space``, in id
+        order: what a re-encoding into the space has left, read a page at a time."""
+        rows = self._reader().execute(
+            "SELECT i.id, i.key, i.path FROM items i WHERE i.deleted = 0 AND i.id > ? AND NOT "
+            "EXISTS (SELECT 1 FROM space_vectors v WHERE v.space = ? AND v.id = i.id) "
+            "ORDER BY i.id LIMIT ?", (after, space, limit)
+        ).fetchall()
+        return [(int(i), str(k), str(p)) for i, k, p in rows]

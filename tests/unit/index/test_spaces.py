@@ -148,3 +148,40 @@ def test_bad_space_requests_are_4xx_naming_the_problem(client: TestClient) -> No
     client.post("/v1/spaces/clip2/activate")
     error(client.delete("/v1/spaces/clip2"), 409, "is active")
     error(client.delete("/v1/spaces/nope"), 404, "nope")
+
+
+def test_pending_pages_what_a_space_still_lacks(client: TestClient) -> None:
+    old = clustered(30, DIM, seed=5)
+    ids = [a["id"] for a in client.post("/v1/items", json=items_body(old)).json()["items"]]
+    client.post("/v1/spaces", json={"name": "clip2", "dim": NEW_DIM})
+    new = clustered(30, NEW_DIM, seed=6)
+    client.post("/v1/spaces/clip2/vectors",
+                json={"ids": ids[:10], "vectors": [b64(v) for v in new[:10]]})
+    client.delete(f"/v1/items/{ids[20]}")
+    left = sorted(ids[10:20] + ids[21:])  # in id order (Milvus's ids are hashes)
+    first = client.get("/v1/spaces/clip2/pending", params={"limit": 8}).json()
+    assert (first["space"], first["done"], first["total"]) == ("clip2", 10, 29)
+    assert [i["id"] for i in first["items"]] == left[:8]
+    n = ids.index(left[0])
+    assert first["items"][0] == {"id": left[0], "key": f"key-{n}", "path": f"img/{n}.jpg"}
+    rest = client.get("/v1/spaces/clip2/pending",
+                      params={"after": first["items"][-1]["id"], "limit": 100}).json()
+    assert [i["id"] for i in rest["items"]] == left[8:]
+    assert client.get("/v1/spaces/default/pending").json()["items"] == []
+    bad = client.get("/v1/spaces/clip2/pending", params={"limit": 0})
+    assert bad.status_code == 422 and "limit" in bad.json()["error"]
+    assert client.get("/v1/spaces/nope/pending").status_code == 404
+
+
+def test_filters_apply_in_a_space(client: TestClient) -> None:
+    ids, _, new = _filled(client, n=20)
+    client.patch(f"/v1/items/{ids[4]}", json={"path": "trip/4.jpg"})
+
+    def found(folder: str) -> list[int]:
+        r = client.post("/v1/search", json={"vectors": [b64(new[4])], "k": 5, "space": "clip2",
+                                            "filters": {"folder": [folder]}})
+        assert r.status_code == 200, r.text
+        return [h["id"] for h in r.json()["results"][0]]
+
+    assert found("trip") == [ids[4]]
+    assert ids[4] not in found("img") and len(found("img")) == 5
