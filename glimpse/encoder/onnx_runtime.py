@@ -5,8 +5,11 @@ behind the ClipEncoder interface.
 The cache entry is a folder named by a hash of its key (model, weights, versions, export
 options). It is written under a temporary name and renamed whole, so a process starting beside
 another never sees half of it, and it is checked against its sidecar (the key and each file's
-sha256) at every load, so a stale or damaged entry is rebuilt, never served. Preprocessing is
-the torch model's own (the same PixelRecipe path), so the same pixels go in.
+sha256) at every load, so a stale or damaged entry is rebuilt, never served. A new export
+removes the entries of the same model, weights and quantisation made for other versions,
+except those loaded within PRUNE_AFTER_S (a load touches the sidecar first), which another
+process may be reading. Preprocessing is the torch model's own (the same PixelRecipe path), so
+the same pixels go in.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,9 @@ OPSET = 17
 EXPORT_FORMAT = 1
 TOWERS = ("image", "text")
 _SIDECAR = "export.json"
+# An entry loaded more recently than this is left alone by pruning: a process starting on an
+# older version may be reading it (a load reads its files within a minute even on a busy CPU).
+PRUNE_AFTER_S = 600.0
 
 
 class ExportError(RuntimeError):
@@ -215,17 +222,49 @@ def _build(encoder: ClipEncoder, settings: Settings, key: dict[str, Any], final:
         for _attempt in range(3):
             try:
                 os.rename(tmp, final)
-                return
             except OSError:  # final exists: a whole entry from another process, or damage
                 if _valid(final, key) is None:
                     return
-                trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-                with contextlib.suppress(OSError):
-                    os.rename(final, trash / "entry")
-                shutil.rmtree(trash, ignore_errors=True)
+                _remove(final)
+                continue
+            with contextlib.suppress(OSError):  # pruning is housekeeping, never a failed start
+                prune(final, key)
+            return
         raise ExportError(f"could not move the export into {final}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(folder: Path) -> None:
+    """Rename ``folder`` away first, so no reader ever sees it half deleted."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    with contextlib.suppress(OSError):
+        os.rename(folder, trash / "entry")
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune(keep: Path, key: dict[str, Any]) -> list[Path]:
+    """Remove the cache entries beside ``keep`` made for ``key``'s model, weights and
+    quantisation but other versions, unless loaded in the last PRUNE_AFTER_S; the removed."""
+    removed = []
+    for folder in keep.parent.iterdir():
+        if folder == keep or folder.name.startswith("."):
+            continue
+        sidecar = folder / _SIDECAR
+        try:
+            other = json.loads(sidecar.read_text())["key"]
+            last_loaded = sidecar.stat().st_mtime
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # not a whole entry: a damaged one is rebuilt when its key is asked for
+        if not isinstance(other, dict) or other == key or any(
+                other.get(field) != key[field] for field in ("model", "weights", "quantize")):
+            continue
+        if time.time() - last_loaded < PRUNE_AFTER_S:
+            continue
+        _remove(folder)
+        removed.append(folder)
+        logger.info("removed %s, an ONNX export of %s for other versions", folder, key["model"])
+    return removed
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -251,6 +290,9 @@ def load_sessions(encoder: ClipEncoder, settings: Settings) -> tuple[Any, Any, P
     for this key is there, else exported now (and cached). Raises ExportError."""
     key = export_key(settings, settings.onnx_quantize)
     final = entry_dir(settings, key)
+    # Marks the entry as in use, so that a newer version's export does not prune it now.
+    with contextlib.suppress(OSError):
+        os.utime(final / _SIDECAR)
     problem = _valid(final, key) if final.exists() else "not cached"
     for attempt in range(2):
         if problem is not None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +228,39 @@ def test_int8_keeps_the_vectors(tmp_path: Path, photos: dict[str, np.ndarray]) -
     pixels = _pixels(fp32, photos)
     assert np.min(np.sum(int8.encode_pixels(pixels) * fp32.encode_pixels(pixels), axis=1)) >= 0.99
     assert np.min(np.sum(int8.encode_texts(TEXTS) * fp32.encode_texts(TEXTS), axis=1)) >= 0.99
+
+
+def _age(entry: Path, seconds: float) -> None:
+    """Make ``entry`` look last loaded ``seconds`` ago."""
+    then = time.time() - seconds
+    os.utime(entry / "export.json", (then, then))
+
+
+def test_a_new_export_prunes_idle_entries_of_other_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = onnx_runtime._version
+
+    def onnxruntime_version(version: str | None) -> None:
+        monkeypatch.setattr(onnx_runtime, "_version", lambda dist: (
+            version if version and dist == "onnxruntime" else real(dist)))
+
+    idle = _entry(load_serving_encoder(_settings(tmp_path)))
+    int8 = _entry(load_serving_encoder(_settings(tmp_path, onnx_quantize="int8")))
+    # A load marks its entry as in use: this one is loaded again, so it is recent once more.
+    _age(idle, 3600)
+    assert _entry(load_serving_encoder(_settings(tmp_path))) == idle
+    assert time.time() - (idle / "export.json").stat().st_mtime < 60
+    onnxruntime_version("98.0")
+    in_use = _entry(load_serving_encoder(_settings(tmp_path)))  # as if another process had it
+    for entry in (idle, int8):
+        _age(entry, 2 * onnx_runtime.PRUNE_AFTER_S)
+    assert {idle, in_use, int8} <= set((tmp_path / "onnx").iterdir())
+    onnxruntime_version("99.0")
+    newest = _entry(load_serving_encoder(_settings(tmp_path)))
+    # Gone: the idle fp32 entry of another version. Kept: the newest, the one loaded a moment
+    # ago (its process may still be reading it), and int8, another quantisation.
+    assert sorted((tmp_path / "onnx").iterdir()) == sorted([newest, in_use, int8])
+    onnxruntime_version(None)
+    again = load_serving_encoder(_settings(tmp_path))  # the idle entry's versions: rebuilt
+    assert _entry(again) == idle and again.encode_texts(["a dog"]).shape == (1, 64)
