@@ -1,18 +1,21 @@
 """Which hits of a search are relevant: a per-query cutoff from the query's own candidates.
 
 A flat score threshold fails because every model, and every query, has its own score scale. The
-cutoff here reads the scale off the query's candidate list instead. Most of a query's candidates
-are background (items unrelated to it), and the distances of a point's nearest background
-neighbours follow a power law of their rank: the i-th nearest of N points spread around the query
-with local dimension m lies at ``d_i ~ (i / (lambda N)) ** (1 / m)`` (the law behind the
-Levina-Bickel intrinsic-dimension estimate). Fitting ``log d = a + b log rank`` to the
-candidates below the top gives the query's own background; the background then puts a point
-below the distance of rank ALPHA, ``exp(a + b log ALPHA)``, with probability about ALPHA (its
-points are a Poisson process in ``d ** m``). Hits nearer than that are relevant.
+cutoff here reads the scale off the query's candidate list instead. Around a query, the
+background (items unrelated to it) is locally a Poisson process in ``d ** m``, with ``d`` the
+distance (``1 - score``: the index scores unit vectors by cosine) and ``m`` the data's local
+dimension there. Two facts of that process make a test:
 
-The distance is ``1 - score`` (the index scores unit vectors by cosine). The cutoff moves with
-any scale of the distances and any local dimension, both fitted per query, so it needs no
-per-model constant; the one constant, ALPHA, is a probability. docs/relevance.md measures it.
+- ``m`` is estimated from the next K background distances by the Levina-Bickel maximum
+  likelihood estimate, ``(K - 1) / sum(log(d_K / d_i))``: per query and per point, so it
+  follows any model's scale and dimension.
+- For the nearest background item and the one after it, ``(d_1 / d_2) ** m`` is uniform on
+  [0, 1]. A candidate whose ratio to the next one is below ``ALPHA / MAX_RELEVANT`` (a Bonferroni
+  bound over the ranks tested) is nearer than the background would put anything.
+
+The relevant hits are the candidates down to the deepest rank that passes the test, so every
+hit of a group of copies counts even when they are close to each other. The constants are a
+probability (ALPHA) and two counts; none is tuned per model. docs/relevance.md measures it.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 
 # The chance that a query whose collection holds nothing like it still gets a relevant hit.
-ALPHA = 0.01
+ALPHA = 0.05
 # How many candidates the gateway reads a query's background from (at least k + offset).
 CANDIDATES = 200
-# The background fit starts below this share of the candidates, so that a group of relevant
-# items at the top does not pass for background.
-FIT_START_SHARE = 0.1
-# Fewer background scores than this cannot give a trustworthy slope: no cutoff.
-MIN_FIT = 8
+# The deepest rank tested: a query has at most this many relevant hits.
+MAX_RELEVANT = 50
+# How many background distances estimate the local dimension at each rank.
+BACKGROUND = 30
+# Fewer background distances than this cannot estimate a dimension: no cutoff.
+MIN_BACKGROUND = 8
 # Distances are floored here: an identical item (distance 0) has no logarithm.
 _TINY = 1e-12
 
@@ -52,19 +56,34 @@ def cutoff(scores: Sequence[float], *, complete: bool, alpha: float = ALPHA) -> 
     """The cutoff of a query from its candidates' scores, best first.
 
     ``complete`` says the candidates are the whole collection (the index had no more), so their
-    far end is the bulk of the distribution, not its near tail, and only the nearer half is
-    fitted. ``alpha`` is ALPHA unless a measurement asks for another.
+    far end is the bulk of the distribution rather than the near background, and at most the
+    nearer half estimates a dimension. ``alpha`` is ALPHA unless a measurement asks for another.
     """
     s = np.asarray(scores, dtype=np.float64)
     n = len(s)
-    end = max(n // 2, 1) if complete else n
-    start = max(1, int(n * FIT_START_SHARE))
-    if end - start < MIN_FIT:
+    depth = min(BACKGROUND, n // 2) if complete else BACKGROUND
+    deepest = min(MAX_RELEVANT, n - max(depth, MIN_BACKGROUND))
+    if depth < MIN_BACKGROUND or deepest < 1:
         return Cutoff(score=None, relevant_count=n)
-    distance = np.maximum(1.0 - s[start:end], _TINY)
-    ranks = np.arange(start + 1, end + 1, dtype=np.float64)
-    slope, intercept = np.polyfit(np.log(ranks), np.log(distance), 1)
-    # A background whose distances do not grow with rank has no scale to stand out from.
-    slope = max(float(slope), 0.0)
-    threshold = 1.0 - math.exp(float(intercept) + slope * math.log(alpha))
-    return Cutoff(score=threshold, relevant_count=int(np.count_nonzero(s > threshold)))
+    log_d = np.log(np.maximum(1.0 - s, _TINY))
+    ranks = np.arange(1, deepest + 1)
+    # The Levina-Bickel estimate at each rank j, over the distances j+1 .. j+depth (0-based
+    # j .. j+depth-1): (depth - 1) / sum(log(d_last / d_i)), from running sums.
+    sums = np.concatenate(([0.0], np.cumsum(log_d)))
+    last = log_d[ranks + depth - 1]
+    spread = (depth - 1) * last - (sums[ranks + depth - 1] - sums[ranks])
+    with np.errstate(divide="ignore"):
+        inverse_m = np.where(spread > 0, spread / (depth - 1), 0.0)  # 1/m; 0 where no scale
+    # The distance below which background alone puts the j-th item with chance alpha/MAX_RELEVANT
+    # (a background of equal distances, 1/m = 0, has no scale to stand out from: never passes).
+    limits = np.where(
+        inverse_m > 0, np.exp(log_d[ranks] + inverse_m * math.log(alpha / MAX_RELEVANT)), 0.0
+    )
+    passed = np.flatnonzero(log_d[ranks - 1] < np.log(np.maximum(limits, _TINY)))
+    if len(passed) == 0:
+        # Nothing clears the first rank's limit; without one, nothing scores above the best.
+        return Cutoff(
+            score=1.0 - float(limits[0]) if limits[0] > 0 else float(s[0]), relevant_count=0
+        )
+    j = int(passed[-1])
+    return Cutoff(score=1.0 - float(limits[j]), relevant_count=j + 1)

@@ -71,3 +71,27 @@ def test_a_whole_small_collection_is_fitted_on_its_nearer_half() -> None:
     base[0] = _unit(query + 0.03 * rng.normal(size=16))
     _, scores = _top(query, base)
     assert cutoff(scores.tolist(), complete=True).relevant_count == 1
+
+
+def test_a_group_of_copies_counts_whole_even_when_its_members_are_close() -> None:
+    # A burst of 30 near-identical photos: each is as near the next as to the query, so only the
+    # test at the group's last member sees the gap; every member must still count.
+    rng = np.random.default_rng(4)
+    base = _unit(rng.normal(size=(3000, 16)))
+    query = _unit(rng.normal(size=16))
+    burst = _unit(query + 0.02 * rng.normal(size=(30, 16)))
+    order, scores = _top(query, np.vstack([base, burst]))
+    cut = cutoff(scores.tolist(), complete=False)
+    assert set(order[: cut.relevant_count].tolist()) == set(range(3000, 3030))
+
+
+def test_the_cutoff_score_separates_the_counted_hits_from_the_rest() -> None:
+    rng = np.random.default_rng(5)
+    base = _unit(rng.normal(size=(3000, 16)))
+    for copies in (0, 1, 3):
+        query = _unit(rng.normal(size=16))
+        planted = _unit(query + 0.03 * rng.normal(size=(copies, 16))) if copies else base[:0]
+        _, scores = _top(query, np.vstack([base, planted]))
+        cut = cutoff(scores.tolist(), complete=False)
+        assert cut.score is not None
+        assert cut.relevant_count == int(np.count_nonzero(scores > cut.score)) == copies
