@@ -24,7 +24,7 @@ import asyncio
 import errno
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import anyio
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.gateway.images import ImageInfo, inspect_image, sniff_content_type
 from glimpse.gateway.media import safe_relative_path
+from glimpse.gateway.metadata import extract_all
 from glimpse.gateway.state import GatewayState
 from glimpse.web.forms import FormPart
 
@@ -54,6 +55,8 @@ class Part:
     problem: GlimpseError | None = None  # why the header is refused, when it is
     created: bool = False  # its first copy was made by this request (media.put_many)
     duplicates: list[Part] = field(default_factory=list)
+    mtime: float | None = None  # the file's modification time, when the client sent it
+    found: dict[str, Any] = field(default_factory=dict)  # its metadata (metadata.py)
 
     def reject(self, error: GlimpseError | dict[str, Any]) -> None:
         self.status = "rejected"
@@ -143,7 +146,8 @@ def _storage_error(exc: OSError) -> GlimpseError:
 
 
 async def ingest_files(
-    state: GatewayState, uploads: Sequence[FormPart], *, in_place: bool = False
+    state: GatewayState, uploads: Sequence[FormPart], *, in_place: bool = False,
+    mtimes: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """One answer per uploaded file part, in order: added, exists (with the existing id) or
     rejected. ``in_place``: library files (library.py), indexed where they are, not copied."""
@@ -156,6 +160,8 @@ async def ingest_files(
         )
     limits = state.encoder.limits  # the encoder's (clients.py)
     parts = [_read_part(u, limits.max_bytes or 0) for u in uploads]
+    for part in parts:
+        part.mtime = (mtimes or {}).get(part.path)
     readable = [p for p in parts if p.status is None]
     await anyio.to_thread.run_sync(_check_all, readable, limits.max_pixels)
 
@@ -244,6 +250,9 @@ async def _embed_and_add_locked(
     # and are durably stored go on to the index: media is on disk before the index add.
     # A library file stays where it is; its thumbnail is made when first asked for.
     stored = asyncio.ensure_future(asyncio.sleep(0) if in_place else _store(state, parts))
+    # Metadata (metadata.py) is read meanwhile, in a thread.
+    found = asyncio.ensure_future(
+        anyio.to_thread.run_sync(extract_all, [(p.data, p.path, p.mtime) for p in parts]))
     try:
         vectors, errors = await state.encoder.embed_images_wire(
             [(p.path, p.data, sniff_content_type(p.data)) for p in parts]
@@ -252,6 +261,8 @@ async def _embed_and_add_locked(
         # Even when the encoder failed: the writes finish before the keys are unlocked
         # (and a failed store raises from here).
         await stored
+    for part, fields in zip(parts, await found, strict=True):
+        part.found = fields
     to_add: list[tuple[Part, dict[str, Any]]] = []
     for part, vector, error in zip(parts, vectors, errors, strict=True):
         if part.status is not None:
@@ -263,6 +274,7 @@ async def _embed_and_add_locked(
         info = part.info
         assert info is not None and part.sha256 is not None
         meta = {
+            **part.found,
             "width": info.width,
             "height": info.height,
             "bytes": len(part.data),

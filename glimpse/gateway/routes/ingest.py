@@ -11,6 +11,7 @@ from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from glimpse.contracts.gateway import IngestCheckRequest, IngestCheckResponse, IngestResponse
 from glimpse.gateway.ingest import ingest_files
 from glimpse.gateway.media import SHA256_RE
+from glimpse.gateway.metadata import MTIMES_DOC, parse_mtimes
 from glimpse.gateway.state import State, WriteAccess
 from glimpse.web.forms import parse_form
 
@@ -25,7 +26,7 @@ _INGEST_FORM = form_body_openapi(
             "description": "Images; each part's filename is its relative path.",
         }
     },
-    {},
+    {"mtimes": {"type": "string", "description": MTIMES_DOC}},
 )
 
 
@@ -54,8 +55,9 @@ async def ingest(request: Request, state: State) -> Response:
             ErrorType.validation_error,
             "Invalid request: files: send one or more images as file parts named 'files'.",
         )
+    mtimes = parse_mtimes(next((p.text for p in parts if p.name == "mtimes"), None))
     # Built as the IngestResponse shape already; skipping re-validation saves CPU per item.
-    return json_response({"items": await ingest_files(state, files)})
+    return json_response({"items": await ingest_files(state, files, mtimes=mtimes)})
 
 
 @router.post(

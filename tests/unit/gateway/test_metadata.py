@@ -7,14 +7,23 @@ import io
 import random
 import struct
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from PIL import ExifTags, Image, TiffImagePlugin
 
+from glimpse.contracts.errors import GlimpseError
 from glimpse.contracts.index import meta_problem
-from glimpse.gateway.metadata import MAX_META_SHARE, extract_metadata, wall_clock_ts
+from glimpse.gateway.ingest import ingest_files
+from glimpse.gateway.media import MediaStore
+from glimpse.gateway.metadata import (
+    MAX_META_SHARE,
+    extract_metadata,
+    parse_mtimes,
+    wall_clock_ts,
+)
 
 Base, GPS, IFD = ExifTags.Base, ExifTags.GPS, ExifTags.IFD
 R = TiffImagePlugin.IFDRational
@@ -142,3 +151,35 @@ def test_huge_text_is_cut_to_the_meta_share() -> None:
     meta = extract_metadata(jpeg(iptc=[(25, w) for w in words] + [(120, b"d" * 5000)]), "a.jpg")
     assert len(orjson.dumps(meta)) <= MAX_META_SHARE
     assert 0 < len(meta["keywords"]) <= 50 and len(meta["description"]) == 500
+
+
+async def test_ingest_stores_the_fields_in_each_items_meta(tmp_path: Path) -> None:
+    """Through ingest_files, with the upstream fakes of test_ingest.py."""
+    from tests.unit.gateway.test_ingest import Upstreams, state_with, upload
+
+    upstreams = Upstreams()
+    state = state_with(MediaStore(tmp_path), upstreams)
+    shot = jpeg(exif={Base.Make: "Google", Base.Model: "Pixel 7"},
+                sub={Base.DateTimeOriginal: "2023:06:14 10:22:03"})
+    mtime = datetime(2020, 1, 2, 3, 4, 5).timestamp()
+    answers = await ingest_files(state, [upload("Trips/Rome/a.jpg", shot), upload("b.jpg", jpeg())],
+                                 mtimes={"b.jpg": mtime, "a.jpg": 0.0})
+    assert [a["status"] for a in answers] == ["added", "added"]
+    first, second = (item["meta"] for item in upstreams.added)
+    assert first["camera"] == ["google", "pixel", "7"] and first["folder"] == "Trips/Rome"
+    assert (first["taken"], first["taken_source"]) == ("2023-06-14T10:22:03", "exif")
+    assert first["thumbnail_type"] == "image/webp"  # the gateway's own fields stay
+    assert (second["taken"], second["taken_source"]) == ("2020-01-02T03:04:05", "mtime")
+
+
+@pytest.mark.parametrize(
+    "text", ["[1]", '{"a.jpg": "noon"}', '{"a.jpg": -1}', "{", '{"a.jpg": true}'])
+def test_bad_mtimes_are_a_422_naming_the_field(text: str) -> None:
+    with pytest.raises(GlimpseError) as caught:
+        parse_mtimes(text)
+    assert caught.value.error_type == "validation_error" and "mtimes" in caught.value.message
+
+
+def test_mtimes_parse() -> None:
+    assert parse_mtimes(None) == {}
+    assert parse_mtimes('{"a/b.jpg": 1600000000, "c.jpg": 1.5}') == {"a/b.jpg": 1.6e9, "c.jpg": 1.5}
