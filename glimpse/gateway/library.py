@@ -764,7 +764,10 @@ class Libraries:
             from glimpse.gateway.ingest import ingest_files
 
             async with self._work_lock:
-                answers = await ingest_files(gateway, [u for _, u in uploads], in_place=True)
+                # The mtime is the date taken of a file whose EXIF has none (metadata.py).
+                mtimes = {u.filename or "": r.mtime_ns / 1e9 for r, u in uploads}
+                answers = await ingest_files(gateway, [u for _, u in uploads], in_place=True,
+                                             mtimes=mtimes)
             for (read, _), answer in zip(uploads, answers, strict=True):
                 if answer["status"] in ("added", "exists"):
                     row = Row(read.size, read.mtime_ns, read.sha256, answer["id"], "indexed", None)
