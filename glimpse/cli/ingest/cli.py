@@ -9,11 +9,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from glimpse.cli.ingest.report import DEFAULT_REPORT
+from glimpse.cli.ingest.report import DEFAULT_REPORT, EXIT_FATAL, EXIT_OK
 from glimpse.cli.ingest.run import ingest
-from glimpse.cli.ingest.upload import DEFAULT_URL, RetryPolicy
+from glimpse.cli.ingest.upload import DEFAULT_URL, FatalError, RetryPolicy
+from glimpse.cli.ingest.watch import DEFAULT_STATE, Entry, first_pass_entries, watch_folders
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after sending this many batches (a trial run; re-run to resume)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the files that would be uploaded (path, bytes) and send none")
+    p.add_argument("--watch", action="store_true",
+                   help="after the upload, keep watching the folders and keep the gateway in "
+                   "sync: new and changed files are uploaded, deleted ones deleted, moved ones "
+                   "given their new path (Ctrl-C stops)")
+    p.add_argument("--state", default=DEFAULT_STATE,
+                   help="--watch: where the files' sizes, mtimes and digests are kept across "
+                   "runs (%(default)s)")
+    p.add_argument("--poll", action="store_true",
+                   help="--watch: compare the folders every few seconds instead of inotify "
+                   "(network filesystems, where inotify sees nothing)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary text")
     return p
@@ -75,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Signal handlers can only be set from the main thread (tests may call main elsewhere).
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    if args.watch and args.dry_run:
+        build_parser().error("--watch and --dry-run cannot go together")
+    hashed: list[Any] = []
     try:
         summary = ingest(
             args.dirs,
@@ -94,14 +109,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.quiet,
             max_batches=args.max_batches,
             stop=stop,
+            on_hashed=hashed.extend if args.watch else None,
         )
+        if args.json:
+            print(json.dumps(summary.to_dict(), indent=2), flush=True)
+        if not (args.json or args.quiet):
+            print(summary.describe(), file=sys.stderr)
+        elif summary.error:
+            print(f"glimpse ingest: {summary.error}", file=sys.stderr)
+        if not args.watch or summary.error or summary.interrupted or stop.is_set():
+            return summary.exit_code
+        return _watch(args, first_pass_entries(args.dirs, hashed, summary), stop)
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
-    if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
-    if not (args.json or args.quiet):
-        print(summary.describe(), file=sys.stderr)
-    elif summary.error:
-        print(f"glimpse ingest: {summary.error}", file=sys.stderr)
-    return summary.exit_code
+
+
+def _watch(args: argparse.Namespace, hashed: dict[str, dict[str, Entry]],
+           stop: threading.Event) -> int:
+    """--watch, after the first pass: until Ctrl-C (then 0) or a refusal of the run (2)."""
+    import httpx
+
+    def log(line: str) -> None:
+        if not args.quiet:
+            print(f"glimpse ingest --watch: {line}", file=sys.stderr, flush=True)
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.url.rstrip("/"), headers=headers,
+                      timeout=httpx.Timeout(args.timeout, connect=10.0)) as client:
+        try:
+            log(f"watching {', '.join(args.dirs)} (Ctrl-C stops)")
+            watch_folders(args.dirs, client, Path(args.state), stop, hashed=hashed,
+                          poll=args.poll, retry=RetryPolicy(attempts=args.retries), log=log)
+        except FatalError as exc:
+            print(f"glimpse ingest: {exc}", file=sys.stderr)
+            return EXIT_FATAL
+        except ImportError as exc:
+            print(f"glimpse ingest: --watch needs the watchdog package ({exc})", file=sys.stderr)
+            return EXIT_FATAL
+    return EXIT_OK

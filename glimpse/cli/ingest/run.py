@@ -16,6 +16,7 @@ import httpx
 from glimpse.cli.ingest.discover import (
     IMAGE_EXTENSIONS,
     Candidate,
+    Hashed,
     NewFiles,
     hash_file,
     sendable_kinds,
@@ -67,6 +68,7 @@ def ingest(
     max_batches: int | None = None,
     stop: threading.Event | None = None,
     on_batch: Callable[[IngestSummary], None] | None = None,
+    on_hashed: Callable[[list[Hashed]], None] | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> IngestSummary:
     """Ingest every image under ``dirs`` into the gateway at ``url``; see the package doc.
@@ -79,7 +81,8 @@ def ingest(
     ``latency_target_s`` (see :class:`.upload.InFlightWindow`; keep it under the gateway's
     encoder timeout). ``max_batches`` stops after that many upload batches were sent (a partial
     run, resumable), ``stop`` stops the run like a Ctrl-C when set, ``on_batch`` is called after
-    each batch is answered, and ``transport`` replaces the network (tests).
+    each batch is answered, ``on_hashed`` is given each chunk of files hashed (``--watch``
+    keeps their digests), and ``transport`` replaces the network (tests).
 
     The report (JSON lines, one per file not ingested) is written to ``report_path`` when
     given; files the gateway rejected in an earlier run with that report are not sent again
@@ -146,9 +149,10 @@ def ingest(
         for chunk in _chunks(candidates, check_chunk):
             if stop.is_set() or limit_reached:
                 break
-            fresh = new_files(
-                h for h in hashers.map(lambda c: hash_file(c, kinds, tally), chunk) if h
-            )
+            hashed = [h for h in hashers.map(lambda c: hash_file(c, kinds, tally), chunk) if h]
+            if on_hashed is not None:
+                on_hashed(hashed)
+            fresh = new_files(hashed)
             if not fresh:
                 continue
             try:
