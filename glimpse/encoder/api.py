@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from glimpse.contracts import image_wire
 from glimpse.contracts.bodies import form_body_openapi
 from glimpse.contracts.common import HealthResponse, ReadyResponse
 from glimpse.contracts.encoder import (
@@ -92,7 +93,7 @@ async def embed_text(request: Request) -> Response:
     )
 
 
-# The image route's query parameter and multipart body, for the OpenAPI document.
+# The image route's query parameter and its two bodies, for the OpenAPI document.
 _ENCODING_QUERY = {
     "name": "encoding", "in": "query", "required": False,
     "description": "'float' lists or 'base64' float32.",
@@ -109,6 +110,12 @@ _IMAGE_FORM = form_body_openapi(
     },
     {"encoding": {"type": "string", "enum": ["float", "base64"]}},
 )["requestBody"]
+_IMAGE_FORM["description"] = (
+    "The images as a multipart/form-data form, or as the image wire the gateway sends "
+    f"({image_wire.CONTENT_TYPE}: a 4-byte big-endian head length, a JSON head "
+    '{"names": [...], "lengths": [...]}, then the files\' bytes in that order).'
+)
+_IMAGE_FORM["content"][image_wire.CONTENT_TYPE] = {"schema": {"type": "string", "format": "binary"}}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -133,47 +140,56 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[Any], str | None]:
-    """The uploaded files (bytes, or the error of a file over the byte limit) and the optional
-    'encoding' form field."""
-    settings = runtime.settings
-    # The whole body in memory (it is bounded), split in one pass.
+def _uploads(body: bytes, content_type: str | None) -> tuple[list[bytes | None], str | None]:
+    """Each file of the body (None for a form part that is a plain field where a file belongs)
+    and the optional 'encoding' form field: the image wire (glimpse/contracts/image_wire.py,
+    what the gateway sends) or a multipart form (people and curl)."""
+    if (content_type or "").partition(";")[0].strip().lower() == image_wire.CONTENT_TYPE:
+        return [f.data for f in image_wire.unpack(body, max_files=MAX_FILES)], None
     parts = parse_form(
-        await read_body(request, MAX_REQUEST_BYTES),
-        request.headers.get("content-type"),
-        max_files=MAX_FILES,
-        max_fields=16,
-        max_field_bytes=64 * 1024,
+        body, content_type, max_files=MAX_FILES, max_fields=16, max_field_bytes=64 * 1024
     )
-    uploads = [part for part in parts if part.name in ("files", "file")]
-    if not uploads:
-        raise GlimpseError(
-            ErrorType.validation_error,
-            "Send at least one image as a multipart/form-data part named 'files'.",
-        )
     encoding = None
     for part in parts:
         if part.name == "encoding":
             encoding = part.text  # the last one, as a form's get(); None for a file
+    files = [p.data if p.is_file else None for p in parts if p.name in ("files", "file")]
+    return files, encoding
+
+
+async def _read_files(request: Request, runtime: EncoderRuntime) -> tuple[list[Any], str | None]:
+    """The uploaded files (bytes, or the error of a file that cannot be one) and the optional
+    'encoding' form field."""
+    settings = runtime.settings
+    # The whole body in memory (it is bounded), split in one pass.
+    uploads, encoding = _uploads(
+        await read_body(request, MAX_REQUEST_BYTES), request.headers.get("content-type")
+    )
+    if not uploads:
+        raise GlimpseError(
+            ErrorType.validation_error,
+            "Send at least one image: as a multipart/form-data part named 'files', or in an "
+            f"{image_wire.CONTENT_TYPE} body.",
+        )
     contents: list[Any] = []
-    for i, upload in enumerate(uploads):
-        if not upload.is_file:
+    for i, data in enumerate(uploads):
+        if data is None:
             contents.append(
                 GlimpseError(
                     ErrorType.invalid_image,
                     f"files[{i}] is a plain form field, not an uploaded file.",
                 )
             )
-        elif len(upload.data) > settings.max_file_bytes:
+        elif len(data) > settings.max_file_bytes:
             contents.append(
                 GlimpseError(
                     ErrorType.payload_too_large,
-                    f"files[{i}] has {len(upload.data)} bytes; the limit is "
+                    f"files[{i}] has {len(data)} bytes; the limit is "
                     f"{settings.max_file_bytes} bytes per image.",
                 )
             )
         else:
-            contents.append(upload.data)
+            contents.append(data)
     return contents, encoding
 
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from glimpse.contracts import image_wire
 from glimpse.encoder import api as encoder_api
 from glimpse.encoder.main import create_app
 from glimpse.encoder.model import ModelLoadError
@@ -287,3 +288,43 @@ def test_each_image_is_answered_with_its_displayed_size(client: TestClient) -> N
         None,
         {"width": 40, "height": 30},
     ]
+
+
+def _wire(*blobs: bytes) -> dict:
+    """The keywords of a post in the image wire, as the gateway sends it."""
+    body = image_wire.pack([(f"f{i}.jpg", blob) for i, blob in enumerate(blobs)])
+    return {"content": body, "headers": {"content-type": image_wire.CONTENT_TYPE}}
+
+
+def test_the_image_wire_answers_as_the_form_does(client: TestClient, photos) -> None:
+    blob = jpeg_bytes(photos["rocket"])
+    blobs = (blob, b"junk", _turned_jpeg((300, 200), 6), blob + bytes(2_000_001))
+    form = client.post("/v1/embed/image?encoding=base64", files=_files(*blobs))
+    wire = client.post("/v1/embed/image?encoding=base64", **_wire(*blobs))
+    assert wire.status_code == form.status_code == 200
+    assert wire.json() == form.json()
+    assert wire.json()["sizes"][2] == {"width": 200, "height": 300}
+    assert [e and e["error_type"] for e in wire.json()["errors"]] == [
+        None, "invalid_image", None, "payload_too_large"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_type"),
+    [
+        (b"", 400, "bad_request"),
+        (b"\x00\x00\x00\x09not json!", 400, "bad_request"),
+        (b"\x00\x00\x00\x02{}", 400, "bad_request"),
+        (image_wire.pack([("a.jpg", b"abc")])[:-1], 400, "bad_request"),
+        (image_wire.pack([]), 422, "validation_error"),
+        (image_wire.pack([("a.jpg", b"a")] * 9), 413, "payload_too_large"),  # MAX_FILES is 8
+    ],
+    ids=["empty", "not-json", "no-names", "short", "no-files", "too-many"],
+)
+def test_a_malformed_image_wire_body_is_a_4xx_with_the_error_body(
+    client: TestClient, body: bytes, status: int, error_type: str
+) -> None:
+    r = client.post(
+        "/v1/embed/image", content=body, headers={"content-type": image_wire.CONTENT_TYPE}
+    )
+    _assert_error_body(r, status, error_type)
