@@ -5,8 +5,8 @@ the same unit vector, at once.
 benchmark measures is the gateway's own per-image cost (receiving the upload, hashing,
 validating, storing, calling its upstreams, answering), which a real model's forward pass
 would hide on a CPU. It speaks the encoder's wire format (the routes the gateway calls, the
-``encoding`` form field, one slot per file part) and nothing more: it never decodes an image,
-so it never rejects one.
+image wire or a form, the ``encoding`` parameter, one slot per file) and nothing more: it
+never decodes an image, so it never rejects one.
 
     uvicorn bench.instant_encoder:app      # INSTANT_ENCODER_DIM (default 512, ViT-B-32's)
 """
@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from glimpse.contracts import image_wire
 from glimpse.contracts.vectors import encode_vector
 from glimpse.web.forms import parse_form
 
@@ -30,6 +31,7 @@ _UNIT = np.zeros(DIM, dtype=np.float32)
 _UNIT[0] = 1.0
 _UNIT_BASE64 = encode_vector(_UNIT)
 _UNIT_FLOATS = _UNIT.tolist()
+_SIZE = {"width": 1, "height": 1}
 
 
 def _vectors(count: int, encoding: str | None) -> list[object]:
@@ -37,21 +39,22 @@ def _vectors(count: int, encoding: str | None) -> list[object]:
 
 
 async def embed_image(request: Request) -> Response:
-    parts = parse_form(
-        await request.body(),
-        request.headers.get("content-type"),
-        max_files=100_000,
-        max_fields=8,
-        max_field_bytes=1024,
-    )
-    files = sum(1 for p in parts if p.is_file and p.name == "files")
-    encoding = next((p.text for p in parts if p.name == "encoding"), None)
+    body, content_type = await request.body(), request.headers.get("content-type") or ""
+    encoding = request.query_params.get("encoding")
+    if content_type.startswith(image_wire.CONTENT_TYPE):  # what the gateway sends
+        files = len(image_wire.unpack(body, max_files=100_000))
+    else:
+        parts = parse_form(body, content_type, max_files=100_000, max_fields=8,
+                           max_field_bytes=1024)
+        files = sum(1 for p in parts if p.is_file and p.name == "files")
+        encoding = next((p.text for p in parts if p.name == "encoding"), encoding)
     return JSONResponse(
         {
             "model": MODEL,
             "dim": DIM,
             "embeddings": _vectors(files, encoding),
             "errors": [None] * files,
+            "sizes": [_SIZE] * files,  # never read: the stand-in decodes nothing
         }
     )
 

@@ -12,8 +12,9 @@ its id) to its index add. Deletes and thumbnail makers take the same locks. So:
   an item is about to name;
 - a copy this request made for a part that was not added is removed before the locks go.
 
-The gateway reads each image's header only (its size, type and pixel count); the encoder
-decodes it and refuses what it cannot read. Thumbnails are made when first asked for
+The gateway reads no image header: the encoder decodes each new image, refuses what it cannot
+read or what exceeds its limits, and answers each one's size as displayed beside its vector;
+the stored type is read from the first bytes. Thumbnails are made when first asked for
 (thumbnails.py), from the stored original: one costs ten times the rest of an image's ingest
 (bench/bench_ingest.py).
 """
@@ -31,7 +32,7 @@ from typing import Any
 import anyio
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
-from glimpse.gateway.images import ImageInfo, inspect_image, sniff_content_type
+from glimpse.gateway.images import sniff_content_type
 from glimpse.gateway.media import safe_relative_path
 from glimpse.gateway.metadata import extract_all
 from glimpse.gateway.state import GatewayState
@@ -51,8 +52,6 @@ class Part:
     id: int | None = None
     error: str | None = None
     error_type: str | None = None
-    info: ImageInfo | None = None  # from the header; None when the header is not an image's
-    problem: GlimpseError | None = None  # why the header is refused, when it is
     created: bool = False  # its first copy was made by this request (media.put_many)
     duplicates: list[Part] = field(default_factory=list)
     mtime: float | None = None  # the file's modification time, when the client sent it
@@ -103,15 +102,11 @@ def _read_part(form_part: FormPart, max_bytes: int) -> Part:
     return part
 
 
-def _check_all(parts: list[Part], max_pixels: int) -> None:
-    """Hash each part and read its header (one thread hop per request, not per file)."""
+def _hash_all(parts: list[Part]) -> None:
+    """Hash each part (one thread hop per request, not per file; hashlib releases the GIL on
+    large inputs)."""
     for part in parts:
-        # hashlib releases the GIL on large inputs; the header read is a few dozen us.
         part.sha256 = hashlib.sha256(part.data).hexdigest()
-        try:
-            part.info = inspect_image(part.data, max_pixels=max_pixels)
-        except GlimpseError as exc:
-            part.problem = exc
 
 
 # Every browser shows WebP, at smaller files than JPEG of the same look.
@@ -158,12 +153,12 @@ async def ingest_files(
             f"{len(uploads)} files in one request, more than the limit of "
             f"{settings.max_files_per_request}; send them in several requests.",
         )
-    limits = state.encoder.limits  # the encoder's (clients.py)
+    limits = state.encoder.limits  # the encoder's /v1/info (clients.py)
     parts = [_read_part(u, limits.max_bytes or 0) for u in uploads]
     for part in parts:
         part.mtime = (mtimes or {}).get(part.path)
     readable = [p for p in parts if p.status is None]
-    await anyio.to_thread.run_sync(_check_all, readable, limits.max_pixels)
+    await anyio.to_thread.run_sync(_hash_all, readable)
 
     # The same bytes twice in one request are one item: later copies share the first's outcome.
     unique: dict[str, Part] = {}
@@ -182,8 +177,6 @@ async def ingest_files(
             for sha256, part in unique.items():
                 if sha256 in ids:
                     part.status, part.id = "exists", ids[sha256]
-                elif part.problem is not None:
-                    part.reject(part.problem)  # known bytes are answered "exists" all the same
                 else:
                     new.append(part)
             if not in_place and getattr(state, "libraries", None) is not None:
@@ -246,17 +239,15 @@ async def _embed_and_add_locked(
     state: GatewayState, parts: list[Part], in_doubt: list[Part], in_place: bool = False
 ) -> None:
     # The encoder embeds the batch while the gateway stores it (it decodes the images
-    # itself and answers an error for each it cannot). Only parts that both have a vector
-    # and are durably stored go on to the index: media is on disk before the index add.
-    # A library file stays where it is; its thumbnail is made when first asked for.
+    # itself and answers an error for each it cannot, or a size). Only parts that both have a
+    # vector and are durably stored go on to the index: media is on disk before the index
+    # add. A library file stays where it is; its thumbnail is made when first asked for.
     stored = asyncio.ensure_future(asyncio.sleep(0) if in_place else _store(state, parts))
     # Metadata (metadata.py) is read meanwhile, in a thread.
     found = asyncio.ensure_future(
         anyio.to_thread.run_sync(extract_all, [(p.data, p.path, p.mtime) for p in parts]))
     try:
-        vectors, errors = await state.encoder.embed_images_wire(
-            [(p.path, p.data, sniff_content_type(p.data)) for p in parts]
-        )
+        embedded = await state.encoder.embed_images_wire([(p.path, p.data) for p in parts])
     finally:
         # Even when the encoder failed: the writes finish before the keys are unlocked
         # (and a failed store raises from here).
@@ -264,21 +255,22 @@ async def _embed_and_add_locked(
     for part, fields in zip(parts, await found, strict=True):
         part.found = fields
     to_add: list[tuple[Part, dict[str, Any]]] = []
-    for part, vector, error in zip(parts, vectors, errors, strict=True):
+    for part, vector, error, size in zip(
+        parts, embedded.vectors, embedded.errors, embedded.sizes, strict=True
+    ):
         if part.status is not None:
             continue  # rejected by the gateway's own checks or the media write
         if vector is None:
             missing = {"error": "The encoder gave no vector.", "error_type": "upstream_error"}
             part.reject(error or missing)
             continue
-        info = part.info
-        assert info is not None and part.sha256 is not None
+        assert size is not None and part.sha256 is not None  # beside each vector (clients.py)
         meta = {
             **part.found,
-            "width": info.width,
-            "height": info.height,
+            "width": size[0],
+            "height": size[1],
             "bytes": len(part.data),
-            "content_type": info.content_type,
+            "content_type": sniff_content_type(part.data),
             # The type the thumbnail has or will have: fixed per item, so items of an older
             # version that made JPEG thumbnails keep theirs.
             "thumbnail_type": THUMBNAIL_TYPE,

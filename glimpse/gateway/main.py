@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Match
 
 from glimpse.contracts.errors import GlimpseError, http_error_response, install_error_handlers
 from glimpse.contracts.observability import ServiceMetrics, install_metrics
-from glimpse.gateway.clients import EncoderClient, IndexClient, build_replicas
+from glimpse.gateway.clients import EncoderClient, IndexClient
 from glimpse.gateway.config import Settings
 from glimpse.gateway.library import Libraries
 from glimpse.gateway.media import MediaStore
@@ -32,6 +32,7 @@ from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
 from glimpse.gateway.routes import router
 from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from glimpse.gateway.state import GatewayState, LruCache, get_state, require_read, require_write
+from glimpse.gateway.upstream import build_replicas
 from glimpse.imaging import DEFAULT_LIMITS, ImageLimits
 
 logger = logging.getLogger("glimpse.gateway")
@@ -41,7 +42,7 @@ _FORM_OVERHEAD = 64 * 1024
 # Largest body of the JSON routes: a search or /ingest/check list is far smaller.
 MAX_JSON_BYTES = 4 * 1024 * 1024
 
-# Upstream calls. The patience and its /healthz probe are Upstream's (clients.py); these are
+# Upstream calls. The patience and its /healthz probe are Upstream's (upstream.py); these are
 # constants because no deployment has needed another value.
 # A refused connect is instant, so a longer wait only means a host that is gone.
 CONNECT_TIMEOUT_S = 1.0

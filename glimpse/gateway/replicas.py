@@ -8,7 +8,7 @@ one) stands for one replica per address, and the name is resolved again every
 single address is connected to by name, exactly as when there were no replicas.
 
 A call goes to the replica that is up and has the fewest calls in flight, ties taken in turn
-(so a quiet gateway still alternates). The caller (``clients.py``) marks a replica down
+(so a quiet gateway still alternates). The caller (``upstream.py``) marks a replica down
 when it refuses a connection, drops one, answers 503 or stops answering; a down replica gets no
 calls while another is up, and a background check of its ``/readyz`` every
 ``RECHECK_S`` (main.py) takes it back once it is ready. When every replica is down a call

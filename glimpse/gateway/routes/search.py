@@ -148,13 +148,7 @@ async def search_image(request: Request, state: State) -> Response:
         )
     check_window(params.k, params.offset, state.settings.max_result_window)
     vectors, errors = await state.encoder.embed_images(
-        [
-            (
-                file.filename or "query",
-                bytes(file.data),  # bytes already: no copy
-                file.content_type or "application/octet-stream",
-            )
-        ]
+        [(file.filename or "query", bytes(file.data))]  # bytes already: no copy
     )
     if vectors[0] is None:
         error = errors[0] or {}

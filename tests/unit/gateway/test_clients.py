@@ -10,19 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from starlette.datastructures import UploadFile
-from starlette.requests import Request as StarletteRequest
 
+from glimpse.contracts import image_wire
 from glimpse.contracts.errors import GlimpseError
 from glimpse.contracts.vectors import encode_vector
 from glimpse.gateway import clients
-from glimpse.gateway.clients import (
-    EncoderClient,
-    Upstream,
-    build_client,
-    checked_wire_vectors,
-)
+from glimpse.gateway.clients import EncoderClient, checked_wire_vectors
 from glimpse.gateway.http import Reply, json_body
+from glimpse.gateway.upstream import Upstream, build_client
 from glimpse.imaging import DEFAULT_LIMITS, ImageLimits
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
@@ -234,41 +229,116 @@ async def test_every_http_framing_is_read(raw: bytes) -> None:
     assert server.connections == (1 if b"chunked" in raw else 2)
 
 
-async def test_a_multipart_upload_reads_back_through_a_real_form_parser() -> None:
-    names = ['plain.jpg', 'quo"te.png', 'new\r\nline.jpg', 'ünï cödé.webp', 'semi;colon=x.jpg',
-             'back\\slash.jpg']
+def encoder_answering(embed: Any, seen: list[Request]) -> Handler:
+    """A fake encoder whose /v1/embed/image reads the image wire and answers ``embed(files)``."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        seen.append(request)
+        body = embed(image_wire.unpack(request.body, max_files=256))
+        await answer(writer, response(200, body))
+
+    return handler
+
+
+async def test_images_go_to_the_encoder_on_the_image_wire_and_come_back_with_sizes() -> None:
+    names = ['plain.jpg', 'quo"te.png', 'new\r\nline.jpg', 'ünï cödé.webp', '']
     # 420 kB in all: sent as pieces, not joined.
-    files = [("files", (name, bytes([i]) * (i + 1) * 20_000, "image/jpeg")) for i, name in
-             enumerate(names)]
-    form: list[tuple[str, Any]] = []
+    files = [(name, bytes([i]) * (i + 1) * 20_000) for i, name in enumerate(names)]
+    vector = encode_vector(np.ones(4, np.float32) / 2)
+    received: list[list[image_wire.WireFile]] = []
 
-    async def parse(request: Request, writer: asyncio.StreamWriter) -> None:
-        scope = {"type": "http", "method": "POST", "headers": [
-            (k.encode(), v.encode()) for k, v in request.headers.items()
-        ]}
+    def embed(got: list[image_wire.WireFile]) -> dict[str, Any]:
+        received.append(got)
+        return {
+            "model": "m", "dim": 4,
+            "embeddings": [vector, None, vector, vector, vector],
+            "errors": [None, {"error": "Bad.", "error_type": "invalid_image"}, None, None, None],
+            "sizes": [{"width": 3, "height": 2}, None, {"width": 1, "height": 9},
+                      {"width": 5, "height": 5}, {"width": 7, "height": 8}],
+        }
 
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": request.body, "more_body": False}
+    seen: list[Request] = []
+    async with FakeUpstream(encoder_answering(embed, seen)) as server:
+        client = EncoderClient(build_client(server.url, connect_timeout=1.0, read_timeout=5.0,
+                                            max_connections=4))
+        try:
+            got = await client.embed_images_wire(files)
+        finally:
+            await client.aclose()
+    (request,) = seen
+    assert request.headers["content-type"] == image_wire.CONTENT_TYPE
+    assert request.target.endswith("/v1/embed/image?encoding=base64")
+    assert received == [[image_wire.WireFile(n, d) for n, d in files]]  # names as they are
+    assert got.vectors == [vector, None, vector, vector, vector]
+    assert got.errors[1] == {"error": "Bad.", "error_type": "invalid_image"}
+    assert got.sizes == [(3, 2), None, (1, 9), (5, 5), (7, 8)]
 
-        async with StarletteRequest(scope, receive).form() as parsed:
-            for key, value in parsed.multi_items():
-                if isinstance(value, UploadFile):
-                    form.append((key, (value.filename, await value.read(), value.content_type)))
-                else:
-                    form.append((key, value))
-        await answer(writer, response(200, {}))
 
-    async with FakeUpstream(parse) as server:
-        up = upstream(server.url)
-        await up.request("POST", "/v1/embed/image", files=files,
-                         data={"encoding": "base64", "note": 'a "b"\r\nc'})
-        await up.aclose()
-    # Browsers' escaping: " CR LF become %22 %0D %0A; everything else arrives as sent.
-    escaped = [n.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A") for n in names]
-    assert form == [("encoding", "base64"), ("note", 'a "b"\r\nc')] + [
-        ("files", (name, content, "image/jpeg"))
-        for name, (_, (_, content, _)) in zip(escaped, files, strict=True)
-    ]
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        None,  # an encoder that answers no sizes
+        [{"width": 3, "height": 2}],  # too few slots
+        [{"width": 3, "height": 2}, None],  # none beside a vector
+        [{"width": 3, "height": 2}, {"width": 0, "height": 2}],
+        [{"width": 3, "height": 2}, {"width": True, "height": 2}],
+        [{"width": 3, "height": 2}, [3, 2]],
+    ],
+)
+async def test_an_answer_without_a_valid_size_beside_each_vector_is_a_502(sizes: Any) -> None:
+    vector = encode_vector(np.ones(4, np.float32) / 2)
+
+    def embed(got: list[image_wire.WireFile]) -> dict[str, Any]:
+        body = {"model": "m", "dim": 4, "embeddings": [vector] * 2, "errors": [None] * 2}
+        return body if sizes is None else {**body, "sizes": sizes}
+
+    async with FakeUpstream(encoder_answering(embed, [])) as server:
+        client = EncoderClient(build_client(server.url, connect_timeout=1.0, read_timeout=5.0,
+                                            max_connections=4))
+        try:
+            with pytest.raises(GlimpseError) as caught:
+                await client.embed_images_wire([("a.jpg", b"a"), ("b.jpg", b"b")])
+        finally:
+            await client.aclose()
+    assert caught.value.status == 502 and caught.value.error_type == "upstream_error"
+
+
+async def test_an_answer_that_no_file_could_be_used_is_each_files_error_for_ingest() -> None:
+    # The encoder answers a batch of only unusable files with the first one's 4xx and every
+    # slot's error in details.errors: ingest rejects each file; a search raises the 4xx.
+    errors = [{"error": "The file is not a recognisable image.", "error_type": "invalid_image"},
+              {"error": "The image is too large.", "error_type": "image_too_large"}]
+    refusals = {
+        "all bad": (422, {"error": "files[0]: no.", "error_type": "invalid_image",
+                          "details": {"errors": errors}}),
+        "too many": (413, {"error": "Too many files.", "error_type": "payload_too_large"}),
+    }
+    answering: list[tuple[int, dict[str, Any]]] = []
+
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        await answer(writer, response(*answering[-1]))
+
+    async with FakeUpstream(handler) as server:
+        client = EncoderClient(build_client(server.url, connect_timeout=1.0, read_timeout=5.0,
+                                            max_connections=4))
+        files = [("a.jpg", b"a"), ("b.png", b"b")]
+        try:
+            answering.append(refusals["all bad"])
+            got = await client.embed_images_wire(files)
+            assert got == ([None, None], errors, [None, None])
+            with pytest.raises(GlimpseError) as caught:
+                await client.embed_images(files)
+            assert caught.value.status == 422 and caught.value.message == "files[0]: no."
+            answering.append(refusals["too many"])
+            with pytest.raises(GlimpseError) as caught:
+                await client.embed_images_wire(files)
+            assert caught.value.status == 413
+            answering.append(refusals["all bad"])
+            with pytest.raises(GlimpseError) as caught:  # details.errors of another length
+                await client.embed_images_wire(files[:1])
+            assert caught.value.status == 422
+        finally:
+            await client.aclose()
 
 
 def test_wire_vectors_pass_as_they_came_once_checked() -> None:

@@ -17,8 +17,11 @@ import pytest
 from PIL import Image
 
 import glimpse.gateway.media as media_module
-from glimpse.gateway.ingest import Part, _check_all, _store_media, ingest_files
+from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.gateway.clients import EmbeddedImages
+from glimpse.gateway.ingest import Part, _hash_all, _store_media, ingest_files
 from glimpse.gateway.media import MediaStore
+from glimpse.imaging import ImageLimits, open_checked
 
 
 def png(extra: int | None = None) -> bytes:
@@ -30,6 +33,29 @@ def png(extra: int | None = None) -> bytes:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def encoder_answer(
+    files: list[tuple[str, bytes]], max_pixels: int, refuse: frozenset[str] = frozenset()
+) -> EmbeddedImages:
+    """As the encoder answers: a vector and the size as stored (no test turns its images), or
+    the error of what a file's header shows, or of a path in ``refuse``."""
+    answer = EmbeddedImages([], [], [])
+    limits = ImageLimits(max_bytes=None, max_pixels=max_pixels)
+    for path, data in files:
+        try:
+            if path in refuse:
+                raise GlimpseError(ErrorType.invalid_image, "cannot decode")
+            size = open_checked(data, limits).size
+        except GlimpseError as exc:
+            answer.vectors.append(None)
+            answer.errors.append({"error": exc.message, "error_type": exc.error_type})
+            answer.sizes.append(None)
+        else:
+            answer.vectors.append("AAAA")
+            answer.errors.append(None)
+            answer.sizes.append(size)
+    return answer
 
 
 class Upstreams:
@@ -48,17 +74,11 @@ class Upstreams:
         self.asked.append(list(keys))
         return {k: self.known[k] for k in keys if k in self.known}
 
-    async def embed_images_wire(
-        self, files: list[tuple[str, bytes, str]]
-    ) -> tuple[list[str | None], list[dict[str, str] | None]]:
+    async def embed_images_wire(self, files: list[tuple[str, bytes]]) -> EmbeddedImages:
         if self.encoder_down:
             raise OSError("the encoder is down")
-        self.embedded += [path for path, _, _ in files]
-        refused = [path in self.refuse for path, _, _ in files]
-        vectors = [None if r else "AAAA" for r in refused]
-        errors = [{"error": "cannot decode", "error_type": "invalid_image"} if r else None
-                  for r in refused]
-        return vectors, errors
+        self.embedded += [path for path, _ in files]
+        return encoder_answer(files, self.limits.max_pixels, self.refuse)
 
     async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.index_answers is None:
@@ -162,18 +182,29 @@ def test_the_original_is_kept_and_no_thumbnail_is_made(tmp_path: Path) -> None:
     assert store.find_thumbnail(sha(data), "image/webp") is None
 
 
-def test_check_all_hashes_and_reads_each_header() -> None:
-    good, bad = png(), b"not an image"
-    big = io.BytesIO()
-    Image.new("RGB", (400, 300)).save(big, format="PNG")
-    parts = [Part(path="a.png", data=good), Part(path="b.png", data=bad),
-             Part(path="c.png", data=big.getvalue())]
-    _check_all(parts, max_pixels=100_000)
+def test_hash_all_hashes_each_part() -> None:
+    parts = [Part(path="a.png", data=png()), Part(path="b.png", data=b"not an image")]
+    _hash_all(parts)
     assert [p.sha256 for p in parts] == [hashlib.sha256(p.data).hexdigest() for p in parts]
-    assert parts[0].info is not None and parts[0].problem is None
-    assert (parts[0].info.width, parts[0].info.height) == (40, 30)
-    assert parts[0].info.content_type == "image/png"
-    assert parts[1].info is None and parts[1].problem is not None
-    assert parts[1].problem.error_type == "invalid_image"
-    assert parts[2].problem is not None and parts[2].problem.error_type == "image_too_large"
-    assert all(p.status is None for p in parts)  # rejected later, for new keys only
+    assert all(p.status is None for p in parts)  # judged later, by the encoder, if new
+
+
+async def test_the_encoders_verdict_and_size_are_what_ingest_keeps(tmp_path: Path) -> None:
+    # The gateway reads no header: a new file that is no image, or too large, is refused by
+    # the encoder, named, and leaves no copy; an added one's size is the encoder's answer.
+    big = io.BytesIO()
+    Image.new("RGB", (2000, 1000)).save(big, format="PNG")
+    upstreams = Upstreams()
+    state = state_with(MediaStore(tmp_path), upstreams)
+    answers = await ingest_files(state, [
+        upload("a.png", png(1)), upload("b.png", b"not an image"),
+        upload("c.png", big.getvalue()),
+    ])
+    assert [(a["status"], a["error_type"]) for a in answers] == [
+        ("added", None), ("rejected", "invalid_image"), ("rejected", "image_too_large")
+    ]
+    assert answers[1]["error"].startswith("b.png: The file is not a recognisable image")
+    assert upstreams.embedded == ["a.png", "b.png", "c.png"]
+    meta = upstreams.added[0]["meta"]
+    assert (meta["width"], meta["height"], meta["content_type"]) == (40, 30, "image/png")
+    assert originals(tmp_path) == [sha(png(1))]

@@ -20,6 +20,7 @@ from watchdog.events import FileMovedEvent
 
 import glimpse.gateway.library as library_module
 from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.gateway.clients import EmbeddedImages
 from glimpse.gateway.library import (
     Libraries,
     Library,
@@ -29,6 +30,7 @@ from glimpse.gateway.library import (
 )
 from glimpse.gateway.media import MediaStore
 from glimpse.gateway.state import LruCache
+from tests.unit.gateway.test_ingest import encoder_answer
 
 
 def png(n: int, size: tuple[int, int] = (24, 16)) -> bytes:
@@ -55,11 +57,9 @@ class FakeUpstreams:
         ids = {item["key"]: i for i, item in self.items.items()}
         return {k: ids[k] for k in keys if k in ids}
 
-    async def embed_images_wire(
-        self, files: list[tuple[str, bytes, str]]
-    ) -> tuple[list[str | None], list[dict[str, str] | None]]:
-        self.embedded += [path for path, _, _ in files]
-        return ["AAAA"] * len(files), [None] * len(files)
+    async def embed_images_wire(self, files: list[tuple[str, bytes]]) -> EmbeddedImages:
+        self.embedded += [path for path, _ in files]
+        return encoder_answer(files, self.limits.max_pixels)
 
     async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
@@ -415,12 +415,11 @@ async def test_an_upstream_fault_is_retried_not_recorded(tmp_path: Path) -> None
     class Flaky(FakeUpstreams):
         down = True
 
-        async def embed_images_wire(
-            self, files: list[tuple[str, bytes, str]]
-        ) -> tuple[list[str | None], list[dict[str, str] | None]]:
+        async def embed_images_wire(self, files: list[tuple[str, bytes]]) -> EmbeddedImages:
             if self.down:
                 fault = {"error": "the encoder failed", "error_type": "upstream_error"}
-                return [None] * len(files), [fault] * len(files)
+                return EmbeddedImages([None] * len(files), [fault] * len(files),
+                                      [None] * len(files))
             return await super().embed_images_wire(files)
 
     up = Flaky()

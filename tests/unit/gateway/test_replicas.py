@@ -18,10 +18,10 @@ import pytest
 from pydantic import ValidationError
 
 from glimpse.contracts.errors import GlimpseError
-from glimpse.gateway.clients import Upstream, build_client, build_replicas
 from glimpse.gateway.config import Settings
 from glimpse.gateway.http import HttpPool
 from glimpse.gateway.replicas import ReplicaSet, preferred_addresses, split_urls
+from glimpse.gateway.upstream import Upstream, build_client, build_replicas
 from tests.unit.gateway.test_http import FakeUpstream, Handler, Request, answer, response
 
 

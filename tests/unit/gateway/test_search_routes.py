@@ -43,14 +43,14 @@ class FakeEncoder(Fake):
     def __init__(self, real: Any) -> None:
         super().__init__(real)
         self.texts: list[str] = []
-        self.images: list[tuple[str, bytes, str]] = []
+        self.images: list[tuple[str, bytes]] = []
 
     async def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         self.texts += texts
         return np.ones((len(texts), DIM), dtype=np.float32)
 
     async def embed_images(
-        self, files: Sequence[tuple[str, bytes, str]]
+        self, files: Sequence[tuple[str, bytes]]
     ) -> tuple[list[np.ndarray | None], list[dict[str, Any] | None]]:
         self.images += files
         if files[0][1].startswith(b"not"):
@@ -113,7 +113,7 @@ def test_the_searches_answer(open_gateway: tuple[TestClient, FakeEncoder]) -> No
     image = client.post("/search/image", **image_form(k="2"))
     assert image.status_code == 200, image.text
     assert [r["id"] for r in image.json()["results"]] == [0, 1]
-    assert encoder.images == [("q.jpg", b"\xff\xd8 a jpeg", "image/jpeg")]
+    assert encoder.images == [("q.jpg", b"\xff\xd8 a jpeg")]
 
 
 @pytest.mark.parametrize(
