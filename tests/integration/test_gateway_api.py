@@ -457,6 +457,7 @@ def test_auth_matrix(stack: Stack, ingested: dict[str, int], public_read: bool) 
             ("post", "/ingest"), ("post", "/ingest/check"), ("delete", "/images/{image_id}"),
             ("post", "/admin/index/snapshot"), ("post", "/admin/index/rebuild"),
             ("get", "/admin/libraries"), ("post", "/admin/libraries/{name}/scan"),
+            ("post", "/ingest/ids"), ("patch", "/images/{image_id}"),
         }
         open_always = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
         assert writes <= set(routes) and open_always <= set(routes)
