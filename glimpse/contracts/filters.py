@@ -14,7 +14,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from glimpse.contracts.common import StrictBody
 
@@ -193,3 +200,22 @@ FormFilters = Annotated[
     BeforeValidator(_json_text),
     WithJsonSchema({"type": "string", "description": "JSON of the filters object."}),
 ]
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int
+
+
+class Facets(BaseModel):
+    """What the filter controls offer: the values items have, with their counts (GET /facets)."""
+
+    total: int = Field(description="Live items.")
+    with_location: int = Field(description="Items with a GPS position.")
+    years: list[FacetValue] = Field(description="Years taken, newest first.")
+    months: list[FacetValue] = Field(description="'YYYY-MM' taken, newest first.")
+    folders: list[FacetValue] = Field(
+        description="The folders holding the most items (a folder counts its subfolders' "
+        "items), most first.")
+    cameras: list[FacetValue] = Field(description="Cameras (their words), most items first.")
+    types: list[FacetValue] = Field(description="File types, most items first.")

@@ -24,6 +24,7 @@ from glimpse.contracts.errors import (
     GlimpseError,
     describe_validation_errors,
 )
+from glimpse.contracts.filters import Facets
 from glimpse.contracts.index import (
     MAX_ITEM_ID,
     MAX_K,
@@ -276,6 +277,13 @@ async def get_item_vector(request: Request) -> Response:
     return OrjsonResponse({"id": item_id, "dim": int(vector.shape[0]), "vector": wire})
 
 
+async def facets(request: Request) -> Response:
+    """The values and counts of the filterable fields (years, months, folders, cameras)."""
+    service = service_of(request)
+    return OrjsonResponse(Facets.model_validate(await run_in_threadpool(service.facets))
+                          .model_dump())
+
+
 async def stats(request: Request) -> Response:
     """Counts, the live index's kind and parameters, training and snapshot state."""
     service = service_of(request)
@@ -478,6 +486,7 @@ OPERATIONS = [
     Operation("GET", "/v1/items/{item_id}/vector", get_item_vector, ("items",), ItemVector,
               responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM, _ENCODING_QUERY]),
     Operation("GET", "/v1/stats", stats, ("ops",), IndexStats, responses=ERROR_RESPONSES),
+    Operation("GET", "/v1/facets", facets, ("search",), Facets, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/index/rebuild", rebuild, ("ops",), RebuildResponse,
               body=RebuildRequest, body_required=False, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/index/snapshot", snapshot, ("ops",), SnapshotResponse,

@@ -38,10 +38,10 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _words(value: Any) -> frozenset[str] | None:
+def _words(value: Any) -> tuple[str, ...] | None:
     if not isinstance(value, list):
         return None
-    return frozenset(v for v in value if isinstance(v, str))
+    return tuple(dict.fromkeys(v for v in value if isinstance(v, str)))
 
 
 class _Codes:

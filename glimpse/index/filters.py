@@ -21,7 +21,9 @@ items match. It chooses by the filter's share of the live items:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import posixpath
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import faiss
@@ -344,3 +346,88 @@ def milvus_expr(f: SearchFilters) -> str:
     if f.min_width is not None:
         out.append(f"{_m('width')} >= {f.min_width}")
     return " and ".join(out)
+
+
+# -- facets -----------------------------------------------------------------------------------
+
+# Values of each list in GET /facets (every year and month is given).
+FACET_TOP = 50
+# taken_ts beyond this many seconds from 1970 names no date numpy can show.
+_TS_LIMIT = 1e11
+
+
+def _ranked(counts: Counter[str], top: int | None = FACET_TOP) -> list[dict[str, Any]]:
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [{"value": v, "count": n} for v, n in ranked[:top] if n > 0]
+
+
+def facets_of(months: Counter[str], folders: Counter[str], cameras: Counter[str],
+              types: Counter[str], with_location: int, total: int) -> dict[str, Any]:
+    """The Facets body from per-value counts (folders: of the items' own folders, each then
+    counted in its ancestors too)."""
+    nested: Counter[str] = Counter()
+    for folder, n in folders.items():
+        parts = folder.split("/") if folder else []
+        for depth in range(1, len(parts) + 1):
+            nested["/".join(parts[:depth])] += n
+    years: Counter[str] = Counter()
+    for month, n in months.items():
+        years[month[:4]] += n
+    return {
+        "total": total, "with_location": with_location,
+        "years": [{"value": y, "count": n} for y, n in sorted(years.items(), reverse=True)],
+        "months": [{"value": m, "count": n} for m, n in sorted(months.items(), reverse=True)],
+        "folders": _ranked(nested), "cameras": _ranked(cameras), "types": _ranked(types),
+    }
+
+
+def _month(ts: float) -> str:
+    return str(np.datetime64(int(ts), "s").astype("datetime64[M]"))
+
+
+def facets(store: Store) -> dict[str, Any]:
+    """The Facets body of the live items of ``store`` (Faiss backend), from its columns."""
+    t = table_of(store.path)
+    with t.lock:
+        t.refresh()
+        live = t.present
+        taken = t.floats["taken_ts"][live]
+        taken = taken[np.abs(taken) < _TS_LIMIT]  # NaN (none) and nonsense left out
+        months = Counter(dict(zip(*np.unique(
+            taken.astype("datetime64[s]").astype("datetime64[M]").astype(str),
+            return_counts=True), strict=True)))
+        counted: dict[str, Counter[str]] = {}
+        for name in ("folder", "camera", "file_type"):
+            codes = t.codes[name][live]
+            per_code = np.bincount(codes[codes >= 0], minlength=len(t.values[name].values))
+            values = t.values[name].values
+            counted[name] = Counter({(" ".join(v) if isinstance(v, tuple) else v): int(n)
+                                     for v, n in zip(values, per_code.tolist(), strict=True)
+                                     if n})
+        located = int((~(np.isnan(t.floats["lat"][live]) | np.isnan(t.floats["lon"][live])))
+                      .sum())
+        return facets_of(Counter({str(m): int(n) for m, n in months.items()}),
+                         counted["folder"], counted["camera"], counted["file_type"], located,
+                         int(live.sum()))
+
+
+def facets_of_rows(rows: Iterable[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The Facets body of (path, meta) rows (Milvus backend: one pass over every item)."""
+    months: Counter[str] = Counter()
+    folders: Counter[str] = Counter()
+    cameras: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    located = total = 0
+    for path, meta in rows:
+        total += 1
+        folders[posixpath.dirname(path)] += 1
+        taken = _number(meta.get("taken_ts"))
+        if taken is not None and abs(taken) < _TS_LIMIT:
+            months[_month(taken)] += 1
+        camera = meta.get("camera")
+        if isinstance(camera, list) and any(isinstance(w, str) for w in camera):
+            cameras[" ".join(dict.fromkeys(w for w in camera if isinstance(w, str)))] += 1
+        if isinstance(meta.get("file_type"), str):
+            types[meta["file_type"]] += 1
+        located += _number(meta.get("lat")) is not None and _number(meta.get("lon")) is not None
+    return facets_of(months, folders, cameras, types, located, total)

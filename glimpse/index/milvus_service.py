@@ -24,7 +24,7 @@ import numpy as np
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import SearchFilters
 from glimpse.index.config import MilvusSettings, Settings
-from glimpse.index.filters import matches, milvus_expr, milvus_is_wider
+from glimpse.index.filters import facets_of_rows, matches, milvus_expr, milvus_is_wider
 from glimpse.index.gather import Search, SearchGatherer, by_everything
 from glimpse.index.milvus_spaces import MilvusSpacesMixin
 from glimpse.index.milvus_store import (
@@ -272,6 +272,12 @@ class MilvusIndexService(MilvusSpacesMixin):
         )
 
     # -- reporting -------------------------------------------------------------------------------
+
+    def facets(self) -> dict[str, Any]:
+        """The values and counts the filter controls offer: one pass over every item's path
+        and meta (Milvus 2.3 cannot group by a JSON key)."""
+        return facets_of_rows((str(r["path"]), r["meta"] or {})
+                              for r in self.store.scan_rows(("path", "meta")))
 
     def stats(self) -> dict[str, Any]:
         count, deleted = self.store.counts()

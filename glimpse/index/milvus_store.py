@@ -519,6 +519,19 @@ class MilvusStore:
             raise MilvusUnavailable(self.uri, "search", exc, stored=True) from exc
         return [list(zip(hits.ids, hits.distances, strict=True)) for hits in results]
 
+    def scan_rows(self, fields: Sequence[str], batch: int = 4096) -> Iterable[dict[str, Any]]:
+        """``fields`` of every row with a positive id, a batch at a time (facets)."""
+        try:
+            iterator = self.collection.query_iterator(
+                batch_size=batch, expr="id > 0", output_fields=list(fields),
+                timeout=self.timeout, consistency_level="Eventually",
+            )
+            while rows := iterator.next():
+                yield from rows
+            iterator.close()
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "scan", exc, stored=True) from exc
+
     def scan(self, batch: int = 4096, where: str = "") -> Iterable[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of every row with a positive id (and ``where``), a batch at a time
         (exact search)."""

@@ -28,6 +28,7 @@ from glimpse.contracts.filters import SearchFilters
 from glimpse.index import persistence
 from glimpse.index.config import Settings
 from glimpse.index.factory import AUTO, FactoryError, parse_factory
+from glimpse.index.filters import facets as filters_facets
 from glimpse.index.filters import search as filters_search
 from glimpse.index.gather import Search, SearchGatherer
 from glimpse.index.index import VectorIndex
@@ -764,6 +765,11 @@ class IndexService:
         return True, chosen
 
     # -- reporting -----------------------------------------------------------------------------
+
+    def facets(self) -> dict[str, Any]:
+        """The values and counts the filter controls offer (filters.py; blocks)."""
+        store, _ = self._parts
+        return filters_facets(store)
 
     def stats(self) -> dict[str, Any]:
         store, index = self._parts

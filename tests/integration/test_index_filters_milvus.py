@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from glimpse.contracts.filters import SearchFilters
-from glimpse.index.filters import matches
+from glimpse.index.filters import facets_of_rows, matches
 from tests.integration.test_index_milvus_contract import backend, client, make_client
 from tests.unit.index.helpers import as_stored, b64, clustered
 from tests.unit.index.test_filters import path_of, random_filter, random_meta
@@ -94,3 +94,15 @@ def test_wildcards_and_quotes_match_only_themselves(
     for exact in (True, False):
         found = _search(client, vectors[:1], 20, exact=exact, filters=filters)[0]
         assert {h["path"] for h in found} == kept, (exact, found)
+
+
+def test_facets_on_both_backends(client: TestClient) -> None:
+    rng = random.Random(15)
+    metas = [random_meta(rng) for _ in range(300)]
+    paths = [path_of(n, m) for n, m in enumerate(metas)]
+    ids = _add(client, clustered(len(metas), DIM, seed=16), paths, metas)
+    assert client.delete(f"/v1/items/{ids[5]}").status_code == 204
+    got = client.get("/v1/facets")
+    assert got.status_code == 200, got.text
+    keep = [n for n in range(len(metas)) if n != 5]
+    assert got.json() == facets_of_rows([(paths[n], metas[n]) for n in keep])

@@ -17,7 +17,7 @@ from glimpse.contracts.bodies import (
     parse_json_body,
 )
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
-from glimpse.contracts.filters import SearchFilters
+from glimpse.contracts.filters import Facets, SearchFilters
 from glimpse.contracts.gateway import (
     MAX_K,
     RELEVANCE_DOC,
@@ -193,6 +193,13 @@ async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
         sorted(set(image_ids)),
         body.filters,
     )
+
+
+@router.get("/facets", response_model=Facets, tags=["search"], dependencies=[ReadAccess])
+async def facets(state: State) -> Any:
+    """The values and counts the filter controls offer: years and months taken, the folders
+    and cameras with the most images, file types, and how many images have a location."""
+    return await state.index.json("GET", "/v1/facets")
 
 
 @router.get(

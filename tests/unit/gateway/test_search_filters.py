@@ -19,6 +19,7 @@ class RecordingIndex(FakeIndex):
     def __init__(self, real: Any) -> None:
         super().__init__(real)
         self.filters: list[dict[str, Any] | None] = []
+        self.asked: list[tuple[str, str]] = []
 
     async def search(
         self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] = (),
@@ -29,6 +30,10 @@ class RecordingIndex(FakeIndex):
 
     async def vector(self, image_id: int) -> np.ndarray:
         return np.ones(4, dtype=np.float32)
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.asked.append((method, path))
+        return FACETS
 
 
 @pytest.fixture
@@ -108,3 +113,15 @@ def test_the_openapi_document_shows_the_filters(running: tuple[TestClient, Recor
     assert {"taken_after", "folder", "camera", "near", "bbox", "type", "min_width"} <= set(fields)
     assert "radius_km" in fields["near"]["anyOf"][0]["properties"]
 
+
+
+def test_facets_are_the_indexs(running: tuple[TestClient, RecordingIndex]) -> None:
+    client, index = running
+    answer = client.get("/facets")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == FACETS and index.asked == [("GET", "/v1/facets")]
+
+
+FACETS = {"total": 3, "with_location": 1, "years": [{"value": "2023", "count": 2}],
+          "months": [{"value": "2023-06", "count": 2}], "folders": [{"value": "A", "count": 3}],
+          "cameras": [{"value": "google pixel 7", "count": 1}], "types": []}
