@@ -74,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("batch_size", "concurrency", "retries"):
         if getattr(args, name) < 1:
             build_parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.watch and args.dry_run:
+        build_parser().error("--watch and --dry-run cannot go together")
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -87,8 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Signal handlers can only be set from the main thread (tests may call main elsewhere).
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
-    if args.watch and args.dry_run:
-        build_parser().error("--watch and --dry-run cannot go together")
     hashed: list[Any] = []
     try:
         summary = ingest(

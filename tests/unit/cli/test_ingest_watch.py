@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from glimpse.cli.ingest.cli import main
 from glimpse.cli.ingest.discover import Candidate, Hashed
 from glimpse.cli.ingest.report import Failure, IngestSummary, Tally
 from glimpse.cli.ingest.upload import InFlightWindow, RetryPolicy, Uploader
@@ -189,3 +191,19 @@ def test_the_first_pass_leaves_what_it_hashed_but_not_what_it_could_not_send(
         "ok.jpg": ("h-ok.jpg", "ok"), "bad.jpg": ("h-bad.jpg", "rejected")}
     assert entries["ok.jpg"][:2] == ((root / "ok.jpg").stat().st_size,
                                     (root / "ok.jpg").stat().st_mtime_ns)
+
+
+def test_watch_options(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main([str(tmp_path), "--watch", "--dry-run"])
+    assert refused.value.code == 2
+    state = StateFile(tmp_path / "state.json", "http://gw")
+    sync = folder_sync(tmp_path, Gateway())
+    for poll, kind in ((True, "polling"), (False, "inotify")):
+        watch = Watch([sync], state, poll=poll)
+        observer = watch._observer()
+        try:
+            assert watch.watcher == kind
+        finally:
+            observer.stop()
+            observer.join(5)
