@@ -300,10 +300,7 @@ class MilvusSpaces:
         expr = "id > 0" + (f" and id not in {_ints(exclude)}" if exclude else "")
         try:
             if exact:
-                everything = collection.query(expr, output_fields=["id", "vector"],
-                                              timeout=self.store.timeout,
-                                              consistency_level="Eventually")
-                candidates = [[int(r["id"]) for r in everything]] * len(queries)
+                candidates = self._exact(collection, expr, queries, spread * k + _SPARE)
             else:
                 index = collection.index().params
                 limit = min(16_384, spread * k + _SPARE)
@@ -332,6 +329,24 @@ class MilvusSpaces:
             hits.sort(key=lambda h: (-h[0], h[1]))
             out.append([{"id": i, "score": s, "path": p, "meta": m} for s, i, p, m in hits[:k]])
         return out
+
+    def _exact(self, collection: Collection, expr: str, queries: np.ndarray, want: int
+               ) -> list[list[int]]:
+        """The best ``want`` ids per query over every vector of the space, read a batch at a
+        time (a query iterator: one query may not answer more than Milvus's result window)."""
+        best: list[list[tuple[float, int]]] = [[] for _ in queries]
+        iterator = collection.query_iterator(batch_size=4096, expr=expr,
+                                             output_fields=["id", "vector"],
+                                             timeout=self.store.timeout,
+                                             consistency_level="Eventually")
+        while rows := iterator.next():
+            ids = [int(r["id"]) for r in rows]
+            scores = queries.astype(np.float32) @ np.asarray(
+                [r["vector"] for r in rows], dtype=np.float32).T
+            for n, row in enumerate(scores.tolist()):
+                best[n] = sorted(best[n] + list(zip(row, ids, strict=True)), reverse=True)[:want]
+        iterator.close()
+        return [[i for _, i in row] for row in best]
 
     def _vectors(self, collection: Collection, ids: Sequence[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from fastapi.testclient import TestClient
 
-from tests.unit.index.helpers import b64, clustered, items_body, wait_ready
+from tests.unit.index.helpers import as_stored, b64, clustered, items_body, wait_ready
 
 DIM = 32  # the built-in space (helpers.settings)
 NEW_DIM = 48
@@ -49,6 +49,12 @@ def test_a_space_is_searched_by_name_and_activated(client: TestClient) -> None:
     assert _top(client, old[7]) == ([*_top(client, old[7])[0]], "default")
     hit = client.post("/v1/search", json={"vectors": [b64(new[9])], "k": 1, "space": "clip2"})
     assert hit.json()["results"][0][0]["path"] == "img/9.jpg"
+    exact = client.post("/v1/search", json={"vectors": [b64(new[9]), b64(new[2])], "k": 5,
+                                            "space": "clip2", "exact": True}).json()["results"]
+    assert [row[0]["id"] for row in exact] == [ids[9], ids[2]]
+    stored = as_stored(new)  # what the space holds: scores are computed on these
+    truth = np.argsort(-(stored @ stored[9]), kind="stable")[:5]
+    assert [h["id"] for h in exact[0]] == [ids[i] for i in truth]
     # Activation: a search that names no space now takes 48-d queries.
     r = client.post("/v1/spaces/clip2/activate")
     assert r.status_code == 200 and r.json()["active"] == "clip2"
