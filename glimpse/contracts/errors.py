@@ -1,26 +1,18 @@
-"""The one error body, the one table from error type to status, and the handlers that produce it.
+"""The one error body and the one table from error type to status.
 
 Every non-2xx answer of every Glimpse service has the body
 ``{"error": "<human sentence>", "error_type": "<snake_case>", "details": ...}``.
-A service raises :class:`GlimpseError` (or lets FastAPI raise its own validation and HTTP
-errors); :func:`install_error_handlers` turns all of them into that body.
+A service raises :class:`GlimpseError`; the handlers in glimpse/web/handlers.py turn it, and
+every framework error, into that body.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-logger = logging.getLogger("glimpse.errors")
 
 
 class ErrorType(str, Enum):
@@ -71,25 +63,6 @@ STATUS_OF: dict[ErrorType, int] = {
     ErrorType.insufficient_storage: 507,
 }
 
-# Starlette raises HTTPException with a bare status; this names the type we answer with.
-_TYPE_OF_STATUS: dict[int, ErrorType] = {
-    400: ErrorType.bad_request,
-    401: ErrorType.unauthorized,
-    403: ErrorType.forbidden,
-    404: ErrorType.not_found,
-    405: ErrorType.method_not_allowed,
-    408: ErrorType.request_timeout,
-    409: ErrorType.conflict,
-    413: ErrorType.payload_too_large,
-    415: ErrorType.unsupported_media_type,
-    422: ErrorType.validation_error,
-    429: ErrorType.overloaded,
-    502: ErrorType.upstream_error,
-    503: ErrorType.upstream_unavailable,
-    504: ErrorType.upstream_timeout,
-    507: ErrorType.insufficient_storage,
-}
-
 
 class ErrorBody(BaseModel):
     """The body of every non-2xx answer."""
@@ -128,20 +101,11 @@ class GlimpseError(Exception):
         self.status = status
 
     def body(self) -> dict[str, Any]:
+        """The error body; ``details`` go as given, so they hold only JSON values."""
         body: dict[str, Any] = {"error": self.message, "error_type": self.error_type}
         if self.details is not None:
-            body["details"] = jsonable_encoder(self.details)
+            body["details"] = self.details
         return body
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-def error_response(
-    error_type: ErrorType, message: str, details: Any = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """A JSONResponse with the error body, for code that answers without raising."""
-    return GlimpseError(error_type, message, details, headers=headers).response()
 
 
 # Where FastAPI says a value came from: the first element of an error's location.
@@ -183,51 +147,14 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[
     return f"Invalid request: {text}.", details
 
 
-async def _glimpse_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, GlimpseError)
-    return exc.response()
-
-
-async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    message, details = describe_validation_errors(list(exc.errors()))
-    return error_response(ErrorType.validation_error, message, details)
-
-
-def http_error_response(method: str, path: str, exc: StarletteHTTPException) -> JSONResponse:
-    """The error body for an HTTPException (Starlette's 404/405, a malformed form's 400)."""
-    error_type = _TYPE_OF_STATUS.get(exc.status_code, ErrorType.bad_request)
-    if exc.status_code >= 500 and exc.status_code not in _TYPE_OF_STATUS:
-        error_type = ErrorType.internal_error
-    detail = exc.detail
-    if exc.status_code == 404 and detail == "Not Found":
-        detail = f"No route matches {method} {path}."
-    elif exc.status_code == 405:
-        detail = f"Method {method} is not allowed on {path}."
-    message = detail if isinstance(detail, str) else "The request failed."
-    body = GlimpseError(error_type, message, status=exc.status_code, headers=exc.headers)
-    return body.response()
-
-
-async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    return http_error_response(request.method, request.url.path, exc)
-
-
-async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(
-        ErrorType.internal_error,
-        f"Internal error while handling {request.method} {request.url.path}; see the service log.",
-    )
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error the app answers with use the one error body."""
-    app.add_exception_handler(GlimpseError, _glimpse_error_handler)
-    app.add_exception_handler(RequestValidationError, _validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
-    app.add_exception_handler(Exception, _unhandled_error_handler)
+def invalid_request(errors: Iterable[Mapping[str, Any]], source: str | None = None) -> GlimpseError:
+    """The 422 naming each of pydantic's ``errors``; ``source`` (``body``, ``query``, ...) is put
+    before each location, as FastAPI locates a request's errors, so the sentence reads the same."""
+    located = [
+        {**err, "loc": (source, *err.get("loc", ()))} if source else dict(err) for err in errors
+    ]
+    message, details = describe_validation_errors(located)
+    return GlimpseError(ErrorType.validation_error, message, details)
 
 
 # OpenAPI: the error answers every route may give, so clients see the error body documented.

@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from glimpse.contracts import image_wire
-from glimpse.contracts.bodies import form_body_openapi
 from glimpse.contracts.common import HealthResponse, ReadyResponse
 from glimpse.contracts.encoder import (
     EmbedImageResponse,
@@ -29,7 +28,7 @@ from glimpse.contracts.errors import (
 from glimpse.contracts.vectors import encode_vector
 from glimpse.encoder.service import EncoderRuntime, not_ready
 from glimpse.web.forms import parse_form
-from glimpse.web.openapi import Operation
+from glimpse.web.openapi import Operation, form_body_openapi
 from glimpse.web.responses import OrjsonResponse
 
 

@@ -1,7 +1,8 @@
 """The encoder app: ``create_app(settings)``, ``app`` for ``uvicorn glimpse.encoder.main:app``,
 and ``serve`` (``python -m glimpse.encoder``), which runs the same under uvicorn.
 
-A plain Starlette app: its routes and its OpenAPI document come from the one list in api.py.
+A plain Starlette app (glimpse/web/app.py): its routes and its OpenAPI document come from the
+one list in api.py.
 Building ``app`` at import is cheap; the model is loaded in the lifespan.
 """
 
@@ -14,19 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from glimpse.contracts.observability import MetricsMiddleware, ServiceMetrics
 from glimpse.encoder.api import OPERATIONS
 from glimpse.encoder.config import Settings
 from glimpse.encoder.model import ClipEncoder, ModelLoadError
 from glimpse.encoder.onnx_runtime import load_serving_encoder
 from glimpse.encoder.service import EncoderRuntime
-from glimpse.web.handlers import EXCEPTION_HANDLERS
-from glimpse.web.openapi import openapi_document, routes
-from glimpse.web.responses import OrjsonResponse
+from glimpse.web.app import ServiceApp
 
 logger = logging.getLogger("glimpse.encoder")
 
@@ -68,37 +63,20 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(runtime.close)
 
 
-class EncoderApp(Starlette):
-    """The Starlette app with its OpenAPI document (ci/export_openapi.py asks for it)."""
-
-    def openapi(self) -> dict[str, Any]:
-        return openapi_document(
-            "Glimpse encoder", "0.1.0",
-            "Text and image bytes to L2-normalised CLIP vectors, batched.", OPERATIONS,
-        )
-
-
 def create_app(
     settings: Settings | None = None,
     encoder_loader: Callable[[Settings], ClipEncoder] = load_serving_encoder,
-) -> EncoderApp:
+) -> ServiceApp:
     """The encoder app; ``encoder_loader`` builds the model in the lifespan (tests and
     bench/bench_host.py pass their own)."""
-
-    async def openapi_json(request: Request) -> Response:
-        return OrjsonResponse(app.openapi())
-
-    app = EncoderApp(
-        routes=[*routes(OPERATIONS), Route("/openapi.json", openapi_json, methods=["GET"])],
-        exception_handlers=dict(EXCEPTION_HANDLERS),
-        lifespan=lifespan,
+    app = ServiceApp(
+        "encoder", OPERATIONS, lifespan, title="Glimpse encoder",
+        summary="Text and image bytes to L2-normalised CLIP vectors, batched.",
     )
     app.state.settings = settings or Settings()
     app.state.encoder_loader = encoder_loader
     app.state.runtime = None
     app.state.warmup_error = None
-    app.state.metrics = ServiceMetrics("encoder")
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app)
     return app
 
 

@@ -22,8 +22,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
-from glimpse.contracts.errors import GlimpseError, http_error_response, install_error_handlers
-from glimpse.contracts.observability import ServiceMetrics, install_metrics
+from glimpse.contracts.errors import GlimpseError
 from glimpse.gateway.clients import EncoderClient, IndexClient
 from glimpse.gateway.config import Settings
 from glimpse.gateway.library import Libraries
@@ -34,6 +33,8 @@ from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddlew
 from glimpse.gateway.state import GatewayState, LruCache, get_state, require_read, require_write
 from glimpse.gateway.upstream import build_replicas
 from glimpse.imaging import DEFAULT_LIMITS, ImageLimits
+from glimpse.web.handlers import error_answer, http_error_answer, install_error_handlers
+from glimpse.web.metrics import ServiceMetrics, install_metrics
 
 logger = logging.getLogger("glimpse.gateway")
 
@@ -96,7 +97,7 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
             allowed.update(getattr(route, "methods", None) or ())
     # No API route matches: the web page (the router's default) answered.
     allow = ", ".join(sorted(allowed or {"GET", "HEAD"}))
-    return http_error_response(
+    return http_error_answer(
         request.method, request.url.path, HTTPException(405, headers={"Allow": allow})
     )
 
@@ -122,7 +123,7 @@ def access_first(app: FastAPI) -> None:
                         if depends.dependency in checks:
                             await depends.dependency(request, state)
                 except GlimpseError as refused:
-                    return refused.response()
+                    return error_answer(refused)
                 break
         return await answer_invalid(request, exc)
 

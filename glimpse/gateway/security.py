@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
+from glimpse.web.handlers import error_answer
 
 
 class BodyTooLarge(HTTPException):
@@ -105,7 +106,7 @@ class BodySizeLimitMiddleware:
             # The client may still be sending; tell it the connection will not be reused.
             headers={"Connection": "close"},
         )
-        await error.response()(scope, receive, send)
+        await error_answer(error)(scope, receive, send)
 
 
 class BodyTimeout(HTTPException):

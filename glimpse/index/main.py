@@ -1,6 +1,7 @@
 """The index app: ``create_app(settings)`` and ``app`` for ``uvicorn glimpse.index.main:app``.
 
-A plain Starlette app: its routes and its OpenAPI document come from the one list in api.py.
+A plain Starlette app (glimpse/web/app.py): its routes and its OpenAPI document come from the
+one list in api.py.
 Building ``app`` at import is cheap; the store and the snapshot are opened in the lifespan,
 in a thread, while /healthz already answers and /readyz says "loading".
 """
@@ -11,21 +12,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from glimpse.contracts.observability import MetricsMiddleware, ServiceMetrics
 from glimpse.index.api import OPERATIONS
 from glimpse.index.backend import IndexBackend
 from glimpse.index.config import MilvusSettings, Settings
 from glimpse.index.service import IndexService
-from glimpse.web.handlers import EXCEPTION_HANDLERS
-from glimpse.web.openapi import openapi_document, routes
-from glimpse.web.responses import OrjsonResponse
+from glimpse.web.app import ServiceApp
 
 log = logging.getLogger("glimpse.index")
 
@@ -72,35 +66,18 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await asyncio.to_thread(service.close)
 
 
-class IndexApp(Starlette):
-    """The Starlette app with its OpenAPI document (ci/export_openapi.py asks for it)."""
-
-    def openapi(self) -> dict[str, Any]:
-        return openapi_document(
-            "Glimpse index", "0.1.0",
-            "Vectors to top-k ids (Faiss IVF-PQ + re-rank), id to path store (SQLite).",
-            OPERATIONS,
-        )
-
-
 def create_app(
     settings: Settings | None = None, milvus: MilvusSettings | None = None
-) -> IndexApp:
+) -> ServiceApp:
     """``milvus`` (read from INDEX_MILVUS_* when None) reaches only the Milvus backend."""
-    async def openapi_json(request: Request) -> Response:
-        return OrjsonResponse(app.openapi())
-
-    app = IndexApp(
-        routes=[*routes(OPERATIONS), Route("/openapi.json", openapi_json, methods=["GET"])],
-        exception_handlers=dict(EXCEPTION_HANDLERS),
-        lifespan=lifespan,
+    app = ServiceApp(
+        "index", OPERATIONS, lifespan, title="Glimpse index",
+        summary="Vectors to top-k ids (Faiss IVF-PQ + re-rank), id to path store (SQLite).",
     )
     app.state.settings = settings or Settings()
     app.state.milvus = milvus
     app.state.service = None  # (the lifespan makes it)
     app.state.load_error = None
-    app.state.metrics = ServiceMetrics("index")
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app)
     return app
 
 

@@ -109,3 +109,37 @@ def openapi_document(
         "paths": paths,
         "components": {"schemas": schemas.get("$defs", {})},
     }
+
+
+def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """FastAPI's ``openapi_extra`` documenting a required JSON body of ``model``, for a route
+    that reads its body itself (a self-contained schema: such bodies have no nested models)."""
+    schema = model.model_json_schema()
+    if "$defs" in schema:
+        raise ValueError(f"{model.__name__} has nested models; declare it as a body instead")
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+def form_body_openapi(files: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``requestBody`` of a required multipart/form-data body (under ``openapi_extra`` for
+    FastAPI): ``files`` (name -> the property's schema; every one required) beside the text
+    ``fields`` (name -> schema)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": list(files),
+                        "properties": {**files, **fields},
+                    }
+                }
+            },
+        }
+    }

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from glimpse.contracts.bodies import form_body_openapi, json_response
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from glimpse.contracts.gateway import IngestCheckRequest, IngestCheckResponse, IngestResponse
 from glimpse.gateway.ingest import ingest_files
@@ -14,6 +13,8 @@ from glimpse.gateway.media import SHA256_RE
 from glimpse.gateway.metadata import MTIMES_DOC, parse_mtimes
 from glimpse.gateway.state import State, WriteAccess
 from glimpse.web.forms import parse_form
+from glimpse.web.openapi import form_body_openapi
+from glimpse.web.responses import OrjsonResponse as json_response
 
 router = APIRouter(responses=ERROR_RESPONSES)
 

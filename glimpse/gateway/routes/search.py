@@ -9,13 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ConfigDict
 
-from glimpse.contracts.bodies import (
-    form_body_openapi,
-    json_body_openapi,
-    json_response,
-    parse_fields,
-    parse_json_body,
-)
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from glimpse.contracts.filters import Facets, SearchFilters
 from glimpse.contracts.gateway import (
@@ -29,7 +22,10 @@ from glimpse.contracts.gateway import (
 )
 from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
 from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State
+from glimpse.web.bodies import parse_fields, parse_json_body
 from glimpse.web.forms import parse_form
+from glimpse.web.openapi import form_body_openapi, json_body_openapi
+from glimpse.web.responses import OrjsonResponse as json_response
 
 router = APIRouter(responses=ERROR_RESPONSES)
 

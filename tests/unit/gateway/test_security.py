@@ -12,12 +12,13 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from glimpse.contracts.errors import GlimpseError, install_error_handlers
+from glimpse.contracts.errors import GlimpseError
 from glimpse.gateway.security import (
     BodySizeLimitMiddleware,
     BodyTimeoutMiddleware,
     check_api_key,
 )
+from glimpse.web.handlers import install_error_handlers
 
 LIMIT = 1000
 

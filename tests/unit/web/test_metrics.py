@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from glimpse.contracts.errors import install_error_handlers
-from glimpse.contracts.observability import ServiceMetrics, install_metrics
+from glimpse.web.handlers import install_error_handlers
+from glimpse.web.metrics import ServiceMetrics, install_metrics
 
 
 def make_app() -> FastAPI:

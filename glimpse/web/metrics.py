@@ -1,4 +1,4 @@
-"""Per-app Prometheus metrics and the shared service plumbing every Glimpse app installs.
+"""Per-app Prometheus metrics: the HTTP request counter and latency every service exports.
 
 Each app gets its own CollectorRegistry (kept on ``app.state.metrics``), never the process-wide
 default, so a test can build many apps in one process without duplicate-metric errors.
@@ -7,13 +7,16 @@ default, so a test can build many apps in one process without duplicate-metric e
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
+from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -97,7 +100,8 @@ class MetricsMiddleware:
 
 
 def install_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
-    """Count and time every request, and serve ``GET /metrics`` in Prometheus text format."""
+    """Count and time every request of a FastAPI app, and serve ``GET /metrics`` in Prometheus
+    text format (the Starlette services list /metrics among their operations instead)."""
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics, router_app=app)
 

@@ -7,14 +7,15 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from glimpse.contracts.bodies import parse_fields, parse_json_body
-from glimpse.contracts.errors import ErrorType, GlimpseError, install_error_handlers
+from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.gateway import (
     CompositeSearchRequest,
     ImageSearchForm,
     IngestCheckRequest,
     TextSearchRequest,
 )
+from glimpse.web.bodies import parse_fields, parse_json_body
+from glimpse.web.handlers import install_error_handlers
 
 
 class Body(BaseModel):
