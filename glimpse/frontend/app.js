@@ -99,7 +99,7 @@ function fetchPage(query, offset, k, signal) {
     return requestJson("search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query: query.text, k, offset, relevance }),
+      body: JSON.stringify({ query: query.text, k, offset, relevance, ...filtersBody() }),
       signal,
     });
   }
@@ -113,7 +113,15 @@ function fetchPage(query, offset, k, signal) {
   form.append("k", String(k));
   form.append("offset", String(offset));
   form.append("relevance", relevance);
+  const { filters } = filtersBody();
+  if (filters) form.append("filters", JSON.stringify(filters));
   return requestJson("search/image", { method: "POST", body: form, signal });
+}
+
+/** {filters} of the filter bar (filters.js), or {} when none is set. */
+function filtersBody() {
+  const filters = window.glimpseFilters?.body();
+  return filters ? { filters } : {};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,7 +141,8 @@ const KEPT_UPLOADS = 20;
 function urlFor(query) {
   const base = location.pathname;
   const all = query?.all ? { all: "1" } : {};
-  if (query?.kind === "text") return `${base}?${new URLSearchParams({ q: query.text, ...all })}`;
+  const filters = window.glimpseFilters?.params() ?? {};
+  if (query?.kind === "text") return `${base}?${new URLSearchParams({ q: query.text, ...all, ...filters })}`;
   if (query?.kind === "similar") return `${base}?${new URLSearchParams({ similar: String(query.id), ...all })}`;
   return base;
 }

@@ -1,0 +1,57 @@
+"""The filter bar in the browser (filters.js): typed syntax and the controls narrow the grid,
+the URL holds the filters, and a reload keeps them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.e2e.test_frontend import closest_if_no_good_match, query_of, result_ids
+
+
+def paths_shown(page: Any, gallery: dict[str, int]) -> set[str]:
+    by_id = {i: p for p, i in gallery.items()}
+    return {by_id[i] for i in result_ids(page)}
+
+
+def wait_for_url(page: Any, fragment: str) -> None:
+    page.wait_for_function("f => location.search.includes(f)", arg=fragment)
+
+
+def test_typed_and_chosen_filters_narrow_the_grid_and_survive_a_reload(
+        page: Any, gallery: dict[str, int]) -> None:
+    sklearn = {p for p in gallery if p.startswith("sklearn/")}
+    assert 0 < len(sklearn) < len(gallery)
+
+    page.fill("#q", "a photo in:sklearn")
+    page.press("#q", "Enter")
+    wait_for_url(page, "in=sklearn")
+    closest_if_no_good_match(page)
+    page.wait_for_function("n => document.querySelectorAll('#results .tile').length === n",
+                           arg=len(sklearn))
+    assert paths_shown(page, gallery) == sklearn
+    assert page.input_value("#q") == "a photo"  # the syntax left the box
+    assert query_of(page)["in"] == ["sklearn"] and query_of(page)["q"] == ["a photo"]
+    assert page.input_value(".filters [name=in]") == "sklearn"
+
+    page.reload()
+    page.wait_for_selector("html[data-ready]", state="attached")
+    closest_if_no_good_match(page)
+    page.wait_for_function("n => document.querySelectorAll('#results .tile').length === n",
+                           arg=len(sklearn))
+    assert paths_shown(page, gallery) == sklearn
+    assert page.input_value(".filters [name=in]") == "sklearn"
+
+    # The control: another folder narrows the grid to it.
+    crops = {p for p in gallery if p.startswith("crops/")}
+    page.fill(".filters [name=in]", "crops")
+    page.press(".filters [name=in]", "Tab")  # a text field's change fires as it is left
+    wait_for_url(page, "in=crops")
+    closest_if_no_good_match(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results .tile')].length > 0"
+        " && !document.querySelector('#results[aria-busy]')")
+    shown = paths_shown(page, gallery)
+    assert shown and shown <= crops
+
+    page.click(".filters-clear")
+    page.wait_for_function("() => !location.search.includes('in=')")
