@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import posixpath
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import faiss
@@ -200,7 +200,7 @@ def matching_ids(store: Store, f: SearchFilters) -> np.ndarray:
 
 def search(
     store: Store, index: VectorIndex, queries: np.ndarray, k: int, f: SearchFilters, *,
-    nprobe: int | None = None, exact: bool = False, exclude: Any = (),
+    nprobe: int | None = None, exact: bool = False, exclude: Sequence[int] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` (scores, ids) per unit query among the live items passing ``f``, excluded ids
     left out; id -1 where fewer match. The path is chosen as the module docstring says."""

@@ -285,3 +285,17 @@ def test_facets_count_the_live_items(client: TestClient, metas: list[dict[str, A
     assert [y["value"] for y in body["years"]] == [str(y) for y in range(2024, 2014, -1)]
     assert sum(m["count"] for m in body["months"]) == sum(1 for _, m in rows if "taken_ts" in m)
     assert {c["value"] for c in body["cameras"]} == {" ".join(c) for c in CAMERAS}
+
+
+def test_the_low_memory_setting_reads_the_matching_rows_from_the_store(
+        make_client: Any, metas: list[dict[str, Any]]) -> None:
+    client = make_client(vectors_in_memory=False)
+    vectors = clustered(600, DIM, seed=10)
+    ids = _add(client, vectors, metas[:600])
+    stored = as_stored(vectors)
+    f = SearchFilters.model_validate({"camera": "pixel"})
+    allowed = np.asarray([n for n, m in enumerate(metas[:600]) if matches(f, path_of(n, m), m)])
+    queries = clustered(5, DIM, seed=11)
+    for row, want in zip(_search(client, queries, 10, {"filters": {"camera": "pixel"}}),
+                         _truth(stored, queries, allowed, 10), strict=True):
+        assert {ids.index(h["id"]) for h in row} == want
