@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path
 
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from glimpse.contracts.index import RebuildRequest, RebuildResponse, SnapshotResponse
+from glimpse.gateway.backfill import backfill_of
 from glimpse.gateway.library import Libraries
 from glimpse.gateway.state import GatewayState, State, WriteAccess
 
@@ -35,6 +36,19 @@ async def admin_snapshot(state: State) -> Any:
 async def admin_rebuild(body: RebuildRequest, state: State) -> Any:
     """Ask the index to retrain now (optionally with a forced Faiss factory string)."""
     return await state.index.json("POST", "/v1/index/rebuild", json=body.model_dump())
+
+
+@router.post("/admin/backfill", status_code=202, tags=["admin"], dependencies=[WriteAccess])
+async def admin_backfill(state: State) -> dict[str, Any]:
+    """Read the metadata of items ingested before it was read, from their originals, in the
+    background; resumes where a stopped one left off (glimpse/gateway/backfill.py)."""
+    return await backfill_of(state).start()
+
+
+@router.get("/admin/backfill", tags=["admin"], dependencies=[WriteAccess])
+async def admin_backfill_status(state: State) -> dict[str, Any]:
+    """The backfill's progress: status, cursor of last_id, updated, skipped, failed."""
+    return backfill_of(state).status()
 
 
 def _libraries(state: GatewayState) -> Libraries:
