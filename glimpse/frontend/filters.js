@@ -122,8 +122,9 @@ document.addEventListener("submit", (event) => {
 
 function refresh() {
   showCount();
-  // The search runs again with the new filters when something is shown or typed.
-  if (input.value.trim() || !document.getElementById("results")?.hidden) form.requestSubmit();
+  // The search runs again with the new filters when there is one: a text, or an image (its
+  // chip shows); with none, focus stays on the control.
+  if (input.value.trim() || !document.getElementById("query-chip")?.hidden) form.requestSubmit();
 }
 
 bar.querySelector(".filters-body").addEventListener("change", refresh);
