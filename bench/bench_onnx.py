@@ -12,7 +12,24 @@ Rows, for one model (default ViT-B-32 with random weights: speed does not depend
 
 Every round is printed and, with --csv, appended as rows in bench/results' format.
 
+With --near-duplicates it measures instead whether int8 keeps the near-duplicate figures:
+bench_relevance.py's image set (sample-photo tiles and LFW faces; half of the queries have 1 to
+3 transformed copies in the collection) embedded by torch, ONNX Runtime fp32 and int8, for
+glimpse-tiny and ViT-B-32 (random weights), and per runtime: recall@1 over the queries with
+copies, the recall a perfect per-query cut could reach (copies ranked above every other photo),
+precision and recall of the relevance cutoff, and the copies fp32 ranks first that int8 does not.
+
     python bench/bench_onnx.py --rounds 3 --csv bench/results/bench_onnx.csv
+    python bench/bench_onnx.py --near-duplicates --csv bench/results/onnx_near_duplicates.csv
+
+With --session-options it compares ONNX Runtime session options in this process, on
+pre-decoded pixels of the cached export (fp32, or int8 with --quantize): graph optimisation
+level, intra-op threads, execution mode, spinning, an optimised model saved and loaded without
+optimising again, and two sessions of one thread each run concurrently from a thread pool on
+halves of each batch; raw torch eager runs in the same rounds. Each variant's images/s, CPU ms
+per image and session start time, every round, alternated.
+
+    python bench/bench_onnx.py --session-options --rounds 3 --csv bench/results/onnx_sessions.csv
     python bench/bench_onnx.py --torch-threads 1       # model threads of both sides
     python bench/bench_onnx.py --quantize int8         # int8 dynamic quantisation
 Other options are bench_encoder.py's (--model, --images, --clients, --max-batch, ...).
@@ -25,14 +42,18 @@ import asyncio
 import csv
 import datetime
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -59,6 +80,12 @@ def own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--csv", type=Path, help="append the rows here (bench/results format)")
     p.add_argument("--machine", default="dev-2core")
     p.add_argument("--note", default="", help="e.g. the load average")
+    p.add_argument("--near-duplicates", action="store_true",
+                   help="near-duplicate retrieval of torch, ONNX fp32 and int8 (no speed)")
+    p.add_argument("--models", default="glimpse-tiny,ViT-B-32", help="with --near-duplicates")
+    p.add_argument("--queries", type=int, default=200, help="with --near-duplicates")
+    p.add_argument("--session-options", action="store_true",
+                   help="ONNX Runtime session options side by side, in this process")
     return p.parse_known_args(argv)
 
 
@@ -76,7 +103,11 @@ def commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     mine, rest = own_args(argv)
+    if mine.near_duplicates:
+        return near_duplicates(mine, argv)
     args = parse_args(rest)
+    if mine.session_options:
+        return session_options(mine, args, argv)
     measured = commit()  # the code the service starts from, whatever lands while it runs
     # start_service passes this process's environment on to the service.
     os.environ.update(ENCODER_RUNTIME="onnx", ENCODER_ONNX_QUANTIZE=mine.quantize)
@@ -174,6 +205,234 @@ def write_rows(mine: argparse.Namespace, args: argparse.Namespace,
         if new:
             writer.writeheader()
         writer.writerows(out)
+
+
+# -- near-duplicate retrieval --------------------------------------------------------------------
+
+RUNTIMES = {"torch": ("torch", "none"), "ONNX Runtime fp32": ("onnx", "none"),
+            "ONNX Runtime int8": ("onnx", "int8")}
+
+
+def near_duplicate_images(queries: int, seed: int = 0) -> tuple[list[Any], list[set[int]], int]:
+    """bench_relevance.py's image set as photos: (base then query images, each query's copies
+    among the base rows, the number of base rows)."""
+    from bench import bench_relevance
+
+    captured: list[Any] = []
+
+    def keep(images: list[Any]) -> Any:
+        captured.extend(images)
+        return np.zeros((len(images), 1), dtype=np.float32)
+
+    real = bench_relevance._embed_images
+    bench_relevance._embed_images = keep  # the set is built once; each runtime embeds it
+    try:
+        data = bench_relevance.image_set(queries, seed)
+    finally:
+        bench_relevance._embed_images = real
+    return captured, data.relevant, len(data.base)
+
+
+def embed_photos(encoder: Any, images: list[Any], batch: int = 32) -> np.ndarray:
+    """In a thread of its own, as the service runs the model (Raw's docstring says why)."""
+    import torch
+
+    def embed() -> np.ndarray:
+        return np.concatenate([
+            encoder.encode_pixels(torch.stack([encoder.preprocess(i) for i in images[s:s + batch]]))
+            for s in range(0, len(images), batch)])
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(embed).result()
+
+
+def retrieval(vectors: np.ndarray, relevant: list[set[int]], n_base: int) -> dict[str, Any]:
+    """Near-duplicate figures of one runtime's vectors (bench_relevance.py's evaluation)."""
+    from bench import bench_relevance
+    from glimpse.gateway.relevance import ALPHA
+
+    data = bench_relevance.LabelledSet("images", "", vectors[:n_base], vectors[n_base:], relevant)
+    cut = bench_relevance.evaluate(data, bench_relevance.adaptive(ALPHA))
+    firsts = np.argmax(data.queries @ data.base.T, axis=1)
+    found = {q for q, rows in enumerate(relevant) if rows and int(firsts[q]) in rows}
+    return {"recall@1": len(found) / cut.copy_queries, "recall ceiling": cut.ceiling,
+            "cutoff precision": cut.precision, "cutoff recall": cut.recall,
+            "no good match rate": cut.no_match_rate, "found": found,
+            "copies": cut.copy_queries, "empty": cut.empty_queries}
+
+
+def near_duplicates(mine: argparse.Namespace, argv: list[str] | None) -> int:
+    from glimpse.encoder.config import Settings
+    from glimpse.encoder.onnx_runtime import load_serving_encoder
+
+    measured = commit()
+    images, relevant, n_base = near_duplicate_images(mine.queries)
+    base = {"date": datetime.date.today().isoformat(), "commit": measured,
+            "machine": mine.machine, "note": mine.note}
+    out: list[dict[str, Any]] = []
+    for model in mine.models.split(","):
+        figures = {}
+        for name, (runtime, quantize) in RUNTIMES.items():
+            settings = Settings(model=model, pretrained="none", device="cpu", runtime=runtime,
+                                onnx_quantize=quantize)  # type: ignore[arg-type]
+            encoder = load_serving_encoder(settings)
+            if encoder.runtime != runtime:
+                raise SystemExit(f"{name} does not serve {model}: {encoder.runtime_note}")
+            started = time.perf_counter()
+            figures[name] = retrieval(embed_photos(encoder, images), relevant, n_base)
+            f = figures[name]
+            print(f"{model:12} {name:18} recall@1 {f['recall@1']:.3f}  recall ceiling "
+                  f"{f['recall ceiling']:.3f}  cutoff precision {f['cutoff precision']:.3f} "
+                  f"recall {f['cutoff recall']:.3f}  no good match {f['no good match rate']:.3f}"
+                  f"  ({time.perf_counter() - started:.0f}s)", flush=True)
+        lost = figures["ONNX Runtime fp32"]["found"] - figures["ONNX Runtime int8"]["found"]
+        print(f"{model}: copies fp32 ranks first that int8 does not: {len(lost)}", flush=True)
+        what = (f"near-duplicate retrieval, {model} (random weights) on CPU, {n_base} photos, "
+                f"{f['copies']} queries with copies, {f['empty']} without")
+        for figure in ("recall@1", "recall ceiling", "cutoff precision", "cutoff recall",
+                       "no good match rate"):
+            out += [{**base, "what": f"{figure}: {what}", "variant": name,
+                     "value": f"{figures[name][figure]:.3f}", "unit": "ratio"}
+                    for name in RUNTIMES]
+        out.append({**base, "what": f"copies fp32 ranks first that int8 does not: {what}",
+                    "variant": "ONNX Runtime int8", "value": str(len(lost)), "unit": "queries"})
+    if mine.csv:
+        out[0]["command"] = "bench/bench_onnx.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        new = not mine.csv.exists()
+        with mine.csv.open("a", newline="") as f:
+            writer = csv.DictWriter(f, FIELDS, restval="")
+            if new:
+                writer.writeheader()
+            writer.writerows(out)
+    return 0
+
+
+# -- session options -----------------------------------------------------------------------------
+
+
+class Variant:
+    """Sessions of one set of options on one tower's export, run on a batch of pixels."""
+
+    def __init__(self, path: Path, sessions: int, threads: int, level: str = "all",
+                 mode: str = "sequential", spin: bool = False, saved: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                  "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+        self.sessions = []
+        started = time.perf_counter()
+        for _ in range(sessions):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = threads if mode == "parallel" else 1
+            options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if mode == "parallel"
+                                      else ort.ExecutionMode.ORT_SEQUENTIAL)
+            options.graph_optimization_level = levels[level]
+            options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin)))
+            if saved is not None:
+                options.optimized_model_filepath = str(saved)
+            self.sessions.append(ort.InferenceSession(str(path), options,
+                                                      providers=["CPUExecutionProvider"]))
+        self.start_s = (time.perf_counter() - started) / sessions
+        self.pool = ThreadPoolExecutor(sessions) if sessions > 1 else None
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        if self.pool is None:
+            return self.sessions[0].run(None, {"input": pixels})[0]
+        parts = np.array_split(pixels, len(self.sessions))
+        outs = self.pool.map(lambda sp: sp[0].run(None, {"input": sp[1]})[0],
+                             zip(self.sessions, parts, strict=True))
+        return np.concatenate(list(outs))
+
+    def rate(self, pixels: np.ndarray, total: int, batch: int) -> tuple[float, float]:
+        """(images/s, CPU ms per image) over ``total`` images in batches of ``batch``."""
+        self.run(pixels[:batch])  # warm-up
+        cpu, start, done = time.process_time(), time.perf_counter(), 0
+        while done < total:
+            n = min(batch, total - done)
+            self.run(pixels[np.arange(done, done + n) % len(pixels)])
+            done += n
+        wall = time.perf_counter() - start
+        return total / wall, (time.process_time() - cpu) / total * 1000
+
+
+def session_options(mine: argparse.Namespace, args: argparse.Namespace,
+                    argv: list[str] | None) -> int:
+    from glimpse.encoder.config import Settings
+    from glimpse.encoder.onnx_runtime import OnnxClipEncoder, load_serving_encoder
+    from glimpse.encoder.service import cpu_count
+
+    measured = commit()
+    threads = args.torch_threads or cpu_count()
+    settings = Settings(model=args.model, pretrained=args.pretrained, device="cpu",
+                        runtime="onnx", onnx_quantize=mine.quantize)
+    encoder = load_serving_encoder(settings)
+    if not isinstance(encoder, OnnxClipEncoder):
+        raise SystemExit(f"ONNX Runtime does not serve {args.model}: {encoder.runtime_note}")
+    path = Path(encoder.export_dir) / "image.onnx"
+    raw = Raw(args, threads)
+    pixels_t = raw.pixels(make_jpegs(args.distinct))
+    pixels = pixels_t.numpy()
+    saved = Path(tempfile.mkdtemp()) / "image.optimized.onnx"
+    Variant(path, 1, threads, saved=saved)  # writes the optimised model
+    variants = {
+        f"as served: optimisation all, {threads} intra-op threads, sequential, no spinning":
+            lambda: Variant(path, 1, threads),
+        "spinning on": lambda: Variant(path, 1, threads, spin=True),
+        f"parallel execution mode ({threads} inter-op threads)":
+            lambda: Variant(path, 1, threads, mode="parallel"),
+        "optimisation extended": lambda: Variant(path, 1, threads, level="extended"),
+        "optimisation basic": lambda: Variant(path, 1, threads, level="basic"),
+        "saved optimised model, loaded without optimising": lambda: Variant(
+            saved, 1, threads, level="none"),
+        "1 intra-op thread": lambda: Variant(path, 1, 1),
+        f"{threads} sessions x 1 thread, concurrent halves of each batch":
+            lambda: Variant(path, threads, 1),
+    }
+    engine = f"ONNX Runtime {'int8' if mine.quantize == 'int8' else 'fp32'}"
+    what = (f"{args.model} image tower on CPU, {engine} session options, pre-decoded pixels, "
+            f"batch {args.max_batch}, in one process")
+    print(f"# session options: {what}; {args.images} images/measurement, {args.rounds} rounds, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    base = {"date": datetime.date.today().isoformat(), "commit": measured,
+            "machine": mine.machine, "note": mine.note}
+    out: list[dict[str, Any]] = []
+    for round_no in range(args.rounds):
+        cpu = time.process_time()
+        torch_rate = raw.image_rate(pixels_t, args.images, args.max_batch)
+        torch_cpu = (time.process_time() - cpu) / args.images * 1000
+        results = {"raw torch eager forward": (torch_rate, torch_cpu, float("nan"))}
+        for name, make in variants.items():
+            variant = make()
+            rate, cpu_ms = variant.rate(pixels, args.images, args.max_batch)
+            results[name] = (rate, cpu_ms, variant.start_s)
+            del variant
+        load = os.getloadavg()[0]
+        for name, (rate, cpu_ms, start_s) in results.items():
+            print(f"round {round_no + 1} {name:70} {rate:6.1f} images/s {cpu_ms:5.0f} CPU ms/image"
+                  + ("" if start_s != start_s else f"  start {start_s:.2f}s"), flush=True)
+            note = f"load {load:.2f} after the round" + (f"; {mine.note}" if mine.note else "")
+            out += [{**base, "what": f"images/s, {what}", "variant": name,
+                     "value": f"{rate:.1f}", "unit": "images/s", "note": note},
+                    {**base, "what": f"CPU ms per image, {what}", "variant": name,
+                     "value": f"{cpu_ms:.0f}", "unit": "ms", "note": note}]
+            if start_s == start_s:
+                out.append({**base, "what": f"session start, {what}", "variant": name,
+                            "value": f"{start_s:.2f}", "unit": "s", "note": note})
+    shutil.rmtree(saved.parent, ignore_errors=True)
+    if mine.csv:
+        out[0]["command"] = "bench/bench_onnx.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        new = not mine.csv.exists()
+        with mine.csv.open("a", newline="") as f:
+            writer = csv.DictWriter(f, FIELDS, restval="")
+            if new:
+                writer.writeheader()
+            writer.writerows(out)
+    return 0
 
 
 if __name__ == "__main__":

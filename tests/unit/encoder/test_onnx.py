@@ -225,6 +225,7 @@ def test_int8_keeps_the_vectors(tmp_path: Path, photos: dict[str, np.ndarray]) -
     int8 = load_serving_encoder(settings)
     fp32 = load_serving_encoder(_settings(tmp_path))
     assert _entry(int8) != _entry(fp32)  # its own cache entry
+    assert (int8.precision, fp32.precision) == ("int8", "fp32")  # as /v1/info says
     pixels = _pixels(fp32, photos)
     assert np.min(np.sum(int8.encode_pixels(pixels) * fp32.encode_pixels(pixels), axis=1)) >= 0.99
     assert np.min(np.sum(int8.encode_texts(TEXTS) * fp32.encode_texts(TEXTS), axis=1)) >= 0.99
