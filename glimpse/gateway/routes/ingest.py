@@ -14,7 +14,7 @@ from glimpse.gateway.metadata import MTIMES_DOC, parse_mtimes
 from glimpse.gateway.state import State, WriteAccess
 from glimpse.web.forms import parse_form
 from glimpse.web.openapi import form_body_openapi
-from glimpse.web.responses import OrjsonResponse as json_response
+from glimpse.web.responses import OrjsonResponse
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -58,7 +58,7 @@ async def ingest(request: Request, state: State) -> Response:
         )
     mtimes = parse_mtimes(next((p.text for p in parts if p.name == "mtimes"), None))
     # Built as the IngestResponse shape already; skipping re-validation saves CPU per item.
-    return json_response({"items": await ingest_files(state, files, mtimes=mtimes)})
+    return OrjsonResponse({"items": await ingest_files(state, files, mtimes=mtimes)})
 
 
 @router.post(

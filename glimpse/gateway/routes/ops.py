@@ -7,12 +7,12 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from glimpse.contracts.common import HealthResponse, ReadyResponse
 from glimpse.contracts.errors import ERROR_RESPONSES, GlimpseError
 from glimpse.contracts.gateway import GatewayStats
 from glimpse.gateway.state import ReadAccess, State
+from glimpse.web.responses import OrjsonResponse
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -53,7 +53,7 @@ async def healthz() -> HealthResponse:
 
 
 @router.get("/readyz", response_model=ReadyResponse, tags=["ops"])
-async def readyz(state: State) -> JSONResponse:
+async def readyz(state: State) -> OrjsonResponse:
     """Readiness: the encoder (model loaded) and the index answer their /readyz (with
     replicas: at least one of each)."""
     (encoder_ok, encoder), (index_ok, index) = await asyncio.gather(
@@ -62,6 +62,6 @@ async def readyz(state: State) -> JSONResponse:
     # With replicas, one ready replica of each is enough; the lines say how many are.
     checks = {"encoder": encoder, "index": index}
     ready = encoder_ok and index_ok
-    return JSONResponse(
+    return OrjsonResponse(
         ReadyResponse(ready=ready, checks=checks).model_dump(), status_code=200 if ready else 503
     )

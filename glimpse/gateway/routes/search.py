@@ -25,7 +25,7 @@ from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State
 from glimpse.web.bodies import parse_fields, parse_json_body
 from glimpse.web.forms import parse_form
 from glimpse.web.openapi import form_body_openapi, json_body_openapi
-from glimpse.web.responses import OrjsonResponse as json_response
+from glimpse.web.responses import OrjsonResponse
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -64,7 +64,7 @@ async def _run_search(
         model=await _model_name(state),
     )
     # Already the SearchResponse shape; skipping re-validation keeps the gateway's overhead low.
-    return json_response(body)
+    return OrjsonResponse(body)
 
 
 async def _model_name(state: GatewayState) -> str:

@@ -117,8 +117,8 @@ def test_head_answers_like_get_without_a_body(
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
-        ("POST", "/images/2", "DELETE, GET, HEAD"),
-        ("PUT", "/images/2", "DELETE, GET, HEAD"),
+        ("POST", "/images/2", "DELETE, GET, HEAD, PATCH"),
+        ("PUT", "/images/2", "DELETE, GET, HEAD, PATCH"),
         ("GET", "/ingest", "POST"),
         ("DELETE", "/search/text", "POST"),
         ("GET", "/search/image", "POST"),
