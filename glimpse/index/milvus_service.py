@@ -24,7 +24,13 @@ import numpy as np
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import SearchFilters
 from glimpse.index.config import MilvusSettings, Settings
-from glimpse.index.filters import facets_of_rows, matches, milvus_expr, milvus_is_wider
+from glimpse.index.filters import (
+    EXACT_ROWS,
+    facets_of_rows,
+    matches,
+    milvus_expr,
+    milvus_is_wider,
+)
 from glimpse.index.gather import Search, SearchGatherer, by_everything
 from glimpse.index.milvus_spaces import MilvusSpacesMixin
 from glimpse.index.milvus_store import (
@@ -166,8 +172,12 @@ class MilvusIndexService(MilvusSpacesMixin):
     ) -> Records:
         """Top ``k`` live hits per unit query with path and meta, score descending, among
         those passing ``filters`` (a Milvus expression, filters.py)."""
-        rescore = exact or self.rerank > 0
         where = milvus_expr(filters) if filters is not None else ""
+        if where and not exact and self.store.count_where(where, EXACT_ROWS) <= EXACT_ROWS:
+            # Few matches: scored exactly. Milvus's search past a selective expression missed
+            # most of them (recall@10 0.12 at 0.05 % of 20k items).
+            exact = True
+        rescore = exact or self.rerank > 0
         # A wider expression (near's box, say): twice the candidates, the filter checked below.
         spread = 2 if filters is not None and milvus_is_wider(filters) else 1
         if exact:

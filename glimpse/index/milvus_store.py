@@ -378,6 +378,31 @@ class MilvusStore:
             return None
         return np.asarray(rows[item_id]["vector"], dtype=np.float32)
 
+    def page(self, after: int, limit: int) -> list[tuple[Record, np.ndarray]]:
+        """The live items past id ``after`` in id order (a query iterator walks the primary
+        key), with their vectors: a pass over every item reads a page at a time."""
+        found: list[tuple[Record, np.ndarray]] = []
+        try:
+            iterator = self.collection.query_iterator(
+                batch_size=1000, expr=f"id > {int(after)}", output_fields=["id"],
+                timeout=self.timeout, consistency_level="Eventually")
+            while len(found) < limit:
+                ids = sorted(int(r["id"]) for r in iterator.next())
+                if not ids:
+                    break
+                rows = self.rows_of_ids(ids, FIELDS, "item listing")
+                for i in ids:
+                    if i in rows and -i not in rows:
+                        row, created = rows[i], float(rows[i]["created_at"])
+                        found.append((Record(i, str(row["key"]), str(row["path"]),
+                                             dict(row["meta"] or {}), int(created * 1e6),
+                                             created, False),
+                                      np.asarray(row["vector"], dtype=np.float32)))
+            iterator.close()
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "item listing", exc, stored=True) from exc
+        return found[:limit]
+
     def counts(self) -> tuple[int, int]:
         """(rows with a positive id, tombstones)."""
         live = self._query("id > 0", ("count(*)",), "count")
@@ -518,6 +543,16 @@ class MilvusStore:
         except _FAILURES as exc:
             raise MilvusUnavailable(self.uri, "search", exc, stored=True) from exc
         return [list(zip(hits.ids, hits.distances, strict=True)) for hits in results]
+
+    def count_where(self, where: str, cap: int) -> int:
+        """How many rows with a positive id ``where`` holds for, counted up to ``cap`` + 1."""
+        try:
+            rows = self.collection.query(f"id > 0 and ({where})", output_fields=["id"],
+                                         limit=cap + 1, timeout=self.timeout,
+                                         consistency_level="Eventually")
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "filter count", exc, stored=True) from exc
+        return len(rows)
 
     def scan_rows(self, fields: Sequence[str], batch: int = 4096) -> Iterable[dict[str, Any]]:
         """``fields`` of every row with a positive id, a batch at a time (facets)."""
