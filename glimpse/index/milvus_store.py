@@ -378,6 +378,147 @@ class MilvusStore:
             return None
         return np.asarray(rows[item_id]["vector"], dtype=np.float32)
 
+    def counts(self) -> tuple[int, int]:
+        """(rows with a positive id, tombstones)."""
+        live = self._query("id > 0", ("count(*)",), "count")
+        dead = self._query("id < 0", ("count(*)",), "count")
+        return int(live[0]["count(*)"]), int(dead[0]["count(*)"])
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]:
+        """Add items idempotently by key; returns only once a Strong read sees them."""
+        keys = list(dict.fromkeys(item.key for item in items))
+        live, generations = self.live_of_keys(keys, "key lookup before an add")
+        fresh = [k for k in keys if k not in live]
+        chosen = self._free_ids(fresh, generations)
+        outcomes: list[AddOutcome] = []
+        rows: dict[str, NewItem] = {}
+        for item in items:
+            if item.key in live:
+                outcomes.append(AddOutcome(live[item.key], item.key, "exists"))
+            elif item.key in rows:
+                outcomes.append(AddOutcome(chosen[item.key], item.key, "exists"))
+            else:
+                rows[item.key] = item
+                outcomes.append(AddOutcome(chosen[item.key], item.key, "added"))
+        if rows:
+            now = time.time()
+            batch = list(rows.values())
+            data = [
+                [chosen[i.key] for i in batch],
+                [i.key for i in batch],
+                [i.path for i in batch],
+                [i.meta for i in batch],
+                [now] * len(batch),
+                np.vstack([np.asarray(i.vector, dtype=np.float32) for i in batch]),
+            ]
+            self._upsert(data, "add")
+            self._await_visible([chosen[i.key] for i in batch], "add")
+        return outcomes
+
+    def _free_ids(self, keys: Sequence[str], generations: dict[str, int]) -> dict[str, int]:
+        """An id per key that no other key's row or tombstone holds."""
+        chosen: dict[str, int] = {}
+        salts = dict.fromkeys(keys, 0)
+        pending = list(keys)
+        while pending:
+            wanted = {k: item_id(k, generations.get(k, 0), salts[k]) for k in pending}
+            taken = self.rows_of_ids(list(wanted.values()), ("id", "key"),
+                                     "id check before an add")
+            owner = {abs(int(i)): str(r["key"]) for i, r in taken.items()}
+            uses = Counter(wanted.values())
+            collided = [k for k, i in wanted.items() if owner.get(i, k) != k or uses[i] > 1]
+            for key in pending:
+                if key not in collided:
+                    chosen[key] = wanted[key]
+            for key in collided:
+                salts[key] += 1
+            pending = collided
+        return chosen
+
+    def delete(self, item_id: int) -> bool | None:
+        """True: deleted now; False: no such item; None: it was deleted before."""
+        rows = self.rows_of_ids([item_id], ("id", "key"), "item read before a delete")
+        row, tomb = rows.get(item_id), rows.get(-item_id)
+        if tomb is not None:
+            if row is not None:
+                self._delete_rows([item_id])  # left behind by a kill or a racing add
+            return None
+        if row is None:
+            return False
+        # Tombstone first: a kill between the two steps leaves the item deleted, never alive.
+        data = [[-item_id], [str(row["key"])], [""], [{}], [time.time()],
+                np.zeros((1, self.settings.dim), dtype=np.float32)]
+        self._upsert(data, "delete")
+        self._delete_rows([item_id])
+        self._await_visible([item_id], "delete")
+        self.spaces.forget(item_id)
+        return True
+
+    def update(self, item_id: int, path: str | None, meta: dict[str, Any] | None
+               ) -> Record | None:
+        """Rewrite a live item's row with a new path and/or meta (None keeps it); the record
+        after, or None when not live. A delete racing it wins: its tombstone makes the
+        rewritten row a ghost."""
+        rows = self.rows_of_ids([item_id], FIELDS, "item read before an update")
+        row = rows.get(item_id)
+        if row is None or -item_id in rows:
+            return None
+        new_path = str(row["path"]) if path is None else path
+        new_meta = dict(row["meta"] or {}) if meta is None else meta
+        created = float(row["created_at"])
+        data = [[item_id], [str(row["key"])], [new_path], [new_meta], [created],
+                np.asarray(row["vector"], dtype=np.float32).reshape(1, -1)]
+        self._upsert(data, "update")
+        self._await_visible([item_id], "update")
+        return Record(item_id, str(row["key"]), new_path, new_meta, int(created * 1e6), created,
+                      False)
+
+    def _upsert(self, data: list[Any], what: str) -> None:
+        try:
+            self.collection.upsert(data, timeout=self.timeout)
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, what, exc, stored=None) from exc
+
+    def _delete_rows(self, ids: Sequence[int]) -> None:
+        try:
+            self.collection.delete(f"id in {_ints(ids)}", timeout=self.timeout)
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "delete", exc, stored=None) from exc
+
+    def _await_visible(self, ids: Sequence[int], what: str) -> None:
+        """A Strong read of what was just written: it returns once Milvus serves reads at a
+        time past the write, so the acknowledgement implies visibility everywhere."""
+        for part in _chunks(list(ids)):
+            try:
+                self.collection.query(f"id in {_ints(part)}", output_fields=["id"],
+                                      timeout=self.timeout, consistency_level="Strong")
+            except _FAILURES as exc:
+                raise MilvusUnavailable(self.uri, f"{what} (visibility check)", exc,
+                                        stored=None) from exc
+
+    # -- search -----------------------------------------------------------------------------------
+
+    def search_candidates(self, queries: np.ndarray, limit: int, params: dict[str, Any],
+                          exclude: Sequence[int], where: str = ""
+                          ) -> list[list[tuple[int, float]]]:
+        """Milvus's top ``limit`` (id, score) per query, tombstones and ``exclude`` filtered,
+        among the rows ``where`` (an expression: filters.milvus_expr) holds for."""
+        expr = "id > 0"
+        if exclude:
+            expr += f" and id not in {_ints(exclude)}"
+        if where:
+            expr += f" and ({where})"
+        try:
+            results = self.collection.search(
+                queries, "vector", {"metric_type": "IP", "params": params}, limit=limit,
+                expr=expr, timeout=self.timeout, consistency_level="Eventually",
+            )
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "search", exc, stored=True) from exc
+        return [list(zip(hits.ids, hits.distances, strict=True)) for hits in results]
+
     def count_where(self, where: str, cap: int) -> int:
         """How many rows with a positive id ``where`` holds for, counted up to ``cap`` + 1."""
         try:
