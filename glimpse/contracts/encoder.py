@@ -77,8 +77,32 @@ class EncoderInfo(BaseModel):
         "('device'), measured at warm-up on CUDA (ENCODER_GPU_DECODE=auto keeps the faster); "
         "null otherwise.",
     )
+    models: list[LoadedModel] = Field(
+        default_factory=list,
+        description="Every model served (the configured one first); a request's 'model' "
+        "query parameter names one.",
+    )
     text_graph_batches: list[int] | None = Field(
         default=None,
         description="Batch sizes the text tower replays as CUDA graphs (always "
         "on CUDA); a larger batch runs eagerly. Null when all text runs eagerly.",
     )
+
+
+class LoadModelRequest(BaseModel):
+    """A model for the encoder to serve beside its configured one (the gateway's migration)."""
+
+    model: str = Field(min_length=1, max_length=200,
+                       description="A preset or an open_clip model name.")
+    pretrained: str | None = Field(
+        default=None, max_length=1000,
+        description="Weights (tag, checkpoint path or 'none'); unset: the preset's.",
+    )
+
+
+class LoadedModel(BaseModel):
+    model: str
+    pretrained: str
+    dim: int
+    image_size: int
+    default: bool = Field(description="The configured model, used when a request names none.")

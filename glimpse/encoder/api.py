@@ -1,13 +1,20 @@
 """HTTP routes of the encoder: embed texts, embed image files, info, health, readiness and
 metrics, as one list of operations (``OPERATIONS``) that gives both the Starlette routes and
-the OpenAPI document (glimpse/web/openapi.py)."""
+the OpenAPI document (glimpse/web/openapi.py).
+
+More than one model at once, by name: POST /v1/models loads one more beside the configured
+model, and the embed routes' ``model`` query parameter picks one (the gateway's model migration
+re-encodes the collection with it while searches still use the first). One process rather than
+a second deployment, because this process already holds the GPU and the decode pool: a second
+model shares both, needs no compose change, and no second copy of CUDA's context.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -18,6 +25,8 @@ from glimpse.contracts.encoder import (
     EmbedTextRequest,
     EmbedTextResponse,
     EncoderInfo,
+    LoadedModel,
+    LoadModelRequest,
 )
 from glimpse.contracts.errors import (
     ERROR_RESPONSES,
@@ -30,6 +39,8 @@ from glimpse.encoder.service import EncoderRuntime, not_ready
 from glimpse.web.forms import parse_form
 from glimpse.web.openapi import Operation, form_body_openapi
 from glimpse.web.responses import OrjsonResponse
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 def get_runtime(request: Request) -> EncoderRuntime:
@@ -46,10 +57,20 @@ def _vector_json(vector: np.ndarray, encoding: str) -> np.ndarray | str:
     return np.ascontiguousarray(vector, dtype=np.float32)
 
 
+def _served(request: Request) -> EncoderRuntime:
+    """The runtime of the model the ``model`` query parameter names (default: the configured
+    one); 422 naming it when it is not loaded."""
+    return get_runtime(request).served(request.query_params.get("model") or None)
+
+
 def _text_request(raw: bytes) -> EmbedTextRequest:
     """The JSON body validated, or a 422 naming each invalid field (as FastAPI names them)."""
+    return _json_request(EmbedTextRequest, raw)
+
+
+def _json_request(model: type[BodyT], raw: bytes) -> BodyT:
     try:
-        return EmbedTextRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         message, details = describe_validation_errors([
             {**error, "loc": ("body", *error["loc"])}
@@ -67,7 +88,7 @@ MAX_TEXT_CHARS = 1000  # CLIP reads 77 tokens: a longer text adds nothing to its
 
 async def embed_text(request: Request) -> Response:
     """Unit-norm float32 CLIP vectors of the texts, in order."""
-    runtime = get_runtime(request)
+    runtime = _served(request)
     body = _text_request(await read_body(request, MAX_REQUEST_BYTES))
     if len(body.texts) > MAX_TEXTS:
         raise GlimpseError(
@@ -93,6 +114,12 @@ async def embed_text(request: Request) -> Response:
 
 
 # The image route's query parameter and its two bodies, for the OpenAPI document.
+_MODEL_QUERY = {
+    "name": "model", "in": "query", "required": False,
+    "description": "A loaded model's name (GET /v1/info lists them); default: the configured one.",
+    "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Model",
+               "description": "A loaded model's name; default: the configured one."},
+}
 _ENCODING_QUERY = {
     "name": "encoding", "in": "query", "required": False,
     "description": "'float' lists or 'base64' float32.",
@@ -199,7 +226,7 @@ async def embed_image(request: Request) -> Response:
     A file that cannot be used leaves null in its slot and its error beside it; the other
     files are embedded. When none can be, the answer is the first file's error (4xx).
     """
-    runtime = get_runtime(request)
+    runtime = _served(request)
     contents, form_encoding = await _read_files(request, runtime)
     chosen = request.query_params.get("encoding") or form_encoding or "float"
     if chosen not in ("float", "base64"):
@@ -248,11 +275,23 @@ async def info(request: Request) -> Response:
         max_pixels=s.max_pixels,
         gpu_decode=runtime.gpu_decode,
         decode_rates=runtime.decode_rates,
+        models=runtime.models(),
         text_graph_batches=(
             list(graphs.buckets) if (graphs := runtime.encoder.text_graphs) is not None else None
         ),
     )
     return OrjsonResponse(answer.model_dump())
+
+
+async def load_model(request: Request) -> Response:
+    """Serve one more model beside the configured one (internal: the gateway's migration asks
+    for it); loading one already served answers it again. 422 names a model or weights that
+    cannot be loaded."""
+    runtime = get_runtime(request)
+    body = _json_request(LoadModelRequest, await read_body(request, 64 * 1024))
+    served = await runtime.add_model(body.model, body.pretrained, request.app.state.encoder_loader)
+    (answer,) = [m for m in runtime.models() if m["model"] == served.encoder.name]
+    return OrjsonResponse(LoadedModel(**answer).model_dump())
 
 
 async def healthz(request: Request) -> Response:
@@ -287,9 +326,12 @@ async def prometheus_metrics(request: Request) -> Response:
 
 OPERATIONS = [
     Operation("POST", "/v1/embed/text", embed_text, ("embed",), EmbedTextResponse,
-              body=EmbedTextRequest, responses=ERROR_RESPONSES),
+              body=EmbedTextRequest, responses=ERROR_RESPONSES, parameters=[_MODEL_QUERY]),
     Operation("POST", "/v1/embed/image", embed_image, ("embed",), EmbedImageResponse,
-              body=_IMAGE_FORM, responses=ERROR_RESPONSES, parameters=[_ENCODING_QUERY]),
+              body=_IMAGE_FORM, responses=ERROR_RESPONSES,
+              parameters=[_ENCODING_QUERY, _MODEL_QUERY]),
+    Operation("POST", "/v1/models", load_model, ("models",), LoadedModel,
+              body=LoadModelRequest, responses=ERROR_RESPONSES),
     Operation("GET", "/v1/info", info, ("ops",), EncoderInfo, responses=ERROR_RESPONSES),
     Operation("GET", "/healthz", healthz, ("ops",), HealthResponse),
     Operation("GET", "/readyz", readyz, ("ops",), ReadyResponse,

@@ -35,7 +35,8 @@ from glimpse.encoder.images import (
     plain_jpeg,
     prepare_pixels,
 )
-from glimpse.encoder.model import ClipEncoder, load_encoder
+from glimpse.encoder.model import ClipEncoder, ModelLoadError, load_encoder
+from glimpse.encoder.presets import resolve as resolve_preset
 from glimpse.imaging import decoder_errors, load_upright, open_checked, orientation, to_rgb
 
 logger = logging.getLogger("glimpse.encoder")
@@ -46,6 +47,9 @@ MAX_QUEUE = 4096
 # Most time the first input of a batch waits for company while other requests are still being
 # decoded: enough for concurrent decodes to join, little next to a forward pass.
 MAX_WAIT_MS = 5.0
+# Models served beside the configured one: a migration needs one; a second leaves room to
+# migrate again before a restart.
+MAX_EXTRA_MODELS = 2
 
 
 # EXIF orientations that turn the picture a quarter: its width is shown as its height.
@@ -189,7 +193,13 @@ def choose_threads(settings: Settings, device: str) -> tuple[int, int]:
 class EncoderRuntime:
     """Owns the model, its thread, the decode pool and the text cache."""
 
-    def __init__(self, settings: Settings, encoder: ClipEncoder, registry: CollectorRegistry):
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: ClipEncoder,
+        registry: CollectorRegistry,
+        pool: ThreadPoolExecutor | None = None,
+    ):
         self.settings = settings
         self.encoder = encoder
         self.limits = ImageLimits(settings.max_file_bytes, settings.max_pixels)
@@ -200,7 +210,8 @@ class EncoderRuntime:
         self.decode_workers = workers
         # PIL decoding blocks; it runs in this pool so the event loop stays free and decoding
         # overlaps the model's forward pass.
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="glimpse-decode")
+        self._own_pool = pool is None  # a second model shares its first model's pool
+        self.pool = pool or ThreadPoolExecutor(workers, thread_name_prefix="glimpse-decode")
         self.preprocess = PixelRecipe.of(encoder.preprocess) or encoder.preprocess
         self.gpu_decode = self._want_gpu_decode(settings, encoder)
         self._staging: torch.Tensor | None = None  # the model thread's last JPEG buffer
@@ -232,6 +243,9 @@ class EncoderRuntime:
             registry=registry,
         )
         self.warmed_up = False
+        # Models served beside this one, by name (add_model); requests name one with ?model=.
+        self.extra: dict[str, EncoderRuntime] = {}
+        self._adding = asyncio.Lock()
 
     @classmethod
     def load(
@@ -250,8 +264,88 @@ class EncoderRuntime:
         return settings.gpu_decode != "off" and encoder.can_decode_jpegs()
 
     def close(self) -> None:
+        for extra in self.extra.values():
+            extra.close()
         self.batcher.stop()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_pool:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- more than one model ------------------------------------------------------------------
+
+    def served(self, name: str | None) -> EncoderRuntime:
+        """The runtime of model ``name`` (None: the configured one); 422 if it is not loaded."""
+        if name is None or name == self.encoder.name:
+            return self
+        extra = self.extra.get(name)
+        if extra is None:
+            loaded = [self.encoder.name, *self.extra]
+            raise GlimpseError(
+                ErrorType.validation_error,
+                f"Model {name!r} is not loaded here (loaded: {', '.join(loaded)}); load it "
+                "with POST /v1/models.",
+                {"model": name, "loaded": loaded},
+            )
+        return extra
+
+    async def add_model(
+        self, model: str, pretrained: str | None, loader: Callable[[Settings], ClipEncoder]
+    ) -> EncoderRuntime:
+        """Serve ``model`` (a preset or an open_clip name) beside the configured one, on its
+        own model thread and this decode pool; loading one already served returns it."""
+        name, weights = resolve_preset(model, pretrained)
+        if weights is None:
+            raise GlimpseError(
+                ErrorType.validation_error,
+                f"Model {model!r} is not a preset, so it needs 'pretrained' (an open_clip tag, "
+                "a checkpoint path, or 'none').",
+            )
+        async with self._adding:  # two requests for one model load it once
+            known = self if name == self.encoder.name else self.extra.get(name)
+            if known is not None:
+                if known.encoder.pretrained != weights:
+                    raise GlimpseError(
+                        ErrorType.conflict,
+                        f"Model {name!r} is served already with weights "
+                        f"{known.encoder.pretrained!r}, not {weights!r}.",
+                    )
+                return known
+            if len(self.extra) >= MAX_EXTRA_MODELS:
+                raise GlimpseError(
+                    ErrorType.conflict,
+                    f"This encoder serves {MAX_EXTRA_MODELS + 1} models already "
+                    f"({', '.join([self.encoder.name, *self.extra])}); restart it to load "
+                    "another.",
+                )
+            settings = self.settings.model_copy(update={"model": name, "pretrained": weights})
+            try:
+                encoder = await asyncio.to_thread(loader, settings)
+            except ModelLoadError as exc:
+                raise GlimpseError(
+                    ErrorType.validation_error, str(exc), {"model": model}
+                ) from None
+            # Its metrics on a registry of its own: the app's names are the first model's.
+            extra = EncoderRuntime(settings, encoder, CollectorRegistry(), pool=self.pool)
+            extra.gpu_decode = self.gpu_decode and extra.gpu_decode
+            extra.batcher.start()
+            try:
+                await extra.embed_texts(["a photo of a warm-up"])
+            except BaseException:
+                extra.close()
+                raise
+            extra._text_cache.clear()
+            extra.warmed_up = True
+            self.extra[name] = extra
+            logger.info("serving a second model: %s (%s), dim %d", name, weights,
+                        encoder.dim)
+            return extra
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model served, the configured one first."""
+        return [
+            {"model": r.encoder.name, "pretrained": r.encoder.pretrained, "dim": r.encoder.dim,
+             "image_size": r.encoder.image_size, "default": r is self}
+            for r in (self, *self.extra.values())
+        ]
 
     # -- the model thread ---------------------------------------------------------------------
 
