@@ -79,8 +79,8 @@ def write_samples(folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="glimpse demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", default=os.environ.get("GLIMPSE_URL", DEFAULT_URL),
-                   help="the gateway (default: $GLIMPSE_URL or %(default)s)")
+    p.add_argument("--url", default=DEFAULT_URL,
+                   help="the gateway (default: %(default)s)")
     p.add_argument("--api-key", default=os.environ.get("GLIMPSE_API_KEY"),
                    help="the gateway's write key (default: $GLIMPSE_API_KEY)")
     p.add_argument("--out", type=Path, default=None,

@@ -48,7 +48,6 @@ class Settings(BaseSettings):
         "**/.thumbnails/**,*.tmp,*.part,*.crdownload",
         description="Comma-separated globs of library paths skipped (hidden files always are).",
     )
-    thumbnail_size: int = Field(320, ge=32, le=1024, description="Longest side of a thumbnail.")
     fsync: bool = Field(
         True, description="fsync media files and their folder before the index add (durability)."
     )

@@ -27,6 +27,9 @@ from glimpse.imaging import (
 )
 
 _PIL_SAVE = {"image/webp": "WEBP", "image/jpeg": "JPEG"}
+# The longest side of a thumbnail, one size for all: the page's tiles are 180 CSS pixels wide
+# and up (style.css), so 320 stays sharp on most screens.
+THUMBNAIL_SIZE = 320
 
 # Leading bytes of each accepted format, as Pillow's own plugins recognise them (WebP:
 # RIFF....WEBP, checked below): an image the encoder read has the type its bytes start with.
@@ -76,7 +79,7 @@ def make_thumbnail(
     data: bytes,
     *,
     max_pixels: int,
-    thumbnail_size: int = 320,
+    thumbnail_size: int = THUMBNAIL_SIZE,
     thumbnail_type: str = "image/webp",
     quality: int = 80,
     webp_method: int = 0,

@@ -3,7 +3,7 @@
 Layout under ``media_dir``::
 
     originals/<sha256>                  originals, as they came (older versions: ab/cd/<sha256>)
-    thumbnails/ab/cd/<sha256>.<ext>     longest side <= thumbnail_size, WebP or JPEG
+    thumbnails/ab/cd/<sha256>.<ext>     longest side <= THUMBNAIL_SIZE, WebP or JPEG
     keys.lock                           the per-key locks (:class:`KeyLocks`)
     packs/<yyyy-mm>/<random>.pack       originals written by older versions (read only)
 

@@ -61,12 +61,10 @@ def _find_or_make(
         data = found if isinstance(found, bytes) else found.read_bytes()
     except OSError:
         return None  # removed since it was found
-    settings = state.settings
     try:
         thumbnail = make_thumbnail(
             data,
             max_pixels=state.encoder.limits.max_pixels,
-            thumbnail_size=settings.thumbnail_size,
             thumbnail_type=content_type,
         )
     except GlimpseError:

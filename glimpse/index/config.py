@@ -106,11 +106,6 @@ class MilvusSettings(BaseSettings):
         description="JSON overriding the index parameters (nlist, m, nbits; HNSW: M, "
         "efConstruction); unset ones follow the Faiss backend's rule on a full segment.",
     )
-    segment_mb: int = Field(
-        default=512, ge=1,
-        description="Milvus's dataCoord.segment.maxSize: Milvus trains one index per segment, "
-        "so nlist/m/nbits follow the rule for a full segment's rows.",
-    )
     timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline of each Milvus call; past it the answer is 503."
     )

@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         "2 bad arguments, no gateway at --url, or the gateway refused the run; 130 interrupted.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folders to ingest, recursively")
-    p.add_argument("--url", default=os.environ.get("GLIMPSE_URL", DEFAULT_URL),
-                   help="the gateway (default: $GLIMPSE_URL or %(default)s)")
+    p.add_argument("--url", default=DEFAULT_URL,
+                   help="the gateway (default: %(default)s)")
     p.add_argument("--api-key", default=os.environ.get("GLIMPSE_API_KEY"),
                    help="sent as 'Authorization: Bearer KEY' (default: $GLIMPSE_API_KEY)")
     p.add_argument("--batch-size", type=int, default=16, help="files per request (%(default)s)")

@@ -101,7 +101,7 @@ async def image_original(image_id: ImageId, request: Request, state: State) -> R
 )
 @router.head("/images/{image_id}/thumbnail", include_in_schema=False, dependencies=[ReadAccess])
 async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> Response:
-    """A small WebP or JPEG of the image (longest side at most GATEWAY_THUMBNAIL_SIZE)."""
+    """A small WebP or JPEG of the image (longest side at most 320 pixels)."""
     record = await _record(state, image_id)
     meta = record.get("meta") or {}
     sha = _media_key(record, image_id, "thumbnail")

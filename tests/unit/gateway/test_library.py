@@ -94,7 +94,7 @@ def gateway_state(tmp_path: Path, upstreams: FakeUpstreams | None = None) -> Any
     return SimpleNamespace(
         media=media, encoder=upstreams, index=upstreams,
         records=LruCache(100), decode_limiter=anyio.CapacityLimiter(2),
-        settings=SimpleNamespace(max_files_per_request=64, thumbnail_size=64),
+        settings=SimpleNamespace(max_files_per_request=64),
     )
 
 
