@@ -160,9 +160,15 @@ def plan_index(settings: Settings, milvus: MilvusSettings, index_type: str | Non
     return IndexPlan(kind, rule)
 
 
+# Milvus's default dataCoord.segment.maxSize. Milvus trains one index per segment, so the IVF
+# parameters follow the rule for a full segment's rows; INDEX_MILVUS_INDEX_PARAMS overrides them
+# for a server configured otherwise.
+SEGMENT_MB = 512
+
+
 def segment_rows(settings: Settings, milvus: MilvusSettings) -> int:
     """Rows of a full segment: its size over the raw vector bytes (other fields are small)."""
-    return max(1, milvus.segment_mb * (1 << 20) // (settings.dim * _VECTOR_BYTES))
+    return max(1, SEGMENT_MB * (1 << 20) // (settings.dim * _VECTOR_BYTES))
 
 
 def default_nprobe(plan: IndexPlan, settings: Settings) -> int:
