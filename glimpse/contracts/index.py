@@ -171,6 +171,22 @@ class ItemVector(BaseModel):
     vector: VectorLike
 
 
+class ListedItem(BaseModel):
+    id: int
+    key: str
+    path: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+    created_at: float = Field(description="Unix time of the add.")
+    vector: VectorLike | None = Field(default=None, description="With vectors=true only.")
+
+
+class ItemsPage(BaseModel):
+    """A page of the live items in id order; the next page is ``after=next_after``."""
+
+    items: list[ListedItem]
+    next_after: int | None = Field(description="The last id of this page; null at the end.")
+
+
 class VectorQuery(BaseModel):
     encoding: VectorEncoding = "float"
 

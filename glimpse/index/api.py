@@ -35,6 +35,7 @@ from glimpse.contracts.index import (
     IndexSearchRequest,
     IndexSearchResponse,
     IndexStats,
+    ItemsPage,
     ItemVector,
     KeyIdsResponse,
     KeysMissingRequest,
@@ -403,6 +404,38 @@ async def space_pending(request: Request) -> Response:
     return OrjsonResponse(SpacePending(space=name, **page).model_dump())
 
 
+_FLAG: TypeAdapter[bool] = TypeAdapter(bool)
+_V = TypeVar("_V")
+
+
+def _query_value(request: Request, name: str, adapter: TypeAdapter[_V], default: str) -> _V:
+    try:
+        return adapter.validate_python(request.query_params.get(name, default), strict=False)
+    except ValidationError as exc:
+        raise _invalid([{**e, "loc": (name,)} for e in
+                        exc.errors(include_url=False, include_context=False)], "query") from None
+
+
+async def list_items(request: Request) -> Response:
+    """A page of the live items in id order past ``after``, with their vectors when
+    ``vectors=true``: how a client reads every item (the gateway's duplicates pass)."""
+    service = service_of(request)
+    after = _query_int(request, "after", _ITEM_ID, 0)
+    limit = _query_int(request, "limit", _PAGE, 256)
+    with_vectors = _query_value(request, "vectors", _FLAG, "false")
+    encoding = _query_value(request, "encoding", _ENCODING, "float")
+    assert service.store is not None
+    page = await run_in_threadpool(service.store.page, after, limit)
+    items = [{"id": r.id, "key": r.key, "path": r.path, "meta": r.meta,
+              "created_at": r.created_at,
+              "vector": None if not with_vectors else (
+                  encode_vector(v) if encoding == "base64"
+                  else np.ascontiguousarray(v, dtype=np.float32))}
+             for r, v in page]
+    return OrjsonResponse({"items": items,
+                           "next_after": page[-1][0].id if len(page) == limit else None})
+
+
 async def activate_space(request: Request) -> Response:
     """Make a space the one searches without a space name are answered from (atomic: each
     search sees the old space or the new one)."""
@@ -468,6 +501,12 @@ _LIMIT_QUERY = {
                "title": "Limit"},
 }
 
+_VECTORS_QUERY = {
+    "name": "vectors", "in": "query", "required": False,
+    "schema": {"type": "boolean", "default": False, "title": "Vectors",
+               "description": "Give each item's stored vector."},
+}
+
 OPERATIONS = [
     Operation("POST", "/v1/items", add_items, ("items",), AddItemsResponse,
               body=AddItemsRequest, responses=ERROR_RESPONSES),
@@ -477,6 +516,9 @@ OPERATIONS = [
               body=KeysMissingRequest, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/keys/ids", key_ids, ("items",), KeyIdsResponse,
               body=KeysMissingRequest, responses=ERROR_RESPONSES),
+    Operation("GET", "/v1/items", list_items, ("items",), ItemsPage,
+              responses=ERROR_RESPONSES,
+              parameters=[_AFTER_QUERY, _LIMIT_QUERY, _VECTORS_QUERY, _ENCODING_QUERY]),
     Operation("GET", "/v1/items/{item_id}", get_item, ("items",), IndexItem,
               responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
     Operation("PATCH", "/v1/items/{item_id}", update_item, ("items",), IndexItem,

@@ -34,6 +34,9 @@ class ItemReader(Protocol):
 
     def get_vector(self, item_id: int) -> np.ndarray | None: ...
 
+    def page(self, after: int, limit: int) -> list[tuple[Record, np.ndarray]]:
+        """The live items past id ``after``, in id order, with their vectors."""
+
 
 class IndexBackend(Protocol):
     """An index the routes can serve: writes, searches, item reads, ops and readiness."""

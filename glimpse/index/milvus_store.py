@@ -384,6 +384,31 @@ class MilvusStore:
             return None
         return np.asarray(rows[item_id]["vector"], dtype=np.float32)
 
+    def page(self, after: int, limit: int) -> list[tuple[Record, np.ndarray]]:
+        """The live items past id ``after`` in id order (a query iterator walks the primary
+        key), with their vectors: a pass over every item reads a page at a time."""
+        found: list[tuple[Record, np.ndarray]] = []
+        try:
+            iterator = self.collection.query_iterator(
+                batch_size=1000, expr=f"id > {int(after)}", output_fields=["id"],
+                timeout=self.timeout, consistency_level="Eventually")
+            while len(found) < limit:
+                ids = sorted(int(r["id"]) for r in iterator.next())
+                if not ids:
+                    break
+                rows = self.rows_of_ids(ids, FIELDS, "item listing")
+                for i in ids:
+                    if i in rows and -i not in rows:
+                        row, created = rows[i], float(rows[i]["created_at"])
+                        found.append((Record(i, str(row["key"]), str(row["path"]),
+                                             dict(row["meta"] or {}), int(created * 1e6),
+                                             created, False),
+                                      np.asarray(row["vector"], dtype=np.float32)))
+            iterator.close()
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "item listing", exc, stored=True) from exc
+        return found[:limit]
+
     def counts(self) -> tuple[int, int]:
         """(rows with a positive id, tombstones)."""
         live = self._query("id > 0", ("count(*)",), "count")

@@ -54,6 +54,8 @@ test_ids_sqlite_cannot_hold_are_422_not_500 = suite.test_ids_sqlite_cannot_hold_
 test_largest_id_is_404_and_exclude_ids_are_bounded = (
     suite.test_largest_id_is_404_and_exclude_ids_are_bounded)
 test_delete_get_and_exclude = suite.test_delete_get_and_exclude
+test_items_are_listed_a_page_at_a_time_in_id_order_without_the_deleted = (
+    suite.test_items_are_listed_a_page_at_a_time_in_id_order_without_the_deleted)
 test_searches_answer_the_same_with_gathering_off = (
     suite.test_searches_answer_the_same_with_gathering_off)
 

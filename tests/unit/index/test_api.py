@@ -151,6 +151,31 @@ def test_largest_id_is_404_and_exclude_ids_are_bounded(client: TestClient) -> No
     assert _count(client) == 3
 
 
+def test_items_are_listed_a_page_at_a_time_in_id_order_without_the_deleted(
+    client: TestClient,
+) -> None:
+    x = clustered(25, DIM)
+    ids = [i["id"] for i in client.post("/v1/items", json=items_body(x)).json()["items"]]
+    assert client.delete(f"/v1/items/{ids[4]}").status_code == 204
+    seen: list[int] = []
+    after: int | None = 0
+    while after is not None:
+        page = client.get("/v1/items", params={"after": after, "limit": 10, "vectors": "true",
+                                               "encoding": "base64"}).json()
+        seen += [i["id"] for i in page["items"]]
+        for item in page["items"]:
+            assert item["vector"] == b64(as_stored(x[ids.index(item["id"])][None])[0])
+        after = page["next_after"]
+    assert seen == sorted(set(ids) - {ids[4]})
+    plain = client.get("/v1/items", params={"limit": 2}).json()["items"]
+    first = seen[0]
+    assert plain[0]["id"] == first and plain[0]["key"] == f"key-{ids.index(first)}"
+    assert plain[0]["vector"] is None and len(plain) == 2
+    for bad in ({"limit": 0}, {"vectors": "maybe"}, {"encoding": "hex"}):
+        r = client.get("/v1/items", params=bad)
+        assert r.status_code == 422 and next(iter(bad)) in r.json()["error"]
+
+
 def test_delete_get_and_exclude(client: TestClient) -> None:
     x = clustered(20, DIM)
     ids = [i["id"] for i in client.post("/v1/items", json=items_body(x)).json()["items"]]
