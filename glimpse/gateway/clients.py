@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -67,6 +68,11 @@ def _size(value: Any, slot: int) -> tuple[int, int]:
     )
 
 
+# The index space of the model a search's query was embedded with: set by the embed call and
+# read by the search in the same request, so a model switch between the two never pairs one
+# model's vector with another model's space.
+QUERY_SPACE: ContextVar[str | None] = ContextVar("glimpse_query_space", default=None)
+
 # How often the encoder's limits are asked for while no encoder answers.
 LIMITS_RETRY_S = 1.0
 
@@ -85,6 +91,12 @@ class EncoderClient(Upstream):
     def __init__(self, client: HttpPool | ReplicaSet, **options: float) -> None:
         super().__init__("encoder", client, **options)
         self.model: str | None = None
+        # The model searches embed with (a migration's new one once it switched; None: the
+        # encoder's configured model) and the index space of its vectors (None: the active
+        # one); and how to load each model a call may name: an encoder that restarted serves
+        # its configured model only (glimpse/gateway/migration.py).
+        self.serving: tuple[str | None, str | None] = (None, None)
+        self.loads: dict[str, dict[str, Any]] = {}
         self.limits: ImageLimits = DEFAULT_LIMITS
         self.limits_known = False
         self._reading: asyncio.Task[None] | None = None
@@ -117,11 +129,35 @@ class EncoderClient(Upstream):
                 return False, f"its limits are not known yet ({exc.message})"
         return ok, line
 
-    async def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        body = await self.json(
-            "POST", "/v1/embed/text", json={"texts": list(texts), "encoding": "base64"}
+    def _for_search(self) -> str | None:
+        """The model a search embeds with; its space is noted for this request's search."""
+        model, space = self.serving
+        QUERY_SPACE.set(space)
+        return model
+
+    async def _embed(self, model: str | None, path: str, **kwargs: Any) -> Any:
+        """An embed call with the encoder's ``model``; a model the encoder lost (it restarted)
+        is loaded again once, when this gateway knows how."""
+        params = {**kwargs.pop("params", {}), **({} if model is None else {"model": model})}
+        try:
+            return await self.json("POST", path, params=params, **kwargs)
+        except GlimpseError as exc:
+            load = self.loads.get(model or "")
+            details = exc.details if isinstance(exc.details, dict) else {}
+            if load is None or details.get("model") != model or "loaded" not in details:
+                raise
+        await self.json("POST", "/v1/models", json=load)
+        return await self.json("POST", path, params=params, **kwargs)
+
+    async def embed_text(self, texts: Sequence[str], model: str | None = None) -> np.ndarray:
+        """Vectors of ``texts`` by ``model`` (default: the one searches use)."""
+        chosen = model if model is not None else self._for_search()
+        body = await self._embed(
+            chosen, "/v1/embed/text",
+            json={"texts": list(texts), "encoding": "base64"},
         )
-        self.model = body["model"]
+        if model is None:
+            self.model = body["model"]
         return decode_vectors(body["embeddings"], body["dim"], what="embeddings", allow_zero=True)
 
     async def embed_images(
@@ -129,15 +165,18 @@ class EncoderClient(Upstream):
     ) -> tuple[list[np.ndarray | None], list[dict[str, Any] | None]]:
         """One vector or one error per (name, bytes), in order; when no file could be used,
         the encoder's 4xx is raised (the first file's error)."""
-        answer = await self._embed_images(files)
+        answer = await self._embed_images(files, self._for_search())
         return [None if v is None else _vector(v) for v in answer.vectors], answer.errors
 
-    async def embed_images_wire(self, files: Sequence[tuple[str, bytes]]) -> EmbeddedImages:
+    async def embed_images_wire(
+        self, files: Sequence[tuple[str, bytes]], model: str | None = None
+    ) -> EmbeddedImages:
         """Per (name, bytes), in order: its vector, checked but left in its wire form (base64,
         as the index takes it), or its error; and its size as displayed. When no file could
-        be used, each file's error all the same (the encoder answers that as a 4xx)."""
+        be used, each file's error all the same (the encoder answers that as a 4xx).
+        ``model``: the encoder's configured one by default (the model of the index's items)."""
         try:
-            return await self._embed_images(files)
+            return await self._embed_images(files, model)
         except GlimpseError as exc:
             errors = exc.details.get("errors") if isinstance(exc.details, dict) else None
             if (
@@ -150,15 +189,18 @@ class EncoderClient(Upstream):
             nothing: list[Any] = [None] * len(files)
             return EmbeddedImages(list(nothing), errors, list(nothing))
 
-    async def _embed_images(self, files: Sequence[tuple[str, bytes]]) -> EmbeddedImages:
-        body = await self.json(
-            "POST",
+    async def _embed_images(
+        self, files: Sequence[tuple[str, bytes]], model: str | None
+    ) -> EmbeddedImages:
+        body = await self._embed(
+            model,
             "/v1/embed/image",
             body=image_wire.pack_pieces(files),
             content_type=image_wire.CONTENT_TYPE,
             params={"encoding": "base64"},
         )
-        self.model = body["model"]
+        if model == self.serving[0]:
+            self.model = body["model"]
         embeddings = body["embeddings"]
         errors = list(body.get("errors") or [None] * len(embeddings))
         sizes = body.get("sizes")
@@ -177,7 +219,8 @@ class EncoderClient(Upstream):
 
     async def info(self) -> dict[str, Any]:
         info: dict[str, Any] = await self.json("GET", "/v1/info")
-        self.model = info.get("model", self.model)
+        if self.serving[0] is None:
+            self.model = info.get("model", self.model)
         max_bytes, max_pixels = info.get("max_file_bytes"), info.get("max_pixels")
         if isinstance(max_bytes, int) and isinstance(max_pixels, int):
             self.limits = ImageLimits(max_bytes=max_bytes, max_pixels=max_pixels)
@@ -190,6 +233,8 @@ class IndexClient(Upstream):
 
     def __init__(self, client: HttpPool | ReplicaSet, **options: float) -> None:
         super().__init__("index", client, **options)
+        # The space searches read (glimpse/gateway/migration.py); None: the index's active one.
+        self.space: str | None = None
 
     async def search(
         self,
@@ -207,6 +252,9 @@ class IndexClient(Upstream):
             body["filters"] = filters
         if nprobe is not None:
             body["nprobe"] = nprobe
+        space = QUERY_SPACE.get() or self.space
+        if space is not None:
+            body["space"] = space
         answer = await self.json("POST", "/v1/search", json=body)
         hits: list[dict[str, Any]] = answer["results"][0]
         return hits

@@ -35,6 +35,7 @@ from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.gateway.images import sniff_content_type
 from glimpse.gateway.media import safe_relative_path
 from glimpse.gateway.metadata import extract_all
+from glimpse.gateway.migration import migration_of
 from glimpse.gateway.state import GatewayState
 from glimpse.web.forms import FormPart
 
@@ -284,6 +285,9 @@ async def _embed_and_add_locked(
     in_doubt.clear()
     for (part, _), outcome in zip(to_add, added, strict=True):
         part.status, part.id = outcome["status"], int(outcome["id"])
+    # During a model migration the new model encodes them too (migration.py).
+    await migration_of(state).encode_new_items(
+        [(p.id, p.path, p.data) for p, _ in to_add if p.status == "added" and p.id is not None])
 
 
 def _remove_copies(state: GatewayState, parts: list[Part]) -> None:

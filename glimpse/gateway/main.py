@@ -27,6 +27,7 @@ from glimpse.gateway.clients import EncoderClient, IndexClient
 from glimpse.gateway.config import Settings
 from glimpse.gateway.library import Libraries
 from glimpse.gateway.media import MediaStore
+from glimpse.gateway.migration import MigrationMetrics, migration_of
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
 from glimpse.gateway.routes import router
 from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddleware
@@ -168,9 +169,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.gateway.libraries = libraries
             media.library_lookup = libraries.original
             libraries.start()  # a library that cannot be read is reported, never fatal
+        migration_of(app.state.gateway).start()  # resumes a migration a restart stopped
         try:
             yield
         finally:
+            await migration_of(app.state.gateway).stop()
             if libraries is not None:
                 await libraries.stop()
             await encoder.aclose()
@@ -204,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return [] if state is None else [state.encoder.replicas, state.index.replicas]
 
     metrics.registry.register(ReplicaMetrics(replica_sets))
+    metrics.registry.register(MigrationMetrics(lambda: getattr(app.state, "gateway", None)))
     app.include_router(router)
     # The web page answers the paths no API route matches; as the router's default rather than
     # a mount at "/", it never claims an API path called with the wrong method (a 405 below).
