@@ -19,6 +19,12 @@ RELEVANCE_DOC = (
     "'auto' gives only the relevant hits (those above the query's adaptive cutoff); 'all' "
     "gives the full ranking, each hit marked with 'relevant'."
 )
+# The order of the relevant hits: by score, or by the date the photo was taken.
+Sort = Literal["score", "newest", "oldest"]
+SORT_DOC = (
+    "'score' (the default) ranks by similarity; 'newest' and 'oldest' order the relevant hits "
+    "by the date taken (undated ones after them, by score), then the rest by score."
+)
 
 
 class TextSearchRequest(StrictBody):
@@ -26,6 +32,7 @@ class TextSearchRequest(StrictBody):
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
+    sort: Sort = Field(default="score", description=SORT_DOC)
     filters: Filters = Field(default=None, description=FILTERS_DOC)
 
 
@@ -36,6 +43,7 @@ class ImageSearchForm(BaseModel):
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
+    sort: Sort = Field(default="score", description=SORT_DOC)
     filters: FormFilters = Field(default=None, description=FILTERS_DOC)
 
 
@@ -48,6 +56,9 @@ class SearchResult(BaseModel):
     thumbnail_url: str
     width: int
     height: int
+    taken: str | None = Field(
+        default=None, description="When the photo was taken (local time, ISO 8601), if known."
+    )
 
 
 class Timings(BaseModel):
@@ -58,6 +69,7 @@ class Timings(BaseModel):
 class SearchResponse(BaseModel):
     results: list[SearchResult]
     relevance: Relevance
+    sort: Sort = "score"
     relevant_count: int = Field(
         description="How many of the query's candidates clear its relevance cutoff."
     )
@@ -89,6 +101,7 @@ class CompositeSearchRequest(StrictBody):
     k: int = Field(default=20, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0)
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
+    sort: Sort = Field(default="score", description=SORT_DOC)
     filters: Filters = Field(default=None, description=FILTERS_DOC)
 
 

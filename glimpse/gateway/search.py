@@ -63,7 +63,22 @@ def result_of(hit: dict[str, Any], relevant: bool) -> dict[str, Any]:
         "thumbnail_url": f"/images/{item_id}/thumbnail",
         "width": int(meta.get("width", 0)),
         "height": int(meta.get("height", 0)),
+        "taken": meta.get("taken") if isinstance(meta.get("taken"), str) else None,
     }
+
+
+def _taken_ts(hit: dict[str, Any]) -> float | None:
+    value = (hit.get("meta") or {}).get("taken_ts")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def by_date(hits: Sequence[dict[str, Any]], newest: bool) -> list[dict[str, Any]]:
+    """``hits`` ordered by the date taken (newest or oldest first); undated ones after them,
+    in the order given (by score). The sort is stable, so equal dates keep their score order."""
+    dated = [h for h in hits if _taken_ts(h) is not None]
+    undated = [h for h in hits if _taken_ts(h) is None]
+    dated.sort(key=lambda h: _taken_ts(h) or 0.0, reverse=newest)
+    return dated + undated
 
 
 def search_answer(
@@ -71,6 +86,7 @@ def search_answer(
     *,
     asked: int,
     relevance: str,
+    sort: str = "score",
     k: int,
     offset: int,
     encode_ms: float,
@@ -80,15 +96,20 @@ def search_answer(
 ) -> dict[str, Any]:
     """The SearchResponse body for the page [offset, offset + k) of ``hits`` (the index's
     answer to ``asked`` candidates): of the relevant ones when ``relevance`` is "auto", of all
-    of them, each marked, when it is "all"."""
+    of them, each marked, when it is "all". ``sort`` "newest" or "oldest" orders the relevant
+    hits by the date taken; the rest keep their score order after them."""
     cut: Cutoff = cutoff([float(h["score"]) for h in hits], complete=len(hits) < asked)
-    ranked = hits[: cut.relevant_count] if relevance == "auto" else hits
+    relevant = list(hits[: cut.relevant_count])
+    if sort != "score":
+        relevant = by_date(relevant, newest=sort == "newest")
+    ranked = relevant if relevance == "auto" else [*relevant, *hits[cut.relevant_count :]]
     page = ranked[offset : offset + k]
     return {
         "results": [
             result_of(h, offset + i < cut.relevant_count) for i, h in enumerate(page)
         ],
         "relevance": relevance,
+        "sort": sort,
         "relevant_count": cut.relevant_count,
         "no_good_match": cut.no_good_match,
         "cutoff_score": None if cut.score is None else round(cut.score, 6),

@@ -46,8 +46,8 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
-def _searches(client: TestClient, relevance: str | None) -> list[Any]:
-    extra = {} if relevance is None else {"relevance": relevance}
+def _searches(client: TestClient, relevance: str | None, **more: str) -> list[Any]:
+    extra = {**({} if relevance is None else {"relevance": relevance}), **more}
     return [
         client.post("/search/text", json={"query": "a cat", "k": 5, **extra}),
         client.post("/search/image", **routes.image_form(k="5", **extra)),
@@ -92,3 +92,38 @@ def test_a_bad_relevance_is_a_422_naming_the_field(client: TestClient) -> None:
         body = response.json()
         assert set(body) >= {"error", "error_type", "details"}
         assert "relevance" in body["error"], body
+
+
+class DatedIndex(BackgroundIndex):
+    """Three copies of the query at the top, taken in 2021, undated and 2023; then background
+    items, one of them dated 2030 (not relevant, so never sorted ahead)."""
+
+    async def search(self, vector: np.ndarray, k: int, **kw: Any) -> list[dict[str, Any]]:
+        hits = await super().search(vector, k, **kw)
+        for hit, score in zip(hits[:3], (0.9999, 0.9998, 0.9997), strict=True):
+            hit["score"] = score
+        hits[0]["meta"] |= {"taken": "2021-05-01T10:00:00", "taken_ts": 1619863200}
+        hits[2]["meta"] |= {"taken": "2023-07-04T09:30:00", "taken_ts": 1688463000}
+        hits[5]["meta"] |= {"taken": "2030-01-01T00:00:00", "taken_ts": 1893456000}
+        return hits
+
+
+def test_sort_orders_the_relevant_hits_by_date_on_every_route(client: TestClient) -> None:
+    state = client.app.state.gateway  # type: ignore[attr-defined]
+    state.index = DatedIndex(state.index.real)
+    orders = {}
+    for sort in ("score", "newest", "oldest"):
+        for response in _searches(client, "all", sort=sort):
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["sort"] == sort and body["relevant_count"] == 3
+            ids = [r["id"] for r in body["results"]]
+            orders.setdefault(sort, set()).add(tuple(ids[:3]))
+            assert ids[3:] == [3, 4]  # the rest stay in score order
+    assert orders == {"score": {(0, 1, 2)}, "newest": {(2, 0, 1)}, "oldest": {(0, 2, 1)}}
+
+
+def test_a_bad_sort_is_a_422_naming_the_field(client: TestClient) -> None:
+    for response in _searches(client, None, sort="date"):
+        assert response.status_code == 422, response.text
+        assert "sort" in response.json()["error"]

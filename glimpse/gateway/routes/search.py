@@ -14,10 +14,12 @@ from glimpse.contracts.filters import Facets, SearchFilters
 from glimpse.contracts.gateway import (
     MAX_K,
     RELEVANCE_DOC,
+    SORT_DOC,
     CompositeSearchRequest,
     ImageSearchForm,
     Relevance,
     SearchResponse,
+    Sort,
     TextSearchRequest,
 )
 from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
@@ -44,6 +46,7 @@ async def _run_search(
     relevance: str,
     exclude_ids: list[int] | None = None,
     filters: SearchFilters | None = None,
+    sort: str = "score",
 ) -> Response:
     t = time.perf_counter()
     # More candidates than the page: the relevance cutoff reads the query's background off them.
@@ -56,6 +59,7 @@ async def _run_search(
         hits,
         asked=asked,
         relevance=relevance,
+        sort=sort,
         k=k,
         offset=offset,
         encode_ms=vector_ms,
@@ -92,7 +96,7 @@ async def search_text(request: Request, state: State) -> Response:
     vector = (await state.encoder.embed_text([body.query]))[0]
     return await _run_search(
         state, started, _ms(started), vector, body.k, body.offset, body.relevance,
-        filters=body.filters,
+        filters=body.filters, sort=body.sort,
     )
 
 
@@ -154,7 +158,7 @@ async def search_image(request: Request, state: State) -> Response:
         )
     return await _run_search(
         state, started, _ms(started), vectors[0], params.k, params.offset, params.relevance,
-        filters=params.filters,
+        filters=params.filters, sort=params.sort,
     )
 
 
@@ -188,6 +192,7 @@ async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
         body.relevance,
         sorted(set(image_ids)),
         body.filters,
+        sort=body.sort,
     )
 
 
@@ -210,9 +215,12 @@ async def similar(
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
     relevance: Annotated[Relevance, Query(description=RELEVANCE_DOC)] = "all",
+    sort: Annotated[Sort, Query(description=SORT_DOC)] = "score",
 ) -> Response:
     """More like this: neighbours of a stored image (the image itself left out)."""
     started = time.perf_counter()
     check_window(k, offset, state.settings.max_result_window)
     vector = await state.index.vector(image_id)
-    return await _run_search(state, started, _ms(started), vector, k, offset, relevance, [image_id])
+    return await _run_search(
+        state, started, _ms(started), vector, k, offset, relevance, [image_id], sort=sort
+    )

@@ -7,7 +7,7 @@ import pytest
 
 from glimpse.contracts.errors import GlimpseError
 from glimpse.contracts.gateway import SearchResponse
-from glimpse.gateway.search import check_window, combine_terms, search_answer
+from glimpse.gateway.search import by_date, check_window, combine_terms, search_answer
 
 
 def unit(v: list[float]) -> np.ndarray:
@@ -62,9 +62,22 @@ def test_answer_pages_and_matches_the_public_shape() -> None:
     assert parsed.results[0].thumbnail_url == "/images/1/thumbnail"
     assert (parsed.results[0].width, parsed.results[0].height) == (4, 3)
     assert set(body) == {
-        "results", "relevance", "relevant_count", "no_good_match", "cutoff_score",
+        "results", "relevance", "sort", "relevant_count", "no_good_match", "cutoff_score",
         "total_ms", "timings", "model",
     }
     assert set(body["results"][0]) == {
-        "id", "score", "relevant", "path", "image_url", "thumbnail_url", "width", "height"
+        "id", "score", "relevant", "path", "image_url", "thumbnail_url", "width", "height",
+        "taken",
     }
+
+
+def test_by_date_orders_dated_hits_and_keeps_undated_ones_after_in_score_order() -> None:
+    hits = [
+        {"id": 0, "meta": {"taken_ts": 300.0}},
+        {"id": 1, "meta": {}},
+        {"id": 2, "meta": {"taken_ts": 100}},
+        {"id": 3, "meta": {"taken_ts": "not a date"}},
+        {"id": 4, "meta": {"taken_ts": 300.0}},
+    ]
+    assert [h["id"] for h in by_date(hits, newest=True)] == [0, 4, 2, 1, 3]
+    assert [h["id"] for h in by_date(hits, newest=False)] == [2, 0, 4, 1, 3]
