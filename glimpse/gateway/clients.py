@@ -72,6 +72,7 @@ def _size(value: Any, slot: int) -> tuple[int, int]:
 # read by the search in the same request, so a model switch between the two never pairs one
 # model's vector with another model's space.
 QUERY_SPACE: ContextVar[str | None] = ContextVar("glimpse_query_space", default=None)
+BUILTIN_SPACE = "default"  # the index's items' own vectors (the encoder's configured model)
 
 # How often the encoder's limits are asked for while no encoder answers.
 LIMITS_RETRY_S = 1.0
@@ -280,6 +281,8 @@ class IndexClient(Upstream):
         answer = await self.json(
             "GET", f"/v1/items/{item_id}/vector", params={"encoding": "base64"}
         )
+        if self.space is not None:  # the index answers the built-in space's vector: search it
+            QUERY_SPACE.set(BUILTIN_SPACE)
         return _vector(answer["vector"], answer.get("dim"))
 
     async def delete(self, item_id: int) -> None:

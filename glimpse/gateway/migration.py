@@ -44,6 +44,7 @@ import orjson
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.vectors import encode_vector
+from glimpse.gateway.clients import BUILTIN_SPACE
 from glimpse.gateway.media import write_atomic
 from glimpse.gateway.state import GatewayState
 
@@ -51,7 +52,6 @@ logger = logging.getLogger("glimpse.gateway")
 
 RUNNER = "glimpse-migration-runner"
 WRITER = "glimpse-migration-writer"
-BUILTIN_SPACE = "default"  # the index's own vectors: the encoder's configured model's
 BATCH = 32  # originals per embed call and per vector write
 REFRESH_S = 0.5  # how often a worker reads the state file
 SLOWDOWN = 1.5  # search p50 may grow to this many times its idle value

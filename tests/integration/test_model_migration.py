@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 from PIL import Image
 
@@ -117,6 +118,9 @@ def test_a_migration_keeps_search_up_switches_rolls_back_and_confirms(stack: Sta
 
         after = client.post("/search/text", json={"query": "a photo", "k": 5}).json()
         assert after["model"] == NEW and after["results"]
+        # More like this reads the built-in space's vector, so it searches that space.
+        similar = client.get(f"/images/{new_ids[0]}/similar", params={"k": 5})
+        assert similar.status_code == 200, similar.text
         metrics = client.get("/metrics").text
         assert "glimpse_migration_done 45.0" in metrics
         assert 'glimpse_migration_state{state="switched"} 1.0' in metrics
@@ -141,3 +145,23 @@ def test_a_migration_keeps_search_up_switches_rolls_back_and_confirms(stack: Sta
         late = _ingest(client, range(200, 202))
         assert index.get(f"/v1/spaces/{SPACE}/pending").json()["items"] == []
         assert client.get(f"/images/{late[0]}/meta").status_code == 200
+
+
+def test_a_gateway_killed_during_a_migration_resumes_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with start_stack(tmp_path_factory.mktemp("resume"), GATEWAY_API_KEY=KEY) as stack, \
+            stack.client(KEY) as client:
+        _ingest(client, range(300, 360))
+        started = client.post("/admin/model", json={"model": NEW, "pretrained": "none"})
+        assert started.status_code == 202, started.text
+        stack.gateway.kill()  # SIGKILL: it measures idle searches first, so it is mid-way
+        saved = orjson.loads((stack.media_dir / "migration.json").read_bytes())
+        assert saved["state"] == "running" and saved["progress"]["done"] < 60
+        stack.gateway.start()
+        status = _wait_state(client, "switched")
+        assert (status["done"], status["total"]) == (60, 60)
+        with httpx.Client(base_url=stack.index.url) as index:
+            counts = {s["name"]: s["count"] for s in index.get("/v1/spaces").json()["spaces"]}
+        assert counts == {"default": 60, SPACE: 60}
+        assert client.post("/search/text", json={"query": "x"}).json()["model"] == NEW
