@@ -105,6 +105,8 @@ function fetchPage(query, offset, k, signal) {
   }
   if (query.kind === "similar") {
     const params = new URLSearchParams({ k: String(k), offset: String(offset), relevance });
+    const { sort } = filtersBody();
+    if (sort) params.set("sort", sort);
     return requestJson(`images/${query.id}/similar?${params}`, { signal });
   }
   // An upload has no URL: each page sends the image again.
@@ -113,15 +115,17 @@ function fetchPage(query, offset, k, signal) {
   form.append("k", String(k));
   form.append("offset", String(offset));
   form.append("relevance", relevance);
-  const { filters } = filtersBody();
+  const { filters, sort } = filtersBody();
   if (filters) form.append("filters", JSON.stringify(filters));
+  if (sort) form.append("sort", sort);
   return requestJson("search/image", { method: "POST", body: form, signal });
 }
 
-/** {filters} of the filter bar (filters.js), or {} when none is set. */
+/** {filters, sort} of the filter bar (filters.js); each only when set. */
 function filtersBody() {
   const filters = window.glimpseFilters?.body();
-  return filters ? { filters } : {};
+  const sort = window.glimpseFilters?.sort();
+  return { ...(filters ? { filters } : {}), ...(sort ? { sort } : {}) };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 // script runs before app.js (its tag comes first) so the filters are read from the URL first.
 
 // The URL's names of the filters.
-const PARAMS = ["after", "before", "in", "camera", "located"];
+const PARAMS = ["after", "before", "in", "camera", "located", "sort"];
 const form = document.getElementById("search-form");
 const input = document.getElementById("q");
 
@@ -23,6 +23,11 @@ bar.innerHTML = `
     <datalist id="filter-folders"></datalist>
     <label>Camera <select name="camera"><option value="">Any</option></select></label>
     <label class="filters-check"><input type="checkbox" name="located"> Has location</label>
+    <label>Order <select name="sort">
+      <option value="">Best match</option>
+      <option value="newest">Newest first</option>
+      <option value="oldest">Oldest first</option>
+    </select></label>
     <button type="button" class="button filters-clear">Clear</button>
     <details class="filters-help">
       <summary>Typing filters</summary>
@@ -53,6 +58,7 @@ function params() {
   if (field("in").value.trim()) out.in = field("in").value.trim();
   if (field("camera").value) out.camera = field("camera").value;
   if (field("located").checked) out.located = "1";
+  if (field("sort").value) out.sort = field("sort").value;
   return out;
 }
 
@@ -80,11 +86,12 @@ function setControls(values) {
   ensureOption(field("camera"), values.camera);
   field("camera").value = values.camera || "";
   field("located").checked = values.located === "1";
+  field("sort").value = ["newest", "oldest"].includes(values.sort) ? values.sort : "";
   showCount();
 }
 
 function showCount() {
-  const n = Object.keys(params()).length;
+  const n = Object.keys(params()).filter((name) => name !== "sort").length;
   bar.querySelector(".filters-count").textContent = n ? `(${n})` : "";
 }
 
@@ -151,4 +158,9 @@ async function loadFacets() {
 fromLocation();
 loadFacets();
 
-window.glimpseFilters = { body, params };
+/** The order of the relevant results ("newest", "oldest"), or "" for the best match first. */
+function sort() {
+  return field("sort").value;
+}
+
+window.glimpseFilters = { body, params, sort };

@@ -55,3 +55,25 @@ def test_typed_and_chosen_filters_narrow_the_grid_and_survive_a_reload(
 
     page.click(".filters-clear")
     page.wait_for_function("() => !location.search.includes('in=')")
+
+
+def test_the_order_control_asks_for_newest_first_and_survives_a_reload(
+        page: Any, gallery: dict[str, int], artifacts: Any) -> None:
+    page.fill("#q", "a photo")
+    page.press("#q", "Enter")
+    closest_if_no_good_match(page)
+    page.wait_for_selector("#results .tile")
+    page.evaluate("document.querySelector('.filters').open = true")
+    with page.expect_request(lambda r: r.url.endswith("/search/text")) as sent:
+        page.select_option(".filters [name=sort]", "newest")
+    assert '"sort":"newest"' in (sent.value.post_data or "").replace(" ", "")
+    wait_for_url(page, "sort=newest")
+    assert page.text_content(".filters-count") == ""  # an order is not a filter
+    closest_if_no_good_match(page)
+    page.wait_for_function("() => document.querySelector('#results .tile')"
+                           " && !document.querySelector('#results[aria-busy]')")
+    page.screenshot(path=str(artifacts / "order-newest.png"), animations="disabled")
+
+    page.reload()
+    page.wait_for_selector("html[data-ready]", state="attached")
+    assert page.input_value(".filters [name=sort]") == "newest"
