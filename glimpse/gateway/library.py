@@ -20,6 +20,10 @@ catches up with whatever the events missed.
 A crash loses nothing acknowledged: a file's record is written after the index acknowledged its
 item, and a file without a record is hashed again at the next scan, which the index answers
 "exists" for an item it already has (nothing is indexed twice).
+
+One file, over 400 lines: the state file, the scan, the watcher and the per-media-folder
+owner lock share the Library object and its invariants (a record written only after the index
+acknowledged); split, each part would reach into the others.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ items match. It chooses by the filter's share of the live items:
   table's rows past the selector (both exact: recall 1);
 - a broader one: the IVF lists with the selector, ``nprobe`` widened by ``1 / share`` so the
   matching candidates seen are about those of an unfiltered search, then the usual re-rank.
+
+One file, over 400 lines: the three writings of one meaning stay side by side, so a change to
+one is seen next to the others (tests/unit/index/test_filters.py checks they agree).
 """
 
 from __future__ import annotations

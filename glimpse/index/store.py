@@ -7,6 +7,9 @@ snapshot" is ``WHERE seq > :snapshot_seq``. Faiss holds nothing that cannot be r
 The store is written by one thread at a time (the caller holds the service's write mutex) and
 read from any thread: each thread gets its own read connection, which WAL mode lets run beside
 the writer.
+
+One file, over 400 lines: every SQL statement of the store is here, so the sequence-number
+invariant above can be checked in one read.
 """
 
 from __future__ import annotations

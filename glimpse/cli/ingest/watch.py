@@ -18,6 +18,9 @@ being written is uploaded once. Lost events, folder events and an hourly timer a
 reconcile, which costs a stat per file. The state is written after the gateway acknowledged
 each round: a run killed meanwhile hashes those files again at its next start and the gateway
 answers that it has them (nothing is uploaded twice).
+
+One file, over 400 lines: the reconcile, the state file and the event handling share one state
+and one lock, and nothing else uses them.
 """
 
 from __future__ import annotations
