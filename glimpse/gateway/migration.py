@@ -61,6 +61,14 @@ WINDOW = 9  # probe timings the p50 is taken over
 MIN_IDLE_MS = 1.0  # below this, timing noise would stop the migration for nothing
 MAX_DELAY_S = 5.0
 ACTIVE = ("running", "switched")
+# Errors the migration waits out (a service restarting); any other one stops it, the old
+# space serving on (a full disk: insufficient_storage).
+TRANSIENT = frozenset(e.value for e in (
+    ErrorType.upstream_unavailable, ErrorType.upstream_timeout, ErrorType.not_ready,
+    ErrorType.overloaded, ErrorType.request_timeout,
+))
+RETRY_S = 0.5
+MAX_RETRY_S = 10.0
 
 
 def space_name(model: str, pretrained: str) -> str:
@@ -189,7 +197,7 @@ class Migration:
             "idle_p50_ms": progress.get("idle_p50_ms"),
             "search_p50_ms": progress.get("search_p50_ms"),
             "delay_s": float(progress.get("delay_s", 0.0)),
-            "error": saved.get("error"),
+            "error": saved.get("error") or progress.get("last_error"),
         }
 
     async def begin(self, model: str, pretrained: str | None) -> dict[str, Any]:
@@ -346,9 +354,7 @@ class Migration:
         """Re-encode while this worker holds the runner lock and the migration runs."""
         try:
             async with self.state.media.locks.hold([RUNNER]):
-                await self.refresh()
-                if self.saved.get("state") == "running":
-                    await self._reencode(dict(self.saved))
+                await self._run_held()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported in the state; the old space serves
@@ -361,6 +367,26 @@ class Migration:
                 return {**saved, "state": "failed", "error": message}
 
             await self._change(failed)
+
+    async def _run_held(self) -> None:
+        """Re-encode until done; an upstream that is down or restarting (kill -9 of the
+        encoder or the index) is waited for, and the pass starts again from /pending."""
+        wait = RETRY_S
+        while True:
+            await self.refresh()
+            if self.saved.get("state") != "running":
+                return
+            try:
+                await self._reencode(dict(self.saved))
+                return
+            except GlimpseError as exc:
+                if exc.error_type not in TRANSIENT:
+                    raise
+                logger.warning("migration waits for its upstreams: %s", exc.message)
+                progress = {**(self.saved.get("progress") or {}), "last_error": exc.message}
+                await self._progress(progress)
+                await asyncio.sleep(wait)
+                wait = min(MAX_RETRY_S, wait * 2)
 
     async def _probe(self, dim: int, space: str) -> float:
         """One search of ``space`` as the gateway sees it, in milliseconds."""

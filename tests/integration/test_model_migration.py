@@ -147,7 +147,7 @@ def test_a_migration_keeps_search_up_switches_rolls_back_and_confirms(stack: Sta
         assert client.get(f"/images/{late[0]}/meta").status_code == 200
 
 
-def test_a_gateway_killed_during_a_migration_resumes_it(
+def test_kill_9_of_each_service_during_a_migration_loses_nothing(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     with start_stack(tmp_path_factory.mktemp("resume"), GATEWAY_API_KEY=KEY) as stack, \
@@ -155,10 +155,23 @@ def test_a_gateway_killed_during_a_migration_resumes_it(
         _ingest(client, range(300, 360))
         started = client.post("/admin/model", json={"model": NEW, "pretrained": "none"})
         assert started.status_code == 202, started.text
-        stack.gateway.kill()  # SIGKILL: it measures idle searches first, so it is mid-way
+        # The gateway first times idle searches, so it is mid-way when killed.
+        stack.gateway.kill()
+        stack.encoder.kill()
         saved = orjson.loads((stack.media_dir / "migration.json").read_bytes())
         assert saved["state"] == "running" and saved["progress"]["done"] < 60
-        stack.gateway.start()
+        # A gateway restarted while the encoder is down resumes and waits for it.
+        stack.gateway.start(wait_ready=False)
+        deadline = time.monotonic() + 30
+        while "encoder" not in str(client.get("/admin/model").json()["error"]):
+            assert time.monotonic() < deadline, client.get("/admin/model").json()
+            time.sleep(0.1)
+        assert client.get("/admin/model").json()["state"] == "running"
+        # The restarted encoder serves its configured model only: the gateway loads the new
+        # one again. Then the index goes down and comes back too.
+        stack.encoder.start()
+        stack.index.kill()
+        stack.index.start()
         status = _wait_state(client, "switched")
         assert (status["done"], status["total"]) == (60, 60)
         with httpx.Client(base_url=stack.index.url) as index:
