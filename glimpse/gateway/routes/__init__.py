@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from glimpse.gateway.routes import admin, images, ingest, library, models, ops, search
+from glimpse.gateway.routes import admin, duplicates, images, ingest, library, models, ops, search
 
 router = APIRouter()
-for _concern in (search, ingest, images, library, admin, models, ops):
+for _concern in (search, ingest, images, library, admin, models, ops, duplicates):
     router.include_router(_concern.router)

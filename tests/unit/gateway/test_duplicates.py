@@ -1,0 +1,148 @@
+"""Duplicate groups (glimpse/gateway/duplicates.py): linking, union-find, the keeper, the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from glimpse.contracts.vectors import encode_vector
+from glimpse.gateway.duplicates import (
+    NEIGHBOURS,
+    Duplicates,
+    Item,
+    answer,
+    groups,
+    keeper,
+    links,
+    select,
+)
+from glimpse.gateway.media import KeyLocks
+
+
+def item(i: int, w: int | None = 100, h: int | None = 80, size: int | None = 1000,
+         date: str | None = None) -> Item:
+    return Item(i, f"{i}.jpg", w, h, size, date)
+
+
+def test_keeper_takes_pixels_then_bytes_then_the_oldest_date() -> None:
+    assert keeper([item(1, 100, 80), item(2, 200, 80)]) == 2
+    assert keeper([item(1, size=900), item(2, size=1200)]) == 2
+    assert keeper([item(1, date="2021-05-01T10:00:00"), item(2, date="2019-01-01T00:00:00"),
+                   item(3)]) == 2
+    assert keeper([item(5), item(3)]) == 3  # a tie: the smallest id
+    assert keeper([item(1, None, None, None), item(2, 10, 10, 1)]) == 2
+
+
+def test_groups_join_through_shared_members_and_keep_the_weakest_link() -> None:
+    found = groups([(1, 2, 0.99), (2, 3, 0.97), (7, 8, 0.995), (3, 1, 0.98)])
+    assert found == [([7, 8], 0.995), ([1, 2, 3], 0.97)]
+    assert groups([]) == []
+
+
+def _row(me: int, near: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    # The item itself, its near hits, then a background of unrelated items at distance 0.4.
+    far = [(100 + n, 0.6) for n in range(NEIGHBOURS - len(near))]
+    return [(me, 1.0), *near, *far]
+
+
+def test_a_hit_links_when_it_is_near_against_the_items_own_background() -> None:
+    items = {i: item(i) for i in (1, 2, 3)} | {4: item(4, 50, 40)}
+    items.update({100 + n: item(100 + n) for n in range(NEIGHBOURS)})
+    hits = [_row(1, [(2, 0.999), (4, 0.997), (3, 0.9)])]
+    found = links([1], hits, items)
+    # Background distance 0.4: the ratios 0.0025, 0.0075 and 0.25; 4 is smaller than 1.
+    assert [(a, b, same) for a, b, _, _, same in found] == [(1, 2, True), (1, 4, False),
+                                                            (1, 3, True)]
+    assert select(found, "exact") == [(1, 2, 0.999)]  # within 0.005 and of the same size
+    assert select(found, "similar") == [(1, 2, 0.999), (1, 4, 0.997)]
+    assert len(select(found, "similar", ratio=0.3)) == 3  # a request's own ratio
+    # The same scores against a nearer background (a denser region) link nothing.
+    dense = [[(1, 1.0), (2, 0.999), *[(100 + n, 0.9995) for n in range(NEIGHBOURS)]]]
+    assert select(links([1], dense, items), "similar") == []
+
+
+def test_a_pair_found_from_both_sides_counts_once_with_its_smaller_ratio() -> None:
+    items = {i: item(i) for i in (1, 2)} | {100 + n: item(100 + n) for n in range(NEIGHBOURS)}
+    far = [(2, 1.0), (1, 0.99), *[(200 + n, 0.95) for n in range(NEIGHBOURS - 1)]]
+    found = links([1, 2], [_row(1, [(2, 0.99)]), far], items)
+    assert [(a, b) for a, b, *_ in found] == [(1, 2)]
+    assert abs(found[0][3] - 0.01 / 0.4) < 1e-9
+
+
+def test_the_answer_drops_deleted_items_and_names_the_keeper() -> None:
+    state = {
+        "complete": True, "updated_at": 1.0, "progress": {"done": 3, "total": 3},
+        "items": {"1": vars(item(1, size=10)), "2": vars(item(2, size=20)),
+                  "3": vars(item(3))},
+        "links": [[1, 2, 0.98, 0.008, False], [2, 9, 0.99, 0.001, True]],
+    }
+    body = answer(state, "similar")
+    assert body["complete"] is True and body["mode"] == "similar"
+    assert [[i["id"] for i in g["items"]] for g in body["groups"]] == [[1, 2]]
+    assert body["groups"][0]["keeper"] == 2 and body["groups"][0]["score"] == 0.98
+    assert answer(state, "exact")["groups"] == []  # not of the same size
+    assert answer(state, "similar", ratio=0.005)["groups"] == []
+    first = answer({}, "exact")
+    assert first["complete"] is False and first["groups"] == []
+
+
+class FakeIndex:
+    """GET /v1/items and POST /v1/search over a dict of unit vectors (exact search)."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[int, np.ndarray] = {}
+        self.searched = 0  # vectors searched
+
+    async def stats(self) -> dict[str, Any]:
+        return {"count": len(self.vectors)}
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        if path == "/v1/items":
+            after, limit = kwargs["params"]["after"], kwargs["params"]["limit"]
+            ids = sorted(i for i in self.vectors if i > after)[:limit]
+            return {"items": [{"id": i, "path": f"{i}.jpg", "meta": {"width": 10, "height": 10},
+                               "vector": encode_vector(self.vectors[i])} for i in ids],
+                    "next_after": ids[-1] if len(ids) == limit else None}
+        queries = [np.frombuffer(base64.b64decode(v), "<f4") for v in kwargs["json"]["vectors"]]
+        ids = sorted(self.vectors)
+        matrix = np.stack([self.vectors[i] for i in ids])
+        results = []
+        for q in queries:
+            self.searched += 1
+            order = np.argsort(-(matrix @ q))[: kwargs["json"]["k"]]
+            results.append([{"id": ids[j], "score": float(matrix[j] @ q)} for j in order])
+        return {"results": results}
+
+
+def test_a_pass_searches_only_new_items_and_drops_deleted_ones(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    index = FakeIndex()
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    for i in range(1, 41):
+        index.vectors[i] = unit(rng.standard_normal(16))
+    index.vectors[41] = index.vectors[3].copy()  # an exact copy of 3
+    gateway = SimpleNamespace(index=index, media=SimpleNamespace(
+        root=tmp_path, locks=KeyLocks(tmp_path / "keys.lock")))
+    duplicates = Duplicates(gateway)  # type: ignore[arg-type]
+
+    asyncio.run(duplicates.run(duplicates.load()))
+    state = duplicates.load()
+    assert state["complete"] and not duplicates.stale(state)
+    assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[3, 41]]
+    assert index.searched == 41
+
+    index.searched = 0
+    index.vectors[42] = index.vectors[7].copy()
+    del index.vectors[41]
+    asyncio.run(duplicates.run(duplicates.load()))
+    state = duplicates.load()
+    assert index.searched == 1  # only the new item
+    assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[7, 42]]
