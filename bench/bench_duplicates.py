@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""How well GET /duplicates groups copies (glimpse/gateway/duplicates.py), and which rule links.
+
+The set: tiles of the scikit-image and scikit-learn sample photos plus the LFW faces skimage
+ships, each stored as a JPEG (bench/bench_relevance.py's pool). ``--originals`` of them get
+copies: one "exact" copy (the same pixels saved as PNG, or re-saved as JPEG quality 95: other
+bytes, metadata gone, same size) and one or two "similar" ones (resize, crop of at most 10 %,
+JPEG recompression at quality 30-70, a small colour change, or all). Every other item is
+unrelated. Each item is searched exactly (NEIGHBOURS hits) as the background pass does.
+
+Pair precision and recall of the groups (two items in one group that are copies of one
+original / all pairs of copies), in both modes (``exact``: the original and its exact copies
+only), for three linking rules:
+
+  ratio    a hit nearer than RATIO[mode] times the item's NEIGHBOURS-th hit's distance (the
+           rule the gateway uses), swept;
+  flat     a cosine above a fixed threshold, swept (the best one differs per model);
+  cutoff   the relevance cutoff (relevance.py) over the item's CANDIDATES hits.
+
+Models: glimpse-tiny and ViT-B-32, both with random weights. Writes
+bench/results/bench_duplicates.csv.
+
+    .venv/bin/python bench/bench_duplicates.py [--originals 100] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_relevance import _faces, _jpeg, _sample_photos, _tiles, _transform  # noqa: E402
+
+from glimpse.gateway.duplicates import NEIGHBOURS, RATIO, Item, groups, links, select  # noqa: E402
+from glimpse.gateway.relevance import CANDIDATES, cutoff  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "bench_duplicates.csv"
+MODELS = ("glimpse-tiny", "ViT-B-32")
+FLAT = 12.0  # a tile whose pixels vary less than this (standard deviation) is left out
+
+
+def _png(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def build(originals: int, seed: int) -> tuple[list[Image.Image], list[int], list[int]]:
+    """Images, and per image its original's row for each mode (-1: no copies)."""
+    rng = random.Random(seed)
+    # Flat tiles (a page's margin, the sky) are copies of each other already: left out.
+    pool = [_jpeg(t, 90) for p in _sample_photos() for t in _tiles(p)
+            if float(np.asarray(t, dtype=np.float32).std()) > FLAT] + _faces()
+    images = list(pool)
+    similar = [-1] * len(pool)
+    exact = [-1] * len(pool)
+    for row in rng.sample(range(len(pool)), originals):
+        similar[row] = exact[row] = row
+        copy = _png(pool[row]) if rng.random() < 0.5 else _jpeg(pool[row], 95)
+        images.append(copy)
+        similar.append(row)
+        exact.append(row)
+        for _ in range(rng.randint(1, 2)):
+            images.append(_transform(pool[row], rng))
+            similar.append(row)
+            exact.append(-1)
+    return images, exact, similar
+
+
+def embed(model: str, images: list[Image.Image]) -> np.ndarray:
+    import torch
+
+    from glimpse.encoder.config import Settings
+    from glimpse.encoder.model import load_encoder
+
+    torch.manual_seed(0)
+    encoder = load_encoder(Settings(model=model, pretrained="none", device="cpu"))
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 64):
+            pixels = torch.stack([encoder.preprocess(i) for i in images[start : start + 64]])
+            out.append(encoder.encode_pixels(pixels))
+    vectors = np.concatenate(out).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def pair_scores(predicted: list[tuple[list[int], float]], truth: list[int]) -> tuple[float, float]:
+    by_original: dict[int, list[int]] = {}
+    for row, original in enumerate(truth):
+        if original >= 0:
+            by_original.setdefault(original, []).append(row)
+    true_pairs = {(a, b) for rows in by_original.values() for a in rows for b in rows if a < b}
+    found = {(a, b) for ids, _ in predicted for a in ids for b in ids if a < b}
+    hit = len(found & true_pairs)
+    return (hit / len(found) if found else 1.0), (hit / len(true_pairs) if true_pairs else 1.0)
+
+
+Rule = Callable[[str], list[tuple[int, int, float]]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--originals", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep each model's vectors here (.npy) and reuse them on the next run")
+    args = p.parse_args(argv)
+    images, exact, similar = build(args.originals, args.seed)
+    items = {i: Item(i, f"{i}.jpg", img.width, img.height, None, None)
+             for i, img in enumerate(images)}
+    truth = {"exact": exact, "similar": similar}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or "-"
+    rows: list[dict[str, object]] = []
+    n = len(images)
+    ids = list(range(n))
+    for model in MODELS:
+        cached = args.cache / f"{model}-{args.originals}-{args.seed}.npy" if args.cache else None
+        if cached is not None and cached.exists():
+            vectors = np.load(cached)
+        else:
+            vectors = embed(model, images)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cached, vectors)
+        scores = vectors @ vectors.T
+        order = np.argsort(-scores, axis=1)
+
+        def hits(depth: int, order: np.ndarray = order, scores: np.ndarray = scores
+                 ) -> list[list[tuple[int, float]]]:
+            return [[(int(j), float(scores[i, j])) for j in order[i, :depth]] for i in ids]
+
+        near, deep = hits(NEIGHBOURS + 1), hits(CANDIDATES + 1)
+
+        def cutoff_links(mode: str, deep: list[list[tuple[int, float]]] = deep
+                         ) -> list[tuple[int, int, float]]:
+            out = []
+            for i, row in enumerate(deep):
+                others = [(j, s) for j, s in row if j != i]
+                cut = cutoff([s for _, s in others], complete=len(others) < CANDIDATES)
+                for j, s in others[: cut.relevant_count]:
+                    if mode == "exact" and (items[i].width, items[i].height) != (
+                            items[j].width, items[j].height):
+                        continue
+                    out.append((min(i, j), max(i, j), s))
+            return out
+
+        def flat_links(mode: str, t: float, scores: np.ndarray = scores
+                       ) -> list[tuple[int, int, float]]:
+            a, b = np.nonzero(np.triu(scores, 1) >= t)
+            return [(int(x), int(y), float(scores[x, y])) for x, y in zip(a, b, strict=True)
+                    if mode == "similar" or (items[int(x)].width, items[int(x)].height) == (
+                        items[int(y)].width, items[int(y)].height)]
+
+        rules: list[tuple[str, str, Callable[[str], list[tuple[int, int, float]]]]] = []
+        found = links(ids, near, items)
+        for r in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3):
+            rules.append(("ratio", f"ratio {r}",
+                          lambda mode, r=r, found=found: select(found, mode, r)))  # type: ignore[misc]
+        for t in (0.9, 0.95, 0.98, 0.99, 0.995, 0.999):
+            rules.append(("flat", f"flat cosine {t}", lambda mode, t=t: flat_links(mode, t)))  # type: ignore[misc]
+        rules.append(("cutoff", "relevance cutoff per item", cutoff_links))
+        for _, variant, rule in rules:
+            for mode in ("exact", "similar"):
+                precision, recall = pair_scores(groups(rule(mode)), truth[mode])
+                print(f"{model:13s} {mode:8s} {variant:28s} P={precision:.3f} R={recall:.3f}")
+                what = (f"duplicates {mode} pair {{}}: {model} (random weights), {n} items, "
+                        f"{args.originals} originals with copies, seed {args.seed}")
+                for name, value in (("precision", precision), ("recall", recall)):
+                    rows.append({"date": date.today().isoformat(), "commit": commit,
+                                 "machine": "dev-2core", "what": what.format(name),
+                                 "variant": variant, "value": f"{value:.3f}",
+                                 "unit": "ratio", "command": "", "note": ""})
+    rows[0]["command"] = "python bench/bench_duplicates.py " + " ".join(argv or sys.argv[1:])
+    rows[0]["note"] = f"chosen: RATIO {RATIO}, NEIGHBOURS {NEIGHBOURS}"
+    with OUT.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
