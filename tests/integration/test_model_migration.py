@@ -118,9 +118,13 @@ def test_a_migration_keeps_search_up_switches_rolls_back_and_confirms(stack: Sta
 
         after = client.post("/search/text", json={"query": "a photo", "k": 5}).json()
         assert after["model"] == NEW and after["results"]
-        # More like this reads the built-in space's vector, so it searches that space.
+        # More like this and image terms use the new model too.
         similar = client.get(f"/images/{new_ids[0]}/similar", params={"k": 5})
         assert similar.status_code == 200, similar.text
+        assert similar.json()["model"] == NEW and similar.json()["results"]
+        terms = client.post("/search", json={"terms": [
+            {"text": "a photo", "weight": 1.0}, {"image_id": new_ids[1], "weight": 1.0}]})
+        assert terms.status_code == 200, terms.text
         metrics = client.get("/metrics").text
         assert "glimpse_migration_done 45.0" in metrics
         assert 'glimpse_migration_state{state="switched"} 1.0' in metrics

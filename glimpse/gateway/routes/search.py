@@ -22,6 +22,7 @@ from glimpse.contracts.gateway import (
     Sort,
     TextSearchRequest,
 )
+from glimpse.gateway.migration import query_vector
 from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
 from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State
 from glimpse.web.bodies import parse_fields, parse_json_body
@@ -177,7 +178,7 @@ async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
         return list(await state.encoder.embed_text(texts)) if texts else []
 
     got_texts, *got_images = await asyncio.gather(
-        text_vectors(), *(state.index.vector(i) for i in image_ids)
+        text_vectors(), *(query_vector(state, i) for i in image_ids)
     )
     text_iter, image_iter = iter(got_texts), iter(got_images)
     vectors = [next(text_iter) if t.text is not None else next(image_iter) for t in body.terms]
@@ -220,7 +221,7 @@ async def similar(
     """More like this: neighbours of a stored image (the image itself left out)."""
     started = time.perf_counter()
     check_window(k, offset, state.settings.max_result_window)
-    vector = await state.index.vector(image_id)
+    vector = await query_vector(state, image_id)
     return await _run_search(
         state, started, _ms(started), vector, k, offset, relevance, [image_id], sort=sort
     )
