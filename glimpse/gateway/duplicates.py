@@ -5,8 +5,10 @@ nearer than the item's own background puts anything (the scale-free rule below),
 items are grouped by union-find. ``exact`` also asks the same displayed size (meta width and
 height): the same picture in other bytes. A pass reads the items a page at a time from the
 index (GET /v1/items) and searches only the items added since the last pass; deleted items
-drop out of their groups. One process per media folder computes (the per-key lock of
-media.py, on a key of its own); every worker serves the JSON file it writes (temp + rename).
+drop out of their groups. A request starts a pass when the saved groups are older than
+``REFRESH_S`` (and answers the saved ones). One process per media folder computes (the
+per-key lock of media.py, on a key of its own); every worker serves the JSON file it writes
+(temp + rename).
 
 The linking rule. A flat cosine threshold is a per-model constant (every model has its own
 score scale). Instead each item's hits give its scale: ``d_k``, the distance (``1 - score``) to
@@ -20,7 +22,6 @@ photos with two models; the ratios are the ones it chose. The pass keeps every p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -265,12 +266,6 @@ class Duplicates:
             "last_id": max(items, default=0), "progress": {"done": len(items),
                                                            "total": len(items)},
             "items": {str(i): vars(it) for i, it in items.items()}, "links": kept})
-
-    async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
 
 def _vector(value: Any) -> np.ndarray:
