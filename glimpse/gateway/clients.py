@@ -68,10 +68,11 @@ def _size(value: Any, slot: int) -> tuple[int, int]:
     )
 
 
-# The index space of the model a search's query was embedded with: set by the embed call and
-# read by the search in the same request, so a model switch between the two never pairs one
-# model's vector with another model's space.
+# The index space and the model a search's query was embedded with: set by the embed call
+# and read by the search and its answer in the same request, so a model switch meanwhile never
+# pairs one model's vector with another model's space or name.
 QUERY_SPACE: ContextVar[str | None] = ContextVar("glimpse_query_space", default=None)
+QUERY_MODEL: ContextVar[str | None] = ContextVar("glimpse_query_model", default=None)
 BUILTIN_SPACE = "default"  # the index's items' own vectors (the encoder's configured model)
 
 # How often the encoder's limits are asked for while no encoder answers.
@@ -91,7 +92,7 @@ class EncoderClient(Upstream):
 
     def __init__(self, client: HttpPool | ReplicaSet, **options: float) -> None:
         super().__init__("encoder", client, **options)
-        self.model: str | None = None
+        self._model: str | None = None
         # The model searches embed with (a migration's new one once it switched; None: the
         # encoder's configured model) and the index space of its vectors (None: the active
         # one); and how to load each model a call may name: an encoder that restarted serves
@@ -129,6 +130,16 @@ class EncoderClient(Upstream):
             except GlimpseError as exc:
                 return False, f"its limits are not known yet ({exc.message})"
         return ok, line
+
+    @property
+    def model(self) -> str | None:
+        """The model this request's search embedded with, else the last one searches used."""
+        return QUERY_MODEL.get() or self._model
+
+    @model.setter
+    def model(self, name: str | None) -> None:
+        self._model = name
+        QUERY_MODEL.set(name)
 
     def _for_search(self) -> str | None:
         """The model a search embeds with; its space is noted for this request's search."""
