@@ -1,7 +1,11 @@
 """The encoder at run time: model, model thread (batcher), decode pool and text cache, and the
 two async operations the API offers (embed texts, embed image files).
 
-Built in the app's lifespan and kept on ``app.state.runtime``.
+Built in the app's lifespan and kept on ``app.state.runtime``; a second model served beside the
+first (``add_model``) is another runtime sharing its decode pool.
+
+One file, over 400 lines: the model thread's batches, the decode pool's jobs and the text cache
+share the runtime's state and its one model thread; split, each part would reach into the others.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ progress) and the media folder is what every worker and gateway already shares. 
 reads it twice a second; the one that holds the media store's lock named ``RUNNER`` (KeyLocks,
 the locks ingest takes per key) re-encodes, and when its process dies another one takes over.
 Admin changes and progress writes take the lock named ``WRITER`` for their read-modify-write.
+
+One file, over 400 lines: the state file, the admin steps, the runner and the ingest hook share
+one Migration object and its invariant (searches pair a model with its space); split, each part
+would reach into the others.
 """
 
 from __future__ import annotations
