@@ -142,6 +142,26 @@ class IndexSearchResponse(BaseModel):
     space: str | None = Field(default=None, description="The space that answered.")
 
 
+class KeywordSearchRequest(BaseModel):
+    """A full-text search over the items' file name, path, keywords, title and description
+    (glimpse/index/keywords.py says what matches, in each backend)."""
+
+    query: str = Field(min_length=1, max_length=1000, description="Words to look for.")
+    k: int = Field(default=10, ge=1, description="Hits wanted; the service caps it.")
+    filters: Filters = Field(default=None, description=FILTERS_DOC)
+
+
+class KeywordHit(BaseModel):
+    id: int
+    path: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+    rank: int = Field(ge=1, description="1 for the best match.")
+
+
+class KeywordSearchResponse(BaseModel):
+    hits: list[KeywordHit]
+
+
 class KeysMissingRequest(BaseModel):
     keys: list[str] = Field(max_length=100_000)
 

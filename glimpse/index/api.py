@@ -40,6 +40,8 @@ from glimpse.contracts.index import (
     KeyIdsResponse,
     KeysMissingRequest,
     KeysMissingResponse,
+    KeywordSearchRequest,
+    KeywordSearchResponse,
     RebuildRequest,
     RebuildResponse,
     SnapshotResponse,
@@ -53,6 +55,7 @@ from glimpse.contracts.index import (
     UpdateItemRequest,
 )
 from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vector, l2_normalize
+from glimpse.index import keywords
 from glimpse.index.backend import IndexBackend
 from glimpse.index.service import NotTunable
 from glimpse.index.store import NewItem
@@ -198,6 +201,18 @@ async def search(request: Request) -> Response:
                                          exact=body.exact, exclude=body.exclude_ids,
                                          filters=body.filters)
     return OrjsonResponse({"results": await asyncio.wrap_future(future), "space": space})
+
+
+async def keyword_search(request: Request) -> Response:
+    """Items whose file name, path, keywords, title or description hold the query's words,
+    best first (glimpse/index/keywords.py says what matches in each backend)."""
+    service = service_of(request)
+    body = await _body(request, KeywordSearchRequest)
+    if body.k > MAX_K:
+        raise GlimpseError(ErrorType.validation_error, f"k is {body.k}; the limit is {MAX_K}.")
+    hits = await run_in_threadpool(keywords.search, service.store, body.query, body.k,
+                                   body.filters)
+    return OrjsonResponse({"hits": hits})
 
 
 async def keys_missing(request: Request) -> Response:
@@ -512,6 +527,8 @@ OPERATIONS = [
               body=AddItemsRequest, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/search", search, ("search",), IndexSearchResponse,
               body=IndexSearchRequest, responses=ERROR_RESPONSES),
+    Operation("POST", "/v1/keywords/search", keyword_search, ("search",),
+              KeywordSearchResponse, body=KeywordSearchRequest, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/keys/missing", keys_missing, ("items",), KeysMissingResponse,
               body=KeysMissingRequest, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/keys/ids", key_ids, ("items",), KeyIdsResponse,

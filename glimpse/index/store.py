@@ -57,6 +57,37 @@ CREATE TABLE IF NOT EXISTS space_vectors (
 CREATE INDEX IF NOT EXISTS space_vectors_seq ON space_vectors(space, seq);
 """
 
+# The full-text index of the live items (glimpse/index/keywords.py searches it): the file name,
+# path, IPTC/XMP keywords, title and description. Triggers keep it in the transaction of each
+# add, delete and update, so it never disagrees with the rows; a store made before it gets it
+# filled once at open (``text_index`` in ``info``).
+_TEXT_COLUMNS = "rowid, name, path, keywords, title, description"
+
+
+def _text_of(row: str) -> str:
+    """The FTS columns of an ``items`` row named ``row``; the file name is the path past its
+    last slash (rtrim strips every character but '/')."""
+    return (
+        f"{row}.id, substr({row}.path, length(rtrim({row}.path, replace({row}.path, '/', ''))) "
+        f"+ 1), {row}.path, (SELECT group_concat(value, ' ') FROM "
+        f"json_each({row}.meta, '$.keywords')), json_extract({row}.meta, '$.title'), "
+        f"json_extract({row}.meta, '$.description')"
+    )
+
+
+_TEXT_SCHEMA = f"""
+CREATE VIRTUAL TABLE IF NOT EXISTS items_text USING fts5(
+    name, path, keywords, title, description, tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS items_text_on_add AFTER INSERT ON items WHEN new.deleted = 0
+BEGIN INSERT INTO items_text({_TEXT_COLUMNS}) SELECT {_text_of("new")}; END;
+CREATE TRIGGER IF NOT EXISTS items_text_on_change AFTER UPDATE OF path, meta, deleted ON items
+BEGIN
+    DELETE FROM items_text WHERE rowid = old.id;
+    INSERT INTO items_text({_TEXT_COLUMNS}) SELECT {_text_of("new")} WHERE new.deleted = 0;
+END;
+"""
+
 _F16 = np.dtype("<f2")
 _CHUNK = 65_536
 _IN_LIMIT = 900  # stay below SQLite's default limit of bound parameters
@@ -126,7 +157,8 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._writer = self._connect()
-        self._writer.executescript(_SCHEMA)
+        self._writer.executescript(_SCHEMA + _TEXT_SCHEMA)
+        self._fill_text_index()
         row = self._writer.execute("SELECT value FROM info WHERE name = 'dim'").fetchone()
         if row is None:
             with self._writer:
@@ -141,6 +173,18 @@ class Store:
             "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM items), "
             "(SELECT COALESCE(MAX(seq), 0) FROM space_vectors))"
         ).fetchone()[0])
+
+    def _fill_text_index(self) -> None:
+        """Fill the full-text index from the live rows, once (a store made before it)."""
+        conn = self._writer
+        if conn.execute("SELECT 1 FROM info WHERE name = 'text_index'").fetchone():
+            return
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM items_text")
+            conn.execute(f"INSERT INTO items_text({_TEXT_COLUMNS}) SELECT {_text_of('items')} "
+                         "FROM items WHERE deleted = 0")
+            conn.execute("INSERT OR REPLACE INTO info(name, value) VALUES ('text_index', '1')")
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -328,6 +372,17 @@ class Store:
             for item_id, path, meta in rows:
                 out[int(item_id)] = (path, json.loads(meta) if meta != "{}" else {})
         return out
+
+    def match_text(self, expression: str, weights: Sequence[float], limit: int) -> list[int]:
+        """Ids of the live items whose full-text columns match the FTS5 ``expression``, best
+        first by BM25 with a weight per column (name, path, keywords, title, description)."""
+        marks = ", ".join("?" * len(weights))
+        rows = self._reader().execute(
+            f"SELECT rowid FROM items_text WHERE items_text MATCH ? "
+            f"ORDER BY bm25(items_text, {marks}), rowid LIMIT ?",
+            (expression, *weights, limit),
+        )
+        return [int(r[0]) for r in rows]
 
     def vectors_of(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """float16 vectors of the live items among ``ids`` (the low-memory re-rank path)."""
