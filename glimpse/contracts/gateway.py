@@ -15,6 +15,10 @@ MAX_QUERY_CHARS = 1000
 # "auto": only the hits that clear the query's relevance cutoff; "all": the full ranking, each
 # hit marked (docs/relevance.md).
 Relevance = Literal["auto", "all"]
+KEYWORDS_DOC = (
+    "Also match the query's words in file names, paths, keywords, titles and descriptions, "
+    "fused with the image similarity; a hit that matched them has 'keyword': true."
+)
 RELEVANCE_DOC = (
     "'auto' gives only the relevant hits (those above the query's adaptive cutoff); 'all' "
     "gives the full ranking, each hit marked with 'relevant'."
@@ -34,6 +38,7 @@ class TextSearchRequest(StrictBody):
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
     sort: Sort = Field(default="score", description=SORT_DOC)
     filters: Filters = Field(default=None, description=FILTERS_DOC)
+    keywords: bool = Field(default=True, description=KEYWORDS_DOC)
 
 
 class ImageSearchForm(BaseModel):
@@ -58,6 +63,12 @@ class SearchResult(BaseModel):
     height: int
     taken: str | None = Field(
         default=None, description="When the photo was taken (local time, ISO 8601), if known."
+    )
+    keyword: bool | None = Field(
+        default=None,
+        description="True when the hit matched the query's words (a text search with "
+        "'keywords'); then it counts as relevant, and a hit beyond the vector candidates has "
+        "the last candidate's score (an upper bound of its own).",
     )
 
 
@@ -103,6 +114,7 @@ class CompositeSearchRequest(StrictBody):
     relevance: Relevance = Field(default="all", description=RELEVANCE_DOC)
     sort: Sort = Field(default="score", description=SORT_DOC)
     filters: Filters = Field(default=None, description=FILTERS_DOC)
+    keywords: bool = Field(default=True, description=KEYWORDS_DOC)
 
 
 IngestStatus = Literal["added", "exists", "rejected"]

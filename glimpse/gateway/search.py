@@ -54,7 +54,7 @@ def result_of(hit: dict[str, Any], relevant: bool) -> dict[str, Any]:
     """An index hit as a public SearchResult."""
     item_id = int(hit["id"])
     meta = hit.get("meta") or {}
-    return {
+    result = {
         "id": item_id,
         "score": float(hit["score"]),
         "relevant": relevant,
@@ -65,6 +65,9 @@ def result_of(hit: dict[str, Any], relevant: bool) -> dict[str, Any]:
         "height": int(meta.get("height", 0)),
         "taken": meta.get("taken") if isinstance(meta.get("taken"), str) else None,
     }
+    if hit.get("keyword"):  # matched the query's words (fusion.py)
+        result["keyword"] = True
+    return result
 
 
 def _taken_ts(hit: dict[str, Any]) -> float | None:
@@ -93,12 +96,15 @@ def search_answer(
     search_ms: float,
     total_ms: float,
     model: str,
+    cut: Cutoff | None = None,
 ) -> dict[str, Any]:
     """The SearchResponse body for the page [offset, offset + k) of ``hits`` (the index's
     answer to ``asked`` candidates): of the relevant ones when ``relevance`` is "auto", of all
     of them, each marked, when it is "all". ``sort`` "newest" or "oldest" orders the relevant
-    hits by the date taken; the rest keep their score order after them."""
-    cut: Cutoff = cutoff([float(h["score"]) for h in hits], complete=len(hits) < asked)
+    hits by the date taken; the rest keep their score order after them. ``cut`` is the
+    cutoff when the caller ranked ``hits`` itself (fusion.py: its relevant hits first)."""
+    if cut is None:
+        cut = cutoff([float(h["score"]) for h in hits], complete=len(hits) < asked)
     relevant = list(hits[: cut.relevant_count])
     if sort != "score":
         relevant = by_date(relevant, newest=sort == "newest")

@@ -22,7 +22,7 @@ from glimpse.contracts.gateway import (
     Sort,
     TextSearchRequest,
 )
-from glimpse.gateway.migration import query_vector
+from glimpse.gateway import fusion
 from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
 from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State
 from glimpse.web.bodies import parse_fields, parse_json_body
@@ -48,13 +48,19 @@ async def _run_search(
     exclude_ids: list[int] | None = None,
     filters: SearchFilters | None = None,
     sort: str = "score",
+    words: str | None = None,
 ) -> Response:
     t = time.perf_counter()
     # More candidates than the page: the relevance cutoff reads the query's background off them.
     asked = candidates_for(k, offset)
-    hits = await state.index.search(
-        vector, asked, exclude_ids=exclude_ids or (),
-        filters=filters.model_dump(exclude_none=True) if filters is not None else None)
+    wanted = filters.model_dump(exclude_none=True) if filters is not None else None
+    cut = None
+    if words:  # fused with the keyword search of the words (fusion.py)
+        hits, cut = await fusion.search(state.index, vector, words, asked,
+                                        exclude_ids=exclude_ids or (), filters=wanted)
+    else:
+        hits = await state.index.search(vector, asked, exclude_ids=exclude_ids or (),
+                                        filters=wanted)
     search_ms = _ms(t)
     body = search_answer(
         hits,
@@ -67,6 +73,7 @@ async def _run_search(
         search_ms=search_ms,
         total_ms=_ms(started),
         model=await _model_name(state),
+        cut=cut,
     )
     # Already the SearchResponse shape; skipping re-validation keeps the gateway's overhead low.
     return OrjsonResponse(body)
@@ -97,7 +104,7 @@ async def search_text(request: Request, state: State) -> Response:
     vector = (await state.encoder.embed_text([body.query]))[0]
     return await _run_search(
         state, started, _ms(started), vector, body.k, body.offset, body.relevance,
-        filters=body.filters, sort=body.sort,
+        filters=body.filters, sort=body.sort, words=body.query if body.keywords else None,
     )
 
 
@@ -173,12 +180,13 @@ async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
     check_window(body.k, body.offset, state.settings.max_result_window)
     texts = [t.text for t in body.terms if t.text is not None]
     image_ids = [t.image_id for t in body.terms if t.image_id is not None]
+    space = state.encoder.for_stored() if image_ids else None
 
     async def text_vectors() -> list[Any]:
         return list(await state.encoder.embed_text(texts)) if texts else []
 
     got_texts, *got_images = await asyncio.gather(
-        text_vectors(), *(query_vector(state, i) for i in image_ids)
+        text_vectors(), *(state.index.vector(i, space) for i in image_ids)
     )
     text_iter, image_iter = iter(got_texts), iter(got_images)
     vectors = [next(text_iter) if t.text is not None else next(image_iter) for t in body.terms]
@@ -194,6 +202,9 @@ async def search_terms(body: CompositeSearchRequest, state: State) -> Response:
         sorted(set(image_ids)),
         body.filters,
         sort=body.sort,
+        # The words of the texts that pull towards (a negative weight steers away).
+        words=" ".join(t.text for t in body.terms if t.text and t.weight > 0)
+        if body.keywords else None,
     )
 
 
@@ -221,7 +232,7 @@ async def similar(
     """More like this: neighbours of a stored image (the image itself left out)."""
     started = time.perf_counter()
     check_window(k, offset, state.settings.max_result_window)
-    vector = await query_vector(state, image_id)
+    vector = await state.index.vector(image_id, state.encoder.for_stored())
     return await _run_search(
         state, started, _ms(started), vector, k, offset, relevance, [image_id], sort=sort
     )

@@ -74,6 +74,11 @@ class FakeIndex(Fake):
             for i in range(min(k, 30))
         ]
 
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        if path == "/v1/keywords/search":  # the words match nothing here
+            return {"hits": []}
+        return await self.real.json(method, path, **kwargs)
+
 
 @contextmanager
 def gateway(tmp_path: Path, **options: Any) -> Iterator[tuple[TestClient, FakeEncoder]]:

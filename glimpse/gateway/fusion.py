@@ -1,0 +1,93 @@
+"""Text searches answered by the vector search and the keyword search together (issue 26).
+
+The index is asked both at once (POST /v1/search and POST /v1/keywords/search) and the two
+rankings are fused by reciprocal rank fusion: an item scores ``sum(1 / (RRF_K + rank))`` over
+the lists it is in.
+
+Relevance. The adaptive cutoff (relevance.py) is read off the vector scores alone, as for any
+search, and a hit is relevant when it clears that cutoff *or* matches the query's words. A
+keyword hit counts as relevant because the match is literal: every content word of the query is
+in its file name, path, keywords, title or description (glimpse/index/keywords.py), which is
+evidence the vector score cannot give with weights that do not know the word (a place name, a
+person, a code), and the word list is small and precise where the cosine is not. So the cutoff
+keeps its meaning (nothing from the vector side is let in below it) and "no good match" still
+means neither side found anything.
+
+Order. Hits are ranked first by how many of the two searches they match (a vector match is a
+hit above the cutoff), then by the fused score: an item that matches both ranks above one that
+matches only one, which plain RRF alone does not promise (a vector rank 1 alone outscores a
+keyword rank 1 found at vector rank 200). Relevant hits thus come before the others, as the
+answer's paging needs.
+
+Scores. A hit's ``score`` stays its cosine with the query. A keyword hit beyond the vector
+candidates has none measured: it gets the last candidate's score, an upper bound of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from glimpse.gateway.clients import IndexClient
+from glimpse.gateway.relevance import Cutoff, cutoff
+
+# Reciprocal rank fusion's constant (Cormack et al., 2009): damps the weight of the top ranks.
+RRF_K = 60
+
+
+def fuse(
+    vector_hits: Sequence[dict[str, Any]],
+    keyword_hits: Sequence[dict[str, Any]],
+    *,
+    asked: int,
+    exclude_ids: Sequence[int] = (),
+) -> tuple[list[dict[str, Any]], Cutoff]:
+    """The fused ranking of the index's vector hits (best first, ``asked`` were asked for) and
+    keyword hits (each with its ``rank``), and its cutoff: ``relevant_count`` counts the hits
+    above the vector cutoff or matching the words; keyword hits carry ``"keyword": True``."""
+    cut = cutoff([float(h["score"]) for h in vector_hits], complete=len(vector_hits) < asked)
+    excluded = set(exclude_ids)
+    fused: dict[int, float] = {}
+    matches: dict[int, int] = {}
+    hit_of: dict[int, dict[str, Any]] = {}
+    for rank, hit in enumerate(vector_hits, start=1):
+        item_id = int(hit["id"])
+        fused[item_id] = 1.0 / (RRF_K + rank)
+        matches[item_id] = int(rank <= cut.relevant_count)
+        hit_of[item_id] = hit
+    floor = float(vector_hits[-1]["score"]) if vector_hits else 0.0
+    for hit in keyword_hits:
+        item_id = int(hit["id"])
+        if item_id in excluded:
+            continue
+        fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + int(hit["rank"]))
+        matches[item_id] = matches.get(item_id, 0) + 1
+        base = hit_of.get(item_id, {"id": item_id, "path": hit["path"],
+                                    "meta": hit.get("meta") or {}, "score": floor})
+        hit_of[item_id] = {**base, "keyword": True}
+    order = sorted(fused, key=lambda i: (-matches[i], -fused[i], i))
+    relevant = sum(1 for i in order if matches[i] > 0)
+    return [hit_of[i] for i in order], Cutoff(score=cut.score, relevant_count=relevant)
+
+
+async def search(
+    index: IndexClient,
+    vector: np.ndarray,
+    words: str,
+    asked: int,
+    *,
+    exclude_ids: Sequence[int] = (),
+    filters: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], Cutoff]:
+    """The vector search and the keyword search of ``words``, asked at once, fused."""
+    body: dict[str, Any] = {"query": words, "k": asked}
+    if filters:
+        body["filters"] = filters
+    vector_hits, keyword_answer = await asyncio.gather(
+        index.search(vector, asked, exclude_ids=exclude_ids, filters=filters),
+        index.json("POST", "/v1/keywords/search", json=body),
+    )
+    return fuse(vector_hits, keyword_answer["hits"], asked=asked, exclude_ids=exclude_ids)
