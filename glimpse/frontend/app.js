@@ -22,6 +22,7 @@ const els = {
   retry: $("retry"),
   showClosest: $("show-closest"),
   grid: $("results"),
+  resultsHeading: $("results-heading"),
   sentinel: $("sentinel"),
   more: $("more"),
   moreError: $("more-error"),
@@ -34,6 +35,7 @@ const els = {
   lbImg: $("lb-img"),
   lbPath: $("lb-path"),
   lbDetail: $("lb-detail"),
+  lbLive: $("lb-live"),
   lbSimilar: $("lb-similar"),
   lbOpen: $("lb-open"),
   lbPrev: $("lb-prev"),
@@ -225,6 +227,7 @@ function run(query) {
   els.more.hidden = true;
   els.moreError.hidden = true;
   els.end.hidden = true;
+  els.resultsHeading.hidden = query === null;
   showQuery(query);
   if (query === null) {
     showHome();
@@ -286,7 +289,7 @@ async function loadPage() {
       setStatus("No good match");
       showMessage("No good match", noGoodMatchText(query), { closest: true });
     } else if (state.results.length === 0) {
-      setStatus("");
+      setStatus(`No results${queryWords(query)}`);
       showMessage("No results", emptyText(query));
     } else {
       setStatus(resultsText());
@@ -333,12 +336,16 @@ function showClosest(event) {
   run(query);
 }
 
+/** " for “text”", " similar to the chosen image" or " like your image". */
+function queryWords(query) {
+  if (query.kind === "text") return ` for “${query.text}”`;
+  return query.kind === "similar" ? " similar to the chosen image" : " like your image";
+}
+
 function resultsText() {
   const n = state.results.length;
   const page = state.firstPage;
-  const what =
-    state.query.kind === "text" ? ` for “${state.query.text}”` :
-    state.query.kind === "similar" ? " similar to the chosen image" : " like your image";
+  const what = queryWords(state.query);
   const ms = page ? ` · ${Math.round(page.total_ms)} ms` : "";
   const weak = state.query.all && page?.no_good_match ? " (no good match: the closest shown)" : "";
   return `${n}${state.done ? "" : "+"} result${n === 1 ? "" : "s"}${what}${weak}${ms}`;
@@ -349,9 +356,11 @@ function showError(err, first) {
   const text = `${err.message}${type}`;
   const retry = isTransient(err);
   if (first) {
-    setStatus("");
-    showMessage(err.status === 0 ? "Cannot reach Glimpse" : "The search failed", text, { error: true, retry });
+    const title = err.status === 0 ? "Cannot reach Glimpse" : "The search failed";
+    setStatus(`${title}: ${err.message}`);
+    showMessage(title, text, { error: true, retry });
   } else {
+    setStatus(`Loading more results failed: ${err.message}`);
     // Shown where the user is looking: at the end of the grid.
     els.moreErrorText.textContent = `Loading more results failed: ${text}`;
     els.moreRetry.hidden = !retry;
@@ -394,6 +403,8 @@ function tileFor(result, index) {
   a.dataset.index = String(index);
   a.dataset.id = String(result.id);
   a.title = result.path;
+  // The grid is one Tab stop (a roving tabindex): the arrow keys move inside it.
+  a.tabIndex = index === 0 ? 0 : -1;
   a.setAttribute("aria-label", `${result.path}, score ${formatScore(result.score)}`);
   const img = document.createElement("img");
   // Set before src, or the browser may start loading every thumbnail at once.
@@ -503,8 +514,10 @@ function openLightbox(index) {
   if (!result) return;
   state.lightboxIndex = index;
   els.lbPath.textContent = result.path;
+  const position = `${index + 1} of ${state.results.length}${state.done ? "" : "+"}`;
   els.lbDetail.textContent =
-    `${result.width} × ${result.height} · score ${formatScore(result.score)} · #${result.id} · ${index + 1} of ${state.results.length}${state.done ? "" : "+"}`;
+    `${result.width} × ${result.height} · score ${formatScore(result.score)} · #${result.id} · ${position}`;
+  els.lbLive.textContent = `Image ${position}: ${result.path}`;
   els.lbOpen.href = result.image_url;
   els.lbImg.alt = result.path;
   els.lbImg.style.setProperty("--ar", `${result.width} / ${result.height}`);
@@ -585,20 +598,40 @@ els.grid.addEventListener("click", (event) => {
   openLightbox(Number(tile.dataset.index));
 });
 
-// Arrow keys move between thumbnails (Up/Down by a row), so the grid needs no Tab per image.
+// Arrow keys move between thumbnails (Up/Down by a row, Home/End to the first and last shown),
+// so the grid needs no Tab per image.
 els.grid.addEventListener("keydown", (event) => {
   const tile = event.target.closest?.(".tile");
   if (!tile || event.altKey || event.ctrlKey || event.metaKey) return;
   const columns = getComputedStyle(els.grid).gridTemplateColumns.split(" ").length;
-  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns, ArrowDown: columns }[event.key];
-  if (step === undefined) return;
-  const target = els.grid.querySelector(`.tile[data-index="${Number(tile.dataset.index) + step}"]`);
+  const index = Number(tile.dataset.index);
+  const to = {
+    ArrowLeft: index - 1, ArrowRight: index + 1, ArrowUp: index - columns, ArrowDown: index + columns,
+    Home: 0, End: state.results.length - 1,
+  }[event.key];
+  if (to === undefined) return;
+  const target = els.grid.querySelector(`.tile[data-index="${to}"]`);
   event.preventDefault();
   if (target) {
     target.focus();
     target.scrollIntoView({ block: "nearest" });
   }
 });
+
+// The tile last focused is the grid's Tab stop, so Tab out and back returns to it.
+els.grid.addEventListener("focusin", (event) => {
+  const tile = event.target.closest?.(".tile");
+  if (!tile || tile.tabIndex === 0) return;
+  els.grid.querySelectorAll('.tile[tabindex="0"]').forEach((t) => { t.tabIndex = -1; });
+  tile.tabIndex = 0;
+});
+
+// The sticky top bar's height, for style.css's scroll-padding: a tile focused by the arrow keys
+// scrolls into view below the bar, not under it.
+const topbar = document.querySelector(".topbar");
+new ResizeObserver(() => {
+  document.documentElement.style.setProperty("--topbar-height", `${topbar.offsetHeight}px`);
+}).observe(topbar);
 
 // ---------------------------------------------------------------------------------------------
 // Input: the search box, the image picker, drag and drop, paste, and shortcuts

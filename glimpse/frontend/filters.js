@@ -36,7 +36,11 @@ bar.innerHTML = `
       and <code>-people</code> to steer away from a word.</p>
     </details>
   </div>`;
-document.querySelector(".topbar")?.after(bar);
+// A landmark of its own, so it is in a screen reader's list of landmarks like the rest.
+const region = document.createElement("section");
+region.setAttribute("aria-label", "Search filters");
+region.append(bar);
+document.querySelector(".topbar")?.after(region);
 const field = (name) => bar.querySelector(`[name="${name}"]`);
 
 /** "2023-06" + n months, as "YYYY-MM". */
