@@ -189,6 +189,7 @@ class ItemVector(BaseModel):
     id: int
     dim: int
     vector: VectorLike
+    space: str  # the space the vector is in
 
 
 class ListedItem(BaseModel):

@@ -141,6 +141,14 @@ class EncoderClient(Upstream):
         self._model = name
         QUERY_MODEL.set(name)
 
+    def for_stored(self) -> str | None:
+        """The space of the stored vectors a search uses ("more like this", an image term);
+        its model is noted for this request's answer."""
+        model, space = self.serving
+        if model is not None:
+            QUERY_MODEL.set(model)
+        return space
+
     def _for_search(self) -> str | None:
         """The model a search embeds with; its space is noted for this request's search."""
         model, space = self.serving
@@ -288,12 +296,12 @@ class IndexClient(Upstream):
         record: dict[str, Any] = await self.json("GET", f"/v1/items/{item_id}")
         return record
 
-    async def vector(self, item_id: int) -> np.ndarray:
-        answer = await self.json(
-            "GET", f"/v1/items/{item_id}/vector", params={"encoding": "base64"}
-        )
-        if self.space is not None:  # the index answers the built-in space's vector: search it
-            QUERY_SPACE.set(BUILTIN_SPACE)
+    async def vector(self, item_id: int, space: str | None = None) -> np.ndarray:
+        """An item's stored vector in ``space`` (the active one for None); that space is
+        noted for this request's search."""
+        params = {"encoding": "base64", **({} if space is None else {"space": space})}
+        answer = await self.json("GET", f"/v1/items/{item_id}/vector", params=params)
+        QUERY_SPACE.set(answer.get("space", space))
         return _vector(answer["vector"], answer.get("dim"))
 
     async def delete(self, item_id: int) -> None:

@@ -48,7 +48,7 @@ import orjson
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.vectors import encode_vector
-from glimpse.gateway.clients import BUILTIN_SPACE, QUERY_SPACE
+from glimpse.gateway.clients import BUILTIN_SPACE
 from glimpse.gateway.media import write_atomic
 from glimpse.gateway.state import GatewayState
 
@@ -504,39 +504,6 @@ class Migration:
         if after.get("state") != "switched":  # rolled back while it activated: undo that
             await self.state.index.json("POST", f"/v1/spaces/{saved['old_space']}/activate")
         logger.info("migration to %s switched: %d items", model, done)
-
-
-async def query_vector(state: GatewayState, item_id: int) -> np.ndarray:
-    """A stored image's vector as a query ("more like this", an image term), in the space
-    searches use: the index's stored vector while that is the built-in space; once searches
-    use another model, its original embedded again by that model (the index answers only the
-    built-in space's stored vectors)."""
-    model, space = state.encoder.serving
-    if model is None or space in (None, BUILTIN_SPACE):
-        return await state.index.vector(item_id)
-    record = await state.index.item(item_id)
-    meta = record.get("meta") or {}
-
-    def read() -> bytes | None:
-        found = state.media.find_original(str(record["key"]), str(record["path"]),
-                                          meta.get("original"))
-        return found.read_bytes() if isinstance(found, Path) else found
-
-    try:
-        data = await anyio.to_thread.run_sync(read)
-    except OSError:
-        data = None
-    if data is None:
-        raise GlimpseError(
-            ErrorType.not_found,
-            f"The original of image {item_id} cannot be read, so it cannot be searched by with "
-            f"model {model!r}.",
-        )
-    vectors, _ = await state.encoder.embed_images([(str(record["path"]), data)])
-    QUERY_SPACE.set(space)
-    vector = vectors[0]
-    assert vector is not None  # the encoder answers a 4xx when its only file has none
-    return vector
 
 
 def migration_of(state: GatewayState) -> Migration:

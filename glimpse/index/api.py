@@ -58,6 +58,7 @@ from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vec
 from glimpse.index import keywords
 from glimpse.index.backend import IndexBackend
 from glimpse.index.service import NotTunable
+from glimpse.index.spaces import BUILTIN
 from glimpse.index.store import NewItem
 from glimpse.web.openapi import Operation
 from glimpse.web.responses import OrjsonResponse
@@ -276,7 +277,8 @@ async def delete_item(request: Request) -> Response:
 
 
 async def get_item_vector(request: Request) -> Response:
-    """The stored (unit, float16-rounded) vector of a live item, as floats or base64 float32."""
+    """The stored (unit, float16-rounded) vector of a live item in a space (``space``: the
+    active one by default), as floats or base64 float32."""
     item_id = _item_id(request)
     try:
         encoding = _ENCODING.validate_python(request.query_params.get("encoding", "float"))
@@ -284,13 +286,19 @@ async def get_item_vector(request: Request) -> Response:
         raise _invalid([{**e, "loc": ("encoding",)} for e in
                         exc.errors(include_url=False, include_context=False)], "query") from None
     service = service_of(request)
-    assert service.store is not None
-    vector = await run_in_threadpool(service.store.get_vector, item_id)
+    space, vector = await run_in_threadpool(service.space_vector,
+                                            request.query_params.get("space"), item_id)
     if vector is None:
-        raise _not_found(item_id)
+        _, own = await run_in_threadpool(service.space_vector, BUILTIN, item_id)
+        if space == BUILTIN or own is None:  # not a live item at all
+            raise _not_found(item_id)
+        raise GlimpseError(ErrorType.not_found,
+                           f"Item {item_id} has no vector in space {space!r} yet.",
+                           {"id": item_id, "space": space})
     wire: Any = (encode_vector(vector) if encoding == "base64"
                  else np.ascontiguousarray(vector, dtype=np.float32))
-    return OrjsonResponse({"id": item_id, "dim": int(vector.shape[0]), "vector": wire})
+    return OrjsonResponse({"id": item_id, "dim": int(vector.shape[0]), "vector": wire,
+                           "space": space})
 
 
 async def facets(request: Request) -> Response:
@@ -500,6 +508,12 @@ _ENCODING_QUERY = {
                "title": "Encoding"},
 }
 
+_SPACE_QUERY = {
+    "name": "space", "in": "query", "required": False,
+    "schema": {"type": "string", "title": "Space",
+               "description": "The space whose vector to give; the active one by default."},
+}
+
 _NAME_PARAM = {
     "name": "name", "in": "path", "required": True, "description": "The space's name.",
     "schema": {"type": "string", "title": "Name"},
@@ -543,7 +557,8 @@ OPERATIONS = [
     Operation("DELETE", "/v1/items/{item_id}", delete_item, ("items",), status=204,
               responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
     Operation("GET", "/v1/items/{item_id}/vector", get_item_vector, ("items",), ItemVector,
-              responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM, _ENCODING_QUERY]),
+              responses=ERROR_RESPONSES,
+              parameters=[_ITEM_ID_PARAM, _ENCODING_QUERY, _SPACE_QUERY]),
     Operation("GET", "/v1/stats", stats, ("ops",), IndexStats, responses=ERROR_RESPONSES),
     Operation("GET", "/v1/facets", facets, ("search",), Facets, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/index/rebuild", rebuild, ("ops",), RebuildResponse,

@@ -95,6 +95,10 @@ class IndexBackend(Protocol):
         """{"items": [{id, key, path}] of live items past ``after`` with no vector in the
         space, in id order; "done": items with one; "total": live items}."""
 
+    def space_vector(self, name: str | None, item_id: int) -> tuple[str, np.ndarray | None]:
+        """The space ``name`` (the active one for None) and a live item's stored vector in
+        it (None: not live, or no vector there yet)."""
+
     def activate_space(self, name: str) -> None: ...
 
     def drop_space(self, name: str) -> None: ...

@@ -253,6 +253,16 @@ class MilvusSpaces:
         found.sort(key=lambda r: r["id"])
         return {"items": found[:limit], "done": self.count(name, dim), "total": live}
 
+    def vector(self, name: str | None, item_id: int) -> tuple[str, np.ndarray | None]:
+        """A live item's vector in the space ``name`` (the active one for None)."""
+        chosen, dim = self.dim_of(name)
+        if chosen == BUILTIN:
+            return chosen, self.store.get_vector(item_id)
+        rows = self.store.rows_of_ids([item_id], ("id",), "vector read")
+        if item_id not in rows or -item_id in rows:  # never added, or a tombstone
+            return chosen, None
+        return chosen, self._vectors(self.collection(chosen, dim), [item_id]).get(item_id)
+
     def activate(self, name: str) -> None:
         self.dim_of(name)
         self._put(_ACTIVE_ROW, 0, name)
@@ -384,6 +394,9 @@ class MilvusSpacesMixin:
 
     def space_pending(self, name: str, after: int, limit: int) -> dict[str, Any]:
         return self.store.spaces.pending(name, after, limit)
+
+    def space_vector(self, name: str | None, item_id: int) -> tuple[str, np.ndarray | None]:
+        return self.store.spaces.vector(name, item_id)
 
     def activate_space(self, name: str) -> None:
         self.store.spaces.activate(name)

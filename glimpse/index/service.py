@@ -549,6 +549,13 @@ class IndexService:
         return {"items": [{"id": i, "key": k, "path": p} for i, k, p in page],
                 "done": self.spaces[name].index.table.count, "total": index.table.count}
 
+    def space_vector(self, name: str | None, item_id: int) -> tuple[str, np.ndarray | None]:
+        store, _ = self._parts
+        chosen, _ = self.space_of(name)
+        if chosen == BUILTIN:
+            return chosen, store.get_vector(item_id)
+        return chosen, self.spaces[chosen].view.get_vector(item_id)
+
     def activate_space(self, name: str) -> None:
         store, _ = self._parts
         with self.writer:  # ordered with a drop of the same space

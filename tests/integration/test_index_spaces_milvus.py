@@ -26,3 +26,4 @@ test_bad_space_requests_are_4xx_naming_the_problem = (
     suite.test_bad_space_requests_are_4xx_naming_the_problem)
 test_pending_pages_what_a_space_still_lacks = suite.test_pending_pages_what_a_space_still_lacks
 test_filters_apply_in_a_space = suite.test_filters_apply_in_a_space
+test_an_items_vector_is_read_from_a_space = suite.test_an_items_vector_is_read_from_a_space

@@ -122,6 +122,13 @@ def test_a_migration_keeps_search_up_switches_rolls_back_and_confirms(stack: Sta
         similar = client.get(f"/images/{new_ids[0]}/similar", params={"k": 5})
         assert similar.status_code == 200, similar.text
         assert similar.json()["model"] == NEW and similar.json()["results"]
+        # ... from the image's stored vector in the new space, not its original encoded again.
+        stored = index.get(f"/v1/items/{new_ids[0]}/vector", params={"encoding": "base64"})
+        assert stored.json()["space"] == SPACE and stored.json()["dim"] == 32
+        direct = index.post("/v1/search", json={"vectors": [stored.json()["vector"]], "k": 20,
+                                                "exclude_ids": [new_ids[0]]}).json()["results"][0]
+        got = [h["id"] for h in similar.json()["results"]]
+        assert got == [h["id"] for h in direct][:len(got)]
         terms = client.post("/search", json={"terms": [
             {"text": "a photo", "weight": 1.0}, {"image_id": new_ids[1], "weight": 1.0}]})
         assert terms.status_code == 200, terms.text

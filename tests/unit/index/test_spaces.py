@@ -191,3 +191,30 @@ def test_filters_apply_in_a_space(client: TestClient) -> None:
 
     assert found("trip") == [ids[4]]
     assert ids[4] not in found("img") and len(found("img")) == 5
+
+
+def test_an_items_vector_is_read_from_a_space(client: TestClient) -> None:
+    ids, old, new = _filled(client, n=20)
+    extra = client.post("/v1/items", json=items_body(clustered(1, DIM, seed=4), 900)
+                        ).json()["items"][0]["id"]  # nothing in clip2 yet
+
+    def read(item_id: int, **params: str) -> dict:
+        r = client.get(f"/v1/items/{item_id}/vector", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    got = read(ids[4], space="clip2")
+    assert (got["space"], got["dim"]) == ("clip2", NEW_DIM)
+    assert np.allclose(got["vector"], as_stored(new)[4], atol=1e-6)
+    assert read(ids[4])["space"] == "default"  # the active space when none is named
+    assert np.allclose(read(ids[4])["vector"], as_stored(old)[4], atol=1e-6)
+    client.post("/v1/spaces/clip2/activate")
+    assert read(ids[4])["vector"] == got["vector"]
+    assert read(ids[4], space="default")["dim"] == DIM
+    lacking = client.get(f"/v1/items/{extra}/vector")
+    assert lacking.status_code == 404 and "no vector in space 'clip2'" in lacking.json()["error"]
+    client.delete(f"/v1/items/{ids[4]}")
+    gone = client.get(f"/v1/items/{ids[4]}/vector", params={"space": "clip2"})
+    assert gone.status_code == 404 and "space" not in gone.json()["error"]
+    nope = client.get(f"/v1/items/{ids[5]}/vector", params={"space": "nope"})
+    assert nope.status_code == 404 and "No space named 'nope'" in nope.json()["error"]
