@@ -20,7 +20,10 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import Response as StarletteResponse
 from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from glimpse.contracts.errors import GlimpseError
 from glimpse.gateway.clients import EncoderClient, IndexClient
@@ -63,6 +66,22 @@ RECORD_CACHE_SIZE = 20_000
 DECODE_WORKERS = os.cpu_count() or 4
 # The web page served at '/', shipped in the package.
 FRONTEND_DIR = Path(__file__).resolve().parents[1] / "frontend"
+
+
+class FrontendFiles(StaticFiles):
+    """The web page's files, revalidated on every use ("no-cache" with their ETag): their names
+    carry no version, so a max-age would keep an upgraded gateway's page on the old script."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> StarletteResponse:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def body_limit_for(
@@ -201,6 +220,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout_s)
     metrics = ServiceMetrics("gateway")
     install_metrics(app, metrics)
+    # Text answers (the page's files, JSON) only: Starlette leaves images and streams alone, and
+    # a body under 500 bytes gains less than gzip's own framing.
+    app.add_middleware(GZipMiddleware, minimum_size=500)
 
     def replica_sets() -> list[ReplicaSet]:
         state = getattr(app.state, "gateway", None)  # None before the lifespan has run
@@ -211,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     # The web page answers the paths no API route matches; as the router's default rather than
     # a mount at "/", it never claims an API path called with the wrong method (a 405 below).
-    app.router.default = StaticFiles(directory=FRONTEND_DIR, html=True, check_dir=False)
+    app.router.default = FrontendFiles(directory=FRONTEND_DIR, html=True, check_dir=False)
     app.add_exception_handler(405, _method_not_allowed)
     return app
 
