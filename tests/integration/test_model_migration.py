@@ -152,6 +152,11 @@ def test_a_migration_keeps_search_up_switches_rolls_back_and_confirms(stack: Sta
         confirmed = client.post("/admin/model/confirm")
         assert confirmed.status_code == 200 and confirmed.json()["state"] == "confirmed"
         assert client.post("/search/text", json={"query": "x"}).json()["model"] == NEW
+        # An encoder restarted after confirm serves its configured model only: the gateway
+        # loads the new one again, for searches and for new items' vectors.
+        stack.encoder.kill()
+        stack.encoder.start()
+        assert client.post("/search/text", json={"query": "x"}).json()["model"] == NEW
         # The built-in space stays (the index's items need it); new items reach both.
         late = _ingest(client, range(200, 202))
         assert index.get(f"/v1/spaces/{SPACE}/pending").json()["items"] == []
