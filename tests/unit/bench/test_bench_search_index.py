@@ -62,7 +62,7 @@ def test_keep_alive_client_reads_a_whole_answer(tmp_path: Path) -> None:
         try:
             for _ in range(3):  # one connection, several exchanges
                 status, body = client.post("/v1/search", b'{"vectors": [[1, 0, 0, 0]]}')
-                assert (status, json.loads(body)) == (200, {"results": [[]]})
+                assert (status, json.loads(body)) == (200, {"results": [[]], "space": "default"})
             status, body = client.post("/v1/search", b'{"vectors": []}')
             assert status == 422 and json.loads(body)["error_type"] == "validation_error"
         finally:
