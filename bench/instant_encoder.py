@@ -13,6 +13,7 @@ never decodes an image, so it never rejects one.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -27,15 +28,35 @@ from glimpse.web.forms import parse_form
 
 MODEL = "instant-stand-in"
 DIM = int(os.environ.get("INSTANT_ENCODER_DIM", "512"))
-_UNIT = np.zeros(DIM, dtype=np.float32)
-_UNIT[0] = 1.0
-_UNIT_BASE64 = encode_vector(_UNIT)
-_UNIT_FLOATS = _UNIT.tolist()
 _SIZE = {"width": 1, "height": 1}
 
 
-def _vectors(count: int, encoding: str | None) -> list[object]:
-    return [_UNIT_BASE64 if encoding == "base64" else _UNIT_FLOATS] * count
+# Models loaded by POST /v1/models (a migration's new one, bench/bench_migration.py), by name:
+# their dimension, INSTANT_ENCODER_SECOND_DIM (default 256), so their space differs.
+_LOADED: dict[str, int] = {}
+SECOND_DIM = int(os.environ.get("INSTANT_ENCODER_SECOND_DIM", "256"))
+
+
+@functools.cache
+def _unit(dim: int, encoding: str | None) -> object:
+    unit = np.zeros(dim, dtype=np.float32)
+    unit[0] = 1.0
+    return encode_vector(unit) if encoding == "base64" else unit.tolist()
+
+
+def _vectors(count: int, encoding: str | None, dim: int = DIM) -> list[object]:
+    return [_unit(dim, encoding)] * count
+
+
+def _model(request: Request) -> tuple[str, int]:
+    name = request.query_params.get("model") or MODEL
+    return name, _LOADED.get(name, DIM)
+
+
+async def load_model(request: Request) -> Response:
+    name = str((await request.json())["model"])
+    _LOADED[name] = SECOND_DIM if name != MODEL else DIM
+    return JSONResponse({"model": name, "pretrained": "none", "dim": _LOADED[name]})
 
 
 async def embed_image(request: Request) -> Response:
@@ -48,11 +69,12 @@ async def embed_image(request: Request) -> Response:
                            max_field_bytes=1024)
         files = sum(1 for p in parts if p.is_file and p.name == "files")
         encoding = next((p.text for p in parts if p.name == "encoding"), encoding)
+    model, dim = _model(request)
     return JSONResponse(
         {
-            "model": MODEL,
-            "dim": DIM,
-            "embeddings": _vectors(files, encoding),
+            "model": model,
+            "dim": dim,
+            "embeddings": _vectors(files, encoding, dim),
             "errors": [None] * files,
             "sizes": [_SIZE] * files,  # never read: the stand-in decodes nothing
         }
@@ -62,8 +84,9 @@ async def embed_image(request: Request) -> Response:
 async def embed_text(request: Request) -> Response:
     body = await request.json()
     texts = body.get("texts") or []
+    model, dim = _model(request)
     return JSONResponse(
-        {"model": MODEL, "dim": DIM, "embeddings": _vectors(len(texts), body.get("encoding"))}
+        {"model": model, "dim": dim, "embeddings": _vectors(len(texts), body.get("encoding"), dim)}
     )
 
 
@@ -94,6 +117,7 @@ app = Starlette(
     routes=[
         Route("/v1/embed/image", embed_image, methods=["POST"]),
         Route("/v1/embed/text", embed_text, methods=["POST"]),
+        Route("/v1/models", load_model, methods=["POST"]),
         Route("/v1/info", info),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
