@@ -100,14 +100,16 @@ def test_text_search_shape(client: httpx.Client, ingested: dict[str, int]) -> No
     body = response.json()
     SearchResponse.model_validate(body)
     assert set(body) == {
-        "results", "relevance", "relevant_count", "no_good_match", "cutoff_score",
+        "results", "relevance", "sort", "relevant_count", "no_good_match", "cutoff_score",
         "total_ms", "timings", "model",
     }
     assert body["model"] == "glimpse-tiny"
     assert set(body["timings"]) == {"encode_ms", "search_ms"}
     results = body["results"]
     assert len(results) == 5
-    scores = [r["score"] for r in results]
+    # The file name astronaut.jpg matches the word: fused first (fusion.py), the rest by score.
+    assert results[0]["id"] == ingested["astronaut.jpg"] and results[0]["keyword"] is True
+    scores = [r["score"] for r in results[1:]]
     assert scores == sorted(scores, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in scores)
     for r in results:
         assert r["id"] in ingested.values()
