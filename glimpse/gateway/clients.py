@@ -143,8 +143,10 @@ class EncoderClient(Upstream):
 
     def for_stored(self) -> str | None:
         """The space of the stored vectors a search uses ("more like this", an image term);
-        its model is noted for this request's answer."""
+        it and its model are noted for this request's search and answer here, since image
+        terms are read in tasks of their own, whose notes would not reach the search."""
         model, space = self.serving
+        QUERY_SPACE.set(space)
         if model is not None:
             QUERY_MODEL.set(model)
         return space
