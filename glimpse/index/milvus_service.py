@@ -7,7 +7,9 @@ with the exact vectors, so Milvus's order is the answer's. On IVF_PQ (codes alon
 0.7 on real embeddings) searches ask Milvus for ``k × INDEX_RERANK`` candidates, fetch their
 exact vectors from Milvus and re-rank them, as the Faiss backend re-ranks its IVF-PQ candidates
 with the stored vectors. Snapshots, rebuilds and tuning belong
-to Milvus here and answer 409 with a sentence saying so.
+to Milvus here and answer 409 with a sentence saying so. Rows not yet served by a sealed
+segment's index are also scored exactly, and a thread seals them on idle (milvus_store.py says
+why: Milvus's interim index of growing segments recalls 0.90).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from glimpse.index.filters import (
 from glimpse.index.gather import Search, SearchGatherer, by_everything
 from glimpse.index.milvus_spaces import MilvusSpacesMixin
 from glimpse.index.milvus_store import (
+    SEAL_IDLE_S,
     CollectionMismatch,
     MilvusStore,
     default_nprobe,
@@ -49,8 +52,17 @@ MAX_TOPK = 16_384  # Milvus's limit on one search's topk
 _RETRY_S = 2.0
 # Exact search and ghost rows (a tombstoned id still in the collection): a few spare hits.
 _SPARE = 16
-# HNSW's ef when no nprobe is given: the real sets' recall was measured with it (docs/scale.md).
+# HNSW's ef when no nprobe is given: the real sets' recall was measured with it (docs/index.md).
 HNSW_EF = 128
+
+
+def _merged(ann: list[tuple[int, float]], exact: list[tuple[int, float]]
+            ) -> list[tuple[int, float]]:
+    """One query's candidates from both searches, each id once, score descending; Milvus's
+    score where it found the id, so a replica without fresh rows answers the same floats."""
+    best = dict(exact)
+    best.update(ann)
+    return sorted(best.items(), key=lambda hit: (-hit[1], hit[0]))
 
 
 class MilvusIndexService(MilvusSpacesMixin):
@@ -64,6 +76,7 @@ class MilvusIndexService(MilvusSpacesMixin):
         self.load_error: str | None = None
         self.waiting_for: str | None = None
         self._stop = threading.Event()
+        self._sealer: threading.Thread | None = None
         # Milvus calls wait on the network, not the CPU: more threads than cores.
         self.search_pool = ThreadPoolExecutor(
             max(16, 4 * (os.cpu_count() or 2)), thread_name_prefix="index-milvus"
@@ -100,6 +113,10 @@ class MilvusIndexService(MilvusSpacesMixin):
             return False
         self.waiting_for = None
         self.ready.set()
+        if self._sealer is None:
+            self._sealer = threading.Thread(target=self._seal_on_idle, daemon=True,
+                                            name="index-milvus-seal")
+            self._sealer.start()
         log.info("milvus backend ready: collection %r at %s, index %s %s",
                  self.milvus.collection, self.milvus.uri,
                  self.store.plan.index_type, self.store.plan.params)
@@ -113,8 +130,18 @@ class MilvusIndexService(MilvusSpacesMixin):
             log.warning("%s", self.waiting_for)
             self._stop.wait(_RETRY_S)
 
+    def _seal_on_idle(self) -> None:
+        while not self._stop.wait(SEAL_IDLE_S / 4):
+            try:
+                if self.store.seal_due():
+                    self.store.seal(self._stop)
+            except Exception:  # noqa: BLE001 - the window stays open; the next burst retries
+                log.exception("milvus backend: sealing fresh rows failed")
+
     def close(self) -> None:
         self._stop.set()
+        if self._sealer is not None:
+            self._sealer.join(timeout=10)
         if self.gatherer is not None:
             self.gatherer.close()
         self.search_pool.shutdown(wait=True)
@@ -187,6 +214,14 @@ class MilvusIndexService(MilvusSpacesMixin):
             candidates = self.store.search_candidates(
                 queries, limit, self.search_params(limit, nprobe), exclude, where
             )
+            since = self.store.fresh_since
+            if since is not None:
+                # Unserved rows (milvus_store.py): scored exactly, merged by id.
+                fresh = f"created_at >= {since!r}" + (f" and ({where})" if where else "")
+                exact_rows = self._exact_candidates(queries, spread * k + _SPARE, exclude,
+                                                    fresh)
+                candidates = [_merged(a, b) for a, b in zip(candidates, exact_rows,
+                                                             strict=True)]
         if spread > 1:
             assert filters is not None
             rows = self.store.rows_of_ids([i for row in candidates for i, _ in row],
@@ -262,7 +297,7 @@ class MilvusIndexService(MilvusSpacesMixin):
         raise GlimpseError(
             ErrorType.conflict,
             f"{what} With INDEX_BACKEND=milvus, Milvus persists every acknowledged write and "
-            "builds its index per segment itself (docs/scale.md).",
+            "builds its index per segment itself (docs/index.md).",
         )
 
     def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]:

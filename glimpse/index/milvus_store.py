@@ -17,6 +17,17 @@ so the rules that make replicas agree are here:
 - Writes are acknowledged only once a Strong read sees them, so every later read, on any
   replica, may use Eventually consistency (Milvus serves reads from one delegator per shard whose
   time only moves forward): cheap reads, read-after-acknowledged-write across replicas.
+- Fresh rows are searched exactly. Until a segment is sealed and its index served, Milvus
+  searches it with an interim IVF index of its own (nlist 128, nprobe 16, server settings no
+  search parameter reaches): recall@10 0.90 right after adding 7,500 MiniLM vectors, against
+  0.999 once indexed. So the store remembers when its oldest unserved write was made
+  (``fresh_since``), seals on idle (a flush :data:`SEAL_IDLE_S` after a write burst, or every
+  :data:`SEAL_ROWS` rows of a long one) and, until Milvus serves the sealed segments indexed,
+  searches the rows written since exactly (``created_at >= fresh_since``) beside the ANN search.
+  Of the three ways out, the interim index's parameters are the server's, not Glimpse's, and
+  sealing alone leaves every search between an add and its index at 0.90; the exact window
+  costs a scan of the unsealed rows only while there are some. The window is this replica's
+  writes: another replica's fresh rows keep the interim index's recall until they are sealed.
 
 Over 400 lines: every Milvus call of the backend is here, so the rules above live in one file
 instead of being split between the code that writes and the code that reads.
@@ -48,6 +59,7 @@ from pymilvus import (
 from pymilvus.client.prepare import Prepare
 from pymilvus.client.types import Status
 from pymilvus.client.utils import check_status
+from pymilvus.grpc_gen import common_pb2
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.index.config import MilvusSettings, Settings
@@ -60,6 +72,13 @@ _IN_CHUNK = 1000  # ids or keys per "in [...]" expression
 _PATH_BYTES = 65_535  # the contract allows 4096 characters; UTF-8 takes up to 4 bytes each
 _KEY_BYTES = 512
 _VECTOR_BYTES = 4
+# Seal on idle: a flush this long after the last write, or once this many rows are unsealed
+# (which bounds the exact scan of fresh rows during a long ingest).
+SEAL_IDLE_S = 1.0
+SEAL_ROWS = 20_000
+# Milvus builds no index for a segment under this many rows (indexCoord's default): it searches
+# such a sealed segment by brute force, which is exact already.
+_MIN_INDEXED_ROWS = 1024
 
 # pymilvus raises its own exceptions, but a dropped channel can surface as a bare gRPC error.
 _FAILURES = (MilvusException, grpc.RpcError)
@@ -190,6 +209,13 @@ class MilvusStore:
         self._collection: Collection | None = None
         self.plan = plan_index(settings, milvus)
         self._lock = threading.Lock()
+        # The fresh window (module docstring): guarded by _fresh_lock.
+        self._fresh_lock = threading.Lock()
+        self.fresh_since: float | None = None  # created_at of the oldest unserved write
+        self._next_since: float | None = None  # the same for writes made after a seal began
+        self._sealing = False
+        self._fresh_rows = 0
+        self._last_write = 0.0
         # Imported here: milvus_spaces.py builds on this module.
         from glimpse.index.milvus_spaces import MilvusSpaces
 
@@ -445,8 +471,70 @@ class MilvusStore:
                 np.vstack([np.asarray(i.vector, dtype=np.float32) for i in batch]),
             ]
             self._upsert(data, "add")
+            self._wrote(now, len(batch))
             self._await_visible([chosen[i.key] for i in batch], "add")
         return outcomes
+
+    # -- the fresh window (module docstring) -----------------------------------------------------
+
+    def _wrote(self, created_at: float, rows: int) -> None:
+        """Count an upserted write into the window: into the next one once a seal has begun,
+        since its flush may have missed it."""
+        with self._fresh_lock:
+            if self._sealing:
+                self._next_since = min(self._next_since or created_at, created_at)
+            else:
+                self.fresh_since = min(self.fresh_since or created_at, created_at)
+            self._fresh_rows += rows
+            self._last_write = time.monotonic()
+
+    def seal_due(self) -> bool:
+        """Whether a burst of writes has gone idle, or grown past SEAL_ROWS, unsealed."""
+        with self._fresh_lock:
+            if self._sealing or self.fresh_since is None:
+                return False
+            return (self._fresh_rows >= SEAL_ROWS
+                    or time.monotonic() - self._last_write >= SEAL_IDLE_S)
+
+    def seal(self, stop: threading.Event, timeout_s: float = 600.0) -> bool:
+        """Flush (seal the growing segments), wait until Milvus serves them indexed, then close
+        the window on the rows the flush covered; True when it did. Writes made meanwhile open
+        the next window."""
+        with self._fresh_lock:
+            self._sealing = True
+            self._fresh_rows = 0
+        served = False
+        try:
+            self.collection.flush(timeout=max(self.timeout, 60))
+            deadline = time.monotonic() + timeout_s
+            while not stop.is_set() and time.monotonic() < deadline:
+                if self._served_indexed():
+                    served = True
+                    break
+                stop.wait(0.5)
+        except _FAILURES:
+            served = False  # Milvus down: the window stays open, the next write retries
+        finally:
+            with self._fresh_lock:
+                self._sealing = False
+                if served:
+                    self.fresh_since, self._next_since = self._next_since, None
+                elif self._next_since is not None:
+                    self.fresh_since = min(self.fresh_since or self._next_since,
+                                           self._next_since)
+                    self._next_since = None
+        return served
+
+    def _served_indexed(self) -> bool:
+        """Every row is in a sealed segment the query nodes serve with its index (or by brute
+        force, under Milvus's minimum rows for an index)."""
+        infos = utility.get_query_segment_info(self.collection.name, using=self.alias,
+                                               timeout=self.timeout)
+        served = sum(int(i.num_rows) for i in infos
+                     if i.state != common_pb2.Growing
+                     and (i.index_name or int(i.num_rows) < _MIN_INDEXED_ROWS))
+        rows = self._query("id != 0", ("count(*)",), "count", consistency="Strong")
+        return served >= int(rows[0]["count(*)"]) if rows else True
 
     def _free_ids(self, keys: Sequence[str], generations: dict[str, int]) -> dict[str, int]:
         """An id per key that no other key's row or tombstone holds."""
