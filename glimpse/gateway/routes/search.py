@@ -7,10 +7,10 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
-from glimpse.contracts.filters import Facets, SearchFilters
+from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError, invalid_request
+from glimpse.contracts.filters import FILTERS_DOC, Facets, FormFilters, SearchFilters
 from glimpse.contracts.gateway import (
     MAX_K,
     RELEVANCE_DOC,
@@ -228,11 +228,23 @@ async def similar(
     offset: Annotated[int, Query(ge=0)] = 0,
     relevance: Annotated[Relevance, Query(description=RELEVANCE_DOC)] = "all",
     sort: Annotated[Sort, Query(description=SORT_DOC)] = "score",
+    filters: Annotated[str | None, Query(description=f"JSON of the filters object. {FILTERS_DOC}",
+                                         max_length=16_384)] = None,
 ) -> Response:
     """More like this: neighbours of a stored image (the image itself left out)."""
     started = time.perf_counter()
     check_window(k, offset, state.settings.max_result_window)
+    # The JSON text parsed as /search/image's form field is; a bad one is named before any work.
+    try:
+        wanted = _SimilarQuery.model_validate({"filters": filters}).filters
+    except ValidationError as exc:
+        raise invalid_request(exc.errors(include_url=False, include_context=False),
+                              "query") from None
     vector = await state.index.vector(image_id, state.encoder.for_stored())
     return await _run_search(
-        state, started, _ms(started), vector, k, offset, relevance, [image_id], sort=sort
+        state, started, _ms(started), vector, k, offset, relevance, [image_id], wanted, sort=sort
     )
+
+
+class _SimilarQuery(BaseModel):
+    filters: FormFilters = None

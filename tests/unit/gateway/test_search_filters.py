@@ -28,7 +28,7 @@ class RecordingIndex(FakeIndex):
         self.filters.append(filters)
         return await super().search(vector, k, exclude_ids=exclude_ids, nprobe=nprobe)
 
-    async def vector(self, image_id: int) -> np.ndarray:
+    async def vector(self, image_id: int, space: Any = None) -> np.ndarray:
         return np.ones(4, dtype=np.float32)
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -62,9 +62,13 @@ def test_each_search_passes_its_filters_to_the_index(
     assert image.status_code == 200, image.text
     terms = client.post("/search", json={"terms": [{"text": "dog"}], "filters": FILTERS})
     assert terms.status_code == 200, terms.text
+    similar = client.get("/images/7/similar", params={"filters": json.dumps(FILTERS)})
+    assert similar.status_code == 200, similar.text
     plain = client.post("/search/text", json={"query": "a cat"})
     assert plain.status_code == 200
-    assert index.filters == [SENT, SENT, SENT, None]
+    unfiltered = client.get("/images/7/similar")
+    assert unfiltered.status_code == 200, unfiltered.text
+    assert index.filters == [SENT, SENT, SENT, SENT, None, None]
 
 
 BAD = [
@@ -91,6 +95,7 @@ def test_a_bad_filter_is_a_422_naming_its_field(
         client.post("/search/text", json={"query": "a", "filters": filters}),
         client.post("/search/image", **image_form(filters=json.dumps(filters))),
         client.post("/search", json={"terms": [{"text": "a"}], "filters": filters}),
+        client.get("/images/7/similar", params={"filters": json.dumps(filters)}),
     ]
     for answer in answers:
         assert answer.status_code == 422, answer.text
@@ -102,8 +107,11 @@ def test_a_bad_filter_is_a_422_naming_its_field(
 
 def test_filters_that_are_not_json_are_named(running: tuple[TestClient, RecordingIndex]) -> None:
     client, _ = running
-    answer = client.post("/search/image", **image_form(filters="{taken_after"))
-    assert answer.status_code == 422 and "filters" in answer.json()["error"]
+    for answer in (client.post("/search/image", **image_form(filters="{taken_after")),
+                   client.get("/images/7/similar", params={"filters": "{taken_after"})):
+        assert answer.status_code == 422, answer.text
+        body = answer.json()
+        assert body["error_type"] == "validation_error" and "filters" in body["error"], body
 
 
 def test_the_openapi_document_shows_the_filters(running: tuple[TestClient, RecordingIndex]
