@@ -3,10 +3,13 @@
 
 The set: tiles of the scikit-image and scikit-learn sample photos plus the LFW faces skimage
 ships, each stored as a JPEG (bench/bench_relevance.py's pool). ``--originals`` of them get
-copies: one "exact" copy (the same pixels saved as PNG, or re-saved as JPEG quality 95: other
-bytes, metadata gone, same size) and one or two "similar" ones (resize, crop of at most 10 %,
-JPEG recompression at quality 30-70, a small colour change, or all). Every other item is
-unrelated. Each item is searched exactly (NEIGHBOURS hits) as the background pass does.
+copies: one of the same size, either "exact" (the same pixels saved as PNG) or a re-save as
+JPEG quality 95, and one or two more (resize, crop of at most 10 %, JPEG recompression at
+quality 30-70, a small colour change, or all); the recompressed and edited ones are "similar"
+only (a recompression, even at q95, moves the pixels). Every other item is unrelated. Each item
+is searched exactly (NEIGHBOURS hits) as the background pass does, and ``exact`` links a pair
+only when its stored bytes' fingerprints match too (duplicates.same_pixels): the bench prints
+the fingerprint differences of exact copies and of every other same-size pair.
 
 Pair precision and recall of the groups (two items in one group that are copies of one
 original / all pairs of copies), in both modes (``exact``: the original and its exact copies
@@ -44,40 +47,102 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_relevance import _faces, _jpeg, _sample_photos, _tiles, _transform  # noqa: E402
 
-from glimpse.gateway.duplicates import NEIGHBOURS, RATIO, Item, groups, links, select  # noqa: E402
+from glimpse.gateway.duplicates import (  # noqa: E402
+    NEIGHBOURS,
+    PIXEL_BOUND,
+    RATIO,
+    SIDE,
+    Item,
+    fingerprint,
+    groups,
+    links,
+    same_pixels,
+    select,
+)
 from glimpse.gateway.relevance import CANDIDATES, cutoff  # noqa: E402
+from glimpse.imaging import DEFAULT_LIMITS, load_upright, open_checked  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "bench_duplicates.csv"
 MODELS = ("glimpse-tiny", "ViT-B-32")
 FLAT = 12.0  # a tile whose pixels vary less than this (standard deviation) is left out
 
 
-def _png(img: Image.Image) -> Image.Image:
+def _saved(img: Image.Image, fmt: str, **options: int) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    img.save(buf, fmt, **options)
+    return buf.getvalue()
 
 
-def build(originals: int, seed: int) -> tuple[list[Image.Image], list[int], list[int]]:
-    """Images, and per image its original's row for each mode (-1: no copies)."""
+def _png(img: Image.Image) -> Image.Image:
+    return Image.open(io.BytesIO(_saved(img, "PNG"))).convert("RGB")
+
+
+def build(originals: int, seed: int
+          ) -> tuple[list[Image.Image], list[bytes], list[int], list[int]]:
+    """Images, the bytes each is stored as, and per image its original's row for each mode
+    (-1: no copies)."""
     rng = random.Random(seed)
     # Flat tiles (a page's margin, the sky) are copies of each other already: left out.
-    pool = [_jpeg(t, 90) for p in _sample_photos() for t in _tiles(p)
-            if float(np.asarray(t, dtype=np.float32).std()) > FLAT] + _faces()
+    tiles = [t for p in _sample_photos() for t in _tiles(p)
+             if float(np.asarray(t, dtype=np.float32).std()) > FLAT]
+    stored = [_saved(t, "JPEG", quality=90) for t in tiles]
+    pool = [_jpeg(t, 90) for t in tiles] + _faces()
+    stored += [_saved(f, "PNG") for f in pool[len(tiles):]]
     images = list(pool)
     similar = [-1] * len(pool)
     exact = [-1] * len(pool)
     for row in rng.sample(range(len(pool)), originals):
         similar[row] = exact[row] = row
-        copy = _png(pool[row]) if rng.random() < 0.5 else _jpeg(pool[row], 95)
+        # A lossless copy (the same pixels as PNG) is exact; a re-save at JPEG quality 95 is a
+        # recompression like any other (its pixels move as much as a q70 one's can): similar.
+        lossless = rng.random() < 0.5
+        if lossless:
+            copy, data = _png(pool[row]), _saved(pool[row], "PNG")
+        else:
+            copy, data = _jpeg(pool[row], 95), _saved(pool[row], "JPEG", quality=95)
         images.append(copy)
+        stored.append(data)
         similar.append(row)
-        exact.append(row)
+        exact.append(row if lossless else -1)
         for _ in range(rng.randint(1, 2)):
-            images.append(_transform(pool[row], rng))
+            changed = _transform(pool[row], rng)
+            images.append(changed)
+            stored.append(_saved(changed, "PNG"))  # the pixels as the edit made them
             similar.append(row)
-            exact.append(-1)
-    return images, exact, similar
+            # A colour edit of a grey face can leave every pixel as it was: then it is exact.
+            same = changed.size == pool[row].size and np.array_equal(
+                np.asarray(changed), np.asarray(pool[row]))
+            exact.append(row if same else -1)
+    return images, stored, exact, similar
+
+
+def prints_of(stored: list[bytes]) -> list[bytes]:
+    """Each image's fingerprint the way the gateway makes it from the stored original."""
+    out = []
+    for data in stored:
+        img = open_checked(data, DEFAULT_LIMITS)
+        out.append(fingerprint(load_upright(img, img.size)))
+    return out
+
+
+def pixel_differences(prints: list[bytes], items: dict[int, Item], exact: list[int]
+                      ) -> tuple[float, float]:
+    """The largest mean absolute difference between an original and its exact copies, and the
+    smallest between two other items of the same size (the other copies included)."""
+    grey = np.stack([np.frombuffer(p, np.uint8) for p in prints]).astype(np.int16)
+    worst_same, best_other = 0.0, float("inf")
+    for i in range(len(prints)):
+        size = (items[i].width, items[i].height)
+        others = [j for j in range(i + 1, len(prints)) if (items[j].width, items[j].height) == size]
+        if not others:
+            continue
+        diff = np.abs(grey[others] - grey[i]).mean(axis=1)
+        for j, d in zip(others, diff, strict=True):
+            if exact[i] >= 0 and exact[i] == exact[j]:
+                worst_same = max(worst_same, float(d))
+            else:
+                best_other = min(best_other, float(d))
+    return worst_same, best_other
 
 
 def embed(model: str, images: list[Image.Image]) -> np.ndarray:
@@ -118,14 +183,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None,
                    help="keep each model's vectors here (.npy) and reuse them on the next run")
     args = p.parse_args(argv)
-    images, exact, similar = build(args.originals, args.seed)
+    images, stored, exact, similar = build(args.originals, args.seed)
     items = {i: Item(i, f"{i}.jpg", img.width, img.height, None, None)
              for i, img in enumerate(images)}
+    prints = prints_of(stored)
+
+    def copy(a: int, b: int) -> bool:
+        """The exact mode's test past the vectors: the same size and the same pixels."""
+        return (items[a].width, items[a].height) == (items[b].width, items[b].height) and (
+            same_pixels(prints[a], prints[b]))
+
+    worst, best = pixel_differences(prints, items, exact)
+    print(f"pixel difference ({SIDE}x{SIDE} grey): exact copies at most {worst:.3f}, "
+          f"other same-size pairs at least {best:.3f}; bound {PIXEL_BOUND}")
     truth = {"exact": exact, "similar": similar}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip() or "-"
     rows: list[dict[str, object]] = []
     n = len(images)
+    for variant, value in (("exact copies, largest", worst), ("other same-size pairs, smallest",
+                                                                best)):
+        rows.append({"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core",
+                     "what": f"duplicates pixel difference ({SIDE}x{SIDE} grey, mean absolute): "
+                             f"{n} items, {args.originals} originals with copies, seed "
+                             f"{args.seed}", "variant": variant, "value": f"{value:.3f}",
+                     "unit": "grey levels", "command": "", "note": ""})
     ids = list(range(n))
     for model in MODELS:
         cached = args.cache / f"{model}-{args.originals}-{args.seed}.npy" if args.cache else None
@@ -152,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 others = [(j, s) for j, s in row if j != i]
                 cut = cutoff([s for _, s in others], complete=len(others) < CANDIDATES)
                 for j, s in others[: cut.relevant_count]:
-                    if mode == "exact" and (items[i].width, items[i].height) != (
-                            items[j].width, items[j].height):
+                    if mode == "exact" and not copy(i, j):
                         continue
                     out.append((min(i, j), max(i, j), s))
             return out
@@ -162,11 +243,10 @@ def main(argv: list[str] | None = None) -> int:
                        ) -> list[tuple[int, int, float]]:
             a, b = np.nonzero(np.triu(scores, 1) >= t)
             return [(int(x), int(y), float(scores[x, y])) for x, y in zip(a, b, strict=True)
-                    if mode == "similar" or (items[int(x)].width, items[int(x)].height) == (
-                        items[int(y)].width, items[int(y)].height)]
+                    if mode == "similar" or copy(int(x), int(y))]
 
         rules: list[tuple[str, str, Callable[[str], list[tuple[int, int, float]]]]] = []
-        found = links(ids, near, items)
+        found = [(a, b, s, r, same and copy(a, b)) for a, b, s, r, same in links(ids, near, items)]
         for r in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3):
             rules.append(("ratio", f"ratio {r}",
                           lambda mode, r=r, found=found: select(found, mode, r)))  # type: ignore[misc]
@@ -185,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "variant": variant, "value": f"{value:.3f}",
                                  "unit": "ratio", "command": "", "note": ""})
     rows[0]["command"] = "python bench/bench_duplicates.py " + " ".join(argv or sys.argv[1:])
-    rows[0]["note"] = f"chosen: RATIO {RATIO}, NEIGHBOURS {NEIGHBOURS}"
+    rows[0]["note"] = (f"chosen: RATIO {RATIO}, NEIGHBOURS {NEIGHBOURS}, "
+                       f"PIXEL_BOUND {PIXEL_BOUND}")
     with OUT.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -3,7 +3,10 @@
 Each item's vector is searched once with ``NEIGHBOURS`` hits; a pair is linked when the two are
 nearer than the item's own background puts anything (the scale-free rule below), and linked
 items are grouped by union-find. ``exact`` also asks the same displayed size (meta width and
-height): the same picture in other bytes. A pass reads the items a page at a time from the
+height) and the same pixels: both originals, decoded whole and upright, at ``SIDE`` x ``SIDE``
+greyscale, differ by at most ``PIXEL_BOUND`` grey levels on average (the same picture in other
+bytes: a lossless copy, metadata added or stripped; any recompression, even at JPEG quality
+95, or a colour edit is ``similar``). A pass reads the items a page at a time from the
 index (GET /v1/items) and searches only the items added since the last pass; deleted items
 drop out of their groups. A request starts a pass when the saved groups are older than
 ``REFRESH_S`` (and answers the saved ones). One process per media folder computes (the
@@ -31,9 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
 import numpy as np
+from PIL import Image
 
+from glimpse.contracts.errors import GlimpseError
 from glimpse.contracts.vectors import decode_vectors, encode_vector
+from glimpse.imaging import ImageLimits, load_upright, open_checked, to_rgb
 
 if TYPE_CHECKING:
     from glimpse.gateway.state import GatewayState
@@ -49,6 +56,11 @@ NEIGHBOURS = 20
 RATIO: dict[Mode, float] = {"exact": 0.005, "similar": 0.01}
 # The pass keeps the pairs up to this ratio, so a request may ask for another one (``ratio``).
 MAX_RATIO = 0.5
+# The exact mode's pixel check: both originals at SIDE x SIDE greyscale, and the largest mean
+# absolute difference (grey levels) that is still the same picture. bench_duplicates.py measured
+# 0 for lossless copies and from 0.046 up for recompressions (q30-95) and colour edits.
+SIDE = 32
+PIXEL_BOUND = 0.02
 # Items read per page and searched per request.
 PAGE = 500
 BATCH = 64
@@ -134,6 +146,19 @@ def select(found: Iterable[Sequence[Any]], mode: Mode, ratio: float | None = Non
             if r <= limit and (same or mode == "similar")]
 
 
+def fingerprint(img: Image.Image) -> bytes:
+    """An upright decoded image as ``SIDE`` x ``SIDE`` greyscale bytes."""
+    return to_rgb(img).convert("L").resize((SIDE, SIDE), Image.Resampling.BOX).tobytes()
+
+
+def same_pixels(a: bytes | None, b: bytes | None) -> bool:
+    """Two fingerprints of the same picture (within ``PIXEL_BOUND``); an unreadable one never is."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    diff = np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8)
+    return float(np.abs(diff).mean()) <= PIXEL_BOUND
+
+
 def _same_size(a: Item | None, b: Item | None) -> bool:
     return (a is not None and b is not None and a.width is not None and a.height is not None
             and (a.width, a.height) == (b.width, b.height))
@@ -207,6 +232,42 @@ class Duplicates:
         temp.write_bytes(json.dumps(state, separators=(",", ":")).encode())
         os.replace(temp, self.path)
 
+    def _fingerprint(self, key: str, path: str, original: Any) -> bytes | None:
+        """The fingerprint of an item's stored original (thumbnails.py finds it the same way),
+        or None when it has none or it no longer decodes."""
+        media, limits = self.gateway.media, self.gateway.encoder.limits
+        found = media.find_original(key, path, original)
+        try:
+            data = found if isinstance(found, bytes) or found is None else found.read_bytes()
+            if data is None:
+                return None
+            img = open_checked(data, ImageLimits(None, limits.max_pixels, None))
+            # Decoded whole: a JPEG's reduced (DCT-scaled) decode differs from a lossless
+            # copy's by more than a recompression does.
+            return fingerprint(load_upright(img, img.size))
+        except (OSError, GlimpseError):
+            return None
+
+    async def _confirm(self, found: list[Any], sources: dict[int, tuple[str, str, Any]],
+                       prints: dict[str, str | None]) -> list[Any]:
+        """The links with ``same`` kept only where the two originals' pixels match too; each
+        item's fingerprint is made once (``prints``, saved with the links)."""
+        out = []
+        for a, b, score, ratio, same in found:
+            if same:
+                pair = []
+                for i in (int(a), int(b)):
+                    if str(i) not in prints and i in sources:
+                        made = await anyio.to_thread.run_sync(
+                            self._fingerprint, *sources[i],
+                            limiter=self.gateway.decode_limiter)
+                        prints[str(i)] = None if made is None else made.hex()
+                    known = prints.get(str(i))
+                    pair.append(None if known is None else bytes.fromhex(known))
+                same = same_pixels(*pair)
+            out.append([a, b, score, ratio, same])
+        return out
+
     def stale(self, state: dict[str, Any]) -> bool:
         return not state.get("complete") or time.time() - state.get("updated_at", 0) > REFRESH_S
 
@@ -229,6 +290,8 @@ class Duplicates:
         index = self.gateway.index
         last = int(state.get("last_id", 0)) if state.get("complete") else 0
         found: list[Any] = list(state.get("links", [])) if last else []
+        prints: dict[str, str | None] = dict(state.get("prints", {})) if last else {}
+        sources: dict[int, tuple[str, str, Any]] = {}
         total = int((await index.stats()).get("count", 0))
         items: dict[int, Item] = {}
         fresh: list[tuple[int, np.ndarray]] = []
@@ -239,6 +302,10 @@ class Duplicates:
             for record in page["items"]:
                 item = Item.of(record)
                 items[item.id] = item
+                key = record.get("key")
+                if isinstance(key, str):
+                    meta = record.get("meta") or {}
+                    sources[item.id] = (key, item.path, meta.get("original"))
                 if item.id > last:
                     fresh.append((item.id, _vector(record["vector"])))
             after = page["next_after"]
@@ -254,7 +321,7 @@ class Duplicates:
             ids = [i for i, _ in batch]
             hits = [[(int(h["id"]), float(h["score"])) for h in row]
                     for row in answer_["results"]]
-            found.extend(links(ids, hits, items))
+            found.extend(await self._confirm(links(ids, hits, items), sources, prints))
             done += len(batch)
             if last == 0 and (start // BATCH) % 10 == 9:
                 await asyncio.to_thread(self._save, {
@@ -265,7 +332,8 @@ class Duplicates:
             "complete": True, "updated_at": time.time(),
             "last_id": max(items, default=0), "progress": {"done": len(items),
                                                            "total": len(items)},
-            "items": {str(i): vars(it) for i, it in items.items()}, "links": kept})
+            "items": {str(i): vars(it) for i, it in items.items()}, "links": kept,
+            "prints": {k: v for k, v in prints.items() if int(k) in items}})
 
 
 def _vector(value: Any) -> np.ndarray:

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from glimpse.contracts.vectors import encode_vector
 from glimpse.gateway.duplicates import (
     NEIGHBOURS,
+    SIDE,
     Duplicates,
     Item,
     answer,
+    fingerprint,
     groups,
     keeper,
     links,
+    same_pixels,
     select,
 )
 from glimpse.gateway.media import KeyLocks
+from glimpse.imaging import DEFAULT_LIMITS
 
 
 def item(i: int, w: int | None = 100, h: int | None = 80, size: int | None = 1000,
@@ -105,7 +111,8 @@ class FakeIndex:
         if path == "/v1/items":
             after, limit = kwargs["params"]["after"], kwargs["params"]["limit"]
             ids = sorted(i for i in self.vectors if i > after)[:limit]
-            return {"items": [{"id": i, "path": f"{i}.jpg", "meta": {"width": 10, "height": 10},
+            return {"items": [{"id": i, "key": f"k{i}", "path": f"{i}.jpg",
+                               "meta": {"width": 10, "height": 10},
                                "vector": encode_vector(self.vectors[i])} for i in ids],
                     "next_after": ids[-1] if len(ids) == limit else None}
         queries = [np.frombuffer(base64.b64decode(v), "<f4") for v in kwargs["json"]["vectors"]]
@@ -129,20 +136,73 @@ def test_a_pass_searches_only_new_items_and_drops_deleted_ones(tmp_path: Path) -
     for i in range(1, 41):
         index.vectors[i] = unit(rng.standard_normal(16))
     index.vectors[41] = index.vectors[3].copy()  # an exact copy of 3
-    gateway = SimpleNamespace(index=index, media=SimpleNamespace(
-        root=tmp_path, locks=KeyLocks(tmp_path / "keys.lock")))
+    # Each item's original: a picture of its own; 41 and 44 the pixels of 3 and 7 in PNG, and
+    # 43 a vector copy of 5 whose pixels differ (a recompression): similar, never exact.
+    originals = {f"k{i}": _jpeg(_picture(i), 90) for i in range(1, 41)}
+    originals |= {"k41": _png(_decoded(originals["k3"])),
+                  "k44": _png(_decoded(originals["k7"])),
+                  "k43": _jpeg(_decoded(originals["k5"]), 40)}
+    index.vectors[43] = index.vectors[5].copy()
+    media = SimpleNamespace(root=tmp_path, locks=KeyLocks(tmp_path / "keys.lock"),
+                            find_original=lambda key, path, original: originals.get(key))
+    gateway = SimpleNamespace(index=index, media=media, decode_limiter=None,
+                              encoder=SimpleNamespace(limits=DEFAULT_LIMITS))
     duplicates = Duplicates(gateway)  # type: ignore[arg-type]
 
     asyncio.run(duplicates.run(duplicates.load()))
     state = duplicates.load()
     assert state["complete"] and not duplicates.stale(state)
     assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[3, 41]]
-    assert index.searched == 41
+    assert index.searched == 42
+    assert [[i["id"] for i in g["items"]] for g in answer(state, "similar")["groups"]] == [
+        [3, 41], [5, 43]]
 
     index.searched = 0
-    index.vectors[42] = index.vectors[7].copy()
+    index.vectors[44] = index.vectors[7].copy()
     del index.vectors[41]
     asyncio.run(duplicates.run(duplicates.load()))
     state = duplicates.load()
     assert index.searched == 1  # only the new item
-    assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[7, 42]]
+    assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[7, 44]]
+
+
+def _picture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((64, 48), Image.Resampling.BILINEAR)
+
+
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _decoded(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_the_pixel_check_takes_lossless_copies_only() -> None:
+    original = _jpeg(_picture(1), 90)
+    # The same JPEG with a comment segment (metadata added: other bytes, the same pixels).
+    commented = original[:2] + b"\xff\xfe\x00\x07hello" + original[2:]
+    assert commented != original
+
+    def printed(data: bytes) -> bytes:
+        return fingerprint(_decoded(data))
+
+    base = printed(original)
+    assert len(base) == SIDE * SIDE
+    assert same_pixels(base, printed(commented))
+    assert same_pixels(base, printed(_png(_decoded(original))))
+    for quality in (40, 70, 95):  # every recompression moves the pixels
+        assert not same_pixels(base, printed(_jpeg(_decoded(original), quality)))
+    brighter = Image.eval(_decoded(original), lambda v: min(255, v + 3))
+    assert not same_pixels(base, printed(_png(brighter)))
+    assert not same_pixels(base, None) and not same_pixels(None, None)
