@@ -107,7 +107,8 @@ function fetchPage(query, offset, k, signal) {
   }
   if (query.kind === "similar") {
     const params = new URLSearchParams({ k: String(k), offset: String(offset), relevance });
-    const { sort } = filtersBody();
+    const { filters, sort } = filtersBody();
+    if (filters) params.set("filters", JSON.stringify(filters));
     if (sort) params.set("sort", sort);
     return requestJson(`images/${query.id}/similar?${params}`, { signal });
   }
@@ -402,10 +403,12 @@ function tileFor(result, index) {
   a.href = result.image_url;
   a.dataset.index = String(index);
   a.dataset.id = String(result.id);
-  a.title = result.path;
+  // A hit the keyword search found (fusion.py) says so in words, on the tile and to a reader.
+  const matched = result.keyword ? "matched by name or keyword" : "";
+  a.title = matched ? `${result.path} (${matched})` : result.path;
   // The grid is one Tab stop (a roving tabindex): the arrow keys move inside it.
   a.tabIndex = index === 0 ? 0 : -1;
-  a.setAttribute("aria-label", `${result.path}, score ${formatScore(result.score)}`);
+  a.setAttribute("aria-label", `${result.path}, score ${formatScore(result.score)}${matched ? `, ${matched}` : ""}`);
   const img = document.createElement("img");
   // Set before src, or the browser may start loading every thumbnail at once.
   img.loading = "lazy";
@@ -416,7 +419,7 @@ function tileFor(result, index) {
   img.addEventListener("error", () => a.classList.add("broken"), { once: true });
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = formatScore(result.score);
+  score.textContent = matched ? `${formatScore(result.score)} · keyword` : formatScore(result.score);
   score.setAttribute("aria-hidden", "true");
   a.append(img, score);
   li.append(a);

@@ -16,8 +16,8 @@ bar.className = "filters";
 bar.innerHTML = `
   <summary>Filters <span class="filters-count" aria-live="polite"></span></summary>
   <div class="filters-body">
-    <label>Taken from <input type="month" name="after"></label>
-    <label>to <input type="month" name="to"></label>
+    <label>Taken from <select name="after"><option value="">Any month</option></select></label>
+    <label>to <select name="to"><option value="">Any month</option></select></label>
     <label>Folder <input type="text" name="in" list="filter-folders" maxlength="1024"
       placeholder="Holidays/2023" spellcheck="false"></label>
     <datalist id="filter-folders"></datalist>
@@ -84,8 +84,13 @@ function ensureOption(select, value) {
 
 /** Set the controls from URL-style values (missing ones cleared). */
 function setControls(values) {
-  field("after").value = MONTH.test(values.after || "") ? values.after : "";
-  field("to").value = MONTH.test(values.before || "") ? addMonths(values.before, -1) : "";
+  const after = MONTH.test(values.after || "") ? values.after : "";
+  const to = MONTH.test(values.before || "") ? addMonths(values.before, -1) : "";
+  // A month from the URL or typed syntax is offered even when no photo was taken in it.
+  ensureOption(field("after"), after);
+  ensureOption(field("to"), to);
+  field("after").value = after;
+  field("to").value = to;
   field("in").value = values.in || "";
   ensureOption(field("camera"), values.camera);
   field("camera").value = values.camera || "";
@@ -154,9 +159,41 @@ async function loadFacets() {
     folders.replaceChildren(...facets.folders.map((f) => new Option(`${f.count} images`, f.value)));
     const camera = field("camera");
     for (const c of facets.cameras) ensureOption(camera, c.value);
+    for (const name of ["after", "to"]) offerMonths(field(name), facets.years, facets.months);
   } catch {
     // No facets (an older gateway, or none reachable): the controls still take typed values.
   }
+}
+
+/** "2023-06" as "June 2023" in the reader's language. */
+function monthName(month) {
+  const [y, m] = month.split("-").map(Number);
+  return new Date(Date.UTC(y, m - 1)).toLocaleString(undefined, { month: "long", year: "numeric", timeZone: "UTC" });
+}
+
+/** The months that hold photos (GET /facets), grouped by year with their counts, as the
+ * date range's choices: a person sees which months hold photos. */
+function offerMonths(select, years, months) {
+  const chosen = select.value;
+  const counts = new Map(years.map((y) => [y.value, y.count]));
+  const groups = new Map();
+  for (const m of months) {
+    const year = m.value.slice(0, 4);
+    if (!groups.has(year)) {
+      const group = document.createElement("optgroup");
+      const n = counts.get(year);
+      group.label = n ? `${year} (${n} photo${n === 1 ? "" : "s"})` : year;
+      groups.set(year, group);
+    }
+    groups.get(year).append(new Option(`${monthName(m.value)} (${m.count})`, m.value));
+  }
+  // A month the URL put there before the facets came is replaced by its counted choice.
+  const offered = new Set(months.map((m) => m.value));
+  for (const option of [...select.options]) {
+    if (option.parentElement === select && offered.has(option.value)) option.remove();
+  }
+  select.append(...groups.values());
+  select.value = chosen;
 }
 
 fromLocation();
