@@ -67,7 +67,8 @@ def first_page(page: Any) -> list[int]:
 
 
 def result_scores(page: Any) -> list[float]:
-    return [float(s) for s in page.locator("#results .tile .score").all_inner_texts()]
+    # The number leads the pill; a keyword hit's pill adds "· keyword" after it.
+    return [float(s.split()[0]) for s in page.locator("#results .tile .score").all_inner_texts()]
 
 
 def query_of(page: Any) -> dict[str, list[str]]:
