@@ -33,7 +33,7 @@ class BackgroundIndex(routes.FakeIndex):
             for i, d in enumerate(distances)
         ]
 
-    async def vector(self, item_id: int) -> np.ndarray:
+    async def vector(self, item_id: int, space: Any = None) -> np.ndarray:
         return np.ones(routes.DIM, dtype=np.float32)
 
 
