@@ -50,6 +50,7 @@ from bench_relevance import _faces, _jpeg, _sample_photos, _tiles, _transform  #
 from glimpse.gateway.duplicates import (  # noqa: E402
     NEIGHBOURS,
     PIXEL_BOUND,
+    PIXEL_RATIO,
     RATIO,
     SIDE,
     Item,
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                     if mode == "similar" or copy(int(x), int(y))]
 
         rules: list[tuple[str, str, Callable[[str], list[tuple[int, int, float]]]]] = []
-        found = [(a, b, s, r, same and copy(a, b)) for a, b, s, r, same in links(ids, near, items)]
+        found = [(a, b, s, r, same and r <= PIXEL_RATIO and copy(a, b))
+                 for a, b, s, r, same in links(ids, near, items)]
         for r in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3):
             rules.append(("ratio", f"ratio {r}",
                           lambda mode, r=r, found=found: select(found, mode, r)))  # type: ignore[misc]
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "unit": "ratio", "command": "", "note": ""})
     rows[0]["command"] = "python bench/bench_duplicates.py " + " ".join(argv or sys.argv[1:])
     rows[0]["note"] = (f"chosen: RATIO {RATIO}, NEIGHBOURS {NEIGHBOURS}, "
-                       f"PIXEL_BOUND {PIXEL_BOUND}")
+                       f"PIXEL_BOUND {PIXEL_BOUND}, PIXEL_RATIO {PIXEL_RATIO}")
     with OUT.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -61,6 +61,9 @@ MAX_RATIO = 0.5
 # 0 for lossless copies and from 0.046 up for recompressions (q30-95) and colour edits.
 SIDE = 32
 PIXEL_BOUND = 0.02
+# Only pairs this near (ten times the exact ratio) are decoded for the check: the bench's exact
+# copies all lie within RATIO["exact"], and each check decodes two originals whole.
+PIXEL_RATIO = 0.05
 # Items read per page and searched per request.
 PAGE = 500
 BATCH = 64
@@ -254,6 +257,7 @@ class Duplicates:
         item's fingerprint is made once (``prints``, saved with the links)."""
         out = []
         for a, b, score, ratio, same in found:
+            same = same and ratio <= PIXEL_RATIO
             if same:
                 pair = []
                 for i in (int(a), int(b)):
