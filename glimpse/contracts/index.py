@@ -128,12 +128,18 @@ class IndexSearchRequest(BaseModel):
     space: str | None = Field(
         default=None, description="The named space to search (default: the active one)."
     )
+    detail: int | None = Field(
+        default=None, ge=0,
+        description="Only the first `detail` hits of each query need path and meta; the rest may "
+        "carry id and score alone (a caller that reads a cutoff off many scores but shows few "
+        "hits). Unset: every hit carries them.",
+    )
 
 
 class IndexHit(BaseModel):
     id: int
     score: float = Field(description="Inner product with the query (cosine for unit vectors).")
-    path: str
+    path: str | None = Field(default=None, description="Absent past the asked `detail`.")
     meta: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -266,8 +266,12 @@ class IndexClient(Upstream):
         exclude_ids: Sequence[int] = (),
         nprobe: int | None = None,
         filters: dict[str, Any] | None = None,
+        detail: int | None = None,
     ) -> list[dict[str, Any]]:
+        """The top ``k`` hits; past ``detail`` of them, id and score alone."""
         body: dict[str, Any] = {"vectors": [encode_vector(vector)], "k": k}
+        if detail is not None and detail < k:
+            body["detail"] = detail
         if exclude_ids:
             body["exclude_ids"] = list(exclude_ids)
         if filters:

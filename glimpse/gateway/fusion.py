@@ -65,9 +65,9 @@ def fuse(
             continue
         fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + int(hit["rank"]))
         matches[item_id] = matches.get(item_id, 0) + 1
-        base = hit_of.get(item_id, {"id": item_id, "path": hit["path"],
-                                    "meta": hit.get("meta") or {}, "score": floor})
-        hit_of[item_id] = {**base, "keyword": True}
+        # A vector hit past the asked detail has no path or meta: the keyword hit has them.
+        record = {"id": item_id, "path": hit["path"], "meta": hit.get("meta") or {}}
+        hit_of[item_id] = {**record, "score": floor, **hit_of.get(item_id, {}), "keyword": True}
     order = sorted(fused, key=lambda i: (-matches[i], -fused[i], i))
     relevant = sum(1 for i in order if matches[i] > 0)
     return [hit_of[i] for i in order], Cutoff(score=cut.score, relevant_count=relevant)
@@ -81,13 +81,14 @@ async def search(
     *,
     exclude_ids: Sequence[int] = (),
     filters: dict[str, Any] | None = None,
+    detail: int | None = None,
 ) -> tuple[list[dict[str, Any]], Cutoff]:
     """The vector search and the keyword search of ``words``, asked at once, fused."""
     body: dict[str, Any] = {"query": words, "k": asked}
     if filters:
         body["filters"] = filters
     vector_hits, keyword_answer = await asyncio.gather(
-        index.search(vector, asked, exclude_ids=exclude_ids, filters=filters),
+        index.search(vector, asked, exclude_ids=exclude_ids, filters=filters, detail=detail),
         index.json("POST", "/v1/keywords/search", json=body),
     )
     return fuse(vector_hits, keyword_answer["hits"], asked=asked, exclude_ids=exclude_ids)

@@ -200,8 +200,12 @@ async def search(request: Request) -> Response:
     # block); the event loop only awaits the result.
     future = service.submit_space_search(space, queries, body.k, nprobe=body.nprobe,
                                          exact=body.exact, exclude=body.exclude_ids,
-                                         filters=body.filters)
-    return OrjsonResponse({"results": await asyncio.wrap_future(future), "space": space})
+                                         filters=body.filters, detail=body.detail)
+    results = await asyncio.wrap_future(future)
+    if body.detail is not None:  # a backend that read every record anyway: not sent
+        results = [row[: body.detail] + [{"id": h["id"], "score": h["score"]}
+                                         for h in row[body.detail :]] for row in results]
+    return OrjsonResponse({"results": results, "space": space})
 
 
 async def keyword_search(request: Request) -> Response:

@@ -106,6 +106,7 @@ class IndexBackend(Protocol):
     def submit_space_search(
         self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
         exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
+        detail: int | None = None,
     ) -> Future[Records]: ...
 
     def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]: ...

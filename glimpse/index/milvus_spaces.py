@@ -407,6 +407,7 @@ class MilvusSpacesMixin:
     def submit_space_search(
         self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
         exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
+        detail: int | None = None,  # Milvus reads every hit's record anyway; api.py trims them
     ) -> Future[Records]:
         if name == BUILTIN:
             return self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,

@@ -367,9 +367,12 @@ class IndexService:
         nprobe: int | None = None,
         exact: bool = False,
         exclude: Sequence[int] = (),
+        detail: int | None = None,
     ) -> Records:
-        """Like :meth:`search`, with each hit's path and meta from the store (blocks)."""
-        return self._run(queries, k, nprobe, exact, exclude, self._records_finisher(k, exclude))
+        """Like :meth:`search`, with each hit's path and meta from the store (blocks); past
+        ``detail`` hits, id and score alone."""
+        return self._run(queries, k, nprobe, exact, exclude,
+                         self._records_finisher(k, exclude, detail))
 
     def submit_search_records(
         self,
@@ -380,20 +383,21 @@ class IndexService:
         exact: bool = False,
         exclude: Sequence[int] = (),
         filters: SearchFilters | None = None,
+        detail: int | None = None,
     ) -> Future[Records]:
         """:meth:`search_records` as a future (does not block): on the gathering thread when
         searches are gathered, else on the search threads. ``filters``: filters.py."""
         if filters is not None:  # never gathered: each search has its own selector
             store, index = self._parts
-            finish = self._records_finisher(k, exclude)
+            finish = self._records_finisher(k, exclude, detail)
             return self.search_pool.submit(lambda: finish(*filters_search(
                 store, index, queries, k, filters, nprobe=nprobe, exact=exact, exclude=exclude)))
         if self.gathering:
             assert self.gatherer is not None
             return self.gatherer.submit(Search(queries, k + len(exclude), nprobe, exact,
-                                               finish=self._records_finisher(k, exclude)))
+                                               finish=self._records_finisher(k, exclude, detail)))
         return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
-                                       exact=exact, exclude=exclude)
+                                       exact=exact, exclude=exclude, detail=detail)
 
     @property
     def gathering(self) -> bool:
@@ -451,18 +455,22 @@ class IndexService:
         return finish
 
     def _records_finisher(
-        self, k: int, exclude: Sequence[int]
+        self, k: int, exclude: Sequence[int], detail: int | None = None
     ) -> Callable[[np.ndarray, np.ndarray], Records]:
         to_hits = self._hits_finisher(k, exclude)
+        shown = k if detail is None else min(detail, k)
 
         def finish(scores: np.ndarray, ids: np.ndarray) -> Records:
             hits = to_hits(scores, ids)
             store, _ = self._parts
-            records = store.paths_and_meta([i for row in hits for i, _ in row])
+            # Reading and parsing the meta is most of a wide search's cost: only for the
+            # hits the caller shows (bench/compare_old_new.py search).
+            records = store.paths_and_meta([i for row in hits for i, _ in row[:shown]])
             # An id deleted between the search and this read is dropped, not answered.
             return [
                 [{"id": i, "score": s, "path": records[i][0], "meta": records[i][1]}
-                 for i, s in row if i in records]
+                 for i, s in row[:shown] if i in records]
+                + [{"id": i, "score": s} for i, s in row[shown:]]
                 for row in hits
             ]
 
@@ -580,15 +588,16 @@ class IndexService:
     def submit_space_search(
         self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
         exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
+        detail: int | None = None,
     ) -> Future[Records]:
         """:meth:`submit_search_records` in the space ``name`` (resolved by :meth:`space_of`)."""
         if name == BUILTIN:
             return self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,
-                                              exclude=exclude, filters=filters)
+                                              exclude=exclude, filters=filters, detail=detail)
         space = self.spaces.get(name)
         if space is None:
             raise unknown_space(name, [BUILTIN, *self.spaces])
-        finish = self._records_finisher(k, exclude)
+        finish = self._records_finisher(k, exclude, detail)
         if filters is not None:
             return self.search_pool.submit(lambda: finish(*filters_search(
                 cast(Store, space.view), space.index, queries, k, filters, nprobe=nprobe,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 
@@ -346,7 +347,7 @@ class Store:
         if row is None:
             return None
         return Record(
-            int(row[0]), row[1], row[2], json.loads(row[3]), int(row[4]), float(row[5]),
+            int(row[0]), row[1], row[2], orjson.loads(row[3]), int(row[4]), float(row[5]),
             bool(row[6]),
         )
 
@@ -370,7 +371,7 @@ class Store:
                 f"SELECT id, path, meta FROM items WHERE deleted = 0 AND id IN ({marks})", part
             )
             for item_id, path, meta in rows:
-                out[int(item_id)] = (path, json.loads(meta) if meta != "{}" else {})
+                out[int(item_id)] = (path, orjson.loads(meta) if meta != "{}" else {})
         return out
 
     def match_text(self, expression: str, weights: Sequence[float], limit: int) -> list[int]:
@@ -406,7 +407,7 @@ class Store:
             "SELECT id, key, path, meta, seq, created_at, vector FROM items "
             "WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?", (after, limit)
         ).fetchall()
-        return [(Record(int(i), k, p, json.loads(m), int(s), float(c), False),
+        return [(Record(int(i), k, p, orjson.loads(m), int(s), float(c), False),
                  np.frombuffer(v, dtype=_F16)) for i, k, p, m, s, c, v in rows]
 
     def counts(self) -> tuple[int, int]:

@@ -22,6 +22,7 @@ class BackgroundIndex(routes.FakeIndex):
     async def search(
         self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] = (),
         nprobe: int | None = None, filters: dict[str, Any] | None = None,
+        detail: int | None = None,
     ) -> list[dict[str, Any]]:
         self.asked.append(k)
         # Background distances grow as a power of their rank, as a real neighbourhood's do.

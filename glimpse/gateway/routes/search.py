@@ -23,6 +23,7 @@ from glimpse.contracts.gateway import (
     TextSearchRequest,
 )
 from glimpse.gateway import fusion
+from glimpse.gateway.relevance import MAX_RELEVANT
 from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
 from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State
 from glimpse.web.bodies import parse_fields, parse_json_body
@@ -54,13 +55,16 @@ async def _run_search(
     # More candidates than the page: the relevance cutoff reads the query's background off them.
     asked = candidates_for(k, offset)
     wanted = filters.model_dump(exclude_none=True) if filters is not None else None
+    # Records only for the hits that can be shown: the page, or the relevant ones re-sorted.
+    detail = max(k + offset, MAX_RELEVANT)
     cut = None
     if words:  # fused with the keyword search of the words (fusion.py)
         hits, cut = await fusion.search(state.index, vector, words, asked,
-                                        exclude_ids=exclude_ids or (), filters=wanted)
+                                        exclude_ids=exclude_ids or (), filters=wanted,
+                                        detail=detail)
     else:
         hits = await state.index.search(vector, asked, exclude_ids=exclude_ids or (),
-                                        filters=wanted)
+                                        filters=wanted, detail=detail)
     search_ms = _ms(t)
     body = search_answer(
         hits,

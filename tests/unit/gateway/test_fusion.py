@@ -75,7 +75,7 @@ class KeywordIndex(FakeIndex):
 
     async def search(self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] = (),
                      nprobe: int | None = None, filters: dict[str, Any] | None = None,
-                     ) -> list[dict[str, Any]]:
+                     detail: int | None = None) -> list[dict[str, Any]]:
         hits = await super().search(vector, k)
         return [h for h in hits if h["id"] not in exclude_ids]
 
@@ -122,3 +122,13 @@ def test_text_searches_are_fused_unless_asked_not_to(
     assert index.keyword_bodies[-1]["query"] == "zanzibar beach"
     ids = [r["id"] for r in terms.json()["results"]]
     assert ids[:2] == [0, 500] and 29 not in ids
+
+
+def test_a_vector_hit_past_the_detail_takes_its_record_from_the_keyword_hit() -> None:
+    vector_hits = [{"id": i, "score": 1.0 - i / 100, "path": f"p/{i}", "meta": {}}
+                   for i in range(3)] + [{"id": 9, "score": 0.5}]  # past the detail: no record
+    keyword_hits = [{"id": 9, "rank": 1, "path": "p/zanzibar.jpg", "meta": {"width": 2}}]
+    ranked, _ = fuse(vector_hits, keyword_hits, asked=200)
+    nine = next(h for h in ranked if h["id"] == 9)
+    assert nine == {"id": 9, "score": 0.5, "path": "p/zanzibar.jpg", "meta": {"width": 2},
+                    "keyword": True}

@@ -24,6 +24,7 @@ class RecordingIndex(FakeIndex):
     async def search(
         self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] = (),
         nprobe: int | None = None, filters: dict[str, Any] | None = None,
+        detail: int | None = None,
     ) -> list[dict[str, Any]]:
         self.filters.append(filters)
         return await super().search(vector, k, exclude_ids=exclude_ids, nprobe=nprobe)

@@ -67,6 +67,7 @@ class FakeIndex(Fake):
     async def search(
         self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] = (),
         nprobe: int | None = None, filters: dict[str, Any] | None = None,
+        detail: int | None = None,
     ) -> list[dict[str, Any]]:
         return [
             {"id": i, "score": 1.0 - i / 100, "path": f"p/{i}.jpg",

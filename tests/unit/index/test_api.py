@@ -40,6 +40,16 @@ def test_add_is_idempotent_by_key_and_search_finds_items(client: TestClient) -> 
     assert scores == sorted(scores, reverse=True)
 
 
+def test_past_the_detail_a_hit_is_its_id_and_score(client: TestClient) -> None:
+    x = clustered(50, DIM)
+    client.post("/v1/items", json=items_body(x))
+    full = client.post("/v1/search", json={"vectors": [b64(x[3])], "k": 6}).json()["results"][0]
+    cut = client.post("/v1/search", json={"vectors": [b64(x[3])], "k": 6, "detail": 2})
+    hits = cut.json()["results"][0]
+    assert hits[:2] == full[:2] and all("path" in h for h in hits[:2])
+    assert hits[2:] == [{"id": h["id"], "score": h["score"]} for h in full[2:]]
+
+
 def test_duplicate_keys_inside_one_batch_store_one_row(client: TestClient) -> None:
     x = clustered(3, DIM)
     body = items_body(x)
