@@ -54,9 +54,9 @@ def _duplicates(request: Request, state: State) -> Duplicates:
     return found
 
 
-_MODE = Query("exact", description="exact: the same picture in other bytes (re-saved, "
-              "metadata stripped); similar: resized, recompressed, cropped or lightly edited "
-              "copies too.")
+_MODE = Query("exact", description="exact: the same pixels in other bytes (a lossless copy, "
+              "metadata added or stripped); similar: resized, recompressed, cropped or lightly "
+              "edited copies too.")
 _RATIO = Query(None, gt=0, le=MAX_RATIO, description="Overrides the mode's measured ratio: "
                "larger links more distant copies (and more unrelated pictures).")
 
