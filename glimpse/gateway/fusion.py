@@ -84,7 +84,9 @@ async def search(
     detail: int | None = None,
 ) -> tuple[list[dict[str, Any]], Cutoff]:
     """The vector search and the keyword search of ``words``, asked at once, fused."""
-    body: dict[str, Any] = {"query": words, "k": asked}
+    # Keyword hits all rank above the vector-only ones, so past the hits a page can show
+    # (``detail``) they would only be counted, never shown.
+    body: dict[str, Any] = {"query": words, "k": asked if detail is None else min(detail, asked)}
     if filters:
         body["filters"] = filters
     vector_hits, keyword_answer = await asyncio.gather(

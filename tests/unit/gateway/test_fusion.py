@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from glimpse.gateway.fusion import RRF_K, fuse
-from glimpse.gateway.relevance import cutoff
+from glimpse.gateway.relevance import MAX_RELEVANT, cutoff
 from tests.unit.gateway.test_search_routes import FakeIndex, gateway
 
 ASKED = 200
@@ -108,7 +108,7 @@ def test_text_searches_are_fused_unless_asked_not_to(
     assert [r["id"] for r in fused["results"]] == [29, 0, 500]
     assert [r.get("keyword") for r in fused["results"]] == [True, None, True]
     assert fused["relevant_count"] == 3
-    assert index.keyword_bodies == [{"query": "zanzibar", "k": ASKED}]
+    assert index.keyword_bodies == [{"query": "zanzibar", "k": MAX_RELEVANT}]
     plain = test_client.post("/search/text", json={"query": "zanzibar", "k": 3,
                                                    "keywords": False}).json()
     assert [r["id"] for r in plain["results"]] == [0, 1, 2]
