@@ -2,6 +2,9 @@
 operations (``OPERATIONS``) that gives both the Starlette routes and the OpenAPI document
 (glimpse/web/openapi.py). Bodies are parsed with orjson and validated with the contract models;
 every answer is written by orjson (``OrjsonResponse``).
+
+One file, over 400 lines: every route of the index with its limits, so the service's whole public
+surface and the OpenAPI document it makes are read in one place.
 """
 
 from __future__ import annotations
