@@ -38,6 +38,7 @@ from glimpse.index.milvus_spaces import MilvusSpacesMixin
 from glimpse.index.milvus_store import (
     SEAL_IDLE_S,
     CollectionMismatch,
+    FreshRows,
     MilvusStore,
     default_nprobe,
 )
@@ -54,6 +55,23 @@ _RETRY_S = 2.0
 _SPARE = 16
 # HNSW's ef when no nprobe is given: the real sets' recall was measured with it (docs/index.md).
 HNSW_EF = 128
+
+
+def _scored(fresh: FreshRows, queries: np.ndarray, want: int, exclude: Sequence[int],
+            filters: SearchFilters | None) -> list[list[tuple[int, float]]]:
+    """The top ``want`` (id, score) per query among the fresh rows passing ``filters``."""
+    keep = ~np.isin(fresh.ids, np.asarray(list(exclude), dtype=np.int64))
+    if filters is not None:
+        keep &= np.fromiter((matches(filters, p, m) for p, m in zip(fresh.paths, fresh.metas,
+                                                                      strict=True)),
+                            dtype=bool, count=len(fresh.ids))
+    ids = fresh.ids[keep]
+    if not len(ids):
+        return [[] for _ in queries]
+    scores = np.asarray(queries, dtype=np.float32) @ fresh.vectors[keep].T
+    top = np.argsort(-scores, axis=1)[:, :want]
+    return [list(zip(ids[t].tolist(), s[t].tolist(), strict=True))
+            for t, s in zip(top, scores, strict=True)]
 
 
 def _merged(ann: list[tuple[int, float]], exact: list[tuple[int, float]]
@@ -214,12 +232,10 @@ class MilvusIndexService(MilvusSpacesMixin):
             candidates = self.store.search_candidates(
                 queries, limit, self.search_params(limit, nprobe), exclude, where
             )
-            since = self.store.fresh_since
-            if since is not None:
+            fresh = self.store.fresh_rows()
+            if fresh is not None:
                 # Unserved rows (milvus_store.py): scored exactly, merged by id.
-                fresh = f"created_at >= {since!r}" + (f" and ({where})" if where else "")
-                exact_rows = self._exact_candidates(queries, spread * k + _SPARE, exclude,
-                                                    fresh)
+                exact_rows = _scored(fresh, queries, spread * k + _SPARE, exclude, filters)
                 candidates = [_merged(a, b) for a, b in zip(candidates, exact_rows,
                                                              strict=True)]
         if spread > 1:
