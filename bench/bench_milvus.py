@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.bench_index import (  # noqa: E402
+from bench.common import (  # noqa: E402
     KeepAliveClient,
     read_vectors,
     recall,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import bench_index, bench_search
+from bench import bench_index, bench_search, common
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_keep_alive_client_reads_a_whole_answer(tmp_path: Path) -> None:
                           tmp_path / "index.log")
     proc.start(60)
     try:
-        client = bench_index.KeepAliveClient(proc.url)
+        client = common.KeepAliveClient(proc.url)
         try:
             for _ in range(3):  # one connection, several exchanges
                 status, body = client.post("/v1/search", b'{"vectors": [[1, 0, 0, 0]]}')
