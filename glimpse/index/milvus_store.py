@@ -32,6 +32,10 @@ so the rules that make replicas agree are here:
 
 Over 400 lines: every Milvus call of the backend is here, so the rules above live in one file
 instead of being split between the code that writes and the code that reads.
+
+One file, over 400 lines: every Milvus call of the backend and the fresh rows it scores itself
+share the collection handles and the tombstone rule; split, each part would reach into the
+others.
 """
 
 from __future__ import annotations
