@@ -246,7 +246,8 @@ async def _embed_and_add_locked(
     stored = asyncio.ensure_future(asyncio.sleep(0) if in_place else _store(state, parts))
     # Metadata (metadata.py) is read meanwhile, in a thread.
     found = asyncio.ensure_future(
-        anyio.to_thread.run_sync(extract_all, [(p.data, p.path, p.mtime) for p in parts]))
+        anyio.to_thread.run_sync(extract_all, [(p.data, p.path, p.mtime) for p in parts],
+                                 state.encoder.limits.max_pixels))
     try:
         embedded = await state.encoder.embed_images_wire([(p.path, p.data) for p in parts])
     finally:

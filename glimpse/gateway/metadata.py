@@ -38,6 +38,7 @@ from PIL import ExifTags, Image, ImageFile, IptcImagePlugin
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import camera_words
 from glimpse.contracts.index import MAX_META_BYTES
+from glimpse.imaging import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger("glimpse.gateway")
 
@@ -251,12 +252,20 @@ def from_mtime(mtime: float) -> dict[str, Any]:
             "taken_source": "mtime"}
 
 
-def extract_metadata(data: bytes, path: str, mtime: float | None = None) -> dict[str, Any]:
-    """The meta fields of one image's bytes (see the module docstring); never raises."""
+def extract_metadata(
+    data: bytes, path: str, mtime: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, Any]:
+    """The meta fields of one image's bytes (see the module docstring); never raises.
+
+    An image over ``max_pixels`` (the encoder's cap: it will be refused) is not read at all:
+    Pillow decodes a whole PNG to reach chunks after its pixels, so a bomb would cost its
+    decoded size here (tests/reliability/test_images.py)."""
     meta: dict[str, Any] = {"folder": folder_of(path)}
     skipped: list[str] = []
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > max_pixels:
+                raise ValueError("over the pixel cap")
             reader = _Reader(image)
             for name in ("taken", "camera", "lens", "gps", "orientation", "file_type", "iptc",
                          "xmp"):
@@ -293,9 +302,11 @@ def _fit(meta: dict[str, Any]) -> None:
             return
 
 
-def extract_all(files: list[tuple[bytes, str, float | None]]) -> list[dict[str, Any]]:
+def extract_all(
+    files: list[tuple[bytes, str, float | None]], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[dict[str, Any]]:
     """:func:`extract_metadata` of each (bytes, path, mtime): one thread hop per request."""
-    return [extract_metadata(data, path, mtime) for data, path, mtime in files]
+    return [extract_metadata(data, path, mtime, max_pixels) for data, path, mtime in files]
 
 
 MTIMES_DOC = (

@@ -197,7 +197,8 @@ async def search(request: Request) -> Response:
             f"exclude_ids holds {len(body.exclude_ids)} ids; the limit is {MAX_K}.",
         )
     # The space is resolved once: an activation meanwhile does not mix two spaces in one answer.
-    space, dim = service.space_of(body.space)
+    # Off the event loop: on Milvus it may read the spaces' registry (a network call).
+    space, dim = await run_in_threadpool(service.space_of, body.space)
     queries = l2_normalize(decode_vectors(body.vectors, dim, what="vectors"))
     # Faiss, the re-rank and SQLite run on the service's threads (they release the GIL or
     # block); the event loop only awaits the result.
