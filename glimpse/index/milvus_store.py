@@ -455,9 +455,10 @@ class MilvusStore:
         return found[:limit]
 
     def counts(self) -> tuple[int, int]:
-        """(rows with a positive id, tombstones)."""
-        live = self._query("id > 0", ("count(*)",), "count")
-        dead = self._query("id < 0", ("count(*)",), "count")
+        """(rows with a positive id, tombstones), read Strong: a count that lags the rows an
+        exact search returns would contradict it (test_index_milvus_processes)."""
+        live = self._query("id > 0", ("count(*)",), "count", consistency="Strong")
+        dead = self._query("id < 0", ("count(*)",), "count", consistency="Strong")
         return int(live[0]["count(*)"]), int(dead[0]["count(*)"])
 
     # -- writes -----------------------------------------------------------------------------------
