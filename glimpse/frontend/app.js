@@ -150,7 +150,7 @@ function urlFor(query) {
   const all = query?.all ? { all: "1" } : {};
   const filters = window.glimpseFilters?.params() ?? {};
   if (query?.kind === "text") return `${base}?${new URLSearchParams({ q: query.text, ...all, ...filters })}`;
-  if (query?.kind === "similar") return `${base}?${new URLSearchParams({ similar: String(query.id), ...all })}`;
+  if (query?.kind === "similar") return `${base}?${new URLSearchParams({ similar: String(query.id), ...all, ...filters })}`;
   return base;
 }
 
@@ -642,9 +642,16 @@ new ResizeObserver(() => {
 els.form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = els.input.value.trim();
-  if (text) navigate({ kind: "text", text });
-  else if (state.query?.kind !== "text" && state.query !== null) run(state.query);
-  else els.input.focus();
+  if (text) {
+    navigate({ kind: "text", text });
+  } else if (state.query?.kind !== "text" && state.query !== null) {
+    // Searching again by the same image (filters.js submits when a filter changes): through
+    // navigate, so the URL takes the new filters as a text search's does.
+    const { all: _all, ...again } = state.query;
+    navigate(again);
+  } else {
+    els.input.focus();
+  }
 });
 
 els.pick.addEventListener("click", () => els.file.click());

@@ -4,6 +4,7 @@ the URL holds the filters, and a reload keeps them."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from tests.e2e.test_frontend import closest_if_no_good_match, query_of, result_ids
 
@@ -77,3 +78,36 @@ def test_the_order_control_asks_for_newest_first_and_survives_a_reload(
     page.reload()
     page.wait_for_selector("html[data-ready]", state="attached")
     assert page.input_value(".filters [name=sort]") == "newest"
+
+
+def test_more_like_this_keeps_the_filters_in_its_request_its_url_and_a_reload(
+        page: Any, gateway_url: str, gallery: dict[str, int]) -> None:
+    crops = {p for p in gallery if p.startswith("crops/")}
+    page.goto(gateway_url + "/?q=a+photo&in=crops")
+    page.wait_for_selector("html[data-ready]", state="attached")
+    closest_if_no_good_match(page)
+    page.click("#results .tile >> nth=0")
+    page.wait_for_selector("#lightbox[open]")
+    with page.expect_request(lambda r: "/similar?" in r.url) as sent:
+        page.click("#lb-similar")
+    assert '"folder":["crops"]' in parse_qs(urlsplit(sent.value.url).query)["filters"][0]
+    wait_for_url(page, "similar=")
+    assert query_of(page)["in"] == ["crops"]
+    closest_if_no_good_match(page)
+    assert paths_shown(page, gallery) <= crops
+
+    page.reload()
+    page.wait_for_selector("html[data-ready]", state="attached")
+    assert page.input_value(".filters [name=in]") == "crops"
+    closest_if_no_good_match(page)
+    assert "similar" in query_of(page) and paths_shown(page, gallery) <= crops
+
+    # A filter changed while searching by the image searches again, and the URL follows it.
+    skimage = {p for p in gallery if p.startswith("skimage/")}
+    page.fill(".filters [name=in]", "skimage")
+    page.press(".filters [name=in]", "Tab")
+    wait_for_url(page, "in=skimage")
+    assert "similar" in query_of(page)
+    closest_if_no_good_match(page)
+    page.wait_for_function("() => !document.querySelector('#results[aria-busy]')")
+    assert paths_shown(page, gallery) <= skimage
