@@ -3,7 +3,8 @@
 Layout under ``media_dir``::
 
     originals/<sha256>                  originals, as they came (older versions: ab/cd/<sha256>)
-    thumbnails/ab/cd/<sha256>.<ext>     longest side <= THUMBNAIL_SIZE, WebP or JPEG
+    thumbnails/ab/cd/<sha256>.<ext>     longest side <= 320 px, WebP or JPEG
+    thumbnails/ab/cd/<sha256>-240.<ext> the same at 240 px (ThumbnailSize)
     keys.lock                           the per-key locks (:class:`KeyLocks`)
     packs/<yyyy-mm>/<random>.pack       originals written by older versions (read only)
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import fcntl
 import hashlib
 import os
@@ -42,6 +44,14 @@ from typing import Any
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 THUMBNAIL_EXT = {"image/webp": "webp", "image/jpeg": "jpg"}
+
+
+class ThumbnailSize(enum.IntEnum):
+    """The longest sides a thumbnail is made at: 240 is for the page's grid on a phone (its
+    srcset), where a tile shows fewer pixels than 320 and 240 weighs about half."""
+
+    default = 320
+    small = 240
 
 
 def _libc_syncfs() -> Callable[[int], int] | None:
@@ -296,14 +306,24 @@ class MediaStore:
         """Where versions before the pack store kept an original."""
         return self.root / "originals" / self._shard(sha256) / sha256
 
-    def thumbnail_path(self, sha256: str, content_type: str) -> Path:
+    def thumbnail_path(
+        self, sha256: str, content_type: str, size: ThumbnailSize = ThumbnailSize.default
+    ) -> Path:
         ext = THUMBNAIL_EXT[content_type]
-        return self.root / "thumbnails" / self._shard(sha256) / f"{sha256}.{ext}"
+        # The default size keeps the name it had before there were others.
+        stem = sha256 if size == ThumbnailSize.default else f"{sha256}-{int(size)}"
+        return self.root / "thumbnails" / self._shard(sha256) / f"{stem}.{ext}"
 
     # Writes ------------------------------------------------------------------------------
 
-    def put_thumbnail(self, sha256: str, content_type: str, data: bytes) -> None:
-        write_atomic(self.thumbnail_path(sha256, content_type), data, fsync=self.fsync)
+    def put_thumbnail(
+        self,
+        sha256: str,
+        content_type: str,
+        data: bytes,
+        size: ThumbnailSize = ThumbnailSize.default,
+    ) -> None:
+        write_atomic(self.thumbnail_path(sha256, content_type, size), data, fsync=self.fsync)
 
     def put_many(
         self, items: Sequence[tuple[str, bytes]]
@@ -325,7 +345,8 @@ class MediaStore:
     def remove(self, sha256: str) -> None:
         """Forget every file of ``sha256``: its original and thumbnails."""
         paths = [self.original_path(sha256), self._older_original_path(sha256)]
-        paths += [self.thumbnail_path(sha256, ct) for ct in THUMBNAIL_EXT]
+        for size in ThumbnailSize:
+            paths += [self.thumbnail_path(sha256, ct, size) for ct in THUMBNAIL_EXT]
         for path in paths:
             path.unlink(missing_ok=True)
 
@@ -348,8 +369,10 @@ class MediaStore:
             return self.library_lookup(sha256, relative)
         return None
 
-    def find_thumbnail(self, sha256: str, content_type: str) -> Path | None:
-        path = self.thumbnail_path(sha256, content_type)
+    def find_thumbnail(
+        self, sha256: str, content_type: str, size: ThumbnailSize = ThumbnailSize.default
+    ) -> Path | None:
+        path = self.thumbnail_path(sha256, content_type, size)
         return path if path.is_file() else None
 
     def total_bytes(self, max_age_s: float = 60.0) -> int:

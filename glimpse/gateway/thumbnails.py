@@ -19,18 +19,24 @@ import anyio
 
 from glimpse.contracts.errors import GlimpseError
 from glimpse.gateway.images import make_thumbnail
+from glimpse.gateway.media import ThumbnailSize
 from glimpse.gateway.state import GatewayState
 
 logger = logging.getLogger("glimpse.gateway")
 
 
 async def thumbnail_of(
-    state: GatewayState, sha256: str, relative: str, content_type: str, original: Any = None
+    state: GatewayState,
+    sha256: str,
+    relative: str,
+    content_type: str,
+    original: Any = None,
+    size: ThumbnailSize = ThumbnailSize.default,
 ) -> Path | bytes | None:
     """The stored thumbnail's path, or the bytes of one made now, or None when the image has
     no original to make one from (or the original no longer decodes). ``original``: the
     item's meta's, for originals an older version packed (MediaStore.find_original)."""
-    path = await anyio.to_thread.run_sync(state.media.find_thumbnail, sha256, content_type)
+    path = await anyio.to_thread.run_sync(state.media.find_thumbnail, sha256, content_type, size)
     if path is not None:
         return path
     # The same lock as ingest and delete: one maker per image, and a delete never interleaves.
@@ -42,14 +48,20 @@ async def thumbnail_of(
             relative,
             content_type,
             original,
+            size,
             limiter=state.decode_limiter,
         )
 
 
 def _find_or_make(
-    state: GatewayState, sha256: str, relative: str, content_type: str, original: Any
+    state: GatewayState,
+    sha256: str,
+    relative: str,
+    content_type: str,
+    original: Any,
+    size: ThumbnailSize,
 ) -> Path | bytes | None:
-    path = state.media.find_thumbnail(sha256, content_type)
+    path = state.media.find_thumbnail(sha256, content_type, size)
     if path is not None:
         return path  # made while this request waited for the lock
     found = state.media.find_original(sha256, relative, original)
@@ -65,12 +77,13 @@ def _find_or_make(
         thumbnail = make_thumbnail(
             data,
             max_pixels=state.encoder.limits.max_pixels,
+            thumbnail_size=int(size),
             thumbnail_type=content_type,
         )
     except GlimpseError:
         return None
     try:
-        state.media.put_thumbnail(sha256, content_type, thumbnail)
+        state.media.put_thumbnail(sha256, content_type, thumbnail, size)
     except OSError as exc:
         # Served all the same; the next request tries to keep it again.
         logger.warning("thumbnail of %s not kept: %s", sha256, exc)

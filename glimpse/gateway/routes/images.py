@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from glimpse.contracts.errors import ERROR_RESPONSES, ErrorType, GlimpseError
 from glimpse.contracts.gateway import ImageMeta
 from glimpse.gateway.ingest import THUMBNAIL_TYPE
-from glimpse.gateway.media import SHA256_RE
+from glimpse.gateway.media import SHA256_RE, ThumbnailSize
 from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State, WriteAccess
 from glimpse.gateway.thumbnails import thumbnail_of
 
@@ -50,22 +51,25 @@ def _etag_matches(request: Request, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def _serve_file(
+async def _serve_cached(
     request: Request,
     state: GatewayState,
-    found: FsPath | bytes | None,
-    content_type: str,
     etag: str,
+    content_type: str,
+    find: Callable[[], Awaitable[FsPath | bytes | None]],
+    missing: GlimpseError,
 ) -> Response:
-    """``found`` (a file, or bytes just made) with long-lived caching, or 304 when the client
-    already holds ``etag`` (``found`` may then be None)."""
+    """304 when the client already holds ``etag`` (nothing is looked up), else what ``find``
+    answers (a file, or bytes just made) with long-lived caching, or ``missing`` raised."""
     cache = ("public, " if state.settings.public_read else "private, ") + _IMMUTABLE
     headers = {"ETag": etag, "Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
     if _etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
+    found = await find()
+    if found is None:
+        raise missing
     if isinstance(found, bytes):
         return Response(found, media_type=content_type, headers=headers)
-    assert found is not None
     return FileResponse(found, media_type=content_type, headers=headers)
 
 
@@ -81,16 +85,15 @@ async def image_original(image_id: ImageId, request: Request, state: State) -> R
     record = await _record(state, image_id)
     meta = record.get("meta") or {}
     sha = _media_key(record, image_id, "original")
-    etag = f'"{sha}"'
     content_type = str(meta.get("content_type") or "application/octet-stream")
-    if _etag_matches(request, etag):
-        return _serve_file(request, state, None, content_type, etag)
-    found = await anyio.to_thread.run_sync(
-        state.media.find_original, sha, record["path"], meta.get("original")
-    )
-    if found is None:
-        raise _not_found(image_id, "original")
-    return _serve_file(request, state, found, content_type, etag)
+
+    async def find() -> FsPath | bytes | None:
+        return await anyio.to_thread.run_sync(
+            state.media.find_original, sha, record["path"], meta.get("original")
+        )
+
+    missing = _not_found(image_id, "original")
+    return await _serve_cached(request, state, f'"{sha}"', content_type, find, missing)
 
 
 @router.get(
@@ -100,8 +103,16 @@ async def image_original(image_id: ImageId, request: Request, state: State) -> R
     dependencies=[ReadAccess],
 )
 @router.head("/images/{image_id}/thumbnail", include_in_schema=False, dependencies=[ReadAccess])
-async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> Response:
-    """A small WebP or JPEG of the image (longest side at most 320 pixels)."""
+async def image_thumbnail(
+    image_id: ImageId,
+    request: Request,
+    state: State,
+    size: Annotated[
+        ThumbnailSize,
+        Query(description="The longest side at most, in pixels (the page's srcset asks 240)."),
+    ] = ThumbnailSize.default,
+) -> Response:
+    """A small WebP or JPEG of the image (longest side at most 320 pixels, or ``size``)."""
     record = await _record(state, image_id)
     meta = record.get("meta") or {}
     sha = _media_key(record, image_id, "thumbnail")
@@ -109,15 +120,16 @@ async def image_thumbnail(image_id: ImageId, request: Request, state: State) -> 
     content_type = str(meta.get("thumbnail_type") or THUMBNAIL_TYPE)
     if content_type not in ("image/webp", "image/jpeg"):
         raise _not_found(image_id, "thumbnail")
-    etag = f'"{sha}-thumb"'
     # The ETag names the original's bytes, so a client holding it has the right thumbnail
     # even before this gateway has made one (thumbnails are made on first request).
-    if _etag_matches(request, etag):
-        return _serve_file(request, state, None, content_type, etag)
-    found = await thumbnail_of(state, sha, str(record["path"]), content_type, meta.get("original"))
-    if found is None:
-        raise _not_found(image_id, "thumbnail")
-    return _serve_file(request, state, found, content_type, etag)
+    etag = f'"{sha}-thumb"' if size == ThumbnailSize.default else f'"{sha}-thumb{int(size)}"'
+
+    async def find() -> FsPath | bytes | None:
+        original = meta.get("original")
+        return await thumbnail_of(state, sha, str(record["path"]), content_type, original, size)
+
+    missing = _not_found(image_id, "thumbnail")
+    return await _serve_cached(request, state, etag, content_type, find, missing)
 
 
 @router.get(
