@@ -414,6 +414,10 @@ function tileFor(result, index) {
   img.loading = "lazy";
   img.decoding = "async";
   img.alt = result.path;
+  // A phone's tiles show fewer pixels than 320: the browser takes the 240 px thumbnail there.
+  // "auto" is the tile's laid-out width (lazy images); the rest is for browsers without it.
+  img.sizes = "auto, (max-width: 640px) 34vw, 240px";
+  img.srcset = `${thumbnailUrl(result, 240)} 240w, ${result.thumbnail_url} 320w`;
   img.src = result.thumbnail_url;
   img.addEventListener("load", () => a.classList.add("loaded"), { once: true });
   img.addEventListener("error", () => a.classList.add("broken"), { once: true });
@@ -424,6 +428,13 @@ function tileFor(result, index) {
   a.append(img, score);
   li.append(a);
   return li;
+}
+
+/** A result's thumbnail at another size (GET /images/{id}/thumbnail?size=). */
+function thumbnailUrl(result, size) {
+  const url = new URL(result.thumbnail_url, document.baseURI);
+  url.searchParams.set("size", String(size));
+  return url.pathname + url.search;
 }
 
 function formatScore(score) {
@@ -525,8 +536,10 @@ function openLightbox(index) {
   els.lbImg.alt = result.path;
   els.lbImg.style.setProperty("--ar", `${result.width} / ${result.height}`);
   els.lbImg.style.setProperty("--w", `${result.width}px`);
-  // Show the cached thumbnail at once, then swap in the original when it has loaded.
-  els.lbImg.src = result.thumbnail_url;
+  // Show the tile's thumbnail (cached, whichever size it took) at once, then swap in the
+  // original when it has loaded.
+  const tileImg = els.grid.querySelector(`.tile[data-index="${index}"] img`);
+  els.lbImg.src = tileImg?.currentSrc || result.thumbnail_url;
   els.lbImg.classList.add("preview");
   const original = new Image();
   original.onload = () => {

@@ -456,6 +456,31 @@ def test_phone_layout_has_no_sideways_scroll(
         context.close()
 
 
+@pytest.mark.parametrize(
+    ("viewport", "scale", "size"),
+    [
+        ({"width": 412, "height": 915}, 1.75, "?size=240"),  # Lighthouse's phone
+        ({"width": 1280, "height": 800}, 2, "/thumbnail"),  # a desktop's 2x screen
+    ],
+)
+def test_the_grid_takes_the_thumbnail_its_tiles_need(
+    browser: Any, gateway_url: str, gallery: dict[str, int],
+    viewport: dict[str, int], scale: float, size: str,
+) -> None:
+    context = browser.new_context(viewport=viewport, device_scale_factor=scale)
+    try:
+        tab = context.new_page()
+        tab.goto(gateway_url + "/?all=1&q=" + re.sub(r"\s", "+", QUERY))
+        wait_for_results(tab)
+        wait_thumbnails_loaded(tab, 9)
+        taken = tab.eval_on_selector_all(
+            "#results .tile img", "imgs => imgs.filter(i => i.complete).map(i => i.currentSrc)"
+        )
+        assert taken and all(src.endswith(size) for src in taken), taken
+    finally:
+        context.close()
+
+
 def test_no_good_match_and_show_closest_anyway(
     page: Any, gateway_url: str, photos: list[Photo], gallery: dict[str, int], artifacts: Path
 ) -> None:
