@@ -134,6 +134,12 @@ class IndexSearchRequest(BaseModel):
         "carry id and score alone (a caller that reads a cutoff off many scores but shows few "
         "hits). Unset: every hit carries them.",
     )
+    words: str | None = Field(
+        default=None, min_length=1, max_length=1000,
+        description="Words to look for as well, in the items' file name, path, keywords, title "
+        "and description (the same filters and exclude_ids): their hits come back in "
+        "`keywords`, at most `detail` (else `k`) of them.",
+    )
 
 
 class IndexHit(BaseModel):
@@ -143,29 +149,22 @@ class IndexHit(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-class IndexSearchResponse(BaseModel):
-    results: list[list[IndexHit]]
-    space: str | None = Field(default=None, description="The space that answered.")
-
-
-class KeywordSearchRequest(BaseModel):
-    """A full-text search over the items' file name, path, keywords, title and description
-    (glimpse/index/keywords.py says what matches, in each backend)."""
-
-    query: str = Field(min_length=1, max_length=1000, description="Words to look for.")
-    k: int = Field(default=10, ge=1, description="Hits wanted; the service caps it.")
-    filters: Filters = Field(default=None, description=FILTERS_DOC)
-
-
 class KeywordHit(BaseModel):
+    """An item that holds the words (glimpse/index/keywords.py says what matches, in each
+    backend)."""
+
     id: int
     path: str
     meta: dict[str, Any] = Field(default_factory=dict)
     rank: int = Field(ge=1, description="1 for the best match.")
 
 
-class KeywordSearchResponse(BaseModel):
-    hits: list[KeywordHit]
+class IndexSearchResponse(BaseModel):
+    results: list[list[IndexHit]]
+    space: str | None = Field(default=None, description="The space that answered.")
+    keywords: list[KeywordHit] | None = Field(
+        default=None, description="The keyword hits of `words`, best first; absent without."
+    )
 
 
 class KeysMissingRequest(BaseModel):

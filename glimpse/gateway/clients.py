@@ -269,9 +269,28 @@ class IndexClient(Upstream):
         detail: int | None = None,
     ) -> list[dict[str, Any]]:
         """The top ``k`` hits; past ``detail`` of them, id and score alone."""
+        hits, _ = await self.search_words(vector, k, None, exclude_ids=exclude_ids,
+                                          nprobe=nprobe, filters=filters, detail=detail)
+        return hits
+
+    async def search_words(
+        self,
+        vector: np.ndarray,
+        k: int,
+        words: str | None,
+        *,
+        exclude_ids: Sequence[int] = (),
+        nprobe: int | None = None,
+        filters: dict[str, Any] | None = None,
+        detail: int | None = None,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """:meth:`search`, and the keyword hits of ``words`` (each with its ``rank``; at most
+        ``detail``, else ``k``) found in the same exchange."""
         body: dict[str, Any] = {"vectors": [encode_vector(vector)], "k": k}
         if detail is not None and detail < k:
             body["detail"] = detail
+        if words is not None:
+            body["words"] = words
         if exclude_ids:
             body["exclude_ids"] = list(exclude_ids)
         if filters:
@@ -282,8 +301,7 @@ class IndexClient(Upstream):
         if space is not None:
             body["space"] = space
         answer = await self.json("POST", "/v1/search", json=body)
-        hits: list[dict[str, Any]] = answer["results"][0]
-        return hits
+        return answer["results"][0], answer.get("keywords") or []
 
     async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answer = await self.json("POST", "/v1/items", json={"items": items})

@@ -1,7 +1,7 @@
 """Text searches answered by the vector search and the keyword search together (issue 26).
 
-The index is asked both at once (POST /v1/search and POST /v1/keywords/search) and the two
-rankings are fused by reciprocal rank fusion: an item scores ``sum(1 / (RRF_K + rank))`` over
+The index answers both in one exchange (POST /v1/search with ``words``) and the two rankings
+are fused by reciprocal rank fusion: an item scores ``sum(1 / (RRF_K + rank))`` over
 the lists it is in.
 
 Relevance. The adaptive cutoff (relevance.py) is read off the vector scores alone, as for any
@@ -25,7 +25,6 @@ candidates has none measured: it gets the last candidate's score, an upper bound
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,13 +42,11 @@ def fuse(
     keyword_hits: Sequence[dict[str, Any]],
     *,
     asked: int,
-    exclude_ids: Sequence[int] = (),
 ) -> tuple[list[dict[str, Any]], Cutoff]:
     """The fused ranking of the index's vector hits (best first, ``asked`` were asked for) and
     keyword hits (each with its ``rank``), and its cutoff: ``relevant_count`` counts the hits
     above the vector cutoff or matching the words; keyword hits carry ``"keyword": True``."""
     cut = cutoff([float(h["score"]) for h in vector_hits], complete=len(vector_hits) < asked)
-    excluded = set(exclude_ids)
     fused: dict[int, float] = {}
     matches: dict[int, int] = {}
     hit_of: dict[int, dict[str, Any]] = {}
@@ -61,8 +58,6 @@ def fuse(
     floor = float(vector_hits[-1]["score"]) if vector_hits else 0.0
     for hit in keyword_hits:
         item_id = int(hit["id"])
-        if item_id in excluded:
-            continue
         fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + int(hit["rank"]))
         matches[item_id] = matches.get(item_id, 0) + 1
         # A vector hit past the asked detail has no path or meta: the keyword hit has them.
@@ -83,14 +78,9 @@ async def search(
     filters: dict[str, Any] | None = None,
     detail: int | None = None,
 ) -> tuple[list[dict[str, Any]], Cutoff]:
-    """The vector search and the keyword search of ``words``, asked at once, fused."""
-    # Keyword hits all rank above the vector-only ones, so past the hits a page can show
-    # (``detail``) they would only be counted, never shown.
-    body: dict[str, Any] = {"query": words, "k": asked if detail is None else min(detail, asked)}
-    if filters:
-        body["filters"] = filters
-    vector_hits, keyword_answer = await asyncio.gather(
-        index.search(vector, asked, exclude_ids=exclude_ids, filters=filters, detail=detail),
-        index.json("POST", "/v1/keywords/search", json=body),
-    )
-    return fuse(vector_hits, keyword_answer["hits"], asked=asked, exclude_ids=exclude_ids)
+    """The vector search and the keyword search of ``words``, in one exchange, fused."""
+    # The index finds keyword hits up to ``detail``: they all rank above the vector-only ones,
+    # so past the hits a page can show they would only be counted, never shown.
+    vector_hits, keyword_hits = await index.search_words(
+        vector, asked, words, exclude_ids=exclude_ids, filters=filters, detail=detail)
+    return fuse(vector_hits, keyword_hits, asked=asked)

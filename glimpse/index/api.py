@@ -43,8 +43,6 @@ from glimpse.contracts.index import (
     KeyIdsResponse,
     KeysMissingRequest,
     KeysMissingResponse,
-    KeywordSearchRequest,
-    KeywordSearchResponse,
     RebuildRequest,
     RebuildResponse,
     SnapshotResponse,
@@ -205,23 +203,21 @@ async def search(request: Request) -> Response:
     future = service.submit_space_search(space, queries, body.k, nprobe=body.nprobe,
                                          exact=body.exact, exclude=body.exclude_ids,
                                          filters=body.filters, detail=body.detail)
-    results = await asyncio.wrap_future(future)
+    answer: dict[str, Any] = {"space": space}
+    if body.words is None:
+        results = await asyncio.wrap_future(future)
+    else:  # the keyword search beside the vector search: one exchange for a fused text search
+        results, answer["keywords"] = await asyncio.gather(
+            asyncio.wrap_future(future),
+            run_in_threadpool(keywords.search, service.store, body.words,
+                              body.k if body.detail is None else min(body.detail, body.k),
+                              body.filters, set(body.exclude_ids)),
+        )
     if body.detail is not None:  # a backend that read every record anyway: not sent
         results = [row[: body.detail] + [{"id": h["id"], "score": h["score"]}
                                          for h in row[body.detail :]] for row in results]
-    return OrjsonResponse({"results": results, "space": space})
-
-
-async def keyword_search(request: Request) -> Response:
-    """Items whose file name, path, keywords, title or description hold the query's words,
-    best first (glimpse/index/keywords.py says what matches in each backend)."""
-    service = service_of(request)
-    body = await _body(request, KeywordSearchRequest)
-    if body.k > MAX_K:
-        raise GlimpseError(ErrorType.validation_error, f"k is {body.k}; the limit is {MAX_K}.")
-    hits = await run_in_threadpool(keywords.search, service.store, body.query, body.k,
-                                   body.filters)
-    return OrjsonResponse({"hits": hits})
+    answer["results"] = results
+    return OrjsonResponse(answer)
 
 
 async def keys_missing(request: Request) -> Response:
@@ -549,8 +545,6 @@ OPERATIONS = [
               body=AddItemsRequest, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/search", search, ("search",), IndexSearchResponse,
               body=IndexSearchRequest, responses=ERROR_RESPONSES),
-    Operation("POST", "/v1/keywords/search", keyword_search, ("search",),
-              KeywordSearchResponse, body=KeywordSearchRequest, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/keys/missing", keys_missing, ("items",), KeysMissingResponse,
               body=KeysMissingRequest, responses=ERROR_RESPONSES),
     Operation("POST", "/v1/keys/ids", key_ids, ("items",), KeyIdsResponse,

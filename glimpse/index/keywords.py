@@ -1,6 +1,6 @@
 """Keyword search: the items whose file name, path, IPTC/XMP keywords, title or description
-hold the words of a query (POST /v1/keywords/search; the gateway fuses it with the vector
-search, glimpse/gateway/fusion.py).
+hold the words of a query (the ``words`` of POST /v1/search, answered beside the vector hits;
+the gateway fuses the two, glimpse/gateway/fusion.py).
 
 What matches is the same idea in both backends, but not the same reach:
 
@@ -14,12 +14,14 @@ What matches is the same idea in both backends, but not the same reach:
   gateway stores keywords in lower case). File names, paths, titles and descriptions are not
   searched, a word prefix does not match, and hits come in id order, not by relevance.
 
-Filters narrow both the same way as a vector search (filters.py).
+Filters narrow both the same way as a vector search (filters.py), and excluded ids are left out
+as there.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from glimpse.contracts.filters import SearchFilters
@@ -58,16 +60,18 @@ def _hits(rows: list[tuple[int, str, dict[str, Any]]]) -> list[dict[str, Any]]:
             for r, (i, p, m) in enumerate(rows, start=1)]
 
 
-def search_store(store: Store, query: str, k: int, f: SearchFilters | None
-                 ) -> list[dict[str, Any]]:
+def search_store(store: Store, query: str, k: int, f: SearchFilters | None,
+                 exclude: Collection[int] = ()) -> list[dict[str, Any]]:
     """The Faiss backend's keyword search (the module docstring says what matches)."""
     words = content_words(query)
     if not words:
         return []
-    ids = store.match_text(fts_expression(words), WEIGHTS, k if f is None else MAX_MATCHES)
+    ids = store.match_text(fts_expression(words), WEIGHTS,
+                           k + len(exclude) if f is None else MAX_MATCHES)
     if f is not None:
         mask = filtering.matching_mask(store, f)
-        ids = [i for i in ids if i < len(mask) and mask[i]][:k]
+        ids = [i for i in ids if i < len(mask) and mask[i]]
+    ids = [i for i in ids if i not in exclude][:k]
     found = store.paths_and_meta(ids)
     return _hits([(i, *found[i]) for i in ids if i in found])
 
@@ -78,8 +82,8 @@ def milvus_expression(words: list[str]) -> str:
     return f'json_contains_all(meta["keywords"], [{quoted}])'
 
 
-def search_milvus(store: MilvusStore, query: str, k: int, f: SearchFilters | None
-                  ) -> list[dict[str, Any]]:
+def search_milvus(store: MilvusStore, query: str, k: int, f: SearchFilters | None,
+                  exclude: Collection[int] = ()) -> list[dict[str, Any]]:
     """The Milvus backend's keyword search (the module docstring says what differs)."""
     from glimpse.index.milvus_store import _FAILURES, MilvusUnavailable
 
@@ -91,18 +95,19 @@ def search_milvus(store: MilvusStore, query: str, k: int, f: SearchFilters | Non
         expr += f" and ({where})"
     try:
         rows = store.collection.query(expr, output_fields=["id", "path", "meta"],
-                                      limit=k if f is None else MAX_MATCHES,
+                                      limit=k + len(exclude) if f is None else MAX_MATCHES,
                                       timeout=store.timeout, consistency_level="Eventually")
     except _FAILURES as exc:
         raise MilvusUnavailable(store.uri, "keyword search", exc, stored=True) from exc
     found = sorted((int(r["id"]), str(r["path"]), dict(r.get("meta") or {})) for r in rows)
     if f is not None:  # milvus_expr may say more than the filter (filters.py)
         found = [row for row in found if filtering.matches(f, row[1], row[2])]
-    return _hits(found[:k])
+    return _hits([row for row in found if row[0] not in exclude][:k])
 
 
-def search(store: Any, query: str, k: int, f: SearchFilters | None) -> list[dict[str, Any]]:
-    """Keyword hits of ``query`` from either backend's store, best first."""
+def search(store: Any, query: str, k: int, f: SearchFilters | None,
+           exclude: Collection[int] = ()) -> list[dict[str, Any]]:
+    """Keyword hits of ``query`` from either backend's store, best first, none of ``exclude``."""
     if isinstance(store, Store):
-        return search_store(store, query, k, f)
-    return search_milvus(store, query, k, f)
+        return search_store(store, query, k, f, exclude)
+    return search_milvus(store, query, k, f, exclude)

@@ -1,5 +1,6 @@
-"""POST /v1/keywords/search on both backends, Faiss and a real Milvus server: what each
-matches (glimpse/index/keywords.py), after adds, an update and a delete, with filters."""
+"""The keyword hits of POST /v1/search (``words``) on both backends, Faiss and a real Milvus
+server: what each matches (glimpse/index/keywords.py), after adds, an update and a delete, with
+filters."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from fastapi.testclient import TestClient
 
 from tests.integration.test_index_milvus_contract import backend, client, make_client
 from tests.unit.index.helpers import b64, clustered
+
+QUERY = b64(clustered(1, 32, seed=1)[0])
 
 pytestmark = pytest.mark.milvus
 __all__ = ["backend", "client", "make_client"]  # the fixtures, parametrised over both backends
@@ -23,9 +26,10 @@ ITEMS = [
 
 
 def _found(client: TestClient, query: str, **extra: Any) -> list[str]:
-    answer = client.post("/v1/keywords/search", json={"query": query, "k": 10, **extra})
+    answer = client.post("/v1/search", json={"vectors": [QUERY], "words": query, "k": 10,
+                                             **extra})
     assert answer.status_code == 200, answer.text
-    return [h["path"] for h in answer.json()["hits"]]
+    return [h["path"] for h in answer.json()["keywords"]]
 
 
 def test_keyword_search_on_both_backends(client: TestClient, backend: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.stack import Stack, sample_photos, start_stack
+from tests.support.stack import TINY_DIM, Stack, sample_photos, start_stack
 from tests.unit.gateway.test_metadata import _app13
 
 
@@ -75,11 +75,12 @@ def test_zanzibar_is_in_the_top_3_by_keyword_and_by_file_name(
 
 def test_the_index_answers_keyword_searches_with_filters(
         stack: Stack, planted: dict[str, int]) -> None:
-    url = stack.index.url + "/v1/keywords/search"
-    hits = httpx.post(url, json={"query": "zanzibar", "k": 10}).json()["hits"]
+    url = stack.index.url + "/v1/search"
+    query = {"vectors": [[1.0] * TINY_DIM], "words": "zanzibar", "k": 10}
+    hits = httpx.post(url, json=query).json()["keywords"]
     assert sorted(h["id"] for h in hits) == sorted(planted.values())
     assert [h["rank"] for h in hits] == [1, 2]
-    narrowed = httpx.post(url, json={"query": "zanzibar", "filters": {"folder": ["trips"]}})
-    assert [h["id"] for h in narrowed.json()["hits"]] == [planted["name"]]
-    bad = httpx.post(url, json={"query": "zanzibar", "filters": {"folder": ["../x"]}})
+    narrowed = httpx.post(url, json={**query, "filters": {"folder": ["trips"]}})
+    assert [h["id"] for h in narrowed.json()["keywords"]] == [planted["name"]]
+    bad = httpx.post(url, json={**query, "filters": {"folder": ["../x"]}})
     assert bad.status_code == 422 and "filters.folder" in bad.json()["error"]

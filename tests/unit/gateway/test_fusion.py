@@ -60,8 +60,8 @@ def test_a_keyword_hit_beyond_the_candidates_gets_the_last_candidates_score() ->
     assert cut.relevant_count == 1 and not cut.no_good_match
 
 
-def test_no_match_on_either_side_is_no_good_match_and_excluded_ids_stay_out() -> None:
-    hits, cut = fuse(vector_hits(False), [keyword(7, 1)], asked=ASKED, exclude_ids=[7])
+def test_no_match_on_either_side_is_no_good_match() -> None:
+    hits, cut = fuse(vector_hits(False), [], asked=ASKED)
     assert [h["id"] for h in hits] == list(range(ASKED))
     assert cut.no_good_match and not any(h.get("keyword") for h in hits)
     empty, cut = fuse([], [], asked=ASKED)
@@ -69,24 +69,23 @@ def test_no_match_on_either_side_is_no_good_match_and_excluded_ids_stay_out() ->
 
 
 class KeywordIndex(FakeIndex):
-    """30 vector hits of falling score; the words match id 29 (the last) and id 500."""
+    """30 vector hits of falling score; the words match id 29 (the last) and id 500. Both lists
+    leave the excluded ids out, as the index does."""
 
-    keyword_bodies: list[dict[str, Any]] = []
+    keyword_asks: list[tuple[str | None, int | None]] = []
 
-    async def search(self, vector: np.ndarray, k: int, *, exclude_ids: Sequence[int] = (),
-                     nprobe: int | None = None, filters: dict[str, Any] | None = None,
-                     detail: int | None = None) -> list[dict[str, Any]]:
+    async def search_words(
+        self, vector: np.ndarray, k: int, words: str | None, *,
+        exclude_ids: Sequence[int] = (), detail: int | None = None, **kw: Any,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        self.keyword_asks.append((words, detail))
         hits = await super().search(vector, k)
-        return [h for h in hits if h["id"] not in exclude_ids]
+        found = [keyword(29, 1), keyword(500, 2)] if words else []
+        return ([h for h in hits if h["id"] not in exclude_ids],
+                [h for h in found if h["id"] not in exclude_ids])
 
     async def vector(self, item_id: int, *args: Any, **kwargs: Any) -> np.ndarray:
         return np.ones(4, dtype=np.float32)
-
-    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        if path == "/v1/keywords/search":
-            self.keyword_bodies.append(kwargs["json"])
-            return {"hits": [keyword(29, 1), keyword(500, 2)]}
-        return await super().json(method, path, **kwargs)
 
 
 @pytest.fixture
@@ -94,7 +93,7 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, KeywordIndex]]:
     with gateway(tmp_path) as (test_client, _encoder):
         state = test_client.app.state.gateway  # type: ignore[attr-defined]
         index = state.index = KeywordIndex(state.index.real)
-        index.keyword_bodies = []
+        index.keyword_asks = []
         yield test_client, index
 
 
@@ -108,18 +107,18 @@ def test_text_searches_are_fused_unless_asked_not_to(
     assert [r["id"] for r in fused["results"]] == [29, 0, 500]
     assert [r.get("keyword") for r in fused["results"]] == [True, None, True]
     assert fused["relevant_count"] == 3
-    assert index.keyword_bodies == [{"query": "zanzibar", "k": MAX_RELEVANT}]
+    assert index.keyword_asks == [("zanzibar", MAX_RELEVANT)]
     plain = test_client.post("/search/text", json={"query": "zanzibar", "k": 3,
                                                    "keywords": False}).json()
     assert [r["id"] for r in plain["results"]] == [0, 1, 2]
-    assert len(index.keyword_bodies) == 1
+    assert len(index.keyword_asks) == 1
     # /search: the words of the texts that pull towards, not of those that steer away; an
     # image term is left out of the keyword hits too.
     terms = test_client.post("/search", json={"terms": [
         {"text": "zanzibar"}, {"text": "beach", "weight": 0.5}, {"text": "night", "weight": -1},
         {"image_id": 29}]})
     assert terms.status_code == 200, terms.text
-    assert index.keyword_bodies[-1]["query"] == "zanzibar beach"
+    assert index.keyword_asks[-1][0] == "zanzibar beach"
     ids = [r["id"] for r in terms.json()["results"]]
     assert ids[:2] == [0, 500] and 29 not in ids
 

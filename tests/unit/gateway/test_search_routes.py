@@ -75,9 +75,12 @@ class FakeIndex(Fake):
             for i in range(min(k, 30))
         ]
 
+    async def search_words(
+        self, vector: np.ndarray, k: int, words: str | None, **kw: Any
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return await self.search(vector, k, **kw), []  # the words match nothing here
+
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        if path == "/v1/keywords/search":  # the words match nothing here
-            return {"hits": []}
         return await self.real.json(method, path, **kwargs)
 
 

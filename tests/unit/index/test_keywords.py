@@ -1,18 +1,19 @@
 """Keyword search of the Faiss backend: the store's FTS5 table follows every add, delete and
-update, survives a reopen, is filled once for a store made before it, and the route ranks and
-filters its hits."""
+update, survives a reopen, is filled once for a store made before it, and /v1/search's
+``words`` rank, filter and exclude its hits."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
 
 from glimpse.index import keywords
 from glimpse.index.store import NewItem, Store
-from tests.unit.index.helpers import clustered, items_body
+from tests.unit.index.helpers import b64, clustered, items_body
 
 DIM = 8
 
@@ -83,23 +84,36 @@ def test_a_store_made_before_the_text_index_is_filled_once_at_open(tmp_path: Pat
     reopened.close()
 
 
-def test_the_route_ranks_filters_and_refuses_bad_input(client: TestClient) -> None:
-    body = items_body(clustered(4, 32))
+def test_the_search_route_ranks_filters_and_excludes_keyword_hits(client: TestClient) -> None:
+    vectors = clustered(4, 32)
+    body = items_body(vectors)
     body["items"][0]["path"] = "2023/Zanzibar.jpg"
     body["items"][1]["path"] = "2024/beach.jpg"
     body["items"][1]["meta"] = {"keywords": ["zanzibar"]}
-    added = client.post("/v1/items", json=body).json()["items"]
-    r = client.post("/v1/keywords/search", json={"query": "Zanzibar", "k": 10})
-    assert r.status_code == 200
-    hits = r.json()["hits"]
-    assert [(h["id"], h["rank"]) for h in hits] == [(added[0]["id"], 1), (added[1]["id"], 2)]
-    assert hits[1]["meta"] == {"keywords": ["zanzibar"]}
-    narrowed = client.post("/v1/keywords/search",
-                           json={"query": "zanzibar", "filters": {"folder": ["2024"]}})
-    assert [h["path"] for h in narrowed.json()["hits"]] == ["2024/beach.jpg"]
-    assert client.post("/v1/keywords/search", json={"query": "the"}).json() == {"hits": []}
-    for bad in ({"query": ""}, {"k": 3}, {"query": "x", "k": 0},
-                {"query": "x", "filters": {"colour": "red"}}):
-        r = client.post("/v1/keywords/search", json=bad)
+    body["items"][2]["path"] = "2024/Zanzibar night.jpg"
+    added = [i["id"] for i in client.post("/v1/items", json=body).json()["items"]]
+
+    def search(words: str | None, **extra: Any) -> Any:
+        r = client.post("/v1/search", json={"vectors": [b64(vectors[3])], "k": 4,
+                                            **({} if words is None else {"words": words}),
+                                            **extra})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    found = search("Zanzibar")
+    assert len(found["results"][0]) == 4
+    hits = found["keywords"]
+    assert hits[0]["id"] == added[0] and {h["id"] for h in hits} == set(added[:3])
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert next(h for h in hits if h["id"] == added[1])["meta"] == {"keywords": ["zanzibar"]}
+    # The same filters and exclusions as the vector hits; at most `detail` keyword hits.
+    narrowed = search("zanzibar", filters={"folder": ["2024"]}, exclude_ids=[added[1]])
+    assert [h["path"] for h in narrowed["keywords"]] == ["2024/Zanzibar night.jpg"]
+    assert [h["id"] for h in search("zanzibar", detail=1)["keywords"]] == [added[0]]
+    assert search("the")["keywords"] == []
+    assert "keywords" not in search(None)
+    for bad in ({"words": ""}, {"words": "x" * 1001}, {"words": 3}):
+        r = client.post("/v1/search", json={"vectors": [b64(vectors[0])], **bad})
         assert r.status_code == 422, bad
-        assert r.json()["error_type"] == "validation_error"
+        assert r.json()["error_type"] == "validation_error" and "words" in r.json()["error"]
+    assert client.post("/v1/keywords/search", json={"query": "x"}).status_code == 404
