@@ -9,7 +9,10 @@ meta`` listed in ``filter_touched`` (an update keeps its row's sequence number).
 
 Strings (folders, file types) and word sets (camera, keywords) are stored as codes into
 lists of their distinct values: a filter tests each distinct value once, then selects the
-items whose code passed with ``np.isin``.
+items whose code passed through a lookup table by code.
+
+A filter's mask is kept until the table changes (``generation``): the same filter sent with
+each new query, as the page does, is evaluated once.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 import orjson
 
 _GROWTH = 1.25
+# Masks kept per table; past this many, all are dropped (a few distinct filters are in use).
+_MASKS = 16
 _SETUP = """
 CREATE TABLE IF NOT EXISTS filter_touched (id INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS filter_touched_on_update AFTER UPDATE OF path, meta ON items
@@ -84,6 +89,8 @@ class FilterTable:
         self._version = -1
         self._seq = 0
         self._touched = 0
+        self.generation = 0  # bumped whenever a row changed
+        self._masks: dict[str, np.ndarray] = {}
 
     def _reserve(self, max_id: int) -> None:
         size = len(self.present)
@@ -130,10 +137,24 @@ class FilterTable:
                                 "ORDER BY seq", (self._seq,)).fetchall()
         self._put([(r[0], r[1], r[2], r[3]) for r in rows])
         self._put([(r[1], r[2], r[3], r[4]) for r in touched])
+        if rows or touched:
+            self.generation += 1
+            self._masks.clear()
         if rows:
             self._seq = max(self._seq, int(rows[-1][4]))
         if touched:
             self._touched = max(self._touched, max(int(r[0]) for r in touched))
+
+    def mask(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """The mask of the filter named ``key``, from ``make`` unless kept since the last
+        change (caller holds ``lock``, refreshed); read-only, as it is shared."""
+        found = self._masks.get(key)
+        if found is None:
+            if len(self._masks) >= _MASKS:
+                self._masks.clear()
+            found = self._masks[key] = make()
+            found.flags.writeable = False
+        return found
 
     def close(self) -> None:
         self._conn.close()

@@ -8,15 +8,17 @@ exactly, ``near``'s circle or a folder holding a wildcard, it says more and :fun
 checks the hits).
 
 The Faiss backend searches with the filter, not after it (:func:`search`): the matching ids
-become a bitmap ``IDSelector``, so every hit answered matches and k hits come back whenever k
-items match. It chooses by the filter's share of the live items:
+become a bitmap ``IDSelector``, kept by the index until its table or the filter's items change
+(:class:`Selection`), so every hit answered matches and k hits come back whenever k items
+match. It chooses by the filter's share of the live items:
 
 - up to ``EXACT_ROWS`` matching items that are under ``GATHER_SHARE`` of the table: their
   float16 rows gathered and scored exactly;
-- a share up to ``EXACT_SHARE`` (or an exact or graph index): Faiss's exact scan of the
-  table's rows past the selector (both exact: recall 1);
-- a broader one: the IVF lists with the selector, ``nprobe`` widened by ``1 / share`` so the
-  matching candidates seen are about those of an unfiltered search, then the usual re-rank.
+- at most one matching row per ``CODES_PER_ROW`` list entries the IVF search would visit (or
+  an exact or graph index): Faiss's exact scan of the table's rows past the selector (both
+  exact: recall 1);
+- a broader one: the IVF lists with the selector, ``nprobe`` widened by ``1 / share``, then
+  the usual re-rank.
 
 One file, over 400 lines: the three writings of one meaning stay side by side, so a change to
 one is seen next to the others (tests/unit/index/test_filters.py checks they agree).
@@ -27,7 +29,8 @@ from __future__ import annotations
 import math
 import posixpath
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import faiss
@@ -41,15 +44,18 @@ if TYPE_CHECKING:
     from glimpse.index.store import Store
 
 EARTH_RADIUS_KM = 6371.0088
-# Up to this share of the live items, Faiss's exact scan past the selector costs less than the
-# IVF search widened by 1 / share.
-EXACT_SHARE = 0.02
+# One row scored by Faiss's exact scan past the selector costs about what this many list
+# entries cost the IVF search with its re-rank (IVF64,PQ48x4fs on 19k x 384: the two met at
+# 1000, 1400 and 1800 matching rows for 32, 48 and 64 lists visited).
+CODES_PER_ROW = 10
 # Up to this many matching items, gathering their rows costs less than any scan.
 EXACT_ROWS = 2_000
 # ... and only while they are under this share of the table: a gathered row's float16 decode
 # costs what Faiss's scan past the selector spends on some 300 rows it skips, so at 5 % of 19k
 # items the gather took 3.7x an unfiltered search and the scan under 1.5x.
 GATHER_SHARE = 1 / 300
+# Selections an index keeps; past this many, all are dropped (a few distinct filters are in use).
+_SELECTIONS = 16
 _KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180.0
 _F32 = np.float32
 
@@ -197,17 +203,74 @@ def _mask(t: FilterTable, f: SearchFilters) -> np.ndarray:
     return m
 
 
-def matching_mask(store: Store, f: SearchFilters) -> np.ndarray:
-    """Items of ``store`` passing ``f``, as a mask by id (deleted ones false)."""
+def _wanted(store: Store, f: SearchFilters) -> tuple[tuple[str, int, int], np.ndarray]:
+    """(a key naming ``f`` over the store's current rows, the mask of ``f`` by id)."""
     t = table_of(store.path)
+    name = f.model_dump_json()
     with t.lock:
         t.refresh()
-        return _mask(t, f)
+        return (name, id(t), t.generation), t.mask(name, lambda: _mask(t, f))
+
+
+def matching_mask(store: Store, f: SearchFilters) -> np.ndarray:
+    """Items of ``store`` passing ``f``, as a read-only mask by id (deleted ones false)."""
+    return _wanted(store, f)[1]
 
 
 def matching_ids(store: Store, f: SearchFilters) -> np.ndarray:
     """Ids of the live items of ``store`` that pass ``f``, ascending."""
     return np.flatnonzero(matching_mask(store, f)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The items of an index's table that pass a filter: what a filtered search reads. The
+    index keeps it (``VectorIndex.selections``) until its table changes."""
+
+    count: int
+    capacity: int
+    bitmap: np.ndarray  # the mask by id, packed little-endian: the selector reads it
+    selector: Any  # faiss.IDSelectorBitmap over ``bitmap``
+    few: np.ndarray | None  # the ids, while at most EXACT_ROWS
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> Selection:
+        count = int(np.count_nonzero(mask))
+        bitmap = np.packbits(mask, bitorder="little")
+        return cls(count, len(mask), bitmap,
+                   faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)),
+                   np.flatnonzero(mask) if count <= EXACT_ROWS else None)
+
+    def mask(self) -> np.ndarray:
+        return np.unpackbits(self.bitmap, count=self.capacity, bitorder="little").view(bool)
+
+    def ids(self) -> np.ndarray:
+        return self.few if self.few is not None else np.flatnonzero(self.mask())
+
+    def without(self, exclude: Sequence[int]) -> Selection:
+        skip = np.asarray(list(exclude), dtype=np.int64)
+        skip = skip[(skip >= 0) & (skip < self.capacity)]
+        if len(skip) == 0:
+            return self
+        mask = self.mask()
+        mask[skip] = False
+        return Selection.of(mask)
+
+
+def _selection(index: VectorIndex, key: Hashable, wanted: np.ndarray) -> Selection:
+    """The live items of ``index`` in ``wanted``, kept under ``key`` (caller holds the read
+    lock: a write, which drops them all, waits)."""
+    found = index.selections.get(key)
+    if found is None:
+        table = index.table
+        mask = np.zeros(table.capacity, dtype=bool)
+        common = min(len(wanted), table.capacity)
+        mask[:common] = wanted[:common]
+        mask &= table.live
+        if len(index.selections) >= _SELECTIONS:
+            index.selections.clear()
+        found = index.selections[key] = Selection.of(mask)
+    return found
 
 
 def search(
@@ -217,41 +280,43 @@ def search(
     """Top ``k`` (scores, ids) per unit query among the live items passing ``f``, excluded ids
     left out; id -1 where fewer match. The path is chosen as the module docstring says."""
     queries = np.ascontiguousarray(queries, dtype=_F32)
-    wanted = matching_mask(store, f)
+    key, wanted = _wanted(store, f)
     index.limit_threads(len(queries))
     with index.rw.read():
         table, live = index.table, index.live
-        mask = np.zeros(table.capacity, dtype=bool)
-        common = min(len(wanted), table.capacity)
-        mask[:common] = wanted[:common]
-        mask &= table.live
-        skip = np.asarray(list(exclude), dtype=np.int64)
-        mask[skip[(skip >= 0) & (skip < table.capacity)]] = False
-        count = int(mask.sum())
+        chosen = _selection(index, key, wanted).without(exclude)
+        count = chosen.count
         if count == 0:
             return np.full((len(queries), 0), -np.inf, _F32), np.full((len(queries), 0), -1)
         share = count / max(1, table.count)
         scan = table.scan_index
         if scan is None:  # low-memory setting: the matching rows read from the store
-            return _scan_store(index, store, queries, k, np.flatnonzero(mask))
+            return _scan_store(index, store, queries, k, chosen.ids())
         if count <= EXACT_ROWS and share <= GATHER_SHARE and table.vectors is not None:
-            return _scan_rows(index, queries, k, np.flatnonzero(mask))
-        bitmap = np.packbits(mask, bitorder="little")  # referenced until the search returns
-        selector = faiss.IDSelectorBitmap(table.capacity, faiss.swig_ptr(bitmap))
-        if exact or live.ivf is None or share <= EXACT_SHARE:
+            return _scan_rows(index, queries, k, chosen.ids())
+        breadth = 0 if live.nlist is None else _breadth(index, share, nprobe)
+        visited = table.count * breadth / (live.nlist or 1)
+        if exact or live.ivf is None or count * CODES_PER_ROW <= visited:
             params = faiss.SearchParameters()
-            params.sel = selector
+            params.sel = chosen.selector
             return scan.search(queries, min(k, count), params=params)
-        return _ivf(index, queries, k, selector, share, nprobe)
+        return _ivf(index, queries, k, chosen.selector, breadth)
 
 
-def _ivf(index: VectorIndex, queries: np.ndarray, k: int, selector: Any, share: float,
-         nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The IVF lists searched with ``selector``, nprobe widened by ``1 / share``, re-ranked
-    with the table's rows as an unfiltered search is (caller holds the read lock)."""
+def _breadth(index: VectorIndex, share: float, nprobe: int | None) -> int:
+    """The IVF lists a search of ``share`` of the items visits: nprobe widened by 1 / share,
+    so the matching candidates seen are about those of an unfiltered search (1 / sqrt(share)
+    lost recall: 0.87 at 5 % in tests/unit/index/test_filters.py)."""
+    nlist = index.live.nlist or 1
+    return min(nlist, math.ceil(index.nprobe_for(index.live, nprobe) / share))
+
+
+def _ivf(index: VectorIndex, queries: np.ndarray, k: int, selector: Any, breadth: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """``breadth`` IVF lists searched with ``selector``, re-ranked with the table's rows as an
+    unfiltered search is (caller holds the read lock)."""
     live, table = index.live, index.table
     assert live.nlist is not None and table.scan_index is not None
-    breadth = min(live.nlist, math.ceil(index.nprobe_for(live, nprobe) / share))
     base = live.search_params(breadth)  # the cached one carries the quantizer's parameters
     params = faiss.SearchParametersIVF()
     params.nprobe = breadth

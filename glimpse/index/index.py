@@ -21,7 +21,7 @@ the committed rows up to ``applied_seq``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import faiss
@@ -92,6 +92,9 @@ class VectorIndex(TrainingMixin):
         self.selection = selection
         # The search defaults the last selection measured, for the after-swap hook to apply.
         self.selected: dict[str, Any] | None = None
+        # Filtered searches' matching items by filter (filters.Selection), dropped whenever
+        # the table changes: a filter is applied to the table once, not once per query.
+        self.selections: dict[Hashable, Any] = {}
 
     def install(self, live: LiveIndex, applied_seq: int) -> None:
         """Make ``live`` the live index (at start, from a snapshot or a rebuild from the store)."""
@@ -112,6 +115,7 @@ class VectorIndex(TrainingMixin):
         else:
             for ids, vectors in self.store.iter_live(chunk=4096):
                 self.table.put(ids, vectors)
+        self.selections.clear()
         release_free_memory()
 
     def load_table_from(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -124,6 +128,7 @@ class VectorIndex(TrainingMixin):
             part = np.asarray(ids[start : start + _TABLE_CHUNK], dtype=np.int64)
             self.table.put(part, vectors[start : start + _TABLE_CHUNK]
                            if self.table.vectors is not None else none)
+        self.selections.clear()
 
     def add(self, ids: np.ndarray, vectors_f16: np.ndarray, seq: int) -> None:
         """Index rows the store has committed (``vectors_f16`` as stored)."""
@@ -131,6 +136,7 @@ class VectorIndex(TrainingMixin):
         with self.rw.write():
             if len(ids):
                 self.table.put(ids, vectors_f16)
+                self.selections.clear()
                 self.live.index.add_with_ids(vectors, ids)
                 if self.live.gpu_index is not None and self.gpu is not None:
                     self.gpu.add(self.live.gpu_index, vectors, ids)
@@ -139,6 +145,7 @@ class VectorIndex(TrainingMixin):
     def remove(self, ids: np.ndarray, seq: int) -> None:
         with self.rw.write():
             self.table.drop(ids)
+            self.selections.clear()
             remove_ids(self.live.index, ids)
             if self.live.gpu_index is not None:
                 # GPU IVF indexes cannot remove; the live mask filters these out of results.

@@ -6,6 +6,7 @@ the exact filtered top k (exact path) or nearly (the IVF path with the selector,
 from __future__ import annotations
 
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from glimpse.index.filters import (
     milvus_is_wider,
     near_box,
 )
+from glimpse.index.index import VectorIndex
 from glimpse.index.store import NewItem, Store
 from tests.unit.index.helpers import as_stored, b64, clustered
 
@@ -252,7 +254,7 @@ def test_ivf_with_the_selector_keeps_recall_at_every_selectivity(
     queries = vectors[near.choice(n, 100, replace=False)] + near.normal(
         scale=0.3 / np.sqrt(DIM), size=(100, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    monkeypatch.setattr(filters, "EXACT_SHARE", 0.0)
+    monkeypatch.setattr(filters, "CODES_PER_ROW", 10**9)
     monkeypatch.setattr(filters, "EXACT_ROWS", 0)
     for share in (0.5, 0.05, 0.01, 0.005, 0.0005):
         before = epoch + round(share * days)
@@ -268,6 +270,57 @@ def test_ivf_with_the_selector_keeps_recall_at_every_selectivity(
         print(f"share {share:.2%} ({len(allowed)} items): recall@10 {recall:.3f}, "
               f"{ms:.1f} ms for {len(queries)} queries")
         assert recall >= 0.95, (share, recall)
+
+
+def test_a_kept_selection_follows_adds_deletes_and_moves(client: TestClient) -> None:
+    """The same filter sent again after each change (its selection is kept between searches)
+    sees the item added, moved out and back, and deleted."""
+    vectors = clustered(40, DIM, seed=12)
+    ids = _add(client, vectors[:30], [{"folder": "A" if n % 3 else "D"} for n in range(30)])
+    query = vectors[35:36]
+    body = {"filters": {"folder": ["A"]}}
+
+    def found() -> set[int]:
+        return {h["id"] for h in _search(client, query, 30, body)[0]}
+
+    before = found()
+    assert before == {i for n, i in enumerate(ids) if n % 3}
+    added = client.post("/v1/items", json={"items": [
+        {"vector": b64(vectors[35]), "path": "A/new.jpg", "key": "new", "meta": {}}]})
+    assert added.status_code == 200, added.text
+    new = added.json()["items"][0]["id"]
+    assert found() == before | {new}
+    assert client.patch(f"/v1/items/{new}", json={"path": "D/moved.jpg"}).status_code == 200
+    assert found() == before
+    assert client.patch(f"/v1/items/{new}", json={"path": "A/back.jpg"}).status_code == 200
+    assert found() == before | {new}
+    assert client.delete(f"/v1/items/{new}").status_code == 204
+    assert found() == before
+    # An excluded id stays out while the kept selection still holds it.
+    first = min(before)
+    assert {h["id"] for h in _search(client, query, 30, {**body, "exclude_ids": [first]})[0]} \
+        == before - {first}
+    assert found() == before
+
+
+def test_a_kept_selection_follows_the_index_catching_up(tmp_path: Path) -> None:
+    """A selection made while the store holds rows the index has not applied yet is not kept
+    past the index's add (the filter's own key has not changed in between)."""
+    store = Store(tmp_path / "items.db", DIM)
+    index = VectorIndex(DIM, store, threading.Lock())
+    vectors = clustered(20, DIM, seed=13).astype(np.float16)
+    _, first, stored = store.add([NewItem(f"k{n}", f"A/{n}.jpg", {}, vectors[n])
+                                  for n in range(10)])
+    index.add(first, stored, 10)
+    _, late, late_vectors = store.add([NewItem(f"k{n}", f"A/{n}.jpg", {}, vectors[n])
+                                       for n in range(10, 20)])
+    f = SearchFilters.model_validate({"folder": ["A"]})
+    query = vectors[15:16].astype(np.float32)
+    assert set(filters.search(store, index, query, 20, f)[1][0].tolist()) == set(first.tolist())
+    index.add(late, late_vectors, 20)
+    got = filters.search(store, index, query, 20, f)[1][0]
+    assert set(got.tolist()) == set(first.tolist()) | set(late.tolist())
+    store.close()
 
 
 def test_facets_count_the_live_items(client: TestClient, metas: list[dict[str, Any]]) -> None:
