@@ -18,16 +18,12 @@ Rows are appended to bench/results/bench_filters.csv.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import append_rows, real_set, real_set_parser, recall  # noqa: E402
 from glimpse.contracts.filters import SearchFilters  # noqa: E402
 from glimpse.contracts.vectors import encode_vector  # noqa: E402
 from glimpse.index.config import Settings  # noqa: E402
@@ -64,28 +61,20 @@ def measure(search: Callable[[np.ndarray, dict[str, Any] | None], list[int]],
             queries: np.ndarray, truth: list[np.ndarray], body: dict[str, Any] | None
             ) -> tuple[float, float]:
     """(recall@10, p50 ms) of one query at a time."""
-    hits, wanted, times = 0, 0, []
-    for q, t in zip(queries, truth, strict=True):
+    found, times = [], []
+    for q in queries:
         start = time.perf_counter()
-        got = search(q, body)
+        found.append(search(q, body))
         times.append(time.perf_counter() - start)
-        hits += len(set(got) & set(t.tolist()))
-        wanted += len(t)
-    return hits / max(1, wanted), statistics.median(times) * 1000
+    return recall(found, truth, 10), statistics.median(times) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, default=REPO / "data/real/docstrings.npy")
-    ap.add_argument("--queries", type=Path, default=REPO / "data/real/docstrings_queries.npy")
-    ap.add_argument("--n-queries", type=int, default=200)
+    ap = real_set_parser(__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--note", default="")
-    ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
 
-    base = np.load(args.base).astype(np.float32)
-    queries = np.load(args.queries)[: args.n_queries].astype(np.float32)
+    base, queries = real_set(args)
     n, dim = base.shape
     stored = base.astype(np.float16).astype(np.float32)
     paths = [f"{folder}/{i}.txt" for i, folder in enumerate(folders(n, args.seed))]
@@ -154,14 +143,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.no_write:
         return 0
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO, check=True).stdout.strip()
     what = f"filtered search, Faiss {factory}, {args.base.stem} {n}x{dim}, {{}}, 1 client"
     rows: list[dict[str, Any]] = []
     unfiltered = {via: p50 for via, name, _, _, p50 in results if name == "none"}
     for via, name, _share, r, p50 in results:
-        base_row = {"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core",
-                    "variant": via, "command": "", "note": args.note}
+        base_row = {"variant": via, "note": args.note}
         label = "unfiltered" if name == "none" else f"folder keeps {name}"
         rows.append({**base_row, "what": what.format(f"recall@10, {label}"),
                      "value": f"{r:.3f}", "unit": "recall"})
@@ -170,16 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if name != "none":
             rows.append({**base_row, "what": what.format(f"p50 over unfiltered, {label}"),
                          "value": f"{p50 / unfiltered[via]:.2f}", "unit": "ratio"})
-    rows[0]["command"] = "python bench/bench_filters.py " + " ".join(argv or sys.argv[1:])
-    fields = ["date", "commit", "machine", "what", "variant", "value", "unit", "command",
-              "note"]
-    new = not OUT.exists()
-    with OUT.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"{len(rows)} rows -> {OUT.relative_to(REPO)}")
+    append_rows(OUT, rows, "python bench/bench_filters.py " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

@@ -16,14 +16,10 @@ Rows are appended to bench/results/bench_milvus_fresh.csv.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import append_rows, real_set, real_set_parser, recall  # noqa: E402
 from glimpse.index import milvus_store  # noqa: E402
 from glimpse.index.config import MilvusSettings, Settings  # noqa: E402
 from glimpse.index.milvus_service import MilvusIndexService  # noqa: E402
@@ -40,11 +37,6 @@ from glimpse.index.store import NewItem  # noqa: E402
 from tests.support.milvus import EmbeddedMilvus  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "bench_milvus_fresh.csv"
-
-
-def recall(got: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(g[:10]) & set(t.tolist())) / 10
-                          for g, t in zip(got, truth, strict=True)]))
 
 
 def measure(svc: MilvusIndexService, queries: np.ndarray, truth: np.ndarray
@@ -57,20 +49,13 @@ def measure(svc: MilvusIndexService, queries: np.ndarray, truth: np.ndarray
         times.append(time.perf_counter() - start)
         found.append([h["id"] for h in rows[0]])
     raw = svc.store.search_candidates(queries, 10, svc.search_params(10, None), ())
-    return {"service": recall(found, truth), "p50_ms": statistics.median(times) * 1000,
-            "milvus": recall([[i for i, _ in row] for row in raw], truth)}
+    return {"service": recall(found, truth, 10), "p50_ms": statistics.median(times) * 1000,
+            "milvus": recall([[i for i, _ in row] for row in raw], truth, 10)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, default=REPO / "data/real/docstrings.npy")
-    ap.add_argument("--queries", type=Path, default=REPO / "data/real/docstrings_queries.npy")
-    ap.add_argument("--n-queries", type=int, default=200)
-    ap.add_argument("--note", default="")
-    ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args(argv)
-    base = np.load(args.base).astype(np.float32)
-    queries = np.load(args.queries)[: args.n_queries].astype(np.float32)
+    args = real_set_parser(__doc__.splitlines()[0]).parse_args(argv)
+    base, queries = real_set(args)
     n, dim = base.shape
     work = Path(tempfile.mkdtemp(prefix="bench-milvus-fresh-"))
     server = EmbeddedMilvus(work / "milvus").start()
@@ -90,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         fresh = measure(svc, queries, truth)
         print(f"right after the adds: service {fresh}", flush=True)
         milvus_store.SEAL_IDLE_S = idle
-        start = time.perf_counter()
+        began = time.perf_counter()
         while svc.store.fresh_since is not None:
             time.sleep(0.2)
-        sealed_s = time.perf_counter() - start
+        sealed_s = time.perf_counter() - began
         sealed = measure(svc, queries, truth)
         print(f"sealed and served indexed after {sealed_s:.1f} s: {sealed}", flush=True)
         svc.close()
@@ -102,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     if args.no_write:
         return 0
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO, check=True).stdout.strip()
     what = f"Milvus 2.3.5 HNSW, {args.base.stem} {n}x{dim}, {{}}, 1 client"
-    common = {"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core",
-              "command": "", "note": args.note}
+    common = {"note": args.note}
     rows: list[dict[str, Any]] = []
     for when, m in (("right after the adds", fresh), ("after the seal on idle", sealed)):
         rows.append({**common, "what": what.format(f"recall@10 {when}"), "variant": "glimpse",
@@ -118,16 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                      "value": f"{m['p50_ms']:.1f}", "unit": "ms"})
     rows.append({**common, "what": what.format("seal: flush until served indexed"),
                  "variant": "glimpse", "value": f"{sealed_s:.1f}", "unit": "s"})
-    rows[0]["command"] = "python bench/bench_milvus_fresh.py " + " ".join(argv or sys.argv[1:])
-    fields = ["date", "commit", "machine", "what", "variant", "value", "unit", "command",
-              "note"]
-    new = not OUT.exists()
-    with OUT.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"{len(rows)} rows -> {OUT.relative_to(REPO)}")
+    append_rows(OUT, rows, "python bench/bench_milvus_fresh.py " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

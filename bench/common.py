@@ -1,15 +1,20 @@
-"""What the benchmarks share: reading vector sets, recall, one-at-a-time timing, and a
-keep-alive HTTP client with the concurrent-clients driver (bench_index.py, bench_milvus.py,
-bench_milvus_fresh.py and their tests use them)."""
+"""What the benchmarks share: reading vector sets, recall, one-at-a-time timing, a
+keep-alive HTTP client with the concurrent-clients driver (bench_index.py, bench_milvus.py and
+their tests use them), and the arguments and result rows of the benchmarks on a
+bench/real_sets.py set (bench_filters.py, bench_milvus_fresh.py)."""
 
 from __future__ import annotations
 
+import argparse
+import csv
 import json
 import socket
 import statistics
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,11 +60,56 @@ def synthetic(n: int, dim: int, seed: int, clusters: int) -> np.ndarray:
     return out
 
 
-def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    hits = 0
-    for f, t in zip(found[:, :k], truth[:, :k], strict=True):
-        hits += len(set(f.tolist()) & set(t.tolist()))
-    return hits / (len(truth) * k)
+def recall(found: Iterable[Sequence[int] | np.ndarray], truth: Iterable[Sequence[int] | np.ndarray],
+           k: int) -> float:
+    """Recall@k of the rows of ids ``found`` (arrays or lists, any length) against ``truth``,
+    whose ids below 0 are none (fewer than k exist) and not counted."""
+    hits = wanted = 0
+    for f, t in zip(found, truth, strict=True):
+        want = {int(i) for i in list(t)[:k] if i >= 0}
+        hits += len({int(i) for i in list(f)[:k]} & want)
+        wanted += len(want)
+    return hits / max(1, wanted)
+
+
+# -- benchmarks on a real set (bench/real_sets.py) ----------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_FIELDS = ["date", "commit", "machine", "what", "variant", "value", "unit", "command",
+                 "note"]
+
+
+def real_set_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments: the set's base and queries, how many queries, the rows' note, --no-write."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--base", type=Path, default=REPO / "data/real/docstrings.npy")
+    ap.add_argument("--queries", type=Path, default=REPO / "data/real/docstrings_queries.npy")
+    ap.add_argument("--n-queries", type=int, default=200)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--no-write", action="store_true")
+    return ap
+
+
+def real_set(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """(base, queries) as float32, from :func:`real_set_parser`'s arguments."""
+    return (np.load(args.base).astype(np.float32),
+            np.load(args.queries)[: args.n_queries].astype(np.float32))
+
+
+def append_rows(out: Path, rows: list[dict[str, Any]], command: str) -> None:
+    """Append result rows (what, variant, value, unit, note) to the CSV ``out``, dated, with
+    the commit measured and the machine; the first row names ``command``."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=REPO, check=True).stdout.strip()
+    full = [{"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core",
+             "command": command if n == 0 else "", **row} for n, row in enumerate(rows)]
+    new = not out.exists()
+    with out.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(full)
+    print(f"{len(full)} rows -> {out.relative_to(REPO)}")
 
 
 # -- measurement helpers ---------------------------------------------------------------------
