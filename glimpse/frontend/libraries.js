@@ -1,12 +1,8 @@
 // One status line in the footer while a library (GATEWAY_LIBRARIES) has work pending, from
-// GET /admin/libraries (docs/library.md). The page sends no API key, so the route is readable
-// only on a gateway without one: an answer of 401 (it needs a key) or 404 (no library is
-// configured) stops the polling for the life of the page.
+// GET /admin/libraries (docs/library.md), polled by poll.js: once idle, a look now and then
+// notices a new scan (a folder added, POST /admin/libraries/{name}/scan).
 
-// While work is pending the line follows it closely; once idle, a look now and then notices a
-// new scan (a folder added, POST /admin/libraries/{name}/scan).
-const BUSY_MS = 2000;
-const IDLE_MS = 30000;
+import { poll } from "./poll.js";
 
 const line = document.createElement("span");
 line.id = "library-status";
@@ -30,33 +26,11 @@ function show(text) {
   line.hidden = text === "";
 }
 
-async function poll() {
-  if (document.hidden) {
-    // No requests from a tab nobody looks at; the next look is when it is shown again.
-    document.addEventListener("visibilitychange", poll, { once: true });
-    return;
-  }
-  let response;
-  try {
-    response = await fetch(new URL("admin/libraries", document.baseURI), { cache: "no-store" });
-  } catch {
-    setTimeout(poll, IDLE_MS); // the gateway is unreachable: app.js says so; look again later
-    return;
-  }
-  if (response.status === 401 || response.status === 403 || response.status === 404) {
-    show("");
-    return;
-  }
-  let text = "";
-  if (response.ok) {
-    try {
-      text = describe((await response.json()).libraries ?? []);
-    } catch {
-      text = "";
-    }
-  }
-  show(text);
-  setTimeout(poll, text ? BUSY_MS : IDLE_MS);
-}
-
-poll();
+poll("admin/libraries", {
+  onAnswer(body) {
+    const text = describe(Array.isArray(body.libraries) ? body.libraries : []);
+    show(text);
+    return text !== "";
+  },
+  onStop: () => show(""),
+});

@@ -1,13 +1,9 @@
 // A banner while the collection moves to another model (issue 22; glimpse/gateway/migration.py),
 // from GET /admin/model: its progress while it runs, then that the new model answers until the
-// switch is confirmed or rolled back. Like libraries.js, the page sends no API key, so the
-// route is readable only on a gateway without one: an answer of 401 or 403 stops the polling
-// for the life of the page. Searches stay up the whole time; the banner only informs.
+// switch is confirmed or rolled back, polled by poll.js (which says when it stops). Searches
+// stay up the whole time; the banner only informs.
 
-// While a migration runs the banner follows it closely; otherwise a look now and then notices
-// one started from elsewhere.
-const BUSY_MS = 2000;
-const IDLE_MS = 30000;
+import { poll } from "./poll.js";
 
 const banner = document.createElement("p");
 banner.id = "migration-banner";
@@ -55,32 +51,10 @@ function show(text) {
   banner.hidden = text === "";
 }
 
-async function poll() {
-  if (document.hidden) {
-    document.addEventListener("visibilitychange", poll, { once: true });
-    return;
-  }
-  let response;
-  try {
-    response = await fetch(new URL("admin/model", document.baseURI), { cache: "no-store" });
-  } catch {
-    setTimeout(poll, IDLE_MS); // the gateway is unreachable: app.js says so; look again later
-    return;
-  }
-  if (response.status === 401 || response.status === 403 || response.status === 404) {
-    show("");
-    return;
-  }
-  let status = {};
-  if (response.ok) {
-    try {
-      status = await response.json();
-    } catch {
-      status = {};
-    }
-  }
-  show(describe(status));
-  setTimeout(poll, status.state === "running" ? BUSY_MS : IDLE_MS);
-}
-
-poll();
+poll("admin/model", {
+  onAnswer(status) {
+    show(describe(status));
+    return status.state === "running";
+  },
+  onStop: () => show(""),
+});
