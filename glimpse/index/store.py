@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,9 @@ CREATE TABLE IF NOT EXISTS items (
 -- A key names one live item; once deleted, the same key may be added again under a new id.
 CREATE UNIQUE INDEX IF NOT EXISTS items_live_key ON items(key) WHERE deleted = 0;
 CREATE INDEX IF NOT EXISTS items_seq ON items(seq);
+-- An item added straight into a named space (after a confirmed model migration) has an empty
+-- vector of its own: every reader of the built-in space skips it.
+CREATE INDEX IF NOT EXISTS items_no_vector ON items(id) WHERE deleted = 0 AND vector = x'';
 CREATE TABLE IF NOT EXISTS info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Named spaces (spaces.py): another model's vectors over the same items, one row per item.
 -- Their writes take sequence numbers from the same counter as the items'.
@@ -220,71 +224,79 @@ class Store:
 
     # -- writes (caller holds the service's write mutex) ------------------------------------
 
-    def add(self, items: Sequence[NewItem]) -> tuple[list[AddOutcome], np.ndarray, np.ndarray]:
-        """Add items in one transaction; returns outcomes and the (ids, vectors) newly added.
-
-        An item whose key is live already, or repeated in the batch, is ``exists`` with the
-        id it has. Raises StorageError when the commit fails; then nothing was stored.
-        """
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One transaction of the writer: committed when the block ends, rolled back when it
+        raises; a failed commit raises StorageError naming ``what`` (nothing was stored)."""
         conn = self._writer
-        keys = list(dict.fromkeys(item.key for item in items))
-        existing = self._live_ids_of_keys(conn, keys)
-        outcomes: list[AddOutcome] = []
-        new_ids: list[int] = []
-        new_vectors: list[np.ndarray] = []
-        seq = self._last_seq
-        now = time.time()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for item in items:
-                    if item.key in existing:
-                        outcomes.append(AddOutcome(existing[item.key], item.key, "exists"))
-                        continue
-                    seq += 1
-                    cur = conn.execute(
-                        "INSERT INTO items(key, path, meta, vector, seq, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            item.key,
-                            item.path,
-                            json.dumps(item.meta, separators=(",", ":")),
-                            _blob(item.vector),
-                            seq,
-                            now,
-                        ),
-                    )
-                    item_id = int(cur.lastrowid or 0)
-                    existing[item.key] = item_id
-                    outcomes.append(AddOutcome(item_id, item.key, "added"))
-                    new_ids.append(item_id)
-                    new_vectors.append(item.vector)
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StorageError("add", exc) from exc
+            raise StorageError(what, exc) from exc
+
+    def add(
+        self, items: Sequence[NewItem], space: str | None = None, dim: int | None = None
+    ) -> tuple[list[AddOutcome], np.ndarray, np.ndarray]:
+        """Add items in one transaction; returns outcomes and the (ids, vectors) newly added.
+
+        An item whose key is live already, or repeated in the batch, is ``exists`` with the
+        id it has. With ``space`` (a named space of ``dim``), the vectors are that space's:
+        each item's own vector is left empty (readers of the built-in space skip it) and its
+        space vector is written in the same transaction. Raises StorageError when the commit
+        fails; then nothing was stored.
+        """
+        keys = list(dict.fromkeys(item.key for item in items))
+        outcomes: list[AddOutcome] = []
+        new_ids: list[int] = []
+        new_vectors: list[np.ndarray] = []
+        seq = self._last_seq
+        now = time.time()
+        with self._write("add") as conn:
+            existing = self._live_ids_of_keys(conn, keys)
+            for item in items:
+                if item.key in existing:
+                    outcomes.append(AddOutcome(existing[item.key], item.key, "exists"))
+                    continue
+                seq += 1
+                cur = conn.execute(
+                    "INSERT INTO items(key, path, meta, vector, seq, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (item.key, item.path, json.dumps(item.meta, separators=(",", ":")),
+                     b"" if space else _blob(item.vector), seq, now),
+                )
+                item_id = int(cur.lastrowid or 0)
+                if space:
+                    seq += 1
+                    conn.execute(
+                        "INSERT INTO space_vectors(space, id, vector, seq) VALUES (?, ?, ?, ?)",
+                        (space, item_id, _blob(item.vector), seq))
+                existing[item.key] = item_id
+                outcomes.append(AddOutcome(item_id, item.key, "added"))
+                new_ids.append(item_id)
+                new_vectors.append(item.vector)
         self._last_seq = seq
         vectors = (
             np.vstack(new_vectors).astype(_F16)
             if new_vectors
-            else np.zeros((0, self.dim), dtype=_F16)
+            else np.zeros((0, dim or self.dim), dtype=_F16)
         )
         return outcomes, np.asarray(new_ids, dtype=np.int64), vectors
 
     def delete(self, item_id: int) -> bool:
         """Mark an item deleted under a new sequence number; False when not live."""
-        conn = self._writer
         seq = self._last_seq + 1
-        try:
+        with self._write("delete") as conn:
             cur = conn.execute(
                 "UPDATE items SET deleted = 1, seq = ? WHERE id = ? AND deleted = 0",
                 (seq, item_id),
             )
-        except sqlite3.Error as exc:
-            raise StorageError("delete", exc) from exc
         if cur.rowcount == 0:
             return False
         self._last_seq = seq
@@ -296,15 +308,13 @@ class Store:
         The row keeps its sequence number: seqs order the vector writes that the index replays,
         and neither the index nor a snapshot holds paths or meta (searches read them here).
         """
-        try:
-            cur = self._writer.execute(
+        with self._write("update") as conn:
+            cur = conn.execute(
                 "UPDATE items SET path = COALESCE(?, path), meta = COALESCE(?, meta) "
                 "WHERE id = ? AND deleted = 0",
                 (path, None if meta is None else json.dumps(meta, separators=(",", ":")),
                  item_id),
             )
-        except sqlite3.Error as exc:
-            raise StorageError("update", exc) from exc
         return cur.rowcount > 0
 
     # -- reads (any thread) -------------------------------------------------------------------
@@ -353,7 +363,7 @@ class Store:
 
     def get_vector(self, item_id: int) -> np.ndarray | None:
         row = self._reader().execute(
-            "SELECT vector FROM items WHERE id = ? AND deleted = 0", (item_id,)
+            "SELECT vector FROM items WHERE id = ? AND deleted = 0 AND vector != x''", (item_id,)
         ).fetchone()
         if row is None:
             return None
@@ -394,7 +404,8 @@ class Store:
             part = unique[start : start + _IN_LIMIT]
             marks = ",".join("?" * len(part))
             rows = conn.execute(
-                f"SELECT id, vector FROM items WHERE deleted = 0 AND id IN ({marks})", part
+                f"SELECT id, vector FROM items WHERE deleted = 0 AND vector != x'' "
+                f"AND id IN ({marks})", part
             )
             for item_id, blob in rows:
                 out[int(item_id)] = np.frombuffer(blob, dtype=_F16)
@@ -405,7 +416,7 @@ class Store:
         over every item (duplicates, glimpse/gateway/duplicates.py) reads a page at a time."""
         rows = self._reader().execute(
             "SELECT id, key, path, meta, seq, created_at, vector FROM items "
-            "WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?", (after, limit)
+            "WHERE deleted = 0 AND vector != x'' AND id > ? ORDER BY id LIMIT ?", (after, limit)
         ).fetchall()
         return [(Record(int(i), k, p, orjson.loads(m), int(s), float(c), False),
                  np.frombuffer(v, dtype=_F16)) for i, k, p, m, s, c, v in rows]
@@ -417,6 +428,11 @@ class Store:
         ).fetchone()
         return int(row[0]), int(row[1])
 
+    def no_vector_count(self) -> int:
+        """Live items with no vector of their own (added straight into a named space)."""
+        return int(self._reader().execute(
+            "SELECT COUNT(*) FROM items WHERE deleted = 0 AND vector = x''").fetchone()[0])
+
     def max_id(self) -> int:
         return int(self._reader().execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
 
@@ -424,7 +440,7 @@ class Store:
         self, max_seq: int | None = None, chunk: int = _CHUNK
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, float16 vectors) of the live items (with seq <= max_seq), in id order."""
-        sql = "SELECT id, vector FROM items WHERE deleted = 0"
+        sql = "SELECT id, vector FROM items WHERE deleted = 0 AND vector != x''"
         params: tuple[int, ...] = ()
         if max_seq is not None:
             sql += " AND seq <= ?"
@@ -448,7 +464,8 @@ class Store:
         """Ids of the live items, in id order (the low-memory start reads no vectors)."""
         conn = self._connect()
         try:
-            cur = conn.execute("SELECT id FROM items WHERE deleted = 0 ORDER BY id")
+            cur = conn.execute(
+                "SELECT id FROM items WHERE deleted = 0 AND vector != x'' ORDER BY id")
             while rows := cur.fetchmany(chunk):
                 yield np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         finally:
@@ -459,7 +476,7 @@ class Store:
         rows = self._reader().execute(
             "SELECT id, deleted, vector, seq FROM items WHERE seq > ? ORDER BY seq", (seq,)
         ).fetchall()
-        added = [r for r in rows if not r[1]]
+        added = [r for r in rows if not r[1] and r[2]]
         deleted = [int(r[0]) for r in rows if r[1]]
         vectors = (
             np.frombuffer(b"".join(r[2] for r in added), dtype=_F16).reshape(len(added), self.dim)
@@ -481,33 +498,23 @@ class Store:
         return {str(name): int(dim) for name, dim in rows}
 
     def create_space(self, name: str, dim: int) -> None:
-        try:
-            with self._writer:
-                self._writer.execute("INSERT INTO spaces(name, dim, created_at) VALUES (?, ?, ?)",
-                                     (name, dim, time.time()))
-        except sqlite3.Error as exc:
-            raise StorageError("new space", exc) from exc
+        with self._write("new space") as conn:
+            conn.execute("INSERT INTO spaces(name, dim, created_at) VALUES (?, ?, ?)",
+                         (name, dim, time.time()))
 
     def drop_space(self, name: str) -> None:
         """The space and its vectors, in one transaction."""
-        try:
-            with self._writer:
-                self._writer.execute("DELETE FROM space_vectors WHERE space = ?", (name,))
-                self._writer.execute("DELETE FROM spaces WHERE name = ?", (name,))
-        except sqlite3.Error as exc:
-            raise StorageError("space drop", exc) from exc
+        with self._write("space drop") as conn:
+            conn.execute("DELETE FROM space_vectors WHERE space = ?", (name,))
+            conn.execute("DELETE FROM spaces WHERE name = ?", (name,))
 
     def info(self, name: str) -> str | None:
         row = self._reader().execute("SELECT value FROM info WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_info(self, name: str, value: str) -> None:
-        try:
-            with self._writer:
-                self._writer.execute("INSERT OR REPLACE INTO info(name, value) VALUES (?, ?)",
-                                     (name, value))
-        except sqlite3.Error as exc:
-            raise StorageError("setting", exc) from exc
+        with self._write("setting") as conn:
+            conn.execute("INSERT OR REPLACE INTO info(name, value) VALUES (?, ?)", (name, value))
 
     def add_space_vectors(
         self, space: str, dim: int, ids: Sequence[int], vectors: np.ndarray
@@ -516,45 +523,35 @@ class Store:
         one already is left as it is ("exists": a resumed re-encoding sends it again), an id
         with no live item is "missing". Returns the ids by outcome and the (ids, vectors)
         newly stored."""
-        conn = self._writer
         wanted = list(dict.fromkeys(int(i) for i in ids))
         live: set[int] = set()
         have: set[int] = set()
-        for start in range(0, len(wanted), _IN_LIMIT):
-            part = wanted[start : start + _IN_LIMIT]
-            marks = ",".join("?" * len(part))
-            live.update(int(r[0]) for r in conn.execute(
-                f"SELECT id FROM items WHERE deleted = 0 AND id IN ({marks})", part))
-            have.update(int(r[0]) for r in conn.execute(
-                f"SELECT id FROM space_vectors WHERE space = ? AND id IN ({marks})",
-                (space, *part)))
         outcome: dict[str, list[int]] = {"added": [], "exists": [], "missing": []}
         rows: list[int] = []
         seq = self._last_seq
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for row, item_id in enumerate(int(i) for i in ids):
-                    if item_id not in live:
-                        outcome["missing"].append(item_id)
-                    elif item_id in have:
-                        outcome["exists"].append(item_id)
-                    else:
-                        seq += 1
-                        conn.execute(
-                            "INSERT INTO space_vectors(space, id, vector, seq) VALUES (?, ?, ?, ?)",
-                            (space, item_id, _blob(vectors[row]), seq),
-                        )
-                        have.add(item_id)
-                        outcome["added"].append(item_id)
-                        rows.append(row)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StorageError("space vectors", exc) from exc
+        with self._write("space vectors") as conn:
+            for start in range(0, len(wanted), _IN_LIMIT):
+                part = wanted[start : start + _IN_LIMIT]
+                marks = ",".join("?" * len(part))
+                live.update(int(r[0]) for r in conn.execute(
+                    f"SELECT id FROM items WHERE deleted = 0 AND id IN ({marks})", part))
+                have.update(int(r[0]) for r in conn.execute(
+                    f"SELECT id FROM space_vectors WHERE space = ? AND id IN ({marks})",
+                    (space, *part)))
+            for row, item_id in enumerate(int(i) for i in ids):
+                if item_id not in live:
+                    outcome["missing"].append(item_id)
+                elif item_id in have:
+                    outcome["exists"].append(item_id)
+                else:
+                    seq += 1
+                    conn.execute(
+                        "INSERT INTO space_vectors(space, id, vector, seq) VALUES (?, ?, ?, ?)",
+                        (space, item_id, _blob(vectors[row]), seq),
+                    )
+                    have.add(item_id)
+                    outcome["added"].append(item_id)
+                    rows.append(row)
         self._last_seq = seq
         added = np.asarray(outcome["added"], dtype=np.int64)
         return outcome, added, np.asarray(vectors[rows], dtype=_F16).reshape(len(rows), dim)
