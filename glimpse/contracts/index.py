@@ -104,6 +104,10 @@ class UpdateItemRequest(BaseModel):
 
 class AddItemsRequest(BaseModel):
     items: list[IndexItemIn] = Field(min_length=1)
+    space: str | None = Field(
+        default=None, description="A named space the vectors are of: the items then have no "
+        "vector of their own (a confirmed model migration). Only where the built-in space is "
+        "optional (GET /v1/spaces).")
 
 
 class AddedItem(BaseModel):
@@ -286,6 +290,8 @@ class SpaceInfo(BaseModel):
     active: bool = Field(description="Searches that name no space are answered from it.")
     kind: str = Field(description="Its index structure (exact, ivf, hnsw...).")
     built_in: bool = Field(description="The items' own vectors (INDEX_DIM); never dropped.")
+    optional: bool = Field(default=False, description="Built in, and items may be added "
+                           "without a vector in it (POST /v1/items with a named space).")
 
 
 class SpacesResponse(BaseModel):

@@ -303,8 +303,11 @@ class IndexClient(Upstream):
         answer = await self.json("POST", "/v1/search", json=body)
         return answer["results"][0], answer.get("keywords") or []
 
-    async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        answer = await self.json("POST", "/v1/items", json={"items": items})
+    async def add(self, items: list[dict[str, Any]], space: str | None = None
+                  ) -> list[dict[str, Any]]:
+        """Add items; their vectors are ``space``'s when named (migration.ingest_space)."""
+        body = {"items": items, **({} if space is None else {"space": space})}
+        answer = await self.json("POST", "/v1/items", json=body)
         added: list[dict[str, Any]] = answer["items"]
         return added
 

@@ -248,8 +248,11 @@ async def _embed_and_add_locked(
     found = asyncio.ensure_future(
         anyio.to_thread.run_sync(extract_all, [(p.data, p.path, p.mtime) for p in parts],
                                  state.encoder.limits.max_pixels))
+    # After a confirmed model migration, the serving model and its space alone (migration.py).
+    model, space = migration_of(state).ingest_space()
     try:
-        embedded = await state.encoder.embed_images_wire([(p.path, p.data) for p in parts])
+        embedded = await state.encoder.embed_images_wire([(p.path, p.data) for p in parts],
+                                                         model)
     finally:
         # Even when the encoder failed: the writes finish before the keys are unlocked
         # (and a failed store raises from here).
@@ -282,13 +285,14 @@ async def _embed_and_add_locked(
     if not to_add:
         return
     in_doubt.extend(part for part, _ in to_add)
-    added = await state.index.add([item for _, item in to_add])
+    added = await state.index.add([item for _, item in to_add], space)
     in_doubt.clear()
     for (part, _), outcome in zip(to_add, added, strict=True):
         part.status, part.id = outcome["status"], int(outcome["id"])
-    # During a model migration the new model encodes them too (migration.py).
+    # During a model migration the other model encodes them too (migration.py).
     await migration_of(state).encode_new_items(
-        [(p.id, p.path, p.data) for p, _ in to_add if p.status == "added" and p.id is not None])
+        [(p.id, p.path, p.data) for p, _ in to_add if p.status == "added" and p.id is not None],
+        space)
 
 
 def _remove_copies(state: GatewayState, parts: list[Part]) -> None:

@@ -15,6 +15,10 @@ How it runs:
   after each batch a few more probes are timed, and while their p50 is above 1.5 times the
   idle one the next batch waits longer (doubling), otherwise less (halving).
 - New ingests meanwhile are encoded by both models (``encode_new_items``, called by ingest.py).
+  Once the built-in space is needed by no search nor rollback (after a confirmed switch away
+  from it), an ingest is encoded by the serving model alone and added straight into its space
+  (``ingest_space``), the item with no built-in vector: where the index allows it (Faiss; on
+  Milvus each item's row needs its built-in vector, so both models keep encoding there).
 - At 100 % the space is activated in the index and searches embed with the new model: each
   search uses one (model, space) pair (clients.QUERY_SPACE), before or after the switch.
 
@@ -244,6 +248,8 @@ class Migration:
                 "state": "running", "model": model, "pretrained": weights,
                 "encoder_model": name, "space": space, "dim": dim,
                 "old_model": old_model, "old_space": listing["active"],
+                "builtin_optional": any(s.get("optional") for s in listing["spaces"]
+                                        if s.get("built_in")),
                 # Explicit from now on: each search names the space its model's vectors are in.
                 "serving": {"model": serving.get("model"), "space": listing["active"]},
                 "loads": loads, "started_at": time.time(), "error": None,
@@ -265,7 +271,8 @@ class Migration:
 
     async def confirm(self) -> dict[str, Any]:
         """Keep the new space for good: the old one is dropped (the built-in one cannot be:
-        it stays, and ingests keep feeding it)."""
+        it stays, with no vectors of the items ingested from now on where the index allows
+        that; see ``ingest_space``)."""
         await self.refresh()
         if self.saved.get("state") != "switched":
             raise GlimpseError(ErrorType.conflict, "There is no switched migration to confirm "
@@ -310,31 +317,49 @@ class Migration:
 
     # -- ingest ---------------------------------------------------------------------------------
 
-    def _extra_spaces(self) -> list[tuple[str, str]]:
-        """(model, space) of each space besides the built-in one that new items need."""
+    def _needed_spaces(self) -> dict[str, str | None]:
+        """The model of each space new items need (None: the encoder's own, the built-in
+        space's): the serving one, and while a migration runs or waits, its old and new."""
         saved = self.saved
-        pairs = []
         serving = saved.get("serving") or {}
-        if serving.get("model") and serving.get("space") not in (None, BUILTIN_SPACE):
-            pairs.append((str(serving["model"]), str(serving["space"])))
+        needed: dict[str, str | None] = {
+            str(serving.get("space") or BUILTIN_SPACE): serving.get("model")}
         if saved.get("state") in ACTIVE:
-            pairs.append((str(saved["encoder_model"]), str(saved["space"])))
-        return list(dict.fromkeys(pairs))
+            needed.setdefault(str(saved["old_space"]), saved.get("old_model"))
+            needed.setdefault(str(saved["space"]), str(saved["encoder_model"]))
+        if BUILTIN_SPACE in needed or not saved.get("builtin_optional"):
+            needed[BUILTIN_SPACE] = None  # the built-in vector is the encoder's own model's
+        return needed
 
-    async def encode_new_items(self, items: list[tuple[int, str, bytes]]) -> None:
-        """Vectors of items ingested just now ((id, path, bytes)) in every space besides the
-        built-in one: during a migration, new items are encoded by both models. A failure
-        only logs: the item stays pending in the space, and the re-encoding gets it."""
+    def ingest_space(self) -> tuple[str | None, str | None]:
+        """(model, space) an ingest embeds with and adds its items into: (None, None), the
+        encoder's own model and the built-in space, unless no search nor rollback needs that
+        space any more; then the serving model and its space."""
+        needed = self._needed_spaces()
+        if BUILTIN_SPACE in needed:
+            return None, None
+        serving = self.saved.get("serving") or {}
+        return serving.get("model"), serving.get("space")
+
+    async def encode_new_items(
+        self, items: list[tuple[int, str, bytes]], added_into: str | None = None
+    ) -> None:
+        """Vectors of items ingested just now ((id, path, bytes)) in every named space they
+        need besides ``added_into`` (where the ingest added them, from ``ingest_space``):
+        during a migration, new items are encoded by both models. A failure only logs: the
+        item stays pending in the space, and the re-encoding gets it."""
         if not items:
             return
-        for model, space in self._extra_spaces():
+        for space, model in self._needed_spaces().items():
+            if space in (added_into, BUILTIN_SPACE):
+                continue
             try:
                 await self._encode_into(model, space, items)
             except GlimpseError as exc:
                 logger.warning("new items not yet in space %s: %s", space, exc.message)
 
     async def _encode_into(
-        self, model: str, space: str, items: list[tuple[int, str, bytes]]
+        self, model: str | None, space: str, items: list[tuple[int, str, bytes]]
     ) -> list[int]:
         """Embed ``items`` with ``model`` and store them in ``space``; the ids that failed."""
         answer = await self.state.encoder.embed_images_wire(

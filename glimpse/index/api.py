@@ -59,7 +59,6 @@ from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vec
 from glimpse.index import keywords
 from glimpse.index.backend import IndexBackend
 from glimpse.index.service import NotTunable
-from glimpse.index.spaces import BUILTIN
 from glimpse.index.store import NewItem
 from glimpse.web.openapi import Operation
 from glimpse.web.responses import OrjsonResponse
@@ -160,15 +159,17 @@ async def add_items(request: Request) -> Response:
             ErrorType.payload_too_large,
             f"The batch holds {len(body.items)} items; the limit is {MAX_BATCH}.",
         )
-    vectors = decode_vectors([item.vector for item in body.items], service.settings.dim,
-                             what="items")
+    dim = service.settings.dim
+    if body.space is not None:
+        _, dim = await run_in_threadpool(service.space_of, body.space)
+    vectors = decode_vectors([item.vector for item in body.items], dim, what="items")
     stored = _unit_f16(vectors)
     items = [
         NewItem(key=item.key, path=item.path, meta=item.meta, vector=stored[i])
         for i, item in enumerate(body.items)
     ]
     # SQLite commit (fsync) and Faiss add block: a worker thread, not the event loop.
-    outcomes = await run_in_threadpool(service.add, items)
+    outcomes = await run_in_threadpool(service.add, items, body.space)
     return OrjsonResponse(
         {"items": [{"id": o.id, "key": o.key, "status": o.status} for o in outcomes]}
     )
@@ -293,8 +294,9 @@ async def get_item_vector(request: Request) -> Response:
     space, vector = await run_in_threadpool(service.space_vector,
                                             request.query_params.get("space"), item_id)
     if vector is None:
-        _, own = await run_in_threadpool(service.space_vector, BUILTIN, item_id)
-        if space == BUILTIN or own is None:  # not a live item at all
+        store = service.store  # an item may lack a vector in any space, the built-in one too
+        found = None if store is None else await run_in_threadpool(store.get, item_id)
+        if found is None or found.deleted:  # not a live item at all
             raise _not_found(item_id)
         raise GlimpseError(ErrorType.not_found,
                            f"Item {item_id} has no vector in space {space!r} yet.",

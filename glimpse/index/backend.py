@@ -64,7 +64,8 @@ class IndexBackend(Protocol):
 
     def close(self) -> None: ...
 
-    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]: ...
+    def add(self, items: Sequence[NewItem], space: str | None = None) -> list[AddOutcome]:
+        """Add items; a named ``space`` only where the built-in one is optional."""
 
     def delete(self, item_id: int) -> bool: ...
 

@@ -43,6 +43,7 @@ from glimpse.index.milvus_store import (
     default_nprobe,
 )
 from glimpse.index.service import NotTunable
+from glimpse.index.spaces import BUILTIN
 from glimpse.index.store import AddOutcome, NewItem, Record
 
 log = logging.getLogger("glimpse.index")
@@ -167,7 +168,10 @@ class MilvusIndexService(MilvusSpacesMixin):
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]:
+    def add(self, items: Sequence[NewItem], space: str | None = None) -> list[AddOutcome]:
+        if space not in (None, BUILTIN):
+            raise GlimpseError(ErrorType.conflict, "On Milvus each item's row holds its "
+                               "built-in vector: add items with one (no space).")
         return self.store.add(items)
 
     def delete(self, item_id: int) -> bool:

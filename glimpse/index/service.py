@@ -306,14 +306,21 @@ class IndexService:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]:
+    def add(self, items: Sequence[NewItem], space: str | None = None) -> list[AddOutcome]:
+        """Add items; with a named ``space``, their vectors are that space's and the items
+        have none of their own (store.py)."""
         store, index = self._parts
         with self.writer:
-            outcomes, ids, vectors = store.add(items)
-            index.add(ids, vectors, store.last_seq)
+            named = None if space in (None, BUILTIN) else self.spaces.get(str(space))
+            if space not in (None, BUILTIN) and named is None:
+                raise unknown_space(str(space), [BUILTIN, *self.spaces])
+            target = index if named is None else named.index
+            outcomes, ids, vectors = store.add(
+                items, None if named is None else named.name, None if named is None else named.dim)
+            target.add(ids, vectors, store.last_seq)
             self._wrote(len(ids))
-        if index.needs_training():
-            index.start_training(reason=f"{index.table.count} live items")
+        if target.needs_training():
+            target.start_training(reason=f"{target.table.count} live items")
         return outcomes
 
     def delete(self, item_id: int) -> bool:
@@ -514,7 +521,8 @@ class IndexService:
         store, index = self._parts
         active = self.space_of(None)[0]
         out = [{"name": BUILTIN, "dim": self.settings.dim, "count": index.table.count,
-                "active": active == BUILTIN, "kind": index.live.kind, "built_in": True}]
+                "active": active == BUILTIN, "kind": index.live.kind, "built_in": True,
+                "optional": True}]
         for space in list(self.spaces.values()):
             out.append({"name": space.name, "dim": space.dim, "count": space.index.table.count,
                         "active": active == space.name, "kind": space.index.live.kind,
@@ -551,11 +559,12 @@ class IndexService:
         have one and how many there are."""
         store, index = self._parts
         self.space_of(name)
-        if name == BUILTIN:  # every item has its own vector
-            return {"items": [], "done": index.table.count, "total": index.table.count}
+        total = index.table.count + store.no_vector_count()
+        if name == BUILTIN:  # nothing can re-encode into it: its model is the items' own
+            return {"items": [], "done": index.table.count, "total": total}
         page = store.space_pending(name, after, limit)
         return {"items": [{"id": i, "key": k, "path": p} for i, k, p in page],
-                "done": self.spaces[name].index.table.count, "total": index.table.count}
+                "done": self.spaces[name].index.table.count, "total": total}
 
     def space_vector(self, name: str | None, item_id: int) -> tuple[str, np.ndarray | None]:
         store, _ = self._parts
@@ -791,7 +800,7 @@ class IndexService:
         store, index = self._parts
         info = index.describe()
         info.update(
-            count=index.table.count,
+            count=index.table.count + store.no_vector_count(),
             deleted=self._deleted,
             dim=index.dim,
             seq=store.last_seq,

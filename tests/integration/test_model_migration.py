@@ -157,10 +157,38 @@ def test_a_migration_keeps_search_up_switches_rolls_back_and_confirms(stack: Sta
         stack.encoder.kill()
         stack.encoder.start()
         assert client.post("/search/text", json={"query": "x"}).json()["model"] == NEW
-        # The built-in space stays (the index's items need it); new items reach both.
+        # After confirm an ingest is encoded by the new model alone, one encoder call, and the
+        # item goes straight into the new space with no built-in vector.
+        calls = _image_embeds(stack)
         late = _ingest(client, range(200, 202))
-        assert index.get(f"/v1/spaces/{SPACE}/pending").json()["items"] == []
+        assert _image_embeds(stack) == calls + 1
+        assert index.get(f"/v1/spaces/{SPACE}/pending").json() | {"items": []} == {
+            "space": SPACE, "items": [], "done": 47, "total": 47}
+        counts = {s["name"]: s["count"] for s in index.get("/v1/spaces").json()["spaces"]}
+        assert counts == {"default": 45, SPACE: 47}
+        assert index.get("/v1/stats").json()["count"] == 47
+        own = index.get(f"/v1/items/{late[0]}/vector", params={"space": "default"})
+        assert own.status_code == 404 and "no vector in space 'default'" in own.json()["error"]
+        stored = index.get(f"/v1/items/{late[0]}/vector", params={"encoding": "base64"}).json()
+        found = index.post("/v1/search", json={"vectors": [stored["vector"]], "k": 1}).json()
+        assert found["space"] == SPACE and found["results"][0][0]["id"] == late[0]
+        similar = client.get(f"/images/{late[1]}/similar", params={"k": 3}).json()
+        assert similar["model"] == NEW and similar["results"]
         assert client.get(f"/images/{late[0]}/meta").status_code == 200
+        # A confirmed migration has nothing to roll back to: the old space is gone for good.
+        assert client.post("/admin/model/rollback").status_code == 409
+        # The index restarted rebuilds both spaces from its store, the late items included.
+        stack.index.kill()
+        stack.index.start()
+        counts = {s["name"]: s["count"] for s in index.get("/v1/spaces").json()["spaces"]}
+        assert counts == {"default": 45, SPACE: 47}
+
+
+def _image_embeds(stack: Stack) -> int:
+    """Image embed calls the encoder has answered (its request counter)."""
+    metrics = httpx.get(stack.encoder.url + "/metrics").text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+               if line.startswith("glimpse_http_requests_total{") and "/v1/embed/image" in line)
 
 
 def test_kill_9_of_each_service_during_a_migration_loses_nothing(

@@ -74,13 +74,15 @@ class Upstreams:
         self.asked.append(list(keys))
         return {k: self.known[k] for k in keys if k in self.known}
 
-    async def embed_images_wire(self, files: list[tuple[str, bytes]]) -> EmbeddedImages:
+    async def embed_images_wire(self, files: list[tuple[str, bytes]],
+                                model: str | None = None) -> EmbeddedImages:
         if self.encoder_down:
             raise OSError("the encoder is down")
         self.embedded += [path for path, _ in files]
         return encoder_answer(files, self.limits.max_pixels, self.refuse)
 
-    async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def add(self, items: list[dict[str, Any]], space: str | None = None
+                  ) -> list[dict[str, Any]]:
         if self.index_answers is None:
             raise TimeoutError("the index did not answer")  # it may have committed them
         self.added += items

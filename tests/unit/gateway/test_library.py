@@ -57,11 +57,13 @@ class FakeUpstreams:
         ids = {item["key"]: i for i, item in self.items.items()}
         return {k: ids[k] for k in keys if k in ids}
 
-    async def embed_images_wire(self, files: list[tuple[str, bytes]]) -> EmbeddedImages:
+    async def embed_images_wire(self, files: list[tuple[str, bytes]],
+                                model: str | None = None) -> EmbeddedImages:
         self.embedded += [path for path, _ in files]
         return encoder_answer(files, self.limits.max_pixels)
 
-    async def add(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def add(self, items: list[dict[str, Any]], space: str | None = None
+                  ) -> list[dict[str, Any]]:
         out = []
         for item in items:
             self.items[self._next] = item
@@ -415,7 +417,8 @@ async def test_an_upstream_fault_is_retried_not_recorded(tmp_path: Path) -> None
     class Flaky(FakeUpstreams):
         down = True
 
-        async def embed_images_wire(self, files: list[tuple[str, bytes]]) -> EmbeddedImages:
+        async def embed_images_wire(self, files: list[tuple[str, bytes]],
+                                    model: str | None = None) -> EmbeddedImages:
             if self.down:
                 fault = {"error": "the encoder failed", "error_type": "upstream_error"}
                 return EmbeddedImages([None] * len(files), [fault] * len(files),

@@ -95,3 +95,41 @@ def test_a_full_disk_stops_the_migration_and_the_old_space_serves(tmp_path: Path
     assert "out of disk space" in status["error"]
     assert status["serving_space"] == "default" and state.encoder.serving == (None, "default")
     assert ("POST", "/v1/spaces/glimpse_tiny_32_none/activate") not in index.calls
+
+
+def _plan(saved: dict[str, Any]) -> tuple[tuple[str | None, str | None], list[str]]:
+    """(model, space) an ingest adds with, and the other spaces it encodes into."""
+    migration = Migration(SimpleNamespace(media=SimpleNamespace(root=Path("/nowhere"))))  # type: ignore[arg-type]
+    migration.saved = saved
+    model_space = migration.ingest_space()
+    added_into = model_space[1] or "default"
+    others = [s for s in migration._needed_spaces() if s not in (added_into, "default")]
+    return model_space, others
+
+
+NEW_PAIR = {"model": "glimpse-tiny-32", "space": "tiny32"}
+RUN = {"model": "glimpse-tiny-32", "encoder_model": "glimpse-tiny-32", "space": "tiny32",
+       "old_model": "glimpse-tiny", "old_space": "default", "builtin_optional": True}
+
+
+@pytest.mark.parametrize("saved, plan", [
+    ({}, ((None, None), [])),
+    ({**RUN, "state": "running", "serving": {"model": None, "space": "default"}},
+     ((None, None), ["tiny32"])),
+    ({**RUN, "state": "switched", "serving": NEW_PAIR}, ((None, None), ["tiny32"])),
+    ({**RUN, "state": "rolled_back", "serving": {"model": None, "space": "default"}},
+     ((None, None), [])),
+    # Confirmed away from the built-in space: the serving model alone, straight into its space.
+    ({**RUN, "state": "confirmed", "serving": NEW_PAIR}, (("glimpse-tiny-32", "tiny32"), [])),
+    # ... unless the index needs every item's built-in vector (Milvus): both, as before.
+    ({**RUN, "state": "confirmed", "serving": NEW_PAIR, "builtin_optional": False},
+     ((None, None), ["tiny32"])),
+    # A next migration from there: its old and new spaces, never the built-in one.
+    ({**RUN, "state": "running", "serving": NEW_PAIR, "space": "big", "encoder_model": "big",
+      "old_space": "tiny32", "old_model": "glimpse-tiny-32"},
+     (("glimpse-tiny-32", "tiny32"), ["big"])),
+])
+def test_an_ingest_encodes_with_the_models_its_spaces_need(
+    saved: dict[str, Any], plan: tuple[tuple[str | None, str | None], list[str]],
+) -> None:
+    assert _plan(saved) == plan
