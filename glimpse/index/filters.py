@@ -30,7 +30,7 @@ import math
 import posixpath
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import faiss
@@ -41,6 +41,7 @@ from glimpse.index.filter_table import FilterTable, table_of
 
 if TYPE_CHECKING:
     from glimpse.index.index import VectorIndex
+    from glimpse.index.live import LiveIndex
     from glimpse.index.store import Store
 
 EARTH_RADIUS_KM = 6371.0088
@@ -232,6 +233,10 @@ class Selection:
     bitmap: np.ndarray  # the mask by id, packed little-endian: the selector reads it
     selector: Any  # faiss.IDSelectorBitmap over ``bitmap``
     few: np.ndarray | None  # the ids, while at most EXACT_ROWS
+    # Faiss's search parameters past the selector by (breadth, rerank), with the live index
+    # they were made for: setting a SWIG parameter object's fields costs more per search than
+    # the lists it adds.
+    _params: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, mask: np.ndarray) -> Selection:
@@ -246,6 +251,27 @@ class Selection:
 
     def ids(self) -> np.ndarray:
         return self.few if self.few is not None else np.flatnonzero(self.mask())
+
+    def params(self, live: LiveIndex, breadth: int, rerank: int) -> Any:
+        """Parameters of a search past the selector: Faiss's exact scan (``breadth`` 0), or
+        ``breadth`` IVF lists of ``live`` re-ranked by IndexRefine when ``rerank`` > 0."""
+        found = self._params.get((breadth, rerank))
+        if found is not None and found[0] is live:
+            return found[1]
+        inner: Any = faiss.SearchParametersIVF() if breadth else faiss.SearchParameters()
+        inner.sel = self.selector
+        outer = inner
+        if breadth:
+            inner.nprobe = breadth
+            base = live.search_params(breadth)  # the cached one carries the quantizer's
+            if base.quantizer_params is not None:
+                inner.quantizer_params = base.quantizer_params
+            if rerank > 0:
+                outer = faiss.IndexRefineSearchParameters()
+                outer.k_factor = float(rerank)
+                outer.base_index_params = inner
+        self._params[(breadth, rerank)] = (live, outer, inner)  # inner: outer points to it
+        return outer
 
     def without(self, exclude: Sequence[int]) -> Selection:
         skip = np.asarray(list(exclude), dtype=np.int64)
@@ -297,10 +323,8 @@ def search(
         breadth = 0 if live.nlist is None else _breadth(index, share, nprobe)
         visited = table.count * breadth / (live.nlist or 1)
         if exact or live.ivf is None or count * CODES_PER_ROW <= visited:
-            params = faiss.SearchParameters()
-            params.sel = chosen.selector
-            return scan.search(queries, min(k, count), params=params)
-        return _ivf(index, queries, k, chosen.selector, breadth)
+            return scan.search(queries, min(k, count), params=chosen.params(live, 0, 0))
+        return _ivf(index, queries, k, chosen, breadth)
 
 
 def _breadth(index: VectorIndex, share: float, nprobe: int | None) -> int:
@@ -311,26 +335,23 @@ def _breadth(index: VectorIndex, share: float, nprobe: int | None) -> int:
     return min(nlist, math.ceil(index.nprobe_for(index.live, nprobe) / share))
 
 
-def _ivf(index: VectorIndex, queries: np.ndarray, k: int, selector: Any, breadth: int
+def _ivf(index: VectorIndex, queries: np.ndarray, k: int, chosen: Selection, breadth: int
          ) -> tuple[np.ndarray, np.ndarray]:
-    """``breadth`` IVF lists searched with ``selector``, re-ranked with the table's rows as an
-    unfiltered search is (caller holds the read lock)."""
+    """``breadth`` IVF lists searched past ``chosen``'s selector, re-ranked with the table's
+    rows as an unfiltered search is, in the same direct Faiss call (caller holds the read
+    lock)."""
     live, table = index.live, index.table
     assert live.nlist is not None and table.scan_index is not None
-    base = live.search_params(breadth)  # the cached one carries the quantizer's parameters
-    params = faiss.SearchParametersIVF()
-    params.nprobe = breadth
-    params.sel = selector
-    if base.quantizer_params is not None:
-        params.quantizer_params = base.quantizer_params
     rerank = index.defaults.rerank
+    params = chosen.params(live, breadth, rerank)
     if rerank <= 0:
         return live.index.search(queries, k, params=params)
     refine, _ = live.refine(table.scan_index, breadth, rerank)
-    refine_params = faiss.IndexRefineSearchParameters()
-    refine_params.k_factor = float(rerank)
-    refine_params.base_index_params = params
-    scores, ids = refine.search(queries, k, params=refine_params)
+    n = len(queries)
+    scores = np.empty((n, k), dtype=_F32)
+    ids = np.empty((n, k), dtype=np.int64)
+    refine.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(ids),
+                    params)
     scores[ids < 0] = -np.inf
     return scores, ids
 
