@@ -148,7 +148,7 @@ def main() -> None:
                                      "412x915 at 1.75x",
                              "variant": side, "value": str(r["bytes"]), "unit": "bytes",
                              "note": note})
-        append_rows(args.csv, rows, "python bench/bench_page.py --runs "
+        append_rows(args.csv.resolve(), rows, "python bench/bench_page.py --runs "
                     f"{args.runs} --csv {args.csv}")
 
 
