@@ -2,15 +2,21 @@
 
 Rows, for one model (default ViT-B-32 with random weights: speed does not depend on them):
   * images/s of raw torch eager forward on pre-decoded tensors (bench_encoder.py's ``Raw``, in
-    its own thread, batches of --max-batch) and images/s of the service with
+    its own thread, batches of --max-batch), of the raw ONNX Runtime session the service loads
+    (its export and options, on the same tensors, in its own thread) and of the service with
     ENCODER_RUNTIME=onnx from JPEG bytes over HTTP (--clients requests of --files-per-request
-    images in flight), alternated each round so that a noisy neighbour hits both;
+    images in flight), alternated each round so that a noisy neighbour hits all three;
   * single text query p50: raw torch tokenize + forward + normalise, and one POST
     /v1/embed/text through the ONNX service (distinct texts: no cache hits);
   * CPU seconds per image of each side (the raw process's, the service process's): on a
     shared machine, wall-clock rates move with the neighbours' load, CPU time much less.
 
 Every round is printed and, with --csv, appended as rows in bench/results' format.
+
+With --profile, one more service pass (not in the rounds) runs under py-spy (.venv/bin/py-spy,
+needs ptrace rights), and the share of wall time of each service thread is printed and
+recorded: the model thread in the ONNX run, preparing batches or waiting for one; the decode
+thread decoding or idle; the event loop handling HTTP or idle.
 
 With --near-duplicates it measures instead whether int8 keeps the near-duplicate figures:
 bench_relevance.py's image set (sample-photo tiles and LFW faces; half of the queries have 1 to
@@ -74,8 +80,9 @@ FIELDS = ["date", "commit", "machine", "what", "variant", "value", "high", "runs
 
 
 def own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    # No abbreviations: "--model" must reach bench_encoder's options, not match "--models".
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
-                                add_help=False)
+                                add_help=False, allow_abbrev=False)
     p.add_argument("--quantize", default="none", choices=["none", "int8"])
     p.add_argument("--csv", type=Path, help="append the rows here (bench/results format)")
     p.add_argument("--machine", default="dev-2core")
@@ -86,6 +93,8 @@ def own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--queries", type=int, default=200, help="with --near-duplicates")
     p.add_argument("--session-options", action="store_true",
                    help="ONNX Runtime session options side by side, in this process")
+    p.add_argument("--profile", action="store_true",
+                   help="one more service pass under py-spy: each thread's share of wall time")
     return p.parse_known_args(argv)
 
 
@@ -111,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     measured = commit()  # the code the service starts from, whatever lands while it runs
     # start_service passes this process's environment on to the service.
     os.environ.update(ENCODER_RUNTIME="onnx", ENCODER_ONNX_QUANTIZE=mine.quantize)
+    from glimpse.encoder.config import Settings
+    from glimpse.encoder.onnx_runtime import entry_dir, export_key
     from glimpse.encoder.service import cpu_count
 
     # Both sides run the model on this many threads (the service: OMP_NUM_THREADS).
@@ -128,16 +139,26 @@ def main(argv: list[str] | None = None) -> int:
     log_path.parent.mkdir(exist_ok=True)
     proc, url = start_service(args, log_path)
     rounds: list[dict[str, float]] = []
+    split: dict[str, float] = {}
+    model_thread = ThreadPoolExecutor(1, thread_name_prefix="raw-onnx")
     try:
         info = httpx.get(url + "/v1/info").json()
         if info.get("runtime") != "onnx":
             raise SystemExit(f"the service runs {info.get('runtime')}: {info.get('runtime_note')}")
+        # The export the service just loaded (or made), with the options it runs it with.
+        settings = Settings(model=args.model, pretrained=args.pretrained, device="cpu",
+                            runtime="onnx", onnx_quantize=mine.quantize)
+        session = Variant(entry_dir(settings, export_key(settings, mine.quantize)) / "image.onnx",
+                          1, threads)
+        session_pixels = pixels.numpy()
         warm = argparse.Namespace(**{**vars(args), "images": args.clients * args.files_per_request})
         asyncio.run(service_image_rate(url, jpegs, warm))
         for round_no in range(args.rounds):
             cpu = time.process_time()
             torch_rate = raw.image_rate(pixels, args.images, args.max_batch)
             torch_cpu = (time.process_time() - cpu) / args.images
+            session_rate, session_cpu_ms = model_thread.submit(
+                session.rate, session_pixels, args.images, args.max_batch).result()
             cpu = process_cpu_s(proc.pid)
             onnx_rate = asyncio.run(service_image_rate(url, jpegs, args))
             onnx_cpu = (process_cpu_s(proc.pid) - cpu) / args.images
@@ -145,33 +166,96 @@ def main(argv: list[str] | None = None) -> int:
             raw_text, svc_text, _ = text_latencies(raw, url, round_texts, round_no)
             row = {
                 "torch": torch_rate, "onnx": onnx_rate, "ratio": onnx_rate / torch_rate,
+                "session": session_rate, "session_ratio": session_rate / torch_rate,
                 "torch_cpu_ms": torch_cpu * 1000, "onnx_cpu_ms": onnx_cpu * 1000,
+                "session_cpu_ms": session_cpu_ms,
                 "torch_text_ms": statistics.median(raw_text) * 1000,
                 "onnx_text_ms": statistics.median(svc_text) * 1000,
             }
             rounds.append(row)
-            print(f"round {round_no + 1}: images/s torch eager {torch_rate:6.1f} | ONNX service "
-                  f"{onnx_rate:6.1f} | ratio {row['ratio']:.2f}   CPU ms/image torch "
-                  f"{row['torch_cpu_ms']:.0f} | ONNX service {row['onnx_cpu_ms']:.0f}   "
-                  f"text p50 ms torch "
-                  f"{row['torch_text_ms']:6.1f} | ONNX service {row['onnx_text_ms']:6.1f}",
+            print(f"round {round_no + 1}: images/s torch eager {torch_rate:5.1f} | ONNX session "
+                  f"{session_rate:5.1f} | ONNX service {onnx_rate:5.1f} | ratio "
+                  f"{row['ratio']:.2f} (session {row['session_ratio']:.2f})   CPU ms/image "
+                  f"torch {row['torch_cpu_ms']:.0f} | session {session_cpu_ms:.0f} | service "
+                  f"{row['onnx_cpu_ms']:.0f}   text p50 ms torch {row['torch_text_ms']:6.1f} | "
+                  f"ONNX service {row['onnx_text_ms']:6.1f}   load {os.getloadavg()[0]:.1f}",
                   flush=True)
+        if mine.profile:
+            split = profile_service(proc.pid, url, jpegs, args, rounds[-1]["onnx"])
     finally:
+        model_thread.shutdown()
         proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    ratios = [r["ratio"] for r in rounds]
-    print(f"images/s ratio ONNX service / torch eager: median {statistics.median(ratios):.2f} "
-          f"({min(ratios):.2f} .. {max(ratios):.2f}; target >= 1.6)")
+    for key, name in (("ratio", "ONNX service"), ("session_ratio", "raw ONNX session")):
+        ratios = [r[key] for r in rounds]
+        print(f"images/s ratio {name} / torch eager: median {statistics.median(ratios):.2f} "
+              f"({min(ratios):.2f} .. {max(ratios):.2f}; target >= 1.6)")
     if mine.csv:
-        write_rows(mine, args, rounds, argv, measured)
+        write_rows(mine, args, rounds, argv, measured, split)
     return 0
 
 
+# What the leaf Python frame of a py-spy sample (with --idle) says a service thread is doing.
+_PROFILE_STATES = {
+    "glimpse-model": (("Session.run", "in the ONNX run"), ("Condition.wait", "waiting for a batch"),
+                      ("", "preparing batches and answers")),
+    "glimpse-decode": (("_worker (concurrent", "idle"), ("", "decoding and preprocessing")),
+    "MainThread": (("Runner.run (asyncio", "idle"), ("", "handling HTTP")),
+}
+
+
+def profile_service(pid: int, url: str, jpegs: list[bytes], args: argparse.Namespace,
+                    rate: float) -> dict[str, float]:
+    """The share of wall time of each service thread in each state of _PROFILE_STATES, e.g.
+    {"model thread: in the ONNX run": 0.99, ...}: py-spy samples the middle half of a pass of
+    3 x --images (``rate``: the service's images/s so far), so neither the ramp-up nor the
+    tail, when fewer requests are in flight, counts."""
+    spy_bin = Path(sys.executable).with_name("py-spy")
+    out = Path(tempfile.mkdtemp()) / "service.txt"
+    long_pass = argparse.Namespace(**{**vars(args), "images": 3 * args.images})
+    seconds = 3 * args.images / rate
+    with ThreadPoolExecutor(1) as client:
+        running = client.submit(asyncio.run, service_image_rate(url, jpegs, long_pass))
+        time.sleep(seconds / 4)
+        spy = subprocess.run(
+            [str(spy_bin if spy_bin.exists() else "py-spy"), "record", "--pid", str(pid),
+             "--format", "raw", "--threads", "--idle", "--nonblocking", "--rate", "20",
+             "--duration", str(max(1, round(seconds / 2))), "-o", str(out)],
+            capture_output=True, text=True, check=False)
+        rate = running.result()
+    if spy.returncode != 0:
+        raise SystemExit(f"py-spy failed: {spy.stderr[-2000:]}")
+    samples: dict[str, dict[str, int]] = {}
+    for line in out.read_text().splitlines():
+        stack, count = line.rsplit(" ", 1)
+        frames = stack.split(";")
+        thread = frames[0].split(": ", 1)[-1].rstrip("_0123456789")
+        if thread not in _PROFILE_STATES:
+            continue
+        python = [f for f in frames[1:] if ".py:" in f]
+        leaf = python[-1] if python else frames[-1]
+        state = next(name for start, name in _PROFILE_STATES[thread] if leaf.startswith(start))
+        states = samples.setdefault(thread, {})
+        states[state] = states.get(state, 0) + int(count)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    split = {}
+    for thread, states in samples.items():
+        label = {"glimpse-model": "model thread", "glimpse-decode": "decode thread",
+                 "MainThread": "event loop"}[thread]
+        total = sum(states.values())
+        for state, count in sorted(states.items(), key=lambda kv: -kv[1]):
+            split[f"{label}: {state}"] = count / total
+    print(f"profiled service pass: {rate:.1f} images/s; share of wall time: "
+          + ", ".join(f"{k} {v:.1%}" for k, v in split.items()), flush=True)
+    return split
+
+
 def write_rows(mine: argparse.Namespace, args: argparse.Namespace,
-               rounds: list[dict[str, float]], argv: list[str] | None, measured: str) -> None:
+               rounds: list[dict[str, float]], argv: list[str] | None, measured: str,
+               split: dict[str, float]) -> None:
     engine = f"ONNX Runtime {'int8' if mine.quantize == 'int8' else 'fp32'}"
     threads = f"{args.torch_threads} threads" if args.torch_threads else "default threads"
     base = {"date": datetime.date.today().isoformat(), "commit": measured,
@@ -187,10 +271,14 @@ def write_rows(mine: argparse.Namespace, args: argparse.Namespace,
         out += [
             {**base, "what": image_what, "variant": "raw torch eager forward",
              "value": f"{r['torch']:.1f}", "unit": "images/s"},
+            {**base, "what": image_what, "variant": "raw ONNX Runtime session forward",
+             "value": f"{r['session']:.1f}", "unit": "images/s"},
             {**base, "what": image_what, "variant": "glimpse", "value": f"{r['onnx']:.1f}",
              "unit": "images/s"},
             {**base, "what": cpu_what, "variant": "raw torch eager forward",
              "value": f"{r['torch_cpu_ms']:.0f}", "unit": "ms"},
+            {**base, "what": cpu_what, "variant": "raw ONNX Runtime session forward",
+             "value": f"{r['session_cpu_ms']:.0f}", "unit": "ms"},
             {**base, "what": cpu_what, "variant": "glimpse", "value": f"{r['onnx_cpu_ms']:.0f}",
              "unit": "ms"},
             {**base, "what": text_what, "variant": "raw torch eager forward",
@@ -198,6 +286,10 @@ def write_rows(mine: argparse.Namespace, args: argparse.Namespace,
             {**base, "what": text_what, "variant": "glimpse",
              "value": f"{r['onnx_text_ms']:.1f}", "unit": "ms"},
         ]
+    profile_what = (f"share of wall time, {engine} service under py-spy ({args.model}, JPEG "
+                    f"bytes over HTTP, {args.clients} clients)")
+    out += [{**base, "what": profile_what, "variant": state, "value": f"{share:.3f}",
+             "unit": "ratio"} for state, share in split.items()]
     out[0]["command"] = command
     new = not mine.csv.exists()
     with mine.csv.open("a", newline="") as f:
