@@ -34,6 +34,7 @@ import io
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -48,12 +49,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_relevance import _faces, _jpeg, _sample_photos, _tiles, _transform  # noqa: E402
 
 from glimpse.gateway.duplicates import (  # noqa: E402
+    DIFFERENCE,
     NEIGHBOURS,
     PIXEL_BOUND,
-    PIXEL_RATIO,
     RATIO,
     SIDE,
     Item,
+    Pixels,
     fingerprint,
     groups,
     links,
@@ -83,11 +85,14 @@ def build(originals: int, seed: int
     """Images, the bytes each is stored as, and per image its original's row for each mode
     (-1: no copies)."""
     rng = random.Random(seed)
-    # Flat tiles (a page's margin, the sky) are copies of each other already: left out.
-    tiles = [t for p in _sample_photos() for t in _tiles(p)
-             if float(np.asarray(t, dtype=np.float32).std()) > FLAT]
+    # Flat tiles and patches (a page's margin, the sky, the LFW set's blank non-faces) are
+    # copies of each other already: left out.
+    def varied(img: Image.Image) -> bool:  # per channel: a flat blue is flat
+        return float(np.asarray(img, dtype=np.float32).std(axis=(0, 1)).max()) > FLAT
+
+    tiles = [t for p in _sample_photos() for t in _tiles(p) if varied(t)]
     stored = [_saved(t, "JPEG", quality=90) for t in tiles]
-    pool = [_jpeg(t, 90) for t in tiles] + _faces()
+    pool = [_jpeg(t, 90) for t in tiles] + [f for f in _faces() if varied(f)]
     stored += [_saved(f, "PNG") for f in pool[len(tiles):]]
     images = list(pool)
     similar = [-1] * len(pool)
@@ -183,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=None,
                    help="keep each model's vectors here (.npy) and reuse them on the next run")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
     args = p.parse_args(argv)
     images, stored, exact, similar = build(args.originals, args.seed)
     items = {i: Item(i, f"{i}.jpg", img.width, img.height, None, None)
              for i, img in enumerate(images)}
     prints = prints_of(stored)
+    pixels = Pixels(dict(enumerate(prints)))
 
     def copy(a: int, b: int) -> bool:
         """The exact mode's test past the vectors: the same size and the same pixels."""
@@ -210,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{args.seed}", "variant": variant, "value": f"{value:.3f}",
                      "unit": "grey levels", "command": "", "note": ""})
     ids = list(range(n))
-    for model in MODELS:
-        cached = args.cache / f"{model}-{args.originals}-{args.seed}.npy" if args.cache else None
+    for model in args.models:
+        cached = (args.cache / f"{model}-{n}-{args.originals}-{args.seed}.npy" if args.cache
+                  else None)
         if cached is not None and cached.exists():
             vectors = np.load(cached)
         else:
@@ -247,11 +255,20 @@ def main(argv: list[str] | None = None) -> int:
                     if mode == "similar" or copy(int(x), int(y))]
 
         rules: list[tuple[str, str, Callable[[str], list[tuple[int, int, float]]]]] = []
-        found = [(a, b, s, r, same and r <= PIXEL_RATIO and copy(a, b))
-                 for a, b, s, r, same in links(ids, near, items)]
+        started = time.perf_counter()
+        found = links(ids, near, items, dict(enumerate(vectors)), pixels)
+        linking_s = time.perf_counter() - started
+        print(f"{model}: {len(found)} candidate pairs kept, linked in {linking_s:.1f} s")
         for r in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3):
-            rules.append(("ratio", f"ratio {r}",
-                          lambda mode, r=r, found=found: select(found, mode, r)))  # type: ignore[misc]
+            # The vectors alone (no pixel difference is negative).
+            rules.append(("ratio", f"ratio {r}", lambda mode, r=r, found=found: select(  # type: ignore[misc]
+                found, mode, r, difference=-1.0)))
+        for d in (0.12, 0.14, 0.16, 0.18, 0.2, 0.25):
+            # The pixels alone (no ratio is negative), and with the vectors' similar ratio.
+            rules.append(("pixels", f"difference {d}", lambda mode, d=d, found=found: select(  # type: ignore[misc]
+                found, mode, None if mode == "exact" else -1.0, d)))
+            rules.append(("both", f"difference {d} or ratio {RATIO['similar']}",
+                          lambda mode, d=d, found=found: select(found, mode, None, d)))  # type: ignore[misc]
         for t in (0.9, 0.95, 0.98, 0.99, 0.995, 0.999):
             rules.append(("flat", f"flat cosine {t}", lambda mode, t=t: flat_links(mode, t)))  # type: ignore[misc]
         rules.append(("cutoff", "relevance cutoff per item", cutoff_links))
@@ -268,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "unit": "ratio", "command": "", "note": ""})
     rows[0]["command"] = "python bench/bench_duplicates.py " + " ".join(argv or sys.argv[1:])
     rows[0]["note"] = (f"chosen: RATIO {RATIO}, NEIGHBOURS {NEIGHBOURS}, "
-                       f"PIXEL_BOUND {PIXEL_BOUND}, PIXEL_RATIO {PIXEL_RATIO}")
-    with OUT.open("w", newline="") as fh:
+                       f"PIXEL_BOUND {PIXEL_BOUND}, DIFFERENCE {DIFFERENCE}")
+    new = not OUT.exists()
+    with OUT.open("a", newline="") as fh:  # every run is kept
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
+        if new:
+            writer.writeheader()
         writer.writerows(rows)
     return 0
 

@@ -1,25 +1,32 @@
 """Duplicate groups (GET /duplicates): a batched self-search over the index, in the background.
 
-Each item's vector is searched once with ``NEIGHBOURS`` hits; a pair is linked when the two are
-nearer than the item's own background puts anything (the scale-free rule below), and linked
-items are grouped by union-find. ``exact`` also asks the same displayed size (meta width and
-height) and the same pixels: both originals, decoded whole and upright, at ``SIDE`` x ``SIDE``
-greyscale, differ by at most ``PIXEL_BOUND`` grey levels on average (the same picture in other
-bytes: a lossless copy, metadata added or stripped; any recompression, even at JPEG quality
-95, or a colour edit is ``similar``). A pass reads the items a page at a time from the
-index (GET /v1/items) and searches only the items added since the last pass; deleted items
-drop out of their groups. A request starts a pass when the saved groups are older than
-``REFRESH_S`` (and answers the saved ones). One process per media folder computes (the
-per-key lock of media.py, on a key of its own); every worker serves the JSON file it writes
-(temp + rename).
+Each item's vector is searched once with ``NEIGHBOURS`` hits, and each item's original is
+decoded once into its fingerprint (``SIDE`` x ``SIDE`` greyscale, decoded whole and upright)
+whose ``NEIGHBOURS`` nearest fingerprints are candidates too. A candidate pair is measured both
+ways: by its vectors (the scale-free ratio below) and by its pixels (``difference``: the
+crop-aligned, brightness-fitted difference of the two fingerprints). Linked items are grouped
+by union-find.
 
-The linking rule. A flat cosine threshold is a per-model constant (every model has its own
+``exact`` links a pair within ``RATIO["exact"]`` of the same displayed size (meta width and
+height) whose fingerprints differ by at most ``PIXEL_BOUND`` grey levels on average (the same
+picture in other bytes: a lossless copy, metadata added or stripped; any recompression, even at
+JPEG quality 95, or a colour edit is ``similar``). ``similar`` links a pair within
+``DIFFERENCE`` by its pixels: random-weight vectors do not bring crops and colour edits near
+(bench/bench_duplicates.py measured both signals and their union).
+
+A pass reads the items a page at a time from the index (GET /v1/items), fingerprints and
+searches only the items added since the last pass; deleted items drop out of their groups. A
+request starts a pass when the saved groups are older than ``REFRESH_S`` (and answers the saved
+ones). One process per media folder computes (the per-key lock of media.py, on a key of its
+own); every worker serves the JSON file it writes (temp + rename), the fingerprints are kept
+beside it for the next pass.
+
+The vectors' rule. A flat cosine threshold is a per-model constant (every model has its own
 score scale). Instead each item's hits give its scale: ``d_k``, the distance (``1 - score``) to
 its ``NEIGHBOURS``-th hit, is where its unrelated background lies, and a hit at distance
-``d <= RATIO[mode] * d_k`` is a copy. bench/bench_duplicates.py measured this rule, flat
-thresholds and the relevance cutoff (relevance.py) per item on transformed copies of the sample
-photos with two models; the ratios are the ones it chose. The pass keeps every pair up to
-``MAX_RATIO``, so a request overrides the mode's ratio with ``?ratio=`` at no cost.
+``d <= RATIO[mode] * d_k`` is near. The pass keeps every pair up to ``MAX_RATIO`` or
+``MAX_DIFFERENCE``, so a request overrides the thresholds (``?ratio=``, ``?difference=``) at no
+cost.
 """
 
 from __future__ import annotations
@@ -49,10 +56,11 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["exact", "similar"]
 
-# Hits per item of the self-search: copies of one picture beyond this many are still grouped
-# through each other (union-find), and the last hit gives the item's background scale.
+# Hits per item of the self-search, and fingerprint neighbours per item: copies of one picture
+# beyond this many are still grouped through each other (union-find), and the last hit gives
+# the item's background scale.
 NEIGHBOURS = 20
-# A hit nearer than this fraction of the item's background distance is a copy (measured).
+# A hit nearer than this fraction of the item's background distance is near (measured).
 RATIO: dict[Mode, float] = {"exact": 0.005, "similar": 0.01}
 # The pass keeps the pairs up to this ratio, so a request may ask for another one (``ratio``).
 MAX_RATIO = 0.5
@@ -61,15 +69,30 @@ MAX_RATIO = 0.5
 # 0 for lossless copies and from 0.046 up for recompressions (q30-95) and colour edits.
 SIDE = 32
 PIXEL_BOUND = 0.02
-# Only pairs this near (ten times the exact ratio) are decoded for the check: the bench's exact
-# copies all lie within RATIO["exact"], and each check decodes two originals whole.
-PIXEL_RATIO = 0.05
+# The similar mode's pixel check: one fingerprint's central window (CROP from each side) at
+# DETAIL x DETAIL against each window of the other that a crop of up to CROP per axis (in the
+# steps of CROPS, split in any way between the two edges) of either picture shows it at, after
+# fitting a colour edit's gain and shift (GAIN, SHIFT). The difference is the fit's RMS over
+# the picture's contrast (its standard deviation plus FLOOR grey levels, so that noise on a
+# flat picture stays small); a pair within DIFFERENCE is a copy (bench_duplicates.py chose it).
+DETAIL = 16
+CROP = 0.1
+CROPS = (0.0, 0.025, 0.05, 0.075, 0.1)
+GAIN = (0.85, 1.18)
+SHIFT = 12.0
+FLOOR = 4.0
+DIFFERENCE = 0.16
+# The pass keeps the pairs up to this difference, so a request may ask for another one.
+MAX_DIFFERENCE = 0.5
 # Items read per page and searched per request.
 PAGE = 500
 BATCH = 64
 # A pass starts when the file is older than this and someone asks.
 REFRESH_S = 30.0
 FILE_NAME = "duplicates.json"
+PRINTS_NAME = "duplicates.prints.npz"
+# The saved state's layout: a file of another one is recomputed.
+VERSION = 2
 _LOCK_KEY = "glimpse:duplicates"
 _TINY = 1e-6
 
@@ -110,48 +133,17 @@ def keeper(items: Sequence[Item]) -> int:
     return min(items, key=rank).id
 
 
-Link = tuple[int, int, float, float, bool]  # smaller id, larger id, score, ratio, same size
-
-
-def links(ids: Sequence[int], hits: Sequence[Sequence[tuple[int, float]]],
-          items: dict[int, Item], limit: float = MAX_RATIO) -> list[Link]:
-    """The pairs within ``limit`` of each item's background, from each item's hits: (smaller
-    id, larger id, score, the pair's distance over the background, same displayed size).
-
-    An item's background is its last hit's distance when it got ``NEIGHBOURS`` of them; with
-    fewer (a collection smaller than that) every other item is its background, so the farthest
-    one stands for it. A pair found from both sides keeps its smaller ratio.
-    """
-    out: dict[tuple[int, int], Link] = {}
-    for item_id, row in zip(ids, hits, strict=True):
-        others = [(i, s) for i, s in row if i != item_id]
-        if not others:
-            continue
-        background = max(1.0 - others[-1][1], _TINY)
-        for other, score in others:
-            ratio = max(1.0 - score, 0.0) / background
-            if ratio > limit:
-                break
-            a, b = min(item_id, other), max(item_id, other)
-            known = out.get((a, b))
-            if known is None or ratio < known[3]:
-                same = _same_size(items.get(item_id), items.get(other))
-                out[(a, b)] = (a, b, score, ratio, same)
-    return list(out.values())
-
-
-def select(found: Iterable[Sequence[Any]], mode: Mode, ratio: float | None = None
-           ) -> list[tuple[int, int, float]]:
-    """The pairs that link in ``mode``: within its ratio (RATIO unless given), and of the same
-    displayed size for ``exact``."""
-    limit = RATIO[mode] if ratio is None else ratio
-    return [(int(a), int(b), float(s)) for a, b, s, r, same in found
-            if r <= limit and (same or mode == "similar")]
+# smaller id, larger id, cosine, the vectors' ratio, same size and pixels, the pixels' difference
+Link = tuple[int, int, float, float, bool, float | None]
 
 
 def fingerprint(img: Image.Image) -> bytes:
-    """An upright decoded image as ``SIDE`` x ``SIDE`` greyscale bytes."""
-    return to_rgb(img).convert("L").resize((SIDE, SIDE), Image.Resampling.BOX).tobytes()
+    """An upright decoded image as ``SIDE`` x ``SIDE`` greyscale bytes: each pixel the mean
+    of those it covers, or for an image smaller than that, interpolated (so that a small copy's
+    pixels are not blocks of another size than its original's)."""
+    small = min(img.size) < SIDE
+    resample = Image.Resampling.BILINEAR if small else Image.Resampling.BOX
+    return to_rgb(img).convert("L").resize((SIDE, SIDE), resample).tobytes()
 
 
 def same_pixels(a: bytes | None, b: bytes | None) -> bool:
@@ -160,6 +152,150 @@ def same_pixels(a: bytes | None, b: bytes | None) -> bool:
         return False
     diff = np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8)
     return float(np.abs(diff).mean()) <= PIXEL_BOUND
+
+
+def _sampler(start: float, width: float) -> np.ndarray:
+    """The DETAIL x SIDE matrix that averages the span [start, start + width] of a side
+    (fractions of it) into DETAIL cells: each cell the mean of the pixels it covers, in
+    proportion, so fine texture does not alias."""
+    edges = np.clip((start + np.arange(DETAIL + 1) / DETAIL * width) * SIDE, 0.0, SIDE)
+    pixels = np.arange(SIDE)
+    cover = np.clip(np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels),
+                    0.0, None)
+    return (cover / np.maximum(cover.sum(axis=1, keepdims=True), _TINY)).astype(np.float32)
+
+
+def _spans() -> np.ndarray:
+    """Per axis, the samplers of the spans of a picture that another's central span shows when
+    one of the two is a crop (``cut`` of the side in all, ``left`` of it before) of the other."""
+    middle = 1.0 - 2 * CROP
+    found: set[tuple[float, float]] = set()
+    for cut in CROPS:
+        for left in (c for c in CROPS if c <= cut):
+            found.add((round(left + CROP * (1 - cut), 6), round(middle * (1 - cut), 6)))
+            found.add((round((CROP - left) / (1 - cut), 6), round(middle / (1 - cut), 6)))
+    return np.stack([_sampler(start, width) for start, width in sorted(found)])
+
+
+_SPANS = _spans()
+_CENTRE = _sampler(CROP, 1.0 - 2 * CROP)
+
+
+class Pixels:
+    """The fingerprints a pass knows, by item id: the exact check, the fingerprint neighbours
+    (cosine of the central windows at half DETAIL, mean removed) and the similar check."""
+
+    def __init__(self, prints: dict[int, bytes]) -> None:
+        self.prints = prints
+        self.ids = np.array(sorted(prints), dtype=np.int64)
+        self.row = {int(i): r for r, i in enumerate(self.ids)}
+        grey = self._grey([prints[int(i)] for i in self.ids])
+        self.centres = (_CENTRE @ grey @ _CENTRE.T).reshape(len(grey), DETAIL * DETAIL)
+        half = DETAIL // 2
+        coarse = self.centres.reshape(-1, half, 2, half, 2).mean(axis=(2, 4)).reshape(
+            len(grey), half * half)
+        coarse -= coarse.mean(axis=1, keepdims=True)
+        self.keys = coarse / (np.linalg.norm(coarse, axis=1, keepdims=True) + _TINY)
+
+    @staticmethod
+    def _grey(prints: Sequence[bytes]) -> np.ndarray:
+        flat = np.frombuffer(b"".join(prints), np.uint8).astype(np.float32)
+        return flat.reshape(len(prints), SIDE, SIDE)
+
+    def near(self, item_id: int, count: int = NEIGHBOURS) -> list[int]:
+        """The ``count`` items whose fingerprints look most like this one's (by their coarse
+        shapes; a flat one has none)."""
+        row = self.row.get(item_id)
+        if row is None or not self.keys[row].any():
+            return []
+        scores = self.keys @ self.keys[row]
+        scores[row] = -np.inf
+        top = np.argpartition(-scores, min(count, len(scores) - 1))[:count]
+        return [int(self.ids[r]) for r in top if scores[r] > 0]
+
+    def same(self, a: int, b: int) -> bool:
+        return same_pixels(self.prints.get(a), self.prints.get(b))
+
+    def differences(self, item_id: int, others: Sequence[int]) -> list[float | None]:
+        """Each other's difference from this item (None where either has no fingerprint): the
+        least over this one's spans of the colour fit's RMS to the other's central window."""
+        out: list[float | None] = [None] * len(others)
+        rows = [(k, self.row[o]) for k, o in enumerate(others) if o in self.row]
+        if item_id not in self.row or not rows:
+            return out
+        grey = self._grey([self.prints[item_id]])[0]
+        views = (_SPANS @ grey)[:, None] @ _SPANS.transpose(0, 2, 1)[None]
+        views = views.reshape(-1, DETAIL * DETAIL)
+        targets = self.centres[[r for _, r in rows]]
+        size = views.shape[1]
+        v_mean = views.mean(axis=1)
+        v_centred = views - v_mean[:, None]
+        v_norm = (v_centred**2).sum(axis=1)
+        t_mean = targets.mean(axis=1)
+        t_centred = targets - t_mean[:, None]
+        t_norm = (t_centred**2).sum(axis=1)
+        dot = t_centred @ v_centred.T  # targets x views
+        # The target as gain * view + shift, both within a colour edit's reach.
+        gain = np.clip(dot / np.maximum(v_norm, _TINY), *GAIN)
+        shift = np.clip(t_mean[:, None] - gain * v_mean, -SHIFT, SHIFT)
+        rest = ((t_norm[:, None] - 2 * gain * dot + gain**2 * v_norm) / size
+                + (t_mean[:, None] - gain * v_mean - shift) ** 2)
+        error = np.sqrt(np.maximum(rest.min(axis=1), 0.0)) / (np.sqrt(t_norm / size) + FLOOR)
+        for (k, _), value in zip(rows, error, strict=True):
+            out[k] = float(value)
+        return out
+
+
+def links(ids: Sequence[int], hits: Sequence[Sequence[tuple[int, float]]],
+          items: dict[int, Item], vectors: dict[int, np.ndarray], pixels: Pixels,
+          limit: float = MAX_RATIO, most: float = MAX_DIFFERENCE) -> list[Link]:
+    """The pairs near by their vectors (within ``limit`` of each item's background) or by their
+    pixels (within ``most``), from each item's hits and fingerprint neighbours.
+
+    An item's background is its last hit's distance when it got ``NEIGHBOURS`` of them; with
+    fewer (a collection smaller than that) every other item is its background, so the farthest
+    one stands for it. A pair found from both sides keeps its smaller ratio and difference.
+    """
+    out: dict[tuple[int, int], Link] = {}
+    for item_id, row in zip(ids, hits, strict=True):
+        others = [(i, s) for i, s in row if i != item_id]
+        if not others:
+            continue
+        background = max(1.0 - others[-1][1], _TINY)
+        scores = dict(others)
+        mine = vectors[item_id].astype(np.float32)
+        for other in pixels.near(item_id):
+            if other not in scores and other in vectors:
+                scores[other] = float(mine @ vectors[other].astype(np.float32))
+        found = list(scores)
+        for other, difference in zip(found, pixels.differences(item_id, found), strict=True):
+            score = scores[other]
+            ratio = max(1.0 - score, 0.0) / background
+            if ratio > limit and (difference is None or difference > most):
+                continue
+            a, b = min(item_id, other), max(item_id, other)
+            known = out.get((a, b))
+            if known is not None:
+                ratio = min(ratio, known[3])
+                if known[5] is not None:
+                    difference = known[5] if difference is None else min(difference, known[5])
+            same = _same_size(items.get(a), items.get(b)) and pixels.same(a, b)
+            out[(a, b)] = (a, b, score, ratio, same, difference)
+    return list(out.values())
+
+
+def select(found: Iterable[Sequence[Any]], mode: Mode, ratio: float | None = None,
+           difference: float | None = None) -> list[tuple[int, int, float]]:
+    """The pairs that link in ``mode``: ``exact`` within its ratio (RATIO unless given) with
+    the same size and pixels, ``similar`` within its difference (DIFFERENCE unless given) by
+    its pixels or within its ratio by its vectors."""
+    limit = RATIO[mode] if ratio is None else ratio
+    most = DIFFERENCE if difference is None else difference
+    if mode == "exact":
+        return [(int(a), int(b), float(s)) for a, b, s, r, same, _ in found
+                if r <= limit and same]
+    return [(int(a), int(b), float(s)) for a, b, s, r, _, d in found
+            if r <= limit or (d is not None and d <= most)]
 
 
 def _same_size(a: Item | None, b: Item | None) -> bool:
@@ -196,10 +332,13 @@ def groups(pairs: Iterable[tuple[int, int, float]]) -> list[tuple[list[int], flo
     return out
 
 
-def answer(state: dict[str, Any], mode: Mode, ratio: float | None = None) -> dict[str, Any]:
-    """The body of GET /duplicates from a pass's saved state."""
+def answer(state: dict[str, Any], mode: Mode, ratio: float | None = None,
+           difference: float | None = None) -> dict[str, Any]:
+    """The body of GET /duplicates from a pass's saved state (one of another layout is none)."""
+    if state.get("version") != VERSION:
+        state = {}
     items = {int(k): Item(**v) for k, v in state.get("items", {}).items()}
-    pairs = [p for p in select(state.get("links", []), mode, ratio)
+    pairs = [p for p in select(state.get("links", []), mode, ratio, difference)
              if p[0] in items and p[1] in items]
     body = []
     for ids, score in groups(pairs):
@@ -207,9 +346,24 @@ def answer(state: dict[str, Any], mode: Mode, ratio: float | None = None) -> dic
         body.append({"score": round(score, 4), "keeper": keeper(members),
                      "items": [m.as_json() for m in members]})
     return {"mode": mode, "ratio": RATIO[mode] if ratio is None else ratio,
+            "difference": DIFFERENCE if difference is None else difference,
             "complete": bool(state.get("complete")),
             "progress": state.get("progress", {"done": 0, "total": 0}),
             "updated_at": state.get("updated_at"), "groups": body}
+
+
+def merged(found: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """One link per pair: its smaller ratio and difference (a pair both of whose items were
+    new is found from each side)."""
+    out: dict[tuple[int, int], list[Any]] = {}
+    for a, b, score, ratio, same, difference in found:
+        known = out.get((int(a), int(b)))
+        if known is not None:
+            ratio = min(ratio, known[3])
+            if known[5] is not None:
+                difference = known[5] if difference is None else min(difference, known[5])
+        out[(int(a), int(b))] = [int(a), int(b), score, ratio, bool(same), difference]
+    return list(out.values())
 
 
 # The pass -----------------------------------------------------------------------------------
@@ -221,6 +375,7 @@ class Duplicates:
     def __init__(self, gateway: GatewayState) -> None:
         self.gateway = gateway
         self.path = Path(gateway.media.root) / FILE_NAME
+        self.prints_path = Path(gateway.media.root) / PRINTS_NAME
         self.task: asyncio.Task[None] | None = None
 
     def load(self) -> dict[str, Any]:
@@ -234,6 +389,23 @@ class Duplicates:
         temp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
         temp.write_bytes(json.dumps(state, separators=(",", ":")).encode())
         os.replace(temp, self.path)
+
+    def _load_prints(self) -> dict[int, bytes]:
+        try:
+            with np.load(self.prints_path) as saved:
+                return {int(i): p.tobytes() for i, p in zip(saved["ids"], saved["prints"],
+                                                            strict=True)}
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def _save_prints(self, prints: dict[int, bytes]) -> None:
+        temp = self.prints_path.with_name(f".{PRINTS_NAME}.{os.getpid()}.tmp")
+        ids = sorted(prints)
+        matrix = np.frombuffer(b"".join(prints[i] for i in ids), np.uint8).reshape(
+            len(ids), SIDE * SIDE)
+        with temp.open("wb") as fh:
+            np.savez(fh, ids=np.array(ids, dtype=np.int64), prints=matrix)
+        os.replace(temp, self.prints_path)
 
     def _fingerprint(self, key: str, path: str, original: Any) -> bytes | None:
         """The fingerprint of an item's stored original (thumbnails.py finds it the same way),
@@ -251,29 +423,9 @@ class Duplicates:
         except (OSError, GlimpseError):
             return None
 
-    async def _confirm(self, found: list[Any], sources: dict[int, tuple[str, str, Any]],
-                       prints: dict[str, str | None]) -> list[Any]:
-        """The links with ``same`` kept only where the two originals' pixels match too; each
-        item's fingerprint is made once (``prints``, saved with the links)."""
-        out = []
-        for a, b, score, ratio, same in found:
-            same = same and ratio <= PIXEL_RATIO
-            if same:
-                pair = []
-                for i in (int(a), int(b)):
-                    if str(i) not in prints and i in sources:
-                        made = await anyio.to_thread.run_sync(
-                            self._fingerprint, *sources[i],
-                            limiter=self.gateway.decode_limiter)
-                        prints[str(i)] = None if made is None else made.hex()
-                    known = prints.get(str(i))
-                    pair.append(None if known is None else bytes.fromhex(known))
-                same = same_pixels(*pair)
-            out.append([a, b, score, ratio, same])
-        return out
-
     def stale(self, state: dict[str, Any]) -> bool:
-        return not state.get("complete") or time.time() - state.get("updated_at", 0) > REFRESH_S
+        return (state.get("version") != VERSION or not state.get("complete")
+                or time.time() - state.get("updated_at", 0) > REFRESH_S)
 
     def poke(self) -> None:
         """Start a pass in the background unless one runs in this process."""
@@ -290,15 +442,19 @@ class Duplicates:
             log.exception("the duplicates pass failed")
 
     async def run(self, state: dict[str, Any]) -> None:
-        """One pass: list every item (deletions drop out), search the new ones, save."""
+        """One pass: list every item (deletions drop out), fingerprint and search the new
+        ones, save."""
         index = self.gateway.index
-        last = int(state.get("last_id", 0)) if state.get("complete") else 0
+        again = state.get("complete") and state.get("version") == VERSION
+        last = int(state.get("last_id", 0)) if again else 0
         found: list[Any] = list(state.get("links", [])) if last else []
-        prints: dict[str, str | None] = dict(state.get("prints", {})) if last else {}
+        prints = await asyncio.to_thread(self._load_prints) if last else {}
         sources: dict[int, tuple[str, str, Any]] = {}
         total = int((await index.stats()).get("count", 0))
         items: dict[int, Item] = {}
-        fresh: list[tuple[int, np.ndarray]] = []
+        # Every item's vector, for the cosine of the pairs that only the pixels find.
+        vectors: dict[int, np.ndarray] = {}
+        fresh: list[int] = []
         after: int | None = 0
         while after is not None:
             page = await index.json("GET", "/v1/items", params={
@@ -306,38 +462,51 @@ class Duplicates:
             for record in page["items"]:
                 item = Item.of(record)
                 items[item.id] = item
+                vectors[item.id] = _vector(record["vector"]).astype(np.float16)
                 key = record.get("key")
                 if isinstance(key, str):
                     meta = record.get("meta") or {}
                     sources[item.id] = (key, item.path, meta.get("original"))
                 if item.id > last:
-                    fresh.append((item.id, _vector(record["vector"])))
+                    fresh.append(item.id)
             after = page["next_after"]
             if last == 0:  # the first pass shows its progress
-                progress = {"done": 0, "total": max(total, len(items))}
+                progress = {"done": 0, "total": 2 * max(total, len(items))}
                 await asyncio.to_thread(self._save, {**state, "complete": False,
                                                      "progress": progress})
-        done = 0
+        prints = {i: p for i, p in prints.items() if i in items}
+        # Each new item's original is decoded once; the progress counts these, then searches.
+        steps = 2 * len(fresh)
+        for done, item_id in enumerate(fresh, 1):
+            if item_id in sources:
+                made = await anyio.to_thread.run_sync(
+                    self._fingerprint, *sources[item_id], limiter=self.gateway.decode_limiter)
+                if made is not None:
+                    prints[item_id] = made
+            if last == 0 and done % (10 * BATCH) == 0:
+                await asyncio.to_thread(self._save, {
+                    **state, "complete": False, "progress": {"done": done, "total": steps}})
+        pixels = await asyncio.to_thread(Pixels, prints)
         for start in range(0, len(fresh), BATCH):
-            batch = fresh[start : start + BATCH]
+            ids = fresh[start : start + BATCH]
             answer_ = await index.json("POST", "/v1/search", json={
-                "vectors": [encode_vector(v) for _, v in batch], "k": NEIGHBOURS + 1})
-            ids = [i for i, _ in batch]
+                "vectors": [encode_vector(vectors[i].astype(np.float32)) for i in ids],
+                "k": NEIGHBOURS + 1})
             hits = [[(int(h["id"]), float(h["score"])) for h in row]
                     for row in answer_["results"]]
-            found.extend(await self._confirm(links(ids, hits, items), sources, prints))
-            done += len(batch)
+            found.extend(await asyncio.to_thread(links, ids, hits, items, vectors, pixels))
             if last == 0 and (start // BATCH) % 10 == 9:
+                done = len(fresh) + start + len(ids)
                 await asyncio.to_thread(self._save, {
-                    **state, "complete": False,
-                    "progress": {"done": done, "total": len(fresh)}})
-        kept = [p for p in found if int(p[0]) in items and int(p[1]) in items]
+                    **state, "complete": False, "progress": {"done": done, "total": steps}})
+        kept = [p for p in merged(found) if p[0] in items and p[1] in items]
+        if fresh:
+            await asyncio.to_thread(self._save_prints, prints)
         await asyncio.to_thread(self._save, {
-            "complete": True, "updated_at": time.time(),
+            "version": VERSION, "complete": True, "updated_at": time.time(),
             "last_id": max(items, default=0), "progress": {"done": len(items),
                                                            "total": len(items)},
-            "items": {str(i): vars(it) for i, it in items.items()}, "links": kept,
-            "prints": {k: v for k, v in prints.items() if int(k) in items}})
+            "items": {str(i): vars(it) for i, it in items.items()}, "links": kept})
 
 
 def _vector(value: Any) -> np.ndarray:

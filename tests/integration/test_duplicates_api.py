@@ -1,6 +1,7 @@
 """GET /duplicates through the real stack (index, tiny encoder, gateway) with planted copies:
 the first request starts the background pass and answers "complete": false, then the groups
-come with their keeper; a bad mode is a 422 naming ``mode``."""
+come with their keeper, a half-size copy among the similar ones; a bad mode or difference is a
+422 naming it."""
 
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ def test_planted_copies_are_grouped_with_the_largest_as_keeper(
         similar = _complete(client, "similar")
         holding = [g for g in similar["groups"] if pair <= {i["id"] for i in g["items"]}]
         assert len(holding) == 1
+        # The half-size copy joins them: its pixels match once scaled.
+        assert ids["copies/small.jpg"] in {i["id"] for i in holding[0]["items"]}
 
         bad = client.get("/duplicates", params={"mode": "fuzzy"})
         assert bad.status_code == 422 and "mode" in bad.json()["error"], bad.text
+        bad = client.get("/duplicates", params={"mode": "similar", "difference": 2})
+        assert bad.status_code == 422 and "difference" in bad.json()["error"], bad.text

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from glimpse.contracts.errors import ERROR_RESPONSES
-from glimpse.gateway.duplicates import MAX_RATIO, Duplicates, Mode, answer
+from glimpse.gateway.duplicates import MAX_DIFFERENCE, MAX_RATIO, Duplicates, Mode, answer
 from glimpse.gateway.state import ReadAccess, State
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -39,8 +39,11 @@ class Progress(BaseModel):
 
 class DuplicatesResponse(BaseModel):
     mode: Mode
-    ratio: float = Field(description="A pair links when its distance is within this fraction "
-                         "of each item's background distance (its 20th neighbour's).")
+    ratio: float = Field(description="A pair is near by its vectors when their distance is "
+                         "within this fraction of each item's background distance (its 20th "
+                         "neighbour's).")
+    difference: float = Field(description="A pair is near by its pixels (similar mode) when "
+                              "their crop-aligned, colour-fitted difference is within this.")
     complete: bool = Field(description="False while the first pass runs: the groups so far.")
     progress: Progress
     updated_at: float | None = Field(description="Unix time the groups were last computed.")
@@ -56,19 +59,23 @@ def _duplicates(request: Request, state: State) -> Duplicates:
 
 _MODE = Query("exact", description="exact: the same pixels in other bytes (a lossless copy, "
               "metadata added or stripped); similar: resized, recompressed, cropped or lightly "
-              "edited copies too.")
+              "edited copies too, near by their pixels or their vectors.")
 _RATIO = Query(None, gt=0, le=MAX_RATIO, description="Overrides the mode's measured ratio: "
                "larger links more distant copies (and more unrelated pictures).")
+_DIFFERENCE = Query(None, gt=0, le=MAX_DIFFERENCE, description="Overrides the similar mode's "
+                    "measured pixel difference: larger links more edited copies (and more "
+                    "unrelated pictures).")
 
 
 @router.get("/duplicates", response_model=DuplicatesResponse, tags=["search"],
             dependencies=[ReadAccess])
 async def duplicates(request: Request, state: State, mode: Mode = _MODE,
-                     ratio: float | None = _RATIO) -> dict[str, Any]:
+                     ratio: float | None = _RATIO,
+                     difference: float | None = _DIFFERENCE) -> dict[str, Any]:
     """The duplicate groups with a score and a suggested keeper each. The first request
     starts the background pass; until it ends, "complete" is false with its progress."""
     keeper = _duplicates(request, state)
     saved = await asyncio.to_thread(keeper.load)
     if keeper.stale(saved):
         keeper.poke()
-    return answer(saved, mode, ratio)
+    return answer(saved, mode, ratio, difference)

@@ -14,10 +14,14 @@ from PIL import Image
 
 from glimpse.contracts.vectors import encode_vector
 from glimpse.gateway.duplicates import (
+    DIFFERENCE,
     NEIGHBOURS,
+    PRINTS_NAME,
     SIDE,
+    VERSION,
     Duplicates,
     Item,
+    Pixels,
     answer,
     fingerprint,
     groups,
@@ -56,45 +60,110 @@ def _row(me: int, near: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return [(me, 1.0), *near, *far]
 
 
+def _vectors(ids: list[int]) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {i: (v / np.linalg.norm(v)).astype(np.float32)
+            for i, v in zip(ids, rng.standard_normal((len(ids), 16)), strict=True)}
+
+
 def test_a_hit_links_when_it_is_near_against_the_items_own_background() -> None:
     items = {i: item(i) for i in (1, 2, 3)} | {4: item(4, 50, 40)}
     items.update({100 + n: item(100 + n) for n in range(NEIGHBOURS)})
+    same = fingerprint(_picture(1))
+    pixels = Pixels({1: same, 2: same, 4: same, 3: fingerprint(_picture(3))})
+    vectors = _vectors(list(items))
     hits = [_row(1, [(2, 0.999), (4, 0.997), (3, 0.9)])]
-    found = links([1], hits, items)
+    found = links([1], hits, items, vectors, pixels)
     # Background distance 0.4: the ratios 0.0025, 0.0075 and 0.25; 4 is smaller than 1.
-    assert [(a, b, same) for a, b, _, _, same in found] == [(1, 2, True), (1, 4, False),
-                                                            (1, 3, True)]
-    assert select(found, "exact") == [(1, 2, 0.999)]  # within 0.005 and of the same size
+    assert [(a, b, same) for a, b, _, _, same, _ in found] == [(1, 2, True), (1, 4, False),
+                                                               (1, 3, False)]
+    assert select(found, "exact") == [(1, 2, 0.999)]  # within 0.005, same size and pixels
+    # 4 by both signals, 3 by neither (another picture, and a ratio past 0.01).
     assert select(found, "similar") == [(1, 2, 0.999), (1, 4, 0.997)]
+    assert select(found, "similar", difference=-1.0) == [(1, 2, 0.999), (1, 4, 0.997)]
     assert len(select(found, "similar", ratio=0.3)) == 3  # a request's own ratio
-    # The same scores against a nearer background (a denser region) link nothing.
-    dense = [[(1, 1.0), (2, 0.999), *[(100 + n, 0.9995) for n in range(NEIGHBOURS)]]]
-    assert select(links([1], dense, items), "similar") == []
+    # The same scores against a nearer background (a denser region) link nothing by vectors.
+    dense = [[(1, 1.0), (3, 0.999), *[(100 + n, 0.9995) for n in range(NEIGHBOURS)]]]
+    assert select(links([1], dense, items, vectors, pixels), "similar", difference=-1.0) == []
 
 
 def test_a_pair_found_from_both_sides_counts_once_with_its_smaller_ratio() -> None:
     items = {i: item(i) for i in (1, 2)} | {100 + n: item(100 + n) for n in range(NEIGHBOURS)}
     far = [(2, 1.0), (1, 0.99), *[(200 + n, 0.95) for n in range(NEIGHBOURS - 1)]]
-    found = links([1, 2], [_row(1, [(2, 0.99)]), far], items)
+    found = links([1, 2], [_row(1, [(2, 0.99)]), far], items, _vectors([1, 2]), Pixels({}))
     assert [(a, b) for a, b, *_ in found] == [(1, 2)]
-    assert abs(found[0][3] - 0.01 / 0.4) < 1e-9
+    assert abs(found[0][3] - 0.01 / 0.4) < 1e-9 and found[0][5] is None
+
+
+def _edits(img: Image.Image) -> dict[str, Image.Image]:
+    """A picture's copies the similar mode must take: each edit of the issue, and all of them."""
+    w, h = img.size
+    resized = img.resize((w * 6 // 10, h * 6 // 10), Image.Resampling.BILINEAR)
+    cropped = img.crop((2, 3, w - 3, h - 1))  # about 8 % of each side, split unevenly
+    coloured = Image.eval(img, lambda v: min(255, int(v * 1.08) + 4))
+    recompressed = _decoded(_jpeg(img, 35))
+    everything = _decoded(_jpeg(Image.eval(
+        img.crop((4, 0, w - 1, h - 3)).resize((w // 2, h // 2), Image.Resampling.BILINEAR),
+        lambda v: max(0, int(v * 0.93) - 3)), 50))
+    return {"resized": resized, "cropped": cropped, "coloured": coloured,
+            "recompressed": recompressed, "everything": everything}
+
+
+def test_the_pixels_take_edited_copies_and_leave_other_pictures() -> None:
+    originals = [_picture(seed) for seed in range(1, 31)]
+    prints = {k: fingerprint(img) for k, img in enumerate(originals)}
+    copies = _edits(originals[0])
+    prints |= {100 + k: fingerprint(img) for k, img in enumerate(copies.values())}
+    pixels = Pixels(prints)
+    copy_ids = list(range(100, 100 + len(copies)))
+    near = dict(zip(copies, pixels.differences(0, copy_ids), strict=True))
+    assert all(d is not None and d <= DIFFERENCE for d in near.values()), near
+    others = pixels.differences(0, list(range(1, 30)))
+    assert min(d for d in others if d is not None) > DIFFERENCE
+    # Each copy finds its original among its fingerprint neighbours.
+    assert all(0 in pixels.near(i) for i in copy_ids)
+    # A flat picture has no shape to be near by: no neighbours.
+    flat = Pixels(prints | {999: bytes(SIDE * SIDE)})
+    assert flat.near(999) == [] and 999 not in flat.near(0)
+
+
+def test_a_pair_only_the_pixels_find_links_in_similar_with_its_cosine() -> None:
+    items = {i: item(i) for i in (1, 2)} | {100 + n: item(100 + n) for n in range(NEIGHBOURS)}
+    original = _picture(5)
+    pixels = Pixels({1: fingerprint(original), 2: fingerprint(_edits(original)["cropped"])})
+    vectors = _vectors(list(items))
+    found = links([1], [_row(1, [])], items, vectors, pixels)  # 2 is not among 1's hits
+    assert [(a, b) for a, b, *_ in found] == [(1, 2)]
+    cosine = float(vectors[1] @ vectors[2])
+    assert abs(found[0][2] - cosine) < 1e-3
+    assert select(found, "similar") == [(1, 2, found[0][2])] and select(found, "exact") == []
 
 
 def test_the_answer_drops_deleted_items_and_names_the_keeper() -> None:
     state = {
-        "complete": True, "updated_at": 1.0, "progress": {"done": 3, "total": 3},
+        "version": VERSION, "complete": True, "updated_at": 1.0,
+        "progress": {"done": 3, "total": 3},
         "items": {"1": vars(item(1, size=10)), "2": vars(item(2, size=20)),
                   "3": vars(item(3))},
-        "links": [[1, 2, 0.98, 0.008, False], [2, 9, 0.99, 0.001, True]],
+        "links": [[1, 2, 0.98, 0.008, False, 0.3], [2, 9, 0.99, 0.001, True, 0.0],
+                  [1, 3, 0.5, 0.4, False, 0.05]],
     }
     body = answer(state, "similar")
     assert body["complete"] is True and body["mode"] == "similar"
-    assert [[i["id"] for i in g["items"]] for g in body["groups"]] == [[1, 2]]
-    assert body["groups"][0]["keeper"] == 2 and body["groups"][0]["score"] == 0.98
+    assert body["difference"] == DIFFERENCE
+    assert [[i["id"] for i in g["items"]] for g in body["groups"]] == [[1, 2, 3]]
+    assert body["groups"][0]["keeper"] == 3 and body["groups"][0]["score"] == 0.5
     assert answer(state, "exact")["groups"] == []  # not of the same size
-    assert answer(state, "similar", ratio=0.005)["groups"] == []
+    # By the vectors alone, and by the pixels alone.
+    assert [[i["id"] for i in g["items"]] for g in answer(
+        state, "similar", difference=0.01)["groups"]] == [[1, 2]]
+    assert [[i["id"] for i in g["items"]] for g in answer(
+        state, "similar", ratio=0.005)["groups"]] == [[1, 3]]
     first = answer({}, "exact")
     assert first["complete"] is False and first["groups"] == []
+    # A file of an older layout is none: the next pass recomputes it.
+    older = answer({**state, "version": VERSION - 1}, "similar")
+    assert older["complete"] is False and older["groups"] == []
 
 
 class FakeIndex:
@@ -136,15 +205,24 @@ def test_a_pass_searches_only_new_items_and_drops_deleted_ones(tmp_path: Path) -
     for i in range(1, 41):
         index.vectors[i] = unit(rng.standard_normal(16))
     index.vectors[41] = index.vectors[3].copy()  # an exact copy of 3
-    # Each item's original: a picture of its own; 41 and 44 the pixels of 3 and 7 in PNG, and
-    # 43 a vector copy of 5 whose pixels differ (a recompression): similar, never exact.
+    # Each item's original: a picture of its own; 41 and 46 the pixels of 3 and 7 in PNG, 43 a
+    # vector copy of 5 whose pixels differ (a recompression): similar, never exact; 45 a crop
+    # of 9 that only the pixels find (its vector is unrelated).
     originals = {f"k{i}": _jpeg(_picture(i), 90) for i in range(1, 41)}
     originals |= {"k41": _png(_decoded(originals["k3"])),
-                  "k44": _png(_decoded(originals["k7"])),
-                  "k43": _jpeg(_decoded(originals["k5"]), 40)}
+                  "k46": _png(_decoded(originals["k7"])),
+                  "k43": _jpeg(_decoded(originals["k5"]), 40),
+                  "k45": _png(_edits(_decoded(originals["k9"]))["cropped"])}
     index.vectors[43] = index.vectors[5].copy()
+    index.vectors[45] = unit(rng.standard_normal(16))
+    decoded: list[str] = []
+
+    def find_original(key: str, path: str, original: Any) -> bytes | None:
+        decoded.append(key)
+        return originals.get(key)
+
     media = SimpleNamespace(root=tmp_path, locks=KeyLocks(tmp_path / "keys.lock"),
-                            find_original=lambda key, path, original: originals.get(key))
+                            find_original=find_original)
     gateway = SimpleNamespace(index=index, media=media, decode_limiter=None,
                               encoder=SimpleNamespace(limits=DEFAULT_LIMITS))
     duplicates = Duplicates(gateway)  # type: ignore[arg-type]
@@ -153,17 +231,21 @@ def test_a_pass_searches_only_new_items_and_drops_deleted_ones(tmp_path: Path) -
     state = duplicates.load()
     assert state["complete"] and not duplicates.stale(state)
     assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[3, 41]]
-    assert index.searched == 42
-    assert [[i["id"] for i in g["items"]] for g in answer(state, "similar")["groups"]] == [
-        [3, 41], [5, 43]]
+    assert index.searched == 43 and len(decoded) == 43  # each item searched and decoded once
+    assert sorted([i["id"] for i in g["items"]] for g in answer(state, "similar")["groups"]) == [
+        [3, 41], [5, 43], [9, 45]]
+    assert (tmp_path / PRINTS_NAME).exists()
 
     index.searched = 0
-    index.vectors[44] = index.vectors[7].copy()
+    decoded.clear()
+    index.vectors[46] = index.vectors[7].copy()
     del index.vectors[41]
     asyncio.run(duplicates.run(duplicates.load()))
     state = duplicates.load()
-    assert index.searched == 1  # only the new item
-    assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[7, 44]]
+    assert index.searched == 1 and decoded == ["k46"]  # only the new item
+    assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[7, 46]]
+    assert sorted([i["id"] for i in g["items"]] for g in answer(state, "similar")["groups"]) == [
+        [5, 43], [7, 46], [9, 45]]
 
 
 def _picture(seed: int) -> Image.Image:
