@@ -16,7 +16,11 @@ until the switch. Throughput: items migrated / seconds from POST /admin/model to
 between the start and the switch. Every run is one row per quantity. Writes
 bench/results/bench_migration.csv (appends).
 
+``--floors``: runs per throttle floor (migration.MIN_IDLE_MS, set through
+bench/migration_gateway.py): the idle probe p50 the throttle compares with is at least this.
+
     .venv/bin/python bench/bench_migration.py [--n 300] [--runs 2] [--encoders instant tiny]
+        [--floors 1 5 10]
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from glimpse.gateway.migration import MIN_IDLE_MS  # noqa: E402
 from tests.support.procs import ServiceProcess  # noqa: E402
 from tests.support.stack import TINY_DIM, TINY_ENCODER_ENV  # noqa: E402
 
@@ -62,7 +67,7 @@ def _jpeg(seed: int) -> bytes:
 
 
 @contextmanager
-def services(kind: str, workdir: Path) -> Iterator[str]:
+def services(kind: str, workdir: Path, floor: float | None) -> Iterator[str]:
     """Index, encoder (``kind``) and gateway as processes; the gateway's URL."""
     threads = {"OMP_NUM_THREADS": "1"}
     with ExitStack() as stack:
@@ -82,11 +87,17 @@ def services(kind: str, workdir: Path) -> Iterator[str]:
             encoder = start("encoder", "glimpse.encoder.main", dict(TINY_ENCODER_ENV))
         index = start("index", "glimpse.index.main",
                       {"INDEX_DATA_DIR": str(workdir / "index"), "INDEX_DIM": str(dim)})
-        gateway = start("gateway", "glimpse.gateway.main", {
+        gateway = start("gateway", "bench.migration_gateway", {
             "GATEWAY_ENCODER_URL": encoder.url, "GATEWAY_INDEX_URL": index.url,
             "GATEWAY_MEDIA_DIR": str(workdir / "media"), "GATEWAY_API_KEY": KEY,
+            **({} if floor is None else {"BENCH_MIN_IDLE_MS": str(floor)}),
         })
-        yield gateway.url
+        try:
+            yield gateway.url
+        except Exception:
+            for proc in (gateway, index, encoder):  # why a run failed, before the logs go
+                print(f"--- {proc.module} ---\n{proc.log_tail(3000)}", file=sys.stderr)
+            raise
 
 
 class SearchLoop(threading.Thread):
@@ -110,9 +121,9 @@ class SearchLoop(threading.Thread):
                     self.failures += 1
 
 
-def one_run(kind: str, n: int, searches: int) -> dict[str, float]:
+def one_run(kind: str, n: int, searches: int, floor: float | None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-migration-") as tmp, \
-            services(kind, Path(tmp)) as url, \
+            services(kind, Path(tmp), floor) as url, \
             httpx.Client(base_url=url, timeout=120,
                          headers={"Authorization": f"Bearer {KEY}"}) as client:
         for start in range(0, n, BATCH):
@@ -158,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--searches", type=int, default=40, help="idle searches (%(default)s)")
     p.add_argument("--encoders", nargs="+", choices=sorted(NEW), default=["instant", "tiny"])
+    p.add_argument("--floors", nargs="+", type=float, default=[None],
+                   help="throttle floors in ms (default: the gateway's MIN_IDLE_MS)")
     args = p.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT, check=True).stdout.strip()
@@ -165,30 +178,34 @@ def main(argv: list[str] | None = None) -> int:
     load = f"load average {os.getloadavg()[0]:.1f} at the start"
     model = {"instant": "instant encoder (512-d to 256-d)",
              "tiny": "glimpse-tiny to glimpse-tiny-32 (64-d to 32-d, random weights, CPU)"}
-    rows: list[dict[str, str]] = []
-    for kind in args.encoders:
-        for run in range(args.runs):
-            got = one_run(kind, args.n, args.searches)
-            print(kind, run, {k: round(v, 2) for k, v in got.items()}, flush=True)
-            base = {"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core"}
-            what = f"{{}}: {model[kind]}, {args.n} items, 1 search client"
-            note = (f"run {run + 1} of {args.runs}; {int(got['during_count'])} searches during; "
-                    f"throttle delay {got['delay_s']} s at the end; {load}")
-            rows.append({**base, "what": what.format("migration throughput"),
-                         "variant": "glimpse", "value": f"{got['throughput']:.1f}",
-                         "unit": "items/s", "command": command if not rows else "",
-                         "note": note})
-            for variant, key in (("idle", "idle_p50"), ("during the migration", "during_p50")):
-                rows.append({**base, "what": what.format("search p50 (POST /search/text)"),
-                             "variant": variant, "value": f"{got[key]:.2f}", "unit": "ms",
-                             "command": "", "note": note})
-    new_file = not OUT.exists()
-    with OUT.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {len(rows)} rows to {OUT.relative_to(ROOT)}")
+    written = 0
+    runs = ((k, f, r) for k in args.encoders for f in args.floors for r in range(args.runs))
+    for kind, floor, run in runs:
+        got = one_run(kind, args.n, args.searches, floor)
+        print(kind, floor, run, {k: round(v, 2) for k, v in got.items()}, flush=True)
+        base = {"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core"}
+        floor_ms = MIN_IDLE_MS if floor is None else floor
+        what = (f"{{}}: {model[kind]}, {args.n} items, 1 search client, throttle floor "
+                f"{floor_ms:g} ms")
+        note = (f"run {run + 1} of {args.runs}; {int(got['during_count'])} searches during; "
+                f"throttle delay {got['delay_s']} s at the end; index probe p50 idle "
+                f"{got['gateway_idle_p50']:.2f} ms; {load}")
+        rows = [{**base, "what": what.format("migration throughput"),
+                 "variant": "glimpse", "value": f"{got['throughput']:.1f}",
+                 "unit": "items/s", "command": "" if written else command, "note": note}]
+        for variant, key in (("idle", "idle_p50"), ("during the migration", "during_p50")):
+            rows.append({**base, "what": what.format("search p50 (POST /search/text)"),
+                         "variant": variant, "value": f"{got[key]:.2f}", "unit": "ms",
+                         "command": "", "note": note})
+        # Each run's rows at once: a later run that fails keeps the earlier ones.
+        new_file = not OUT.exists()
+        with OUT.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            if new_file:
+                writer.writeheader()
+            writer.writerows(rows)
+        written += len(rows)
+    print(f"wrote {written} rows to {OUT.relative_to(ROOT)}")
     return 0
 
 

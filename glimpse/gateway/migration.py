@@ -11,9 +11,11 @@ How it runs:
   index says what is left, so a restart resumes from the index itself), reads each original
   the way thumbnails do (the media store, else the library file), embeds it with the new model
   and stores the vectors in the space.
-- Throttle: before it starts, the p50 of probe searches of the old space is measured idle;
-  after each batch a few more probes are timed, and while their p50 is above 1.5 times the
-  idle one the next batch waits longer (doubling), otherwise less (halving).
+- Throttle: before it starts, the p50 of probe searches is measured idle (a text search as the
+  gateway makes it: the old model embeds an uncached text, the old space is searched, so the
+  encoder's share of the load shows too); after each batch a few more probes are timed, and
+  while their p50 is above 1.5 times the idle one (at least ``MIN_IDLE_MS``) the next batch
+  waits longer (doubling), otherwise less (halving).
 - New ingests meanwhile are encoded by both models (``encode_new_items``, called by ingest.py).
   Once the built-in space is needed by no search nor rollback (after a confirmed switch away
   from it), an ingest is encoded by the serving model alone and added straight into its space
@@ -40,6 +42,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import secrets
 import statistics
 import time
 from collections import deque
@@ -47,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import numpy as np
 import orjson
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
@@ -66,7 +68,9 @@ SLOWDOWN = 1.5  # search p50 may grow to this many times its idle value
 IDLE_PROBES = 15
 PROBES = 3  # probe searches after each batch
 WINDOW = 9  # probe timings the p50 is taken over
-MIN_IDLE_MS = 1.0  # below this, timing noise would stop the migration for nothing
+# The idle p50 the throttle compares with is at least this: below it, the jitter of a loaded
+# machine reads as a slowdown and stalls the migration (bench/bench_migration.py --floors).
+MIN_IDLE_MS = 5.0
 MAX_DELAY_S = 5.0
 ACTIVE = ("running", "switched")
 # Errors the migration waits out (a service restarting); any other one stops it, the old
@@ -417,22 +421,20 @@ class Migration:
                 await asyncio.sleep(wait)
                 wait = min(MAX_RETRY_S, wait * 2)
 
-    async def _probe(self, dim: int, space: str) -> float:
-        """One search of ``space`` as the gateway sees it, in milliseconds."""
-        vector = np.random.default_rng().standard_normal(dim).astype(np.float32)
-        vector /= np.linalg.norm(vector)
+    async def _probe(self, model: str | None, space: str) -> float:
+        """One text search as the gateway makes it, in milliseconds: ``model`` embeds a text
+        the encoder has not cached, then ``space`` is searched."""
         started = time.perf_counter()
+        vectors = await self.state.encoder.embed_text([f"probe {secrets.token_hex(6)}"], model)
         await self.state.index.json(
-            "POST", "/v1/search", json={"vectors": [encode_vector(vector)], "k": 10,
+            "POST", "/v1/search", json={"vectors": [encode_vector(vectors[0])], "k": 10,
                                         "space": space})
         return (time.perf_counter() - started) * 1000.0
 
     async def _reencode(self, saved: dict[str, Any]) -> None:
         index, space, model = self.state.index, str(saved["space"]), str(saved["encoder_model"])
-        old_space = str(saved["old_space"])
-        old_dim = next(int(s["dim"]) for s in (await index.json("GET", "/v1/spaces"))["spaces"]
-                       if s["name"] == old_space)
-        idle = max(MIN_IDLE_MS, _p50([await self._probe(old_dim, old_space)
+        old_space, old_model = str(saved["old_space"]), saved.get("old_model")
+        idle = max(MIN_IDLE_MS, _p50([await self._probe(old_model, old_space)
                                       for _ in range(IDLE_PROBES)]))
         timings: deque[float] = deque(maxlen=WINDOW)
         delay, cursor, started, encoded = 0.0, 0, time.monotonic(), 0
@@ -466,7 +468,7 @@ class Migration:
             encoded += len(read) - len(failed & {i for i, _, _ in read})
             progress_in_pass = progress_in_pass or len(failed) < len(items)
             for _ in range(PROBES):
-                timings.append(await self._probe(old_dim, old_space))
+                timings.append(await self._probe(old_model, old_space))
             p50 = _p50(timings)
             delay = (min(MAX_DELAY_S, max(0.05, delay * 2)) if p50 > SLOWDOWN * idle
                      else (delay / 2 if delay > 0.01 else 0.0))

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
@@ -45,6 +46,10 @@ class FakeEncoder:
 
     async def info(self) -> dict[str, Any]:
         return {"model": "glimpse-tiny"}
+
+    async def embed_text(self, texts: list[str], model: str | None = None) -> np.ndarray:
+        assert model == "glimpse-tiny"  # the throttle's probes: a search by the old model
+        return np.ones((len(texts), 64), dtype=np.float32) / 8.0
 
     async def embed_images_wire(self, files: Any, model: str | None = None) -> EmbeddedImages:
         assert model == "glimpse-tiny-32"
