@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import weakref
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -234,8 +235,8 @@ class Selection:
     selector: Any  # faiss.IDSelectorBitmap over ``bitmap``
     few: np.ndarray | None  # the ids, while at most EXACT_ROWS
     # Faiss's search parameters past the selector by (breadth, rerank), with the live index
-    # they were made for: setting a SWIG parameter object's fields costs more per search than
-    # the lists it adds.
+    # they were made for (weakly: a swapped-out index is not kept): setting a SWIG parameter
+    # object's fields costs more per search than the lists it adds.
     _params: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -256,7 +257,7 @@ class Selection:
         """Parameters of a search past the selector: Faiss's exact scan (``breadth`` 0), or
         ``breadth`` IVF lists of ``live`` re-ranked by IndexRefine when ``rerank`` > 0."""
         found = self._params.get((breadth, rerank))
-        if found is not None and found[0] is live:
+        if found is not None and found[0]() is live:
             return found[1]
         inner: Any = faiss.SearchParametersIVF() if breadth else faiss.SearchParameters()
         inner.sel = self.selector
@@ -270,7 +271,7 @@ class Selection:
                 outer = faiss.IndexRefineSearchParameters()
                 outer.k_factor = float(rerank)
                 outer.base_index_params = inner
-        self._params[(breadth, rerank)] = (live, outer, inner)  # inner: outer points to it
+        self._params[(breadth, rerank)] = (weakref.ref(live), outer, inner)  # outer -> inner
         return outer
 
     def without(self, exclude: Sequence[int]) -> Selection:
