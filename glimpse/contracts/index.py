@@ -142,7 +142,10 @@ class IndexSearchRequest(BaseModel):
         default=None, min_length=1, max_length=1000,
         description="Words to look for as well, in the items' file name, path, keywords, title "
         "and description (the same filters and exclude_ids): their hits come back in "
-        "`keywords`, at most `detail` (else `k`) of them.",
+        "`keywords`.",
+    )
+    words_k: int | None = Field(
+        default=None, ge=1, description="Keyword hits wanted; unset: `k`. The service caps it."
     )
 
 

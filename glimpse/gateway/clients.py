@@ -279,18 +279,21 @@ class IndexClient(Upstream):
         k: int,
         words: str | None,
         *,
+        words_k: int | None = None,
         exclude_ids: Sequence[int] = (),
         nprobe: int | None = None,
         filters: dict[str, Any] | None = None,
         detail: int | None = None,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """:meth:`search`, and the keyword hits of ``words`` (each with its ``rank``; at most
-        ``detail``, else ``k``) found in the same exchange."""
+        """:meth:`search`, and the top ``words_k`` (else ``k``) keyword hits of ``words`` (each
+        with its ``rank``) found in the same exchange."""
         body: dict[str, Any] = {"vectors": [encode_vector(vector)], "k": k}
         if detail is not None and detail < k:
             body["detail"] = detail
         if words is not None:
             body["words"] = words
+            if words_k is not None:
+                body["words_k"] = words_k
         if exclude_ids:
             body["exclude_ids"] = list(exclude_ids)
         if filters:

@@ -47,26 +47,29 @@ def fuse(
     keyword hits (each with its ``rank``), and its cutoff: ``relevant_count`` counts the hits
     above the vector cutoff or matching the words; keyword hits carry ``"keyword": True``."""
     cut = cutoff([float(h["score"]) for h in vector_hits], complete=len(vector_hits) < asked)
+    above = cut.relevant_count
+    rank_of = {int(h["id"]): rank for rank, h in enumerate(vector_hits, start=1)}
+    floor = float(vector_hits[-1]["score"]) if vector_hits else 0.0
     fused: dict[int, float] = {}
     matches: dict[int, int] = {}
     hit_of: dict[int, dict[str, Any]] = {}
-    for rank, hit in enumerate(vector_hits, start=1):
-        item_id = int(hit["id"])
-        fused[item_id] = 1.0 / (RRF_K + rank)
-        matches[item_id] = int(rank <= cut.relevant_count)
-        hit_of[item_id] = hit
-    floor = float(vector_hits[-1]["score"]) if vector_hits else 0.0
     for hit in keyword_hits:
         item_id = int(hit["id"])
-        fused[item_id] = fused.get(item_id, 0.0) + 1.0 / (RRF_K + int(hit["rank"]))
-        matches[item_id] = matches.get(item_id, 0) + 1
+        rank = rank_of.get(item_id)
+        fused[item_id] = 1.0 / (RRF_K + int(hit["rank"])) + (1.0 / (RRF_K + rank) if rank else 0)
+        matches[item_id] = 1 + (rank is not None and rank <= above)
         # A vector hit past the asked detail has no path or meta: the keyword hit has them.
         record = {"id": item_id, "path": hit["path"], "meta": hit.get("meta") or {}}
-        hit_of[item_id] = {**record, "score": floor, **hit_of.get(item_id, {}), "keyword": True}
+        vector_hit = vector_hits[rank - 1] if rank else {}
+        hit_of[item_id] = {**record, "score": floor, **vector_hit, "keyword": True}
+    for rank, hit in enumerate(vector_hits[:above], start=1):
+        item_id = int(hit["id"])
+        if item_id not in hit_of:
+            fused[item_id], matches[item_id], hit_of[item_id] = 1.0 / (RRF_K + rank), 1, hit
     order = sorted(fused, key=lambda i: (-matches[i], -fused[i], i))
-    relevant = sum(1 for i in order if matches[i] > 0)
-    return [hit_of[i] for i in order], Cutoff(score=cut.score, relevant_count=relevant)
-
+    # The hits that match neither search keep their vector order (their fused score's order).
+    rest = [h for h in vector_hits[above:] if int(h["id"]) not in hit_of]
+    return [hit_of[i] for i in order] + rest, Cutoff(score=cut.score, relevant_count=len(order))
 
 async def search(
     index: IndexClient,
@@ -77,10 +80,11 @@ async def search(
     exclude_ids: Sequence[int] = (),
     filters: dict[str, Any] | None = None,
     detail: int | None = None,
+    words_k: int | None = None,
 ) -> tuple[list[dict[str, Any]], Cutoff]:
-    """The vector search and the keyword search of ``words``, in one exchange, fused."""
-    # The index finds keyword hits up to ``detail``: they all rank above the vector-only ones,
-    # so past the hits a page can show they would only be counted, never shown.
+    """The vector search and the top ``words_k`` keyword hits of ``words``, in one exchange,
+    fused."""
     vector_hits, keyword_hits = await index.search_words(
-        vector, asked, words, exclude_ids=exclude_ids, filters=filters, detail=detail)
+        vector, asked, words, words_k=words_k, exclude_ids=exclude_ids, filters=filters,
+        detail=detail)
     return fuse(vector_hits, keyword_hits, asked=asked)

@@ -55,13 +55,17 @@ async def _run_search(
     # More candidates than the page: the relevance cutoff reads the query's background off them.
     asked = candidates_for(k, offset)
     wanted = filters.model_dump(exclude_none=True) if filters is not None else None
-    # Records only for the hits that can be shown: the page, or the relevant ones re-sorted.
-    detail = max(k + offset, MAX_RELEVANT)
+    # Records only for the hits that can be shown: the page (no hit ranks above its vector
+    # rank, fused or not), or the relevant ones when they are sorted by date.
+    shown = max(k + offset, MAX_RELEVANT)
+    detail = k + offset if sort == "score" else shown
     cut = None
     if words:  # fused with the keyword search of the words (fusion.py)
+        # Keyword hits rank above the vector-only ones, so past the relevant ones a page can
+        # show they would only be counted, never shown.
         hits, cut = await fusion.search(state.index, vector, words, asked,
                                         exclude_ids=exclude_ids or (), filters=wanted,
-                                        detail=detail)
+                                        detail=detail, words_k=shown)
     else:
         hits = await state.index.search(vector, asked, exclude_ids=exclude_ids or (),
                                         filters=wanted, detail=detail)

@@ -72,13 +72,13 @@ class KeywordIndex(FakeIndex):
     """30 vector hits of falling score; the words match id 29 (the last) and id 500. Both lists
     leave the excluded ids out, as the index does."""
 
-    keyword_asks: list[tuple[str | None, int | None]] = []
+    keyword_asks: list[tuple[str | None, int | None, int | None]] = []
 
     async def search_words(
-        self, vector: np.ndarray, k: int, words: str | None, *,
+        self, vector: np.ndarray, k: int, words: str | None, *, words_k: int | None = None,
         exclude_ids: Sequence[int] = (), detail: int | None = None, **kw: Any,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        self.keyword_asks.append((words, detail))
+        self.keyword_asks.append((words, words_k, detail))
         hits = await super().search(vector, k)
         found = [keyword(29, 1), keyword(500, 2)] if words else []
         return ([h for h in hits if h["id"] not in exclude_ids],
@@ -107,7 +107,8 @@ def test_text_searches_are_fused_unless_asked_not_to(
     assert [r["id"] for r in fused["results"]] == [29, 0, 500]
     assert [r.get("keyword") for r in fused["results"]] == [True, None, True]
     assert fused["relevant_count"] == 3
-    assert index.keyword_asks == [("zanzibar", MAX_RELEVANT)]
+    # Keyword hits as deep as the relevant ones go; records for the page alone.
+    assert index.keyword_asks == [("zanzibar", MAX_RELEVANT, 3)]
     plain = test_client.post("/search/text", json={"query": "zanzibar", "k": 3,
                                                    "keywords": False}).json()
     assert [r["id"] for r in plain["results"]] == [0, 1, 2]
@@ -131,3 +132,33 @@ def test_a_vector_hit_past_the_detail_takes_its_record_from_the_keyword_hit() ->
     nine = next(h for h in ranked if h["id"] == 9)
     assert nine == {"id": 9, "score": 0.5, "path": "p/zanzibar.jpg", "meta": {"width": 2},
                     "keyword": True}
+
+
+def _reference(vector: list[dict[str, Any]], words: list[dict[str, Any]]) -> list[int]:
+    """The ranking by its definition: matches first, then the fused score, then the id."""
+    above = cutoff([h["score"] for h in vector], complete=len(vector) < ASKED).relevant_count
+    fused: dict[int, float] = {}
+    matches: dict[int, int] = {}
+    for rank, hit in enumerate(vector, start=1):
+        fused[hit["id"]] = 1 / (RRF_K + rank)
+        matches[hit["id"]] = int(rank <= above)
+    for hit in words:
+        fused[hit["id"]] = fused.get(hit["id"], 0.0) + 1 / (RRF_K + hit["rank"])
+        matches[hit["id"]] = matches.get(hit["id"], 0) + 1
+    return sorted(fused, key=lambda i: (-matches[i], -fused[i], i))
+
+
+def test_the_ranking_is_its_definition_on_random_lists() -> None:
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        vector = vector_hits(planted=bool(trial % 2))[: int(rng.integers(0, ASKED + 1))]
+        for hit, noise in zip(vector[:5], rng.uniform(0, 0.01, 5), strict=False):
+            hit["score"] = 1.0 - noise / 10  # a few near copies: a varying cutoff
+        vector.sort(key=lambda h: -h["score"])
+        ids = rng.choice(400, size=int(rng.integers(0, 30)), replace=False)
+        words = [keyword(int(i), rank) for rank, i in enumerate(ids, start=1)]
+        ranked, cut = fuse(vector, words, asked=ASKED)
+        expected = _reference(vector, words)
+        assert [h["id"] for h in ranked] == expected
+        above = cutoff([h["score"] for h in vector], complete=len(vector) < ASKED).relevant_count
+        assert cut.relevant_count == len({h["id"] for h in vector[:above]} | set(ids.tolist()))

@@ -76,7 +76,8 @@ class FakeIndex(Fake):
         ]
 
     async def search_words(
-        self, vector: np.ndarray, k: int, words: str | None, **kw: Any
+        self, vector: np.ndarray, k: int, words: str | None, *, words_k: int | None = None,
+        **kw: Any,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return await self.search(vector, k, **kw), []  # the words match nothing here
 
@@ -250,3 +251,54 @@ def test_the_metrics_count_the_searches(open_gateway: tuple[TestClient, FakeEnco
     text = client.get("/metrics").text
     for route, status in (("/search/text", 200), ("/search/text", 422), ("/search/image", 200)):
         assert f'route="{route}",service="gateway",status="{status}"' in text, (route, status)
+
+
+class DetailIndex(FakeIndex):
+    """200 candidates, as the index answers them: records (path, meta) for the first
+    ``detail`` hits alone. Ranks 1-5 are near copies of the query (the relevant ones), the
+    newest of them taken last; the words match ranks 4 and 150 and an item beyond them."""
+
+    async def search_words(
+        self, vector: np.ndarray, k: int, words: str | None, *, words_k: int | None = None,
+        detail: int | None = None, **kw: Any,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        distances = [0.0001 * (i + 1) if i < 5 else 0.05 * (i + 1) ** 0.4 for i in range(k)]
+        hits = [{"id": i, "score": 1.0 - d, "path": f"p/{i}.jpg",
+                 "meta": {"width": 3, "height": 2, "taken_ts": 1_600_000_000 + i}}
+                for i, d in enumerate(distances)]
+        hits = hits[:detail] + [{"id": h["id"], "score": h["score"]} for h in hits[detail:]]
+        found = [{"id": i, "rank": r, "path": f"k/{i}.jpg", "meta": {}}
+                 for r, i in enumerate((3, 149, 999), start=1)] if words else []
+        return hits, found[:words_k]
+
+    async def search(self, vector: np.ndarray, k: int, **kw: Any) -> list[dict[str, Any]]:
+        hits, _ = await self.search_words(vector, k, None, **kw)
+        return hits
+
+    async def vector(self, item_id: int, space: Any = None) -> np.ndarray:
+        return np.ones(DIM, dtype=np.float32)
+
+
+@pytest.mark.parametrize("sort", ["score", "newest", "oldest"])
+def test_every_hit_a_page_shows_has_its_record(tmp_path: Path, sort: str) -> None:
+    with gateway(tmp_path) as (client, _encoder):
+        state = client.app.state.gateway  # type: ignore[attr-defined]
+        state.index = DetailIndex(state.index.real)
+        for relevance in ("all", "auto"):
+            for k, offset in ((2, 0), (2, 2), (4, 3)):
+                params = {"k": k, "offset": offset, "relevance": relevance, "sort": sort}
+                answers = [
+                    client.post("/search/text", json={"query": "cat", **params}),
+                    client.post("/search/text", json={"query": "cat", "keywords": False,
+                                                      **params}),
+                    client.post("/search/image", **image_form(**{n: str(v) for n, v in
+                                                                 params.items()})),
+                    client.get("/images/500/similar", params=params),
+                ]
+                for answer in answers:
+                    assert answer.status_code == 200, answer.text
+                    results = answer.json()["results"]
+                    assert 0 < len(results) <= k and all(r["path"] for r in results)
+                    assert len(results) == k or relevance == "auto"
+                    if sort == "newest" and offset == 0 and not results[0].get("keyword"):
+                        assert results[0]["id"] == 4  # the newest relevant hit

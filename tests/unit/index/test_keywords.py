@@ -106,13 +106,15 @@ def test_the_search_route_ranks_filters_and_excludes_keyword_hits(client: TestCl
     assert hits[0]["id"] == added[0] and {h["id"] for h in hits} == set(added[:3])
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert next(h for h in hits if h["id"] == added[1])["meta"] == {"keywords": ["zanzibar"]}
-    # The same filters and exclusions as the vector hits; at most `detail` keyword hits.
+    # The same filters and exclusions as the vector hits; `words_k` of them, else `k`.
     narrowed = search("zanzibar", filters={"folder": ["2024"]}, exclude_ids=[added[1]])
     assert [h["path"] for h in narrowed["keywords"]] == ["2024/Zanzibar night.jpg"]
-    assert [h["id"] for h in search("zanzibar", detail=1)["keywords"]] == [added[0]]
+    assert [h["id"] for h in search("zanzibar", words_k=1)["keywords"]] == [added[0]]
+    assert len(search("zanzibar", k=2, detail=1)["keywords"]) == 2
     assert search("the")["keywords"] == []
     assert "keywords" not in search(None)
-    for bad in ({"words": ""}, {"words": "x" * 1001}, {"words": 3}):
+    for bad in ({"words": ""}, {"words": "x" * 1001}, {"words": 3},
+                {"words": "x", "words_k": 0}, {"words": "x", "words_k": 100_000}):
         r = client.post("/v1/search", json={"vectors": [b64(vectors[0])], **bad})
         assert r.status_code == 422, bad
         assert r.json()["error_type"] == "validation_error" and "words" in r.json()["error"]
