@@ -311,7 +311,9 @@ def search(
     index.limit_threads(len(queries))
     with index.rw.read():
         table, live = index.table, index.live
-        chosen = _selection(index, key, wanted).without(exclude)
+        chosen = _selection(index, key, wanted)
+        if exclude:
+            chosen = chosen.without(exclude)
         count = chosen.count
         if count == 0:
             return np.full((len(queries), 0), -np.inf, _F32), np.full((len(queries), 0), -1)
@@ -353,7 +355,8 @@ def _ivf(index: VectorIndex, queries: np.ndarray, k: int, chosen: Selection, bre
     ids = np.empty((n, k), dtype=np.int64)
     refine.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(ids),
                     params)
-    scores[ids < 0] = -np.inf
+    if n and ids[:, -1].min() < 0:  # fewer hits than k: Faiss pads each row's end with -1
+        scores[ids < 0] = -np.inf
     return scores, ids
 
 
