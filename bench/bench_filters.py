@@ -7,10 +7,9 @@ Each item gets a folder at random, nested so that one folder prefix keeps each s
 are added to the Faiss backend in-process, which trains its IVF index with the service's rules
 (what a collection past INDEX_TRAIN_THRESHOLD has); searches run one query at a time, first
 in-process (``submit_search_records``, what the HTTP route calls), then through the index
-service as a process (HTTP, base64 vectors) on the same data dir, loaded from its snapshot;
-each case's p50 is its best of ``--rounds`` rounds over all the cases. CPU per search (this
-process's in-process, the service's through HTTP) is given too: it hardly moves with the load
-of other processes.
+service as a process (HTTP, base64 vectors) on the same data dir, loaded from its snapshot.
+Each query runs every case back to back, ``--rounds`` times over the queries; in-process, the
+CPU time per search is given too (it hardly moves with the load of other processes).
 Ground truth: numpy over the stored (float16-rounded) vectors of the matching items.
 
     python bench/bench_filters.py --base data/real/docstrings.npy \\
@@ -32,7 +31,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -65,26 +63,27 @@ Case = tuple[str, float, dict[str, Any] | None, list[np.ndarray]]
 
 
 def measure(search: Callable[[np.ndarray, dict[str, Any] | None], list[int]],
-            queries: np.ndarray, cases: list[Case], rounds: int, cpu: Callable[[], float]
+            queries: np.ndarray, cases: list[Case], rounds: int, cpu: bool
             ) -> list[tuple[float, float, float]]:
-    """(recall@10, p50 ms, mean CPU ms per search by the clock ``cpu``) per case, one query at
-    a time: every case in turn, ``rounds`` times, each case's best round kept, so load from
-    other processes weighs on the unfiltered baseline and the filters alike. CPU time hardly
-    moves with that load; wall-clock time does."""
-    best = [(0.0, np.inf, np.inf)] * len(cases)
-    for _ in range(rounds):
-        for c, (_name, _share, body, truth) in enumerate(cases):
-            found, times = [], []
-            used = cpu()
-            for q in queries:
-                start = time.perf_counter()
-                found.append(search(q, body))
-                times.append(time.perf_counter() - start)
-            per_search = (cpu() - used) * 1000 / len(queries)
-            best[c] = (recall(found, truth, 10),
-                       min(best[c][1], statistics.median(times) * 1000),
-                       min(best[c][2], per_search))
-    return best
+    """(recall@10, p50 ms, p50 CPU ms of this process, NaN unless ``cpu``) per case, one query
+    at a time. Each query runs every case back to back, ``rounds`` times over the queries, so
+    the load of other processes, which moves over seconds, weighs on the unfiltered baseline
+    and the filters alike; CPU time hardly moves with it."""
+    found: list[list[list[int]]] = [[] for _ in cases]
+    times: list[list[float]] = [[] for _ in cases]
+    used: list[list[float]] = [[] for _ in cases]
+    for round_ in range(rounds):
+        for q in queries:
+            for c, (_name, _share, body, _truth) in enumerate(cases):
+                start, clock = time.perf_counter(), time.process_time()
+                got = search(q, body)
+                times[c].append(time.perf_counter() - start)
+                used[c].append(time.process_time() - clock)
+                if round_ == 0:
+                    found[c].append(got)
+    return [(recall(found[c], truth, 10), statistics.median(times[c]) * 1000,
+             statistics.median(used[c]) * 1000 if cpu else float("nan"))
+            for c, (_, _, _, truth) in enumerate(cases)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,15 +126,16 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[tuple[str, str, float, float, float, float]] = []
 
-    def report(via: str, search: Callable[[np.ndarray, dict[str, Any] | None], list[int]],
-               clock: Callable[[], float]) -> None:
+    def report(via: str, search: Callable[[np.ndarray, dict[str, Any] | None], list[int]]
+               ) -> None:
         for (name, share, _, _), (r, p50, cpu) in zip(
-                cases, measure(search, queries, cases, args.rounds, clock), strict=True):
+                cases, measure(search, queries, cases, args.rounds, via == "in-process"),
+                strict=True):
             results.append((via, name, share, r, p50, cpu))
             print(f"{via:<10} {name:>8} ({share:.4%}): recall@10 {r:.3f}, p50 {p50:.2f} ms, "
-                  f"CPU {cpu:.3f} ms", flush=True)
+                  f"CPU p50 {cpu:.3f} ms", flush=True)
 
-    report("in-process", in_process, time.process_time)
+    report("in-process", in_process)
     service.snapshot()
     service.close()
 
@@ -157,14 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 answer.raise_for_status()
                 return [h["id"] for h in answer.json()["results"][0]]
 
-            assert proc.proc is not None
-            served = psutil.Process(proc.proc.pid)
-
-            def service_cpu() -> float:
-                used = served.cpu_times()
-                return float(used.user + used.system)
-
-            report("HTTP", http, service_cpu)
+            report("HTTP", http)
     finally:
         proc.stop()
 
@@ -178,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         label = "unfiltered" if name == "none" else f"folder keeps {name}"
         rows.append({**base_row, "what": what.format(f"recall@10, {label}"),
                      "value": f"{r:.3f}", "unit": "recall"})
-        # CPU: this process's in-process, the service process's through HTTP.
-        for metric, value, ref in [("p50", p50, unfiltered[via][0]),
-                                   ("CPU per search", cpu, unfiltered[via][1])]:
+        # CPU time per search: in-process only (through HTTP it is the service's).
+        for metric, value, ref in [("p50", p50, unfiltered[via][0])] + (
+                [("CPU p50", cpu, unfiltered[via][1])] if via == "in-process" else []):
             rows.append({**base_row, "what": what.format(f"{metric}, {label}"),
                          "value": f"{value:.3f}", "unit": "ms"})
             if name != "none":
