@@ -47,6 +47,8 @@ def fuse(
     keyword hits (each with its ``rank``), and its cutoff: ``relevant_count`` counts the hits
     above the vector cutoff or matching the words; keyword hits carry ``"keyword": True``."""
     cut = cutoff([float(h["score"]) for h in vector_hits], complete=len(vector_hits) < asked)
+    if not keyword_hits:  # the vector ranking as it is
+        return list(vector_hits), cut
     above = cut.relevant_count
     rank_of = {int(h["id"]): rank for rank, h in enumerate(vector_hits, start=1)}
     floor = float(vector_hits[-1]["score"]) if vector_hits else 0.0
@@ -70,6 +72,7 @@ def fuse(
     # The hits that match neither search keep their vector order (their fused score's order).
     rest = [h for h in vector_hits[above:] if int(h["id"]) not in hit_of]
     return [hit_of[i] for i in order] + rest, Cutoff(score=cut.score, relevant_count=len(order))
+
 
 async def search(
     index: IndexClient,
