@@ -47,9 +47,10 @@ if TYPE_CHECKING:
 
 EARTH_RADIUS_KM = 6371.0088
 # One row scored by Faiss's exact scan past the selector costs about what this many list
-# entries cost the IVF search with its re-rank (IVF64,PQ48x4fs on 19k x 384: the two met at
-# 1000, 1400 and 1800 matching rows for 32, 48 and 64 lists visited).
-CODES_PER_ROW = 10
+# entries cost the IVF search with its re-rank (IVF64,PQ48x4fs on 19k x 384, all lists: the
+# two met at about 500 matching rows with other searches in between, as a service runs them;
+# at 1800 when the same rows were scanned over and over, in cache).
+CODES_PER_ROW = 40
 # Up to this many matching items, gathering their rows costs less than any scan.
 EXACT_ROWS = 2_000
 # ... and only while they are under this share of the table: a gathered row's float16 decode
