@@ -202,16 +202,20 @@ class Pixels:
         flat = np.frombuffer(b"".join(prints), np.uint8).astype(np.float32)
         return flat.reshape(len(prints), SIDE, SIDE)
 
-    def near(self, item_id: int, count: int = NEIGHBOURS) -> list[int]:
-        """The ``count`` items whose fingerprints look most like this one's (by their coarse
-        shapes; a flat one has none)."""
-        row = self.row.get(item_id)
-        if row is None or not self.keys[row].any():
-            return []
-        scores = self.keys @ self.keys[row]
-        scores[row] = -np.inf
-        top = np.argpartition(-scores, min(count, len(scores) - 1))[:count]
-        return [int(self.ids[r]) for r in top if scores[r] > 0]
+    def near(self, item_ids: Sequence[int], count: int = NEIGHBOURS) -> list[list[int]]:
+        """Per item, the ``count`` items whose fingerprints look most like its own (by their
+        coarse shapes; a flat one, or one without a fingerprint, has none)."""
+        rows = [self.row.get(i) for i in item_ids]
+        known = [r for r in rows if r is not None]
+        if not known or len(self.ids) < 2:
+            return [[] for _ in item_ids]
+        scores = self.keys[known] @ self.keys.T
+        scores[np.arange(len(known)), known] = -np.inf
+        top = np.argpartition(-scores, min(count, len(self.ids) - 1) - 1, axis=1)[:, :count]
+        at = {row: k for k, row in enumerate(known)}
+        return [[] if row is None else [int(self.ids[r]) for r in top[at[row]]
+                                        if scores[at[row], r] > 0]
+                for row in rows]
 
     def same(self, a: int, b: int) -> bool:
         return same_pixels(self.prints.get(a), self.prints.get(b))
@@ -257,14 +261,14 @@ def links(ids: Sequence[int], hits: Sequence[Sequence[tuple[int, float]]],
     one stands for it. A pair found from both sides keeps its smaller ratio and difference.
     """
     out: dict[tuple[int, int], Link] = {}
-    for item_id, row in zip(ids, hits, strict=True):
+    for item_id, row, near in zip(ids, hits, pixels.near(ids), strict=True):
         others = [(i, s) for i, s in row if i != item_id]
         if not others:
             continue
         background = max(1.0 - others[-1][1], _TINY)
         scores = dict(others)
         mine = vectors[item_id].astype(np.float32)
-        for other in pixels.near(item_id):
+        for other in near:
             if other not in scores and other in vectors:
                 scores[other] = float(mine @ vectors[other].astype(np.float32))
         found = list(scores)

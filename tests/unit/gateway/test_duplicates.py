@@ -121,10 +121,11 @@ def test_the_pixels_take_edited_copies_and_leave_other_pictures() -> None:
     others = pixels.differences(0, list(range(1, 30)))
     assert min(d for d in others if d is not None) > DIFFERENCE
     # Each copy finds its original among its fingerprint neighbours.
-    assert all(0 in pixels.near(i) for i in copy_ids)
-    # A flat picture has no shape to be near by: no neighbours.
+    assert all(0 in near for near in pixels.near(copy_ids))
+    # A flat picture has no shape to be near by, and one without a fingerprint no neighbours.
     flat = Pixels(prints | {999: bytes(SIDE * SIDE)})
-    assert flat.near(999) == [] and 999 not in flat.near(0)
+    nothing, mine, unknown = flat.near([999, 0, 12345])
+    assert nothing == [] and 999 not in mine and set(copy_ids) <= set(mine) and unknown == []
 
 
 def test_a_pair_only_the_pixels_find_links_in_similar_with_its_cosine() -> None:
