@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 cases, measure(search, queries, cases, args.rounds, via == "in-process"),
                 strict=True):
             results.append((via, name, share, r, p50, cpu))
-            print(f"{via:<10} {name:>8} ({share:.4%}): recall@10 {r:.3f}, p50 {p50:.2f} ms, "
-                  f"CPU p50 {cpu:.3f} ms", flush=True)
+            print(f"{via:<10} {name:>8} ({share:.4%}): recall@10 {r:.3f}, p50 {p50:.2f} ms"
+                  + ("" if np.isnan(cpu) else f", CPU p50 {cpu:.3f} ms"), flush=True)
 
     report("in-process", in_process)
     service.snapshot()
