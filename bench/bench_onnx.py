@@ -228,8 +228,18 @@ def profile_service(pid: int, url: str, jpegs: list[bytes], args: argparse.Names
         rate = running.result()
     if spy.returncode != 0:
         raise SystemExit(f"py-spy failed: {spy.stderr[-2000:]}")
+    split = thread_shares(out.read_text())
+    shutil.rmtree(out.parent, ignore_errors=True)
+    print(f"profiled service pass: {rate:.1f} images/s; share of wall time: "
+          + ", ".join(f"{k} {v:.1%}" for k, v in split.items()), flush=True)
+    return split
+
+
+def thread_shares(raw: str) -> dict[str, float]:
+    """py-spy's raw output (--threads --idle) as each service thread's share of samples in each
+    state of _PROFILE_STATES; other threads are left out."""
     samples: dict[str, dict[str, int]] = {}
-    for line in out.read_text().splitlines():
+    for line in raw.splitlines():
         stack, count = line.rsplit(" ", 1)
         frames = stack.split(";")
         thread = frames[0].split(": ", 1)[-1].rstrip("_0123456789")
@@ -240,7 +250,6 @@ def profile_service(pid: int, url: str, jpegs: list[bytes], args: argparse.Names
         state = next(name for start, name in _PROFILE_STATES[thread] if leaf.startswith(start))
         states = samples.setdefault(thread, {})
         states[state] = states.get(state, 0) + int(count)
-    shutil.rmtree(out.parent, ignore_errors=True)
     split = {}
     for thread, states in samples.items():
         label = {"glimpse-model": "model thread", "glimpse-decode": "decode thread",
@@ -248,8 +257,6 @@ def profile_service(pid: int, url: str, jpegs: list[bytes], args: argparse.Names
         total = sum(states.values())
         for state, count in sorted(states.items(), key=lambda kv: -kv[1]):
             split[f"{label}: {state}"] = count / total
-    print(f"profiled service pass: {rate:.1f} images/s; share of wall time: "
-          + ", ".join(f"{k} {v:.1%}" for k, v in split.items()), flush=True)
     return split
 
 
