@@ -12,10 +12,10 @@ How it runs:
   the way thumbnails do (the media store, else the library file), embeds it with the new model
   and stores the vectors in the space.
 - Throttle: before it starts, the p50 of probe searches is measured idle (a text search as the
-  gateway makes it: the old model embeds an uncached text, the old space is searched, so the
-  encoder's share of the load shows too); after each batch a few more probes are timed, and
-  while their p50 is above 1.5 times the idle one (at least ``MIN_IDLE_MS``) the next batch
-  waits longer (doubling), otherwise less (halving).
+  gateway makes it, through the encoder, whose text cache answers it, and the old space: the
+  cheapest search, so the slowdown it shows is the largest any search sees); after each batch
+  a few more probes are timed, and while their p50 is above 1.5 times the idle one (at least
+  ``MIN_IDLE_MS``) the next batch waits longer (doubling), otherwise less (halving).
 - New ingests meanwhile are encoded by both models (``encode_new_items``, called by ingest.py).
   Once the built-in space is needed by no search nor rollback (after a confirmed switch away
   from it), an ingest is encoded by the serving model alone and added straight into its space
@@ -42,7 +42,6 @@ import asyncio
 import hashlib
 import logging
 import re
-import secrets
 import statistics
 import time
 from collections import deque
@@ -66,6 +65,7 @@ BATCH = 32  # originals per embed call and per vector write
 REFRESH_S = 0.5  # how often a worker reads the state file
 SLOWDOWN = 1.5  # search p50 may grow to this many times its idle value
 IDLE_PROBES = 15
+PROBE_TEXT = "a photo"
 PROBES = 3  # probe searches after each batch
 WINDOW = 9  # probe timings the p50 is taken over
 # The idle p50 the throttle compares with is at least this: below it, the jitter of a loaded
@@ -422,10 +422,10 @@ class Migration:
                 wait = min(MAX_RETRY_S, wait * 2)
 
     async def _probe(self, model: str | None, space: str) -> float:
-        """One text search as the gateway makes it, in milliseconds: ``model`` embeds a text
-        the encoder has not cached, then ``space`` is searched."""
+        """One text search as the gateway makes it, in milliseconds: ``model`` embeds the
+        probe's text (from the encoder's cache after the first time), ``space`` is searched."""
         started = time.perf_counter()
-        vectors = await self.state.encoder.embed_text([f"probe {secrets.token_hex(6)}"], model)
+        vectors = await self.state.encoder.embed_text([PROBE_TEXT], model)
         await self.state.index.json(
             "POST", "/v1/search", json={"vectors": [encode_vector(vectors[0])], "k": 10,
                                         "space": space})
