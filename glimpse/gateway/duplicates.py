@@ -452,12 +452,13 @@ class Duplicates:
         again = state.get("complete") and state.get("version") == VERSION
         last = int(state.get("last_id", 0)) if again else 0
         found: list[Any] = list(state.get("links", [])) if last else []
-        prints = await asyncio.to_thread(self._load_prints) if last else {}
         sources: dict[int, tuple[str, str, Any]] = {}
         total = int((await index.stats()).get("count", 0))
         items: dict[int, Item] = {}
-        # Every item's vector, for the cosine of the pairs that only the pixels find.
+        # Every item's vector (halved: only for the cosine of the pairs that only the pixels
+        # find), and the new ones' whole for their search.
         vectors: dict[int, np.ndarray] = {}
+        queries: dict[int, np.ndarray] = {}
         fresh: list[int] = []
         after: int | None = 0
         while after is not None:
@@ -466,18 +467,22 @@ class Duplicates:
             for record in page["items"]:
                 item = Item.of(record)
                 items[item.id] = item
-                vectors[item.id] = _vector(record["vector"]).astype(np.float16)
+                vector = _vector(record["vector"])
+                vectors[item.id] = vector.astype(np.float16)
                 key = record.get("key")
                 if isinstance(key, str):
                     meta = record.get("meta") or {}
                     sources[item.id] = (key, item.path, meta.get("original"))
                 if item.id > last:
                     fresh.append(item.id)
+                    queries[item.id] = vector
             after = page["next_after"]
             if last == 0:  # the first pass shows its progress
                 progress = {"done": 0, "total": 2 * max(total, len(items))}
                 await asyncio.to_thread(self._save, {**state, "complete": False,
                                                      "progress": progress})
+        # The fingerprints are read (and kept) only when there is something new to compare.
+        prints = await asyncio.to_thread(self._load_prints) if last and fresh else {}
         prints = {i: p for i, p in prints.items() if i in items}
         # Each new item's original is decoded once; the progress counts these, then searches.
         steps = 2 * len(fresh)
@@ -494,7 +499,7 @@ class Duplicates:
         for start in range(0, len(fresh), BATCH):
             ids = fresh[start : start + BATCH]
             answer_ = await index.json("POST", "/v1/search", json={
-                "vectors": [encode_vector(vectors[i].astype(np.float32)) for i in ids],
+                "vectors": [encode_vector(queries[i]) for i in ids],
                 "k": NEIGHBOURS + 1})
             hits = [[(int(h["id"]), float(h["score"])) for h in row]
                     for row in answer_["results"]]
