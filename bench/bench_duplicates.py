@@ -2,28 +2,32 @@
 """How well GET /duplicates groups copies (glimpse/gateway/duplicates.py), and which rule links.
 
 The set: tiles of the scikit-image and scikit-learn sample photos plus the LFW faces skimage
-ships, each stored as a JPEG (bench/bench_relevance.py's pool). ``--originals`` of them get
-copies: one of the same size, either "exact" (the same pixels saved as PNG) or a re-save as
-JPEG quality 95, and one or two more (resize, crop of at most 10 %, JPEG recompression at
-quality 30-70, a small colour change, or all); the recompressed and edited ones are "similar"
-only (a recompression, even at q95, moves the pixels). Every other item is unrelated. Each item
-is searched exactly (NEIGHBOURS hits) as the background pass does, and ``exact`` links a pair
-only when its stored bytes' fingerprints match too (duplicates.same_pixels): the bench prints
-the fingerprint differences of exact copies and of every other same-size pair.
+ships, each stored as a JPEG (bench/bench_relevance.py's pool); flat ones (every channel's
+standard deviation under FLAT: a page's margin, the sky, blank LFW patches) are copies of each
+other already and left out. ``--originals`` of them get copies: one of the same size, either
+"exact" (the same pixels saved as PNG) or a re-save as JPEG quality 95, and one or two more
+(resize, crop of at most 10 %, JPEG recompression at quality 30-70, a small colour change, or
+all); the recompressed and edited ones are "similar" only (a recompression, even at q95, moves
+the pixels). Every other item is unrelated. Each item is searched exactly (NEIGHBOURS hits) and
+fingerprinted from its stored bytes as the background pass does (duplicates.links): the bench
+prints the exact check's fingerprint differences of exact copies and of every other same-size
+pair.
 
 Pair precision and recall of the groups (two items in one group that are copies of one
 original / all pairs of copies), in both modes (``exact``: the original and its exact copies
-only), for three linking rules:
+only), for these linking rules:
 
-  ratio    a hit nearer than RATIO[mode] times the item's NEIGHBOURS-th hit's distance (the
-           rule the gateway uses), swept;
+  ratio    the vectors alone: a hit nearer than the ratio times the item's NEIGHBOURS-th hit's
+           distance, swept;
+  pixels   the pixels alone: a candidate pair within the difference (duplicates.Pixels), swept;
+  both     either (the gateway's ``similar``: DIFFERENCE or RATIO["similar"]), swept;
   flat     a cosine above a fixed threshold, swept (the best one differs per model);
   cutoff   the relevance cutoff (relevance.py) over the item's CANDIDATES hits.
 
-Models: glimpse-tiny and ViT-B-32, both with random weights. Writes
-bench/results/bench_duplicates.csv.
+Models: glimpse-tiny and ViT-B-32 (``--models``), both with random weights. Appends every run
+to bench/results/bench_duplicates.csv.
 
-    .venv/bin/python bench/bench_duplicates.py [--originals 100] [--seed 0]
+    .venv/bin/python bench/bench_duplicates.py [--originals 100] [--seed 0] [--cache DIR]
 """
 
 from __future__ import annotations
