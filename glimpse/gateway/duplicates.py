@@ -11,8 +11,9 @@ by union-find.
 height) whose fingerprints differ by at most ``PIXEL_BOUND`` grey levels on average (the same
 picture in other bytes: a lossless copy, metadata added or stripped; any recompression, even at
 JPEG quality 95, or a colour edit is ``similar``). ``similar`` links a pair within
-``DIFFERENCE`` by its pixels: random-weight vectors do not bring crops and colour edits near
-(bench/bench_duplicates.py measured both signals and their union).
+``DIFFERENCE`` by its pixels or within ``RATIO["similar"]`` by its vectors: random-weight
+vectors do not bring crops and colour edits near (bench/bench_duplicates.py measured both
+signals and their union).
 
 A pass reads the items a page at a time from the index (GET /v1/items), fingerprints and
 searches only the items added since the last pass; deleted items drop out of their groups. A
@@ -66,7 +67,8 @@ RATIO: dict[Mode, float] = {"exact": 0.005, "similar": 0.01}
 MAX_RATIO = 0.5
 # The exact mode's pixel check: both originals at SIDE x SIDE greyscale, and the largest mean
 # absolute difference (grey levels) that is still the same picture. bench_duplicates.py measured
-# 0 for lossless copies and from 0.046 up for recompressions (q30-95) and colour edits.
+# 0 for lossless copies and from 0.046 up for recompressions (q30-95) and colour edits, bar a
+# rare q95 re-save of a smooth picture or a colour shift that leaves the grey as it was.
 SIDE = 32
 PIXEL_BOUND = 0.02
 # The similar mode's pixel check: one fingerprint's central window (CROP from each side) at
