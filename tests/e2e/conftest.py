@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.photos import Photo, sample_photos
+from tests.e2e.polled import PolledTab
 from tests.support.procs import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -113,3 +114,13 @@ def page(browser: Any, gateway_url: str, gallery: dict[str, int]) -> Iterator[An
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def tabs() -> Iterator[list[PolledTab]]:
+    """The polled tabs a test opens (polled.py), closed after it; none may have thrown."""
+    opened: list[PolledTab] = []
+    yield opened
+    for tab in opened:
+        tab.context.close()
+        assert tab.errors == [], f"uncaught script errors on the page: {tab.errors}"

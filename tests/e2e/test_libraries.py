@@ -5,11 +5,12 @@ timers run on playwright's clock, so the polling is checked without waiting for 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.e2e.polled import Answers, PolledTab
 
 pytestmark = pytest.mark.browser
 
@@ -23,52 +24,16 @@ ALL_IDLE = {"libraries": [
 ]}
 
 
-class Tab:
-    """A page whose GET /admin/libraries calls are counted (and answered from ``answers``, in
-    turn, the last one repeated, when given)."""
+class Tab(PolledTab):
+    """A page polling GET /admin/libraries."""
 
-    def __init__(self, browser: Any, gateway_url: str,
-                 answers: list[tuple[int, dict[str, Any]]] | None) -> None:
-        self.context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                           color_scheme="light")
-        self.context.set_default_timeout(15_000)
-        self.page = self.context.new_page()
-        self.errors: list[str] = []
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.calls = 0
-        self.page.clock.install()
-        self.page.route("**/admin/libraries", lambda route: self._answer(route, answers))
-        self.page.goto(gateway_url + "/")
-        self.page.wait_for_selector("html[data-ready]", state="attached")
-
-    def _answer(self, route: Any, answers: list[tuple[int, dict[str, Any]]] | None) -> None:
-        self.calls += 1
-        if answers is None:
-            route.continue_()
-            return
-        status, body = answers[min(self.calls, len(answers)) - 1]
-        route.fulfill(status=status, json=body)
-
-    def wait_calls(self, n: int) -> None:
-        for _ in range(100):
-            if self.calls >= n:
-                return
-            self.page.wait_for_timeout(50)
-        raise AssertionError(f"{self.calls} calls of GET /admin/libraries, expected {n}")
+    def __init__(self, browser: Any, gateway_url: str, answers: Answers | None) -> None:
+        super().__init__(browser, gateway_url, "/admin/libraries", answers)
 
     def line(self) -> str | None:
         """The status line's text, None while it is hidden."""
         locator = self.page.locator("#library-status")
         return str(locator.text_content()) if locator.is_visible() else None
-
-
-@pytest.fixture
-def tabs(browser: Any, gateway_url: str) -> Iterator[list[Tab]]:
-    opened: list[Tab] = []
-    yield opened
-    for tab in opened:
-        tab.context.close()
-        assert tab.errors == [], f"uncaught script errors on the page: {tab.errors}"
 
 
 def test_a_line_while_work_is_pending_gone_once_idle(

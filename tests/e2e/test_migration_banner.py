@@ -4,10 +4,11 @@ run on playwright's clock."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from tests.e2e.polled import Answers, PolledTab
 
 pytestmark = pytest.mark.browser
 
@@ -16,41 +17,11 @@ RUNNING = {"state": "running", "model": "glimpse-tiny-32", "done": 1234, "total"
 SWITCHED = {"state": "switched", "model": "glimpse-tiny-32", "done": 5000, "total": 5000}
 
 
-class Tab:
-    def __init__(self, browser: Any, gateway_url: str,
-                 answers: list[tuple[int, dict[str, Any]]]) -> None:
-        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
-        self.context.set_default_timeout(15_000)
-        self.page = self.context.new_page()
-        self.errors: list[str] = []
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.calls = 0
-        self.page.clock.install()
+class Tab(PolledTab):
+    """A page polling GET /admin/model."""
 
-        def answer(route: Any) -> None:
-            self.calls += 1
-            status, body = answers[min(self.calls, len(answers)) - 1]
-            route.fulfill(status=status, json=body)
-
-        self.page.route("**/admin/model", answer)
-        self.page.goto(gateway_url + "/")
-        self.page.wait_for_selector("html[data-ready]", state="attached")
-
-    def wait_calls(self, n: int) -> None:
-        for _ in range(100):
-            if self.calls >= n:
-                return
-            self.page.wait_for_timeout(50)
-        raise AssertionError(f"{self.calls} calls of GET /admin/model, expected {n}")
-
-
-@pytest.fixture
-def tabs(browser: Any, gateway_url: str) -> Iterator[list[Tab]]:
-    opened: list[Tab] = []
-    yield opened
-    for tab in opened:
-        tab.context.close()
-        assert tab.errors == [], f"uncaught script errors on the page: {tab.errors}"
+    def __init__(self, browser: Any, gateway_url: str, answers: Answers) -> None:
+        super().__init__(browser, gateway_url, "/admin/model", answers)
 
 
 def test_the_banner_follows_a_migration_then_names_the_new_model(
