@@ -3,14 +3,14 @@ stored originals (issue 26, "Backfill").
 
 It runs when asked (POST /admin/backfill), not at start: it reads every original once, which on
 a large collection is hours of disk reads that an operator should choose to spend, and a
-restart should not repeat. It runs in the background, one item at a time, and keeps its
-cursor (the last item id done) in ``<media>/backfill.json`` after each batch, so a restart
-resumes where it stopped (POST again). An item whose meta has ``folder`` already has the fields
-(ingested since, or done) and is skipped; the fields never replace a value the meta holds.
+restart should not repeat. It runs in the background and keeps its cursor (the last item id
+done) in ``<media>/backfill.json`` after each page, so a restart resumes where it stopped (POST
+again). An item whose meta has ``folder`` already has the fields (ingested since, or done) and
+is skipped; the fields never replace a value the meta holds.
 
-Items are walked by id, 1 to the highest one (count + deleted): the Faiss backend's ids are
-SQLite row ids. The Milvus backend's ids are hashes of the keys and cannot be walked: there
-it refuses with a sentence.
+Items are walked a page at a time in id order (GET /v1/items), which both backends answer: the
+Milvus backend's ids are hashes, not a range to count through. A page's items are done a few at
+a time, since a Milvus update waits on a Strong read of itself rather than on the CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from glimpse.gateway.state import GatewayState
 
 logger = logging.getLogger("glimpse.gateway")
 
-BATCH = 100  # items between two saves of the cursor
+BATCH = 100  # items listed at once, and between two saves of the cursor
+IN_FLIGHT = 8  # items of a page read and updated at once
+SAVED = ("cursor", "total", "updated", "skipped", "failed")
 
 
 class Backfill:
@@ -49,57 +51,55 @@ class Backfill:
             saved = orjson.loads(self.path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             saved = {}
-        keys = ("cursor", "last_id", "updated", "skipped", "failed")
-        out = {k: int(saved.get(k, 0)) for k in keys if isinstance(saved.get(k, 0), int)}
-        return {"cursor": 0, "last_id": 0, "updated": 0, "skipped": 0, "failed": 0, **out}
+        out = {k: int(saved.get(k, 0)) for k in SAVED if isinstance(saved.get(k, 0), int)}
+        return {**dict.fromkeys(SAVED, 0), **out}
 
     def status(self) -> dict[str, Any]:
         return dict(self.progress)
 
     async def start(self) -> dict[str, Any]:
-        """Start (or resume) the backfill; 409 while one runs, or on the Milvus backend."""
+        """Start (or resume) the backfill; 409 while one runs."""
         if self.task is not None and not self.task.done():
             raise GlimpseError(ErrorType.conflict, "A backfill is running already; see GET "
                                "/admin/backfill for its progress.")
         stats = await self.state.index.stats()
-        if stats.get("backend") == "milvus":
-            raise GlimpseError(ErrorType.conflict, "The Milvus backend's ids are hashes of "
-                               "the keys and cannot be walked, so it has no backfill; "
-                               "ingest the files again to read their metadata.")
-        last_id = int(stats.get("count", 0)) + int(stats.get("deleted", 0))
-        self.progress.update(status="running", last_id=last_id, started_at=time.time(),
-                             error=None)
-        self.task = asyncio.create_task(self._run(last_id))
+        self.progress.update(status="running", total=int(stats.get("count", 0)),
+                             started_at=time.time(), error=None)
+        self.task = asyncio.create_task(self._run())
         return self.status()
 
-    async def _run(self, last_id: int) -> None:
+    async def _run(self) -> None:
         try:
-            while self.progress["cursor"] < last_id:
-                start = self.progress["cursor"] + 1
-                for item_id in range(start, min(last_id, start + BATCH - 1) + 1):
-                    outcome = await self._one(item_id)
-                    self.progress[outcome] += 1
-                    self.progress["cursor"] = item_id
-                await anyio.to_thread.run_sync(self._save)
+            while True:
+                page = await self.state.index.json("GET", "/v1/items", params={
+                    "after": self.progress["cursor"], "limit": BATCH})
+                records: list[dict[str, Any]] = page["items"]
+                limit = asyncio.Semaphore(IN_FLIGHT)
+                outcomes = await asyncio.gather(*(self._counted(r, limit) for r in records),
+                                                return_exceptions=True)
+                failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+                if failure is not None:
+                    raise failure
+                if records:
+                    self.progress["cursor"] = int(records[-1]["id"])
+                    await anyio.to_thread.run_sync(self._save)
+                if page.get("next_after") is None:
+                    break
             self.progress["status"] = "done"
         except Exception as exc:  # the index or the disk failed: resumable from the cursor
-            logger.warning("backfill stopped at item %d: %s", self.progress["cursor"], exc)
+            logger.warning("backfill stopped after item %d: %s", self.progress["cursor"], exc)
             self.progress.update(status="failed", error=str(exc))
         await anyio.to_thread.run_sync(self._save)
 
-    def _save(self) -> None:
-        keys = ("cursor", "last_id", "updated", "skipped", "failed")
-        write_atomic(self.path, orjson.dumps({k: self.progress[k] for k in keys}))
+    async def _counted(self, record: dict[str, Any], limit: asyncio.Semaphore) -> None:
+        async with limit:
+            self.progress[await self._one(record)] += 1
 
-    async def _one(self, item_id: int) -> str:
-        """Backfill one item: "updated", "skipped" (gone, or has the fields) or "failed"."""
-        index = self.state.index
-        try:
-            record = await index.item(item_id)
-        except GlimpseError as exc:
-            if exc.error_type == ErrorType.not_found.value:
-                return "skipped"  # deleted
-            raise
+    def _save(self) -> None:
+        write_atomic(self.path, orjson.dumps({k: self.progress[k] for k in SAVED}))
+
+    async def _one(self, record: dict[str, Any]) -> str:
+        """Backfill one listed item: "updated", "skipped" (has the fields) or "failed"."""
         meta: dict[str, Any] = record.get("meta") or {}
         if "folder" in meta:
             return "skipped"
@@ -109,7 +109,13 @@ class Backfill:
         merged = {**found, **meta}
         if meta_problem(merged) is not None:
             return "failed"
-        await index.json("PATCH", f"/v1/items/{item_id}", json={"meta": merged})
+        try:
+            await self.state.index.json("PATCH", f"/v1/items/{record['id']}",
+                                        json={"meta": merged})
+        except GlimpseError as exc:
+            if exc.error_type == ErrorType.not_found.value:
+                return "skipped"  # deleted since it was listed
+            raise
         return "updated"
 
     def _read(self, record: dict[str, Any]) -> dict[str, Any] | None:

@@ -47,7 +47,8 @@ async def admin_backfill(state: State) -> dict[str, Any]:
 
 @router.get("/admin/backfill", tags=["admin"], dependencies=[WriteAccess])
 async def admin_backfill_status(state: State) -> dict[str, Any]:
-    """The backfill's progress: status, cursor of last_id, updated, skipped, failed."""
+    """The backfill's progress: status, cursor (the last item id done), total, updated,
+    skipped, failed."""
     return backfill_of(state).status()
 
 
