@@ -56,6 +56,7 @@ _RETRY_S = 2.0
 _SPARE = 16
 # HNSW's ef when no nprobe is given: the real sets' recall was measured with it (docs/index.md).
 HNSW_EF = 128
+_MASKS = 16  # filter masks kept per set of fresh rows (a few distinct filters are in use)
 
 
 def _scored(fresh: FreshRows, queries: np.ndarray, want: int, exclude: Sequence[int],
@@ -63,9 +64,16 @@ def _scored(fresh: FreshRows, queries: np.ndarray, want: int, exclude: Sequence[
     """The top ``want`` (id, score) per query among the fresh rows passing ``filters``."""
     keep = ~np.isin(fresh.ids, np.asarray(list(exclude), dtype=np.int64))
     if filters is not None:
-        keep &= np.fromiter((matches(filters, p, m) for p, m in zip(fresh.paths, fresh.metas,
-                                                                      strict=True)),
-                            dtype=bool, count=len(fresh.ids))
+        key = filters.model_dump_json()
+        mask = fresh.masks.get(key)
+        if mask is None:
+            mask = np.fromiter((matches(filters, p, m) for p, m in zip(fresh.paths, fresh.metas,
+                                                                         strict=True)),
+                               dtype=bool, count=len(fresh.ids))
+            if len(fresh.masks) >= _MASKS:
+                fresh.masks.clear()
+            fresh.masks[key] = mask
+        keep &= mask
     ids = fresh.ids[keep]
     if not len(ids):
         return [[] for _ in queries]
@@ -222,7 +230,8 @@ class MilvusIndexService(MilvusSpacesMixin):
         """Top ``k`` live hits per unit query with path and meta, score descending, among
         those passing ``filters`` (a Milvus expression, filters.py)."""
         where = milvus_expr(filters) if filters is not None else ""
-        if where and not exact and self.store.count_where(where, EXACT_ROWS) <= EXACT_ROWS:
+        few = bool(where) and not exact and self.store.count_where(where) <= EXACT_ROWS
+        if few:
             # Few matches: scored exactly. Milvus's search past a selective expression missed
             # most of them (recall@10 0.12 at 0.05 % of 20k items).
             exact = True
@@ -230,7 +239,8 @@ class MilvusIndexService(MilvusSpacesMixin):
         # A wider expression (near's box, say): twice the candidates, the filter checked below.
         spread = 2 if filters is not None and milvus_is_wider(filters) else 1
         if exact:
-            candidates = self._exact_candidates(queries, spread * k + _SPARE, exclude, where)
+            candidates = self._exact_candidates(queries, spread * k + _SPARE, exclude, where,
+                                                few)
         else:
             limit = min(MAX_TOPK, spread * k * max(1, self.rerank) + _SPARE)
             candidates = self.store.search_candidates(
@@ -292,12 +302,15 @@ class MilvusIndexService(MilvusSpacesMixin):
             rows.update(self.store.rows_of_ids(wanted, ("id", "path", "meta"), "search"))
 
     def _exact_candidates(self, queries: np.ndarray, want: int, exclude: Sequence[int],
-                          where: str = "") -> list[list[tuple[int, float]]]:
-        """Every vector scored (a full scan of the collection: tests and recall checks)."""
+                          where: str = "", few: bool = False) -> list[list[tuple[int, float]]]:
+        """Every vector ``where`` holds for scored: a full scan of the collection (tests and
+        recall checks), or one query when the expression is known to hold for ``few`` rows
+        (the iterator decodes each vector element by element)."""
         skip = np.asarray(sorted(set(exclude)), dtype=np.int64)
         best_ids = np.zeros((len(queries), 0), dtype=np.int64)
         best_scores = np.zeros((len(queries), 0), dtype=np.float32)
-        for ids, vectors in self.store.scan(where=where):
+        batches = [self.store.vectors_where(where)] if few else self.store.scan(where=where)
+        for ids, vectors in batches:
             keep = ~np.isin(ids, skip)
             ids, vectors = ids[keep], vectors[keep]
             scores = queries.astype(np.float32) @ vectors.T

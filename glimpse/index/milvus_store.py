@@ -46,7 +46,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -158,6 +158,9 @@ class FreshRows:
     vectors: np.ndarray
     paths: list[str]
     metas: list[dict[str, Any]]
+    # A filter's mask over these rows, kept as long as they are (a new write makes new rows):
+    # the same filter sent with each new query, as the page does, is evaluated once.
+    masks: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -708,15 +711,20 @@ class MilvusStore:
             raise MilvusUnavailable(self.uri, "search", exc, stored=True) from exc
         return [list(zip(hits.ids, hits.distances, strict=True)) for hits in results]
 
-    def count_where(self, where: str, cap: int) -> int:
-        """How many rows with a positive id ``where`` holds for, counted up to ``cap`` + 1."""
-        try:
-            rows = self.collection.query(f"id > 0 and ({where})", output_fields=["id"],
-                                         limit=cap + 1, timeout=self.timeout,
-                                         consistency_level="Eventually")
-        except _FAILURES as exc:
-            raise MilvusUnavailable(self.uri, "filter count", exc, stored=True) from exc
-        return len(rows)
+    def count_where(self, where: str) -> int:
+        """How many rows with a positive id ``where`` holds for (counted by Milvus: no ids
+        sent back)."""
+        rows = self._query(f"id > 0 and ({where})", ("count(*)",), "filter count")
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def vectors_where(self, where: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the rows with a positive id ``where`` holds for, in one query
+        decoded as numpy (:meth:`_query`): for an expression known to hold for few rows."""
+        rows = self._query(f"id > 0 and ({where})", ("id", "vector"), "exact search")
+        ids = np.fromiter((int(r["id"]) for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return ids, np.zeros((0, self.settings.dim), dtype=np.float32)
+        return ids, np.vstack([r["vector"] for r in rows]).astype(np.float32, copy=False)
 
     def scan_rows(self, fields: Sequence[str], batch: int = 4096) -> Iterable[dict[str, Any]]:
         """``fields`` of every row with a positive id, a batch at a time (facets)."""
