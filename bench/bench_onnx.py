@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import datetime
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -210,24 +212,27 @@ _PROFILE_STATES = {
 def profile_service(pid: int, url: str, jpegs: list[bytes], args: argparse.Namespace,
                     rate: float) -> dict[str, float]:
     """The share of wall time of each service thread in each state of _PROFILE_STATES, e.g.
-    {"model thread: in the ONNX run": 0.99, ...}: py-spy samples the middle half of a pass of
-    3 x --images (``rate``: the service's images/s so far), so neither the ramp-up nor the
-    tail, when fewer requests are in flight, counts."""
+    {"model thread: in the ONNX run": 0.99, ...}. py-spy samples a pass of 4 x --images from a
+    fifth to half of its expected time (``rate``: the service's images/s so far), stopped early
+    if the pass ends, so neither the ramp-up nor the tail (fewer requests in flight) counts."""
     spy_bin = Path(sys.executable).with_name("py-spy")
     out = Path(tempfile.mkdtemp()) / "service.txt"
-    long_pass = argparse.Namespace(**{**vars(args), "images": 3 * args.images})
-    seconds = 3 * args.images / rate
+    long_pass = argparse.Namespace(**{**vars(args), "images": 4 * args.images})
+    seconds = 4 * args.images / rate
     with ThreadPoolExecutor(1) as client:
         running = client.submit(asyncio.run, service_image_rate(url, jpegs, long_pass))
-        time.sleep(seconds / 4)
-        spy = subprocess.run(
+        time.sleep(seconds / 5)
+        spy = subprocess.Popen(
             [str(spy_bin if spy_bin.exists() else "py-spy"), "record", "--pid", str(pid),
              "--format", "raw", "--threads", "--idle", "--nonblocking", "--rate", "20",
-             "--duration", str(max(1, round(seconds / 2))), "-o", str(out)],
-            capture_output=True, text=True, check=False)
+             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with contextlib.suppress(TimeoutError):
+            running.result(timeout=seconds * 0.3)
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+        _, errors = spy.communicate(timeout=60)
         rate = running.result()
-    if spy.returncode != 0:
-        raise SystemExit(f"py-spy failed: {spy.stderr[-2000:]}")
+    if not out.exists():
+        raise SystemExit(f"py-spy failed: {errors[-2000:]}")
     split = thread_shares(out.read_text())
     shutil.rmtree(out.parent, ignore_errors=True)
     print(f"profiled service pass: {rate:.1f} images/s; share of wall time: "
@@ -255,8 +260,8 @@ def thread_shares(raw: str) -> dict[str, float]:
         label = {"glimpse-model": "model thread", "glimpse-decode": "decode thread",
                  "MainThread": "event loop"}[thread]
         total = sum(states.values())
-        for state, count in sorted(states.items(), key=lambda kv: -kv[1]):
-            split[f"{label}: {state}"] = count / total
+        for state, n in sorted(states.items(), key=lambda kv: -kv[1]):
+            split[f"{label}: {state}"] = n / total
     return split
 
 
