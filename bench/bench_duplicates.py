@@ -9,9 +9,10 @@ other already and left out. ``--originals`` of them get copies: one of the same 
 (resize, crop of at most 10 %, JPEG recompression at quality 30-70, a small colour change, or
 all); the recompressed and edited ones are "similar" only (a recompression, even at q95, moves
 the pixels). Every other item is unrelated. Each item is searched exactly (NEIGHBOURS hits) and
-fingerprinted from its stored bytes as the background pass does (duplicates.links): the bench
-prints the exact check's fingerprint differences of exact copies and of every other same-size
-pair.
+fingerprinted from its stored bytes as the background pass does (duplicates.links, a JPEG's
+grey scaled in the DCT; the exact check's candidates decoded whole, duplicates.confirm): the
+bench prints the fingerprint differences of exact copies and of every other same-size pair,
+both decoded whole and as the pass decodes every item.
 
 Pair precision and recall of the groups (two items in one group that are copies of one
 original / all pairs of copies), in both modes (``exact``: the original and its exact copies
@@ -24,10 +25,18 @@ only), for these linking rules:
   flat     a cosine above a fixed threshold, swept (the best one differs per model);
   cutoff   the relevance cutoff (relevance.py) over the item's CANDIDATES hits.
 
-Models: glimpse-tiny and ViT-B-32 (``--models``), both with random weights. Appends every run
-to bench/results/bench_duplicates.csv.
+Models: glimpse-tiny and ViT-B-32 (``--models``), both with random weights.
+
+``--print-time`` measures instead the CPU seconds of one fingerprint of a 12 MP JPEG (sample
+photos enlarged, with sensor-like noise, quality 90), as the pass makes it and decoded whole,
+and how far the two fingerprints differ. ``--search N ...`` measures the CPU time per item of
+a first pass's fingerprint work over N synthetic fingerprints (a sample of the items, BATCH at
+a time): its fingerprint neighbours (duplicates.Pixels.near, over every fingerprint) and the
+differences to them. Appends every run to bench/results/bench_duplicates.csv.
 
     .venv/bin/python bench/bench_duplicates.py [--originals 100] [--seed 0] [--cache DIR]
+    .venv/bin/python bench/bench_duplicates.py --print-time
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_duplicates.py --search 20000 100000
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import random
 import subprocess
 import sys
@@ -53,21 +63,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_relevance import _faces, _jpeg, _sample_photos, _tiles, _transform  # noqa: E402
 
 from glimpse.gateway.duplicates import (  # noqa: E402
+    BATCH,
     DIFFERENCE,
+    DRAFT,
+    DRAFT_BOUND,
     NEIGHBOURS,
     PIXEL_BOUND,
     RATIO,
     SIDE,
     Item,
     Pixels,
-    fingerprint,
+    confirm,
+    fingerprint_of,
     groups,
     links,
     same_pixels,
     select,
 )
 from glimpse.gateway.relevance import CANDIDATES, cutoff  # noqa: E402
-from glimpse.imaging import DEFAULT_LIMITS, load_upright, open_checked  # noqa: E402
+from glimpse.imaging import DEFAULT_LIMITS  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "bench_duplicates.csv"
 MODELS = ("glimpse-tiny", "ViT-B-32")
@@ -126,21 +140,18 @@ def build(originals: int, seed: int
     return images, stored, exact, similar
 
 
-def prints_of(stored: list[bytes]) -> list[bytes]:
+def prints_of(stored: list[bytes], whole: bool = False) -> list[bytes]:
     """Each image's fingerprint the way the gateway makes it from the stored original."""
-    out = []
-    for data in stored:
-        img = open_checked(data, DEFAULT_LIMITS)
-        out.append(fingerprint(load_upright(img, img.size)))
-    return out
+    return [fingerprint_of(data, DEFAULT_LIMITS.max_pixels, whole) for data in stored]
 
 
-def pixel_differences(prints: list[bytes], items: dict[int, Item], exact: list[int]
-                      ) -> tuple[float, float]:
-    """The largest mean absolute difference between an original and its exact copies, and the
-    smallest between two other items of the same size (the other copies included)."""
+def pixel_differences(prints: list[bytes], items: dict[int, Item], exact: list[int],
+                      bound: float = PIXEL_BOUND) -> tuple[float, float, int]:
+    """The largest mean absolute difference between an original and its exact copies, the
+    smallest between two other items of the same size (the other copies included), and how
+    many of those are within ``bound``."""
     grey = np.stack([np.frombuffer(p, np.uint8) for p in prints]).astype(np.int16)
-    worst_same, best_other = 0.0, float("inf")
+    worst_same, best_other, within = 0.0, float("inf"), 0
     for i in range(len(prints)):
         size = (items[i].width, items[i].height)
         others = [j for j in range(i + 1, len(prints)) if (items[j].width, items[j].height) == size]
@@ -152,7 +163,82 @@ def pixel_differences(prints: list[bytes], items: dict[int, Item], exact: list[i
                 worst_same = max(worst_same, float(d))
             else:
                 best_other = min(best_other, float(d))
-    return worst_same, best_other
+                within += int(d <= bound)
+    return worst_same, best_other, within
+
+
+def print_time(repeats: int = 7) -> list[dict[str, object]]:
+    """Per 12 MP JPEG, the least CPU seconds of its fingerprint over ``repeats`` runs, as the
+    pass makes it and decoded whole, and the two fingerprints' mean absolute difference."""
+    rng = np.random.default_rng(0)
+    rows: list[dict[str, object]] = []
+    for number, photo in enumerate(_sample_photos()[:3]):
+        big = np.asarray(photo.resize((4000, 3000), Image.Resampling.BICUBIC), np.float32)
+        big += rng.normal(0.0, 6.0, (3000, 4000, 1)).astype(np.float32)
+        data = _saved(Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)), "JPEG",
+                      quality=90)
+        made = {}
+        for variant, whole in (("as the pass makes it", False), ("decoded whole", True)):
+            spent = []
+            for _ in range(repeats):
+                started = time.process_time()
+                made[whole] = fingerprint_of(data, DEFAULT_LIMITS.max_pixels, whole)
+                spent.append(time.process_time() - started)
+            print(f"photo {number} ({len(data) // 1000} kB): {variant} {min(spent):.3f} s")
+            rows.append({"what": f"duplicates fingerprint CPU time: 12 MP JPEG (sample photo "
+                                 f"{number} enlarged, noise, q90, {len(data) // 1000} kB), "
+                                 f"least of {repeats}",
+                         "variant": variant, "value": f"{min(spent):.4f}", "unit": "s"})
+        diff = np.abs(np.frombuffer(made[False], np.uint8).astype(np.int16)
+                      - np.frombuffer(made[True], np.uint8)).mean()
+        print(f"photo {number}: the two fingerprints differ by {diff:.3f} grey levels")
+        rows.append({"what": f"duplicates fingerprint, as the pass makes it vs decoded whole: "
+                             f"12 MP JPEG (sample photo {number})",
+                     "variant": f"DRAFT {DRAFT}", "value": f"{diff:.3f}",
+                     "unit": "grey levels"})
+    return rows
+
+
+def search_time(count: int, sample: int = 640) -> list[dict[str, object]]:
+    """Per item, the CPU seconds of its fingerprint neighbours and of the differences to them,
+    among ``count`` fingerprints (blocks of random grey, like pictures' coarse shapes)."""
+    rng = np.random.default_rng(0)
+    grey = np.kron(rng.integers(0, 256, (count, 8, 8), dtype=np.uint8),
+                   np.ones((SIDE // 8, SIDE // 8), np.uint8))
+    pixels = Pixels({i: grey[i].tobytes() for i in range(count)})
+    batches = [list(range(start, start + BATCH)) for start in range(0, sample, BATCH)]
+    started = time.process_time()
+    near = [pixels.near(ids) for ids in batches]
+    near_s = (time.process_time() - started) / sample
+    started = time.process_time()
+    for ids, rows in zip(batches, near, strict=True):
+        for item_id, row in zip(ids, rows, strict=True):
+            pixels.differences(item_id, row)
+    differences_s = (time.process_time() - started) / sample
+    print(f"{count} fingerprints: neighbours {near_s * 1e3:.2f} ms, differences "
+          f"{differences_s * 1e3:.2f} ms per item; a first pass {count * near_s / 60:.1f} + "
+          f"{count * differences_s / 60:.1f} min")
+    what = (f"duplicates first pass, fingerprint work per item: {count} synthetic fingerprints, "
+            f"{sample} items measured")
+    return [{"what": what, "variant": "neighbours (Pixels.near)", "value": f"{near_s:.5f}",
+             "unit": "s"},
+            {"what": what, "variant": "differences to them", "value": f"{differences_s:.5f}",
+             "unit": "s"}]
+
+
+def _append(rows: list[dict[str, object]], command: str, note: str) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or "-"
+    full = [{"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core",
+             "what": "", "variant": "", "value": "", "unit": "", "command": "", "note": "",
+             **row} for row in rows]
+    full[0]["command"], full[0]["note"] = command, note
+    new = not OUT.exists()
+    with OUT.open("a", newline="") as fh:  # every run is kept
+        writer = csv.DictWriter(fh, fieldnames=list(full[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(full)
 
 
 def embed(model: str, images: list[Image.Image]) -> np.ndarray:
@@ -193,33 +279,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None,
                    help="keep each model's vectors here (.npy) and reuse them on the next run")
     p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--print-time", action="store_true",
+                   help="only the CPU time of one fingerprint of a 12 MP JPEG")
+    p.add_argument("--search", type=int, nargs="+", default=[], metavar="N",
+                   help="only the fingerprint search's CPU time per item among N fingerprints")
     args = p.parse_args(argv)
+    command = "python bench/bench_duplicates.py " + " ".join(argv or sys.argv[1:])
+    if args.print_time:
+        _append(print_time(), command, f"DRAFT {DRAFT}")
+        return 0
+    if args.search:
+        threads = os.environ.get("OPENBLAS_NUM_THREADS", "all")
+        _append([row for n in args.search for row in search_time(n)], command,
+                 f"OPENBLAS_NUM_THREADS={threads} (the dev box's load starves BLAS threads)")
+        return 0
     images, stored, exact, similar = build(args.originals, args.seed)
     items = {i: Item(i, f"{i}.jpg", img.width, img.height, None, None)
              for i, img in enumerate(images)}
-    prints = prints_of(stored)
+    prints, whole = prints_of(stored), prints_of(stored, whole=True)
     pixels = Pixels(dict(enumerate(prints)))
 
     def copy(a: int, b: int) -> bool:
-        """The exact mode's test past the vectors: the same size and the same pixels."""
+        """The exact mode's test past the vectors (duplicates.links and confirm): the same
+        size, fingerprints within DRAFT_BOUND and the same pixels decoded whole."""
         return (items[a].width, items[a].height) == (items[b].width, items[b].height) and (
-            same_pixels(prints[a], prints[b]))
+            pixels.same(a, b) and same_pixels(whole[a], whole[b]))
 
-    worst, best = pixel_differences(prints, items, exact)
-    print(f"pixel difference ({SIDE}x{SIDE} grey): exact copies at most {worst:.3f}, "
-          f"other same-size pairs at least {best:.3f}; bound {PIXEL_BOUND}")
-    truth = {"exact": exact, "similar": similar}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip() or "-"
     rows: list[dict[str, object]] = []
     n = len(images)
-    for variant, value in (("exact copies, largest", worst), ("other same-size pairs, smallest",
-                                                                best)):
-        rows.append({"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core",
-                     "what": f"duplicates pixel difference ({SIDE}x{SIDE} grey, mean absolute): "
-                             f"{n} items, {args.originals} originals with copies, seed "
-                             f"{args.seed}", "variant": variant, "value": f"{value:.3f}",
-                     "unit": "grey levels", "command": "", "note": ""})
+    for decoded, grey, bound in (("whole", whole, PIXEL_BOUND),
+                                 (f"as the pass does, DRAFT {DRAFT}", prints, DRAFT_BOUND)):
+        worst, best, within = pixel_differences(grey, items, exact, bound)
+        print(f"pixel difference ({SIDE}x{SIDE} grey, decoded {decoded}): exact copies at most "
+              f"{worst:.3f}, other same-size pairs at least {best:.3f}, {within} within the "
+              f"bound {bound}")
+        what = (f"duplicates pixel difference ({SIDE}x{SIDE} grey, mean absolute, decoded "
+                f"{decoded}): {n} items, {args.originals} originals with copies, seed "
+                f"{args.seed}")
+        rows += [{"what": what, "variant": "exact copies, largest", "value": f"{worst:.3f}",
+                  "unit": "grey levels"},
+                 {"what": what, "variant": "other same-size pairs, smallest",
+                  "value": f"{best:.3f}", "unit": "grey levels"},
+                 {"what": what, "variant": f"other same-size pairs within {bound}",
+                  "value": str(within), "unit": "pairs"}]
+    truth = {"exact": exact, "similar": similar}
     ids = list(range(n))
     for model in args.models:
         cached = (args.cache / f"{model}-{n}-{args.originals}-{args.seed}.npy" if args.cache
@@ -260,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rules: list[tuple[str, str, Callable[[str], list[tuple[int, int, float]]]]] = []
         started = time.perf_counter()
-        found = links(ids, near, items, dict(enumerate(vectors)), pixels)
+        found = confirm(links(ids, near, items, dict(enumerate(vectors)), pixels),
+                        dict(enumerate(whole)).get)
         linking_s = time.perf_counter() - started
         print(f"{model}: {len(found)} candidate pairs kept, linked in {linking_s:.1f} s")
         for r in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3):
@@ -283,19 +387,11 @@ def main(argv: list[str] | None = None) -> int:
                 what = (f"duplicates {mode} pair {{}}: {model} (random weights), {n} items, "
                         f"{args.originals} originals with copies, seed {args.seed}")
                 for name, value in (("precision", precision), ("recall", recall)):
-                    rows.append({"date": date.today().isoformat(), "commit": commit,
-                                 "machine": "dev-2core", "what": what.format(name),
-                                 "variant": variant, "value": f"{value:.3f}",
-                                 "unit": "ratio", "command": "", "note": ""})
-    rows[0]["command"] = "python bench/bench_duplicates.py " + " ".join(argv or sys.argv[1:])
-    rows[0]["note"] = (f"chosen: RATIO {RATIO}, NEIGHBOURS {NEIGHBOURS}, "
-                       f"PIXEL_BOUND {PIXEL_BOUND}, DIFFERENCE {DIFFERENCE}")
-    new = not OUT.exists()
-    with OUT.open("a", newline="") as fh:  # every run is kept
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+                    rows.append({"what": what.format(name), "variant": variant,
+                                 "value": f"{value:.3f}", "unit": "ratio"})
+    _append(rows, command, f"chosen: RATIO {RATIO}, NEIGHBOURS {NEIGHBOURS}, PIXEL_BOUND "
+                           f"{PIXEL_BOUND}, DIFFERENCE {DIFFERENCE}, DRAFT {DRAFT}, DRAFT_BOUND "
+                           f"{DRAFT_BOUND}")
     return 0
 
 

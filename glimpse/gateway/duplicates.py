@@ -1,14 +1,16 @@
 """Duplicate groups (GET /duplicates): a batched self-search over the index, in the background.
 
 Each item's vector is searched once with ``NEIGHBOURS`` hits, and each item's original is
-decoded once into its fingerprint (``SIDE`` x ``SIDE`` greyscale, decoded whole and upright)
-whose ``NEIGHBOURS`` nearest fingerprints are candidates too. A candidate pair is measured both
+decoded once into its fingerprint (``SIDE`` x ``SIDE`` greyscale, upright, from a decode of at
+least ``DRAFT`` times that a side: a JPEG's grey scaled in the DCT) whose ``NEIGHBOURS`` nearest
+fingerprints are candidates too. A candidate pair is measured both
 ways: by its vectors (the scale-free ratio below) and by its pixels (``difference``: the
 crop-aligned, brightness-fitted difference of the two fingerprints). Linked items are grouped
 by union-find.
 
 ``exact`` links a pair within ``RATIO["exact"]`` of the same displayed size (meta width and
-height) whose fingerprints differ by at most ``PIXEL_BOUND`` grey levels on average (the same
+height) whose fingerprints differ by at most ``DRAFT_BOUND`` and then, decoded whole (only
+these pairs' originals), by at most ``PIXEL_BOUND`` grey levels on average (the same
 picture in other bytes: a lossless copy, metadata added or stripped; any recompression, even at
 JPEG quality 95, or a colour edit is ``similar``). ``similar`` links a pair within
 ``DIFFERENCE`` by its pixels or within ``RATIO["similar"]`` by its vectors: random-weight
@@ -37,8 +39,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -71,6 +74,12 @@ MAX_RATIO = 0.5
 # rare q95 re-save of a smooth picture or a colour shift that leaves the grey as it was.
 SIDE = 32
 PIXEL_BOUND = 0.02
+# The fingerprint every item gets is decoded at least DRAFT * SIDE a side (libjpeg scales a
+# JPEG by up to 8 in the DCT, its grey only), which moves it from the whole decode's: by 0.4-0.8
+# grey levels on average for photos, 3.7 for saturated noise whose decode clips. A same-size
+# pair within DRAFT_BOUND is decoded whole for the exact check (bench_duplicates.py).
+DRAFT = 4
+DRAFT_BOUND = 4.0
 # The similar mode's pixel check: one fingerprint's central window (CROP from each side) at
 # DETAIL x DETAIL against each window of the other that a crop of up to CROP per axis (in the
 # steps of CROPS, split in any way between the two edges) of either picture shows it at, after
@@ -145,15 +154,30 @@ def fingerprint(img: Image.Image) -> bytes:
     pixels are not blocks of another size than its original's)."""
     small = min(img.size) < SIDE
     resample = Image.Resampling.BILINEAR if small else Image.Resampling.BOX
-    return to_rgb(img).convert("L").resize((SIDE, SIDE), resample).tobytes()
+    grey = img if img.mode == "L" else to_rgb(img).convert("L")
+    return grey.resize((SIDE, SIDE), resample).tobytes()
 
 
-def same_pixels(a: bytes | None, b: bytes | None) -> bool:
-    """Two fingerprints of the same picture (within ``PIXEL_BOUND``); an unreadable one never is."""
+def fingerprint_of(data: bytes, max_pixels: int, whole: bool = False) -> bytes:
+    """The fingerprint of an original's bytes: decoded at least ``DRAFT * SIDE`` a side (a
+    JPEG's grey only, scaled in the DCT), or ``whole`` as the exact check needs.
+
+    Raises GlimpseError when the bytes do not decode (or hold too many pixels)."""
+    img = open_checked(data, ImageLimits(None, max_pixels, None))
+    if not whole and img.format in ("JPEG", "MPO"):
+        img.draft("L", (DRAFT * SIDE, DRAFT * SIDE))  # load_upright's draft then keeps this
+    # At the size decoded: a further whole-factor reduction rounds the last row's and column's
+    # cells up and so shifts the fingerprint's.
+    return fingerprint(load_upright(img, img.size))
+
+
+def same_pixels(a: bytes | None, b: bytes | None, bound: float = PIXEL_BOUND) -> bool:
+    """Two fingerprints of the same picture (within ``bound``, the whole decodes' by default);
+    an unreadable one never is."""
     if a is None or b is None or len(a) != len(b):
         return False
     diff = np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8)
-    return float(np.abs(diff).mean()) <= PIXEL_BOUND
+    return float(np.abs(diff).mean()) <= bound
 
 
 def _sampler(start: float, width: float) -> np.ndarray:
@@ -213,14 +237,17 @@ class Pixels:
             return [[] for _ in item_ids]
         scores = self.keys[known] @ self.keys.T
         scores[np.arange(len(known)), known] = -np.inf
-        top = np.argpartition(-scores, min(count, len(self.ids) - 1) - 1, axis=1)[:, :count]
+        # The largest from the end: partitioning the negated scores takes twice as long.
+        take = min(count, len(self.ids) - 1)
+        top = np.argpartition(scores, -take, axis=1)[:, -take:]
         at = {row: k for k, row in enumerate(known)}
         return [[] if row is None else [int(self.ids[r]) for r in top[at[row]]
                                         if scores[at[row], r] > 0]
                 for row in rows]
 
     def same(self, a: int, b: int) -> bool:
-        return same_pixels(self.prints.get(a), self.prints.get(b))
+        """Whether the pair may be the same pixels (their originals decoded whole tell)."""
+        return same_pixels(self.prints.get(a), self.prints.get(b), DRAFT_BOUND)
 
     def differences(self, item_id: int, others: Sequence[int]) -> list[float | None]:
         """Each other's difference from this item (None where either has no fingerprint): the
@@ -288,6 +315,18 @@ def links(ids: Sequence[int], hits: Sequence[Sequence[tuple[int, float]]],
             same = _same_size(items.get(a), items.get(b)) and pixels.same(a, b)
             out[(a, b)] = (a, b, score, ratio, same, difference)
     return list(out.values())
+
+
+def confirm(found: Iterable[Link], whole: Callable[[int], bytes | None]) -> list[Link]:
+    """The links with ``same`` kept only where the two originals decoded whole (``whole``: an
+    item's fingerprint so, None when it has none) match too."""
+    return [(a, b, s, r, same and same_pixels(whole(a), whole(b)), d)
+            for a, b, s, r, same, d in found]
+
+
+def exact_candidates(found: Iterable[Link]) -> set[int]:
+    """The items whose originals :func:`confirm` decodes whole."""
+    return {i for a, b, _, _, same, _ in found if same for i in (a, b)}
 
 
 def select(found: Iterable[Sequence[Any]], mode: Mode, ratio: float | None = None,
@@ -413,19 +452,15 @@ class Duplicates:
             np.savez(fh, ids=np.array(ids, dtype=np.int64), prints=matrix)
         os.replace(temp, self.prints_path)
 
-    def _fingerprint(self, key: str, path: str, original: Any) -> bytes | None:
+    def _fingerprint(self, key: str, path: str, original: Any, whole: bool = False
+                     ) -> bytes | None:
         """The fingerprint of an item's stored original (thumbnails.py finds it the same way),
         or None when it has none or it no longer decodes."""
         media, limits = self.gateway.media, self.gateway.encoder.limits
         found = media.find_original(key, path, original)
         try:
             data = found if isinstance(found, bytes) or found is None else found.read_bytes()
-            if data is None:
-                return None
-            img = open_checked(data, ImageLimits(None, limits.max_pixels, None))
-            # Decoded whole: a JPEG's reduced (DCT-scaled) decode differs from a lossless
-            # copy's by more than a recompression does.
-            return fingerprint(load_upright(img, img.size))
+            return None if data is None else fingerprint_of(data, limits.max_pixels, whole)
         except (OSError, GlimpseError):
             return None
 
@@ -498,6 +533,7 @@ class Duplicates:
                 await asyncio.to_thread(self._save, {
                     **state, "complete": False, "progress": {"done": done, "total": steps}})
         pixels = await asyncio.to_thread(Pixels, prints)
+        new: list[Link] = []
         for start in range(0, len(fresh), BATCH):
             ids = fresh[start : start + BATCH]
             answer_ = await index.json("POST", "/v1/search", json={
@@ -505,11 +541,18 @@ class Duplicates:
                 "k": NEIGHBOURS + 1})
             hits = [[(int(h["id"]), float(h["score"])) for h in row]
                     for row in answer_["results"]]
-            found.extend(await asyncio.to_thread(links, ids, hits, items, vectors, pixels))
+            new.extend(await asyncio.to_thread(links, ids, hits, items, vectors, pixels))
             if last == 0 and (start // BATCH) % 10 == 9:
                 done = len(fresh) + start + len(ids)
                 await asyncio.to_thread(self._save, {
                     **state, "complete": False, "progress": {"done": done, "total": steps}})
+        # The exact check decodes whole only the originals of the pairs it may take.
+        whole: dict[int, bytes | None] = {}
+        for item_id in sorted(exact_candidates(new)):
+            whole[item_id] = None if item_id not in sources else await anyio.to_thread.run_sync(
+                partial(self._fingerprint, *sources[item_id], whole=True),
+                limiter=self.gateway.decode_limiter)
+        found.extend(confirm(new, whole.get))
         kept = [p for p in merged(found) if p[0] in items and p[1] in items]
         if fresh:
             await asyncio.to_thread(self._save_prints, prints)

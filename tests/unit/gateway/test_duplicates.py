@@ -15,6 +15,7 @@ from PIL import Image
 from glimpse.contracts.vectors import encode_vector
 from glimpse.gateway.duplicates import (
     DIFFERENCE,
+    DRAFT_BOUND,
     NEIGHBOURS,
     PRINTS_NAME,
     SIDE,
@@ -23,7 +24,10 @@ from glimpse.gateway.duplicates import (
     Item,
     Pixels,
     answer,
+    confirm,
+    exact_candidates,
     fingerprint,
+    fingerprint_of,
     groups,
     keeper,
     links,
@@ -232,7 +236,11 @@ def test_a_pass_searches_only_new_items_and_drops_deleted_ones(tmp_path: Path) -
     state = duplicates.load()
     assert state["complete"] and not duplicates.stale(state)
     assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[3, 41]]
-    assert index.searched == 43 and len(decoded) == 43  # each item searched and decoded once
+    # Each item searched and fingerprinted once; the originals of the same-size pairs near in
+    # pixels (an exact copy, a recompression) decoded whole once more for the exact check.
+    assert index.searched == 43
+    assert sorted(decoded) == sorted([f"k{i}" for i in range(1, 42)] + ["k43", "k45"]
+                                     + ["k3", "k41", "k5", "k43"])
     assert sorted([i["id"] for i in g["items"]] for g in answer(state, "similar")["groups"]) == [
         [3, 41], [5, 43], [9, 45]]
     assert (tmp_path / PRINTS_NAME).exists()
@@ -243,7 +251,7 @@ def test_a_pass_searches_only_new_items_and_drops_deleted_ones(tmp_path: Path) -
     del index.vectors[41]
     asyncio.run(duplicates.run(duplicates.load()))
     state = duplicates.load()
-    assert index.searched == 1 and decoded == ["k46"]  # only the new item
+    assert index.searched == 1 and decoded == ["k46", "k7", "k46"]  # only the new item
     assert [[i["id"] for i in g["items"]] for g in answer(state, "exact")["groups"]] == [[7, 46]]
     assert sorted([i["id"] for i in g["items"]] for g in answer(state, "similar")["groups"]) == [
         [5, 43], [7, 46], [9, 45]]
@@ -289,3 +297,28 @@ def test_the_pixel_check_takes_lossless_copies_only() -> None:
     brighter = Image.eval(_decoded(original), lambda v: min(255, v + 3))
     assert not same_pixels(base, printed(_png(brighter)))
     assert not same_pixels(base, None) and not same_pixels(None, None)
+
+
+def test_a_jpeg_is_fingerprinted_from_its_dct_scaled_grey_and_decoded_whole_for_exact() -> None:
+    rng = np.random.default_rng(3)
+    noisy = np.asarray(_picture(2).resize((1024, 768), Image.Resampling.BICUBIC), np.float32)
+    noisy += rng.normal(0.0, 6.0, (768, 1024, 1))
+    original = _jpeg(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), 90)
+    most = DEFAULT_LIMITS.max_pixels
+    draft, whole = fingerprint_of(original, most), fingerprint_of(original, most, whole=True)
+    assert draft != whole and same_pixels(draft, whole, DRAFT_BOUND)
+    # A PNG is decoded whole either way: a lossless copy's fingerprint is the original's.
+    lossless = _png(_decoded(original))
+    assert fingerprint_of(lossless, most) == fingerprint_of(lossless, most, whole=True) == whole
+    resaved = _jpeg(_decoded(original), 95)
+    pixels = Pixels({1: draft, 2: fingerprint_of(lossless, most), 3: fingerprint_of(resaved, most)})
+    assert pixels.same(1, 2) and pixels.same(1, 3)  # both candidates ...
+    found = [(1, 2, 0.999, 0.001, True, 0.0), (1, 3, 0.999, 0.001, True, 0.01),
+             (1, 4, 0.9, 0.2, False, 0.3)]
+    assert exact_candidates(found) == {1, 2, 3}
+    wholes = {1: whole, 2: fingerprint_of(lossless, most, whole=True),
+              3: fingerprint_of(resaved, most, whole=True)}
+    # ... and decoded whole only the lossless copy is the same pixels; a pair not a candidate
+    # stays none.
+    assert [link[4] for link in confirm(found, wholes.get)] == [True, False, False]
+    assert [link[4] for link in confirm(found, {}.get)] == [False, False, False]
