@@ -158,13 +158,18 @@ def fingerprint(img: Image.Image) -> bytes:
     return grey.resize((SIDE, SIDE), resample).tobytes()
 
 
-def fingerprint_of(data: bytes, max_pixels: int, whole: bool = False) -> bytes:
+def fingerprint_of(data: bytes, max_pixels: int, whole: bool = False,
+                   drafted: bytes | None = None) -> bytes:
     """The fingerprint of an original's bytes: decoded at least ``DRAFT * SIDE`` a side (a
-    JPEG's grey only, scaled in the DCT), or ``whole`` as the exact check needs.
+    JPEG's grey only, scaled in the DCT), or ``whole`` as the exact check needs; any other
+    format is decoded whole either way, so then its first fingerprint (``drafted``) is it.
 
     Raises GlimpseError when the bytes do not decode (or hold too many pixels)."""
     img = open_checked(data, ImageLimits(None, max_pixels, None))
-    if not whole and img.format in ("JPEG", "MPO"):
+    jpeg = img.format in ("JPEG", "MPO")
+    if whole and not jpeg and drafted is not None:
+        return drafted
+    if not whole and jpeg:
         img.draft("L", (DRAFT * SIDE, DRAFT * SIDE))  # load_upright's draft then keeps this
     # At the size decoded: a further whole-factor reduction rounds the last row's and column's
     # cells up and so shifts the fingerprint's.
@@ -452,15 +457,16 @@ class Duplicates:
             np.savez(fh, ids=np.array(ids, dtype=np.int64), prints=matrix)
         os.replace(temp, self.prints_path)
 
-    def _fingerprint(self, key: str, path: str, original: Any, whole: bool = False
-                     ) -> bytes | None:
+    def _fingerprint(self, key: str, path: str, original: Any, whole: bool = False,
+                     drafted: bytes | None = None) -> bytes | None:
         """The fingerprint of an item's stored original (thumbnails.py finds it the same way),
         or None when it has none or it no longer decodes."""
         media, limits = self.gateway.media, self.gateway.encoder.limits
         found = media.find_original(key, path, original)
         try:
             data = found if isinstance(found, bytes) or found is None else found.read_bytes()
-            return None if data is None else fingerprint_of(data, limits.max_pixels, whole)
+            return (None if data is None
+                    else fingerprint_of(data, limits.max_pixels, whole, drafted))
         except (OSError, GlimpseError):
             return None
 
@@ -550,7 +556,8 @@ class Duplicates:
         whole: dict[int, bytes | None] = {}
         for item_id in sorted(exact_candidates(new)):
             whole[item_id] = None if item_id not in sources else await anyio.to_thread.run_sync(
-                partial(self._fingerprint, *sources[item_id], whole=True),
+                partial(self._fingerprint, *sources[item_id], whole=True,
+                        drafted=prints.get(item_id)),
                 limiter=self.gateway.decode_limiter)
         found.extend(confirm(new, whole.get))
         kept = [p for p in merged(found) if p[0] in items and p[1] in items]

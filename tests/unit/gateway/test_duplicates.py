@@ -310,6 +310,9 @@ def test_a_jpeg_is_fingerprinted_from_its_dct_scaled_grey_and_decoded_whole_for_
     # A PNG is decoded whole either way: a lossless copy's fingerprint is the original's.
     lossless = _png(_decoded(original))
     assert fingerprint_of(lossless, most) == fingerprint_of(lossless, most, whole=True) == whole
+    # So decoded whole it is not decoded again (a truncated copy would fail to).
+    assert fingerprint_of(lossless[:200], most, whole=True, drafted=whole) == whole
+    assert fingerprint_of(original, most, whole=True, drafted=draft) == whole
     resaved = _jpeg(_decoded(original), 95)
     pixels = Pixels({1: draft, 2: fingerprint_of(lossless, most), 3: fingerprint_of(resaved, most)})
     assert pixels.same(1, 2) and pixels.same(1, 3)  # both candidates ...
