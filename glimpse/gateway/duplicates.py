@@ -3,10 +3,9 @@
 Each item's vector is searched once with ``NEIGHBOURS`` hits, and each item's original is
 decoded once into its fingerprint (``SIDE`` x ``SIDE`` greyscale, upright, from a decode of at
 least ``DRAFT`` times that a side: a JPEG's grey scaled in the DCT) whose ``NEIGHBOURS`` nearest
-fingerprints are candidates too. A candidate pair is measured both
-ways: by its vectors (the scale-free ratio below) and by its pixels (``difference``: the
-crop-aligned, brightness-fitted difference of the two fingerprints). Linked items are grouped
-by union-find.
+fingerprints are candidates too. A candidate pair is measured both ways: by its vectors (the
+scale-free ratio below) and by its pixels (``difference``: the crop-aligned,
+brightness-fitted difference of the two fingerprints). Linked items are grouped by union-find.
 
 ``exact`` links a pair within ``RATIO["exact"]`` of the same displayed size (meta width and
 height) whose fingerprints differ by at most ``DRAFT_BOUND`` and then, decoded whole (only
