@@ -210,7 +210,9 @@ class ListedItem(BaseModel):
     path: str
     meta: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(description="Unix time of the add.")
-    vector: VectorLike | None = Field(default=None, description="With vectors=true only.")
+    vector: VectorLike | None = Field(
+        default=None, description="With vectors=true only: the item's vector in the space "
+        "asked (the active one by default); null while it has none there.")
 
 
 class ItemsPage(BaseModel):

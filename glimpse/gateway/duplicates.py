@@ -503,10 +503,16 @@ class Duplicates:
         queries: dict[int, np.ndarray] = {}
         fresh: list[int] = []
         after: int | None = 0
+        waiting = 1 << 62  # the smallest id this pass could not take
         while after is not None:
             page = await index.json("GET", "/v1/items", params={
                 "after": after, "limit": PAGE, "vectors": "true", "encoding": "base64"})
             for record in page["items"]:
+                if record["vector"] is None:
+                    # No vector in the active space yet: a migration's switch waits for every
+                    # item's, so this is an add racing the pass; the next pass takes it.
+                    waiting = min(waiting, int(record["id"]))
+                    continue
                 item = Item.of(record)
                 items[item.id] = item
                 vector = _vector(record["vector"])
@@ -564,7 +570,7 @@ class Duplicates:
             await asyncio.to_thread(self._save_prints, prints)
         await asyncio.to_thread(self._save, {
             "version": VERSION, "complete": True, "updated_at": time.time(),
-            "last_id": max(items, default=0), "progress": {"done": len(items),
+            "last_id": min(max(items, default=0), waiting - 1), "progress": {"done": len(items),
                                                            "total": len(items)},
             "items": {str(i): vars(it) for i, it in items.items()}, "links": kept})
 

@@ -448,8 +448,9 @@ def _query_value(request: Request, name: str, adapter: TypeAdapter[_V], default:
 
 
 async def list_items(request: Request) -> Response:
-    """A page of the live items in id order past ``after``, with their vectors when
-    ``vectors=true``: how a client reads every item (the gateway's duplicates pass)."""
+    """A page of the live items in id order past ``after``, with their vectors in ``space``
+    (default: the active one) when ``vectors=true``, null where the item has none there yet:
+    how a client reads every item (the gateway's duplicates and backfill passes)."""
     service = service_of(request)
     after = _query_int(request, "after", _ITEM_ID, 0)
     limit = _query_int(request, "limit", _PAGE, 256)
@@ -457,12 +458,21 @@ async def list_items(request: Request) -> Response:
     encoding = _query_value(request, "encoding", _ENCODING, "float")
     assert service.store is not None
     page = await run_in_threadpool(service.store.page, after, limit)
+    vectors: dict[int, np.ndarray] = {}
+    if with_vectors:
+        _, vectors = await run_in_threadpool(service.space_vectors,
+                                             request.query_params.get("space"),
+                                             [r.id for r, _ in page])
+
+    def vector(item_id: int) -> Any:
+        v = vectors.get(item_id)
+        if v is None or not v.size:
+            return None
+        return encode_vector(v) if encoding == "base64" else np.ascontiguousarray(
+            v, dtype=np.float32)
+
     items = [{"id": r.id, "key": r.key, "path": r.path, "meta": r.meta,
-              "created_at": r.created_at,
-              "vector": None if not with_vectors else (
-                  encode_vector(v) if encoding == "base64"
-                  else np.ascontiguousarray(v, dtype=np.float32))}
-             for r, v in page]
+              "created_at": r.created_at, "vector": vector(r.id)} for r, _ in page]
     return OrjsonResponse({"items": items,
                            "next_after": page[-1][0].id if len(page) == limit else None})
 
@@ -555,7 +565,8 @@ OPERATIONS = [
               body=KeysMissingRequest, responses=ERROR_RESPONSES),
     Operation("GET", "/v1/items", list_items, ("items",), ItemsPage,
               responses=ERROR_RESPONSES,
-              parameters=[_AFTER_QUERY, _LIMIT_QUERY, _VECTORS_QUERY, _ENCODING_QUERY]),
+              parameters=[_AFTER_QUERY, _LIMIT_QUERY, _VECTORS_QUERY, _ENCODING_QUERY,
+                          _SPACE_QUERY]),
     Operation("GET", "/v1/items/{item_id}", get_item, ("items",), IndexItem,
               responses=ERROR_RESPONSES, parameters=[_ITEM_ID_PARAM]),
     Operation("PATCH", "/v1/items/{item_id}", update_item, ("items",), IndexItem,

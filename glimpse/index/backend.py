@@ -100,6 +100,11 @@ class IndexBackend(Protocol):
         """The space ``name`` (the active one for None) and a live item's stored vector in
         it (None: not live, or no vector there yet)."""
 
+    def space_vectors(self, name: str | None, ids: Sequence[int]
+                      ) -> tuple[str, dict[int, np.ndarray]]:
+        """The space ``name`` (the active one for None) and the stored vectors it holds for
+        the live items among ``ids`` (an item without one there is left out)."""
+
     def activate_space(self, name: str) -> None: ...
 
     def drop_space(self, name: str) -> None: ...

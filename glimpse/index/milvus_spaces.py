@@ -361,6 +361,15 @@ class MilvusSpaces:
         iterator.close()
         return [[i for _, i in row] for row in best]
 
+    def vectors(self, name: str | None, ids: Sequence[int]) -> tuple[str, dict[int, np.ndarray]]:
+        """The space ``name`` (the active one for None) and its vectors of the live ``ids``."""
+        chosen, dim = self.dim_of(name)
+        if chosen == BUILTIN:
+            rows = self.store.rows_of_ids(list(ids), ("id", "vector"), "vector read")
+            return chosen, {i: np.asarray(rows[i]["vector"], dtype=np.float32)
+                            for i in ids if i in rows and -i not in rows}
+        return chosen, self._vectors(self.collection(chosen, dim), ids)
+
     def _vectors(self, collection: Collection, ids: Sequence[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
         for part in _chunks(list(ids)):
@@ -400,6 +409,10 @@ class MilvusSpacesMixin:
 
     def space_vector(self, name: str | None, item_id: int) -> tuple[str, np.ndarray | None]:
         return self.store.spaces.vector(name, item_id)
+
+    def space_vectors(self, name: str | None, ids: Sequence[int]
+                      ) -> tuple[str, dict[int, np.ndarray]]:
+        return self.store.spaces.vectors(name, ids)
 
     def activate_space(self, name: str) -> None:
         self.store.spaces.activate(name)

@@ -573,6 +573,14 @@ class IndexService:
             return chosen, store.get_vector(item_id)
         return chosen, self.spaces[chosen].view.get_vector(item_id)
 
+    def space_vectors(self, name: str | None, ids: Sequence[int]
+                      ) -> tuple[str, dict[int, np.ndarray]]:
+        store, _ = self._parts
+        chosen, _ = self.space_of(name)
+        if chosen == BUILTIN:
+            return chosen, store.vectors_of(ids)
+        return chosen, store.space_vectors_of(chosen, ids)
+
     def activate_space(self, name: str) -> None:
         store, _ = self._parts
         with self.writer:  # ordered with a drop of the same space

@@ -412,11 +412,12 @@ class Store:
         return out
 
     def page(self, after: int, limit: int) -> list[tuple[Record, np.ndarray]]:
-        """The live items past id ``after`` in id order, with their float16 vectors: a pass
-        over every item (duplicates, glimpse/gateway/duplicates.py) reads a page at a time."""
+        """The live items past id ``after`` in id order, with their float16 vectors (empty for
+        an item added straight into a named space): a pass over every item (duplicates,
+        backfill) reads a page at a time."""
         rows = self._reader().execute(
             "SELECT id, key, path, meta, seq, created_at, vector FROM items "
-            "WHERE deleted = 0 AND vector != x'' AND id > ? ORDER BY id LIMIT ?", (after, limit)
+            "WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?", (after, limit)
         ).fetchall()
         return [(Record(int(i), k, p, orjson.loads(m), int(s), float(c), False),
                  np.frombuffer(v, dtype=_F16)) for i, k, p, m, s, c, v in rows]

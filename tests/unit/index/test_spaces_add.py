@@ -5,6 +5,7 @@ space never sees it, across a snapshot and a restart, and a delete removes it ev
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -81,3 +82,27 @@ def test_bad_space_adds_are_4xx_and_store_nothing(client: TestClient) -> None:
     assert wrong.status_code == 422 and "48" in wrong.json()["error"], wrong.text
     assert _counts(client) == {"default": 0, "clip2": 0}
     assert client.get("/v1/stats").json()["count"] == 0
+
+
+def test_the_item_listing_holds_every_item_with_the_active_spaces_vectors(
+    client: TestClient,
+) -> None:
+    """The duplicates and backfill passes read GET /v1/items: an item added into the active
+    space alone is listed, with that space's vector; the built-in space's listing names it
+    with no vector."""
+    ids, late_ids, late = _setup(client)
+
+    def listing(**params: str) -> dict[int, Any]:
+        page = client.get("/v1/items", params={"limit": "100", **params}).json()
+        assert page["next_after"] is None
+        return {int(i["id"]): i["vector"] for i in page["items"]}
+
+    assert set(listing()) == set(ids + late_ids)
+    active = listing(vectors="true")
+    assert all(len(active[i]) == NEW_DIM for i in ids + late_ids)
+    np.testing.assert_allclose(active[late_ids[1]], late[1], atol=2e-3)
+    builtin = listing(vectors="true", space="default")
+    assert all(builtin[i] is None for i in late_ids)
+    assert all(len(builtin[i]) == DIM for i in ids)
+    unknown = client.get("/v1/items", params={"vectors": "true", "space": "x"})
+    assert unknown.status_code == 404 and "'x'" in unknown.json()["error"]
