@@ -36,7 +36,11 @@ RUN set -eu; \
     useradd --system --uid 10001 --gid glimpse --home-dir /media --no-create-home \
         --shell /usr/sbin/nologin glimpse; \
     mkdir -p /media; chown glimpse:glimpse /media
+# One BLAS thread a process: the gateway's cores go to its worker processes, and the
+# duplicates pass's numpy on a busy machine ran 20-30x slower with a thread per core
+# (bench_duplicates.py, issue 23).
 ENV PATH=/opt/venv/bin:$PATH \
+    OPENBLAS_NUM_THREADS=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/media \
