@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from starlette.routing import BaseRoute
 
 from glimpse.gateway.routes import admin, duplicates, images, ingest, library, models, ops, search
 
-router = APIRouter()
-for _concern in (search, ingest, images, library, admin, models, ops, duplicates):
-    router.include_router(_concern.router)
+# One flat list for the app's own router: FastAPI matches an included router's routes through a
+# wrapper per level on every request, a flat list only once.
+routes: list[BaseRoute] = [
+    route
+    for concern in (search, ingest, images, library, admin, models, ops, duplicates)
+    for route in concern.router.routes
+]
