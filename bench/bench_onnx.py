@@ -28,6 +28,10 @@ precision and recall of the relevance cutoff, and the copies fp32 ranks first th
     python bench/bench_onnx.py --rounds 3 --csv bench/results/bench_onnx.csv
     python bench/bench_onnx.py --near-duplicates --csv bench/results/onnx_near_duplicates.csv
 
+With --kernel-split, ONNX Runtime's own profiler times the served image session (its export
+and options) on --images pre-decoded images in batches of --max-batch, in this process, and
+each operator type's share of the kernel time is printed and recorded.
+
 With --session-options it compares ONNX Runtime session options in this process, on
 pre-decoded pixels of the cached export (fp32, or int8 with --quantize): graph optimisation
 level, intra-op threads, execution mode, spinning, an optimised model saved and loaded without
@@ -97,6 +101,8 @@ def own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                    help="ONNX Runtime session options side by side, in this process")
     p.add_argument("--profile", action="store_true",
                    help="one more service pass under py-spy: each thread's share of wall time")
+    p.add_argument("--kernel-split", action="store_true",
+                   help="ONNX Runtime's profiler on the served image session: time per operator")
     return p.parse_known_args(argv)
 
 
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(rest)
     if mine.session_options:
         return session_options(mine, args, argv)
+    if mine.kernel_split:
+        return kernel_split(mine, args, argv)
     measured = commit()  # the code the service starts from, whatever lands while it runs
     # start_service passes this process's environment on to the service.
     os.environ.update(ENCODER_RUNTIME="onnx", ENCODER_ONNX_QUANTIZE=mine.quantize)
@@ -461,6 +469,66 @@ class Variant:
             done += n
         wall = time.perf_counter() - start
         return total / wall, (time.process_time() - cpu) / total * 1000
+
+
+def kernel_split(mine: argparse.Namespace, args: argparse.Namespace,
+                 argv: list[str] | None) -> int:
+    import json
+
+    import onnxruntime as ort
+
+    from glimpse.encoder.config import Settings
+    from glimpse.encoder.onnx_runtime import OnnxClipEncoder, load_serving_encoder
+    from glimpse.encoder.service import cpu_count
+
+    measured = commit()
+    threads = args.torch_threads or cpu_count()
+    settings = Settings(model=args.model, pretrained=args.pretrained, device="cpu",
+                        runtime="onnx", onnx_quantize=mine.quantize)
+    encoder = load_serving_encoder(settings)
+    if not isinstance(encoder, OnnxClipEncoder):
+        raise SystemExit(f"ONNX Runtime does not serve {args.model}: {encoder.runtime_note}")
+    pixels = Raw(args, threads).pixels(make_jpegs(args.distinct)).numpy()
+    variant = Variant(Path(encoder.export_dir) / "image.onnx", 1, threads)
+    variant.run(pixels[:args.max_batch])  # warm-up, not profiled
+    folder = Path(tempfile.mkdtemp())
+    options = variant.sessions[0].get_session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "ort")
+    session = ort.InferenceSession(str(Path(encoder.export_dir) / "image.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    variant.sessions = [session]
+    with ThreadPoolExecutor(1) as thread:  # as the service runs it
+        rate, cpu_ms = thread.submit(variant.rate, pixels, args.images, args.max_batch).result()
+    by_op: dict[str, float] = {}
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            by_op[op] = by_op.get(op, 0.0) + event["dur"]
+    shutil.rmtree(folder, ignore_errors=True)
+    total = sum(by_op.values())
+    engine = f"ONNX Runtime {'int8' if mine.quantize == 'int8' else 'fp32'}"
+    what = (f"share of kernel time, {args.model} image tower on CPU, {engine} as served, "
+            f"pre-decoded pixels, batch {args.max_batch}, ONNX Runtime's profiler")
+    print(f"# {what}: {rate:.1f} images/s, {cpu_ms:.0f} CPU ms/image (profiling on), load "
+          f"{os.getloadavg()[0]:.2f}")
+    base = {"date": datetime.date.today().isoformat(), "commit": measured,
+            "machine": mine.machine, "note": mine.note, "what": what, "unit": "ratio"}
+    out: list[dict[str, Any]] = []
+    for op, dur in sorted(by_op.items(), key=lambda kv: -kv[1]):
+        if dur / total >= 0.005:
+            print(f"{op:24} {dur / total:6.1%}")
+            out.append({**base, "variant": op, "value": f"{dur / total:.3f}"})
+    if mine.csv:
+        out[0]["command"] = "bench/bench_onnx.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        new = not mine.csv.exists()
+        with mine.csv.open("a", newline="") as f:
+            writer = csv.DictWriter(f, FIELDS, restval="")
+            if new:
+                writer.writeheader()
+            writer.writerows(out)
+    return 0
 
 
 def session_options(mine: argparse.Namespace, args: argparse.Namespace,
