@@ -99,7 +99,9 @@ def index_values(data: dict[str, Any]) -> list[tuple[str, float, str]]:
             ("index service / best raw Faiss, one query",
              service["one_query_ms"] / raw["one_query_ms"], "ratio"),
         ]
-    http = (data.get("http") or {}).get("gather off (default)")
+    # The old script names its HTTP run "gather off (default)"; the new one "restart".
+    runs = data.get("http") or {}
+    http = runs.get("gather off (default)") or runs.get("restart")
     if http:
         out += [("index service over HTTP, 1 client, p50", http["one"]["p50_ms"], "ms"),
                 ("index service over HTTP, 8 clients", http["eight"]["qps"], "queries/s")]

@@ -58,7 +58,7 @@ from glimpse.contracts.index import (
 from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vector, l2_normalize
 from glimpse.index import keywords
 from glimpse.index.backend import IndexBackend
-from glimpse.index.service import NotTunable
+from glimpse.index.service import IndexService, NotTunable
 from glimpse.index.store import NewItem
 from glimpse.web.openapi import Operation
 from glimpse.web.responses import OrjsonResponse
@@ -197,8 +197,12 @@ async def search(request: Request) -> Response:
             f"exclude_ids holds {len(body.exclude_ids)} ids; the limit is {MAX_K}.",
         )
     # The space is resolved once: an activation meanwhile does not mix two spaces in one answer.
-    # Off the event loop: on Milvus it may read the spaces' registry (a network call).
-    space, dim = await run_in_threadpool(service.space_of, body.space)
+    # Off the event loop on Milvus, which may read the spaces' registry (a network call); Faiss
+    # answers from memory, and a thread hop per search cut its throughput (compare_old_new.py).
+    if isinstance(service, IndexService):
+        space, dim = service.space_of(body.space)
+    else:
+        space, dim = await run_in_threadpool(service.space_of, body.space)
     queries = l2_normalize(decode_vectors(body.vectors, dim, what="vectors"))
     # Faiss, the re-rank and SQLite run on the service's threads (they release the GIL or
     # block); the event loop only awaits the result.
