@@ -33,7 +33,7 @@ from glimpse.gateway.media import MediaStore
 from glimpse.gateway.migration import MigrationMetrics, migration_of
 from glimpse.gateway.replicas import ReplicaMetrics, ReplicaSet
 from glimpse.gateway.routes import routes
-from glimpse.gateway.security import BodySizeLimitMiddleware, BodyTimeoutMiddleware
+from glimpse.gateway.security import BodyGuardMiddleware
 from glimpse.gateway.state import GatewayState, LruCache, get_state, require_read, require_write
 from glimpse.gateway.upstream import build_replicas
 from glimpse.imaging import DEFAULT_LIMITS, ImageLimits
@@ -227,16 +227,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     access_first(app)
-    # Added before the metrics middleware, so they sit inside it: the metrics count the 413s
+    # Added before the metrics middleware, so it sits inside it: the metrics count the 413s
     # and 408s, whose exceptions are raised straight into the route's body read.
     def image_limits() -> ImageLimits:
         state = getattr(app.state, "gateway", None)  # None before the lifespan has run
         return DEFAULT_LIMITS if state is None else state.encoder.limits
 
     app.add_middleware(
-        BodySizeLimitMiddleware, limit_for=body_limit_for(settings, image_limits)
+        BodyGuardMiddleware,
+        limit_for=body_limit_for(settings, image_limits),
+        timeout=settings.body_timeout_s,
     )
-    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.body_timeout_s)
     metrics = ServiceMetrics("gateway")
     install_metrics(app, metrics)
     app.add_middleware(GzipWhenAsked)

@@ -1,14 +1,15 @@
 """Request body limits, slow clients and the API key.
 
-The body limit is a pure ASGI middleware: it refuses a declared Content-Length over the limit
-before reading anything, and counts the bytes of every received chunk (chunked uploads have no
-Content-Length), so an oversize body is cut off at the limit instead of being spooled whole.
+The body guard is one pure ASGI middleware over each request's ``receive``: it refuses a
+declared Content-Length over the limit before reading anything, and counts the bytes of every
+received chunk (chunked uploads have no Content-Length), so an oversize body is cut off at the
+limit instead of being spooled whole.
 
 Slow clients are timed out in two places, because uvicorn has only a keep-alive timeout: the
 headers by :class:`SlowClientProtocol`, uvicorn's own HTTP protocol with a deadline (an ASGI
-app is called only once the headers are in), the body by :class:`BodyTimeoutMiddleware`,
-which bounds each wait of the app for the next piece of the body (so a slow app that has not
-asked for more yet is never taken for a slow client).
+app is called only once the headers are in), the body by :class:`BodyGuardMiddleware`, which
+bounds each wait of the app for the next piece of the body (so a slow app that has not asked
+for more yet is never taken for a slow client).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 
 import anyio
 from fastapi import HTTPException, Request
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -42,71 +42,6 @@ class BodyTooLarge(HTTPException):
         super().__init__(
             status_code=413, detail=f"The request body is larger than the limit of {limit} bytes."
         )
-
-
-def counting_receive(
-    receive: Receive, limit: int, too_large: Callable[[], Exception]
-) -> Receive:
-    """``receive`` that raises ``too_large()`` once the request's body passes ``limit`` bytes
-    (counted as it arrives, so a chunked body without Content-Length is cut off too)."""
-    received = 0
-
-    async def counted() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise too_large()
-        return message
-
-    return counted
-
-
-class BodySizeLimitMiddleware:
-    """413 for bodies over ``limit_for(path)`` bytes, declared or counted as they arrive."""
-
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
-        self.app = app
-        self.limit_for = limit_for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit_for(scope["path"])
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(limit, scope, receive, send)
-            return
-
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(
-                scope, counting_receive(receive, limit, lambda: BodyTooLarge(limit)), tracking_send
-            )
-        except BodyTooLarge:
-            # Normally the app's handlers answer it; this catches a read outside of them.
-            if started:
-                raise
-            await self._refuse(limit, scope, receive, send)
-
-    @staticmethod
-    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        error = GlimpseError(
-            ErrorType.payload_too_large,
-            f"The request body is larger than the limit of {limit} bytes.",
-            # The client may still be sending; tell it the connection will not be reused.
-            headers={"Connection": "close"},
-        )
-        await error_answer(error)(scope, receive, send)
 
 
 class BodyTimeout(HTTPException):
@@ -132,13 +67,16 @@ else:
             yield
 
 
-def timed_receive(receive: Receive, timeout: float) -> Receive:
-    """``receive`` that raises :class:`BodyTimeout` when a piece of the body takes longer than
-    ``timeout`` seconds; once the body is complete, waits (for a disconnect) are not bounded."""
+def guarded_receive(receive: Receive, limit: int, timeout: float) -> Receive:
+    """``receive`` that raises :class:`BodyTooLarge` once the body passes ``limit`` bytes
+    (counted as it arrives, so a chunked body without Content-Length is cut off too) and
+    :class:`BodyTimeout` when a piece of it takes longer than ``timeout`` seconds; once the
+    body is complete, waits (for a disconnect) are not bounded."""
+    received = 0
     complete = False
 
-    async def timed() -> Message:
-        nonlocal complete
+    async def guarded() -> Message:
+        nonlocal received, complete
         if complete:
             return await receive()
         try:
@@ -146,23 +84,72 @@ def timed_receive(receive: Receive, timeout: float) -> Receive:
                 message = await receive()
         except TimeoutError:
             raise BodyTimeout(timeout) from None
-        complete = message["type"] != "http.request" or not message.get("more_body", False)
+        if message["type"] != "http.request":
+            complete = True
+            return message
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise BodyTooLarge(limit)
+        complete = not message.get("more_body", False)
         return message
 
-    return timed
+    return guarded
 
 
-class BodyTimeoutMiddleware:
-    """408 and the connection closed when a request's body stalls for ``timeout`` seconds."""
+class BodyGuardMiddleware:
+    """413 for bodies over ``limit_for(path)`` bytes, declared or counted as they arrive; 408
+    and the connection closed when a body stalls for ``timeout`` seconds."""
 
-    def __init__(self, app: ASGIApp, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], timeout: float) -> None:
         self.app = app
+        self.limit_for = limit_for
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            receive = timed_receive(receive, self.timeout)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if not chunked and (declared is None or declared == b"0"):
+            # HTTP/1.1 frames a body only by these two headers: no body, nothing to guard.
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(limit, scope, receive, send)
+            return
+
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive(receive, limit, self.timeout), tracking_send)
+        except BodyTooLarge:
+            # Normally the app's handlers answer it; this catches a read outside of them.
+            if started:
+                raise
+            await self._refuse(limit, scope, receive, send)
+
+    @staticmethod
+    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        error = GlimpseError(
+            ErrorType.payload_too_large,
+            f"The request body is larger than the limit of {limit} bytes.",
+            # The client may still be sending; tell it the connection will not be reused.
+            headers={"Connection": "close"},
+        )
+        await error_answer(error)(scope, receive, send)
 
 
 # A request's headers must be complete within this: a few hundred bytes, so even a slow link

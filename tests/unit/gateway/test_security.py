@@ -1,5 +1,5 @@
-"""The body limit middleware (declared and chunked bodies), the body timeout and the API key
-check."""
+"""The body guard middleware (declared and chunked bodies over the limit, a body that stalls)
+and the API key check."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from fastapi import FastAPI, Request
 
 from glimpse.contracts.errors import GlimpseError
 from glimpse.gateway.security import (
-    BodySizeLimitMiddleware,
-    BodyTimeoutMiddleware,
+    BodyGuardMiddleware,
     check_api_key,
 )
 from glimpse.web.handlers import install_error_handlers
@@ -23,10 +22,10 @@ from glimpse.web.handlers import install_error_handlers
 LIMIT = 1000
 
 
-def make_app() -> tuple[FastAPI, list[int]]:
+def make_app(timeout: float = 60.0) -> tuple[FastAPI, list[int]]:
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, limit_for=lambda path: LIMIT)
+    app.add_middleware(BodyGuardMiddleware, limit_for=lambda path: LIMIT, timeout=timeout)
     seen: list[int] = []
 
     @app.post("/echo")
@@ -113,8 +112,8 @@ def test_no_key_configured_is_open() -> None:
 TIMEOUT = 0.2
 
 
-def timed_app() -> BodyTimeoutMiddleware:
-    app, _ = make_app()
+def timed_app() -> FastAPI:
+    app, _ = make_app(TIMEOUT)
 
     @app.post("/json")
     async def json_body(body: dict[str, int]) -> dict[str, int]:
@@ -131,13 +130,14 @@ def timed_app() -> BodyTimeoutMiddleware:
             return {"ok": True}
         return {"ok": False}
 
-    return BodyTimeoutMiddleware(app, TIMEOUT)
+    return app
 
 
-async def call(app: Any, method: str, path: str, pieces: list[bytes], stall: bool) -> tuple[
-    int, dict[str, str], bytes, float
-]:
-    """Send the body in ``pieces``; with ``stall`` the client then sends nothing more."""
+async def call(
+    app: Any, method: str, path: str, pieces: list[bytes], stall: bool, chunked: bool = False
+) -> tuple[int, dict[str, str], bytes, float]:
+    """Send the body in ``pieces``; with ``stall`` the client then sends nothing more; with
+    ``chunked`` the body has no Content-Length."""
     queue = list(pieces)
     sent: list[dict[str, Any]] = []
 
@@ -157,7 +157,8 @@ async def call(app: Any, method: str, path: str, pieces: list[bytes], stall: boo
         "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
         "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
         "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(declared).encode())],
+                    (b"transfer-encoding", b"chunked") if chunked
+                    else (b"content-length", str(declared).encode())],
     }
     started = time.perf_counter()
     await asyncio.wait_for(app(scope, receive, send), 5)
@@ -168,10 +169,13 @@ async def call(app: Any, method: str, path: str, pieces: list[bytes], stall: boo
     return start["status"], headers, body, took
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("path", ["/echo", "/json"])
-async def test_a_body_that_stalls_is_answered_408(path: str) -> None:
+async def test_a_body_that_stalls_is_answered_408(path: str, chunked: bool) -> None:
     app = timed_app()
-    status, headers, body, took = await call(app, "POST", path, [b'{"a": 1', b", "], stall=True)
+    status, headers, body, took = await call(
+        app, "POST", path, [b'{"a": 1', b", "], stall=True, chunked=chunked
+    )
     assert status == 408
     assert headers["connection"] == "close"
     error = json.loads(body)
