@@ -80,6 +80,7 @@ _VECTOR_BYTES = 4
 # (which bounds the exact scan of fresh rows during a long ingest).
 SEAL_IDLE_S = 1.0
 SEAL_ROWS = 20_000
+REFLUSH_S = 15.0  # while a seal waits to be served, a flush again this often
 # Milvus builds no index for a segment under this many rows (indexCoord's default): it searches
 # such a sealed segment by brute force, which is exact already.
 _MIN_INDEXED_ROWS = 1024
@@ -565,11 +566,17 @@ class MilvusStore:
         served = False
         try:
             self.collection.flush(timeout=max(self.timeout, 60))
-            deadline = time.monotonic() + timeout_s
+            flushed = time.monotonic()
+            deadline = flushed + timeout_s
             while not stop.is_set() and time.monotonic() < deadline:
                 if self._served_indexed():
                     served = True
                     break
+                if time.monotonic() - flushed >= REFLUSH_S:
+                    # Rows left growing (writes since, or some the flush missed) would keep the
+                    # window open until the next burst's seal: flush them too.
+                    self.collection.flush(timeout=max(self.timeout, 60))
+                    flushed = time.monotonic()
                 stop.wait(0.5)
         except _FAILURES:
             served = False  # Milvus down: the window stays open, the next write retries
