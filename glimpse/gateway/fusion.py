@@ -46,31 +46,32 @@ def fuse(
     """The fused ranking of the index's vector hits (best first, ``asked`` were asked for) and
     keyword hits (each with its ``rank``), and its cutoff: ``relevant_count`` counts the hits
     above the vector cutoff or matching the words; keyword hits carry ``"keyword": True``."""
-    cut = cutoff([float(h["score"]) for h in vector_hits], complete=len(vector_hits) < asked)
+    # The index's JSON gives ints and floats already: no conversions over the candidates.
+    cut = cutoff([h["score"] for h in vector_hits], complete=len(vector_hits) < asked)
     if not keyword_hits:  # the vector ranking as it is
         return list(vector_hits), cut
     above = cut.relevant_count
-    rank_of = {int(h["id"]): rank for rank, h in enumerate(vector_hits, start=1)}
+    rank_of = {h["id"]: rank for rank, h in enumerate(vector_hits, start=1)}
     floor = float(vector_hits[-1]["score"]) if vector_hits else 0.0
     fused: dict[int, float] = {}
     matches: dict[int, int] = {}
     hit_of: dict[int, dict[str, Any]] = {}
     for hit in keyword_hits:
-        item_id = int(hit["id"])
+        item_id = hit["id"]
         rank = rank_of.get(item_id)
-        fused[item_id] = 1.0 / (RRF_K + int(hit["rank"])) + (1.0 / (RRF_K + rank) if rank else 0)
+        fused[item_id] = 1.0 / (RRF_K + hit["rank"]) + (1.0 / (RRF_K + rank) if rank else 0)
         matches[item_id] = 1 + (rank is not None and rank <= above)
         # A vector hit past the asked detail has no path or meta: the keyword hit has them.
         record = {"id": item_id, "path": hit["path"], "meta": hit.get("meta") or {}}
         vector_hit = vector_hits[rank - 1] if rank else {}
         hit_of[item_id] = {**record, "score": floor, **vector_hit, "keyword": True}
     for rank, hit in enumerate(vector_hits[:above], start=1):
-        item_id = int(hit["id"])
+        item_id = hit["id"]
         if item_id not in hit_of:
             fused[item_id], matches[item_id], hit_of[item_id] = 1.0 / (RRF_K + rank), 1, hit
     order = sorted(fused, key=lambda i: (-matches[i], -fused[i], i))
     # The hits that match neither search keep their vector order (their fused score's order).
-    rest = [h for h in vector_hits[above:] if int(h["id"]) not in hit_of]
+    rest = [h for h in vector_hits[above:] if h["id"] not in hit_of]
     return [hit_of[i] for i in order] + rest, Cutoff(score=cut.score, relevant_count=len(order))
 
 

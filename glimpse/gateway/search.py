@@ -52,18 +52,19 @@ def candidates_for(k: int, offset: int) -> int:
 
 def result_of(hit: dict[str, Any], relevant: bool) -> dict[str, Any]:
     """An index hit as a public SearchResult."""
-    item_id = int(hit["id"])
+    item_id = hit["id"]  # ints and floats already, as the index's JSON gives them
     meta = hit.get("meta") or {}
+    taken = meta.get("taken")
     result = {
         "id": item_id,
-        "score": float(hit["score"]),
+        "score": hit["score"],
         "relevant": relevant,
         "path": hit["path"],
         "image_url": f"/images/{item_id}",
         "thumbnail_url": f"/images/{item_id}/thumbnail",
         "width": int(meta.get("width", 0)),
         "height": int(meta.get("height", 0)),
-        "taken": meta.get("taken") if isinstance(meta.get("taken"), str) else None,
+        "taken": taken if isinstance(taken, str) else None,
     }
     if hit.get("keyword"):  # matched the query's words (fusion.py)
         result["keyword"] = True
@@ -104,12 +105,13 @@ def search_answer(
     hits by the date taken; the rest keep their score order after them. ``cut`` is the
     cutoff when the caller ranked ``hits`` itself (fusion.py: its relevant hits first)."""
     if cut is None:
-        cut = cutoff([float(h["score"]) for h in hits], complete=len(hits) < asked)
+        cut = cutoff([h["score"] for h in hits], complete=len(hits) < asked)
     relevant = list(hits[: cut.relevant_count])
     if sort != "score":
         relevant = by_date(relevant, newest=sort == "newest")
-    ranked = relevant if relevance == "auto" else [*relevant, *hits[cut.relevant_count :]]
-    page = ranked[offset : offset + k]
+    if relevance != "auto":  # the others after them, as far as the page reaches
+        relevant += hits[cut.relevant_count : cut.relevant_count + offset + k]
+    page = relevant[offset : offset + k]
     return {
         "results": [
             result_of(h, offset + i < cut.relevant_count) for i, h in enumerate(page)

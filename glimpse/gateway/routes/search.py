@@ -25,7 +25,7 @@ from glimpse.contracts.gateway import (
 from glimpse.gateway import fusion
 from glimpse.gateway.relevance import MAX_RELEVANT
 from glimpse.gateway.search import candidates_for, check_window, combine_terms, search_answer
-from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State
+from glimpse.gateway.state import GatewayState, ImageId, ReadAccess, State, read_state
 from glimpse.web.bodies import parse_fields, parse_json_body
 from glimpse.web.forms import parse_form
 from glimpse.web.openapi import form_body_openapi, json_body_openapi
@@ -100,12 +100,12 @@ async def _model_name(state: GatewayState) -> str:
     "/search/text",
     response_model=SearchResponse,
     tags=["search"],
-    dependencies=[ReadAccess],
     openapi_extra=json_body_openapi(TextSearchRequest),
 )
-async def search_text(request: Request, state: State) -> Response:
+async def search_text(request: Request) -> Response:
     """Images that match a text, best first."""
     started = time.perf_counter()
+    state = read_state(request)
     # Validated from its bytes by pydantic's JSON parser, whatever the Content-Type says.
     body = parse_json_body(TextSearchRequest, await request.body())
     check_window(body.k, body.offset, state.settings.max_result_window)
@@ -135,12 +135,12 @@ class _ImageSearchFields(ImageSearchForm):
     "/search/image",
     response_model=SearchResponse,
     tags=["search"],
-    dependencies=[ReadAccess],
     openapi_extra=_IMAGE_FORM,
 )
-async def search_image(request: Request, state: State) -> Response:
+async def search_image(request: Request) -> Response:
     """Images that look like the uploaded one, best first."""
     started = time.perf_counter()
+    state = read_state(request)
     # The body is bounded (the body limit of /search/image) and split in memory.
     parts = parse_form(
         await request.body(),
