@@ -9,7 +9,7 @@ brightness-fitted difference of the two fingerprints). Linked items are grouped 
 
 ``exact`` links a pair within ``RATIO["exact"]`` of the same displayed size (meta width and
 height) whose fingerprints differ by at most ``DRAFT_BOUND`` and then, decoded whole (only
-these pairs' originals), by at most ``PIXEL_BOUND`` grey levels on average (the same
+these pairs' originals) in colour, by at most ``PIXEL_BOUND`` levels on average (the same
 picture in other bytes: a lossless copy, metadata added or stripped; any recompression, even at
 JPEG quality 95, or a colour edit is ``similar``). ``similar`` links a pair within
 ``DIFFERENCE`` by its pixels or within ``RATIO["similar"]`` by its vectors: random-weight
@@ -67,12 +67,12 @@ NEIGHBOURS = 20
 RATIO: dict[Mode, float] = {"exact": 0.005, "similar": 0.01}
 # The pass keeps the pairs up to this ratio, so a request may ask for another one (``ratio``).
 MAX_RATIO = 0.5
-# The exact mode's pixel check: both originals at SIDE x SIDE greyscale, and the largest mean
-# absolute difference (grey levels) that is still the same picture. bench_duplicates.py measured
-# 0 for lossless copies and from 0.046 up for recompressions (q30-95) and colour edits, bar a
-# rare q95 re-save of a smooth picture or a colour shift that leaves the grey as it was.
+# The exact mode's pixel check: both originals decoded whole at SIDE x SIDE in RGB (a colour
+# shift can leave the grey as it was), and the largest mean absolute difference (levels) that is
+# still the same picture: none, since the same pixels give the same bytes, while a q95 re-save of
+# a smooth grey picture moved a few cells by one level (bench_duplicates.py, seeds 0-2).
 SIDE = 32
-PIXEL_BOUND = 0.02
+PIXEL_BOUND = 0.0
 # The fingerprint every item gets is decoded at least DRAFT * SIDE a side (libjpeg scales a
 # JPEG by up to 8 in the DCT, its grey only), which moves it from the whole decode's: by 0.4-0.8
 # grey levels on average for photos, 3.7 for saturated noise whose decode clips. A same-size
@@ -101,8 +101,8 @@ BATCH = 64
 REFRESH_S = 30.0
 FILE_NAME = "duplicates.json"
 PRINTS_NAME = "duplicates.prints.npz"
-# The saved state's layout: a file of another one is recomputed.
-VERSION = 2
+# The saved state's layout (3: exact pairs confirmed in colour): another one is recomputed.
+VERSION = 3
 _LOCK_KEY = "glimpse:duplicates"
 _TINY = 1e-6
 
@@ -147,32 +147,30 @@ def keeper(items: Sequence[Item]) -> int:
 Link = tuple[int, int, float, float, bool, float | None]
 
 
-def fingerprint(img: Image.Image) -> bytes:
-    """An upright decoded image as ``SIDE`` x ``SIDE`` greyscale bytes: each pixel the mean
-    of those it covers, or for an image smaller than that, interpolated (so that a small copy's
-    pixels are not blocks of another size than its original's)."""
+def fingerprint(img: Image.Image, colour: bool = False) -> bytes:
+    """An upright decoded image as ``SIDE`` x ``SIDE`` greyscale bytes (or RGB, ``colour``):
+    each pixel the mean of those it covers, or for an image smaller than that, interpolated (so
+    that a small copy's pixels are not blocks of another size than its original's)."""
     small = min(img.size) < SIDE
     resample = Image.Resampling.BILINEAR if small else Image.Resampling.BOX
-    grey = img if img.mode == "L" else to_rgb(img).convert("L")
-    return grey.resize((SIDE, SIDE), resample).tobytes()
+    if colour:
+        img = to_rgb(img)
+    elif img.mode != "L":
+        img = to_rgb(img).convert("L")
+    return img.resize((SIDE, SIDE), resample).tobytes()
 
 
-def fingerprint_of(data: bytes, max_pixels: int, whole: bool = False,
-                   drafted: bytes | None = None) -> bytes:
+def fingerprint_of(data: bytes, max_pixels: int, whole: bool = False) -> bytes:
     """The fingerprint of an original's bytes: decoded at least ``DRAFT * SIDE`` a side (a
-    JPEG's grey only, scaled in the DCT), or ``whole`` as the exact check needs; any other
-    format is decoded whole either way, so then its first fingerprint (``drafted``) is it.
+    JPEG's grey only, scaled in the DCT), or ``whole`` and in colour as the exact check needs.
 
     Raises GlimpseError when the bytes do not decode (or hold too many pixels)."""
     img = open_checked(data, ImageLimits(None, max_pixels, None))
-    jpeg = img.format in ("JPEG", "MPO")
-    if whole and not jpeg and drafted is not None:
-        return drafted
-    if not whole and jpeg:
+    if not whole and img.format in ("JPEG", "MPO"):
         img.draft("L", (DRAFT * SIDE, DRAFT * SIDE))  # load_upright's draft then keeps this
     # At the size decoded: a further whole-factor reduction rounds the last row's and column's
     # cells up and so shifts the fingerprint's.
-    return fingerprint(load_upright(img, img.size))
+    return fingerprint(load_upright(img, img.size), colour=whole)
 
 
 def same_pixels(a: bytes | None, b: bytes | None, bound: float = PIXEL_BOUND) -> bool:
@@ -456,8 +454,8 @@ class Duplicates:
             np.savez(fh, ids=np.array(ids, dtype=np.int64), prints=matrix)
         os.replace(temp, self.prints_path)
 
-    def _fingerprint(self, key: str, path: str, original: Any, whole: bool = False,
-                     drafted: bytes | None = None) -> bytes | None:
+    def _fingerprint(self, key: str, path: str, original: Any, whole: bool = False
+                     ) -> bytes | None:
         """The fingerprint of an item's stored original (thumbnails.py finds it the same way),
         or None when it has none or it no longer decodes."""
         media, limits = self.gateway.media, self.gateway.encoder.limits
@@ -465,7 +463,7 @@ class Duplicates:
         try:
             data = found if isinstance(found, bytes) or found is None else found.read_bytes()
             return (None if data is None
-                    else fingerprint_of(data, limits.max_pixels, whole, drafted))
+                    else fingerprint_of(data, limits.max_pixels, whole))
         except (OSError, GlimpseError):
             return None
 
@@ -561,8 +559,7 @@ class Duplicates:
         whole: dict[int, bytes | None] = {}
         for item_id in sorted(exact_candidates(new)):
             whole[item_id] = None if item_id not in sources else await anyio.to_thread.run_sync(
-                partial(self._fingerprint, *sources[item_id], whole=True,
-                        drafted=prints.get(item_id)),
+                partial(self._fingerprint, *sources[item_id], whole=True),
                 limiter=self.gateway.decode_limiter)
         found.extend(confirm(new, whole.get))
         kept = [p for p in merged(found) if p[0] in items and p[1] in items]

@@ -306,13 +306,13 @@ def test_a_jpeg_is_fingerprinted_from_its_dct_scaled_grey_and_decoded_whole_for_
     original = _jpeg(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), 90)
     most = DEFAULT_LIMITS.max_pixels
     draft, whole = fingerprint_of(original, most), fingerprint_of(original, most, whole=True)
-    assert draft != whole and same_pixels(draft, whole, DRAFT_BOUND)
-    # A PNG is decoded whole either way: a lossless copy's fingerprint is the original's.
+    grey = fingerprint(_decoded(original))
+    assert draft != grey and same_pixels(draft, grey, DRAFT_BOUND)
+    # Decoded whole the fingerprint is in colour: a lossless copy's is the original's.
+    assert len(whole) == 3 * SIDE * SIDE == len(fingerprint(_decoded(original), colour=True))
     lossless = _png(_decoded(original))
-    assert fingerprint_of(lossless, most) == fingerprint_of(lossless, most, whole=True) == whole
-    # So decoded whole it is not decoded again (a truncated copy would fail to).
-    assert fingerprint_of(lossless[:200], most, whole=True, drafted=whole) == whole
-    assert fingerprint_of(original, most, whole=True, drafted=draft) == whole
+    assert fingerprint_of(lossless, most) == grey
+    assert fingerprint_of(lossless, most, whole=True) == whole
     resaved = _jpeg(_decoded(original), 95)
     pixels = Pixels({1: draft, 2: fingerprint_of(lossless, most), 3: fingerprint_of(resaved, most)})
     assert pixels.same(1, 2) and pixels.same(1, 3)  # both candidates ...
@@ -325,3 +325,30 @@ def test_a_jpeg_is_fingerprinted_from_its_dct_scaled_grey_and_decoded_whole_for_
     # stays none.
     assert [link[4] for link in confirm(found, wholes.get)] == [True, False, False]
     assert [link[4] for link in confirm(found, {}.get)] == [False, False, False]
+
+
+def test_the_exact_check_tells_a_colour_shift_that_leaves_the_grey_as_it_was() -> None:
+    most = DEFAULT_LIMITS.max_pixels
+    grey = np.asarray(_picture(1).convert("L").convert("RGB"), np.int16)
+    # Red up 6 and green down 3 levels: every pixel's luma stays the same grey level.
+    tinted = _png(Image.fromarray(np.clip(grey + np.array([6, -3, 0]), 0, 255).astype(np.uint8)))
+    plain = _png(Image.fromarray(grey.astype(np.uint8)))
+    assert fingerprint_of(plain, most) == fingerprint_of(tinted, most)  # a candidate ...
+    found = [(1, 2, 0.999, 0.001, True, 0.0)]
+    wholes = {1: fingerprint_of(plain, most, whole=True), 2: fingerprint_of(tinted, most, True)}
+    assert [link[4] for link in confirm(found, wholes.get)] == [False]  # ... but not the same
+    wholes[2] = fingerprint_of(_png(_decoded(plain)), most, whole=True)
+    assert [link[4] for link in confirm(found, wholes.get)] == [True]
+
+
+def test_the_exact_check_takes_no_re_save_however_close() -> None:
+    # A white page with one stroke re-saved at JPEG quality 95 moves a few cells by one level.
+    page = Image.new("RGB", (100, 82), "white")
+    page.paste((0, 0, 0), (20, 20, 60, 22))
+    original = _jpeg(page, 90)
+    resaved = _jpeg(_decoded(original), 95)
+    most = DEFAULT_LIMITS.max_pixels
+    a, b = fingerprint_of(original, most, whole=True), fingerprint_of(resaved, most, whole=True)
+    diff = np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8))
+    assert 0 < diff.mean() < 0.02 and not same_pixels(a, b)
+    assert same_pixels(a, fingerprint_of(_png(_decoded(original)), most, whole=True))
