@@ -27,7 +27,6 @@ from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import SearchFilters
 from glimpse.index.config import MilvusSettings, Settings
 from glimpse.index.filters import (
-    EXACT_ROWS,
     facets_of_rows,
     matches,
     milvus_expr,
@@ -57,6 +56,9 @@ _SPARE = 16
 # HNSW's ef when no nprobe is given: the real sets' recall was measured with it (docs/index.md).
 HNSW_EF = 128
 _MASKS = 16  # filter masks kept per set of fresh rows (a few distinct filters are in use)
+# Up to this many matches are read and scored here; past it Milvus searches with the expression
+# (reading a vector costs about what a filtered search of Milvus's index costs for all of them).
+READ_ROWS = 200
 
 
 def _scored(fresh: FreshRows, queries: np.ndarray, want: int, exclude: Sequence[int],
@@ -230,10 +232,11 @@ class MilvusIndexService(MilvusSpacesMixin):
         """Top ``k`` live hits per unit query with path and meta, score descending, among
         those passing ``filters`` (a Milvus expression, filters.py)."""
         where = milvus_expr(filters) if filters is not None else ""
-        few = bool(where) and not exact and self.store.count_where(where) <= EXACT_ROWS
+        few = bool(where) and not exact and self.store.count_where(where) <= READ_ROWS
         if few:
-            # Few matches: scored exactly. Milvus's search past a selective expression missed
-            # most of them (recall@10 0.12 at 0.05 % of 20k items).
+            # Few matches: scored exactly, whatever segment holds them. More are Milvus's: its
+            # HNSW falls back to brute force under a selective expression, and the fresh window
+            # below covers the growing rows whose interim index misses most matches.
             exact = True
         rescore = exact or self.rerank > 0
         # A wider expression (near's box, say): twice the candidates, the filter checked below.
