@@ -206,21 +206,26 @@ async def search(request: Request) -> Response:
     queries = l2_normalize(decode_vectors(body.vectors, dim, what="vectors"))
     # Faiss, the re-rank and SQLite run on the service's threads (they release the GIL or
     # block); the event loop only awaits the result.
-    future = service.submit_space_search(space, queries, body.k, nprobe=body.nprobe,
-                                         exact=body.exact, exclude=body.exclude_ids,
-                                         filters=body.filters, detail=body.detail)
+    options: dict[str, Any] = {"nprobe": body.nprobe, "exact": body.exact,
+                               "exclude": body.exclude_ids, "filters": body.filters,
+                               "detail": body.detail}
     answer: dict[str, Any] = {"space": space}
+    # With words, the keyword search too: one exchange for a fused text search.
     if body.words is None:
-        results = await asyncio.wrap_future(future)
-    else:  # the keyword search beside the vector search: one exchange for a fused text search
-        # On the loop's own executor, like the search pool a cheaper hop than anyio's threads.
+        results = await asyncio.wrap_future(
+            service.submit_space_search(space, queries, body.k, **options))
+    elif isinstance(service, IndexService):  # both in one job on a search thread
+        results, answer["keywords"] = await asyncio.wrap_future(service.submit_words_search(
+            space, queries, body.k, body.words, body.words_k or body.k, **options))
+    else:  # Milvus: two network waits, side by side
         results, answer["keywords"] = await asyncio.gather(
-            asyncio.wrap_future(future),
+            asyncio.wrap_future(service.submit_space_search(space, queries, body.k, **options)),
             asyncio.get_running_loop().run_in_executor(
                 None, keywords.search, service.store, body.words, body.words_k or body.k,
                 body.filters, set(body.exclude_ids)),
         )
-    if body.detail is not None:  # a backend that read every record anyway: not sent
+    if body.detail is not None and not isinstance(service, IndexService):
+        # Milvus read every hit's record anyway (Faiss reads only the detailed ones): not sent.
         results = [row[: body.detail] + [{"id": h["id"], "score": h["score"]}
                                          for h in row[body.detail :]] for row in results]
     answer["results"] = results

@@ -25,7 +25,7 @@ import numpy as np
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import SearchFilters
-from glimpse.index import persistence
+from glimpse.index import keywords, persistence
 from glimpse.index.config import Settings
 from glimpse.index.factory import AUTO, FactoryError, parse_factory
 from glimpse.index.filters import facets as filters_facets
@@ -611,16 +611,56 @@ class IndexService:
         if name == BUILTIN:
             return self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,
                                               exclude=exclude, filters=filters, detail=detail)
+        self._space(name)  # an unknown one is refused before the job is queued
+        return self.search_pool.submit(self.space_records, name, queries, k, nprobe=nprobe,
+                                       exact=exact, exclude=exclude, filters=filters,
+                                       detail=detail)
+
+    def submit_words_search(
+        self, name: str, queries: np.ndarray, k: int, words: str, words_k: int, *,
+        nprobe: int | None = None, exact: bool = False, exclude: Sequence[int] = (),
+        filters: SearchFilters | None = None, detail: int | None = None,
+    ) -> Future[tuple[Records, list[dict[str, Any]]]]:
+        """:meth:`submit_space_search` and the top ``words_k`` keyword hits of ``words``
+        (keywords.py) as one job: the keyword search follows the vector search on its search
+        thread, which costs less than handing it to a second thread."""
+        if name != BUILTIN:
+            self._space(name)
+        store, _ = self._parts
+
+        def both() -> tuple[Records, list[dict[str, Any]]]:
+            return (self.space_records(name, queries, k, nprobe=nprobe, exact=exact,
+                                       exclude=exclude, filters=filters, detail=detail),
+                    keywords.search_store(store, words, words_k, filters, set(exclude)))
+
+        return self.search_pool.submit(both)
+
+    def space_records(
+        self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+        exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
+        detail: int | None = None,
+    ) -> Records:
+        """:meth:`search_records` in the space ``name``, among the items passing ``filters``
+        (blocks; a gathered search waits for its group)."""
+        finish = self._records_finisher(k, exclude, detail)
+        if name == BUILTIN:
+            store, index = self._parts
+            if filters is None:
+                return self._run(queries, k, nprobe, exact, exclude, finish)
+        else:
+            space = self._space(name)
+            store, index = cast(Store, space.view), space.index
+        if filters is not None:
+            return finish(*filters_search(store, index, queries, k, filters, nprobe=nprobe,
+                                          exact=exact, exclude=exclude))
+        return finish(*index.search_raw(queries, k + len(exclude), nprobe=nprobe, exact=exact))
+
+    def _space(self, name: str) -> Space:
+        """A named space; 404 for one that is not there."""
         space = self.spaces.get(name)
         if space is None:
             raise unknown_space(name, [BUILTIN, *self.spaces])
-        finish = self._records_finisher(k, exclude, detail)
-        if filters is not None:
-            return self.search_pool.submit(lambda: finish(*filters_search(
-                cast(Store, space.view), space.index, queries, k, filters, nprobe=nprobe,
-                exact=exact, exclude=exclude)))
-        return self.search_pool.submit(lambda: finish(*space.index.search_raw(
-            queries, k + len(exclude), nprobe=nprobe, exact=exact)))
+        return space
 
     # -- snapshots and training ----------------------------------------------------------------
 

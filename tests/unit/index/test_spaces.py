@@ -49,6 +49,13 @@ def test_a_space_is_searched_by_name_and_activated(client: TestClient) -> None:
     assert _top(client, old[7]) == ([*_top(client, old[7])[0]], "default")
     hit = client.post("/v1/search", json={"vectors": [b64(new[9])], "k": 1, "space": "clip2"})
     assert hit.json()["results"][0][0]["path"] == "img/9.jpg"
+    # With words: the space's vector hits and the keyword hits, one job (service.py).
+    both = client.post("/v1/search", json={"vectors": [b64(new[9])], "k": 4, "detail": 2,
+                                           "space": "clip2", "words": "img 9"}).json()
+    assert [h["id"] for h in both["results"][0]][:1] == [ids[9]]
+    assert [len(h) for h in both["results"][0]] == [4, 4, 2, 2]
+    paths = [h["path"] for h in both["keywords"]]  # "9" is a word prefix: 90 to 99 too
+    assert "img/9.jpg" in paths and all(p.startswith("img/9") for p in paths)
     exact = client.post("/v1/search", json={"vectors": [b64(new[9]), b64(new[2])], "k": 5,
                                             "space": "clip2", "exact": True}).json()["results"]
     assert [row[0]["id"] for row in exact] == [ids[9], ids[2]]
@@ -109,6 +116,9 @@ def test_drop_a_space(client: TestClient) -> None:
     assert [s["name"] for s in client.get("/v1/spaces").json()["spaces"]] == ["default"]
     gone = client.post("/v1/search", json={"vectors": [b64(np.ones(NEW_DIM))], "space": "clip2"})
     assert gone.status_code == 404 and "clip2" in gone.json()["error"]
+    worded = client.post("/v1/search", json={"vectors": [b64(np.ones(NEW_DIM))],
+                                             "space": "clip2", "words": "img"})
+    assert worded.status_code == 404 and "clip2" in worded.json()["error"]
     # The name can be used again, empty.
     assert client.post("/v1/spaces", json={"name": "clip2", "dim": 8}).json()["count"] == 0
 
