@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 from bench.bench_filters import LEVELS, OUT, Case, folders, measure  # noqa: E402
 from bench.common import append_rows, real_set, real_set_parser  # noqa: E402
 from glimpse.contracts.filters import SearchFilters  # noqa: E402
-from glimpse.index import milvus_store  # noqa: E402
+from glimpse.index import milvus_service, milvus_store  # noqa: E402
 from glimpse.index.config import MilvusSettings, Settings  # noqa: E402
 from glimpse.index.milvus_service import MilvusIndexService  # noqa: E402
 from glimpse.index.store import NewItem  # noqa: E402
@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = real_set_parser(__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--read-rows", type=int, default=milvus_service.READ_ROWS,
+                    help="matches read and scored by the service; past it Milvus searches")
     args = ap.parse_args(argv)
+    milvus_service.READ_ROWS = args.read_rows
 
     base, queries = real_set(args)
     n, dim = base.shape
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.no_write:
         return 0
-    what = f"filtered search, Milvus 2.3.5 HNSW, {args.base.stem} {n}x{dim}, {{}}, 1 client"
+    what = (f"filtered search, Milvus 2.3.5 HNSW, {args.base.stem} {n}x{dim}, {{}}, 1 client, "
+            f"reads up to {args.read_rows} matches")
     unfiltered = {when: p50 for when, name, _, _, p50 in results if name == "none"}
     rows: list[dict[str, Any]] = []
     for when, name, _share, r, p50 in results:
