@@ -64,12 +64,14 @@ class Paths:
     the gateway look better than it is.
     """
 
-    def __init__(self, gateway: str, encoder: str, index: str, k: int) -> None:
+    def __init__(self, gateway: str, encoder: str, index: str, k: int,
+                 keywords: bool = True) -> None:
         def pool(url: str) -> HttpPool:
             return HttpPool(url, connect_timeout=5, read_timeout=60, max_connections=64)
 
         self.gateway, self.encoder, self.index = pool(gateway), pool(encoder), pool(index)
         self.k = k
+        self.keywords = keywords
 
     async def aclose(self) -> None:
         for client in (self.gateway, self.encoder, self.index):
@@ -100,7 +102,10 @@ class Paths:
         await self._index_search(r.json()["embeddings"][0])
 
     async def gateway_text(self, query: str) -> None:
-        await self._post_json(self.gateway, "/search/text", {"query": query, "k": self.k})
+        body: dict[str, Any] = {"query": query, "k": self.k}
+        if not self.keywords:
+            body["keywords"] = False  # the vector search alone, as the old code answered
+        await self._post_json(self.gateway, "/search/text", body)
 
     async def direct_image(self, data: bytes) -> None:
         r = await self._post_form(
@@ -186,7 +191,8 @@ async def cpu_per_request(
 async def bench(
     urls: dict[str, str], args: argparse.Namespace, pids: dict[str, int] | None = None
 ) -> list[dict[str, Any]]:
-    paths = Paths(urls["gateway"], urls["encoder"], urls["index"], args.k)
+    paths = Paths(urls["gateway"], urls["encoder"], urls["index"], args.k,
+                  keywords=not args.no_keywords)
     n = args.requests
     fresh = itertools.count()
     images = [jpeg_of(10_000 + i) for i in range(64)]
@@ -292,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (besides 1)")
     parser.add_argument("--images", type=int, default=1000, help="collection size to ingest")
     parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--no-keywords", action="store_true",
+                        help="text searches without the keyword search fused in (issue 26)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument(
         "--model", default="glimpse-tiny",

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=600, help="seconds per run")
     ap.add_argument("--label", default="", help="added to every `what` (e.g. the data set)")
+    ap.add_argument("--new-args", default="", help="more arguments for the new side's script "
+                    "only, space-separated (--new-args=--no-keywords: a search the old code "
+                    "could answer)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "compare_old_new.csv")
     ap.add_argument("--logs", type=Path, default=REPO / "artifacts" / "compare_old_new")
     argv = sys.argv[1:] if argv is None else argv
@@ -227,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             script = tree / SIDES[side]["dir"] / SCRIPTS[args.bench]
             stamp = stamp_of(args.bench, args.label, pair + 1, side)
             out_json = args.logs / f"{stamp}.json"
-            cmd = [sys.executable, str(script), *script_args, "--json", str(out_json)]
+            extra = args.new_args.split() if side == "new" else []
+            cmd = [sys.executable, str(script), *script_args, *extra, "--json", str(out_json)]
             meta = {"bench": args.bench, "label": args.label, "pair": pair + 1, "side": side,
                     "commit": commits[side], "date": datetime.date.today().isoformat(),
                     "started": time.time(), "load": os.getloadavg()[0], "host":
                     socket.gethostname(), "command": " ".join(
-                        ["bench/compare_old_new.py", args.bench, "--", *script_args])}
+                        ["bench/compare_old_new.py", args.bench, "--", *script_args, *extra])}
             start = time.monotonic()
             with (args.logs / f"{stamp}.log").open("w") as log:
                 proc = subprocess.run(cmd, cwd=tree, env=side_env(tree), stdout=log,
