@@ -238,7 +238,8 @@ class MilvusIndexService(MilvusSpacesMixin):
             # HNSW falls back to brute force under a selective expression, and the fresh window
             # below covers the growing rows whose interim index misses most matches.
             exact = True
-        rescore = exact or self.rerank > 0
+        # Read matches are scored here already: only their path and meta are still needed.
+        rescore = (exact and not few) or self.rerank > 0
         # A wider expression (near's box, say): twice the candidates, the filter checked below.
         spread = 2 if filters is not None and milvus_is_wider(filters) else 1
         if exact:
@@ -324,7 +325,8 @@ class MilvusIndexService(MilvusSpacesMixin):
                 all_ids = np.take_along_axis(all_ids, top, axis=1)
                 all_scores = np.take_along_axis(all_scores, top, axis=1)
             best_ids, best_scores = all_ids, all_scores
-        return [list(zip(i.tolist(), s.tolist(), strict=True))
+        # Score descending: _rows_of_best reads the head of each row.
+        return [sorted(zip(i.tolist(), s.tolist(), strict=True), key=lambda hit: (-hit[1], hit[0]))
                 for i, s in zip(best_ids, best_scores, strict=True)]
 
     # -- operations that Milvus owns ---------------------------------------------------------------
