@@ -109,7 +109,7 @@ def append_rows(out: Path, rows: list[dict[str, Any]], command: str) -> None:
         if new:
             writer.writeheader()
         writer.writerows(full)
-    print(f"{len(full)} rows -> {out.relative_to(REPO)}")
+    print(f"{len(full)} rows -> {out}")
 
 
 # -- measurement helpers ---------------------------------------------------------------------
