@@ -18,8 +18,6 @@ xlm-roberta-base files from the Hugging Face hub, so it is not measured here.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import os
 import resource
@@ -29,8 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-FIELDS = ["date", "commit", "machine", "what", "variant", "value", "high", "runs", "unit",
-          "command", "note"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import append_rows  # noqa: E402 - after the path fix above
+
 MEASURED = ("fast", "small", "best")
 
 
@@ -72,15 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per round")
     parser.add_argument("--csv", type=Path)
-    parser.add_argument("--machine", default="dev-2core")
     parser.add_argument("--note", default="")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process's preset
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure(args.one, args.runtime, args.batch, args.rounds, args.seconds)))
         return 0
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or "-"
     rows: list[dict[str, object]] = []
     for round_ in range(args.rounds):
         for name in args.presets:
@@ -94,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {round_ + 1}, {name}: {got['runtime']}, images/s {got['rates'][0]:.1f}; "
                   f"text p50 {got['text_ms']:.1f} ms; RSS {got['rss_mb']:.0f} MB; load {load:.1f}",
                   flush=True)
-            base = {"date": datetime.date.today().isoformat(), "commit": commit,
-                    "machine": args.machine, "variant": f"`{name}`",
+            base = {"variant": f"`{name}`",
                     "note": f"random weights; round {round_ + 1}; load {load:.1f} {args.note}"}
             rt = got["runtime"]
             rows += [
@@ -107,17 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                  "value": f"{got['rss_mb']:.0f}", "unit": "MB"},
             ]
     if args.csv and rows:
-        rows[0]["command"] = "bench/bench_presets.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        new = not args.csv.exists()
-        with args.csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS, restval="")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_rows(args.csv, rows, "bench/bench_presets.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     raise SystemExit(main())
