@@ -104,8 +104,10 @@ def append_rows(out: Path, rows: list[dict[str, Any]], command: str) -> None:
     full = [{"date": date.today().isoformat(), "commit": commit, "machine": "dev-2core",
              "command": command if n == 0 else "", **row} for n, row in enumerate(rows)]
     new = not out.exists()
+    # An existing file keeps its own header (it may hold the optional high and runs columns).
+    fields = RESULT_FIELDS if new else next(csv.reader(out.open()))
     with out.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         if new:
             writer.writeheader()
         writer.writerows(full)
