@@ -55,7 +55,12 @@ def test_a_space_is_searched_by_name_and_activated(client: TestClient) -> None:
     assert [h["id"] for h in both["results"][0]][:1] == [ids[9]]
     assert [len(h) for h in both["results"][0]] == [4, 4, 2, 2]
     paths = [h["path"] for h in both["keywords"]]  # "9" is a word prefix: 90 to 99 too
-    assert "img/9.jpg" in paths and all(p.startswith("img/9") for p in paths)
+    if client.get("/v1/stats").json().get("backend") == "milvus":
+        # Milvus 2.3 has no full-text index: it matches whole keywords only (keywords.py),
+        # and these items have none, so no path word is found there.
+        assert paths == []
+    else:
+        assert "img/9.jpg" in paths and all(p.startswith("img/9") for p in paths)
     exact = client.post("/v1/search", json={"vectors": [b64(new[9]), b64(new[2])], "k": 5,
                                             "space": "clip2", "exact": True}).json()["results"]
     assert [row[0]["id"] for row in exact] == [ids[9], ids[2]]
