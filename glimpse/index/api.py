@@ -59,6 +59,7 @@ from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vec
 from glimpse.index import keywords
 from glimpse.index.backend import IndexBackend
 from glimpse.index.service import IndexService, NotTunable
+from glimpse.index.spaces import BUILTIN
 from glimpse.index.store import NewItem
 from glimpse.web.openapi import Operation
 from glimpse.web.responses import OrjsonResponse
@@ -469,9 +470,12 @@ async def list_items(request: Request) -> Response:
     page = await run_in_threadpool(service.store.page, after, limit)
     vectors: dict[int, np.ndarray] = {}
     if with_vectors:
-        _, vectors = await run_in_threadpool(service.space_vectors,
-                                             request.query_params.get("space"),
-                                             [r.id for r, _ in page])
+        space, _ = await run_in_threadpool(service.space_of, request.query_params.get("space"))
+        if space == BUILTIN:  # the page read them already
+            vectors = {r.id: v for r, v in page}
+        else:
+            _, vectors = await run_in_threadpool(service.space_vectors, space,
+                                                 [r.id for r, _ in page])
 
     def vector(item_id: int) -> Any:
         v = vectors.get(item_id)
