@@ -62,7 +62,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
@@ -471,12 +471,18 @@ class Variant:
         return total / wall, (time.process_time() - cpu) / total * 1000
 
 
-def kernel_split(mine: argparse.Namespace, args: argparse.Namespace,
-                 argv: list[str] | None) -> int:
-    import json
+class Served(NamedTuple):
+    """The served image tower's cached export and pre-decoded pixels to run it on."""
 
-    import onnxruntime as ort
+    measured: str  # the commit, taken before loading
+    threads: int
+    path: Path  # image.onnx of the export the service loads (made on the first run)
+    raw: Raw  # torch eager on the same threads, which decoded ``pixels``
+    pixels: Any  # a torch tensor, batch-first
 
+
+def served_image(mine: argparse.Namespace, args: argparse.Namespace) -> Served:
+    """Load the model as the service does (ENCODER_RUNTIME=onnx) and decode --distinct JPEGs."""
     from glimpse.encoder.config import Settings
     from glimpse.encoder.onnx_runtime import OnnxClipEncoder, load_serving_encoder
     from glimpse.encoder.service import cpu_count
@@ -488,15 +494,26 @@ def kernel_split(mine: argparse.Namespace, args: argparse.Namespace,
     encoder = load_serving_encoder(settings)
     if not isinstance(encoder, OnnxClipEncoder):
         raise SystemExit(f"ONNX Runtime does not serve {args.model}: {encoder.runtime_note}")
-    pixels = Raw(args, threads).pixels(make_jpegs(args.distinct)).numpy()
-    variant = Variant(Path(encoder.export_dir) / "image.onnx", 1, threads)
+    raw = Raw(args, threads)
+    return Served(measured, threads, Path(encoder.export_dir) / "image.onnx", raw,
+                  raw.pixels(make_jpegs(args.distinct)))
+
+
+def kernel_split(mine: argparse.Namespace, args: argparse.Namespace,
+                 argv: list[str] | None) -> int:
+    import json
+
+    import onnxruntime as ort
+
+    measured, threads, path, _, pixels_t = served_image(mine, args)
+    pixels = pixels_t.numpy()
+    variant = Variant(path, 1, threads)
     variant.run(pixels[:args.max_batch])  # warm-up, not profiled
     folder = Path(tempfile.mkdtemp())
     options = variant.sessions[0].get_session_options()
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / "ort")
-    session = ort.InferenceSession(str(Path(encoder.export_dir) / "image.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     variant.sessions = [session]
     with ThreadPoolExecutor(1) as thread:  # as the service runs it
         rate, cpu_ms = thread.submit(variant.rate, pixels, args.images, args.max_batch).result()
@@ -533,20 +550,7 @@ def kernel_split(mine: argparse.Namespace, args: argparse.Namespace,
 
 def session_options(mine: argparse.Namespace, args: argparse.Namespace,
                     argv: list[str] | None) -> int:
-    from glimpse.encoder.config import Settings
-    from glimpse.encoder.onnx_runtime import OnnxClipEncoder, load_serving_encoder
-    from glimpse.encoder.service import cpu_count
-
-    measured = commit()
-    threads = args.torch_threads or cpu_count()
-    settings = Settings(model=args.model, pretrained=args.pretrained, device="cpu",
-                        runtime="onnx", onnx_quantize=mine.quantize)
-    encoder = load_serving_encoder(settings)
-    if not isinstance(encoder, OnnxClipEncoder):
-        raise SystemExit(f"ONNX Runtime does not serve {args.model}: {encoder.runtime_note}")
-    path = Path(encoder.export_dir) / "image.onnx"
-    raw = Raw(args, threads)
-    pixels_t = raw.pixels(make_jpegs(args.distinct))
+    measured, threads, path, raw, pixels_t = served_image(mine, args)
     pixels = pixels_t.numpy()
     saved = Path(tempfile.mkdtemp()) / "image.optimized.onnx"
     Variant(path, 1, threads, saved=saved)  # writes the optimised model
