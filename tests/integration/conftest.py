@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.support.milvus import collection_name, milvus_server
+from tests.support.milvus import collection_name, milvus_index, milvus_server
 
-__all__ = ["collection_name", "milvus_server"]
+__all__ = ["collection_name", "milvus_index", "milvus_server"]

@@ -6,7 +6,6 @@ Milvus's upsert moves each row out of its indexed segment into a growing one."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,11 +14,15 @@ import numpy as np
 import pytest
 
 from glimpse.contracts.filters import SearchFilters
-from glimpse.index.config import MilvusSettings, Settings
 from glimpse.index.milvus_service import MilvusIndexService
 from glimpse.index.store import NewItem
-from tests.integration.test_index_milvus_fresh import DIM, _recall, embedding_like
-from tests.support.milvus import EmbeddedMilvus, milvus_env
+from tests.support.milvus import (
+    EmbeddedMilvus,
+    embedding_like,
+    milvus_env,
+    recall_at_10,
+    wait_sealed,
+)
 from tests.support.stack import TINY_DIM, sample_photos, start_stack
 
 pytestmark = pytest.mark.milvus
@@ -27,60 +30,40 @@ pytestmark = pytest.mark.milvus
 ROWS = 6000  # over the ~5,000 rows from which Milvus builds a growing segment's interim index
 
 
-@pytest.fixture
-def service(milvus_server: EmbeddedMilvus, collection_name: str, tmp_path: Path
-            ) -> Iterator[MilvusIndexService]:
-    svc = MilvusIndexService(
-        Settings(backend="milvus", dim=DIM, data_dir=tmp_path),
-        MilvusSettings(uri=milvus_server.uri, collection=collection_name, timeout_s=30,
-                       search_calls=0))
-    svc.open()
-    try:
-        yield svc
-    finally:
-        svc.close()
-
-
-def _wait_served(service: MilvusIndexService, what: str) -> None:
-    deadline = time.monotonic() + 300
-    while service.store.fresh_since is not None:
-        assert time.monotonic() < deadline, f"the seal on idle never closed the window {what}"
-        time.sleep(0.5)
-
-
 @pytest.mark.timeout(600)  # two seals, each waiting for Milvus to index a segment
 def test_a_search_right_after_updating_every_row_recalls_the_exact_top_10(
-        service: MilvusIndexService) -> None:
+        milvus_index: MilvusIndexService) -> None:
     x = embedding_like(ROWS + 100)
     base, queries = x[:ROWS], x[ROWS:]
     ids: list[int] = []
     for start in range(0, ROWS, 1000):
-        out = service.add([NewItem(f"k{i}", f"p/{i}.jpg", {}, base[i])
-                           for i in range(start, start + 1000)])
+        out = milvus_index.add([NewItem(f"k{i}", f"p/{i}.jpg", {}, base[i])
+                                for i in range(start, start + 1000)])
         ids += [o.id for o in out]
-    _wait_served(service, "after the adds")
+    wait_sealed(milvus_index, 300, "after the adds")
     truth = np.asarray(ids)[np.argsort(-(queries @ base.T), axis=1)[:, :10]]
 
     types = ["jpeg" if n % 2 else "png" for n in range(ROWS)]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda n: service.update(ids[n], None, {"file_type": types[n]}),
+        list(pool.map(lambda n: milvus_index.update(ids[n], None, {"file_type": types[n]}),
                       range(ROWS)))
 
-    at_once = service.search_records(queries, 10)
-    raw = service.store.search_candidates(queries, 10, service.search_params(10, None), ())
-    assert _recall([[h["id"] for h in row] for row in at_once], truth) >= 0.95
+    at_once = milvus_index.search_records(queries, 10)
+    raw = milvus_index.store.search_candidates(queries, 10,
+                                               milvus_index.search_params(10, None), ())
+    assert recall_at_10([[h["id"] for h in row] for row in at_once], truth) >= 0.95
     # The updated rows do sit under Milvus's interim index: its own answer falls short.
-    assert _recall([[i for i, _ in row] for row in raw], truth) < 0.95
+    assert recall_at_10([[i for i, _ in row] for row in raw], truth) < 0.95
     # A filter on the new meta sees it at once, with the same recall.
     in_a = np.flatnonzero(np.asarray(types) == "jpeg")
     truth_a = np.asarray(ids)[in_a][np.argsort(-(queries @ base[in_a].T), axis=1)[:, :10]]
-    found = service.search_records(queries, 10, filters=SearchFilters(type=["jpeg"]))
+    found = milvus_index.search_records(queries, 10, filters=SearchFilters(type=["jpeg"]))
     assert all(h["meta"] == {"file_type": "jpeg"} for row in found for h in row)
-    assert _recall([[h["id"] for h in row] for row in found], truth_a) >= 0.95
+    assert recall_at_10([[h["id"] for h in row] for row in found], truth_a) >= 0.95
 
-    _wait_served(service, "after the updates")
-    sealed = service.search_records(queries, 10)
-    assert _recall([[h["id"] for h in row] for row in sealed], truth) >= 0.95
+    wait_sealed(milvus_index, 300, "after the updates")
+    sealed = milvus_index.search_records(queries, 10)
+    assert recall_at_10([[h["id"] for h in row] for row in sealed], truth) >= 0.95
 
 
 def test_the_gateway_backfills_a_milvus_collection(

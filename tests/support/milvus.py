@@ -2,7 +2,8 @@
 
 One server per test session (``milvus_server``, a session fixture registered in
 tests/integration/conftest.py), in its own temp base dir, on free loopback ports. Each test
-uses its own collection (``collection_name``), so tests do not see each other's items.
+uses its own collection (``collection_name``), so tests do not see each other's items;
+``milvus_index`` is an in-process index service on it, for the recall tests.
 """
 
 from __future__ import annotations
@@ -10,15 +11,21 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from milvus import MilvusServer, MilvusServerConfig
 from pymilvus import connections, utility
 
+from glimpse.index.config import MilvusSettings, Settings
+from glimpse.index.milvus_service import MilvusIndexService
 from tests.support.procs import free_port
+
+DIM = 384  # ``milvus_index``'s vectors, as wide as a MiniLM sentence embedding
 
 
 class _Config(MilvusServerConfig):
@@ -149,6 +156,45 @@ def collection_name(milvus_server: EmbeddedMilvus) -> Iterator[str]:
         milvus_server.drop(name)
     except Exception:  # noqa: BLE001 - a test that left Milvus down cannot drop; harmless
         pass
+
+
+@pytest.fixture
+def milvus_index(milvus_server: EmbeddedMilvus, collection_name: str, tmp_path: Path
+                 ) -> Iterator[MilvusIndexService]:
+    """An in-process index service of ``DIM``-wide vectors on the test's own collection."""
+    service = MilvusIndexService(
+        Settings(backend="milvus", dim=DIM, data_dir=tmp_path),
+        MilvusSettings(uri=milvus_server.uri, collection=collection_name, timeout_s=30,
+                       search_calls=0))
+    service.open()
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def embedding_like(n: int, seed: int = 2) -> np.ndarray:
+    """Unit vectors near a 24-dimensional subspace, as sentence embeddings lie: unlike tight
+    clusters, their neighbours straddle IVF lists, so the interim index misses some (recall@10
+    0.79 on 8,000, against 0.90 for 7,500 real MiniLM vectors)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 24)).astype(np.float32) @ rng.normal(size=(24, DIM)).astype(
+        np.float32) + 0.3 * rng.normal(size=(n, DIM)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at_10(got: list[list[int]], truth: np.ndarray) -> float:
+    """Mean share of each query's exact top 10 (a row of ``truth``) among its first 10 hits."""
+    return float(np.mean([len(set(g[:10]) & set(t.tolist())) / 10
+                          for g, t in zip(got, truth, strict=True)]))
+
+
+def wait_sealed(service: MilvusIndexService, seconds: float, what: str) -> None:
+    """Wait until the seal on idle closes the fresh window (Milvus serves the rows indexed)."""
+    deadline = time.monotonic() + seconds
+    while service.store.fresh_since is not None:
+        assert time.monotonic() < deadline, f"the seal on idle never closed the window {what}"
+        time.sleep(0.5)
 
 
 def milvus_env(server: EmbeddedMilvus, collection: str, dim: int, **extra: str
