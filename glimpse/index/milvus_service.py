@@ -179,10 +179,16 @@ class MilvusIndexService(MilvusSpacesMixin):
     # -- writes ----------------------------------------------------------------------------------
 
     def add(self, items: Sequence[NewItem], space: str | None = None) -> list[AddOutcome]:
-        if space not in (None, BUILTIN):
-            raise GlimpseError(ErrorType.conflict, "On Milvus each item's row holds its "
-                               "built-in vector: add items with one (no space).")
-        return self.store.add(items)
+        """Add items; with a named ``space``, their vectors are that space's and the items'
+        rows hold a placeholder (milvus_store.py). Each item's space vector is written after
+        its row, the existing ones' too: a retry after a failure between the two completes it."""
+        if space in (None, BUILTIN):
+            return self.store.add(items)
+        self.store.spaces.dim_of(space)  # an unknown space: 404 before anything is written
+        outcomes = self.store.add(items, space_only=True)
+        self.store.spaces.add_vectors(space, [o.id for o in outcomes],
+                                      np.vstack([item.vector for item in items]))
+        return outcomes
 
     def delete(self, item_id: int) -> bool:
         return self.store.delete(item_id) is True

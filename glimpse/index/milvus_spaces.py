@@ -10,6 +10,10 @@ second (an activation made on another replica reaches it within that second).
 Filters on a space are applied to its candidates (``k × 4`` plus spares), after the search:
 a filter that keeps few items may answer fewer than ``k`` hits there.
 
+Items may be added into a named space alone (``MilvusIndexService.add`` with a space: a
+confirmed migration away from the built-in space); their rows in the items' collection then
+hold a placeholder that built-in searches never read (milvus_store.py).
+
 One file, just over 400 lines: the registry, the per-space collections and their search share the
 registry's cached view of the active space.
 """
@@ -35,6 +39,7 @@ from glimpse.index.milvus_store import (
     MilvusUnavailable,
     _chunks,
     _ints,
+    builtin_vector,
     plan_index,
 )
 from glimpse.index.spaces import BUILTIN, check_new_space, unknown_space
@@ -170,10 +175,9 @@ class MilvusSpaces:
 
     def listing(self) -> list[dict[str, Any]]:
         active = self.active()
-        live, _ = self.store.counts()
-        out = [{"name": BUILTIN, "dim": self.settings.dim, "count": live,
+        out = [{"name": BUILTIN, "dim": self.settings.dim, "count": self.store.builtin_count(),
                 "active": active == BUILTIN, "kind": f"milvus_{self.store.plan.index_type.lower()}",
-                "built_in": True}]
+                "built_in": True, "optional": True}]
         for name, dim in self.spaces().items():
             index = self.collection(name, dim).index().params.get("index_type", "")
             out.append({"name": name, "dim": dim, "count": self.count(name, dim),
@@ -366,8 +370,9 @@ class MilvusSpaces:
         chosen, dim = self.dim_of(name)
         if chosen == BUILTIN:
             rows = self.store.rows_of_ids(list(ids), ("id", "vector"), "vector read")
-            return chosen, {i: np.asarray(rows[i]["vector"], dtype=np.float32)
-                            for i in ids if i in rows and -i not in rows}
+            found = {i: builtin_vector(rows[i]["vector"])
+                     for i in ids if i in rows and -i not in rows}
+            return chosen, {i: v for i, v in found.items() if v is not None}
         return chosen, self._vectors(self.collection(chosen, dim), ids)
 
     def _vectors(self, collection: Collection, ids: Sequence[int]) -> dict[int, np.ndarray]:

@@ -31,6 +31,10 @@ so the rules that make replicas agree are here:
   writes: another replica's fresh rows keep the interim index's recall until they are sealed.
   An update is such a write: Milvus's upsert moves the row out of its indexed segment into a
   growing one (recall@10 0.79 right after a backfill rewrote 8,000 rows, without the window).
+- An item added into a named space alone (after a migration away from the built-in space,
+  milvus_spaces.py) has no built-in vector, but its row needs one: the row holds zeros, a
+  placeholder, in the partition :data:`SPACE_ONLY`. Built-in searches read only Milvus's
+  default partition, so none returns it; reads by id, listings, filters and keywords see it.
 
 One file, over 400 lines: every Milvus call of the backend and the fresh rows it scores itself
 share the collection handles and the tombstone rule; split, each part would reach into the
@@ -89,6 +93,8 @@ _MIN_INDEXED_ROWS = 1024
 _FAILURES = (MilvusException, grpc.RpcError)
 
 FIELDS = ("id", "key", "path", "meta", "created_at", "vector")
+SPACE_ONLY = "space_only"  # rows with a zero placeholder for a built-in vector (docstring)
+BUILT_IN = ["_default"]  # the partition built-in searches read
 
 
 class CollectionMismatch(Exception):
@@ -129,6 +135,16 @@ def _column(field: Any) -> Any:
     if kind == "long_data":
         return np.asarray(values, dtype=np.int64).tolist()
     return list(values)
+
+
+def builtin_vector(row: Any) -> np.ndarray | None:
+    """A row's built-in vector, None for a placeholder (zeros: a stored vector is a unit one)."""
+    vector = np.asarray(row, dtype=np.float32)
+    return vector if vector.any() else None
+
+
+def _or_empty(vector: np.ndarray | None) -> np.ndarray:
+    return np.zeros(0, dtype=np.float32) if vector is None else vector
 
 
 def item_id(key: str, generation: int, salt: int = 0) -> int:
@@ -239,6 +255,7 @@ class MilvusStore:
         self._where: dict[int, tuple[FreshRows, int]] = {}  # id -> its batch and row in it
         self._stacked: FreshRows | None = None
         self._last_write = 0.0
+        self._space_only = False  # the SPACE_ONLY partition is known to exist
         # Imported here: milvus_spaces.py builds on this module.
         from glimpse.index.milvus_spaces import MilvusSpaces
 
@@ -352,7 +369,8 @@ class MilvusStore:
     # -- reads (Eventually: every acknowledged write is visible already) -------------------------
 
     def _query(self, expr: str, fields: Sequence[str], what: str,
-               consistency: str = "Eventually") -> list[dict[str, Any]]:
+               consistency: str = "Eventually", partitions: list[str] | None = None
+               ) -> list[dict[str, Any]]:
         """Rows matching ``expr``; a vector field comes back as a numpy row, not a list.
 
         pymilvus 2.3's own query builds a Python list per vector element by element (0.2 ms a
@@ -362,7 +380,7 @@ class MilvusStore:
         name = self.collection.name
         try:
             handler = self.collection._get_connection()  # noqa: SLF001 - the decode above
-            request = Prepare.query_request(name, expr, list(fields), None,
+            request = Prepare.query_request(name, expr, list(fields), partitions,
                                             consistency_level=consistency)
             response = handler._stub.Query(request, timeout=self.timeout)  # noqa: SLF001
             if Status.EMPTY_COLLECTION in {response.status.code, response.status.error_code}:
@@ -431,11 +449,12 @@ class MilvusStore:
         rows = self.rows_of_ids([item_id], ("id", "vector"), "vector read")
         if item_id not in rows or -item_id in rows:
             return None
-        return np.asarray(rows[item_id]["vector"], dtype=np.float32)
+        return builtin_vector(rows[item_id]["vector"])
 
     def page(self, after: int, limit: int) -> list[tuple[Record, np.ndarray]]:
         """The live items past id ``after`` in id order (a query iterator walks the primary
-        key), with their vectors: a pass over every item reads a page at a time."""
+        key), with their built-in vectors (empty for a placeholder): a pass over every item
+        reads a page at a time."""
         found: list[tuple[Record, np.ndarray]] = []
         try:
             iterator = self.collection.query_iterator(
@@ -452,7 +471,7 @@ class MilvusStore:
                         found.append((Record(i, str(row["key"]), str(row["path"]),
                                              dict(row["meta"] or {}), int(created * 1e6),
                                              created, False),
-                                      np.asarray(row["vector"], dtype=np.float32)))
+                                      _or_empty(builtin_vector(row["vector"]))))
             iterator.close()
         except _FAILURES as exc:
             raise MilvusUnavailable(self.uri, "item listing", exc, stored=True) from exc
@@ -465,10 +484,18 @@ class MilvusStore:
         dead = self._query("id < 0", ("count(*)",), "count", consistency="Strong")
         return int(live[0]["count(*)"]), int(dead[0]["count(*)"])
 
+    def builtin_count(self) -> int:
+        """Live items with a built-in vector (rows past :data:`SPACE_ONLY`), read Strong."""
+        rows = self._query("id > 0", ("count(*)",), "count", consistency="Strong",
+                           partitions=BUILT_IN)
+        return int(rows[0]["count(*)"]) if rows else 0
+
     # -- writes -----------------------------------------------------------------------------------
 
-    def add(self, items: Sequence[NewItem]) -> list[AddOutcome]:
-        """Add items idempotently by key; returns only once a Strong read sees them."""
+    def add(self, items: Sequence[NewItem], space_only: bool = False) -> list[AddOutcome]:
+        """Add items idempotently by key; returns only once a Strong read sees them. With
+        ``space_only`` their vectors are another space's (milvus_spaces.py stores them): the
+        rows get the placeholder, in :data:`SPACE_ONLY`."""
         keys = list(dict.fromkeys(item.key for item in items))
         live, generations = self.live_of_keys(keys, "key lookup before an add")
         fresh = [k for k in keys if k not in live]
@@ -492,12 +519,16 @@ class MilvusStore:
                 [i.path for i in batch],
                 [i.meta for i in batch],
                 [now] * len(batch),
-                np.vstack([np.asarray(i.vector, dtype=np.float32) for i in batch]),
+                np.zeros((len(batch), self.settings.dim), dtype=np.float32) if space_only
+                else np.vstack([np.asarray(i.vector, dtype=np.float32) for i in batch]),
             ]
-            self._upsert(data, "add")
-            self._wrote(now, FreshRows(np.asarray([chosen[i.key] for i in batch], dtype=np.int64),
-                                       np.asarray(data[5]), [i.path for i in batch],
-                                       [i.meta for i in batch]))
+            if space_only:  # no built-in search reads a placeholder: not in the fresh window
+                self._upsert(data, "add", self._space_only_partition())
+            else:
+                self._upsert(data, "add")
+                self._wrote(now, FreshRows(np.asarray(data[0], dtype=np.int64),
+                                           np.asarray(data[5]), [i.path for i in batch],
+                                           [i.meta for i in batch]))
             self._await_visible([chosen[i.key] for i in batch], "add")
         return outcomes
 
@@ -666,19 +697,40 @@ class MilvusStore:
         new_path = str(row["path"]) if path is None else path
         new_meta = dict(row["meta"] or {}) if meta is None else meta
         created = float(row["created_at"])
-        data = [[item_id], [str(row["key"])], [new_path], [new_meta], [created],
-                np.asarray(row["vector"], dtype=np.float32).reshape(1, -1)]
-        self._upsert(data, "update")
-        self._rewrote(item_id, np.asarray(data[5]), new_path, new_meta)
+        vector = np.asarray(row["vector"], dtype=np.float32).reshape(1, -1)
+        data = [[item_id], [str(row["key"])], [new_path], [new_meta], [created], vector]
+        if builtin_vector(vector) is None:  # a placeholder stays in its partition
+            self._upsert(data, "update", SPACE_ONLY)
+        else:
+            self._upsert(data, "update")
+            self._rewrote(item_id, vector, new_path, new_meta)
         self._await_visible([item_id], "update")
         return Record(item_id, str(row["key"]), new_path, new_meta, int(created * 1e6), created,
                       False)
 
-    def _upsert(self, data: list[Any], what: str) -> None:
+    def _upsert(self, data: list[Any], what: str, partition: str | None = None) -> None:
         try:
-            self.collection.upsert(data, timeout=self.timeout)
+            self.collection.upsert(data, partition_name=partition, timeout=self.timeout)
         except _FAILURES as exc:
             raise MilvusUnavailable(self.uri, what, exc, stored=None) from exc
+
+    def _space_only_partition(self) -> str:
+        """:data:`SPACE_ONLY`, created on first use (Milvus loads a partition made in a loaded
+        collection)."""
+        if self._space_only:
+            return SPACE_ONLY
+        try:
+            if not self.collection.has_partition(SPACE_ONLY, timeout=self.timeout):
+                try:
+                    self.collection.create_partition(SPACE_ONLY, timeout=self.timeout)
+                except MilvusException:
+                    # Another replica created it first.
+                    if not self.collection.has_partition(SPACE_ONLY, timeout=self.timeout):
+                        raise
+        except _FAILURES as exc:
+            raise MilvusUnavailable(self.uri, "add", exc, stored=False) from exc
+        self._space_only = True
+        return SPACE_ONLY
 
     def _delete_rows(self, ids: Sequence[int]) -> None:
         try:
@@ -712,22 +764,25 @@ class MilvusStore:
         try:
             results = self.collection.search(
                 queries, "vector", {"metric_type": "IP", "params": params}, limit=limit,
-                expr=expr, timeout=self.timeout, consistency_level="Eventually",
+                expr=expr, partition_names=BUILT_IN, timeout=self.timeout,
+                consistency_level="Eventually",
             )
         except _FAILURES as exc:
             raise MilvusUnavailable(self.uri, "search", exc, stored=True) from exc
         return [list(zip(hits.ids, hits.distances, strict=True)) for hits in results]
 
     def count_where(self, where: str) -> int:
-        """How many rows with a positive id ``where`` holds for (counted by Milvus: no ids
+        """How many rows with a built-in vector ``where`` holds for (counted by Milvus: no ids
         sent back)."""
-        rows = self._query(f"id > 0 and ({where})", ("count(*)",), "filter count")
+        rows = self._query(f"id > 0 and ({where})", ("count(*)",), "filter count",
+                           partitions=BUILT_IN)
         return int(rows[0]["count(*)"]) if rows else 0
 
     def vectors_where(self, where: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of the rows with a positive id ``where`` holds for, in one query
+        """(ids, vectors) of the rows with a built-in vector ``where`` holds for, in one query
         decoded as numpy (:meth:`_query`): for an expression known to hold for few rows."""
-        rows = self._query(f"id > 0 and ({where})", ("id", "vector"), "exact search")
+        rows = self._query(f"id > 0 and ({where})", ("id", "vector"), "exact search",
+                           partitions=BUILT_IN)
         ids = np.fromiter((int(r["id"]) for r in rows), dtype=np.int64, count=len(rows))
         if not rows:
             return ids, np.zeros((0, self.settings.dim), dtype=np.float32)
@@ -747,12 +802,12 @@ class MilvusStore:
             raise MilvusUnavailable(self.uri, "scan", exc, stored=True) from exc
 
     def scan(self, batch: int = 4096, where: str = "") -> Iterable[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) of every row with a positive id (and ``where``), a batch at a time
-        (exact search)."""
+        """(ids, vectors) of every row with a built-in vector (and ``where``), a batch at a
+        time (exact search)."""
         try:
             iterator = self.collection.query_iterator(
                 batch_size=batch, expr=f"id > 0 and ({where})" if where else "id > 0",
-                output_fields=["id", "vector"],
+                output_fields=["id", "vector"], partition_names=BUILT_IN,
                 timeout=self.timeout, consistency_level="Eventually",
             )
             while True:
