@@ -19,8 +19,9 @@ How it runs:
 - New ingests meanwhile are encoded by both models (``encode_new_items``, called by ingest.py).
   Once the built-in space is needed by no search nor rollback (after a confirmed switch away
   from it), an ingest is encoded by the serving model alone and added straight into its space
-  (``ingest_space``), the item with no built-in vector: where the index allows it (Faiss; on
-  Milvus each item's row needs its built-in vector, so both models keep encoding there).
+  (``ingest_space``), the item with no built-in vector (on Milvus its row holds a placeholder
+  that built-in searches skip: milvus_store.py); an index that cannot (no ``optional`` on its
+  built-in space in GET /v1/spaces) keeps both models encoding.
 - At 100 % the space is activated in the index and searches embed with the new model: each
   search uses one (model, space) pair (clients.QUERY_SPACE), before or after the switch.
 
@@ -275,8 +276,7 @@ class Migration:
 
     async def confirm(self) -> dict[str, Any]:
         """Keep the new space for good: the old one is dropped (the built-in one cannot be:
-        it stays, with no vectors of the items ingested from now on where the index allows
-        that; see ``ingest_space``)."""
+        it stays, with no vectors of the items ingested from now on; see ``ingest_space``)."""
         await self.refresh()
         if self.saved.get("state") != "switched":
             raise GlimpseError(ErrorType.conflict, "There is no switched migration to confirm "
