@@ -332,7 +332,7 @@ def near_duplicate_images(queries: int, seed: int = 0) -> tuple[list[Any], list[
 
     captured: list[Any] = []
 
-    def keep(images: list[Any]) -> Any:
+    def keep(images: list[Any], *_: Any) -> Any:
         captured.extend(images)
         return np.zeros((len(images), 1), dtype=np.float32)
 

