@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import datetime
 import os
 import shutil
@@ -80,9 +79,7 @@ from bench.bench_encoder import (  # noqa: E402 - after the path fix above
     start_service,
     text_latencies,
 )
-
-FIELDS = ["date", "commit", "machine", "what", "variant", "value", "high", "runs", "unit",
-          "command", "note"]
+from bench.common import append_rows  # noqa: E402
 
 
 def own_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -279,13 +276,12 @@ def write_rows(mine: argparse.Namespace, args: argparse.Namespace,
     engine = f"ONNX Runtime {'int8' if mine.quantize == 'int8' else 'fp32'}"
     threads = f"{args.torch_threads} threads" if args.torch_threads else "default threads"
     base = {"date": datetime.date.today().isoformat(), "commit": measured,
-            "machine": mine.machine, "high": "", "runs": "", "note": mine.note}
+            "machine": mine.machine, "note": mine.note}
     image_what = (f"images/s, {args.model} on CPU, {engine} service ({threads}, JPEG bytes over "
                   f"HTTP, {args.clients} clients) vs torch eager forward")
     cpu_what = (f"CPU ms per image, {args.model}, {engine} service ({threads}, JPEG bytes "
                 f"over HTTP) vs torch eager forward")
     text_what = f"text query p50, {args.model} on CPU, {engine} service vs torch eager"
-    command = "bench/bench_onnx.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out: list[dict[str, Any]] = []
     for r in rounds:
         out += [
@@ -310,13 +306,13 @@ def write_rows(mine: argparse.Namespace, args: argparse.Namespace,
                     f"bytes over HTTP, {args.clients} clients)")
     out += [{**base, "what": profile_what, "variant": state, "value": f"{share:.3f}",
              "unit": "ratio"} for state, share in split.items()]
-    out[0]["command"] = command
-    new = not mine.csv.exists()
-    with mine.csv.open("a", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS, restval="")
-        if new:
-            writer.writeheader()
-        writer.writerows(out)
+    save(mine, out, argv)
+
+
+def save(mine: argparse.Namespace, rows: list[dict[str, Any]], argv: list[str] | None) -> None:
+    """Append ``rows`` to --csv (bench/common.py's format), the first naming this command."""
+    append_rows(mine.csv, rows,
+                "bench/bench_onnx.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
 # -- near-duplicate retrieval --------------------------------------------------------------------
@@ -409,14 +405,7 @@ def near_duplicates(mine: argparse.Namespace, argv: list[str] | None) -> int:
         out.append({**base, "what": f"copies fp32 ranks first that int8 does not: {what}",
                     "variant": "ONNX Runtime int8", "value": str(len(lost)), "unit": "queries"})
     if mine.csv:
-        out[0]["command"] = "bench/bench_onnx.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        new = not mine.csv.exists()
-        with mine.csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS, restval="")
-            if new:
-                writer.writeheader()
-            writer.writerows(out)
+        save(mine, out, argv)
     return 0
 
 
@@ -537,14 +526,7 @@ def kernel_split(mine: argparse.Namespace, args: argparse.Namespace,
             print(f"{op:24} {dur / total:6.1%}")
             out.append({**base, "variant": op, "value": f"{dur / total:.3f}"})
     if mine.csv:
-        out[0]["command"] = "bench/bench_onnx.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        new = not mine.csv.exists()
-        with mine.csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS, restval="")
-            if new:
-                writer.writeheader()
-            writer.writerows(out)
+        save(mine, out, argv)
     return 0
 
 
@@ -600,14 +582,7 @@ def session_options(mine: argparse.Namespace, args: argparse.Namespace,
                             "value": f"{start_s:.2f}", "unit": "s", "note": note})
     shutil.rmtree(saved.parent, ignore_errors=True)
     if mine.csv:
-        out[0]["command"] = "bench/bench_onnx.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        new = not mine.csv.exists()
-        with mine.csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS, restval="")
-            if new:
-                writer.writeheader()
-            writer.writerows(out)
+        save(mine, out, argv)
     return 0
 
 
