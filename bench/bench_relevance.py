@@ -62,7 +62,7 @@ from glimpse.gateway.relevance import (  # noqa: E402
 )
 
 TILE_GRID = 4  # tiles per side of each sample photo
-# difflib's ratio above which two docstrings are near-duplicates: 95 % of the planted copies
+# difflib's ratio above which two docstrings are near-duplicates: 94-96 % of the planted copies
 # reach it, while docstrings sharing only a template ("Return the ... of the ...") stay under it.
 NEAR_DUPLICATE = 0.8
 TINY_MODEL = "glimpse-tiny"
