@@ -40,10 +40,9 @@ def _top(client: TestClient, vector: np.ndarray, space: str) -> int:
     return int(client.post("/v1/search", json=body).json()["results"][0][0]["id"])
 
 
-def test_items_added_into_a_space_have_no_builtin_vector(
-    make_client: Callable[..., TestClient],
-) -> None:
-    client = make_client()
+def _setup_checked(client: TestClient) -> tuple[list[int], list[int], np.ndarray]:
+    """:func:`_setup`, and what every backend must then show: the 5 items count in the space
+    and the stats, not in the built-in space, which has no vector for them (a 404 naming it)."""
     ids, late_ids, late = _setup(client)
     assert _counts(client) == {"default": 20, "clip2": 25}
     builtin = next(s for s in client.get("/v1/spaces").json()["spaces"] if s["built_in"])
@@ -52,9 +51,16 @@ def test_items_added_into_a_space_have_no_builtin_vector(
     pending = client.get("/v1/spaces/clip2/pending").json()
     assert (pending["items"], pending["done"], pending["total"]) == ([], 25, 25)
     assert _top(client, late[2], "clip2") == late_ids[2]
-    # The built-in space has no vector for it, and says so (a 404 naming the space).
     own = client.get(f"/v1/items/{late_ids[0]}/vector", params={"space": "default"})
     assert own.status_code == 404 and "no vector in space 'default'" in own.json()["error"]
+    return ids, late_ids, late
+
+
+def test_items_added_into_a_space_have_no_builtin_vector(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client()
+    ids, late_ids, late = _setup_checked(client)
     assert client.get(f"/v1/items/{late_ids[0]}").status_code == 200
     query = clustered(1, DIM, seed=4)[0]
     hits = client.post("/v1/search", json={"vectors": [b64(query)], "k": 50, "exact": True,
