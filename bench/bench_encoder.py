@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -141,8 +142,9 @@ class Raw:
         self.tokenizer = open_clip.get_tokenizer(args.model)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="raw-model")
 
-    def image_rate(self, pixels: Any, total: int, batch: int) -> float:
-        return self._thread.submit(self._image_rate, pixels, total, batch).result()
+    def image_rate(self, pixels: Any, total: int, batch: int, bf16: bool = False) -> float:
+        """Images/s of the bare forward pass; ``bf16``: under CPU autocast to bfloat16."""
+        return self._thread.submit(self._image_rate, pixels, total, batch, bf16).result()
 
     def text_latency(self, text: str) -> float:
         return self._thread.submit(self._text_latency, text).result()
@@ -155,9 +157,11 @@ class Raw:
         tensors = [self.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
         return self.torch.stack(tensors).to(self.device, self.dtype)
 
-    def _image_rate(self, pixels: Any, total: int, batch: int) -> float:
+    def _image_rate(self, pixels: Any, total: int, batch: int, bf16: bool) -> float:
         torch = self.torch
-        with torch.inference_mode():
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             self.model.encode_image(pixels[:batch])  # warm-up
             self.sync()
             start = time.perf_counter()

@@ -36,8 +36,9 @@ With --session-options it compares ONNX Runtime session options in this process,
 pre-decoded pixels of the cached export (fp32, or int8 with --quantize): graph optimisation
 level, intra-op threads, execution mode, spinning, an optimised model saved and loaded without
 optimising again, and two sessions of one thread each run concurrently from a thread pool on
-halves of each batch; raw torch eager runs in the same rounds. Each variant's images/s, CPU ms
-per image and session start time, every round, alternated.
+halves of each batch, and the model through ONNX Runtime's transformer optimiser (its
+fusions); raw torch eager runs in the same rounds, in fp32 and under bf16 autocast. Each
+variant's images/s, CPU ms per image and session start time, every round, alternated.
 
     python bench/bench_onnx.py --session-options --rounds 3 --csv bench/results/onnx_sessions.csv
     python bench/bench_onnx.py --torch-threads 1       # model threads of both sides
@@ -328,7 +329,7 @@ def near_duplicate_images(queries: int, seed: int = 0) -> tuple[list[Any], list[
 
     captured: list[Any] = []
 
-    def keep(images: list[Any], *_: Any) -> Any:
+    def keep(images: list[Any], model: str) -> Any:
         captured.extend(images)
         return np.zeros((len(images), 1), dtype=np.float32)
 
@@ -382,7 +383,7 @@ def near_duplicates(mine: argparse.Namespace, argv: list[str] | None) -> int:
         figures = {}
         for name, (runtime, quantize) in RUNTIMES.items():
             settings = Settings(model=model, pretrained="none", device="cpu", runtime=runtime,
-                                onnx_quantize=quantize)  # type: ignore[arg-type]
+                                onnx_quantize=quantize)
             encoder = load_serving_encoder(settings)
             if encoder.runtime != runtime:
                 raise SystemExit(f"{name} does not serve {model}: {encoder.runtime_note}")
@@ -530,12 +531,25 @@ def kernel_split(mine: argparse.Namespace, args: argparse.Namespace,
     return 0
 
 
+def fuse_transformer(path: Path, out: Path) -> None:
+    """ONNX Runtime's transformer optimiser over ``path`` (its fusions: skip layer norm, bias
+    GELU, attention where the graph allows), written to ``out``."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(path), model_type="vit", num_heads=0, hidden_size=0, opt_level=1)
+    print("# transformer fusions:", {k: v for k, v in
+                                     model.get_fused_operator_statistics().items() if v})
+    model.save_model_to_file(str(out))
+
+
 def session_options(mine: argparse.Namespace, args: argparse.Namespace,
                     argv: list[str] | None) -> int:
     measured, threads, path, raw, pixels_t = served_image(mine, args)
     pixels = pixels_t.numpy()
     saved = Path(tempfile.mkdtemp()) / "image.optimized.onnx"
     Variant(path, 1, threads, saved=saved)  # writes the optimised model
+    fused = saved.with_name("image.fused.onnx")
+    fuse_transformer(path, fused)
     variants = {
         f"as served: optimisation all, {threads} intra-op threads, sequential, no spinning":
             lambda: Variant(path, 1, threads),
@@ -549,6 +563,8 @@ def session_options(mine: argparse.Namespace, args: argparse.Namespace,
         "1 intra-op thread": lambda: Variant(path, 1, 1),
         f"{threads} sessions x 1 thread, concurrent halves of each batch":
             lambda: Variant(path, threads, 1),
+        "ONNX Runtime's transformer fusions (optimize_model, vit)":
+            lambda: Variant(fused, 1, threads),
     }
     engine = f"ONNX Runtime {'int8' if mine.quantize == 'int8' else 'fp32'}"
     what = (f"{args.model} image tower on CPU, {engine} session options, pre-decoded pixels, "
@@ -563,6 +579,10 @@ def session_options(mine: argparse.Namespace, args: argparse.Namespace,
         torch_rate = raw.image_rate(pixels_t, args.images, args.max_batch)
         torch_cpu = (time.process_time() - cpu) / args.images * 1000
         results = {"raw torch eager forward": (torch_rate, torch_cpu, float("nan"))}
+        cpu = time.process_time()
+        bf16_rate = raw.image_rate(pixels_t, args.images, args.max_batch, bf16=True)
+        results["raw torch eager forward, bf16 autocast"] = (
+            bf16_rate, (time.process_time() - cpu) / args.images * 1000, float("nan"))
         for name, make in variants.items():
             variant = make()
             rate, cpu_ms = variant.rate(pixels, args.images, args.max_batch)
