@@ -28,7 +28,7 @@ threshold, the best one for the image set, is applied to both sets for compariso
 appends to bench/results/bench_relevance.csv and prints the table docs/relevance.md holds.
 
     .venv/bin/python bench/bench_relevance.py [--queries 200] [--seeds 0,1,2]
-        [--image-model glimpse-tiny,glimpse-thumb]
+        [--image-model glimpse-tiny,glimpse-thumb] [--image-pretrained none]
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def _transform(img: Image.Image, rng: random.Random) -> Image.Image:
     return img
 
 
-def _embed_images(images: list[Image.Image], model: str) -> np.ndarray:
+def _embed_images(images: list[Image.Image], model: str, pretrained: str) -> np.ndarray:
     import open_clip
     import torch
 
@@ -167,7 +167,7 @@ def _embed_images(images: list[Image.Image], model: str) -> np.ndarray:
 
     if "glimpse-thumb" not in open_clip.list_models():
         open_clip.add_model_config(MODEL_CONFIGS)
-    encoder = load_encoder(Settings(model=model, pretrained="none", device="cpu"))
+    encoder = load_encoder(Settings(model=model, pretrained=pretrained, device="cpu"))
     out = []
     for start in range(0, len(images), 256):
         pixels = torch.stack([encoder.preprocess(i) for i in images[start : start + 256]])
@@ -175,7 +175,8 @@ def _embed_images(images: list[Image.Image], model: str) -> np.ndarray:
     return np.concatenate(out)
 
 
-def image_set(n_queries: int, seed: int, model: str = TINY_MODEL) -> LabelledSet:
+def image_set(n_queries: int, seed: int, model: str = TINY_MODEL,
+              pretrained: str = "none") -> LabelledSet:
     rng = random.Random(seed)
     # Every tile is stored as a JPEG first, as a collection would hold it.
     pool = [_jpeg(t, 90) for p in _sample_photos() for t in _tiles(p)] + _faces()
@@ -193,8 +194,9 @@ def image_set(n_queries: int, seed: int, model: str = TINY_MODEL) -> LabelledSet
                 rows.add(len(base))
                 base.append(_transform(img, rng))
         relevant.append(rows)
-    vectors = _embed_images(base + queries, model)
-    return LabelledSet("images", f"{model} (random weights)", vectors[: len(base)],
+    vectors = _embed_images(base + queries, model, pretrained)
+    weights = "random weights" if pretrained == "none" else f"weights {pretrained}"
+    return LabelledSet("images", f"{model} ({weights})", vectors[: len(base)],
                        vectors[len(base) :], relevant)
 
 
@@ -294,18 +296,25 @@ class Outcome:
     empty_queries: int
 
 
-def evaluate(data: LabelledSet, rule: Callable[[np.ndarray, bool], int]) -> Outcome:
-    """``rule(scores best first, complete)`` says how many of the top candidates are relevant."""
+Rule = Callable[[np.ndarray, bool, int], int]
+
+
+def evaluate(data: LabelledSet, rule: Rule) -> Outcome:
+    """``rule(scores best first, complete, depth)`` says how many of the top candidates are
+    relevant; ``depth`` (how many copies lead the ranking, 0 for a query without) is for the
+    oracle only."""
     scores = data.queries @ data.base.T
     n = min(CANDIDATES, scores.shape[1])
     tp = predicted = truth = empty = empty_quiet = separable = 0
     for q in range(len(scores)):
         top = np.argsort(-scores[q])[:n]
+        depth = 0
         for row in top.tolist():
             if row not in data.relevant[q]:
                 break
-            separable += 1
-        count = rule(scores[q][top], n == scores.shape[1])
+            depth += 1
+        separable += depth
+        count = rule(scores[q][top], n == scores.shape[1], depth)
         chosen = set(top[:count].tolist())
         if data.relevant[q]:
             tp += len(chosen & data.relevant[q])
@@ -319,19 +328,19 @@ def evaluate(data: LabelledSet, rule: Callable[[np.ndarray, bool], int]) -> Outc
                    separable / max(truth, 1), copies, empty)
 
 
-def adaptive(alpha: float) -> Callable[[np.ndarray, bool], int]:
-    return lambda scores, complete: cutoff(
+def adaptive(alpha: float) -> Rule:
+    return lambda scores, complete, depth: cutoff(
         scores.tolist(), complete=complete, alpha=alpha
     ).relevant_count
 
 
-def rank_weighted(alpha: float) -> Callable[[np.ndarray, bool], int]:
+def rank_weighted(alpha: float) -> Rule:
     """The cutoff's test with alpha shared over the ranks in proportion to 1/rank (more for the
     first ranks) instead of evenly: relevance.py's test at one rank reads only that candidate
     and the next BACKGROUND, so each rank is tested alone on that window, at its own alpha."""
     harmonic = sum(1 / j for j in range(1, MAX_RELEVANT + 1))
 
-    def rule(scores: np.ndarray, complete: bool) -> int:
+    def rule(scores: np.ndarray, complete: bool, depth: int) -> int:
         if complete:
             raise ValueError("the rank-weighted test needs more items than CANDIDATES")
         deepest = min(MAX_RELEVANT, len(scores) - BACKGROUND)
@@ -344,8 +353,19 @@ def rank_weighted(alpha: float) -> Callable[[np.ndarray, bool], int]:
     return rule
 
 
-def flat(threshold: float) -> Callable[[np.ndarray, bool], int]:
-    return lambda scores, complete: int(np.count_nonzero(scores > threshold))
+def oracle_depth(alpha: float) -> Rule:
+    """relevance.py's test run once, at alpha, where the leading copies end (rank 1 for a query
+    without): the best any sharing of alpha over the ranks could do with that test."""
+
+    def rule(scores: np.ndarray, complete: bool, depth: int) -> int:
+        at = max(depth, 1)
+        return at * cutoff(scores[at - 1 : at + BACKGROUND].tolist(), complete=False,
+                           alpha=alpha * MAX_RELEVANT).relevant_count
+    return rule
+
+
+def flat(threshold: float) -> Rule:
+    return lambda scores, complete, depth: int(np.count_nonzero(scores > threshold))
 
 
 def best_flat(data: LabelledSet) -> float:
@@ -364,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="one set of each kind per seed")
     ap.add_argument("--sets", default="images,text")
     ap.add_argument("--image-model", default=f"{TINY_MODEL},glimpse-thumb",
-                    help="open_clip models (random weights) the image set is embedded with")
+                    help="open_clip models the image set is embedded with")
+    ap.add_argument("--image-pretrained", default="none",
+                    help="their weights: none (random), a hub tag, or a checkpoint path")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_relevance.csv")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
@@ -372,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     sets = []
     for seed in [int(x) for x in args.seeds.split(",")]:
         if "images" in args.sets:
-            sets += [(seed, image_set(args.queries, seed, m)) for m in args.image_model.split(",")]
+            sets += [(seed, image_set(args.queries, seed, m, args.image_pretrained))
+                     for m in args.image_model.split(",")]
         if "text" in args.sets:
             text = text_set(args.queries, seed, args.text_size)
             print(f"text, seed {seed}: {text.found} near-duplicates not planted, "
@@ -383,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed, data in sets:
         methods = [(f"adaptive, alpha {a}", adaptive(a)) for a in sorted({0.01, ALPHA, 0.2})]
         methods.append((f"adaptive, alpha {ALPHA} by 1/rank", rank_weighted(ALPHA)))
+        methods.append((f"test once at the copies' depth (oracle), alpha {ALPHA}",
+                        oracle_depth(ALPHA)))
         for method, rule in [*methods, (f"flat {tuned:.4f}", flat(tuned))]:
             o = evaluate(data, rule)
             rows.append({
