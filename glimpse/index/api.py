@@ -56,7 +56,6 @@ from glimpse.contracts.index import (
     UpdateItemRequest,
 )
 from glimpse.contracts.vectors import VectorEncoding, decode_vectors, encode_vector, l2_normalize
-from glimpse.index import keywords
 from glimpse.index.backend import IndexBackend
 from glimpse.index.service import IndexService, NotTunable
 from glimpse.index.spaces import BUILTIN
@@ -215,20 +214,9 @@ async def search(request: Request) -> Response:
     if body.words is None:
         results = await asyncio.wrap_future(
             service.submit_space_search(space, queries, body.k, **options))
-    elif isinstance(service, IndexService):  # both in one job on a search thread
+    else:
         results, answer["keywords"] = await asyncio.wrap_future(service.submit_words_search(
             space, queries, body.k, body.words, body.words_k or body.k, **options))
-    else:  # Milvus: two network waits, side by side
-        results, answer["keywords"] = await asyncio.gather(
-            asyncio.wrap_future(service.submit_space_search(space, queries, body.k, **options)),
-            asyncio.get_running_loop().run_in_executor(
-                None, keywords.search, service.store, body.words, body.words_k or body.k,
-                body.filters, set(body.exclude_ids)),
-        )
-    if body.detail is not None and not isinstance(service, IndexService):
-        # Milvus read every hit's record anyway (Faiss reads only the detailed ones): not sent.
-        results = [row[: body.detail] + [{"id": h["id"], "score": h["score"]}
-                                         for h in row[body.detail :]] for row in results]
     answer["results"] = results
     return OrjsonResponse(answer)
 

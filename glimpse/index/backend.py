@@ -115,6 +115,14 @@ class IndexBackend(Protocol):
         detail: int | None = None,
     ) -> Future[Records]: ...
 
+    def submit_words_search(
+        self, name: str, queries: np.ndarray, k: int, words: str, words_k: int, *,
+        nprobe: int | None = None, exact: bool = False, exclude: Sequence[int] = (),
+        filters: SearchFilters | None = None, detail: int | None = None,
+    ) -> Future[tuple[Records, list[dict[str, Any]]]]:
+        """:meth:`submit_space_search` and the top ``words_k`` keyword hits of ``words``
+        (keywords.py), as one future."""
+
     def rebuild(self, factory: str | None, wait: bool) -> tuple[bool, str]: ...
 
     def snapshot(self) -> SnapshotResult: ...

@@ -103,11 +103,3 @@ def search_milvus(store: MilvusStore, query: str, k: int, f: SearchFilters | Non
     if f is not None:  # milvus_expr may say more than the filter (filters.py)
         found = [row for row in found if filtering.matches(f, row[1], row[2])]
     return _hits([row for row in found if row[0] not in exclude][:k])
-
-
-def search(store: Any, query: str, k: int, f: SearchFilters | None,
-           exclude: Collection[int] = ()) -> list[dict[str, Any]]:
-    """Keyword hits of ``query`` from either backend's store, best first, none of ``exclude``."""
-    if isinstance(store, Store):
-        return search_store(store, query, k, f, exclude)
-    return search_milvus(store, query, k, f, exclude)

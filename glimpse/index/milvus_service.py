@@ -10,6 +10,9 @@ with the stored vectors. Snapshots, rebuilds and tuning belong
 to Milvus here and answer 409 with a sentence saying so. Rows not yet served by a sealed
 segment's index are also scored exactly, and a thread seals them on idle (milvus_store.py says
 why: Milvus's interim index of growing segments recalls 0.90).
+
+One file, over 400 lines: every search path of the backend (gathered, filtered, in a space,
+with words) shares the service's pool and the futures it answers through.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
 from glimpse.contracts.errors import ErrorType, GlimpseError
 from glimpse.contracts.filters import SearchFilters
+from glimpse.index import keywords
 from glimpse.index.config import MilvusSettings, Settings
 from glimpse.index.filters import (
     facets_of_rows,
@@ -48,6 +52,7 @@ from glimpse.index.store import AddOutcome, NewItem, Record
 log = logging.getLogger("glimpse.index")
 
 Records = list[list[dict[str, Any]]]
+T = TypeVar("T")
 
 MAX_TOPK = 16_384  # Milvus's limit on one search's topk
 _RETRY_S = 2.0
@@ -92,6 +97,51 @@ def _merged(ann: list[tuple[int, float]], exact: list[tuple[int, float]]
     best = dict(exact)
     best.update(ann)
     return sorted(best.items(), key=lambda hit: (-hit[1], hit[0]))
+
+
+def combined(make: Callable[..., T], *futures: Future[Any]) -> Future[T]:
+    """``make`` of the ``futures``' results, as a future that no thread waits on: it settles
+    from their done-callbacks, with the first exception among them, cancelled if one of them
+    is, and cancelling it cancels those that have not started."""
+    out: Future[T] = Future()
+    lock = threading.Lock()
+    settled = False
+
+    def settle(_: Future[Any]) -> None:
+        nonlocal settled
+        with lock:  # callbacks run on the threads that finish the futures
+            failed = next((f for f in futures if f.done()
+                           and (f.cancelled() or f.exception() is not None)), None)
+            if settled or (failed is None and not all(f.done() for f in futures)):
+                return
+            settled = True
+        if failed is not None and failed.cancelled():
+            out.cancel()
+        elif out.set_running_or_notify_cancel():  # False: the caller cancelled it
+            try:
+                if failed is not None:
+                    out.set_exception(failed.exception())
+                else:
+                    out.set_result(make(*(f.result() for f in futures)))
+            except BaseException as exc:  # noqa: BLE001 - make's error is the caller's
+                out.set_exception(exc)
+
+    def forward(_: Future[T]) -> None:
+        if out.cancelled():
+            for future in futures:
+                future.cancel()
+
+    out.add_done_callback(forward)
+    for future in futures:
+        future.add_done_callback(settle)
+    return out
+
+
+def _trimmed(detail: int) -> Callable[[Records], Records]:
+    """Past a row's first ``detail`` hits, each hit's id and score alone: Milvus reads every
+    hit's record anyway, but the answer is the Faiss backend's, which reads only those."""
+    return lambda records: [row[:detail] + [{"id": h["id"], "score": h["score"]}
+                                            for h in row[detail:]] for row in records]
 
 
 class MilvusIndexService(MilvusSpacesMixin):
@@ -207,6 +257,35 @@ class MilvusIndexService(MilvusSpacesMixin):
             return self.gatherer.submit(Search(queries, k, nprobe, exact, tuple(exclude)))
         return self.search_pool.submit(self.search_records, queries, k, nprobe=nprobe,
                                        exact=exact, exclude=exclude, filters=filters)
+
+    def submit_space_search(
+        self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+        exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
+        detail: int | None = None,
+    ) -> Future[Records]:
+        if name == BUILTIN:
+            records = self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,
+                                                 exclude=exclude, filters=filters)
+        else:
+            records = self.search_pool.submit(self.store.spaces.search, name, queries, k,
+                                              nprobe=nprobe, exact=exact, exclude=exclude,
+                                              filters=filters)
+        return records if detail is None else combined(_trimmed(detail), records)
+
+    def submit_words_search(
+        self, name: str, queries: np.ndarray, k: int, words: str, words_k: int, *,
+        nprobe: int | None = None, exact: bool = False, exclude: Sequence[int] = (),
+        filters: SearchFilters | None = None, detail: int | None = None,
+    ) -> Future[tuple[Records, list[dict[str, Any]]]]:
+        """:meth:`submit_space_search` and the top ``words_k`` keyword hits of ``words``
+        (keywords.py): two network waits side by side, both on the search pool, where neither
+        job waits for the other (the pair is joined by their done-callbacks)."""
+        return combined(
+            lambda records, hits: (records, hits),
+            self.submit_space_search(name, queries, k, nprobe=nprobe, exact=exact,
+                                     exclude=exclude, filters=filters, detail=detail),
+            self.search_pool.submit(keywords.search_milvus, self.store, words, words_k, filters,
+                                    set(exclude)))
 
     def _run_gathered(self, searches: Sequence[Search]) -> list[Records]:
         """One Milvus search call (and one read of rows) for a group of gathered searches

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -393,8 +392,6 @@ class MilvusSpacesMixin:
     """The space operations of ``MilvusIndexService`` (backend.py), over ``store.spaces``."""
 
     store: MilvusStore
-    search_pool: ThreadPoolExecutor
-    submit_search_records: Callable[..., Future[Records]]
 
     def space_of(self, name: str | None) -> tuple[str, int]:
         return self.store.spaces.dim_of(name)
@@ -424,15 +421,3 @@ class MilvusSpacesMixin:
 
     def drop_space(self, name: str) -> None:
         self.store.spaces.drop(name)
-
-    def submit_space_search(
-        self, name: str, queries: np.ndarray, k: int, *, nprobe: int | None = None,
-        exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
-        detail: int | None = None,  # Milvus reads every hit's record anyway; api.py trims them
-    ) -> Future[Records]:
-        if name == BUILTIN:
-            return self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,
-                                              exclude=exclude, filters=filters)
-        return self.search_pool.submit(self.store.spaces.search, name, queries, k,
-                                       nprobe=nprobe, exact=exact, exclude=exclude,
-                                       filters=filters)
