@@ -58,6 +58,8 @@ test_items_are_listed_a_page_at_a_time_in_id_order_without_the_deleted = (
     suite.test_items_are_listed_a_page_at_a_time_in_id_order_without_the_deleted)
 test_searches_answer_the_same_with_gathering_off = (
     suite.test_searches_answer_the_same_with_gathering_off)
+test_past_the_detail_a_hit_is_its_id_and_score = (
+    suite.test_past_the_detail_a_hit_is_its_id_and_score)
 
 
 @pytest.fixture(params=["faiss", "milvus"])

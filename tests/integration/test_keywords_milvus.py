@@ -44,6 +44,11 @@ def test_keyword_search_on_both_backends(client: TestClient, backend: str) -> No
         assert sorted(_found(client, "Zanzibar")) == ["home/dog.jpg", "trips/beach.jpg"]
         assert _found(client, "zanz") == []
     assert _found(client, "zanzibar beach") == ["trips/beach.jpg"]
+    # With detail, the vector hits past it are id and score alone, beside the keyword hits.
+    cut = client.post("/v1/search", json={"vectors": [QUERY], "words": "zanzibar beach",
+                                          "k": 10, "detail": 1}).json()
+    assert [len(h) for h in cut["results"][0]] == [4, 2, 2, 2]
+    assert [h["path"] for h in cut["keywords"]] == ["trips/beach.jpg"]
     assert _found(client, "zanzibar", filters={"min_width": 3000}) == ["home/dog.jpg"]
     assert _found(client, "zanzibar", filters={"folder": ["trips"]}) == ["trips/beach.jpg"] \
         if backend == "milvus" else ["trips/Zanzibar.jpg", "trips/beach.jpg"]
