@@ -263,13 +263,13 @@ class MilvusIndexService(MilvusSpacesMixin):
         exact: bool = False, exclude: Sequence[int] = (), filters: SearchFilters | None = None,
         detail: int | None = None,
     ) -> Future[Records]:
-        if name == BUILTIN:
-            records = self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,
-                                                 exclude=exclude, filters=filters)
-        else:
-            records = self.search_pool.submit(self.store.spaces.search, name, queries, k,
-                                              nprobe=nprobe, exact=exact, exclude=exclude,
-                                              filters=filters)
+        """:meth:`submit_search_records` in the space ``name``, past ``detail`` hits trimmed."""
+        records = (self.submit_search_records(queries, k, nprobe=nprobe, exact=exact,
+                                              exclude=exclude, filters=filters)
+                   if name == BUILTIN else
+                   self.search_pool.submit(self.store.spaces.search, name, queries, k,
+                                           nprobe=nprobe, exact=exact, exclude=exclude,
+                                           filters=filters))
         return records if detail is None else combined(_trimmed(detail), records)
 
     def submit_words_search(
