@@ -99,6 +99,11 @@ class SearchGatherer:
                 self._run_group(searches)
 
     def _run_group(self, searches: list[Search]) -> None:
+        # A caller that stopped waiting cancelled its future: it is not run, and the rest can no
+        # longer be cancelled, so setting their answers cannot raise and end this worker.
+        searches = [s for s in searches if s.future.set_running_or_notify_cancel()]
+        if not searches:
+            return
         self.calls += 1
         self.requests += len(searches)
         try:

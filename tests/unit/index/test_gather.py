@@ -64,3 +64,30 @@ def test_group_keys() -> None:
     a, b = _search(1, k=3, exclude=(1,)), _search(2, k=5)
     assert by_breadth(a) == by_breadth(b)  # Faiss cuts k per search after one call
     assert by_everything(a) != by_everything(b)  # Milvus's call takes k and the exclusions
+
+
+def test_a_cancelled_search_is_skipped_and_the_worker_lives_on() -> None:
+    """A caller that stops waiting cancels its future (asyncio.wrap_future does): one queued is not
+    run, one already running keeps its answer, and the worker keeps serving."""
+    entered, gate = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def run(searches: Sequence[Search]) -> list[Any]:
+        entered.set()
+        gate.wait(5)
+        ran.extend(s.k for s in searches)
+        return [s.k for s in searches]
+
+    gatherer = SearchGatherer(run)
+    try:
+        running = gatherer.submit(_search(1, k=1))
+        assert entered.wait(5)
+        queued = gatherer.submit(_search(1, k=2))
+        assert queued.cancel()
+        assert not running.cancel()  # already running: it is answered
+        gate.set()
+        assert running.result(5) == 1
+        assert gatherer.submit(_search(1, k=3)).result(5) == 3
+    finally:
+        gatherer.close()
+    assert ran == [1, 3]
