@@ -329,7 +329,7 @@ def near_duplicate_images(queries: int, seed: int = 0) -> tuple[list[Any], list[
 
     captured: list[Any] = []
 
-    def keep(images: list[Any], model: str) -> Any:
+    def keep(images: list[Any], model: str, pretrained: str) -> Any:
         captured.extend(images)
         return np.zeros((len(images), 1), dtype=np.float32)
 
