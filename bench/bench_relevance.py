@@ -334,21 +334,26 @@ def adaptive(alpha: float) -> Rule:
     ).relevant_count
 
 
+def _passes(scores: np.ndarray, j: int, alpha: float) -> bool:
+    """relevance.py's test of the candidate at (0-based) rank ``j`` alone, at ``alpha``: cutoff()
+    tests each rank of its list at alpha / MAX_RELEVANT, and that candidate with the next
+    BACKGROUND is a list of one rank."""
+    return cutoff(scores[j : j + BACKGROUND + 1].tolist(), complete=False,
+                  alpha=alpha * MAX_RELEVANT).relevant_count > 0
+
+
 def rank_weighted(alpha: float) -> Rule:
     """The cutoff's test with alpha shared over the ranks in proportion to 1/rank (more for the
     first ranks) instead of evenly: relevance.py's test at one rank reads only that candidate
-    and the next BACKGROUND, so each rank is tested alone on that window, at its own alpha."""
+    and the next BACKGROUND, so each rank is tested alone (_passes), at its own alpha."""
     harmonic = sum(1 / j for j in range(1, MAX_RELEVANT + 1))
 
     def rule(scores: np.ndarray, complete: bool, depth: int) -> int:
         if complete:
             raise ValueError("the rank-weighted test needs more items than CANDIDATES")
         deepest = min(MAX_RELEVANT, len(scores) - BACKGROUND)
-        passed = [
-            j for j in range(deepest)
-            if cutoff(scores[j : j + BACKGROUND + 1].tolist(), complete=False,
-                      alpha=alpha * MAX_RELEVANT / (harmonic * (j + 1))).relevant_count
-        ]
+        passed = [j for j in range(deepest)
+                  if _passes(scores, j, alpha / (harmonic * (j + 1)))]
         return passed[-1] + 1 if passed else 0
     return rule
 
@@ -359,8 +364,7 @@ def oracle_depth(alpha: float) -> Rule:
 
     def rule(scores: np.ndarray, complete: bool, depth: int) -> int:
         at = max(depth, 1)
-        return at * cutoff(scores[at - 1 : at + BACKGROUND].tolist(), complete=False,
-                           alpha=alpha * MAX_RELEVANT).relevant_count
+        return at if _passes(scores, at - 1, alpha) else 0
     return rule
 
 
